@@ -1,0 +1,64 @@
+# Build skeleton for trickles-kit.  Everything runs inside ./.venv.
+
+SHELL := /bin/bash
+
+VENV   := .venv
+VPY    := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+LABSTAMP := $(VENV)/.installed-lab
+
+# Interpreter used to create the venv: prefer python3.11, fall back to python3.
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3 2>/dev/null)
+
+.PHONY: venv lab-venv demo test clean
+
+venv: $(STAMP)
+
+# Create the virtualenv (only if it does not exist yet).
+$(VPY):
+	@if [ -z "$(PYTHON)" ]; then \
+	    echo "error: no python3.11 or python3 found on PATH (Python >= 3.11 required)" >&2; \
+	    exit 1; \
+	fi
+	@if ! "$(PYTHON)" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then \
+	    echo "error: $(PYTHON) is Python $$("$(PYTHON)" -c 'import platform; print(platform.python_version())'); trickles-kit needs Python >= 3.11" >&2; \
+	    echo "       install python3.11 or run: make PYTHON=/path/to/python3.11 venv" >&2; \
+	    exit 1; \
+	fi
+	@echo "creating $(VENV) with $(PYTHON)"
+	@if ! "$(PYTHON)" -m venv $(VENV); then \
+	    rm -rf $(VENV); \
+	    if [ "$${CI:-}" = "true" ] && [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	        echo "python3 -m venv failed (ensurepip missing?); CI=true and root: installing python3-venv" >&2; \
+	        apt-get update && apt-get install -y python3-venv && \
+	        "$(PYTHON)" -m venv $(VENV) || { rm -rf $(VENV); exit 1; }; \
+	    else \
+	        echo "error: '$(PYTHON) -m venv' failed; the venv/ensurepip module is probably missing." >&2; \
+	        echo "       on Debian/Ubuntu fix it with:  apt-get install -y python3-venv" >&2; \
+	        echo "       (or python3.X-venv matching your interpreter), then re-run make." >&2; \
+	        exit 1; \
+	    fi; \
+	fi
+
+# (Re)install only when pyproject.toml changes.
+$(STAMP): pyproject.toml | $(VPY)
+	$(VPY) -m pip install --upgrade pip
+	$(VPY) -m pip install -e '.[dev]'
+	touch $@
+
+lab-venv: $(LABSTAMP)
+
+$(LABSTAMP): $(STAMP)
+	$(VPY) -m pip install -e '.[dev,lab]'
+	touch $@
+
+demo: venv
+	$(VENV)/bin/trickles sim --size 1000000 --loss 0.01 --seed 1
+
+test: venv
+	$(VENV)/bin/ruff check .
+	$(VPY) -m pytest -n 2
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,1 @@
+"""Applications written against the minisocket API (PROTOCOL §8)."""

@@ -1,0 +1,103 @@
+"""A deterministic dynamic handler: "GEN <size> <seed>" streams pseudo-random bytes.
+
+Content is a function of (seed, offset), so any byte range is produced statelessly and a test
+knows the SHA-256 without storing the data. The user continuation (size, seed) is sealed with
+AES-GCM and bound to the connection: a client cannot change what it is being served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections import OrderedDict
+
+from trickles_kit.apps.common import fill_slots, request_words
+from trickles_kit.core.seal import UcontBox
+from trickles_kit.core.server import Minisocket, ServerEngine
+
+PERIOD = 65521  # prime, so the pattern never lines up with packet sizes
+_UC = struct.Struct("!QQ")
+_patterns: OrderedDict[int, bytes] = OrderedDict()
+
+
+def _pattern(seed: int) -> bytes:
+    """Twice the period, so any slice up to PERIOD long is one contiguous copy."""
+    p = _patterns.get(seed)
+    if p is None:
+        blocks = []
+        n = 0
+        i = 0
+        while n < PERIOD:
+            b = hashlib.blake2b(struct.pack("!QQ", seed, i), digest_size=64).digest()
+            blocks.append(b)
+            n += 64
+            i += 1
+        one = b"".join(blocks)[:PERIOD]
+        p = one + one
+        _patterns[seed] = p
+        if len(_patterns) > 16:
+            _patterns.popitem(last=False)
+    return p
+
+
+def generated_bytes(seed: int, start: int, end: int) -> bytes:
+    pat = _pattern(seed)
+    out = []
+    while start < end:
+        off = start % PERIOD
+        n = min(end - start, PERIOD)
+        out.append(pat[off : off + n])
+        start += n
+    return b"".join(out)
+
+
+def generated_sha256(size: int, seed: int) -> str:
+    h = hashlib.sha256()
+    step = PERIOD * 16
+    for s in range(0, size, step):
+        h.update(generated_bytes(seed, s, min(size, s + step)))
+    return h.hexdigest()
+
+
+def gen_request(size: int, seed: int) -> bytes:
+    return f"GEN {size} {seed}".encode()
+
+
+class Generated:
+    """Handler for "GEN <size> <seed>"; bind it to a server with `attach` to seal its state."""
+
+    def __init__(self, max_size: int = 1 << 32) -> None:
+        self.max_size = max_size
+        self._box: UcontBox | None = None
+        self.bad_ucont = 0
+
+    def attach(self, server: ServerEngine) -> Generated:
+        self._box = UcontBox(server.keys)
+        return self
+
+    def __call__(self, msk: Minisocket) -> None:
+        if msk.kind == "FIN":
+            return
+        if self._box is None:
+            raise ValueError("Generated handler used before attach(server)")
+        box = self._box
+        if msk.ucont:
+            plain = box.open(msk.ucont, msk.conn_id)
+            if plain is None or len(plain) != _UC.size:
+                self.bad_ucont += 1
+                msk.drop()
+                return
+            size, seed = _UC.unpack(plain)
+        else:
+            words = request_words(msk)
+            try:
+                if len(words) != 3 or words[0] != "GEN":
+                    raise ValueError
+                size, seed = int(words[1]), int(words[2])
+                if not 0 <= size <= self.max_size or not 0 <= seed < 1 << 64:
+                    raise ValueError
+            except ValueError:
+                msk.drop()
+                return
+        sealed = box.seal(_UC.pack(size, seed), msk.conn_id)
+        fill_slots(msk, size, lambda s, e: generated_bytes(seed, s, e), lambda _off: sealed)

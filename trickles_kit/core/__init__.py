@@ -1,0 +1,1 @@
+"""Sans-I/O protocol core: no sockets, threads or clocks — time is always an argument."""

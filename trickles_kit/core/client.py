@@ -1,0 +1,564 @@
+"""The client engine: a sans-I/O state machine that owns every timer and all reliability.
+
+It runs the server's own planning function (`core.plan`) on each continuation it is about to
+use, so it knows which packets the request will produce and names the bytes each one carries:
+missing bytes first, then new ones (PROTOCOL §4.5). Loss is inferred FACK-style (a packet is
+lost once one `dupthresh` numbers above it has arrived); requests for packets past an undecided
+hole are held, so reordering does not trigger recovery.
+
+API in the style of aioquic: `connect`, `receive(segment, now)`, `datagrams_to_send()`,
+`get_timer()`, `handle_timer(now)`, `read()`, `close(now)`.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from dataclasses import dataclass
+
+from trickles_kit.core import events as ev
+from trickles_kit.core import plan as pl
+from trickles_kit.core.ranges import RangeSet
+from trickles_kit.wire.continuation import BOOTSTRAP, MINIMAL, Continuation
+from trickles_kit.wire.errors import DecodeError
+from trickles_kit.wire.messages import (
+    REQ_FIN,
+    REQ_NORMAL,
+    REQ_SLOWSTART,
+    REQ_SYN,
+    DataChunk,
+    FinHint,
+    Request,
+    SackBlock,
+    SkipChunk,
+    decode_response,
+)
+from trickles_kit.wire.segment import ACK, FIN, SYN, decode_segment, encode_segment
+
+_U32 = 0xFFFFFFFF
+
+
+@dataclass(slots=True)
+class ClientConfig:
+    mss: int = 1448  # must match the server's
+    max_sacks: int = 8
+    dupthresh: int = 3
+    initial_rto: float = 1.0
+    min_rto: float = 1.0
+    max_rto: float = 60.0
+    max_timeouts: int = 15  # consecutive unproductive timeouts before giving up
+    max_gap: int = pl.MAX_GAP
+    syn_data: bool = True  # send the request bytes (and a padded SYN) in the SYN
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_rto <= self.initial_rto <= self.max_rto:
+            raise ValueError("need 0 < min_rto <= initial_rto <= max_rto")
+        if not 1 <= self.max_sacks <= 64 or self.dupthresh < 1:
+            raise ValueError("max_sacks must be in 1..64 and dupthresh >= 1")
+
+
+class _Expect:
+    __slots__ = ("ranges", "order")
+
+    def __init__(self, ranges: list[tuple[int, int]], order: int) -> None:
+        self.ranges = ranges
+        self.order = order
+
+
+class ClientEngine:
+    """One Trickles connection, client side. Times are float seconds supplied by the caller."""
+
+    def __init__(
+        self,
+        local_ip: bytes,
+        local_port: int,
+        server_ip: bytes,
+        server_port: int,
+        config: ClientConfig | None = None,
+        isn: int = 0,
+        on_event: ev.EventSink | None = None,
+    ) -> None:
+        if len(local_ip) != 4 or len(server_ip) != 4:
+            raise ValueError("addresses must be packed IPv4 (4 bytes)")
+        self.cfg = config or ClientConfig()
+        self.local_ip, self.local_port = local_ip, local_port
+        self.server_ip, self.server_port = server_ip, server_port
+        self.isn = isn & _U32
+        self.on_event = on_event
+        self.counters: Counter[str] = Counter()
+        self.phase = "idle"  # idle|syn_sent|established|done|fin_sent|closed|failed
+        self.conn_id = 0
+        self.client_state = 0
+        self._req_seq = self.isn
+        self._request_bytes = b""
+        self._outbox: list[bytes] = []
+        # transport scoreboard (current client_state only)
+        self._board = RangeSet()  # packet numbers that may be claimed in SACK proofs
+        self._nonce: dict[int, int] = {}
+        self._sum_cache: dict[int, tuple[int, int]] = {}
+        self._lost: set[int] = set()
+        self._max_rx = -1
+        self._expected: dict[int, _Expect] = {}
+        self._exp_heap: list[int] = []
+        self._rtx: dict[int, _Expect] = {}
+        self._rtx_heap: list[tuple[int, int]] = []
+        self._ready: list[tuple[int, int, Continuation]] = []
+        self._spare: Continuation | None = None
+        self.in_recovery = False
+        self._recovery_base = -1
+        self.cwnd = 0
+        self.ssthresh = 0
+        # bytes
+        self.total: int | None = None
+        self._received = RangeSet()
+        self._missing = RangeSet()
+        self._next_new = 0
+        self._pieces: dict[int, bytes] = {}
+        self._deliver = 0
+        self._skips = RangeSet()
+        self._app = bytearray()
+        self.ucont = b""
+        # timers
+        self._srtt: float | None = None
+        self._rttvar = 0.0
+        self.rto = self.cfg.initial_rto
+        self._backoff = 1
+        self._timer: float | None = None
+        self._timeouts_in_row = 0
+        self._fin_tries = 0
+        self._syn_time = 0.0
+        self._syn_range: tuple[int, int] | None = None
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def done(self) -> bool:
+        """All response bytes received (the total is known and covered)."""
+        return self.total is not None and self._received.covers(0, self.total)
+
+    @property
+    def bytes_received(self) -> int:
+        return self._received.total()
+
+    def connect(self, now: float, request: bytes = b"") -> None:
+        """Open the connection and ask for the response to `request` (e.g. b"GET /file")."""
+        if self.phase != "idle":
+            raise ValueError(f"connect() in phase {self.phase}")
+        self._request_bytes = bytes(request)
+        self.phase = "syn_sent"
+        self._send_syn(now)
+
+    def close(self, now: float) -> None:
+        """Tear down: a FIN request (the server keeps nothing to free; this tells the app)."""
+        if self.phase in ("closed", "failed", "idle"):
+            return
+        if self._spare is None:
+            self.phase = "closed"
+            return
+        self.phase = "fin_sent"
+        self._fin_tries += 1
+        self._send_request(REQ_FIN, self._spare, [], [], now, flags=FIN | ACK)
+        self._timer = now + self.rto
+
+    def read(self) -> bytes:
+        """In-order response bytes that arrived since the last read."""
+        out = bytes(self._app)
+        self._app.clear()
+        return out
+
+    def datagrams_to_send(self) -> list[bytes]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def get_timer(self) -> float | None:
+        return self._timer
+
+    # ------------------------------------------------------------------ helpers
+    def _event(self, kind: str, now: float, **kw) -> None:
+        if self.on_event is None:
+            return
+        e = ev.Event(kind, now, "client", self.conn_id, cwnd=self.cwnd, ssthresh=self.ssthresh)
+        for key, val in kw.items():
+            if hasattr(e, key):
+                setattr(e, key, val)
+            else:
+                e.detail[key] = val
+        self.on_event(e)
+
+    def _segment(self, payload: bytes, ack: int, flags: int) -> bytes:
+        self._req_seq = (self._req_seq + 1) & _U32
+        return encode_segment(
+            self.local_ip, self.server_ip, self.local_port, self.server_port, self._req_seq,
+            ack, flags, payload, 0, 0xFFFF,
+        )
+
+    def _arm(self, now: float) -> None:
+        self._timer = now + min(self.rto * self._backoff, self.cfg.max_rto)
+
+    def _send_syn(self, now: float) -> None:
+        ranges = [(0, self.cfg.mss)] if self.cfg.syn_data and self._request_bytes else []
+        app = self._request_bytes if self.cfg.syn_data else b""
+        req = Request(REQ_SYN, None, [], b"", ranges, app)
+        payload = req.encode()
+        if ranges:
+            # pad (inside the ucont field, ignored on SYN) so a full answer is within 3x
+            need = (self.cfg.mss + 200) // 3 + 1 - (len(payload) + 28)
+            if need > 0:
+                req.ucont = b"\0" * need
+                payload = req.encode()
+        self._syn_time = now
+        if ranges:
+            self._syn_range = ranges[0]
+            self._next_new = max(self._next_new, ranges[0][1])
+        self._outbox.append(self._segment(payload, 0, SYN))
+        self.counters["tx"] += 1
+        self._arm(now)
+
+    # ------------------------------------------------------------------ receive
+    def receive(self, segment: bytes, now: float) -> None:
+        """Process one segment from the server; bad input is counted and dropped."""
+        self.counters["rx"] += 1
+        try:
+            seg = decode_segment(segment, self.server_ip, self.local_ip)
+            if seg.dst_port != self.local_port or seg.src_port != self.server_port:
+                self.counters["drop.port"] += 1
+                return
+            resp = decode_response(seg.payload)
+        except DecodeError as e:
+            self.counters["drop.decode." + e.reason] += 1
+            return
+        cont = resp.cont
+        if self.phase == "syn_sent":
+            if not seg.flags & SYN or not cont.is_full:
+                self.counters["drop.not_synack"] += 1
+                return
+            self.conn_id = cont.conn_id
+            self.phase = "established"
+            self.cwnd, self.ssthresh = cont.start_cwnd, cont.ssthresh
+            self._sample_rtt(now - self._syn_time)
+        elif cont.is_full and cont.conn_id != self.conn_id:
+            self.counters["drop.conn_id"] += 1
+            return
+        if self.phase in ("closed", "failed", "idle"):
+            return
+        if seg.flags & FIN and self.phase == "fin_sent":
+            self.phase = "closed"
+            self._timer = None
+            return
+        progress = self._take_chunks(resp.chunks, now)
+        if seg.flags & SYN and self._syn_range is not None:
+            # the SYN asked for these bytes; an answer trimmed by anti-amplification lacks them
+            for s, e in self._received.gaps(*self._syn_range):
+                self._missing.add(s, e)
+            self._syn_range = None
+        if resp.ucont:
+            self.ucont = resp.ucont
+        if cont.client_state == self.client_state:
+            progress |= self._on_packet(cont, resp.nonce, now)
+        else:
+            self.counters["stale_epoch_packet"] += 1
+        if progress:
+            self._backoff = 1
+            self._timeouts_in_row = 0
+            self._arm(now)
+        if self.done and self.phase == "established":
+            self.phase = "done"
+            self._timer = None
+            self._event(ev.DONE, now, bytes=self.total)
+        self._pump(now)
+
+    def _sample_rtt(self, r: float) -> None:
+        if r < 0:
+            return
+        if self._srtt is None:
+            self._srtt, self._rttvar = r, r / 2
+        else:
+            self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - r)
+            self._srtt = 0.875 * self._srtt + 0.125 * r
+        self.rto = min(max(self._srtt + 4 * self._rttvar, self.cfg.min_rto), self.cfg.max_rto)
+
+    def _take_chunks(self, chunks: list, now: float) -> bool:
+        got = False
+        received = self._received
+        for c in chunks:
+            if isinstance(c, DataChunk):
+                end = c.byte_num + len(c.data)
+                if c.fin:
+                    self._set_total(end)
+                for s, e in received.gaps(c.byte_num, end):
+                    self._pieces[s] = c.data[s - c.byte_num : e - c.byte_num]
+                    received.add(s, e)
+                    got = True
+            elif isinstance(c, FinHint):
+                self._set_total(c.byte_num)
+            elif isinstance(c, SkipChunk):
+                end = c.byte_num + c.length
+                for s, e in received.gaps(c.byte_num, end):
+                    self._skips.add(s, e)
+                    received.add(s, e)
+                    got = True
+        if got:
+            self._deliver_in_order(now)
+        return got
+
+    def _set_total(self, total: int) -> None:
+        if self.total is None or total < self.total:
+            self.total = total
+            self._missing.remove_from(total)
+
+    def _deliver_in_order(self, now: float) -> None:
+        pieces = self._pieces
+        n0 = len(self._app)
+        while True:
+            piece = pieces.pop(self._deliver, None)
+            if piece is not None:
+                self._app += piece
+                self._deliver += len(piece)
+                continue
+            first = self._skips.first()
+            if first is not None and first[0] == self._deliver:
+                self._skips.remove(*first)
+                self._deliver = first[1]
+                continue
+            break
+        if self.on_event is not None and len(self._app) > n0:
+            self._event(ev.DATA, now, bytes=len(self._app) - n0, offset=self._deliver)
+
+    def _on_packet(self, cont: Continuation, nonce: int, now: float) -> bool:
+        pkt = cont.seq
+        if cont.client_timestamp:
+            r = ((int(now * 1000) - cont.client_timestamp) & _U32) / 1000.0
+            if r < 1 << 20:
+                self._sample_rtt(r)
+        if cont.type == MINIMAL:  # a retransmission: its data counts, its number is not claimed
+            exp = self._rtx.pop(pkt, None)
+            if exp is not None:
+                self._settle(exp)
+                self.counters["rtx_received"] += 1
+            return exp is not None
+        exp = self._expected.pop(pkt, None)
+        if exp is not None:
+            self._settle(exp)
+        if pkt in self._lost or self._board.contains(pkt):
+            self.counters["late_or_dup"] += 1
+            return exp is not None
+        self._board.add(pkt, pkt + 1)
+        self._nonce[pkt] = nonce
+        if pkt > self._max_rx:
+            self._max_rx = pkt
+        if self._spare is None or pkt >= self._spare.seq:
+            self._spare = cont
+        heapq.heappush(self._ready, (pkt, id(cont), cont))
+        if self.in_recovery and cont.state == BOOTSTRAP and pkt == self._recovery_base:
+            self.in_recovery = False
+            self._event(ev.RECOVERY_END, now, pkt=pkt, tcp_base=cont.tcp_base)
+        self._detect_losses(now)
+        return True
+
+    def _settle(self, exp: _Expect) -> None:
+        """Bytes an arrived packet should have carried but did not become missing."""
+        for s, e in exp.ranges:
+            for gs, ge in self._received.gaps(s, e):
+                self._missing.add(gs, ge)
+
+    def _detect_losses(self, now: float) -> None:
+        limit = self._max_rx - self.cfg.dupthresh
+        heap = self._exp_heap
+        while heap and heap[0] <= limit:
+            pkt = heapq.heappop(heap)
+            exp = self._expected.pop(pkt, None)
+            if exp is None:
+                continue
+            self._lost.add(pkt)
+            self.counters["losses"] += 1
+            self._settle(exp)
+            self._event(ev.LOSS_DETECTED, now, pkt=pkt)
+        rheap = self._rtx_heap
+        while rheap and rheap[0][0] <= limit:
+            _, pkt = heapq.heappop(rheap)
+            exp = self._rtx.pop(pkt, None)
+            if exp is not None:
+                self.counters["rtx_lost"] += 1
+                self._settle(exp)
+
+    # ------------------------------------------------------------------ sending
+    def _has_work(self) -> bool:
+        return not self.done
+
+    def _pump(self, now: float) -> None:
+        """Use every ready continuation, in packet order, unless a hole below it is undecided."""
+        if self.phase != "established":
+            return
+        ready = self._ready
+        while ready:
+            pkt = ready[0][0]
+            if self._pending_below(pkt):
+                break
+            _, _, cont = heapq.heappop(ready)
+            if not self._has_work():
+                continue
+            self._request_for(cont, now)
+
+    def _pending_below(self, pkt: int) -> bool:
+        heap = self._exp_heap
+        while heap and heap[0] not in self._expected:
+            heapq.heappop(heap)
+        return bool(heap) and heap[0] < pkt
+
+    def _proof(self, cont: Continuation) -> list[tuple[int, int]]:
+        lo = min(cont.tcp_base, cont.seq)
+        blocks = [(s, e - 1) for s, e in self._board.clip(lo, cont.seq + 1)]
+        m = self.cfg.max_sacks
+        if len(blocks) > m:
+            blocks = blocks[: m - 1] + blocks[-1:]
+        return blocks
+
+    def _summary(self, left: int, right: int) -> int:
+        cached = self._sum_cache.get(left)
+        if cached is not None and cached[0] <= right:
+            r0, acc = cached
+        else:
+            r0, acc = left - 1, 0
+        nonce = self._nonce
+        for j in range(r0 + 1, right + 1):
+            acc ^= nonce[j]
+        if len(self._sum_cache) > 256:
+            self._sum_cache.clear()
+        self._sum_cache[left] = (right, acc)
+        return acc
+
+    def _assign(self, n: int) -> list[tuple[int, int]]:
+        """Byte ranges for n slots: missing bytes first, then new ones (stops when none left)."""
+        mss = self.cfg.mss
+        out: list[tuple[int, int]] = []
+        while len(out) < n:
+            piece = self._missing.pop_first(mss)
+            if piece is not None:
+                for s, e in self._received.gaps(*piece):
+                    out.append((s, e))
+                    break
+                continue
+            if self.total is not None and self._next_new >= self.total:
+                break
+            end = self._next_new + mss
+            if self.total is not None:
+                end = min(end, self.total)
+            out.append((self._next_new, end))
+            self._next_new = end
+        return out
+
+    def _request_for(self, cont: Continuation, now: float) -> None:
+        blocks = self._proof(cont)
+        plan = pl.plan_request(cont.seq, cont.tcp_base, cont.start_cwnd, cont.ssthresh, cont.state,
+                               blocks, False, self.cfg.max_gap)
+        if plan.verdict == "reject":
+            self.counters["unusable_cont"] += 1
+            return
+        self._launch(REQ_NORMAL, cont, blocks, plan, now)
+
+    def _launch(self, rtype: int, cont: Continuation, blocks: list[tuple[int, int]],
+                plan: pl.Plan, now: float) -> None:
+        ranges = self._assign(len(plan.slots))
+        newest = max((s.pkt for s in plan.slots if s.kind != pl.RETRANSMIT), default=cont.seq)
+        for i, s in enumerate(plan.slots):
+            rng = [ranges[i]] if i < len(ranges) else []
+            if s.kind == pl.RETRANSMIT:
+                self._rtx[s.pkt] = _Expect(rng, newest)
+                heapq.heappush(self._rtx_heap, (newest, s.pkt))
+            else:
+                self._expected[s.pkt] = _Expect(rng, s.pkt)
+                heapq.heappush(self._exp_heap, s.pkt)
+        if plan.slots:
+            self.cwnd = plan.cwnd
+            self.ssthresh = plan.slots[-1].ssthresh
+        if plan.verdict == "recovery" and not self.in_recovery and plan.first_loss >= 0:
+            boot = [s for s in plan.slots if s.kind == pl.BOOT]
+            if boot:
+                self.in_recovery = True
+                self._recovery_base = boot[0].tcp_base
+                self.counters["recoveries"] += 1
+        for s in plan.slots:
+            self.counters["pred." + s.kind] += 1
+        if not plan.slots:
+            self.counters["pred.terminate"] += 1
+        self._send_request(rtype, cont, blocks, ranges, now)
+        if self._timer is None:
+            self._arm(now)
+
+    def _send_request(self, rtype: int, cont: Continuation, blocks: list[tuple[int, int]],
+                      ranges: list[tuple[int, int]], now: float, flags: int = ACK) -> None:
+        c = Continuation(*(getattr(cont, f) for f in cont.__slots__))
+        c.client_state = self.client_state
+        c.parent = self.counters["requests"] & _U32
+        c.client_timestamp = int(now * 1000) & _U32
+        sacks = [SackBlock(lft, rgt, self._summary(lft, rgt)) for lft, rgt in blocks]
+        app = self._request_bytes if not self.ucont else b""
+        req = Request(rtype, c, sacks, self.ucont, ranges, app)
+        self._outbox.append(self._segment(req.encode(), cont.seq, flags))
+        self.counters["requests"] += 1
+        self.counters["tx"] += 1
+        if self.on_event is not None:
+            self._event(ev.REQUEST, now, ack=cont.seq, tcp_base=cont.tcp_base, state=cont.state,
+                        req_type=rtype, sacks=[list(b) for b in blocks], ranges=len(ranges))
+
+    # ------------------------------------------------------------------ timers
+    def handle_timer(self, now: float) -> None:
+        if self._timer is None or now < self._timer:
+            return
+        self._timer = None
+        if self.phase == "syn_sent":
+            self._backoff = min(self._backoff * 2, 64)
+            self._timeouts_in_row += 1
+            if self._timeouts_in_row > self.cfg.max_timeouts:
+                self.phase = "failed"
+                return
+            self.counters["syn_retries"] += 1
+            self._send_syn(now)
+            return
+        if self.phase == "fin_sent":
+            if self._fin_tries >= 3 or self._spare is None:
+                self.phase = "closed"
+                return
+            self.phase = "established"
+            self.close(now)
+            return
+        if self.phase != "established":
+            return
+        self._timeouts_in_row += 1
+        if self._timeouts_in_row > self.cfg.max_timeouts or self._spare is None:
+            self.phase = "failed"
+            self._event(ev.TIMEOUT, now, fatal=True)
+            return
+        self.counters["timeouts"] += 1
+        self._backoff = min(self._backoff * 2, 64)
+        self._slowstart(now)
+
+    def _slowstart(self, now: float) -> None:
+        cont = self._spare
+        assert cont is not None
+        blocks = self._proof(cont)
+        plan = pl.plan_request(cont.seq, cont.tcp_base, cont.start_cwnd, cont.ssthresh, cont.state,
+                               blocks, True, self.cfg.max_gap)
+        right = plan.slots[0].pkt - 1
+        blocks = [(lft, min(rgt, right)) for lft, rgt in blocks if lft <= right]  # same `right`
+        self._event(ev.TIMEOUT, now, pkt=cont.seq, right=right, rto=self.rto * self._backoff)
+        # a new client epoch: everything outstanding is re-requested, numbers above right reused
+        self.client_state = (self.client_state + 1) & _U32
+        for exp in list(self._expected.values()) + list(self._rtx.values()):
+            self._settle(exp)
+        self._expected.clear()
+        self._exp_heap.clear()
+        self._rtx.clear()
+        self._rtx_heap.clear()
+        self._ready.clear()
+        self._lost.clear()
+        self._board.remove_from(right + 1)
+        for j in [j for j in self._nonce if j > right]:
+            del self._nonce[j]
+        self._sum_cache.clear()
+        self._max_rx = right
+        self.in_recovery = False
+        self._launch(REQ_SLOWSTART, cont, blocks, plan, now)
+        self._arm(now)
+
+
+__all__ = ["ClientConfig", "ClientEngine"]

@@ -1,0 +1,83 @@
+"""One event vocabulary for engines, pcap decoding and every view (JSON lines on disk).
+
+An event says what a protocol step did — never how it was transported — so a live run, a
+simulated run and a decoded capture produce the same stream.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+# server side
+SYN = "syn"
+SPLIT = "split"
+CONTINUE = "continue"
+TERMINATE = "terminate"
+RETRANSMIT = "retransmit"
+BOOTSTRAP = "bootstrap"
+INITIAL = "initial"
+RECOVERY_START = "recovery_start"
+SLOWSTART = "slowstart"
+FIN = "fin"
+NONCE_OK = "nonce_ok"
+NONCE_FAIL = "nonce_fail"
+MAC_FAIL = "mac_fail"
+REPLAY_DROP = "replay_drop"
+STALE_DROP = "stale_drop"
+DROP = "drop"  # any other counted drop (decode, bad SACK, beyond window...), reason in detail
+# client side
+TIMEOUT = "timeout"
+RECOVERY_END = "recovery_end"
+LOSS_DETECTED = "loss_detected"
+REQUEST = "request"
+DATA = "data"
+DONE = "done"
+
+KINDS = (
+    SYN, SPLIT, CONTINUE, TERMINATE, RETRANSMIT, BOOTSTRAP, INITIAL, RECOVERY_START, SLOWSTART,
+    FIN, NONCE_OK, NONCE_FAIL, MAC_FAIL, REPLAY_DROP, STALE_DROP, DROP, TIMEOUT, RECOVERY_END,
+    LOSS_DETECTED, REQUEST, DATA, DONE,
+)
+
+
+@dataclass(slots=True)
+class Event:
+    kind: str
+    t: float
+    side: str  # "server" | "client"
+    conn_id: int = 0
+    pkt: int = -1
+    ack: int = -1
+    cwnd: int = 0
+    ssthresh: int = 0
+    tcp_base: int = 0
+    state: int = 0
+    detail: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, line: str) -> Event:
+        return cls(**json.loads(line))
+
+
+EventSink = Callable[[Event], None]
+
+
+class EventLog:
+    """A list sink that also counts kinds; handy for tests, notebooks and the CLI."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def __call__(self, ev: Event) -> None:
+        self.events.append(ev)
+
+    def of(self, kind: str) -> list[Event]:
+        return [e for e in self.events if e.kind == kind]
+
+    def count(self, kind: str) -> int:
+        return sum(1 for e in self.events if e.kind == kind)

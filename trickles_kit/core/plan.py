@@ -1,0 +1,178 @@
+"""What one request makes the server send — a pure function shared by server and client.
+
+The server runs it to answer; the client runs the very same function to predict how many packets
+(and which numbers) each request will produce, so it can name the bytes each one should carry.
+Covers the normal step (§4.2), the one deterministic recovery plan (§4.3), the timeout restart
+(§4.4) and the handshake's initial window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trickles_kit.core.cc import cwnd
+from trickles_kit.wire.continuation import BOOTSTRAP, FULL1, MINIMAL, NORMAL, RECOVERY
+
+# slot kinds
+CONTINUE, SPLIT, RETRANSMIT, BOOT, INITIAL = "continue", "split", "retransmit", "bootstrap", "initial"
+
+MAX_GAP = 20
+SLOWSTART_CWND = 2
+
+
+@dataclass(slots=True)
+class Slot:
+    """One packet the server will emit, with the congestion fields its continuation carries."""
+
+    pkt: int
+    kind: str
+    ctype: int
+    state: int
+    tcp_base: int
+    start_cwnd: int
+    ssthresh: int
+    first_loss: int = 0
+    first_bootstrap_seq: int = 0
+
+
+@dataclass(slots=True)
+class Plan:
+    verdict: str  # normal | handshake | recovery | slowstart | terminate | reject
+    slots: list[Slot] = field(default_factory=list)
+    cwnd: int = 0
+    reason: str = ""
+    first_loss: int = -1
+    recovery_start: bool = False  # this request retransmits the first hole: the plan starts here
+
+
+def first_missing(blocks: list[tuple[int, int]], base: int, k: int) -> int | None:
+    """First packet in [base, k] the blocks do not cover (blocks sorted and disjoint)."""
+    pos = base
+    for left, right in blocks:
+        if right < pos:
+            continue
+        if left > pos:
+            return pos
+        pos = right + 1
+        if pos > k:
+            return None
+    return pos if pos <= k else None
+
+
+def contiguous_end(blocks: list[tuple[int, int]], base: int) -> int:
+    """Last packet of the covered run starting at base (base - 1 when base is not covered)."""
+    pos = base
+    for left, right in blocks:
+        if right < pos:
+            continue
+        if left > pos:
+            break
+        pos = right + 1
+    return pos - 1
+
+
+def hole_before(blocks: list[tuple[int, int]], base: int, k: int) -> tuple[int, int] | None:
+    """The uncovered run ending at k - 1 (within [base, k-1]), or None if k - 1 is covered."""
+    if k - 1 < base:
+        return None
+    prev_right = base - 1
+    for left, right in blocks:
+        if left > k - 1:
+            break
+        if right >= k - 1:
+            return None
+        prev_right = max(prev_right, right)
+    return (prev_right + 1, k - 1)
+
+
+def plan_request(
+    k: int,
+    tcp_base: int,
+    start_cwnd: int,
+    ssthresh: int,
+    state: int,
+    blocks: list[tuple[int, int]],
+    slowstart: bool = False,
+    max_gap: int = MAX_GAP,
+) -> Plan:
+    """Plan the answer to a valid request that acknowledges packet k with the given epoch."""
+    if slowstart:
+        right = contiguous_end(blocks, tcp_base)
+        if right > k:
+            right = k
+        ss = max(cwnd(right, tcp_base, start_cwnd, ssthresh) // 2, SLOWSTART_CWND)
+        base = right + 1
+        return Plan(
+            "slowstart",
+            [
+                Slot(base + i, INITIAL, FULL1, NORMAL, base, SLOWSTART_CWND, ss)
+                for i in range(SLOWSTART_CWND)
+            ],
+            SLOWSTART_CWND,
+        )
+    if state == RECOVERY:
+        return Plan("terminate", reason="recovery continuation")
+    if k == tcp_base - 1:  # the handshake continuation: open the initial window
+        return Plan(
+            "handshake",
+            [
+                Slot(tcp_base + i, INITIAL, FULL1, NORMAL, tcp_base, start_cwnd, ssthresh)
+                for i in range(start_cwnd)
+            ],
+            start_cwnd,
+        )
+    if k < tcp_base:
+        return Plan("reject", reason="ack before epoch")
+    loss = first_missing(blocks, tcp_base, k)
+    if loss is None:
+        prev = cwnd(k - 1, tcp_base, start_cwnd, ssthresh)
+        cur = cwnd(k, tcp_base, start_cwnd, ssthresh)
+        first = k + prev
+        slots = [
+            Slot(first + i, CONTINUE if i == 0 else SPLIT, FULL1, NORMAL, tcp_base, start_cwnd,
+                 ssthresh)
+            for i in range(cur - prev + 1)
+        ]
+        return Plan("normal", slots, cur)
+    return _recovery(k, tcp_base, start_cwnd, ssthresh, blocks, loss, max_gap)
+
+
+def _recovery(
+    k: int,
+    tcp_base: int,
+    start_cwnd: int,
+    ssthresh: int,
+    blocks: list[tuple[int, int]],
+    first_loss: int,
+    max_gap: int,
+) -> Plan:
+    orig = cwnd(first_loss, tcp_base, start_cwnd, ssthresh)
+    new_cwnd = max(orig // 2, 1)
+    last_regular = first_loss - 1 + cwnd(first_loss - 1, tcp_base, start_cwnd, ssthresh)
+    if k > last_regular:
+        return Plan("reject", reason="ack beyond the window", first_loss=first_loss)
+    base = last_regular + 1
+    boot_start = last_regular - new_cwnd + 1
+
+    def boot(ack: int) -> Slot:
+        return Slot(
+            base + ack - boot_start, BOOT, FULL1, BOOTSTRAP, base, new_cwnd, new_cwnd, first_loss,
+            base,
+        )
+
+    slots: list[Slot] = []
+    hole = hole_before(blocks, tcp_base, k)
+    starts = False
+    if hole is not None and hole[1] - hole[0] + 1 <= max_gap:
+        starts = hole[0] == first_loss
+        for m in range(hole[0], hole[1] + 1):
+            slots.append(
+                Slot(m, RETRANSMIT, MINIMAL, RECOVERY, tcp_base, start_cwnd, ssthresh, first_loss,
+                     base)
+            )
+        for m in range(max(hole[0], boot_start), hole[1] + 1):
+            slots.append(boot(m))
+    if k >= boot_start:
+        slots.append(boot(k))
+    verdict = "recovery" if slots else "terminate"
+    return Plan(verdict, slots, new_cwnd, first_loss=first_loss, recovery_start=starts)

@@ -1,0 +1,377 @@
+"""The stateless server engine: (keys, datagram, now) -> datagrams, plus one bounded replay history.
+
+No object outlives a request. Each valid request becomes one `Minisocket` handed to the
+application's handler, which fills the output slots the transport allows; when it returns, the
+minisocket is gone. Everything wrong with an input is an event and a counter, never an exception.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from trickles_kit.core import events as ev
+from trickles_kit.core import plan as pl
+from trickles_kit.core.keys import KeyRing
+from trickles_kit.core.nonces import NonceGen
+from trickles_kit.core.replay import ReplayHistory
+from trickles_kit.core.seal import mac, pseudo_header, verify
+from trickles_kit.wire.continuation import (
+    FULL1,
+    FULL_LEN,
+    MINIMAL,
+    MINIMAL_LEN,
+    NORMAL,
+    Continuation,
+)
+from trickles_kit.wire.errors import DecodeError
+from trickles_kit.wire.messages import (
+    REQ_FIN,
+    REQ_NORMAL,
+    REQ_SLOWSTART,
+    REQ_SYN,
+    RESPONSE_HEADER_LEN,
+    Request,
+    decode_request,
+    encode_data_chunk,
+    encode_response,
+)
+from trickles_kit.wire.segment import ACK, FIN, SYN, decode_segment, encode_segment
+
+_U32 = 0xFFFFFFFF
+_FINHINT = struct.Struct("!BHI")
+_SKIP = struct.Struct("!BHII")
+INITIAL_SSTHRESH = 0x3FFF
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    mss: int = 1448  # data bytes per packet
+    initial_cwnd: int = 3
+    initial_ssthresh: int = INITIAL_SSTHRESH
+    max_sacks: int = 8
+    max_gap: int = pl.MAX_GAP
+    nonce_bits: int = 32
+    freshness: float = 120.0  # seconds; older continuations are stale
+    future_skew: float = 5.0  # seconds a continuation may be ahead of our clock (replicas)
+    replay_entries: int = 1 << 20
+    epoch_seconds: float = 60.0
+    max_seals: int = 1 << 23
+    amplification: int = 3  # bytes out per byte in before an address is validated
+    slowstart_bucket: float = 0.5  # s; one SLOWSTART per continuation per bucket
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.initial_cwnd <= 64:
+            raise ValueError("initial_cwnd must be in 1..64")
+        if self.initial_ssthresh < self.initial_cwnd:
+            raise ValueError("initial_ssthresh must be >= initial_cwnd")
+        if not 64 <= self.mss <= 65000:
+            raise ValueError("mss must be in 64..65000")
+        if not 1 <= self.max_sacks <= 64:
+            raise ValueError("max_sacks must be in 1..64")
+
+
+class OutSlot:
+    """One packet the handler may fill: data for `range`, a user continuation, FIN/FINHINT/SKIP."""
+
+    __slots__ = ("pkt", "budget", "range", "byte_num", "data", "fin", "finhint", "skips", "ucont")
+
+    def __init__(self, pkt: int, budget: int, rng: tuple[int, int] | None) -> None:
+        self.pkt = pkt
+        self.budget = budget
+        self.range = rng
+        self.byte_num = 0
+        self.data = b""
+        self.fin = False
+        self.finhint: int | None = None
+        self.skips: list[tuple[int, int]] = []
+        self.ucont: bytes | None = None
+
+    def fill(self, byte_num: int, data: bytes, fin: bool = False) -> None:
+        if len(data) > self.budget:
+            raise ValueError(f"slot budget is {self.budget} bytes, got {len(data)}")
+        self.byte_num, self.data, self.fin = byte_num, data, fin
+
+
+class Minisocket:
+    """The application's view of one valid request. Freed when the handler returns."""
+
+    __slots__ = ("kind", "client", "conn_id", "request", "ucont", "ranges", "slots", "dropped",
+                 "now")
+
+    def __init__(self, kind: str, client: tuple[bytes, int], conn_id: int, request: bytes,
+                 ucont: bytes, ranges: list[tuple[int, int]], slots: list[OutSlot],
+                 now: float) -> None:
+        self.kind = kind  # "SYN" | "REQUEST" | "FIN"
+        self.client = client
+        self.conn_id = conn_id
+        self.request = request
+        self.ucont = ucont
+        self.ranges = ranges
+        self.slots = slots
+        self.dropped = False
+        self.now = now
+
+    def drop(self) -> None:
+        self.dropped = True
+
+
+Handler = Callable[[Minisocket], None]
+
+
+class ServerEngine:
+    """Answers Trickles requests statelessly. `receive` returns the segments to send back."""
+
+    def __init__(
+        self,
+        secret: bytes,
+        handler: Handler,
+        service_ip: bytes,
+        service_port: int,
+        config: ServerConfig | None = None,
+        on_event: ev.EventSink | None = None,
+    ) -> None:
+        if len(service_ip) != 4:
+            raise ValueError("service_ip must be a packed IPv4 address (4 bytes)")
+        self.cfg = config or ServerConfig()
+        self.keys = KeyRing(secret, self.cfg.epoch_seconds, self.cfg.max_seals)
+        self.nonces = NonceGen(self.keys.nonce_key, self.cfg.nonce_bits)
+        self.replay = ReplayHistory(self.cfg.freshness, self.cfg.replay_entries)
+        self.handler = handler
+        self.service_ip = service_ip
+        self.service_port = service_port
+        self.on_event = on_event
+        self.counters: Counter[str] = Counter()
+
+    # ------------------------------------------------------------------ helpers
+    def _event(self, kind: str, now: float, cont: Continuation | None = None, **kw) -> None:
+        if self.on_event is None:
+            return
+        e = ev.Event(kind, now, "server")
+        if cont is not None:
+            e.conn_id, e.ack, e.ssthresh, e.tcp_base, e.state = (
+                cont.conn_id, cont.seq, cont.ssthresh, cont.tcp_base, cont.state)
+        for key, val in kw.items():
+            if hasattr(e, key):
+                setattr(e, key, val)
+            else:
+                e.detail[key] = val
+        self.on_event(e)
+
+    def _drop(self, reason: str, now: float, kind: str = ev.DROP,
+              cont: Continuation | None = None) -> list[bytes]:
+        self.counters["drop"] += 1
+        self.counters["drop." + reason] += 1
+        self._event(kind, now, cont, reason=reason)
+        return []
+
+    # ------------------------------------------------------------------ entry point
+    def receive(self, segment: bytes, client_ip: bytes, now: float) -> list[bytes]:
+        """Process one TCP-format segment from `client_ip`; never raises on bad input."""
+        self.counters["rx"] += 1
+        try:
+            seg = decode_segment(segment, client_ip, self.service_ip)
+            if seg.dst_port != self.service_port:
+                return self._drop("port", now)
+            req = decode_request(seg.payload)
+        except DecodeError as e:
+            return self._drop("decode." + e.reason, now)
+        try:
+            if seg.flags & SYN:
+                if req.type != REQ_SYN:
+                    return self._drop("syn_type", now)
+                return self._syn(req, client_ip, seg.src_port, seg.seq, len(segment), now)
+            if req.type == REQ_SYN:
+                return self._drop("syn_flag", now)
+            return self._request(req, client_ip, seg.src_port, seg.seq, now)
+        except Exception as e:  # a handler bug must not take the server down
+            self.counters["handler_error"] += 1
+            return self._drop("internal." + type(e).__name__, now)
+
+    # ------------------------------------------------------------------ SYN
+    def _syn(self, req: Request, cip: bytes, cport: int, isn: int, in_len: int,
+             now: float) -> list[bytes]:
+        cfg = self.cfg
+        self.counters["syn"] += 1
+        bucket = int(now // 8)
+        conn_id = int.from_bytes(
+            hashlib.blake2s(
+                cip + struct.pack("!HIQ", cport, isn, bucket), key=self.keys.conn_key,
+                digest_size=8,
+            ).digest(), "big")
+        base = 1
+        cont = Continuation(
+            FULL1, base - 1, 1, 0, 0, 0, int(now * 1000) & _U32, 0, NORMAL, 0, 0,
+            cfg.initial_cwnd, cfg.initial_ssthresh, base, conn_id,
+        )
+        slot = OutSlot(base - 1, cfg.mss, req.ranges[0] if req.ranges else None)
+        msk = Minisocket("SYN", (cip, cport), conn_id, req.app, b"", req.ranges, [slot], now)  # SYN ucont = padding
+        self.handler(msk)
+        self._event(ev.SYN, now, cont, pkt=base - 1, cwnd=cfg.initial_cwnd)
+        if msk.dropped:
+            return self._drop("app_drop", now, cont=cont)
+        pseudo = pseudo_header(cip, cport, self.service_ip, self.service_port)
+        out = self._emit_one(cont, slot, 1, 0, pseudo, b"", cip, cport, SYN | ACK, 0, now)
+        if len(out) > cfg.amplification * in_len and (slot.data or slot.finhint is not None):
+            # anti-amplification: an unvalidated address gets the handshake but not the data
+            self.counters["amplification_trim"] += 1
+            slot.data, slot.fin, slot.finhint, slot.skips = b"", False, None, []
+            out = self._emit_one(cont, slot, 1, 0, pseudo, b"", cip, cport, SYN | ACK, 0, now)
+        self.counters["tx"] += 1
+        return [out]
+
+    # ------------------------------------------------------------------ requests
+    def _request(self, req: Request, cip: bytes, cport: int, rseq: int,
+                 now: float) -> list[bytes]:
+        cfg = self.cfg
+        cont = req.cont
+        assert cont is not None  # decode_request guarantees a FULL continuation
+        pseudo = pseudo_header(cip, cport, self.service_ip, self.service_port)
+        if not self.keys.accepts(cont.key_epoch, now):
+            return self._drop("key_epoch", now, ev.MAC_FAIL, cont)
+        if not verify(self.keys, pseudo, req.cont_raw, cont.key_epoch):
+            return self._drop("mac", now, ev.MAC_FAIL, cont)
+        now_ms = int(now * 1000)
+        age = (now_ms - cont.timestamp) & _U32
+        if age >= 1 << 31:  # from the future
+            if (1 << 32) - age > cfg.future_skew * 1000:
+                return self._drop("future", now, ev.STALE_DROP, cont)
+        elif age > cfg.freshness * 1000:
+            return self._drop("stale", now, ev.STALE_DROP, cont)
+        blocks = self._check_sacks(req, cont, now)
+        if blocks is None:
+            return []
+        tag = req.type
+        if req.type == REQ_SLOWSTART:
+            tag |= (int(now // cfg.slowstart_bucket) & 0xFFFFFF) << 8
+        key = (((cont.conn_id << 32) | cont.seq) << 40) | (cont.type << 32) | tag
+        if not self.replay.check_and_add(key, now):
+            return self._drop("replay", now, ev.REPLAY_DROP, cont)
+        if req.type == REQ_FIN:
+            return self._fin(req, cont, cip, cport, pseudo, now)
+        plan = pl.plan_request(
+            cont.seq, cont.tcp_base, cont.start_cwnd, cont.ssthresh, cont.state, blocks,
+            req.type == REQ_SLOWSTART, cfg.max_gap,
+        )
+        if plan.verdict == "reject":
+            return self._drop("plan." + plan.reason.replace(" ", "_"), now, cont=cont)
+        if not plan.slots:
+            self.counters["terminate"] += 1
+            self._event(ev.TERMINATE, now, cont, cwnd=plan.cwnd, first_loss=plan.first_loss)
+            return []
+        # server-side RTT estimate (mrtt is x8, ms)
+        sample = age if age < 1 << 31 else 0
+        if req.type == REQ_SLOWSTART or cont.mrtt == 0:
+            mrtt = sample * 8
+        else:
+            mrtt = cont.mrtt - (cont.mrtt >> 3) + sample
+        mrtt &= _U32
+        ranges = req.ranges
+        slots = [
+            OutSlot(s.pkt, cfg.mss, ranges[i] if i < len(ranges) else None)
+            for i, s in enumerate(plan.slots)
+        ]
+        msk = Minisocket("REQUEST", (cip, cport), cont.conn_id, req.app, req.ucont, ranges, slots,
+                         now)
+        self.handler(msk)
+        if msk.dropped:
+            return self._drop("app_drop", now, cont=cont)
+        if plan.recovery_start:
+            self.counters["recovery"] += 1
+            self._event(ev.RECOVERY_START, now, cont, cwnd=plan.cwnd, first_loss=plan.first_loss)
+        if plan.verdict == "slowstart":
+            self.counters["slowstart"] += 1
+            self._event(ev.SLOWSTART, now, cont, cwnd=plan.cwnd,
+                        new_ssthresh=plan.slots[0].ssthresh)
+        epoch = self.keys.sealing_epoch(now)
+        n = len(slots)
+        out = []
+        for i, (s, slot) in enumerate(zip(plan.slots, slots, strict=True)):
+            c = Continuation(
+                s.ctype, s.pkt, 1 if i == 0 else 0, cont.client_state, cont.parent,
+                cont.client_timestamp, now_ms & _U32, mrtt, s.state, s.first_loss,
+                s.first_bootstrap_seq, s.start_cwnd, s.ssthresh, s.tcp_base, cont.conn_id, epoch,
+            )
+            out.append(self._emit_one(c, slot, n, i, pseudo, req.ucont, cip, cport, ACK, cont.seq,
+                                      now, sealed=True))
+            self.counters[s.kind] += 1
+            self._event(s.kind, now, c, pkt=s.pkt, ack=cont.seq, cwnd=plan.cwnd)
+        self.counters["tx"] += n
+        return out
+
+    def _check_sacks(self, req: Request, cont: Continuation,
+                     now: float) -> list[tuple[int, int]] | None:
+        sacks = req.sacks
+        cfg = self.cfg
+        if len(sacks) > cfg.max_sacks:
+            self._drop("sack_count", now, cont=cont)
+            return None
+        k = cont.seq
+        low = cont.tcp_base - 8192
+        prev = -1
+        blocks = []
+        gen = self.nonces
+        cid = cont.conn_id
+        for left, right, summary in sacks:
+            if left <= prev or right < left or right > k or left < low:
+                self._drop("sack_shape", now, cont=cont)
+                return None
+            if gen.range_summary(cid, left, right) != summary:
+                self.counters["nonce_fail"] += 1
+                self._drop("nonce", now, ev.NONCE_FAIL, cont)
+                return None
+            prev = right
+            blocks.append((left, right))
+        if sacks:
+            self.counters["nonce_ok"] += 1
+            if self.on_event is not None:
+                self._event(ev.NONCE_OK, now, cont, blocks=[list(b) for b in blocks])
+        return blocks
+
+    def _fin(self, req: Request, cont: Continuation, cip: bytes, cport: int, pseudo: bytes,
+             now: float) -> list[bytes]:
+        self.counters["fin"] += 1
+        msk = Minisocket("FIN", (cip, cport), cont.conn_id, req.app, req.ucont, [], [], now)
+        self.handler(msk)
+        self._event(ev.FIN, now, cont, pkt=cont.seq)
+        c = Continuation(MINIMAL, cont.seq, 1, cont.client_state, cont.parent,
+                         cont.client_timestamp)
+        slot = OutSlot(cont.seq, 0, None)
+        self.counters["tx"] += 1
+        return [self._emit_one(c, slot, 1, 0, pseudo, b"", cip, cport, FIN | ACK, cont.seq, now)]
+
+    # ------------------------------------------------------------------ output
+    def _emit_one(self, c: Continuation, slot: OutSlot, siblings: int, position: int,
+                  pseudo: bytes, req_ucont: bytes, cip: bytes, cport: int, flags: int, ack: int,
+                  now: float, sealed: bool = False) -> bytes:
+        if c.type == MINIMAL:
+            cont_bytes = c.encode()
+            clen = MINIMAL_LEN
+        else:
+            body = c.body()
+            cont_bytes = body + mac(self.keys.mac_key(c.key_epoch), pseudo, body)
+            clen = FULL_LEN
+        ucont = slot.ucont if slot.ucont is not None else req_ucont
+        chunks = []
+        if slot.data or slot.fin:
+            chunks.append(encode_data_chunk(slot.byte_num, slot.data, slot.fin))
+        for start, length in slot.skips:
+            chunks.append(_SKIP.pack(0x30, 11, start, length))
+        if slot.finhint is not None:
+            chunks.append(_FINHINT.pack(0x40, 7, slot.finhint))
+        if slot.fin:
+            flags |= FIN
+        payload = encode_response(
+            self.nonces.packet_nonce(c.conn_id, c.seq) if c.conn_id else 0,
+            siblings, position, cont_bytes, ucont, b"".join(chunks),
+        )
+        return encode_segment(
+            self.service_ip, cip, self.service_port, cport, c.seq, ack, flags, payload,
+            RESPONSE_HEADER_LEN + clen + len(ucont),
+        )
+
+
+__all__ = ["Minisocket", "OutSlot", "ServerConfig", "ServerEngine", "REQ_NORMAL"]

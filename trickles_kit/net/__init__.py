@@ -1,0 +1,1 @@
+"""Transports: the simulator now; UDP and raw sockets build on the same engines."""

@@ -1,0 +1,336 @@
+"""A seeded, virtual-time network that runs one server engine and many client engines.
+
+Links model propagation delay, a serialization rate with a drop-tail queue, random or patterned
+loss, reordering and duplication. Everything draws from one `random.Random(seed)`, so a run is
+reproducible bit for bit; nothing here sleeps or reads a clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import random
+import socket
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from trickles_kit.core.client import ClientConfig, ClientEngine
+from trickles_kit.core.server import Handler, ServerConfig, ServerEngine
+
+
+class Simulator:
+    """Discrete-event loop: callbacks run in (time, insertion) order."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.now = 0.0
+        self.rng = random.Random(seed)
+        self._q: list[tuple[float, int, Callable, tuple]] = []
+        self._n = 0
+        self.events_run = 0
+
+    def at(self, t: float, fn: Callable, *args) -> None:
+        self._n += 1
+        heapq.heappush(self._q, (t if t > self.now else self.now, self._n, fn, args))
+
+    def run(self, until: float = float("inf"), stop: Callable[[], bool] | None = None,
+            max_events: int = 50_000_000) -> None:
+        q = self._q
+        while q and self.events_run < max_events:
+            t = q[0][0]
+            if t > until:
+                break
+            _, _, fn, args = heapq.heappop(q)
+            self.now = t
+            fn(*args)
+            self.events_run += 1
+            if stop is not None and stop():
+                break
+
+
+@dataclass
+class LinkConfig:
+    delay: float = 0.010  # one-way propagation, seconds
+    rate: float | None = 100e6  # bits/s; None = infinitely fast
+    queue: int = 1000  # packets waiting for the wire before drop-tail
+    loss: float = 0.0  # probability each packet is lost
+    loss_pattern: Iterable[int] | Callable[[int], bool] | None = None  # indices (0-based) lost
+    reorder: float = 0.0  # probability a packet is held back by `reorder_delay`
+    reorder_delay: float = 0.004
+    duplicate: float = 0.0  # probability a packet is delivered twice
+
+    def __post_init__(self) -> None:
+        for name in ("loss", "reorder", "duplicate"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {v}")
+        if self.delay < 0 or (self.rate is not None and self.rate <= 0) or self.queue < 1:
+            raise ValueError("delay must be >= 0, rate > 0 and queue >= 1")
+
+
+@dataclass
+class LinkStats:
+    sent: int = 0
+    delivered: int = 0
+    lost: int = 0
+    queue_drops: int = 0
+    duplicated: int = 0
+    reordered: int = 0
+    bytes: int = 0
+
+
+class Link:
+    """One direction of a path. `deliver(data, dest)` runs at the arrival time."""
+
+    def __init__(self, sim: Simulator, cfg: LinkConfig, deliver: Callable[[bytes, object], None]):
+        self.sim = sim
+        self.cfg = cfg
+        self.deliver = deliver
+        self.stats = LinkStats()
+        self._busy_until = 0.0
+        self._departures: deque[float] = deque()
+        pat = cfg.loss_pattern
+        self._pattern: Callable[[int], bool] | None
+        if pat is None or callable(pat):
+            self._pattern = pat  # type: ignore[assignment]
+        else:
+            lost = frozenset(pat)
+            self._pattern = lost.__contains__
+
+    def send(self, data: bytes, dest: object) -> None:
+        sim, cfg, st = self.sim, self.cfg, self.stats
+        idx = st.sent
+        st.sent += 1
+        rng = sim.rng
+        if (self._pattern is not None and self._pattern(idx)) or (
+            cfg.loss and rng.random() < cfg.loss
+        ):
+            st.lost += 1
+            return
+        now = sim.now
+        if cfg.rate is not None:
+            deps = self._departures
+            while deps and deps[0] <= now:
+                deps.popleft()
+            if len(deps) >= cfg.queue:
+                st.queue_drops += 1
+                return
+            start = self._busy_until if self._busy_until > now else now
+            depart = start + len(data) * 8 / cfg.rate
+            self._busy_until = depart
+            deps.append(depart)
+        else:
+            depart = now
+        arrive = depart + cfg.delay
+        if cfg.reorder and rng.random() < cfg.reorder:
+            st.reordered += 1
+            arrive += cfg.reorder_delay
+        st.bytes += len(data)
+        sim.at(arrive, self._arrive, data, dest)
+        if cfg.duplicate and rng.random() < cfg.duplicate:
+            st.duplicated += 1
+            sim.at(arrive + 0.0001, self._arrive, data, dest)
+
+    def _arrive(self, data: bytes, dest: object) -> None:
+        self.stats.delivered += 1
+        self.deliver(data, dest)
+
+
+class _ClientSlot:
+    __slots__ = ("engine", "timer_at", "hasher", "received", "done_at", "start")
+
+    def __init__(self, engine: ClientEngine, start: float) -> None:
+        self.engine = engine
+        self.timer_at: float | None = None
+        self.hasher = hashlib.sha256()
+        self.received = 0
+        self.done_at: float | None = None
+        self.start = start
+
+
+class SimNetwork:
+    """A server and its clients joined by a shared uplink and a shared downlink."""
+
+    SERVER_IP = socket.inet_aton("10.0.0.1")
+    SERVER_PORT = 80
+
+    def __init__(self, sim: Simulator, server: ServerEngine, down: LinkConfig | None = None,
+                 up: LinkConfig | None = None) -> None:
+        self.sim = sim
+        self.server = server
+        self.down = Link(sim, down or LinkConfig(), self._to_client)
+        self.up = Link(sim, up or LinkConfig(), self._to_server)
+        self.clients: dict[tuple[bytes, int], _ClientSlot] = {}
+        self.keep_data = False
+        self.data: dict[tuple[bytes, int], bytearray] = {}
+
+    # --------------------------------------------------------------- clients
+    def add_client(self, engine: ClientEngine, request: bytes, start: float = 0.0) -> None:
+        key = (engine.local_ip, engine.local_port)
+        if key in self.clients:
+            raise ValueError(f"client {key} already added")
+        self.clients[key] = _ClientSlot(engine, start)
+        if self.keep_data:
+            self.data[key] = bytearray()
+        self.sim.at(start, self._connect, key, request)
+
+    def _connect(self, key: tuple[bytes, int], request: bytes) -> None:
+        slot = self.clients[key]
+        slot.engine.connect(self.sim.now, request)
+        self._service(slot, key)
+
+    def _service(self, slot: _ClientSlot, key: tuple[bytes, int]) -> None:
+        eng = slot.engine
+        for seg in eng.datagrams_to_send():
+            self.up.send(seg, key)
+        chunk = eng.read()
+        if chunk:
+            slot.hasher.update(chunk)
+            slot.received += len(chunk)
+            if self.keep_data:
+                self.data[key] += chunk
+        if slot.done_at is None and eng.done:
+            slot.done_at = self.sim.now
+        t = eng.get_timer()
+        if t is not None and (slot.timer_at is None or t < slot.timer_at):
+            slot.timer_at = t
+            self.sim.at(t, self._timer, key)
+
+    def _timer(self, key: tuple[bytes, int]) -> None:
+        slot = self.clients[key]
+        slot.timer_at = None
+        eng = slot.engine
+        t = eng.get_timer()
+        if t is not None and t <= self.sim.now:
+            eng.handle_timer(self.sim.now)
+        self._service(slot, key)
+
+    # --------------------------------------------------------------- delivery
+    def _to_server(self, data: bytes, key: object) -> None:
+        cip = key[0]  # type: ignore[index]
+        for seg in self.server.receive(data, cip, self.sim.now):
+            self.down.send(seg, key)
+
+    def _to_client(self, data: bytes, key: object) -> None:
+        slot = self.clients.get(key)  # type: ignore[arg-type]
+        if slot is None:
+            return
+        slot.engine.receive(data, self.sim.now)
+        self._service(slot, key)  # type: ignore[arg-type]
+
+    def all_finished(self) -> bool:
+        return all(s.engine.done or s.engine.phase in ("failed", "closed")
+                   for s in self.clients.values())
+
+
+def client_address(i: int) -> tuple[bytes, int]:
+    """Distinct simulated client endpoints: 10.1.x.y, port 40000 + i % 20000."""
+    return socket.inet_aton(f"10.1.{(i >> 8) & 255}.{i & 255}"), 40000 + (i % 20000)
+
+
+@dataclass
+class TransferResult:
+    ok: bool
+    bytes: int
+    sha256_sent: str
+    sha256_received: str
+    seconds: float
+    goodput_bps: float
+    retransmissions: int
+    splits: int
+    terminations: int
+    recoveries: int
+    timeouts: int
+    final_cwnd: int
+    phase: str
+    server: dict = field(default_factory=dict)
+    client: dict = field(default_factory=dict)
+    links: dict = field(default_factory=dict)
+    wall_seconds: float = 0.0
+    sim_events: int = 0
+
+    def summary(self) -> str:
+        return "\n".join(f"{k:>16}: {v}" for k, v in self.as_dict(brief=True).items())
+
+    def as_dict(self, brief: bool = False) -> dict:
+        d = {k: getattr(self, k) for k in (
+            "ok", "bytes", "sha256_sent", "sha256_received", "seconds", "goodput_bps",
+            "retransmissions", "splits", "terminations", "recoveries", "timeouts", "final_cwnd",
+            "phase")}
+        if not brief:
+            d.update(server=self.server, client=self.client, links=self.links,
+                     wall_seconds=self.wall_seconds, sim_events=self.sim_events)
+        return d
+
+
+def simulate_transfer(
+    size: int,
+    loss: float = 0.0,
+    seed: int = 1,
+    *,
+    down: LinkConfig | None = None,
+    up: LinkConfig | None = None,
+    server_config: ServerConfig | None = None,
+    client_config: ClientConfig | None = None,
+    handler: Handler | None = None,
+    request: bytes | None = None,
+    expected_sha256: str | None = None,
+    on_event=None,
+    time_limit: float = 3600.0,
+) -> TransferResult:
+    """Fetch `size` generated bytes through the simulator and report what happened.
+
+    `loss` applies to both directions unless explicit link configs are given.
+    """
+    import time
+
+    from trickles_kit.apps.generated import Generated, gen_request, generated_sha256
+
+    if size < 0:
+        raise ValueError("size must be >= 0")
+    sim = Simulator(seed)
+    secret = random.Random(seed ^ 0x5EC12E7).randbytes(32)
+    if handler is None:
+        gen = Generated()
+        server = ServerEngine(secret, gen, SimNetwork.SERVER_IP, SimNetwork.SERVER_PORT,
+                              server_config, on_event)
+        gen.attach(server)
+        request = gen_request(size, seed)
+        expected_sha256 = generated_sha256(size, seed)
+    else:
+        if request is None or expected_sha256 is None:
+            raise ValueError("a custom handler needs `request` and `expected_sha256`")
+        server = ServerEngine(secret, handler, SimNetwork.SERVER_IP, SimNetwork.SERVER_PORT,
+                              server_config, on_event)
+    net = SimNetwork(sim, server, down or LinkConfig(loss=loss), up or LinkConfig(loss=loss))
+    ip, port = client_address(0)
+    client = ClientEngine(ip, port, SimNetwork.SERVER_IP, SimNetwork.SERVER_PORT, client_config,
+                          isn=sim.rng.getrandbits(32), on_event=on_event)
+    net.add_client(client, request)
+    t0 = time.perf_counter()
+    sim.run(until=time_limit, stop=net.all_finished)
+    wall = time.perf_counter() - t0
+    slot = net.clients[(ip, port)]
+    got = slot.hasher.hexdigest()
+    secs = slot.done_at if slot.done_at is not None else sim.now
+    sc = server.counters
+    return TransferResult(
+        ok=client.done and got == expected_sha256 and slot.received == size,
+        bytes=slot.received,
+        sha256_sent=expected_sha256,
+        sha256_received=got,
+        seconds=round(secs, 6),
+        goodput_bps=round(slot.received * 8 / secs, 1) if secs > 0 else 0.0,
+        retransmissions=sc["retransmit"],
+        splits=sc["split"],
+        terminations=sc["terminate"],
+        recoveries=sc["recovery"],
+        timeouts=client.counters["timeouts"],
+        final_cwnd=client.cwnd,
+        phase=client.phase,
+        server=dict(sc),
+        client=dict(client.counters),
+        links={"down": vars(net.down.stats), "up": vars(net.up.stats)},
+        wall_seconds=round(wall, 4),
+        sim_events=sim.events_run,
+    )

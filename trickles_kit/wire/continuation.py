@@ -1,0 +1,117 @@
+"""Transport continuation: the connection's congestion state, carried by every packet.
+
+Wire layout (network order). The client-owned fields sit right after the header so the
+MINIMAL form is a prefix of the FULL form, and the server-owned fields are one contiguous
+slice so the MAC input is two slices of the wire bytes — no re-encoding on verify.
+
+    off  len  field
+      0    1  type            MINIMAL=0, FULL1=1, FULL2=2        (server-owned)
+      1    4  seq             packet number                      (server-owned)
+      5    1  firstChild                                         (server-owned)
+      6    4  clientState     client's recovery-epoch counter    (client-owned)
+     10    4  parent          client request id                  (client-owned)
+     14    4  clientTimestamp client clock, ms, echoed           (client-owned)
+    ---- MINIMAL ends here (18 bytes) ----
+     18    4  timestamp       server clock, ms
+     22    4  mrtt            smoothed RTT x8, ms
+     26    1  state           NORMAL=0, RECOVERY=1, BOOTSTRAP=2
+     27    4  firstLoss
+     31    4  firstBootstrapSeq
+     35    4  startCwnd
+     39    4  ssthresh
+     43    4  TCPBase
+     47    8  connId
+     55    4  keyEpoch
+     59   16  mac             keyed BLAKE2s-128 (see core.seal)
+    ---- FULL ends here (75 bytes) ----
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from trickles_kit.wire.errors import DecodeError
+
+MINIMAL, FULL1, FULL2 = 0, 1, 2
+NORMAL, RECOVERY, BOOTSTRAP = 0, 1, 2
+TYPE_NAMES = {MINIMAL: "MINIMAL", FULL1: "FULL1", FULL2: "FULL2"}
+STATE_NAMES = {NORMAL: "NORMAL", RECOVERY: "RECOVERY", BOOTSTRAP: "BOOTSTRAP"}
+
+MINIMAL_LEN = 18
+FULL_LEN = 75
+MAC_LEN = 16
+MAC_OFFSET = 59
+SERVER_BLOCK = slice(18, 59)  # server-owned fields after the client-owned ones
+
+_MIN = struct.Struct("!BIBIII")
+_FULL = struct.Struct("!BIBIIIIIBIIIIIQI16s")
+_BODY = struct.Struct("!BIBIIIIIBIIIIIQI")  # FULL without the MAC
+
+
+@dataclass(slots=True)
+class Continuation:
+    """One transport continuation. MINIMAL ones use only the first six fields."""
+
+    type: int = FULL1
+    seq: int = 0
+    first_child: int = 0
+    client_state: int = 0
+    parent: int = 0
+    client_timestamp: int = 0
+    timestamp: int = 0
+    mrtt: int = 0
+    state: int = NORMAL
+    first_loss: int = 0
+    first_bootstrap_seq: int = 0
+    start_cwnd: int = 0
+    ssthresh: int = 0
+    tcp_base: int = 0
+    conn_id: int = 0
+    key_epoch: int = 0
+    mac: bytes = b"\0" * MAC_LEN
+
+    @property
+    def is_full(self) -> bool:
+        return self.type != MINIMAL
+
+    def body(self) -> bytes:
+        """FULL encoding without the MAC (what the sealer signs two slices of)."""
+        return _BODY.pack(
+            self.type, self.seq, self.first_child, self.client_state, self.parent,
+            self.client_timestamp, self.timestamp, self.mrtt, self.state, self.first_loss,
+            self.first_bootstrap_seq, self.start_cwnd, self.ssthresh, self.tcp_base,
+            self.conn_id, self.key_epoch,
+        )
+
+    def encode(self) -> bytes:
+        if self.type == MINIMAL:
+            return _MIN.pack(
+                MINIMAL, self.seq, self.first_child, self.client_state, self.parent,
+                self.client_timestamp,
+            )
+        return self.body() + self.mac
+
+
+def decode_continuation(data: bytes, offset: int = 0) -> tuple[Continuation, int]:
+    """Decode one continuation at `offset`; returns it and the offset just past it."""
+    if offset >= len(data):
+        raise DecodeError("truncated", "continuation missing")
+    ctype = data[offset]
+    if ctype == MINIMAL:
+        if offset + MINIMAL_LEN > len(data):
+            raise DecodeError("truncated", "minimal continuation")
+        f = _MIN.unpack_from(data, offset)
+        return Continuation(*f), offset + MINIMAL_LEN
+    if ctype in (FULL1, FULL2):
+        if offset + FULL_LEN > len(data):
+            raise DecodeError("truncated", "full continuation")
+        f = _FULL.unpack_from(data, offset)
+        if f[8] > BOOTSTRAP:
+            raise DecodeError("cont_state", f"state {f[8]}")
+        return Continuation(*f), offset + FULL_LEN
+    raise DecodeError("cont_type", f"continuation type {ctype}")
+
+
+def encoded_len(ctype: int) -> int:
+    return MINIMAL_LEN if ctype == MINIMAL else FULL_LEN
