@@ -44,7 +44,7 @@ class ClientConfig:
     max_sacks: int = 8
     dupthresh: int = 3
     initial_rto: float = 1.0
-    min_rto: float = 1.0
+    min_rto: float = 0.2  # Linux's floor; the original Trickles used 1 s
     max_rto: float = 60.0
     max_timeouts: int = 15  # consecutive unproductive timeouts before giving up
     max_gap: int = pl.MAX_GAP
@@ -124,6 +124,7 @@ class ClientEngine:
         self.rto = self.cfg.initial_rto
         self._backoff = 1
         self._timer: float | None = None
+        self._reo: float | None = None  # end of the reordering window for an undecided hole
         self._timeouts_in_row = 0
         self._fin_tries = 0
         self._syn_time = 0.0
@@ -170,6 +171,9 @@ class ClientEngine:
         return out
 
     def get_timer(self) -> float | None:
+        """The earliest deadline: the reordering window or the retransmission timeout."""
+        if self._reo is not None and (self._timer is None or self._reo < self._timer):
+            return self._reo
         return self._timer
 
     # ------------------------------------------------------------------ helpers
@@ -265,6 +269,16 @@ class ClientEngine:
             self._timer = None
             self._event(ev.DONE, now, bytes=self.total)
         self._pump(now)
+        self._update_reo(now)
+
+    def _update_reo(self, now: float) -> None:
+        """A hole too near the top for `dupthresh` gets a reordering window (RACK-style)."""
+        if self.phase == "established" and self._pending_below(self._max_rx):
+            if self._reo is None:
+                srtt = self._srtt if self._srtt is not None else self.cfg.initial_rto
+                self._reo = now + max(srtt / 4, 0.002)
+        else:
+            self._reo = None
 
     def _sample_rtt(self, r: float) -> None:
         if r < 0:
@@ -361,7 +375,11 @@ class ClientEngine:
                 self._missing.add(gs, ge)
 
     def _detect_losses(self, now: float) -> None:
-        limit = self._max_rx - self.cfg.dupthresh
+        self._declare_below(self._max_rx - self.cfg.dupthresh + 1, now)
+
+    def _declare_below(self, bound: int, now: float) -> None:
+        """Declare every expected packet numbered below `bound` lost."""
+        limit = bound - 1
         heap = self._exp_heap
         while heap and heap[0] <= limit:
             pkt = heapq.heappop(heap)
@@ -502,6 +520,11 @@ class ClientEngine:
 
     # ------------------------------------------------------------------ timers
     def handle_timer(self, now: float) -> None:
+        if self._reo is not None and now >= self._reo:
+            self._reo = None
+            self._declare_below(self._max_rx, now)
+            self._pump(now)
+            self._update_reo(now)
         if self._timer is None or now < self._timer:
             return
         self._timer = None

@@ -61,7 +61,7 @@ class ServerConfig:
     epoch_seconds: float = 60.0
     max_seals: int = 1 << 23
     amplification: int = 3  # bytes out per byte in before an address is validated
-    slowstart_bucket: float = 0.5  # s; one SLOWSTART per continuation per bucket
+    slowstart_bucket: float = 0.1  # s; one SLOWSTART per continuation per bucket (< min RTO / 2)
 
     def __post_init__(self) -> None:
         if not 1 <= self.initial_cwnd <= 64:
@@ -247,7 +247,9 @@ class ServerEngine:
         tag = req.type
         if req.type == REQ_SLOWSTART:
             tag |= (int(now // cfg.slowstart_bucket) & 0xFFFFFF) << 8
-        key = (((cont.conn_id << 32) | cont.seq) << 40) | (cont.type << 32) | tag
+        # one use per sealed continuation (its timestamp tells apart reused packet numbers)
+        key = (((((cont.conn_id << 32) | cont.seq) << 32) | cont.timestamp) << 40) | (
+            cont.type << 32) | tag
         if not self.replay.check_and_add(key, now):
             return self._drop("replay", now, ev.REPLAY_DROP, cont)
         if req.type == REQ_FIN:
