@@ -163,8 +163,9 @@ def _recovery(
     slots: list[Slot] = []
     hole = hole_before(blocks, tcp_base, k)
     starts = False
-    if hole is not None and hole[1] - hole[0] + 1 <= max_gap:
+    if hole is not None:
         starts = hole[0] == first_loss
+    if hole is not None and hole[1] - hole[0] + 1 <= max_gap:
         for m in range(hole[0], hole[1] + 1):
             slots.append(
                 Slot(m, RETRANSMIT, MINIMAL, RECOVERY, tcp_base, start_cwnd, ssthresh, first_loss,
