@@ -14,7 +14,8 @@ from trickles_kit.core.cc import cwnd
 from trickles_kit.wire.continuation import BOOTSTRAP, FULL1, MINIMAL, NORMAL, RECOVERY
 
 # slot kinds
-CONTINUE, SPLIT, RETRANSMIT, BOOT, INITIAL = "continue", "split", "retransmit", "bootstrap", "initial"
+CONTINUE, SPLIT, RETRANSMIT = "continue", "split", "retransmit"
+BOOT, INITIAL = "bootstrap", "initial"
 
 MAX_GAP = 20
 SLOWSTART_CWND = 2

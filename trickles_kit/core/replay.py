@@ -34,7 +34,7 @@ class ReplayHistory:
         return self.max_entries * self.ENTRY_BYTES
 
     def check_and_add(self, key: int, now: float) -> bool:
-        """True if `key` is new (and records it); False if it was seen within the freshness limit."""
+        """True if `key` is new (and records it); False if seen within the freshness limit."""
         order, seen = self._order, self._seen
         horizon = now - self.freshness
         while order and order[0][0] < horizon:

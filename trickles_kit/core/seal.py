@@ -22,7 +22,9 @@ from trickles_kit.wire.continuation import MAC_LEN, MAC_OFFSET
 _PSEUDO = struct.Struct("!4s4sHH")
 
 
-def pseudo_header(client_ip: bytes, client_port: int, service_ip: bytes, service_port: int) -> bytes:
+def pseudo_header(
+    client_ip: bytes, client_port: int, service_ip: bytes, service_port: int
+) -> bytes:
     return _PSEUDO.pack(client_ip, service_ip, client_port, service_port)
 
 

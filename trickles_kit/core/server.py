@@ -208,7 +208,8 @@ class ServerEngine:
             cfg.initial_cwnd, cfg.initial_ssthresh, base, conn_id,
         )
         slot = OutSlot(base - 1, cfg.mss, req.ranges[0] if req.ranges else None)
-        msk = Minisocket("SYN", (cip, cport), conn_id, req.app, b"", req.ranges, [slot], now)  # SYN ucont = padding
+        # a SYN's ucont field is padding only (anti-amplification), never application state
+        msk = Minisocket("SYN", (cip, cport), conn_id, req.app, b"", req.ranges, [slot], now)
         self.handler(msk)
         self._event(ev.SYN, now, cont, pkt=base - 1, cwnd=cfg.initial_cwnd)
         if msk.dropped:
