@@ -44,7 +44,8 @@ def test_one_loss_halves_once(lost: int, ssthresh: int) -> None:
 
     boots = _server(log, ev.BOOTSTRAP)
     assert len(boots) == new_cwnd, "live trickles after recovery == newCwnd"
-    assert sorted(e.pkt for e in boots) == list(range(last_regular + 1, last_regular + 1 + new_cwnd))
+    new_base = last_regular + 1
+    assert sorted(e.pkt for e in boots) == list(range(new_base, new_base + new_cwnd))
     for e in boots:  # the new epoch's fields (§4.3)
         assert e.tcp_base == last_regular + 1
         assert e.ssthresh == new_cwnd
