@@ -504,7 +504,7 @@ class ClientEngine:
 
     def _send_request(self, rtype: int, cont: Continuation, blocks: list[tuple[int, int]],
                       ranges: list[tuple[int, int]], now: float, flags: int = ACK) -> None:
-        c = Continuation(*(getattr(cont, f) for f in cont.__slots__))
+        c = cont  # client-owned fields are ours to rewrite (they are outside the MAC)
         c.client_state = self.client_state
         c.parent = self.counters["requests"] & _U32
         c.client_timestamp = int(now * 1000) & _U32
