@@ -99,11 +99,15 @@ class Request:
             parts.append(self.cont.encode())
         parts.append(bytes((len(self.sacks),)))
         parts.extend(_SACK.pack(*b) for b in self.sacks)
+        if len(self.ucont) > 0xFFFF:
+            raise ValueError("user continuation longer than 65535 bytes")
         parts.append(_U16.pack(len(self.ucont)))
         parts.append(self.ucont)
         parts.append(bytes((len(self.ranges),)))
         for start, end in self.ranges:
-            if not 0 <= start <= end <= _MAX_U32 + 1 or end - start > _MAX_U32:
+            if not 0 <= start <= _MAX_U32 or not start <= end <= _MAX_U32 + 1 or (
+                end - start > _MAX_U32
+            ):
                 raise ValueError(f"bad range [{start}, {end})")
             parts.append(_RANGE.pack(start, end - start))
         parts.append(self.app)
@@ -157,6 +161,8 @@ def decode_request(data: bytes) -> Request:
     ranges = []
     for i in range(nr):
         start, length = _RANGE.unpack_from(data, off + 8 * i)
+        if start + length > _MAX_U32 + 1:
+            raise DecodeError("range", f"range {start}+{length} passes 2^32")
         ranges.append((start, start + length))
     return Request(rtype, cont, sacks, ucont, ranges, bytes(data[end:]), raw)
 
@@ -185,6 +191,8 @@ def encode_response(
     nonce: int, siblings: int, position: int, cont_bytes: bytes, ucont: bytes, chunk_bytes: bytes
 ) -> bytes:
     """Fast path used by the server engine: the continuation arrives already sealed/encoded."""
+    if len(ucont) > 0xFFFF:
+        raise ValueError("user continuation longer than 65535 bytes")
     return b"".join(
         (_RESP_HDR.pack(nonce, siblings, position, len(ucont)), cont_bytes, ucont, chunk_bytes)
     )
