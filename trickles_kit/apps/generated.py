@@ -76,8 +76,8 @@ class Generated:
         return self
 
     def __call__(self, msk: Minisocket) -> None:
-        if msk.kind == "FIN":
-            return
+        if msk.kind == "FIN" or (msk.kind == "SYN" and not msk.request):
+            return  # nothing to serve yet: a bare SYN only opens the connection
         if self._box is None:
             raise ValueError("Generated handler used before attach(server)")
         box = self._box
@@ -88,6 +88,7 @@ class Generated:
                 msk.drop()
                 return
             size, seed = _UC.unpack(plain)
+            sealed = msk.ucont  # still valid and bound to this connection: pass it on unchanged
         else:
             words = request_words(msk)
             try:
@@ -99,5 +100,5 @@ class Generated:
             except ValueError:
                 msk.drop()
                 return
-        sealed = box.seal(_UC.pack(size, seed), msk.conn_id)
+            sealed = box.seal(_UC.pack(size, seed), msk.conn_id)
         fill_slots(msk, size, lambda s, e: generated_bytes(seed, s, e), lambda _off: sealed)

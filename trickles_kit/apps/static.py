@@ -46,8 +46,8 @@ class StaticFiles:
         return fd
 
     def __call__(self, msk: Minisocket) -> None:
-        if msk.kind == "FIN":
-            return
+        if msk.kind == "FIN" or (msk.kind == "SYN" and not msk.request):
+            return  # nothing to serve yet: a bare SYN only opens the connection
         rel: str | None = None
         if len(msk.ucont) > _HDR.size and msk.ucont[:1] == b"F":
             rel = msk.ucont[_HDR.size :].decode("utf-8", "replace")

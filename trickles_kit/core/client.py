@@ -203,12 +203,13 @@ class ClientEngine:
         app = self._request_bytes if self.cfg.syn_data else b""
         req = Request(REQ_SYN, None, [], b"", ranges, app)
         payload = req.encode()
-        if ranges:
-            # pad (inside the ucont field, ignored on SYN) so a full answer is within 3x
-            need = (self.cfg.mss + 200) // 3 + 1 - (len(payload) + 28)
-            if need > 0:
-                req.ucont = b"\0" * need
-                payload = req.encode()
+        # pad (inside the ucont field, ignored on SYN) so the answer stays within 3x the SYN:
+        # a data answer is at most mss + 300 bytes, a bare handshake answer under 360
+        answer = self.cfg.mss + 300 if ranges else 360
+        need = answer // 3 + 1 - (len(payload) + 28)
+        if need > 0:
+            req.ucont = b"\0" * need
+            payload = req.encode()
         self._syn_time = now
         if ranges:
             self._syn_range = ranges[0]

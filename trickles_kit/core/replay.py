@@ -15,8 +15,9 @@ from collections import deque
 class ReplayHistory:
     __slots__ = ("freshness", "max_entries", "_seen", "_order", "evicted")
 
-    # measured bytes per entry (dict slot + deque slot + ~100-bit int key + float), rounded up
-    ENTRY_BYTES = 200
+    # bytes per entry: dict slot + deque slot + tuple + 168-bit int key + float; tracemalloc
+    # measured 210-217 B at 2e3..1e6 entries, so 256 is a true upper bound
+    ENTRY_BYTES = 256
 
     def __init__(self, freshness: float = 120.0, max_entries: int = 1 << 20) -> None:
         if freshness <= 0 or max_entries < 1:

@@ -21,11 +21,11 @@ from trickles_kit.core.replay import ReplayHistory
 from trickles_kit.core.seal import mac, pseudo_header, verify
 from trickles_kit.wire.continuation import (
     FULL1,
-    FULL_LEN,
     MINIMAL,
-    MINIMAL_LEN,
     NORMAL,
     Continuation,
+    pack_body,
+    pack_minimal,
 )
 from trickles_kit.wire.errors import DecodeError
 from trickles_kit.wire.messages import (
@@ -179,6 +179,8 @@ class ServerEngine:
             req = decode_request(seg.payload)
         except DecodeError as e:
             return self._drop("decode." + e.reason, now)
+        except Exception as e:  # a decoder bug must not take the server down either
+            return self._drop("internal." + type(e).__name__, now)
         try:
             if seg.flags & SYN:
                 if req.type != REQ_SYN:
@@ -205,7 +207,7 @@ class ServerEngine:
         base = 1
         cont = Continuation(
             FULL1, base - 1, 1, 0, 0, 0, int(now * 1000) & _U32, 0, NORMAL, 0, 0,
-            cfg.initial_cwnd, cfg.initial_ssthresh, base, conn_id,
+            cfg.initial_cwnd, cfg.initial_ssthresh, base, conn_id, self.keys.sealing_epoch(now),
         )
         slot = OutSlot(base - 1, cfg.mss, req.ranges[0] if req.ranges else None)
         # a SYN's ucont field is padding only (anti-amplification), never application state
@@ -215,12 +217,15 @@ class ServerEngine:
         if msk.dropped:
             return self._drop("app_drop", now, cont=cont)
         pseudo = pseudo_header(cip, cport, self.service_ip, self.service_port)
-        out = self._emit_one(cont, slot, 1, 0, pseudo, b"", cip, cport, SYN | ACK, 0, now)
-        if len(out) > cfg.amplification * in_len and (slot.data or slot.finhint is not None):
+        out = self._emit_one(cont, slot, 1, 0, pseudo, b"", cip, cport, SYN | ACK, 0)
+        limit = cfg.amplification * in_len
+        if len(out) > limit and (slot.data or slot.finhint is not None or slot.skips):
             # anti-amplification: an unvalidated address gets the handshake but not the data
             self.counters["amplification_trim"] += 1
             slot.data, slot.fin, slot.finhint, slot.skips = b"", False, None, []
-            out = self._emit_one(cont, slot, 1, 0, pseudo, b"", cip, cport, SYN | ACK, 0, now)
+            out = self._emit_one(cont, slot, 1, 0, pseudo, b"", cip, cport, SYN | ACK, 0)
+        if len(out) > limit:  # the client must pad its SYN; we never amplify more than 3x
+            return self._drop("amplification", now, cont=cont)
         self.counters["tx"] += 1
         return [out]
 
@@ -290,19 +295,28 @@ class ServerEngine:
             self._event(ev.SLOWSTART, now, cont, cwnd=plan.cwnd,
                         new_ssthresh=plan.slots[0].ssthresh)
         epoch = self.keys.sealing_epoch(now)
+        key = self.keys.mac_key(epoch)
         n = len(slots)
         out = []
+        counters = self.counters
+        ts = now_ms & _U32
+        cs, parent, cts, cid, k = (cont.client_state, cont.parent, cont.client_timestamp,
+                                   cont.conn_id, cont.seq)
         for i, (s, slot) in enumerate(zip(plan.slots, slots, strict=True)):
-            c = Continuation(
-                s.ctype, s.pkt, 1 if i == 0 else 0, cont.client_state, cont.parent,
-                cont.client_timestamp, now_ms & _U32, mrtt, s.state, s.first_loss,
-                s.first_bootstrap_seq, s.start_cwnd, s.ssthresh, s.tcp_base, cont.conn_id, epoch,
-            )
-            out.append(self._emit_one(c, slot, n, i, pseudo, req.ucont, cip, cport, ACK, cont.seq,
-                                      now, sealed=True))
-            self.counters[s.kind] += 1
-            self._event(s.kind, now, c, pkt=s.pkt, ack=cont.seq, cwnd=plan.cwnd)
-        self.counters["tx"] += n
+            if s.ctype == MINIMAL:
+                cbytes = pack_minimal(MINIMAL, s.pkt, i == 0, cs, parent, cts)
+            else:
+                body = pack_body(s.ctype, s.pkt, i == 0, cs, parent, cts, ts, mrtt, s.state,
+                                 s.first_loss, s.first_bootstrap_seq, s.start_cwnd, s.ssthresh,
+                                 s.tcp_base, cid, epoch)
+                cbytes = body + mac(key, pseudo, body)
+            out.append(self._encode(cid, s.pkt, cbytes, slot, n, i, req.ucont, cip, cport, ACK,
+                                    k))
+            counters[s.kind] += 1
+            if self.on_event is not None:
+                self.on_event(ev.Event(s.kind, now, "server", cid, s.pkt, k, plan.cwnd,
+                                       s.ssthresh, s.tcp_base, s.state))
+        counters["tx"] += n
         return out
 
     def _check_sacks(self, req: Request, cont: Continuation,
@@ -344,36 +358,41 @@ class ServerEngine:
                          cont.client_timestamp)
         slot = OutSlot(cont.seq, 0, None)
         self.counters["tx"] += 1
-        return [self._emit_one(c, slot, 1, 0, pseudo, b"", cip, cport, FIN | ACK, cont.seq, now)]
+        return [self._emit_one(c, slot, 1, 0, pseudo, b"", cip, cport, FIN | ACK, cont.seq)]
 
     # ------------------------------------------------------------------ output
     def _emit_one(self, c: Continuation, slot: OutSlot, siblings: int, position: int,
-                  pseudo: bytes, req_ucont: bytes, cip: bytes, cport: int, flags: int, ack: int,
-                  now: float, sealed: bool = False) -> bytes:
+                  pseudo: bytes, req_ucont: bytes, cip: bytes, cport: int, flags: int,
+                  ack: int) -> bytes:
+        """Seal (FULL) or encode (MINIMAL) `c` and build its segment — the slow, general path."""
         if c.type == MINIMAL:
-            cont_bytes = c.encode()
-            clen = MINIMAL_LEN
+            cbytes = c.encode()
         else:
             body = c.body()
-            cont_bytes = body + mac(self.keys.mac_key(c.key_epoch), pseudo, body)
-            clen = FULL_LEN
+            cbytes = body + mac(self.keys.mac_key(c.key_epoch), pseudo, body)
+        return self._encode(c.conn_id, c.seq, cbytes, slot, siblings, position, req_ucont, cip,
+                            cport, flags, ack)
+
+    def _encode(self, conn_id: int, pkt: int, cbytes: bytes, slot: OutSlot, siblings: int,
+                position: int, req_ucont: bytes, cip: bytes, cport: int, flags: int,
+                ack: int) -> bytes:
         ucont = slot.ucont if slot.ucont is not None else req_ucont
-        chunks = []
+        chunks = b""
         if slot.data or slot.fin:
-            chunks.append(encode_data_chunk(slot.byte_num, slot.data, slot.fin))
-        for start, length in slot.skips:
-            chunks.append(_SKIP.pack(0x30, 11, start, length))
+            chunks = encode_data_chunk(slot.byte_num, slot.data, slot.fin)
+        if slot.skips:
+            chunks += b"".join(_SKIP.pack(0x30, 11, s, n) for s, n in slot.skips)
         if slot.finhint is not None:
-            chunks.append(_FINHINT.pack(0x40, 7, slot.finhint))
+            chunks += _FINHINT.pack(0x40, 7, slot.finhint)
         if slot.fin:
             flags |= FIN
-        payload = encode_response(
-            self.nonces.packet_nonce(c.conn_id, c.seq) if c.conn_id else 0,
-            siblings, position, cont_bytes, ucont, b"".join(chunks),
-        )
+        # a retransmission (MINIMAL) carries nonce 0: it can never be claimed in a proof, so a
+        # client cannot hide the loss it was sent to repair (its original nonce stays secret)
+        nonce = self.nonces.packet_nonce(conn_id, pkt) if cbytes[0] != MINIMAL else 0
+        payload = encode_response(nonce, siblings, position, cbytes, ucont, chunks)
         return encode_segment(
-            self.service_ip, cip, self.service_port, cport, c.seq, ack, flags, payload,
-            RESPONSE_HEADER_LEN + clen + len(ucont),
+            self.service_ip, cip, self.service_port, cport, pkt, ack, flags, payload,
+            RESPONSE_HEADER_LEN + len(cbytes) + len(ucont),
         )
 
 

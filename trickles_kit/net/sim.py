@@ -93,6 +93,8 @@ class Link:
         self._pattern: Callable[[int], bool] | None
         if pat is None or callable(pat):
             self._pattern = pat  # type: ignore[assignment]
+        elif isinstance(pat, range):
+            self._pattern = pat.__contains__  # O(1), however long the range
         else:
             lost = frozenset(pat)
             self._pattern = lost.__contains__

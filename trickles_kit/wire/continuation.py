@@ -93,6 +93,10 @@ class Continuation:
         return self.body() + self.mac
 
 
+pack_body = _BODY.pack  # fast path for the server: FULL fields in wire order, no MAC
+pack_minimal = _MIN.pack  # (type=0, seq, firstChild, clientState, parent, clientTimestamp)
+
+
 def decode_continuation(data: bytes, offset: int = 0) -> tuple[Continuation, int]:
     """Decode one continuation at `offset`; returns it and the offset just past it."""
     if offset >= len(data):
