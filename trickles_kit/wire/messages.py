@@ -139,7 +139,7 @@ def decode_request(data: bytes) -> Request:
     end = off + 12 * nsacks
     if end > n:
         raise DecodeError("truncated", "SACK blocks")
-    sacks = [SackBlock(*_SACK.unpack_from(data, off + 12 * i)) for i in range(nsacks)]
+    sacks = [SackBlock._make(b) for b in _SACK.iter_unpack(data[off:end])] if nsacks else []
     off = end
     if off + 2 > n:
         raise DecodeError("truncated", "ucont length")
@@ -159,8 +159,7 @@ def decode_request(data: bytes) -> Request:
     if end > n:
         raise DecodeError("truncated", "ranges")
     ranges = []
-    for i in range(nr):
-        start, length = _RANGE.unpack_from(data, off + 8 * i)
+    for start, length in _RANGE.iter_unpack(data[off:end]) if nr else ():
         if start + length > _MAX_U32 + 1:
             raise DecodeError("range", f"range {start}+{length} passes 2^32")
         ranges.append((start, start + length))

@@ -69,13 +69,21 @@ def encode_segment(
     window: int = 0,
 ) -> bytes:
     """Build a checksummed segment. Field ranges are the caller's contract (engines pass u32s)."""
-    hdr = _HDR.pack(
-        src_port, dst_port, seq & _MAX_U32, ack & _MAX_U32, _DATA_OFFSET_BYTE, flags, window, 0,
+    seq &= _MAX_U32
+    ack &= _MAX_U32
+    n = HEADER_LEN + len(payload)
+    pseudo_hdr = _PSEUDO.pack(src_ip, dst_ip, 0, 6, n) + _HDR.pack(
+        src_port, dst_port, seq, ack, _DATA_OFFSET_BYTE, flags, window, 0,
         0, OPT_KIND, 6, OPT_EXID, trickles_len, 1, 1,
     )
-    seg = hdr + payload
-    csum = checksum(src_ip, dst_ip, seg)
-    return seg[:16] + csum.to_bytes(2, "big") + seg[18:]
+    body = payload + b"\0" if len(payload) & 1 else payload
+    # pseudo-header (12) + header (28) are a whole number of 16-bit words: sum the parts apart
+    s = (ones_sum(pseudo_hdr) + ones_sum(body)) % 0xFFFF
+    csum = (~(s or 0xFFFF)) & 0xFFFF
+    return _HDR.pack(
+        src_port, dst_port, seq, ack, _DATA_OFFSET_BYTE, flags, window, csum,
+        0, OPT_KIND, 6, OPT_EXID, trickles_len, 1, 1,
+    ) + payload
 
 
 def decode_segment(
