@@ -322,7 +322,8 @@ def stateless_run() -> dict:
     """1,000 then 10,000 real connections (handshake + 2,000 bytes) against one server.
 
     After each batch (clients discarded, gc run): total traced memory, and the part of it held by
-    the server's two bounded soft-state structures (replay history, nonce cache)."""
+    the server's bounded soft-state structures (replay history, nonce cache, and the generated
+    handler's cache of already-opened user continuations)."""
     server = make_server(ServerConfig(replay_entries=REPLAY_CAP))
     now = run_connection(server, 60_000, 1.0, CONN_BYTES)  # warm module-level caches
     gc.collect()
@@ -339,8 +340,11 @@ def stateless_run() -> dict:
             total = tracemalloc.get_traced_memory()[0]
             replay = _deep_size(server.replay)
             nonce_cache = _deep_size(server.nonces._cache)
+            app_cache = _deep_size(server.handler._opened)
             res[target] = {"total": total, "replay": replay, "nonce_cache": nonce_cache,
-                           "other": total - replay - nonce_cache, "entries": len(server.replay)}
+                           "app_cache": app_cache, "app_entries": len(server.handler._opened),
+                           "other": total - replay - nonce_cache - app_cache,
+                           "entries": len(server.replay)}
         res["seconds"] = time.perf_counter() - t0
     finally:
         tracemalloc.stop()
@@ -352,9 +356,12 @@ def test_statelessness_memory_flat(stateless_run: dict) -> None:
     server = stateless_run["server"]
     assert server.counters["syn"] == 10_001
     assert r10["entries"] == REPLAY_CAP and server.replay.evicted > 0
-    growth = r10["total"] - r1["total"]
+    growth = r10["total"] - r1["total"] - (r10["app_cache"] - r1["app_cache"])
     assert growth <= server.replay.memory_bound_bytes(), (r1, r10)
-    # stricter: outside the two bounded structures nothing grows with connections
+    # the application's cache is bounded by its own cap, whatever the number of connections
+    assert r10["app_entries"] <= server.handler.cache_entries
+    assert r10["app_cache"] <= server.handler.cache_entries * 200, (r1, r10)
+    # stricter: outside the bounded structures nothing grows with connections
     # (16 KiB over 9,000 connections is under 2 bytes per connection)
     assert abs(r10["other"] - r1["other"]) <= 16 * 1024, (r1, r10)
 

@@ -7,6 +7,8 @@ continuation is accepted when sealed in the current or the previous epoch.
 
 from __future__ import annotations
 
+import hashlib
+
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -34,6 +36,7 @@ class KeyRing:
         self._epoch = 0
         self._seals = 0
         self._keys: dict[int, bytes] = {}
+        self._hashers: dict[int, object] = {}
 
     def mac_key(self, epoch: int) -> bytes:
         key = self._keys.get(epoch)
@@ -43,6 +46,16 @@ class KeyRing:
             key = hkdf(self.master, b"trickles-kit mac epoch " + epoch.to_bytes(4, "big"), 32)
             self._keys[epoch] = key
         return key
+
+    def mac_hasher(self, epoch: int):
+        """A keyed BLAKE2s-128 state for `epoch`; callers `.copy()` it (cheaper than re-keying)."""
+        h = self._hashers.get(epoch)
+        if h is None:
+            if len(self._hashers) > 8:
+                self._hashers.clear()
+            h = hashlib.blake2s(key=self.mac_key(epoch), digest_size=16)
+            self._hashers[epoch] = h
+        return h
 
     def current(self, now: float) -> int:
         slot = int(now // self.epoch_seconds)

@@ -124,17 +124,19 @@ def plan_request(
         )
     if k < tcp_base:
         return Plan("reject", reason="ack before epoch")
-    loss = first_missing(blocks, tcp_base, k)
-    if loss is None:
+    # the common case first: one block covering [base, k] (or more, all contiguous)
+    if (len(blocks) == 1 and blocks[0][0] <= tcp_base and blocks[0][1] >= k) or (
+        first_missing(blocks, tcp_base, k) is None
+    ):
         prev = cwnd(k - 1, tcp_base, start_cwnd, ssthresh)
         cur = cwnd(k, tcp_base, start_cwnd, ssthresh)
         first = k + prev
-        slots = [
-            Slot(first + i, CONTINUE if i == 0 else SPLIT, FULL1, NORMAL, tcp_base, start_cwnd,
-                 ssthresh)
-            for i in range(cur - prev + 1)
-        ]
+        slots = [Slot(first, CONTINUE, FULL1, NORMAL, tcp_base, start_cwnd, ssthresh)]
+        for i in range(1, cur - prev + 1):
+            slots.append(Slot(first + i, SPLIT, FULL1, NORMAL, tcp_base, start_cwnd, ssthresh))
         return Plan("normal", slots, cur)
+    loss = first_missing(blocks, tcp_base, k)
+    assert loss is not None
     return _recovery(k, tcp_base, start_cwnd, ssthresh, blocks, loss, max_gap)
 
 

@@ -35,9 +35,16 @@ def mac(key: bytes, pseudo: bytes, body: bytes) -> bytes:
     ).digest()
 
 
+def mac_with(keyed, pseudo: bytes, body: bytes) -> bytes:
+    """`mac` from a pre-keyed BLAKE2s state (KeyRing.mac_hasher): same bytes, no re-keying."""
+    h = keyed.copy()
+    h.update(pseudo + body[0:6] + body[18:MAC_OFFSET])
+    return h.digest()
+
+
 def verify(keys: KeyRing, pseudo: bytes, raw: bytes, epoch: int) -> bool:
     """Constant-time check of the MAC at the end of a raw 75-byte FULL continuation."""
-    return hmac.compare_digest(mac(keys.mac_key(epoch), pseudo, raw), raw[MAC_OFFSET:])
+    return hmac.compare_digest(mac_with(keys.mac_hasher(epoch), pseudo, raw), raw[MAC_OFFSET:])
 
 
 class UcontBox:

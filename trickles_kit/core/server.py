@@ -12,13 +12,14 @@ import struct
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from hmac import compare_digest
 
 from trickles_kit.core import events as ev
 from trickles_kit.core import plan as pl
 from trickles_kit.core.keys import KeyRing
 from trickles_kit.core.nonces import NonceGen
 from trickles_kit.core.replay import ReplayHistory
-from trickles_kit.core.seal import mac, pseudo_header, verify
+from trickles_kit.core.seal import mac_with, pseudo_header
 from trickles_kit.wire.continuation import (
     FULL1,
     MINIMAL,
@@ -235,10 +236,13 @@ class ServerEngine:
         cfg = self.cfg
         cont = req.cont
         assert cont is not None  # decode_request guarantees a FULL continuation
+        keys = self.keys
         pseudo = pseudo_header(cip, cport, self.service_ip, self.service_port)
-        if not self.keys.accepts(cont.key_epoch, now):
+        epoch_in = cont.key_epoch
+        if not keys.accepts(epoch_in, now):
             return self._drop("key_epoch", now, ev.MAC_FAIL, cont)
-        if not verify(self.keys, pseudo, req.cont_raw, cont.key_epoch):
+        raw = req.cont_raw
+        if not compare_digest(mac_with(keys.mac_hasher(epoch_in), pseudo, raw), raw[59:]):
             return self._drop("mac", now, ev.MAC_FAIL, cont)
         now_ms = int(now * 1000)
         age = (now_ms - cont.timestamp) & _U32
@@ -247,96 +251,93 @@ class ServerEngine:
                 return self._drop("future", now, ev.STALE_DROP, cont)
         elif age > cfg.freshness * 1000:
             return self._drop("stale", now, ev.STALE_DROP, cont)
-        blocks = self._check_sacks(req, cont, now)
+        blocks = self._check_sacks(req.sacks, cont, now)
         if blocks is None:
             return []
-        tag = req.type
-        if req.type == REQ_SLOWSTART:
+        rtype = req.type
+        tag = rtype
+        if rtype == REQ_SLOWSTART:
             tag |= (int(now // cfg.slowstart_bucket) & 0xFFFFFF) << 8
+        k = cont.seq
+        cid = cont.conn_id
         # one use per sealed continuation (its timestamp tells apart reused packet numbers)
-        key = (((((cont.conn_id << 32) | cont.seq) << 32) | cont.timestamp) << 40) | (
-            cont.type << 32) | tag
+        key = (((((cid << 32) | k) << 32) | cont.timestamp) << 40) | (cont.type << 32) | tag
         if not self.replay.check_and_add(key, now):
             return self._drop("replay", now, ev.REPLAY_DROP, cont)
-        if req.type == REQ_FIN:
+        if rtype == REQ_FIN:
             return self._fin(req, cont, cip, cport, pseudo, now)
-        plan = pl.plan_request(
-            cont.seq, cont.tcp_base, cont.start_cwnd, cont.ssthresh, cont.state, blocks,
-            req.type == REQ_SLOWSTART, cfg.max_gap,
-        )
-        if plan.verdict == "reject":
-            return self._drop("plan." + plan.reason.replace(" ", "_"), now, cont=cont)
-        if not plan.slots:
-            self.counters["terminate"] += 1
+        plan = pl.plan_request(k, cont.tcp_base, cont.start_cwnd, cont.ssthresh, cont.state,
+                               blocks, rtype == REQ_SLOWSTART, cfg.max_gap)
+        pslots = plan.slots
+        counters = self.counters
+        if not pslots:
+            if plan.verdict == "reject":
+                return self._drop("plan." + plan.reason.replace(" ", "_"), now, cont=cont)
+            counters["terminate"] += 1
             self._event(ev.TERMINATE, now, cont, cwnd=plan.cwnd, first_loss=plan.first_loss)
             return []
         # server-side RTT estimate (mrtt is x8, ms)
         sample = age if age < 1 << 31 else 0
-        if req.type == REQ_SLOWSTART or cont.mrtt == 0:
-            mrtt = sample * 8
-        else:
-            mrtt = cont.mrtt - (cont.mrtt >> 3) + sample
-        mrtt &= _U32
+        mrtt = cont.mrtt
+        mrtt = (sample * 8 if rtype == REQ_SLOWSTART or mrtt == 0
+                else mrtt - (mrtt >> 3) + sample) & _U32
         ranges = req.ranges
-        slots = [
-            OutSlot(s.pkt, cfg.mss, ranges[i] if i < len(ranges) else None)
-            for i, s in enumerate(plan.slots)
-        ]
-        msk = Minisocket("REQUEST", (cip, cport), cont.conn_id, req.app, req.ucont, ranges, slots,
-                         now)
+        nr = len(ranges)
+        mss = cfg.mss
+        slots = [OutSlot(s.pkt, mss, ranges[i] if i < nr else None) for i, s in enumerate(pslots)]
+        msk = Minisocket("REQUEST", (cip, cport), cid, req.app, req.ucont, ranges, slots, now)
         self.handler(msk)
         if msk.dropped:
             return self._drop("app_drop", now, cont=cont)
         if plan.recovery_start:
-            self.counters["recovery"] += 1
+            counters["recovery"] += 1
             self._event(ev.RECOVERY_START, now, cont, cwnd=plan.cwnd, first_loss=plan.first_loss)
         if plan.verdict == "slowstart":
-            self.counters["slowstart"] += 1
-            self._event(ev.SLOWSTART, now, cont, cwnd=plan.cwnd,
-                        new_ssthresh=plan.slots[0].ssthresh)
-        epoch = self.keys.sealing_epoch(now)
-        key = self.keys.mac_key(epoch)
+            counters["slowstart"] += 1
+            self._event(ev.SLOWSTART, now, cont, cwnd=plan.cwnd, new_ssthresh=pslots[0].ssthresh)
+        epoch = keys.sealing_epoch(now)
+        keyed = keys.mac_hasher(epoch)
         n = len(slots)
-        out = []
-        counters = self.counters
         ts = now_ms & _U32
-        cs, parent, cts, cid, k = (cont.client_state, cont.parent, cont.client_timestamp,
-                                   cont.conn_id, cont.seq)
-        for i, (s, slot) in enumerate(zip(plan.slots, slots, strict=True)):
+        cs, parent, cts = cont.client_state, cont.parent, cont.client_timestamp
+        ucont = req.ucont
+        on_event = self.on_event
+        out = []
+        for i in range(n):
+            s = pslots[i]
+            pkt = s.pkt
             if s.ctype == MINIMAL:
-                cbytes = pack_minimal(MINIMAL, s.pkt, i == 0, cs, parent, cts)
+                cbytes = pack_minimal(MINIMAL, pkt, i == 0, cs, parent, cts)
             else:
-                body = pack_body(s.ctype, s.pkt, i == 0, cs, parent, cts, ts, mrtt, s.state,
+                body = pack_body(s.ctype, pkt, i == 0, cs, parent, cts, ts, mrtt, s.state,
                                  s.first_loss, s.first_bootstrap_seq, s.start_cwnd, s.ssthresh,
                                  s.tcp_base, cid, epoch)
-                cbytes = body + mac(key, pseudo, body)
-            out.append(self._encode(cid, s.pkt, cbytes, slot, n, i, req.ucont, cip, cport, ACK,
-                                    k))
+                cbytes = body + mac_with(keyed, pseudo, body)
+            out.append(self._encode(cid, pkt, cbytes, slots[i], n, i, ucont, cip, cport, ACK, k))
             counters[s.kind] += 1
-            if self.on_event is not None:
-                self.on_event(ev.Event(s.kind, now, "server", cid, s.pkt, k, plan.cwnd,
-                                       s.ssthresh, s.tcp_base, s.state))
+            if on_event is not None:
+                on_event(ev.Event(s.kind, now, "server", cid, pkt, k, plan.cwnd, s.ssthresh,
+                                  s.tcp_base, s.state))
         counters["tx"] += n
         return out
 
-    def _check_sacks(self, req: Request, cont: Continuation,
+    def _check_sacks(self, sacks: list, cont: Continuation,
                      now: float) -> list[tuple[int, int]] | None:
-        sacks = req.sacks
-        cfg = self.cfg
-        if len(sacks) > cfg.max_sacks:
+        """Shape and nonces of the SACK blocks; the (left, right) pairs, or None (dropped)."""
+        if len(sacks) > self.cfg.max_sacks:
             self._drop("sack_count", now, cont=cont)
             return None
         k = cont.seq
         low = cont.tcp_base - 8192
         prev = -1
         blocks = []
-        gen = self.nonces
+        summary_of = self.nonces.range_summary
         cid = cont.conn_id
         for left, right, summary in sacks:
             if left <= prev or right < left or right > k or left < low:
                 self._drop("sack_shape", now, cont=cont)
                 return None
-            if gen.range_summary(cid, left, right) != summary:
+            if summary_of(cid, left, right) != summary:
                 self.counters["nonce_fail"] += 1
                 self._drop("nonce", now, ev.NONCE_FAIL, cont)
                 return None
@@ -369,7 +370,7 @@ class ServerEngine:
             cbytes = c.encode()
         else:
             body = c.body()
-            cbytes = body + mac(self.keys.mac_key(c.key_epoch), pseudo, body)
+            cbytes = body + mac_with(self.keys.mac_hasher(c.key_epoch), pseudo, body)
         return self._encode(c.conn_id, c.seq, cbytes, slot, siblings, position, req_ucont, cip,
                             cport, flags, ack)
 

@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from trickles_kit.wire.continuation import (
+    BOOTSTRAP,
+    FULL1,
+    FULL2,
     FULL_LEN,
     MINIMAL,
     Continuation,
@@ -41,6 +44,8 @@ RESPONSE_HEADER_LEN = 8
 DATA_CHUNK_OVERHEAD = 7
 
 _RESP_HDR = struct.Struct("!IBBH")
+_HEAD = struct.Struct("!BBIBIIIIIBIIIIIQI16sB")  # request type + FULL continuation + numSacks
+_HEAD_LEN = _HEAD.size
 _SACK = struct.Struct("!III")
 _RANGE = struct.Struct("!II")
 _CHUNK_HDR = struct.Struct("!BH")
@@ -126,14 +131,25 @@ def decode_request(data: bytes) -> Request:
     cont = None
     raw = b""
     if rtype != REQ_SYN:
-        cont, off = decode_continuation(data, off)
-        if cont.type == MINIMAL:
-            raise DecodeError("minimal_request", "a MINIMAL continuation cannot make a request")
+        if n >= _HEAD_LEN and data[1] in (FULL1, FULL2) and data[27] <= BOOTSTRAP:
+            f = _HEAD.unpack_from(data, 0)  # the common case in one unpack
+            cont = Continuation(*f[1:18])
+            nsacks = f[18]
+            off = _HEAD_LEN
+        else:
+            cont, off = decode_continuation(data, off)
+            if cont.type == MINIMAL:
+                raise DecodeError("minimal_request", "a MINIMAL continuation cannot make a request")
+            if off >= n:
+                raise DecodeError("truncated", "SACK count")
+            nsacks = data[off]
+            off += 1
         raw = bytes(data[1 : 1 + FULL_LEN])
-    if off >= n:
-        raise DecodeError("truncated", "SACK count")
-    nsacks = data[off]
-    off += 1
+    else:
+        if off >= n:
+            raise DecodeError("truncated", "SACK count")
+        nsacks = data[off]
+        off += 1
     if nsacks > MAX_SACKS:
         raise DecodeError("sack_count", f"{nsacks} SACK blocks")
     end = off + 12 * nsacks
