@@ -43,7 +43,12 @@ class NonceGen:
         return self._block(conn_id, j >> 2)[j & 3] & self._mask
 
     def packet_nonce(self, conn_id: int, k: int) -> int:
-        return self.r(conn_id, k) ^ self.r(conn_id, k + 1)
+        return self.range_summary(conn_id, k, k)
 
     def range_summary(self, conn_id: int, left: int, right: int) -> int:
-        return self.r(conn_id, left) ^ self.r(conn_id, right + 1)
+        """r_left ^ r_(right+1), straight from the block cache (the per-request hot path)."""
+        cache = self._cache
+        j = right + 1
+        a = cache.get((conn_id, left >> 2)) or self._block(conn_id, left >> 2)
+        b = cache.get((conn_id, j >> 2)) or self._block(conn_id, j >> 2)
+        return (a[left & 3] ^ b[j & 3]) & self._mask
