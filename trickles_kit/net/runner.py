@@ -1,0 +1,232 @@
+"""Event loops that drive the sans-I/O engines over a real transport.
+
+`ServerLoop` answers every datagram statelessly. `ClientHost` runs any number of client
+connections over one transport (one socket): it demultiplexes by the Trickles port inside the
+segment and keeps one heap of engine timers. Both optionally log every segment to a pcap and
+every event as JSON lines.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import selectors
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from trickles_kit.core.client import ClientConfig, ClientEngine
+from trickles_kit.core.events import Event
+from trickles_kit.core.server import ServerEngine
+from trickles_kit.net.pcap import PcapWriter
+from trickles_kit.net.transport import Transport
+
+
+class EventWriter:
+    """JSON-lines event sink (one event per line)."""
+
+    def __init__(self, path: str) -> None:
+        self._f: TextIO = open(path, "w")  # noqa: SIM115 - closed by close()
+        self.count = 0
+
+    def __call__(self, e: Event) -> None:
+        self._f.write(e.to_json() + "\n")
+        self.count += 1
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.close()
+
+
+class ServerLoop:
+    """Serve one `ServerEngine` on one transport until stopped."""
+
+    def __init__(self, engine: ServerEngine, transport: Transport,
+                 pcap: PcapWriter | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.engine = engine
+        self.transport = transport
+        self.pcap = pcap
+        self.clock = clock  # wall clock: key epochs and timestamps must agree across restarts
+        self.running = True
+
+    def step(self, timeout: float = 0.1, sel: selectors.BaseSelector | None = None) -> int:
+        """Wait up to `timeout` for datagrams and answer them; returns how many were handled."""
+        tr, eng, pcap = self.transport, self.engine, self.pcap
+        if sel is not None and not sel.select(timeout):
+            return 0
+        batch = tr.recv_batch()
+        for seg, src_ip, peer in batch:
+            now = self.clock()
+            if pcap is not None:
+                pcap.log(now, src_ip, tr.local_ip, seg, tr.ip_proto, tr.udp_ports(peer, False))
+            for out in eng.receive(seg, src_ip, now):
+                tr.send(out, src_ip, peer)
+                if pcap is not None:
+                    pcap.log(now, tr.local_ip, src_ip, out, tr.ip_proto, tr.udp_ports(peer, True))
+        return len(batch)
+
+    def run(self, duration: float | None = None) -> None:
+        """Serve until `stop()` is called (from a signal handler) or `duration` seconds pass."""
+        sel = selectors.DefaultSelector()
+        sel.register(self.transport, selectors.EVENT_READ)
+        end = None if duration is None else time.monotonic() + duration
+        try:
+            while self.running and (end is None or time.monotonic() < end):
+                self.step(0.2, sel)
+        finally:
+            sel.close()
+
+    def stop(self) -> None:
+        self.running = False
+
+
+@dataclass
+class Connection:
+    """One client connection hosted by a ClientHost, with where its bytes go."""
+
+    engine: ClientEngine
+    sink: Callable[[bytes], None] | None
+    started: float
+    received: int = 0
+    finished: float | None = None
+    chunks: list[bytes] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return self.engine.done
+
+    @property
+    def failed(self) -> bool:
+        return self.engine.phase == "failed"
+
+
+class ClientHost:
+    """Many client connections over one transport, in one thread."""
+
+    def __init__(self, transport: Transport, server_ip: bytes, server_port: int,
+                 peer: Any = None, config: ClientConfig | None = None,
+                 pcap: PcapWriter | None = None, on_event: Callable[[Event], None] | None = None,
+                 first_port: int = 20000) -> None:
+        self.transport = transport
+        self.server_ip = server_ip
+        self.server_port = server_port
+        self.peer = peer if peer is not None else server_ip
+        self.cfg = config or ClientConfig()
+        self.pcap = pcap
+        self.on_event = on_event
+        self.conns: dict[int, Connection] = {}
+        self._next_port = first_port
+        self._timers: list[tuple[float, int]] = []
+        self.clock = time.monotonic
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(transport, selectors.EVENT_READ)
+        self.counters: dict[str, int] = {"unknown_port": 0}
+
+    def open(self, request: bytes, sink: Callable[[bytes], None] | None = None,
+             keep: bool = False) -> Connection:
+        """Start a connection asking for `request`; bytes go to `sink` (or are kept if `keep`)."""
+        port = self._next_port
+        while port in self.conns:
+            port += 1
+        self._next_port = port + 1 if port < 65535 else 20000
+        eng = ClientEngine(self.transport.local_ip, port, self.server_ip, self.server_port,
+                           self.cfg, isn=int.from_bytes(os.urandom(4), "big"),
+                           on_event=self.on_event)
+        conn = Connection(eng, sink, self.clock())
+        if keep:
+            conn.sink = conn.chunks.append
+        self.conns[port] = conn
+        eng.connect(self.clock(), request)
+        self._service(port, conn)
+        return conn
+
+    def _service(self, port: int, conn: Connection) -> None:
+        eng = conn.engine
+        tr = self.transport
+        out = eng.datagrams_to_send()
+        if out:
+            now = time.time()
+            for seg in out:
+                tr.send(seg, self.server_ip, self.peer)
+                if self.pcap is not None:
+                    self.pcap.log(now, tr.local_ip, self.server_ip, seg, tr.ip_proto,
+                                  tr.udp_ports(self.peer, True))
+        data = eng.read()
+        if data:
+            conn.received += len(data)
+            if conn.sink is not None:
+                conn.sink(data)
+        if conn.finished is None and (eng.done or eng.phase == "failed"):
+            conn.finished = self.clock()
+        t = eng.get_timer()
+        if t is not None:
+            heapq.heappush(self._timers, (t, port))
+
+    def _fire_timers(self) -> None:
+        now = self.clock()
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            t, port = heapq.heappop(timers)
+            conn = self.conns.get(port)
+            if conn is None:
+                continue
+            due = conn.engine.get_timer()
+            if due is not None and due <= now:
+                conn.engine.handle_timer(now)
+                self._service(port, conn)
+
+    def step(self, timeout: float = 0.05) -> None:
+        """Receive what is there (waiting at most until the next timer), then run timers."""
+        if self._timers:
+            timeout = max(0.0, min(timeout, self._timers[0][0] - self.clock()))
+        if self._sel.select(timeout):
+            tr = self.transport
+            pcap = self.pcap
+            for seg, src_ip, peer in tr.recv_batch():
+                if len(seg) < 4:
+                    self.counters["unknown_port"] += 1
+                    continue
+                port = int.from_bytes(seg[2:4], "big")
+                conn = self.conns.get(port)
+                if conn is None:
+                    self.counters["unknown_port"] += 1
+                    continue
+                if pcap is not None:
+                    pcap.log(time.time(), src_ip, tr.local_ip, seg, tr.ip_proto,
+                             tr.udp_ports(peer, False))
+                conn.engine.receive(seg, self.clock())
+                self._service(port, conn)
+        self._fire_timers()
+
+    def run_until(self, done: Callable[[], bool], timeout: float | None = None,
+                  progress: Callable[[], None] | None = None) -> bool:
+        """Step until `done()` or `timeout` seconds; returns done()."""
+        end = None if timeout is None else self.clock() + timeout
+        last = 0.0
+        while not done():
+            if end is not None and self.clock() > end:
+                return False
+            self.step()
+            if progress is not None and self.clock() - last > 0.1:
+                last = self.clock()
+                progress()
+        return True
+
+    def all_finished(self) -> bool:
+        return all(c.finished is not None for c in self.conns.values())
+
+    def close(self, conn: Connection | None = None, linger: float = 0.2) -> None:
+        """Send FINs (best effort, briefly waiting for the answers), then forget connections."""
+        targets = [conn] if conn is not None else list(self.conns.values())
+        for c in targets:
+            c.engine.close(self.clock())
+            self._service(c.engine.local_port, c)
+        end = self.clock() + linger
+        while self.clock() < end and any(c.engine.phase == "fin_sent" for c in targets):
+            self.step(0.02)
+        for c in targets:
+            self.conns.pop(c.engine.local_port, None)
+
+    def shutdown(self) -> None:
+        self._sel.close()

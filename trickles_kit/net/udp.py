@@ -1,0 +1,46 @@
+"""UDP transport: no privileges. The segment's TCP ports are the Trickles ports; the UDP
+ports only carry it, so one client socket serves any number of connections."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from trickles_kit.net.ip import PROTO_UDP, aton
+from trickles_kit.net.transport import Transport
+
+
+class UdpTransport(Transport):
+    name = "udp"
+    ip_proto = PROTO_UDP
+
+    def __init__(self, local_ip: str = "127.0.0.1", port: int = 0) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind((local_ip, port))
+        except OSError as e:
+            sock.close()
+            raise OSError(e.errno, f"cannot bind UDP {local_ip}:{port}: {e.strerror}") from None
+        super().__init__(sock, local_ip)
+        self.port = sock.getsockname()[1]
+
+    def send(self, segment: bytes, dst_ip: bytes, peer: Any) -> bool:
+        """`peer` is the (ip, udp_port) to send to."""
+        return self._sendto(segment, peer)
+
+    def recv_batch(self, limit: int = 256) -> list[tuple[bytes, bytes, Any]]:
+        out = []
+        recv = self.sock.recvfrom
+        for _ in range(limit):
+            try:
+                data, addr = recv(65535)
+            except (BlockingIOError, InterruptedError):
+                break
+            except ConnectionRefusedError:  # ICMP from an earlier send; nothing to read
+                continue
+            out.append((data, aton(addr[0]), addr))
+        self.counters["rx"] += len(out)
+        return out
+
+    def udp_ports(self, peer: Any, outgoing: bool) -> tuple[int, int]:
+        return (self.port, peer[1]) if outgoing else (peer[1], self.port)
