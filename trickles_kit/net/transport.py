@@ -16,6 +16,7 @@ from trickles_kit.net.ip import aton
 
 RCVBUF = 4 << 20
 SNDBUF = 4 << 20
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # Linux; not exported by Python's socket module
 _DROP_ERRNOS = {errno.EPERM, errno.ENOBUFS, errno.EAGAIN, errno.ECONNREFUSED, errno.EHOSTUNREACH,
                 errno.ENETUNREACH, errno.EMSGSIZE}
 
@@ -32,7 +33,7 @@ class Transport:
         self.local_ip_str = local_ip
         self.counters: Counter[str] = Counter()
         for opt, size in ((socket.SO_RCVBUF, RCVBUF), (socket.SO_SNDBUF, SNDBUF)):
-            forced = socket.SO_RCVBUFFORCE if opt == socket.SO_RCVBUF else socket.SO_SNDBUFFORCE
+            forced = SO_RCVBUFFORCE if opt == socket.SO_RCVBUF else SO_SNDBUFFORCE
             try:
                 sock.setsockopt(socket.SOL_SOCKET, forced, size)  # root may exceed rmem_max
             except OSError:

@@ -1,0 +1,200 @@
+"""Fetch a URL from a Trickles web server: the engine of `trickles fetch`.
+
+URLs are `http://HOST:PORT/PATH` (or `trickles://...`). The response stream is a whole HTTP/1.1
+response; the body goes to a file or a buffer, and the result reports what the protocol did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from urllib.parse import urlsplit
+
+from trickles_kit.core.client import ClientConfig
+from trickles_kit.net.ip import PROTO_TRICKLES, aton
+from trickles_kit.net.pcap import PcapWriter
+from trickles_kit.net.runner import ClientHost, EventWriter
+from trickles_kit.net.transport import Transport
+
+DEFAULT_PORT = 8080
+
+
+def parse_url(url: str) -> tuple[str, int, str]:
+    """(host, port, path-with-query) of an http:// or trickles:// URL."""
+    parts = urlsplit(url if "://" in url else "http://" + url)
+    if parts.scheme not in ("http", "trickles"):
+        raise ValueError(f"unsupported URL scheme {parts.scheme!r} (use http:// or trickles://)")
+    if not parts.hostname:
+        raise ValueError(f"no host in URL {url!r}")
+    host = socket.gethostbyname(parts.hostname)
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return host, parts.port or DEFAULT_PORT, path
+
+
+def local_address_for(server: str) -> str:
+    """This host's address toward `server`; on loopback a distinct 127.x address, so a raw
+    socket bound to it receives only this client's datagrams."""
+    if server.startswith("127."):
+        return "127.0.0.2" if server != "127.0.0.2" else "127.0.0.3"
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.connect((server, 9))
+        return s.getsockname()[0]
+    finally:
+        s.close()
+
+
+def open_transport(kind: str, local_ip: str, ip_proto: int = PROTO_TRICKLES) -> Transport:
+    """A client or server transport by name: 'udp' (no privileges) or 'raw'."""
+    if kind == "udp":
+        from trickles_kit.net.udp import UdpTransport
+
+        return UdpTransport(local_ip, 0)
+    if kind == "raw":
+        from trickles_kit.net.raw import RawTransport
+
+        return RawTransport(local_ip, ip_proto)
+    raise ValueError(f"unknown transport {kind!r} (use raw or udp)")
+
+
+class HttpBody:
+    """Splits a response stream into status, headers and body; the body goes to `sink`."""
+
+    def __init__(self, sink: Callable[[bytes], None]) -> None:
+        self._head = bytearray()
+        self.sink = sink
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.body_bytes = 0
+        self.sha = hashlib.sha256()
+        self.in_body = False
+
+    def __call__(self, data: bytes) -> None:
+        if not self.in_body:
+            self._head += data
+            end = self._head.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self._head) > 65536:
+                    raise ValueError("response header longer than 64 KiB")
+                return
+            head = bytes(self._head[:end]).decode("iso-8859-1").split("\r\n")
+            data = bytes(self._head[end + 4 :])
+            self._head.clear()
+            self.in_body = True
+            try:
+                self.status = int(head[0].split()[1])
+            except (IndexError, ValueError):
+                raise ValueError(f"not an HTTP response: {head[0]!r}") from None
+            for line in head[1:]:
+                k, _, v = line.partition(":")
+                self.headers[k.strip().lower()] = v.strip()
+        if data:
+            self.body_bytes += len(data)
+            self.sha.update(data)
+            self.sink(data)
+
+
+@dataclass
+class FetchResult:
+    url: str
+    ok: bool
+    status: int
+    bytes: int
+    sha256: str
+    seconds: float
+    goodput_bps: float
+    retransmissions: int
+    splits: int
+    terminations: int
+    recoveries: int
+    timeouts: int
+    final_cwnd: int
+    phase: str
+    transport: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        return "\n".join(f"{k:>16}: {v}" for k, v in self.as_dict().items())
+
+
+class _Progress:
+    def __init__(self, conn, enabled: bool) -> None:
+        self.conn = conn
+        self.enabled = enabled
+        self.t0 = time.monotonic()
+
+    def __call__(self) -> None:
+        if not self.enabled:
+            return
+        eng = self.conn.engine
+        got = eng.bytes_received
+        total = eng.total
+        rate = got / max(time.monotonic() - self.t0, 1e-6) / 1e6
+        if total:
+            pct = 100.0 * got / total if total else 100.0
+            bar = "#" * int(pct / 4)
+            line = f"\r[{bar:<25}] {got / 1e6:8.2f} / {total / 1e6:.2f} MB {pct:5.1f}% {rate:6.1f} MB/s"
+        else:
+            line = f"\r{got / 1e6:8.2f} MB {rate:6.1f} MB/s"
+        sys.stderr.write(line)
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            self()
+            sys.stderr.write("\n")
+
+
+def fetch(url: str, out: str | None = None, transport: str = "udp",
+          ip_proto: int = PROTO_TRICKLES, local_ip: str | None = None,
+          pcap: str | None = None, events: str | None = None, progress: bool = False,
+          timeout: float = 600.0, config: ClientConfig | None = None,
+          sink: Callable[[bytes], None] | None = None) -> FetchResult:
+    """Fetch `url` over Trickles and write the body to `out` (or `sink`)."""
+    host, port, path = parse_url(url)
+    lip = local_ip or local_address_for(host)
+    tr = open_transport(transport, lip, ip_proto)
+    pw = PcapWriter(pcap) if pcap else None
+    ew = EventWriter(events) if events else None
+    f = open(out, "wb") if out else None  # noqa: SIM115 - closed below
+    try:
+        body = HttpBody(sink or (f.write if f else (lambda _b: None)))
+        request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+        peer = (host, port) if transport == "udp" else None
+        ch = ClientHost(tr, aton(host), port, peer, config, pw, ew)
+        t0 = time.monotonic()
+        conn = ch.open(request, body)
+        prog = _Progress(conn, progress)
+        ch.run_until(lambda: conn.finished is not None, timeout, prog)
+        prog.finish()
+        secs = time.monotonic() - t0
+        eng = conn.engine
+        if eng.done:
+            ch.close(conn)
+        ch.shutdown()
+        c = eng.counters
+        ok = eng.done and body.in_body
+        return FetchResult(
+            url=url, ok=ok, status=body.status, bytes=body.body_bytes,
+            sha256=body.sha.hexdigest(), seconds=round(secs, 4),
+            goodput_bps=round(body.body_bytes * 8 / secs, 1) if secs > 0 else 0.0,
+            retransmissions=c["pred.retransmit"], splits=c["pred.split"],
+            terminations=c["pred.terminate"], recoveries=c["recoveries"],
+            timeouts=c["timeouts"], final_cwnd=eng.cwnd, phase=eng.phase, transport=transport,
+        )
+    finally:
+        tr.close()
+        if f:
+            f.close()
+        if pw:
+            pw.close()
+        if ew:
+            ew.close()
