@@ -10,7 +10,7 @@ LABSTAMP := $(VENV)/.installed-lab
 # Interpreter used to create the venv: prefer python3.11, fall back to python3.
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3 2>/dev/null)
 
-.PHONY: venv lab-venv demo test clean
+.PHONY: venv lab-venv demo test clean sysdeps
 
 venv: $(STAMP)
 
@@ -55,7 +55,12 @@ $(LABSTAMP): $(STAMP)
 demo: venv
 	$(VENV)/bin/trickles sim --size 1000000 --loss 0.01 --seed 1
 
-test: venv
+# System tools the tests use (tcpdump, tshark, iptables, nftables, ...): installs what is missing
+# when run as root, otherwise prints the command to run. Under CI=true `make test` runs it first.
+sysdeps:
+	bash scripts/install-system-deps.sh
+
+test: $(if $(filter true,$(CI)),sysdeps) venv
 	$(VENV)/bin/ruff check .
 	$(VPY) -m pytest -n 2
 

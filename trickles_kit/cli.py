@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--events", metavar="FILE",
                    help="write every protocol event as JSON lines to FILE")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
+    from trickles_kit.cli_wire import add_parsers
+    from trickles_kit.doctor import add_doctor_parser
+
+    add_doctor_parser(sub)
+    add_parsers(sub)
     return p
 
 
@@ -106,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "sim":
         return cmd_sim(args)
+    if hasattr(args, "func"):
+        return args.func(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -139,9 +139,10 @@ class _Progress:
         total = eng.total
         rate = got / max(time.monotonic() - self.t0, 1e-6) / 1e6
         if total:
-            pct = 100.0 * got / total if total else 100.0
+            pct = 100.0 * got / total
             bar = "#" * int(pct / 4)
-            line = f"\r[{bar:<25}] {got / 1e6:8.2f} / {total / 1e6:.2f} MB {pct:5.1f}% {rate:6.1f} MB/s"
+            line = (f"\r[{bar:<25}] {got / 1e6:8.2f} / {total / 1e6:.2f} MB {pct:5.1f}%"
+                    f" {rate:6.1f} MB/s")
         else:
             line = f"\r{got / 1e6:8.2f} MB {rate:6.1f} MB/s"
         sys.stderr.write(line)

@@ -1,0 +1,117 @@
+"""Helpers for the real-wire tests: privilege gates, server processes, unprivileged runs."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI") == "true"
+
+
+def need_root(what: str) -> None:
+    """Skip outside CI without root (saying how to run it); in CI a missing privilege fails."""
+    if os.geteuid() == 0:
+        return
+    msg = f"{what} needs root (or CAP_NET_RAW/CAP_NET_ADMIN): run the suite with sudo"
+    if IN_CI:
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def need_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path:
+        return path
+    msg = f"{name} is not installed: run `make sysdeps` (as root) to install it"
+    if IN_CI:
+        pytest.fail(msg)
+    pytest.skip(msg)
+    raise AssertionError  # unreachable
+
+
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    s = socket.socket(socket.AF_INET, kind)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def trickles_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "trickles_kit.cli", *args]
+
+
+@contextlib.contextmanager
+def server_process(argv: list[str], ready: str = "trickles serve:",
+                   timeout: float = 20.0) -> Iterator[subprocess.Popen]:
+    """Start `argv`, wait for its first stdout line containing `ready`, always stop it."""
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         cwd=REPO)
+    try:
+        end = time.monotonic() + timeout
+        line = ""
+        while time.monotonic() < end:
+            line = p.stdout.readline() if p.stdout else ""
+            if ready in line or p.poll() is not None:
+                break
+        if ready not in line:
+            p.kill()
+            out, err = p.communicate(timeout=5)
+            raise AssertionError(f"server did not start: {line!r} {out!r} {err!r}")
+        yield p
+    finally:
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=5)
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@contextlib.contextmanager
+def world_readable_copy() -> Iterator[Path]:
+    """A copy of the package in a directory any user can read (for runs as nobody)."""
+    d = Path(tempfile.mkdtemp(prefix="tk-nobody-"))
+    try:
+        shutil.copytree(REPO / "trickles_kit", d / "trickles_kit",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        for root, _dirs, files in os.walk(d):
+            os.chmod(root, 0o755)
+            for f in files:
+                os.chmod(os.path.join(root, f), 0o644)
+        os.chmod(d, 0o755)
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def nobody_argv(argv: list[str]) -> list[str]:
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv]

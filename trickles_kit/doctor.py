@@ -1,0 +1,192 @@
+"""`trickles doctor`: what this machine and this process can do, and how to get what is missing.
+
+The core (the simulator, `serve`/`fetch` over UDP) needs only Python and `cryptography`; raw
+sockets, namespaces, qdiscs, firewalls, capture tools and the lab packages are optional extras.
+The exit code is 0 when the core works with at least one transport (raw or UDP).
+Only the standard library is imported here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass
+
+from trickles_kit.net import privileges as priv
+
+SYSDEPS = "make sysdeps (as root; runs scripts/install-system-deps.sh)"
+LAB_PACKAGES = ("jupyterlab", "ipywidgets", "plotly", "anywidget", "scapy", "pandas")
+CORE_PACKAGES = ("cryptography",)
+
+# tool -> (Debian package, what the toolkit uses it for, installed by `make sysdeps`?)
+TOOLS: dict[str, tuple[str, str, bool]] = {
+    "tcpdump": ("tcpdump", "packet captures", True),
+    "tshark": ("tshark", "dissecting captures", True),
+    "curl": ("curl", "HTTP comparisons with Linux TCP", True),
+    "setpriv": ("util-linux", "running tshark with Lua unprivileged", True),
+    "chromium": ("chromium", "browser checks of the lab", False),
+}
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool | None  # None: not applicable / cannot tell
+    detail: str
+    hint: str = ""  # how to get it, when it is missing
+    group: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _privileges() -> Check:
+    root, cap = priv.is_root(), priv.has_cap_net_raw()
+    who = f"uid {os.geteuid()}" + (" (root)" if root else "")
+    detail = f"{who}; CAP_NET_RAW {'effective' if cap else 'not effective'}"
+    return Check("root / CAP_NET_RAW", cap, detail, "" if cap else priv.raw_hint(), "privileges")
+
+
+def _raw(proto: int, note: str) -> Check:
+    ok, err = priv.can_open_raw_socket(proto)
+    return Check(f"raw socket, IP protocol {proto}", ok, note if ok else err,
+                 "" if ok else priv.raw_hint(), "transports")
+
+
+def _udp() -> Check:
+    ok, err = priv.can_open_udp_socket()
+    return Check("UDP socket on 127.0.0.1", ok, "no privileges needed" if ok else err,
+                 "" if ok else "check the loopback interface (ip link set lo up)", "transports")
+
+
+def _netns() -> Check:
+    ok, detail = priv.can_create_netns()
+    hint = "" if ok else ("needs root (CAP_SYS_ADMIN), a kernel with CONFIG_NET_NS and unshare "
+                          "from util-linux; the lab's topologies need it, loopback runs do not")
+    return Check("network namespaces", ok, detail, hint, "network")
+
+
+def _qdisc(name: str) -> Check:
+    ok, detail = priv.qdisc_probe(name)
+    if not priv.which("tc"):
+        ok, detail = False, f"tc not found (kernel: {detail})"
+        hint = f"install iproute2: {SYSDEPS}"
+    elif name == "netem":
+        hint = "not needed: delay will use the user-space delay stage"
+    else:
+        hint = f"needs CONFIG_NET_SCH_{name.upper()} in the kernel (rate shaping on links)"
+    return Check(f"tc qdisc {name}", ok, detail, "" if ok else hint, "network")
+
+
+def _firewall(tool: str, package: str) -> Check:
+    ok, detail = priv.firewall_probe(tool)
+    hint = "" if ok else f"{SYSDEPS}, or: apt-get install -y {package}"
+    return Check(tool, ok, detail, hint, "network")
+
+
+def _tool(tool: str) -> Check:
+    package, use, in_sysdeps = TOOLS[tool]
+    path = priv.which(tool)
+    how = f"{SYSDEPS}, or: apt-get install -y {package}" if in_sysdeps else \
+        f"apt-get install -y {package}"
+    return Check(tool, path is not None, f"{path} ({use})" if path else f"not found ({use})",
+                 "" if path else how, "tools")
+
+
+def _package(name: str, core: bool) -> Check:
+    try:
+        found = importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        found = False
+    detail = "not importable"
+    if found:
+        try:
+            detail = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            detail = "importable"
+    detail += f" ({sys.executable})"
+    if core:
+        hint = "make venv (or: pip install -e .)"
+    else:
+        hint = "make lab-venv (or: pip install -e '.[lab]')"
+    group = "python (core)" if core else "python (lab)"
+    return Check(f"python: {name}", found, detail, "" if found else hint, group)
+
+
+def run_doctor() -> list[Check]:
+    """Every check, in display order. Side-effect free (see trickles_kit.net.privileges)."""
+    checks = [
+        _privileges(),
+        _raw(253, "kernel TCP never sees these segments: no RSTs"),
+        _raw(6, "real TCP segments; the kernel RSTs ports it does not know"),
+        _udp(),
+        _netns(),
+        *(_qdisc(q) for q in ("tbf", "htb", "netem")),
+        _firewall("iptables", "iptables"),
+        _firewall("nft", "nftables"),
+        *(_tool(t) for t in TOOLS),
+        *(_package(p, True) for p in CORE_PACKAGES),
+        *(_package(p, False) for p in LAB_PACKAGES),
+    ]
+    return checks
+
+
+def core_ready(checks: list[Check]) -> tuple[bool, list[str]]:
+    """(core usable?, usable transports): core packages present and raw (253) or UDP works."""
+    by_name = {c.name: c for c in checks}
+    transports = [t for t, n in (("raw", "raw socket, IP protocol 253"),
+                                 ("udp", "UDP socket on 127.0.0.1")) if by_name[n].ok]
+    packages = all(by_name[f"python: {p}"].ok for p in CORE_PACKAGES)
+    return packages and bool(transports), transports
+
+
+def summary(checks: list[Check]) -> str:
+    ready, transports = core_ready(checks)
+    n_ok = sum(c.ok is True for c in checks)
+    n_missing = sum(c.ok is False for c in checks)
+    n_na = sum(c.ok is None for c in checks)
+    counts = f"{n_ok} ok, {n_missing} missing, {n_na} unknown"
+    if ready:
+        return f"core ready (transports: {', '.join(transports)}); {counts}"
+    why = "no usable transport" if not transports else "core Python packages missing"
+    return f"core NOT ready ({why}); {counts}"
+
+
+def format_checks(checks: list[Check]) -> str:
+    width = max(len(c.name) for c in checks)
+    lines = []
+    for c in checks:
+        mark = {True: "ok", False: "--", None: "??"}[c.ok]
+        lines.append(f"  {mark}  {c.name:<{width}}  {c.detail}")
+        if c.hint:
+            lines.append(f"      {'':<{width}}  -> {c.hint}")
+    return "\n".join(lines)
+
+
+def add_doctor_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    d = subparsers.add_parser(
+        "doctor", help="check privileges, kernel features, tools and Python packages",
+        description="Check what this machine allows (raw sockets, namespaces, qdiscs, "
+                    "firewalls, capture tools, lab packages) and say how to get what is "
+                    "missing. Exit code 0 if the core works with raw sockets or UDP.",
+    )
+    d.add_argument("--json", action="store_true", help="print the checks as JSON")
+    d.set_defaults(func=cmd_doctor)
+    return d
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    checks = run_doctor()
+    ready, _ = core_ready(checks)
+    line = summary(checks)
+    if getattr(args, "json", False):
+        doc = {"ok": ready, "summary": line, "checks": [c.as_dict() for c in checks]}
+        print(json.dumps(doc, indent=2))
+    else:
+        print(format_checks(checks))
+        print(f"trickles doctor: {line}")
+    return 0 if ready else 1
