@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,17 +35,19 @@ BIG = 50_000_000
 
 
 @pytest.fixture(scope="module")
-def www(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("www")
+def www() -> Iterator[Path]:
+    # world-readable (pytest's tmp dirs are 0700): the unprivileged runs must read it too
+    d = Path(tempfile.mkdtemp(prefix="tk-www-"))
+    os.chmod(d, 0o755)
     with open(d / "big.bin", "wb") as f:
         for _ in range(BIG // (1 << 20) + 1):
             f.write(os.urandom(1 << 20))
         f.truncate(BIG)
     (d / "small.txt").write_bytes(b"hello, stateless world\n" * 4000)
-    os.chmod(d, 0o755)
     for p in d.iterdir():
         os.chmod(p, 0o644)
-    return d
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def fetch_json(url: str, out: Path, *extra: str, timeout: float = 300) -> dict:
@@ -67,9 +72,7 @@ def test_udp_50mb_as_unprivileged_user(www: Path, tmp_path: Path) -> None:
     need_root("dropping privileges with setpriv")
     need_tool("setpriv")
     port = 18081
-    out = tmp_path / "out"
-    out.mkdir()
-    os.chmod(tmp_path, 0o755)
+    out = Path(tempfile.mkdtemp(prefix="tk-out-"))
     os.chmod(out, 0o777)
     with world_readable_copy() as pkg:
         env = dict(os.environ, PYTHONPATH=str(pkg))
@@ -78,7 +81,8 @@ def test_udp_50mb_as_unprivileged_user(www: Path, tmp_path: Path) -> None:
         p = subprocess.Popen(serve, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=env, cwd=pkg)
         try:
-            assert "trickles serve:" in (p.stdout.readline() if p.stdout else ""), p.stderr
+            line = p.stdout.readline() if p.stdout else ""
+            assert "trickles serve:" in line, (line, p.stderr.read() if p.stderr else "")
             f = subprocess.run(
                 nobody_argv(trickles_argv("fetch", f"http://127.0.0.1:{port}/big.bin", "-o",
                                           str(out / "big.bin"), "--transport", "udp", "--json")),
@@ -86,10 +90,13 @@ def test_udp_50mb_as_unprivileged_user(www: Path, tmp_path: Path) -> None:
         finally:
             p.terminate()
             p.wait(timeout=10)
-    assert f.returncode == 0, f.stderr[-2000:]
-    r = json.loads(f.stdout)
-    assert r["ok"] and r["bytes"] == BIG
-    assert sha256_file(out / "big.bin") == sha256_file(www / "big.bin")
+    try:
+        assert f.returncode == 0, f.stderr[-2000:]
+        r = json.loads(f.stdout)
+        assert r["ok"] and r["bytes"] == BIG
+        assert sha256_file(out / "big.bin") == sha256_file(www / "big.bin")
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def test_raw_without_privileges_is_one_clear_line(www: Path) -> None:
@@ -235,7 +242,8 @@ def test_garbage_flood_while_fetching(www: Path, tmp_path: Path) -> None:
     port = 18088
     with server_process(trickles_argv("serve", "--root", str(www), "--transport", "raw",
                                       "--port", str(port))) as srv:
-        time.sleep(0.3)
+        # one ordinary transfer first, so the figure is what the flood adds, not warm-up
+        fetch_json(f"http://127.0.0.1:{port}/big.bin", tmp_path / "warm", "--transport", "raw")
         rss0 = rss_kib(srv.pid)
         stop = threading.Event()
         sent = [0]

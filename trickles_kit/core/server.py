@@ -260,8 +260,9 @@ class ServerEngine:
             tag |= (int(now // cfg.slowstart_bucket) & 0xFFFFFF) << 8
         k = cont.seq
         cid = cont.conn_id
-        # one use per sealed continuation (its timestamp tells apart reused packet numbers)
-        key = (((((cid << 32) | k) << 32) | cont.timestamp) << 40) | (cont.type << 32) | tag
+        # one use per sealed continuation: its verified MAC names it (connId, packet number,
+        # timestamp, type, epoch...) in 64 unforgeable bits; the tag adds the request type
+        key = int.from_bytes(raw[59:67], "big") ^ (tag << 32)
         if not self.replay.check_and_add(key, now):
             return self._drop("replay", now, ev.REPLAY_DROP, cont)
         if rtype == REQ_FIN:
