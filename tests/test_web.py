@@ -89,6 +89,7 @@ def web(site: Path) -> WebServer:
 def transfer(web: WebServer, request: bytes, expected: bytes, loss: float = 0.0,
              seed: int = 1, **kw) -> None:
     r = simulate_transfer(len(expected), loss=loss, seed=seed, handler=web, request=request,
+                          secret=SECRET,
                           expected_sha256=hashlib.sha256(expected).hexdigest(), **kw)
     assert r.ok, r.summary()
     assert r.bytes == len(expected)

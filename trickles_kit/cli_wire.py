@@ -133,6 +133,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if pw:
             pw.close()
         c = engine.counters
+        if engine.last_error:
+            print(f"trickles serve: {c['handler_error']} handler error(s); the last one:\n"
+                  f"{engine.last_error}", file=sys.stderr)
         print(f"trickles serve: stopped; {c['rx']} requests, {c['tx']} packets, "
               f"{c['drop']} dropped", flush=True)
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -146,6 +147,7 @@ class ServerEngine:
         self.service_port = service_port
         self.on_event = on_event
         self.counters: Counter[str] = Counter()
+        self.last_error: str | None = None
 
     # ------------------------------------------------------------------ helpers
     def _event(self, kind: str, now: float, cont: Continuation | None = None, **kw) -> None:
@@ -192,6 +194,7 @@ class ServerEngine:
             return self._request(req, client_ip, seg.src_port, seg.seq, now)
         except Exception as e:  # a handler bug must not take the server down
             self.counters["handler_error"] += 1
+            self.last_error = traceback.format_exc()  # kept for `trickles serve` to report
             return self._drop("internal." + type(e).__name__, now)
 
     # ------------------------------------------------------------------ SYN
