@@ -123,10 +123,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     where = f"{args.transport}:{args.addr}:{args.port}"
     if args.transport == "raw":
         where += f" (IP protocol {args.ip_proto})"
-    print(f"trickles serve: {Path(args.root).resolve()} on {where}", flush=True)
+    from contextlib import ExitStack
+
+    from trickles_kit.net.rst import RstRuleError, suppress_rsts
+
+    stack = ExitStack()
     try:
+        if args.transport == "raw" and args.ip_proto == PROTO_TCP:
+            stack.enter_context(suppress_rsts(args.port, "server"))
+        print(f"trickles serve: {Path(args.root).resolve()} on {where}", flush=True)
         loop.run(args.duration)
+    except RstRuleError as e:
+        return _fail("serve", e)
     finally:
+        stack.close()
         tr.close()
         if ew:
             ew.close()
@@ -142,15 +152,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
+    from contextlib import ExitStack
+
     from trickles_kit.core.client import ClientConfig
-    from trickles_kit.net.fetch import fetch
+    from trickles_kit.net.fetch import fetch, parse_url
     from trickles_kit.net.privileges import PrivilegeError
+    from trickles_kit.net.rst import RstRuleError, suppress_rsts
 
     try:
-        r = fetch(args.url, args.output, args.transport, args.ip_proto, args.local_addr,
-                  args.pcap, args.events, progress=sys.stderr.isatty() and not args.json,
-                  timeout=args.timeout, config=ClientConfig(mss=args.mss))
-    except PrivilegeError as e:
+        with ExitStack() as stack:
+            if args.transport == "raw" and args.ip_proto == PROTO_TCP:
+                stack.enter_context(suppress_rsts(parse_url(args.url)[1], "client"))
+            r = fetch(args.url, args.output, args.transport, args.ip_proto, args.local_addr,
+                      args.pcap, args.events, progress=sys.stderr.isatty() and not args.json,
+                      timeout=args.timeout, config=ClientConfig(mss=args.mss))
+    except (PrivilegeError, RstRuleError) as e:
         return _fail("fetch", e)
     except (OSError, ValueError) as e:
         return _fail("fetch", e)
