@@ -369,7 +369,8 @@ def test_gateway_curl_byte_exact(gateway: GatewayThread, web_server: Server, www
 def test_gateway_bad_requests(gateway: GatewayThread) -> None:
     assert gateway.addr is not None
     for junk in (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", b"hello\r\n\r\n",
-                 b"GET / HTTP/1.1\r\nno colon here\r\n\r\n", b"GET /" + b"a" * 70_000):
+                 b"GET / HTTP/1.1\r\nno colon here\r\n\r\n", b"GET /" + b"a" * 70_000,
+                 b"GET / HTTP/1.1\r\nX: " + b"a" * 61_000 + b"\r\n\r\n"):
         with socket.create_connection(gateway.addr, timeout=5) as s:
             s.sendall(junk)
             s.shutdown(socket.SHUT_WR)

@@ -62,11 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--events", metavar="FILE",
                    help="write every protocol event as JSON lines to FILE")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
+    from trickles_kit.apps.gateway import add_gateway_parser
     from trickles_kit.cli_wire import add_parsers
     from trickles_kit.doctor import add_doctor_parser
 
     add_doctor_parser(sub)
     add_parsers(sub)
+    add_gateway_parser(sub)
     return p
 
 

@@ -2,12 +2,13 @@
 server. TCP from the program, Trickles on the wire.
 
 For each TCP connection the gateway reads the HTTP request head (up to the blank line; at most
-64 KiB are read, and a head must fit one Trickles SYN, `MAX_REQUEST` bytes, else 400), sends exactly those bytes as the Trickles request to the upstream server,
-streams the Trickles response stream (a complete HTTP response from the web server) back as it
-arrives, then closes the TCP connection: one request per connection, like HTTP/1.0. A request
-body is not forwarded. If the Trickles transfer fails (or stalls for `idle_timeout` seconds) the
-client gets `502 Bad Gateway` when nothing was sent yet; otherwise the TCP connection is just
-closed, so the client sees a short response.
+64 KiB are read, and a head must fit one Trickles SYN, `MAX_REQUEST` bytes, else 400), sends
+exactly those bytes as the Trickles request to the upstream server, streams the Trickles response
+stream (a complete HTTP response from the web server) back as it arrives, then closes the TCP
+connection: one request per connection, like HTTP/1.0. A request body is not forwarded. If the
+Trickles transfer fails (or stalls for `idle_timeout` seconds) the client gets `502 Bad Gateway`
+when nothing was sent yet; otherwise the TCP connection is just closed, so the client sees a
+short response.
 
 All TCP connections share one `AsyncClientHost` (one socket toward the upstream server).
 """
@@ -29,6 +30,7 @@ from trickles_kit.net.aio import MAX_REQUEST, AsyncClientHost
 from trickles_kit.net.ip import PROTO_TCP, PROTO_TRICKLES
 
 MAX_HEAD = 64 * 1024
+LINGER = 1.0  # seconds to wait for the client's FIN after the response
 _REQUEST_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [\x21-\x7e]+ HTTP/\d\.\d")
 
 
@@ -106,6 +108,7 @@ class Gateway:
         self.counters["tcp_connections"] += 1
         try:
             await self._serve(reader, writer)
+            await self._linger(reader, writer)
         except asyncio.CancelledError:
             pass
         except Exception:  # never let one connection's trouble reach the loop
@@ -115,6 +118,21 @@ class Gateway:
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+    async def _linger(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Half-close, then drop what the client still sends (for at most LINGER s): closing with
+        unread input would reset the connection under the last bytes of the response."""
+
+        async def drain_input() -> None:
+            while await reader.read(65536):
+                pass
+
+        try:
+            if writer.can_write_eof():
+                writer.write_eof()
+            await asyncio.wait_for(drain_input(), LINGER)
+        except (TimeoutError, OSError):
+            pass
 
     async def _read_head(self, reader: asyncio.StreamReader) -> bytes | None:
         """The request head (leading blank lines dropped), b"" on a silent close, None if bad."""

@@ -79,16 +79,15 @@ class _Host(ClientHost):
     def prune_timers(self) -> float | None:
         """Drop stale heap entries from the top; the earliest live deadline (or None).
 
-        Every deadline change happens inside receive/handle_timer/close, each followed by
-        `_service`, which pushes the engine's current deadline: so an entry that does not match
-        its engine's deadline (or whose connection is gone) has a live twin and can go.
+        Each connection has one live entry, at `conn.timer_at` (never later than its engine's
+        deadline; `_fire_timers` re-pushes a deadline that moved later). Any other entry is
+        stale and can go.
         """
         heap = self._timers
         while heap:
             t, port = heap[0]
             conn = self.conns.get(port)
-            due = conn.engine.get_timer() if conn is not None else None
-            if due is not None and due <= t:
+            if conn is not None and conn.timer_at == t:
                 return t
             heapq.heappop(heap)
         return None

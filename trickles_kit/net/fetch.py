@@ -172,24 +172,28 @@ def fetch(url: str, out: str | None = None, transport: str = "udp",
         peer = (host, port) if transport == "udp" else None
         ch = ClientHost(tr, aton(host), port, peer, config, pw, ew)
         t0 = time.monotonic()
-        conn = ch.open(request, body)
-        prog = _Progress(conn, progress)
-        ch.run_until(lambda: conn.finished is not None, timeout, prog)
-        prog.finish()
-        secs = time.monotonic() - t0
-        eng = conn.engine
-        if eng.done:
-            ch.close(conn)
-        ch.shutdown()
+        try:
+            conn = ch.open(request, body)
+            prog = _Progress(conn, progress)
+            finished = ch.run_until(lambda: conn.finished is not None, timeout, prog)
+            prog.finish()
+            secs = time.monotonic() - t0
+            eng = conn.engine
+            ch.close(conn)  # a FIN even after a timeout: the server may tell its handler
+        finally:
+            ch.shutdown()
         c = eng.counters
-        ok = eng.done and body.in_body
+        phase = eng.phase if finished else "timed out"
+        ok = eng.done and body.in_body and (
+            "content-length" not in body.headers
+            or body.headers["content-length"] == str(body.body_bytes))
         return FetchResult(
             url=url, ok=ok, status=body.status, bytes=body.body_bytes,
             sha256=body.sha.hexdigest(), seconds=round(secs, 4),
             goodput_bps=round(body.body_bytes * 8 / secs, 1) if secs > 0 else 0.0,
             retransmissions=c["pred.retransmit"], splits=c["pred.split"],
             terminations=c["pred.terminate"], recoveries=c["recoveries"],
-            timeouts=c["timeouts"], final_cwnd=eng.cwnd, phase=eng.phase, transport=transport,
+            timeouts=c["timeouts"], final_cwnd=eng.cwnd, phase=phase, transport=transport,
         )
     finally:
         tr.close()

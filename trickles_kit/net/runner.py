@@ -88,6 +88,7 @@ class Connection:
     engine: ClientEngine
     sink: Callable[[bytes], None] | None
     started: float
+    timer_at: float | None = None  # the earliest deadline already on the host's heap
     received: int = 0
     finished: float | None = None
     chunks: list[bytes] = field(default_factory=list)
@@ -107,7 +108,7 @@ class ClientHost:
     def __init__(self, transport: Transport, server_ip: bytes, server_port: int,
                  peer: Any = None, config: ClientConfig | None = None,
                  pcap: PcapWriter | None = None, on_event: Callable[[Event], None] | None = None,
-                 first_port: int = 20000) -> None:
+                 first_port: int | None = None) -> None:
         self.transport = transport
         self.server_ip = server_ip
         self.server_port = server_port
@@ -116,7 +117,8 @@ class ClientHost:
         self.pcap = pcap
         self.on_event = on_event
         self.conns: dict[int, Connection] = {}
-        self._next_port = first_port
+        # a random start, so two hosts sharing a local address rarely pick the same ports
+        self._next_port = first_port or 20000 + int.from_bytes(os.urandom(2), "big") % 40000
         self._timers: list[tuple[float, int]] = []
         self.clock = time.monotonic
         self._sel = selectors.DefaultSelector()
@@ -126,9 +128,11 @@ class ClientHost:
     def open(self, request: bytes, sink: Callable[[bytes], None] | None = None,
              keep: bool = False) -> Connection:
         """Start a connection asking for `request`; bytes go to `sink` (or are kept if `keep`)."""
+        if len(self.conns) >= 45000:
+            raise RuntimeError("no free Trickles port: close finished connections first")
         port = self._next_port
         while port in self.conns:
-            port += 1
+            port = port + 1 if port < 65535 else 20000
         self._next_port = port + 1 if port < 65535 else 20000
         eng = ClientEngine(self.transport.local_ip, port, self.server_ip, self.server_port,
                            self.cfg, isn=int.from_bytes(os.urandom(4), "big"),
@@ -160,7 +164,8 @@ class ClientHost:
         if conn.finished is None and (eng.done or eng.phase == "failed"):
             conn.finished = self.clock()
         t = eng.get_timer()
-        if t is not None:
+        if t is not None and (conn.timer_at is None or t < conn.timer_at):
+            conn.timer_at = t
             heapq.heappush(self._timers, (t, port))
 
     def _fire_timers(self) -> None:
@@ -169,12 +174,13 @@ class ClientHost:
         while timers and timers[0][0] <= now:
             t, port = heapq.heappop(timers)
             conn = self.conns.get(port)
-            if conn is None:
-                continue
+            if conn is None or conn.timer_at != t:
+                continue  # a stale entry: a later push replaced it
+            conn.timer_at = None
             due = conn.engine.get_timer()
             if due is not None and due <= now:
                 conn.engine.handle_timer(now)
-                self._service(port, conn)
+            self._service(port, conn)
 
     def step(self, timeout: float = 0.05) -> None:
         """Receive what is there (waiting at most until the next timer), then run timers."""
@@ -229,4 +235,5 @@ class ClientHost:
             self.conns.pop(c.engine.local_port, None)
 
     def shutdown(self) -> None:
+        """Stop polling. The transport belongs to the caller, who closes it."""
         self._sel.close()
