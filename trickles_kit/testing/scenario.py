@@ -80,6 +80,8 @@ from trickles_kit.apps.generated import Generated
 from trickles_kit.core import events as ev
 from trickles_kit.core.events import Event
 from trickles_kit.core.server import Minisocket, ServerConfig, ServerEngine
+from trickles_kit.net.ip import PROTO_TRICKLES
+from trickles_kit.net.pcap import PcapWriter
 from trickles_kit.wire.continuation import (
     FULL_LEN,
     MAC_LEN,
@@ -388,8 +390,9 @@ class Runner:
     """Executes parsed lines against one fresh ServerEngine."""
 
     def __init__(self, name: str = "<scenario>", verbose: bool = False,
-                 explore: bool = False) -> None:
+                 explore: bool = False, pcap: PcapWriter | None = None) -> None:
         self.name = name
+        self.pcap = pcap  # an endpoint log of every request sent and packet received
         self.verbose = verbose
         self.explore = explore  # accept (and store) unmatched packets: for writing new scripts
         self.now = 0.0
@@ -518,6 +521,11 @@ class Runner:
         self.step_events = []
         self.step_app = []
         out = self._engine().receive(segment, cip, self.now)
+        if self.pcap is not None:
+            sip = _ip(SERVICE[0])
+            self.pcap.log(self.now, cip, sip, segment, PROTO_TRICKLES)
+            for datagram in out:
+                self.pcap.log(self.now, sip, cip, datagram, PROTO_TRICKLES)
         self._log(f"t={self.now:.3f} line {line.no}: > {desc} -> {len(out)} packet(s)")
         emitted = []
         for datagram in out:
@@ -796,7 +804,7 @@ def _event_mismatch(e: Event, key: str, want: str | None) -> str:
 
 # ---------------------------------------------------------------------------- entry points
 def run_scenario(text: str, name: str = "<scenario>", verbose: bool = False,
-                 explore: bool = False) -> ScenarioResult:
+                 explore: bool = False, pcap: PcapWriter | None = None) -> ScenarioResult:
     """Parse and run one script; syntax errors become a failing check (never an exception).
 
     `explore` accepts packets no '<' line matched (they count as received): with `verbose`, a
@@ -806,7 +814,7 @@ def run_scenario(text: str, name: str = "<scenario>", verbose: bool = False,
         lines = parse_scenario(text)
     except ScenarioError as e:
         return ScenarioResult(name, [Check(e.line, "(syntax)", False, e.message)])
-    return Runner(name, verbose, explore).run(lines)
+    return Runner(name, verbose, explore, pcap).run(lines)
 
 
 def run_file(path: str | Path, verbose: bool = False, explore: bool = False) -> ScenarioResult:
