@@ -1,0 +1,1 @@
+"""Figures (plotly) and live dashboards (ipywidgets) built on the event vocabulary."""
