@@ -48,7 +48,7 @@ $(STAMP): pyproject.toml | $(VPY)
 
 lab-venv: $(LABSTAMP)
 
-$(LABSTAMP): $(STAMP)
+$(LABSTAMP): $(STAMP) pyproject.toml
 	$(VPY) -m pip install -e '.[dev,lab]'
 	touch $@
 
@@ -60,7 +60,7 @@ demo: venv
 sysdeps:
 	bash scripts/install-system-deps.sh
 
-test: $(if $(filter true,$(CI)),sysdeps) venv
+test: $(if $(filter true,$(CI)),sysdeps) lab-venv
 	$(VENV)/bin/ruff check .
 	$(VPY) -m pytest -n 2
 
