@@ -66,6 +66,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--initial-cwnd", type=int, default=3, help="initial window (packets)")
     s.add_argument("--mss", type=int, default=1448, help="data bytes per packet")
     s.add_argument("--duration", type=float, help="stop after this many seconds")
+    s.add_argument("--drop", type=float, default=0.0, metavar="P",
+                   help="drop each received request with probability P (a lab's loss, no netem)")
     s.set_defaults(func=cmd_serve)
 
     f = sub.add_parser(
@@ -117,6 +119,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     pw = PcapWriter(args.pcap) if args.pcap else None
     engine = ServerEngine(secret, web, aton(args.addr), args.port, cfg, ew)
     web.attach(engine)
+    if args.drop:
+        from trickles_kit.net.faults import LossyTransport
+
+        try:
+            tr = LossyTransport(tr, args.drop)
+        except ValueError as e:
+            return _fail("serve", e)
     loop = ServerLoop(engine, tr, pw)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: loop.stop())

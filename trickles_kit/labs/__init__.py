@@ -1,0 +1,1 @@
+"""Classroom helpers: live lab sessions and self-check functions for the exercises."""
