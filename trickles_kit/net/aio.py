@@ -23,7 +23,6 @@ import asyncio
 import heapq
 import os
 import socket
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -56,25 +55,6 @@ class _Host(ClientHost):
     def _service(self, port: int, conn: Connection) -> None:
         super()._service(port, conn)
         self.touched.add(port)
-
-    def dispatch(self, batch: list[tuple[bytes, bytes, Any]]) -> None:
-        """Hand each segment to its connection by the Trickles port (as `ClientHost.step`)."""
-        tr = self.transport
-        pcap = self.pcap
-        for seg, src_ip, peer in batch:
-            if len(seg) < 4:
-                self.counters["unknown_port"] += 1
-                continue
-            port = int.from_bytes(seg[2:4], "big")
-            conn = self.conns.get(port)
-            if conn is None:
-                self.counters["unknown_port"] += 1
-                continue
-            if pcap is not None:
-                pcap.log(time.time(), src_ip, tr.local_ip, seg, tr.ip_proto,
-                         tr.udp_ports(peer, False))
-            conn.engine.receive(seg, self.clock())
-            self._service(port, conn)
 
     def prune_timers(self) -> float | None:
         """Drop stale heap entries from the top; the earliest live deadline (or None).

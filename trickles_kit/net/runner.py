@@ -187,23 +187,23 @@ class ClientHost:
         if self._timers:
             timeout = max(0.0, min(timeout, self._timers[0][0] - self.clock()))
         if self._sel.select(timeout):
-            tr = self.transport
-            pcap = self.pcap
-            for seg, src_ip, peer in tr.recv_batch():
-                if len(seg) < 4:
-                    self.counters["unknown_port"] += 1
-                    continue
-                port = int.from_bytes(seg[2:4], "big")
-                conn = self.conns.get(port)
-                if conn is None:
-                    self.counters["unknown_port"] += 1
-                    continue
-                if pcap is not None:
-                    pcap.log(time.time(), src_ip, tr.local_ip, seg, tr.ip_proto,
-                             tr.udp_ports(peer, False))
-                conn.engine.receive(seg, self.clock())
-                self._service(port, conn)
+            self.dispatch(self.transport.recv_batch())
         self._fire_timers()
+
+    def dispatch(self, batch: list[tuple[bytes, bytes, Any]]) -> None:
+        """Hand each segment to its connection by the Trickles port inside it."""
+        tr = self.transport
+        pcap = self.pcap
+        for seg, src_ip, peer in batch:
+            conn = self.conns.get(int.from_bytes(seg[2:4], "big")) if len(seg) >= 4 else None
+            if conn is None:
+                self.counters["unknown_port"] += 1
+                continue
+            if pcap is not None:
+                pcap.log(time.time(), src_ip, tr.local_ip, seg, tr.ip_proto,
+                         tr.udp_ports(peer, False))
+            conn.engine.receive(seg, self.clock())
+            self._service(conn.engine.local_port, conn)
 
     def run_until(self, done: Callable[[], bool], timeout: float | None = None,
                   progress: Callable[[], None] | None = None) -> bool:
