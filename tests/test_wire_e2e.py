@@ -250,12 +250,16 @@ def test_garbage_flood_while_fetching(www: Path, tmp_path: Path) -> None:
 
         def flood() -> None:  # bounded: 20,000 packets/s for 10 s at most
             s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 253)
-            rnd = os.urandom(1 << 16)
+            rnd = bytearray(os.urandom(1 << 16))
+            dport = port.to_bytes(2, "big")
+            for i in range(0, 60000):  # every datagram below is addressed to the server's port
+                if i % 4 == 2:
+                    rnd[i : i + 2] = dport
             t0 = time.monotonic()
             while not stop.is_set() and time.monotonic() - t0 < 10.0:
                 target = int((time.monotonic() - t0) * 20_000)
                 while sent[0] < target:
-                    i = sent[0] % 60000
+                    i = (sent[0] % 15000) * 4
                     s.sendto(rnd[i : i + 40 + i % 900], ("127.0.0.1", 0))
                     sent[0] += 1
                 time.sleep(0.001)

@@ -49,6 +49,7 @@ class ServerLoop:
         self.pcap = pcap
         self.clock = clock  # wall clock: key epochs and timestamps must agree across restarts
         self.running = True
+        self.not_ours = 0
 
     def step(self, timeout: float = 0.1, sel: selectors.BaseSelector | None = None) -> int:
         """Wait up to `timeout` for datagrams and answer them; returns how many were handled."""
@@ -56,7 +57,11 @@ class ServerLoop:
         if sel is not None and not sel.select(timeout):
             return 0
         batch = tr.recv_batch()
+        port = eng.service_port.to_bytes(2, "big")
         for seg, src_ip, peer in batch:
+            if seg[2:4] != port:  # another service on this address (raw sockets see it all)
+                self.not_ours += 1
+                continue
             now = self.clock()
             if pcap is not None:
                 pcap.log(now, src_ip, tr.local_ip, seg, tr.ip_proto, tr.udp_ports(peer, False))
