@@ -125,7 +125,7 @@ class ClientHost:
         # a random start, so two hosts sharing a local address rarely pick the same ports
         self._next_port = first_port or 20000 + int.from_bytes(os.urandom(2), "big") % 40000
         self._timers: list[tuple[float, int]] = []
-        self.clock = time.monotonic
+        self.clock = time.time  # the server's clock too, so live events line up in one timeline
         self._sel = selectors.DefaultSelector()
         self._sel.register(transport, selectors.EVENT_READ)
         self.counters: dict[str, int] = {"unknown_port": 0}
