@@ -63,12 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write every protocol event as JSON lines to FILE")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
     from trickles_kit.apps.gateway import add_gateway_parser
+    from trickles_kit.capture.cli_capture import add_capture_parsers
     from trickles_kit.cli_wire import add_parsers
     from trickles_kit.doctor import add_doctor_parser
 
     add_doctor_parser(sub)
     add_parsers(sub)
     add_gateway_parser(sub)
+    add_capture_parsers(sub)
     return p
 
 

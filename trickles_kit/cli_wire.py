@@ -101,6 +101,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from trickles_kit.net.privileges import PrivilegeError
     from trickles_kit.net.runner import EventWriter, ServerLoop
 
+    if args.addr in ("0.0.0.0", ""):
+        return _fail("serve", ValueError(
+            "--addr must be the service's own address (the MAC and checksums name it), "
+            "not 0.0.0.0"))
     try:
         secret = load_secret(args.secret_file)
         web = WebServer(args.root)

@@ -245,7 +245,7 @@ class ClientEngine:
             return
         if self.phase in ("closed", "failed", "idle"):
             return
-        if seg.flags & FIN and self.phase == "fin_sent":
+        if seg.flags & FIN and self.phase == "fin_sent" and not resp.chunks:  # the FIN answer
             self.phase = "closed"
             self._timer = None
             return

@@ -28,8 +28,8 @@ class PcapWriter:
         self._last_flush = time.monotonic()
 
     def write_datagram(self, ts: float, datagram: bytes) -> None:
-        sec = int(ts)
-        usec = int((ts - sec) * 1e6)
+        usec_total = round(ts * 1e6)
+        sec, usec = divmod(usec_total, 1_000_000)
         n = len(datagram)
         self._f.write(_RECORD.pack(sec, usec, n, n))
         self._f.write(datagram)
