@@ -66,7 +66,7 @@ def gen_request(size: int, seed: int) -> bytes:
 class Generated:
     """Handler for "GEN <size> <seed>"; bind it to a server with `attach` to seal its state."""
 
-    def __init__(self, max_size: int = 1 << 32, cache_entries: int = 4096) -> None:
+    def __init__(self, max_size: int = (1 << 32) - 1, cache_entries: int = 4096) -> None:
         self.max_size = max_size
         self.cache_entries = cache_entries
         self._box: UcontBox | None = None
@@ -95,6 +95,10 @@ class Generated:
                     msk.drop()
                     return
                 state = _UC.unpack(plain)
+                if state[0] > self.max_size:  # sealed by a server with another limit
+                    self.bad_ucont += 1
+                    msk.drop()
+                    return
                 if len(self._opened) >= self.cache_entries:
                     self._opened.clear()
                 self._opened[(msk.conn_id, sealed)] = state

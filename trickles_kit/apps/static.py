@@ -29,10 +29,15 @@ class StaticFiles:
         self.errors = 0
 
     def resolve(self, rel: str) -> Path | None:
-        path = (self.root / rel.lstrip("/")).resolve()
+        try:
+            path = (self.root / rel.lstrip("/")).resolve()
+            if not path.is_file():
+                return None
+        except (ValueError, OSError):  # NUL bytes, names too long...: not a file we serve
+            return None
         if path != self.root and self.root not in path.parents:
             return None
-        return path if path.is_file() else None
+        return path
 
     def _fd(self, path: str) -> int:
         fd = self._fds.get(path)
