@@ -10,7 +10,7 @@ LABSTAMP := $(VENV)/.installed-lab
 # Interpreter used to create the venv: prefer python3.11, fall back to python3.
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3 2>/dev/null)
 
-.PHONY: venv lab-venv demo test clean sysdeps
+.PHONY: venv lab-venv lab demo test clean sysdeps
 
 venv: $(STAMP)
 
@@ -52,13 +52,19 @@ $(LABSTAMP): $(STAMP) pyproject.toml
 	$(VPY) -m pip install -e '.[dev,lab]'
 	touch $@
 
-demo: venv
-	$(VENV)/bin/trickles sim --size 1000000 --loss 0.01 --seed 1
+# The main job: JupyterLab at the tour (127.0.0.1 only; the URL with its token is printed).
+lab: lab-venv
+	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --no-browser notebooks/01-tour.ipynb
+
+# The tour's steps headless: a live transfer, its figures in reports/demo.html.
+demo: lab-venv
+	$(VENV)/bin/trickles demo --out reports/demo.html
 
 # System tools the tests use (tcpdump, tshark, iptables, nftables, ...): installs what is missing
 # when run as root, otherwise prints the command to run. Under CI=true `make test` runs it first.
 sysdeps:
 	bash scripts/install-system-deps.sh
+	bash scripts/install-browser-deps.sh
 
 test: $(if $(filter true,$(CI)),sysdeps) lab-venv
 	$(VENV)/bin/ruff check .

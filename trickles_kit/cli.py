@@ -66,11 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     from trickles_kit.capture.cli_capture import add_capture_parsers
     from trickles_kit.cli_wire import add_parsers
     from trickles_kit.doctor import add_doctor_parser
+    from trickles_kit.labs.demo import add_demo_parser
 
     add_doctor_parser(sub)
     add_parsers(sub)
     add_gateway_parser(sub)
     add_capture_parsers(sub)
+    add_demo_parser(sub)
     return p
 
 

@@ -17,6 +17,7 @@ from hmac import compare_digest
 
 from trickles_kit.core import events as ev
 from trickles_kit.core import plan as pl
+from trickles_kit.core.cc import MAX_CWND
 from trickles_kit.core.keys import KeyRing
 from trickles_kit.core.nonces import NonceGen
 from trickles_kit.core.replay import ReplayHistory
@@ -44,6 +45,7 @@ from trickles_kit.wire.messages import (
 from trickles_kit.wire.segment import ACK, FIN, SYN, decode_segment, encode_segment
 
 _U32 = 0xFFFFFFFF
+_SEQ_LIMIT = _U32 - 4 * MAX_CWND  # packet numbers never wrap within a connection
 _FINHINT = struct.Struct("!BHI")
 _SKIP = struct.Struct("!BHII")
 INITIAL_SSTHRESH = 0x3FFF
@@ -247,6 +249,13 @@ class ServerEngine:
         raw = req.cont_raw
         if not compare_digest(mac_with(keys.mac_hasher(epoch_in), pseudo, raw), raw[59:]):
             return self._drop("mac", now, ev.MAC_FAIL, cont)
+        # a genuine seal of fields this server never produces (another build, a leaked key):
+        # refuse rather than compute a window from them
+        c0 = cont.start_cwnd
+        if not 1 <= c0 <= cont.ssthresh or c0 > MAX_CWND or cont.seq > _SEQ_LIMIT or (
+            cont.seq == cont.tcp_base - 1 and c0 > 64
+        ):
+            return self._drop("bad_cont", now, cont=cont)
         now_ms = int(now * 1000)
         age = (now_ms - cont.timestamp) & _U32
         if age >= 1 << 31:  # from the future

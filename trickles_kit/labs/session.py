@@ -67,6 +67,7 @@ class LiveResult:
     fetch: dict = field(default_factory=dict)
     server_pcap: str | None = None
     workdir: str = ""
+    secret_file: str = ""  # the server's master secret (hex): decode its pcap with verdicts
 
 
 class LiveSession:
@@ -88,6 +89,9 @@ class LiveSession:
         self.port = port or 20000 + (os.getpid() % 20000)
         self.pcap = pcap
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="trickles-lab-"))
+        self.secret = os.urandom(32)
+        self.secret_file = self.workdir / "secret.hex"
+        self.secret_file.write_text(self.secret.hex() + "\n")
         self._procs: list[subprocess.Popen] = []
         self._thread: threading.Thread | None = None
         self._done = threading.Event()
@@ -135,17 +139,17 @@ class LiveSession:
         from trickles_kit.net.sim import simulate_transfer
 
         pcap = str(self.workdir / "server.pcap") if self.pcap else None
-        r = simulate_transfer(self.size, self.loss, self.seed, pcap=pcap,
+        r = simulate_transfer(self.size, self.loss, self.seed, pcap=pcap, secret=self.secret,
                               on_event=lambda e: self._emit(on_event, e))
         self.result = LiveResult(r.ok, "sim", self.count, r.as_dict(brief=True), pcap,
-                                 str(self.workdir))
+                                 str(self.workdir), str(self.secret_file))
 
     def _run_wire(self, on_event: EventCallback) -> None:
         wd = self.workdir
         sev, cev = wd / "server.jsonl", wd / "client.jsonl"
         py = [sys.executable, "-m", "trickles_kit.cli"]
         serve = [*py, "serve", "--root", str(wd), "--transport", self.transport, "--port",
-                 str(self.port), "--events", str(sev)]
+                 str(self.port), "--events", str(sev), "--secret-file", str(self.secret_file)]
         if self.loss:
             serve += ["--drop", str(self.loss)]
         if self.pcap:
@@ -184,7 +188,7 @@ class LiveSession:
             self.stop()
         pcap = str(wd / "server.pcap") if self.pcap else None
         self.result = LiveResult(bool(fetch_out.get("ok")), self.transport, self.count,
-                                 fetch_out, pcap, str(wd))
+                                 fetch_out, pcap, str(wd), str(self.secret_file))
 
     def cleanup(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
