@@ -65,7 +65,8 @@ class ServerConfig:
     epoch_seconds: float = 60.0
     max_seals: int = 1 << 23
     amplification: int = 3  # bytes out per byte in before an address is validated
-    slowstart_bucket: float = 0.1  # s; one SLOWSTART per continuation per bucket (< min RTO / 2)
+    # s: one SLOWSTART per continuation per age bucket [b * 2^i, b * 2^(i+1))
+    slowstart_bucket: float = 0.1
 
     def __post_init__(self) -> None:
         if not 1 <= self.initial_cwnd <= 64:
@@ -269,7 +270,10 @@ class ServerEngine:
         rtype = req.type
         tag = rtype
         if rtype == REQ_SLOWSTART:
-            tag |= (int(now // cfg.slowstart_bucket) & 0xFFFFFF) << 8
+            # an honest client times out with backed-off (doubling) RTOs, so the ages of its
+            # continuation at successive SLOWSTARTs fall in distinct power-of-two buckets:
+            # ~11 SLOWSTARTs per continuation over its whole life, whoever sends them
+            tag |= (int(age / (cfg.slowstart_bucket * 1000)).bit_length() & 0xFFFFFF) << 8
         k = cont.seq
         cid = cont.conn_id
         # one use per sealed continuation: its verified MAC names it (connId, packet number,

@@ -35,19 +35,22 @@ class RawTransport(Transport):
             raise OSError(e.errno, f"cannot bind raw socket to {local_ip}: {e.strerror}") from None
         super().__init__(sock, local_ip)
         self.ip_proto = ip_proto
+        self._view = memoryview(bytearray(65535))
 
     def send(self, segment: bytes, dst_ip: bytes, peer: Any = None) -> bool:
         return self._sendto(segment, (socket.inet_ntoa(dst_ip), 0))
 
     def recv_batch(self, limit: int = 256) -> list[tuple[bytes, bytes, Any]]:
         out = []
-        recv = self.sock.recv
+        recv_into = self.sock.recv_into
+        view = self._view
         local = self.local_ip
         for _ in range(limit):
             try:
-                data = recv(65535)
+                n = recv_into(view)
             except (BlockingIOError, InterruptedError):
                 break
+            data = bytes(view[:n])  # one right-sized copy, not a 64 KiB buffer per datagram
             try:
                 ip = parse_ipv4(data)
             except DecodeError:

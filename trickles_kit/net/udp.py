@@ -23,6 +23,7 @@ class UdpTransport(Transport):
             raise OSError(e.errno, f"cannot bind UDP {local_ip}:{port}: {e.strerror}") from None
         super().__init__(sock, local_ip)
         self.port = sock.getsockname()[1]
+        self._view = memoryview(bytearray(65535))
 
     def send(self, segment: bytes, dst_ip: bytes, peer: Any) -> bool:
         """`peer` is the (ip, udp_port) to send to."""
@@ -30,15 +31,16 @@ class UdpTransport(Transport):
 
     def recv_batch(self, limit: int = 256) -> list[tuple[bytes, bytes, Any]]:
         out = []
-        recv = self.sock.recvfrom
+        recv_into = self.sock.recvfrom_into
+        view = self._view
         for _ in range(limit):
             try:
-                data, addr = recv(65535)
+                n, addr = recv_into(view)
             except (BlockingIOError, InterruptedError):
                 break
             except ConnectionRefusedError:  # ICMP from an earlier send; nothing to read
                 continue
-            out.append((data, aton(addr[0]), addr))
+            out.append((bytes(view[:n]), aton(addr[0]), addr))
         self.counters["rx"] += len(out)
         return out
 
