@@ -50,6 +50,11 @@ class ServerLoop:
         self.clock = clock  # wall clock: key epochs and timestamps must agree across restarts
         self.running = True
         self.not_ours = 0
+        # a SYN costs the application a request parse; under a SYN flood, answering at most
+        # this many per batch keeps the socket drained and established trickles served
+        # (a shed SYN is retried by its client's timer)
+        self.syns_per_batch = 64
+        self.syns_shed = 0
 
     def step(self, timeout: float = 0.1, sel: selectors.BaseSelector | None = None) -> int:
         """Wait up to `timeout` for datagrams and answer them; returns how many were handled."""
@@ -58,10 +63,16 @@ class ServerLoop:
             return 0
         batch = tr.recv_batch()
         port = eng.service_port.to_bytes(2, "big")
+        syns = 0
         for seg, src_ip, peer in batch:
             if seg[2:4] != port:  # another service on this address (raw sockets see it all)
                 self.not_ours += 1
                 continue
+            if len(seg) > 13 and seg[13] & 0x12 == 0x02:  # SYN without ACK: a new connection
+                syns += 1
+                if syns > self.syns_per_batch:  # shed SYNs, not established trickles
+                    self.syns_shed += 1
+                    continue
             now = self.clock()
             if pcap is not None:
                 pcap.log(now, src_ip, tr.local_ip, seg, tr.ip_proto, tr.udp_ports(peer, False))
