@@ -94,6 +94,7 @@ from trickles_kit.capture.pcapio import read_pcap
 from trickles_kit.core import events as ev
 from trickles_kit.core import plan as pl
 from trickles_kit.core.events import Event
+from trickles_kit.core.replay import slowstart_age_bucket
 from trickles_kit.wire.continuation import FULL1, FULL2, FULL_LEN, MINIMAL, MINIMAL_LEN
 from trickles_kit.wire.errors import DecodeError
 from trickles_kit.wire.messages import (
@@ -978,8 +979,8 @@ def derive_events(rows: list[PacketRow], secret: bytes | None = None, config=Non
         rtype = REQ_SLOWSTART if row.req_type == "SLOWSTART" else (
             REQ_FIN if row.req_type == "FIN" else 0)
         tag = rtype
-        if rtype == REQ_SLOWSTART:
-            tag |= (int(row.t // bucket) & 0xFFFFFF) << 8
+        if rtype == REQ_SLOWSTART:  # the engine's key: the continuation's age bucket
+            tag |= (slowstart_age_bucket(_age_ms(row), bucket * 1000) & 0xFFFFFF) << 8
         rkey = int.from_bytes(row.mac[:8], "big") ^ (tag << 32)
         prev = history.get(rkey)
         if prev is not None and row.t - prev[0] > fresh + fresh / 12:
@@ -1075,6 +1076,11 @@ def _timeout_event(row: PacketRow, plan: pl.Plan) -> Event:
                  detail={"right": plan.slots[0].pkt - 1} if plan.slots else {})
 
 
+def _age_ms(row: PacketRow) -> int:
+    """The continuation's age on the server's clock (capture time - its timestamp), in ms."""
+    return (int(row.t * 1000) - row.timestamp) & _U32
+
+
 def _why_unanswered(row: PacketRow, plan, prev, verifier, cfg, max_epoch, genuine
                     ) -> tuple[str | None, str, dict]:
     """(kind, reason, extra detail) of the engine's drop, or (None, '', {}) when it was valid."""
@@ -1107,6 +1113,8 @@ def _why_unanswered(row: PacketRow, plan, prev, verifier, cfg, max_epoch, genuin
             if summary(row.conn_id, left, right) != s:
                 return ev.NONCE_FAIL, "nonce", {}
             last = right
+    if row.req_type == "SLOWSTART" and _age_ms(row) < cfg.slowstart_min_age * 1000:
+        return ev.DROP, "early_slowstart", {}
     if prev is not None:
         if verifier is not None or prev[1] == _covered(row):
             return ev.REPLAY_DROP, "replay", {}

@@ -104,6 +104,7 @@ class ClientEngine:
         self._rtx_heap: list[tuple[int, int]] = []
         self._ready: list[tuple[int, int, Continuation]] = []
         self._spare: Continuation | None = None
+        self._spare_stale = False  # the spare predates the last SLOWSTART: replace it
         self.in_recovery = False
         self._recovery_base = -1
         self.cwnd = 0
@@ -360,8 +361,9 @@ class ClientEngine:
         self._nonce[pkt] = nonce
         if pkt > self._max_rx:
             self._max_rx = pkt
-        if self._spare is None or pkt >= self._spare.seq:
-            self._spare = cont
+        if self._spare is None or self._spare_stale or pkt >= self._spare.seq:
+            self._spare = cont  # the newest continuation of the current client epoch
+            self._spare_stale = False
         heapq.heappush(self._ready, (pkt, id(cont), cont))
         if self.in_recovery and cont.state == BOOTSTRAP and pkt == self._recovery_base:
             self.in_recovery = False
@@ -480,6 +482,10 @@ class ClientEngine:
         newest = max((s.pkt for s in plan.slots if s.kind != pl.RETRANSMIT), default=cont.seq)
         for i, s in enumerate(plan.slots):
             rng = [ranges[i]] if i < len(ranges) else []
+            table = self._rtx if s.kind == pl.RETRANSMIT else self._expected
+            old = table.get(s.pkt)
+            if old is not None:  # planned twice (e.g. two proofs showed the same hole):
+                self._settle(old)  # the bytes asked of the first plan must not be forgotten
             if s.kind == pl.RETRANSMIT:
                 self._rtx[s.pkt] = _Expect(rng, newest)
                 heapq.heappush(self._rtx_heap, (newest, s.pkt))
@@ -582,6 +588,7 @@ class ClientEngine:
         self._max_rx = right
         self.in_recovery = False
         self._launch(REQ_SLOWSTART, cont, blocks, plan, now)
+        self._spare_stale = True  # the new epoch's first packet becomes the spare
         self._arm(now)
 
 

@@ -13,6 +13,20 @@ from __future__ import annotations
 from collections import deque
 
 
+def slowstart_age_bucket(age_ms: int, unit_ms: float = 100.0) -> int:
+    """Which SLOWSTART a continuation of this age may still make (one per bucket).
+
+    An honest client times out with doubling RTOs (>= 0.2 s), capped at 64x: so power-of-two
+    buckets of `unit` up to 128 units (12.8 s), then buckets of 64 units, half the largest
+    backed-off RTO. Successive honest timeouts on one continuation never share a bucket; a
+    replayer gets about 25 SLOWSTARTs (2 packets each) over a continuation's 120 s life.
+    """
+    units = int(age_ms / unit_ms)
+    if units < 128:
+        return units.bit_length()
+    return 8 + (units - 128) // 64
+
+
 class ReplayHistory:
     __slots__ = ("freshness", "max_entries", "width", "_buckets", "_count", "evicted")
 

@@ -20,7 +20,7 @@ from trickles_kit.core import plan as pl
 from trickles_kit.core.cc import MAX_CWND
 from trickles_kit.core.keys import KeyRing
 from trickles_kit.core.nonces import NonceGen
-from trickles_kit.core.replay import ReplayHistory
+from trickles_kit.core.replay import ReplayHistory, slowstart_age_bucket
 from trickles_kit.core.seal import mac_with, pseudo_header
 from trickles_kit.wire.continuation import (
     FULL1,
@@ -67,6 +67,7 @@ class ServerConfig:
     amplification: int = 3  # bytes out per byte in before an address is validated
     # s: one SLOWSTART per continuation per age bucket [b * 2^i, b * 2^(i+1))
     slowstart_bucket: float = 0.1
+    slowstart_min_age: float = 0.1  # s; half the clients' minimum RTO (0.2 s)
 
     def __post_init__(self) -> None:
         if not 1 <= self.initial_cwnd <= 64:
@@ -269,11 +270,14 @@ class ServerEngine:
             return []
         rtype = req.type
         tag = rtype
+        if rtype == REQ_SLOWSTART and age < cfg.slowstart_min_age * 1000:
+            # a timeout fires at least one minimum RTO after the newest packet arrived: a
+            # younger continuation is a client choosing SLOWSTART to skip a window halving
+            return self._drop("early_slowstart", now, cont=cont)
         if rtype == REQ_SLOWSTART:
-            # an honest client times out with backed-off (doubling) RTOs, so the ages of its
-            # continuation at successive SLOWSTARTs fall in distinct power-of-two buckets:
-            # ~11 SLOWSTARTs per continuation over its whole life, whoever sends them
-            tag |= (int(age / (cfg.slowstart_bucket * 1000)).bit_length() & 0xFFFFFF) << 8
+            # an honest client times out with backed-off RTOs, so the ages of its continuation
+            # at successive SLOWSTARTs fall in distinct buckets (see slowstart_age_bucket)
+            tag |= (slowstart_age_bucket(age, cfg.slowstart_bucket * 1000) & 0xFFFFFF) << 8
         k = cont.seq
         cid = cont.conn_id
         # one use per sealed continuation: its verified MAC names it (connId, packet number,

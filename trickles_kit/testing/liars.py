@@ -8,7 +8,9 @@ rewritten for Trickles; the server must detect them (counters `nonce_fail`, `dro
 * `HidingLiar` (a) claims packets it did not receive, to avoid the window halving. It knows the
   nonce p_j of every packet it received; for a lost packet it must guess p_j (0, what the
   retransmission carries, or a random word). A wrong 32-bit guess makes the request a
-  `nonce_fail`; its trickle dies and so, one by one, does the connection.
+  `nonce_fail`; its trickle dies and so, one by one, do the others, until the RTO. (The
+  SLOWSTART after the RTO still carries the lie and fails too; the engine then forgets its
+  losses, so the next SLOWSTART is honest and the liar limps on at a fraction of the goodput.)
 * `OptimisticLiar` (b) tries to acknowledge ahead. In TCP an optimistic ack names data not yet
   received, and the sender grows cwnd for it. In Trickles a request must echo the *continuation*
   of the packet it acknowledges, and that continuation exists only inside packet k, sealed by the
@@ -33,17 +35,24 @@ marked xfail, and `benchmarks/liars.py`):
   function of (connId, packet number) only, and a SLOWSTART request whose proof ends at j - 1
   makes the server send a fresh packet numbered j (and j + 1), nonce p_j included. With it the
   liar claims the lost packet in every request of the old epoch: no recovery, no halving, and no
-  counter moves (the server only counts one more `slowstart`).
+  failure is counted (the server only counts one more `slowstart`).
 * `SlowstartLiar` asks for SLOWSTART on every continuation. Each such request emits two packets
   whatever the window or the losses, so the window doubles every round trip and never halves;
-  with `reuse` it also re-uses each continuation once per replay bucket (0.1 s) — the history
-  keys SLOWSTART by (continuation, type, now // 0.1 s).
+  with `reuse` it also re-uses each continuation once per SLOWSTART replay bucket (the history
+  keys SLOWSTART by the continuation's age bucket, [0.1 * 2^(i-1), 0.1 * 2^i) s).
 * `PhantomHoleLiar` shows each request its *own* fake hole: it leaves the last h packets before
   k out of an otherwise honest proof. The server plans every request alone, so every request
   retransmits its "hole" (up to 20 packets, each filled with whatever bytes the client names)
   and, inside the bootstrap range, also clocks out new trickles.
 
-`run_client` builds exactly what `simulate_transfer` builds, with any engine class as the client.
+Each liar counts what it did in its `counters` under `lie.*` (`lie.hidden`, `lie.forged`,
+`lie.extra`, `lie.oracle`, `lie.slowstart`, `lie.phantom`).
+
+`run_client` builds exactly what `simulate_transfer` builds, with any engine class as the client
+(and optional link and server hooks). `keyed_links` makes both directions `KeyedLossLink`s, whose
+losses are a keyed hash of each packet's bytes, so an honest client and a liar can be compared
+on the *same* losses (the shared RNG of the plain links would hand a liar that sends one extra
+segment a different loss pattern from then on).
 """
 
 from __future__ import annotations
@@ -93,7 +102,6 @@ class HidingLiar(ClientEngine):
         self.guess = guess
         self._guess_rng = random.Random(self.isn)
         self._lied_in: dict[int, int] = {}  # lost packet -> the guess we keep using for it
-        self.lies = 0  # requests whose proof claims a packet we never received
 
     def _proof(self, cont: Continuation) -> list[tuple[int, int]]:
         lo = min(cont.tcp_base, cont.seq)
@@ -105,7 +113,7 @@ class HidingLiar(ClientEngine):
             claimed.add(s, e)
         for j in hidden:
             claimed.add(j, j + 1)
-        self.lies += 1
+        self.counters["lie.hidden"] += 1
         return _blocks_of(claimed, lo, cont.seq, self.cfg.max_sacks)
 
     def _summary(self, left: int, right: int) -> int:
@@ -149,7 +157,6 @@ class OptimisticLiar(ClientEngine):
             raise ValueError("mode must be future, inflate, beyond or ahead")
         self.mode = mode
         self.ahead = ahead
-        self.forged = 0
 
     # --- ahead: do not hold requests above undecided holes, and claim what is missing below k
     def _pump(self, now: float) -> None:
@@ -168,7 +175,7 @@ class OptimisticLiar(ClientEngine):
         lo = min(cont.tcp_base, cont.seq)
         if self._board.covers(lo, cont.seq + 1):
             return super()._proof(cont)
-        self.forged += 1
+        self.counters["lie.forged"] += 1
         return [(lo, cont.seq)]  # everything up to k, received or not
 
     def _summary(self, left: int, right: int) -> int:
@@ -204,7 +211,7 @@ class OptimisticLiar(ClientEngine):
         req = Request(REQ_NORMAL, fake, sacks, self.ucont, fresh, b"")
         self._outbox.append(self._segment(req.encode(), fake.seq & _U32, flags))
         self.counters["tx"] += 1
-        self.forged += 1
+        self.counters["lie.forged"] += 1
 
     def _guessed(self, left: int, right: int) -> int:
         acc = 0
@@ -228,7 +235,6 @@ class AckDivisionLiar(ClientEngine):
     def __init__(self, *args, divisions: int = 4, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.divisions = divisions
-        self.extra = 0
 
     def _send_request(self, rtype: int, cont: Continuation, blocks: list[tuple[int, int]],
                       ranges: list[tuple[int, int]], now: float, flags: int = ACK) -> None:
@@ -239,7 +245,7 @@ class AckDivisionLiar(ClientEngine):
         for i in range(self.divisions):
             kind = self.KINDS[i % len(self.KINDS)]
             b = list(blocks)
-            if kind in ("split_sack", "all"):
+            if kind in ("split_sack", "all") and len(b) < self.cfg.max_sacks:
                 b = _split_one(b)
             r = list(ranges)
             if kind in ("ranges", "all"):
@@ -254,7 +260,7 @@ class AckDivisionLiar(ClientEngine):
             req = Request(rtype, c, sacks, self.ucont, r, b"")
             self._outbox.append(self._segment(req.encode(), cont.seq, flags))
             self.counters["tx"] += 1
-            self.extra += 1
+            self.counters["lie.extra"] += 1
 
 
 def _split_one(blocks: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -280,7 +286,6 @@ class DupAckLiar(ClientEngine):
         self.copies = copies
         self.rewrites = rewrites
         self.rewrite_state = rewrite_state
-        self.extra = 0
 
     def _send_request(self, rtype: int, cont: Continuation, blocks: list[tuple[int, int]],
                       ranges: list[tuple[int, int]], now: float, flags: int = ACK) -> None:
@@ -299,7 +304,7 @@ class DupAckLiar(ClientEngine):
             self._outbox.append(self._segment(req.encode(), cont.seq, flags))
         n = self.copies + self.rewrites
         self.counters["tx"] += n
-        self.extra += n
+        self.counters["lie.extra"] += n
 
 
 # ============================================================================ weaknesses
@@ -327,9 +332,8 @@ class NonceOracleLiar(ClientEngine):
         self._learned: dict[int, int] = {}  # p_j revealed by oracle answers
         self._claim = RangeSet()  # board + learned: every number this client can "prove"
         self._asked: dict[int, float] = {}
-        self._used: dict[int, int] = {}  # continuation seq -> replay bucket of its last oracle use
+        self._used: set[tuple[int, int]] = set()  # (seq, SLOWSTART age bucket) already used
         self._epoch_base = 1
-        self.oracle_requests = 0
 
     def _on_packet(self, cont: Continuation, nonce: int, now: float) -> bool:
         if cont.parent & 0xFFFF0000 == ORACLE_TAG:
@@ -380,13 +384,13 @@ class NonceOracleLiar(ClientEngine):
         super()._pump(now)
 
     def _ask(self, j: int, now: float) -> None:
-        bucket = int(now / 0.1)
         run = self._claim.clip(0, j)  # the claimed run ending at j - 1 starts at run[-1][0]
         start = run[-1][0] if run and run[-1][1] == j else j
         best = None
         for seq in range(j - 1, j + 256):  # a continuation at or after j - 1 whose epoch
             c = self._conts.get(seq)  # starts inside that run: its proof ends at j - 1
-            if c is not None and start <= c.tcp_base <= j and self._used.get(seq) != bucket:
+            if (c is not None and start <= c.tcp_base <= j
+                    and (seq, self._age_bucket(c, now)) not in self._used):
                 best = c
                 break
         if best is None:  # an earlier hole is unknown too (asked first), or nothing usable yet
@@ -394,16 +398,22 @@ class NonceOracleLiar(ClientEngine):
         lo = best.tcp_base
         blocks = _blocks_of(self._claim, lo, j - 1, self.cfg.max_sacks) if j > lo else []
         self._asked[j] = self._asked[j + 1] = now
-        self._used[best.seq] = bucket
+        self._used.add((best.seq, self._age_bucket(best, now)))
         c = replace(best)
         c.client_state = self.client_state
-        c.parent = ORACLE_TAG | (self.oracle_requests & 0xFFFF)
+        c.parent = ORACLE_TAG | (self.counters["lie.oracle"] & 0xFFFF)
         c.client_timestamp = int(now * 1000) & _U32
         sacks = [SackBlock(lft, rgt, self._summary(lft, rgt)) for lft, rgt in blocks]
         req = Request(REQ_SLOWSTART, c, sacks, self.ucont, [], b"")
         self._outbox.append(self._segment(req.encode(), c.seq, ACK))
         self.counters["tx"] += 1
-        self.oracle_requests += 1
+        self.counters["lie.oracle"] += 1
+
+    def _age_bucket(self, cont: Continuation, now: float) -> int:
+        """The server's SLOWSTART replay bucket for `cont` when a request sent now arrives."""
+        srtt = self._srtt if self._srtt is not None else 0.0
+        age_ms = (now + srtt / 2) * 1000 - cont.timestamp
+        return int(max(age_ms, 0.0) / 100).bit_length()
 
     def _proof(self, cont: Continuation) -> list[tuple[int, int]]:
         lo = min(cont.tcp_base, cont.seq)
@@ -516,7 +526,10 @@ class _PoolLiar(ClientEngine):
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
-        if self.phase != "established" or self._timer is None or now < self._timer:
+        if self.phase != "established":
+            super().handle_timer(now)  # SYN retries, FIN
+            return
+        if self._timer is None or now < self._timer:
             self._pump(now)
             return
         # no byte arrived for an RTO: restart from the newest continuation (no epoch change)
@@ -538,9 +551,10 @@ class SlowstartLiar(_PoolLiar):
 
     SLOWSTART exists for the client's timeout; the server cannot tell a timeout from a choice,
     so the window doubles every round trip and a loss only costs the one trickle it hits.
-    With `reuse` > 0 each continuation is also used again `reuse` times, once per replay bucket
-    (`ServerConfig.slowstart_bucket`, 0.1 s): the history lets one SLOWSTART per continuation
-    per bucket through.
+    With `reuse` > 0 each continuation is also used again `reuse` times, once per SLOWSTART
+    replay bucket: the history lets one SLOWSTART per continuation per age bucket through,
+    ages [b * 2^(i-1), b * 2^i) with b = `ServerConfig.slowstart_bucket` (0.1 s); it aims at the
+    middle of buckets 1, 2, 3... (ages 0.15 s, 0.3 s, 0.6 s...).
     """
 
     def __init__(self, *args, reuse: int = 0, bucket: float = 0.1, **kwargs) -> None:
@@ -550,6 +564,7 @@ class SlowstartLiar(_PoolLiar):
         self._uses: dict[int, int] = {}
 
     def _use(self, cont: Continuation, now: float) -> None:
+        self.counters["lie.slowstart"] += 1
         # an honest proof of [TCPBase, k] (numbers from any epoch: the nonces are the same), so
         # the new packets are numbered k + 1, k + 2 and no two answers are the same bytes
         lo = min(cont.tcp_base, cont.seq)
@@ -560,9 +575,10 @@ class SlowstartLiar(_PoolLiar):
             n = self._uses.get(key, 0)
             if n < self.reuse:
                 self._uses[key] = n + 1
-                # the next bucket boundary (plus a little for the uplink's variable delay)
-                t = (int(now / self.bucket) + 1) * self.bucket + 0.002
-                heapq.heappush(self._later, (t, key, cont))
+                srtt = self._srtt if self._srtt is not None else 0.0
+                age = self.bucket * 1.5 * 2 ** n  # the middle of age bucket n + 1
+                t = cont.timestamp / 1000.0 + age - srtt / 2
+                heapq.heappush(self._later, (max(t, now), key, cont))
 
 
 class PhantomHoleLiar(_PoolLiar):
@@ -594,7 +610,7 @@ class PhantomHoleLiar(_PoolLiar):
             return
         _, blocks, plan = best
         if plan.verdict == "recovery":
-            self.counters["phantom_holes"] += 1
+            self.counters["lie.phantom"] += 1
         self._send(REQ_NORMAL, cont, blocks, len(plan.slots), now)
 
 
@@ -705,6 +721,7 @@ class ClientRun:
     server: dict = field(default_factory=dict)
     client: dict = field(default_factory=dict)
     links: dict = field(default_factory=dict)
+    key_epoch: int = 0  # the server's key epoch when the run stopped
     wall_seconds: float = 0.0
 
     def drops(self, *reasons: str) -> int:
@@ -725,12 +742,17 @@ def run_client(
     on_event: EventSink | None = None,
     name: str | None = None,
     link_factory: Callable[[SimNetwork], None] | None = None,
+    server_hook: Callable[[ServerEngine], None] | None = None,
+    drain: float = 0.0,
     **engine_kwargs,
 ) -> ClientRun:
     """Fetch `size` generated bytes with an `engine_cls` client, built as `simulate_transfer`
     builds its ClientEngine (same seed, same secret, same address, same draws from the RNG).
 
-    `link_factory(net)` may replace `net.down` / `net.up` before the client starts.
+    `link_factory(net)` may replace `net.down` / `net.up` before the client starts;
+    `server_hook(server)` sees the server engine before the first packet. `drain` runs the
+    network that much longer after the client finished, so segments still in flight arrive
+    (the server counts what it makes of them); goodput is measured at completion either way.
     """
     from trickles_kit.apps.generated import Generated, gen_request, generated_bytes
 
@@ -740,6 +762,8 @@ def run_client(
     server = ServerEngine(secret, gen, SimNetwork.SERVER_IP, SimNetwork.SERVER_PORT,
                           server_config, on_event)
     gen.attach(server)
+    if server_hook is not None:
+        server_hook(server)
     net = SimNetwork(sim, server, down or LinkConfig(loss=loss), up or LinkConfig(loss=loss))
     if link_factory is not None:
         link_factory(net)
@@ -750,12 +774,15 @@ def run_client(
     net.add_client(client, gen_request(size, seed))
     t0 = time.perf_counter()
     sim.run(until=time_limit, stop=net.all_finished)
+    stopped = sim.now
+    if drain > 0:
+        sim.run(until=min(sim.now + drain, time_limit))
     wall = time.perf_counter() - t0
     slot = net.clients[(ip, port)]
     data = bytes(net.data[(ip, port)])
     exact = hashlib.sha256(data).digest() == hashlib.sha256(
         generated_bytes(seed, 0, len(data))).digest()
-    secs = slot.done_at if slot.done_at is not None else min(sim.now, time_limit)
+    secs = slot.done_at if slot.done_at is not None else min(stopped, time_limit)
     return ClientRun(
         name=name or engine_cls.__name__,
         ok=client.done and exact and len(data) == size,
@@ -768,6 +795,7 @@ def run_client(
         server=dict(server.counters),
         client=dict(client.counters),
         links={"down": vars(net.down.stats), "up": vars(net.up.stats)},
+        key_epoch=server.keys.current(sim.now),
         wall_seconds=round(wall, 4),
     )
 
