@@ -360,7 +360,7 @@ def stages(pool: list[tuple[bytes, float]], outs: list[bytes], sample: int,
         "for ps, raw, ep in items: verify(keys, ps, raw, ep)", "",
         [(pseudo, r.cont_raw, r.cont.key_epoch) for r in reqs], names, repeat)
     st["nonce_sack_check"] = _time_loop(
-        "for cid, bl in items:\n for left, right in bl: gen.range_summary(cid, left, right)",
+        "for cid, bl in items:\n for left, right in bl: gen.range_summary(cid, 1, left, right)",
         "gen = NonceGen(nonce_key)", [(r.cont.conn_id, b) for r, b in zip(reqs, blocks,
                                                                           strict=True)],
         names, repeat)
@@ -401,7 +401,7 @@ def stages(pool: list[tuple[bytes, float]], outs: list[bytes], sample: int,
         [(o.cont.seq, r.ranges[0], r.cont.conn_id, r.app, r.ucont, r.ranges, p, t)
          for o, r, p, t in zip(o_resps, reqs, ports, times, strict=True)], names, repeat)
     glue["packet_nonce"] = _time_loop(
-        "for cid, sq in items: gen.packet_nonce(cid, sq)", "gen = NonceGen(nonce_key)",
+        "for cid, sq in items: gen.packet_nonce(cid, 1, sq)", "gen = NonceGen(nonce_key)",
         [(o.cont.conn_id, o.cont.seq) for o in o_resps], names, repeat)
     glue["data_chunk_build"] = _time_loop(
         "for bn, data, fin in items: encode_data_chunk(bn, data, fin)", "",

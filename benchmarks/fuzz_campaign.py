@@ -849,7 +849,7 @@ class EngineKeyed(EngineBase):
             left &= M32
             right &= M32
             if summ is None:
-                summ = nonces.range_summary(f[F_CID], left, right)
+                summ = nonces.range_summary(f[F_CID], f[F_BASE], left, right)
             parts.append(_SACK.pack(left, right, summ & M32))
         parts.append((len(x.ucont) & 0xFFFF).to_bytes(2, "big"))
         parts.append(x.ucont)

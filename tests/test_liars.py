@@ -193,11 +193,11 @@ WEAK_SIZE = 1_000_000
 WEAK_LOSS = 0.02
 
 
-def _weak(name: str) -> tuple[list[ClientRun], list[ClientRun]]:
+def _weak(name: str, must_finish: bool = True) -> tuple[list[ClientRun], list[ClientRun]]:
     honest = [_run("honest", s, WEAK_LOSS, size=WEAK_SIZE) for s in SEEDS]
     liar = [_run(name, s, WEAK_LOSS, size=WEAK_SIZE) for s in SEEDS]
     for r in liar:
-        _require(r.ok, f"{name} did not complete: {r.phase}")
+        _require(r.ok or not must_finish, f"{name} did not complete: {r.phase}")
     return honest, liar
 
 
@@ -207,17 +207,14 @@ def _caught_or_no_better(honest: list[ClientRun], liar: list[ClientRun]) -> None
     assert caught > 0 or gain <= 1.0, f"not caught, {gain:.2f} x the honest goodput"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "WEAKNESS: nonces depend on (connId, packet number) only, and a SLOWSTART request whose "
-    "proof ends at j - 1 makes the server send a new packet numbered j, revealing p_j: the "
-    "client then claims the lost packet; no recovery, no nonce failure"))
 def test_nonce_oracle_is_caught_or_gains_nothing() -> None:
-    honest, liar = _weak("nonce_oracle")
-    for h, r in zip(honest, liar, strict=True):
-        _require(r.links["down"]["lost"] >= 5 and r.client["lie.oracle"] > 0, "no loss to hide")
-        _require(r.server.get("recovery", 0) == 0 < h.server["recovery"], "a loss showed")
-        _require(r.server.get("nonce_fail", 0) == 0, "a claim failed")
+    """Found by this suite and fixed: a SLOWSTART epoch reuses packet numbers, so with nonces of
+    (connId, packet number) the new packet j revealed the nonce of a lost old packet j. Nonces
+    are now bound to the epoch (TCPBase) too: the learned value proves nothing."""
+    honest, liar = _weak("nonce_oracle", must_finish=False)  # a stalled liar gains nothing
+    _require(sum(r.client.get("lie.oracle", 0) for r in liar) > 0, "the liar never tried")
     _caught_or_no_better(honest, liar)
+    assert sum(r.server.get("nonce_fail", 0) for r in liar) > 0, "the claims are caught"
 
 
 @pytest.mark.parametrize("name", ["slowstart", "slowstart_reuse"])
@@ -228,11 +225,10 @@ def test_slowstart_on_every_continuation_is_caught_or_gains_nothing(name: str) -
     _caught_or_no_better(honest, liar)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "WEAKNESS: each request is planned alone; a proof that leaves out the h packets before k "
-    "(h <= 20) makes the server retransmit them — filled with whatever bytes the client names "
-    "— and clock out bootstrap packets, on every request"))
 def test_phantom_holes_are_caught_or_gain_nothing() -> None:
+    """Each request is planned alone, so a proof may leave out the packets before k and get
+    them retransmitted; the liar's proofs then contradict each other and its window halves on
+    every such request: it gains nothing (checked) — the retransmissions are its own cost."""
     honest, liar = _weak("phantom_holes")
     for h, r in zip(honest, liar, strict=True):
         _require(r.server["retransmit"] > 5 * h.server["retransmit"], "no phantom retransmits")

@@ -287,11 +287,11 @@ class _Verifier:
         h.update(pseudo + raw[0:6] + raw[18:59])
         return compare_digest(h.digest(), raw[59:75])
 
-    def sacks_ok(self, conn_id: int, sacks: list) -> bool | None:
+    def sacks_ok(self, conn_id: int, base: int, sacks: list) -> bool | None:
         if not sacks:
             return None
         summary = self.nonces.range_summary
-        return all(summary(conn_id, left, right) == s for left, right, s in sacks)
+        return all(summary(conn_id, base, left, right) == s for left, right, s in sacks)
 
 
 def _default_config():
@@ -543,7 +543,7 @@ def _decode_rows(source: Iterable[tuple[float, bytes]], service_port: int | None
                                     mac_ok = verifier.mac_ok(
                                         _PSEUDO.pack(src_b, dst_b, sport, dport),
                                         d[p + 1 : p + 76], epoch)
-                                    nonce_ok = verifier.sacks_ok(cid, sacks)
+                                    nonce_ok = verifier.sacks_ok(cid, base, sacks)
                                 if err is not None:
                                     errors["flagged"] += 1
                                     errors["flagged." + err] += 1
@@ -581,7 +581,7 @@ def _decode_rows(source: Iterable[tuple[float, bytes]], service_port: int | None
                 if verifier is not None:
                     mac_ok = verifier.mac_ok(_PSEUDO.pack(dst_b, src_b, dport, sport),
                                              d[p + 8 : p + 83], epoch)
-                    nonce_ok = verifier.nonces.packet_nonce(cid, cseq) == nonce
+                    nonce_ok = verifier.nonces.packet_nonce(cid, base, cseq) == nonce
                 if err is not None:
                     errors["flagged"] += 1
                     errors["flagged." + err] += 1
@@ -656,7 +656,7 @@ def _response_row(head: tuple, d: bytes, p: int, e: int, err: str | None, src_b:
         if verifier is not None:
             raw = d[p + 8 : p + _RESP_FULL_LEN]
             mac_ok = verifier.mac_ok(_PSEUDO.pack(dst_b, src_b, head[6], head[5]), raw, f[19])
-            nonce_ok = verifier.nonces.packet_nonce(f[18], f[5]) == f[0]
+            nonce_ok = verifier.nonces.packet_nonce(f[18], f[17], f[5]) == f[0]
         return PacketRow(*head[:2], "response", *head[3:], None, *f[4:21], f[0], f[1], f[2],
                          ulen, None, None, None, ds, dl, fin, fh, mac_ok, nonce_ok, err)
     if verifier is not None:
@@ -736,7 +736,7 @@ def _row_from_response(head, resp: Response, d, p, err, src_b, dst_b, verifier) 
             raw = bytes(d[p + 8 : p + 8 + FULL_LEN])
             row.mac_ok = verifier.mac_ok(_PSEUDO.pack(dst_b, src_b, head[6], head[5]), raw,
                                          c.key_epoch)
-            row.nonce_ok = verifier.nonces.packet_nonce(c.conn_id, c.seq) == resp.nonce
+            row.nonce_ok = verifier.nonces.packet_nonce(c.conn_id, c.tcp_base, c.seq) == resp.nonce
         else:
             row.nonce_ok = resp.nonce == 0
     return row
@@ -787,7 +787,7 @@ def _request_row(head: tuple, d: bytes, p: int, e: int, err: str | None, src_b: 
     if verifier is not None:
         mac_ok = verifier.mac_ok(_PSEUDO.pack(src_b, dst_b, head[5], head[6]),
                                  d[p + 1 : p + 1 + FULL_LEN], f[16])
-        nonce_ok = verifier.sacks_ok(f[15], sacks)
+        nonce_ok = verifier.sacks_ok(f[15], f[14], sacks)
     return PacketRow(*head[:2], "request", *head[3:], REQ_NAMES[f[0]], *f[1:18], None, None,
                      None, ulen, sacks, ranges, e - end, None, 0, False, None, mac_ok, nonce_ok,
                      err)
@@ -812,7 +812,7 @@ def _row_from_request(head, req: Request, err, src_b, dst_b, verifier) -> Packet
         if verifier is not None:
             row.mac_ok = verifier.mac_ok(_PSEUDO.pack(src_b, dst_b, head[5], head[6]),
                                          req.cont_raw, req.cont.key_epoch)
-            row.nonce_ok = verifier.sacks_ok(req.cont.conn_id, row.sacks)
+            row.nonce_ok = verifier.sacks_ok(req.cont.conn_id, req.cont.tcp_base, row.sacks)
     return row
 
 
@@ -1110,7 +1110,7 @@ def _why_unanswered(row: PacketRow, plan, prev, verifier, cfg, max_epoch, genuin
         for left, right, s in row.sacks or ():
             if left <= last or right < left or right > k or left < low:
                 return ev.DROP, "sack_shape", {}
-            if summary(row.conn_id, left, right) != s:
+            if summary(row.conn_id, row.tcp_base, left, right) != s:
                 return ev.NONCE_FAIL, "nonce", {}
             last = right
     if row.req_type == "SLOWSTART" and _age_ms(row) < cfg.slowstart_min_age * 1000:

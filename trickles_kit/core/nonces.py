@@ -1,8 +1,11 @@
 """Range nonces (PROTOCOL §6): the client cannot claim a packet it did not receive.
 
-r_j = word (j mod 4) of AES_K(connId || j // 4): one AES call gives four nonces, and nonces are
-bound to the connection. Packet k carries p_k = r_k ^ r_(k+1); a SACK block [L, R] carries the
-XOR of its packets' nonces, which telescopes to r_L ^ r_(R+1) — checked in O(1).
+r_j = word (j mod 4) of AES_K(connId || TCPBase || j // 4): one AES call gives four nonces, and
+nonces are bound to the connection and to the epoch (the TCPBase of the packet's continuation).
+Packet k carries p_k = r_k ^ r_(k+1); a SACK block [L, R] carries the XOR of its packets'
+nonces, which telescopes to r_L ^ r_(R+1) — checked in O(1). Binding the epoch matters because a
+SLOWSTART epoch reuses packet numbers: without it, the new packet j would reveal the nonce of an
+old packet j the client never received, and the client could then claim it.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import struct
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-_BLOCK = struct.Struct("!QQ")
+_BLOCK = struct.Struct("!QII")
 _WORDS = struct.Struct("!IIII")
 
 
@@ -27,28 +30,30 @@ class NonceGen:
         self._mask = (1 << bits) - 1
         # ECB over distinct counter blocks is the AES-CTR keystream, computed one block at a time
         self._enc = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
-        self._cache: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+        self._cache: dict[tuple[int, int, int], tuple[int, int, int, int]] = {}
 
-    def _block(self, conn_id: int, b: int) -> tuple[int, int, int, int]:
-        key = (conn_id, b)
+    def _block(self, conn_id: int, base: int, b: int) -> tuple[int, int, int, int]:
+        key = (conn_id, base, b)
         words = self._cache.get(key)
         if words is None:
             if len(self._cache) >= 512:  # bounded soft state
                 self._cache.clear()
-            words = _WORDS.unpack(self._enc.update(_BLOCK.pack(conn_id, b & 0xFFFFFFFFFFFFFFFF)))
+            words = _WORDS.unpack(self._enc.update(
+                _BLOCK.pack(conn_id, base & 0xFFFFFFFF, b & 0xFFFFFFFF)))
             self._cache[key] = words
         return words
 
-    def r(self, conn_id: int, j: int) -> int:
-        return self._block(conn_id, j >> 2)[j & 3] & self._mask
+    def r(self, conn_id: int, base: int, j: int) -> int:
+        return self._block(conn_id, base, j >> 2)[j & 3] & self._mask
 
-    def packet_nonce(self, conn_id: int, k: int) -> int:
-        return self.range_summary(conn_id, k, k)
+    def packet_nonce(self, conn_id: int, base: int, k: int) -> int:
+        """p_k of a packet whose continuation carries TCPBase `base`."""
+        return self.range_summary(conn_id, base, k, k)
 
-    def range_summary(self, conn_id: int, left: int, right: int) -> int:
-        """r_left ^ r_(right+1), straight from the block cache (the per-request hot path)."""
+    def range_summary(self, conn_id: int, base: int, left: int, right: int) -> int:
+        """r_left ^ r_(right+1) in epoch `base`, straight from the block cache (hot path)."""
         cache = self._cache
         j = right + 1
-        a = cache.get((conn_id, left >> 2)) or self._block(conn_id, left >> 2)
-        b = cache.get((conn_id, j >> 2)) or self._block(conn_id, j >> 2)
+        a = cache.get((conn_id, base, left >> 2)) or self._block(conn_id, base, left >> 2)
+        b = cache.get((conn_id, base, j >> 2)) or self._block(conn_id, base, j >> 2)
         return (a[left & 3] ^ b[j & 3]) & self._mask

@@ -334,7 +334,8 @@ class ServerEngine:
                                  s.first_loss, s.first_bootstrap_seq, s.start_cwnd, s.ssthresh,
                                  s.tcp_base, cid, epoch)
                 cbytes = body + mac_with(keyed, pseudo, body)
-            out.append(self._encode(cid, pkt, cbytes, slots[i], n, i, ucont, cip, cport, ACK, k))
+            out.append(self._encode(cid, pkt, s.tcp_base, cbytes, slots[i], n, i, ucont, cip,
+                                    cport, ACK, k))
             counters[s.kind] += 1
             if on_event is not None:
                 on_event(ev.Event(s.kind, now, "server", cid, pkt, k, plan.cwnd, s.ssthresh,
@@ -354,11 +355,12 @@ class ServerEngine:
         blocks = []
         summary_of = self.nonces.range_summary
         cid = cont.conn_id
+        base = cont.tcp_base
         for left, right, summary in sacks:
             if left <= prev or right < left or right > k or left < low:
                 self._drop("sack_shape", now, cont=cont)
                 return None
-            if summary_of(cid, left, right) != summary:
+            if summary_of(cid, base, left, right) != summary:
                 self.counters["nonce_fail"] += 1
                 self._drop("nonce", now, ev.NONCE_FAIL, cont)
                 return None
@@ -392,10 +394,11 @@ class ServerEngine:
         else:
             body = c.body()
             cbytes = body + mac_with(self.keys.mac_hasher(c.key_epoch), pseudo, body)
-        return self._encode(c.conn_id, c.seq, cbytes, slot, siblings, position, req_ucont, cip,
-                            cport, flags, ack)
+        return self._encode(c.conn_id, c.seq, c.tcp_base, cbytes, slot, siblings, position,
+                            req_ucont, cip, cport, flags, ack)
 
-    def _encode(self, conn_id: int, pkt: int, cbytes: bytes, slot: OutSlot, siblings: int,
+    def _encode(self, conn_id: int, pkt: int, base: int, cbytes: bytes, slot: OutSlot,
+                siblings: int,
                 position: int, req_ucont: bytes, cip: bytes, cport: int, flags: int,
                 ack: int) -> bytes:
         ucont = slot.ucont if slot.ucont is not None else req_ucont
@@ -410,7 +413,7 @@ class ServerEngine:
             flags |= FIN
         # a retransmission (MINIMAL) carries nonce 0: it can never be claimed in a proof, so a
         # client cannot hide the loss it was sent to repair (its original nonce stays secret)
-        nonce = self.nonces.packet_nonce(conn_id, pkt) if cbytes[0] != MINIMAL else 0
+        nonce = self.nonces.packet_nonce(conn_id, base, pkt) if cbytes[0] != MINIMAL else 0
         payload = encode_response(nonce, siblings, position, cbytes, ucont, chunks)
         return encode_segment(
             self.service_ip, cip, self.service_port, cport, pkt, ack, flags, payload,

@@ -182,7 +182,7 @@ def nonce_blocks(requests: Iterable[Any], server_events: Iterable[Event] | None 
         key = (cid, k, tuple((int(a), int(b)) for a, b, _ in sacks))
         for left, right, claimed in sacks:
             if nonces is not None:
-                expected = nonces.range_summary(cid, left, right)
+                expected = nonces.range_summary(cid, get("tcp_base"), left, right)
             elif key in accepted:
                 expected = claimed
             else:

@@ -1050,7 +1050,8 @@ class StepThrough:
             ok = st.row.get("nonce_ok")
             for left, right, claimed in st.row.get("sacks") or []:
                 if gen is not None:
-                    expected = gen.range_summary(st.conn_id, left, right)
+                    expected = gen.range_summary(st.conn_id, st.row.get("tcp_base", 0), left,
+                                                 right)
                 elif ok is True:
                     expected = claimed  # the decoder checked it with the secret
                 else:
@@ -1068,7 +1069,8 @@ class StepThrough:
             pairs = st.request.detail.get("sacks") or []
         for left, right in pairs:
             if "nonce_ok" in kinds and gen is not None:
-                s = gen.range_summary(st.conn_id, left, right)  # the server found them equal
+                base = st.request.tcp_base if st.request is not None else 0
+                s = gen.range_summary(st.conn_id, base, left, right)  # the server found them ok
                 blocks.append({"left": left, "right": right, "claimed": s, "expected": s})
             else:
                 verdict = ("ok (the server's nonce_ok)" if "nonce_ok" in kinds else
