@@ -101,13 +101,23 @@ class Link:
             lost = frozenset(pat)
             self._pattern = lost.__contains__
 
+    def _draws(self, data: bytes) -> Callable[[bytes], float]:
+        """Uniform draws for this packet's fates (tag b"L" loss, b"R" reorder, b"D" duplicate).
+
+        The default takes them from the simulator's seeded generator; a subclass may derive
+        them from the packet itself (testing.liars.KeyedLossLink) so that two runs that send
+        different packets still meet the same losses for the same ones.
+        """
+        rng = self.sim.rng
+        return lambda _tag: rng.random()
+
     def send(self, data: bytes, dest: object) -> None:
         sim, cfg, st = self.sim, self.cfg, self.stats
         idx = st.sent
         st.sent += 1
-        rng = sim.rng
+        draw = self._draws(data)
         if (self._pattern is not None and self._pattern(idx)) or (
-            cfg.loss and rng.random() < cfg.loss
+            cfg.loss and draw(b"L") < cfg.loss
         ):
             st.lost += 1
             return
@@ -126,12 +136,12 @@ class Link:
         else:
             depart = now
         arrive = depart + cfg.delay
-        if cfg.reorder and rng.random() < cfg.reorder:
+        if cfg.reorder and draw(b"R") < cfg.reorder:
             st.reordered += 1
             arrive += cfg.reorder_delay
         st.bytes += len(data)
         sim.at(arrive, self._arrive, data, dest)
-        if cfg.duplicate and rng.random() < cfg.duplicate:
+        if cfg.duplicate and draw(b"D") < cfg.duplicate:
             st.duplicated += 1
             sim.at(arrive + 0.0001, self._arrive, data, dest)
 

@@ -656,42 +656,12 @@ class KeyedLossLink(Link):
         h = hashlib.blake2b(tag + digest, key=self.key, digest_size=8).digest()
         return int.from_bytes(h, "big") / 2.0**64
 
-    def send(self, data: bytes, dest: object) -> None:
-        cfg, st = self.cfg, self.stats
-        idx = st.sent
-        st.sent += 1
+    def _draws(self, data: bytes) -> Callable[[bytes], float]:
         body = hashlib.blake2b(_fate_bytes(data, self.down), digest_size=16).digest()
         n = self._seen.get(body, 0)
         self._seen[body] = n + 1
         digest = body + n.to_bytes(4, "big")
-        if (self._pattern is not None and self._pattern(idx)) or (
-            cfg.loss and self._draw(b"L", digest) < cfg.loss
-        ):
-            st.lost += 1
-            return
-        now = self.sim.now
-        if cfg.rate is not None:
-            deps = self._departures
-            while deps and deps[0] <= now:
-                deps.popleft()
-            if len(deps) >= cfg.queue:
-                st.queue_drops += 1
-                return
-            start = self._busy_until if self._busy_until > now else now
-            depart = start + len(data) * 8 / cfg.rate
-            self._busy_until = depart
-            deps.append(depart)
-        else:
-            depart = now
-        arrive = depart + cfg.delay
-        if cfg.reorder and self._draw(b"R", digest) < cfg.reorder:
-            st.reordered += 1
-            arrive += cfg.reorder_delay
-        st.bytes += len(data)
-        self.sim.at(arrive, self._arrive, data, dest)
-        if cfg.duplicate and self._draw(b"D", digest) < cfg.duplicate:
-            st.duplicated += 1
-            self.sim.at(arrive + 0.0001, self._arrive, data, dest)
+        return lambda tag: self._draw(tag, digest)
 
 
 def keyed_links(down: LinkConfig, up: LinkConfig, seed: int) -> Callable[[SimNetwork], None]:
