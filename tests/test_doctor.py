@@ -8,7 +8,7 @@ by that user:
   copied into a fresh directory under the system temp dir, chmod a+rX, and put first on the
   child's sys.path (the child runs with `-I`, so PYTHONPATH and the user site are ignored);
 * the interpreter: the venv's python may be a symlink into a private directory such as
-  /root/.pyenv. setpriv still starts it (it execs before dropping every capability), but the
+  root's home (pyenv). setpriv still starts it (it execs before dropping every capability), but the
   child cannot read the interpreter's libpython and stdlib there, and the dynamic loader silently
   picks up the system libpython and /usr/lib/python3.X instead: a different Python than ours.
   So an interpreter is accepted only if the unprivileged child reports the same sys.version and
