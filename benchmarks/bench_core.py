@@ -677,7 +677,7 @@ def _meta(argv: list[str], mode: str) -> dict:
     import trickles_kit
 
     return {
-        "command": shlex.join([sys.executable, *argv]),
+        "command": shlex.join([os.path.relpath(sys.executable), *argv]),
         "argv": argv,
         "cwd": os.getcwd(),
         "date_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),

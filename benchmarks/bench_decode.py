@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             tmpdir.cleanup()
     out = {
         "meta": {
-            "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
+            "command": shlex.join([os.path.relpath(sys.executable), *sys.argv]),
             "date_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "python": platform.python_version(),
             "machine": {"platform": platform.platform(), "cpu_model": _cpu_model(),

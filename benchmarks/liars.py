@@ -64,7 +64,7 @@ def _meta(argv: list[str]) -> dict:
         pass
     status = git("status", "--porcelain", "--", "trickles_kit") or ""
     return {
-        "command": shlex.join([sys.executable, *argv]),
+        "command": shlex.join([os.path.relpath(sys.executable), *argv]),
         "cwd": os.getcwd(),
         "date_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "python": platform.python_version(),
