@@ -653,6 +653,11 @@ def bench_sim(size: int) -> dict:
 
 
 # ============================================================================ report
+def _rel(path: str) -> str:
+    """A path relative to the repository: results never name this machine's directories."""
+    return os.path.relpath(path, REPO) if os.path.isabs(path) else path
+
+
 def _meta(argv: list[str], mode: str) -> dict:
     def git(*a: str) -> str | None:
         try:
@@ -679,19 +684,20 @@ def _meta(argv: list[str], mode: str) -> dict:
     return {
         "command": shlex.join([os.path.relpath(sys.executable), *argv]),
         "argv": argv,
-        "cwd": os.getcwd(),
+        "cwd": _rel(os.getcwd()),
         "date_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "mode": mode,
         "python": {"version": platform.python_version(),
                    "implementation": platform.python_implementation(),
-                   "executable": sys.executable, "build": " ".join(platform.python_build())},
+                   "executable": _rel(sys.executable),
+                   "build": " ".join(platform.python_build())},
         "machine": {"platform": platform.platform(), "machine": platform.machine(),
                     "cpu_model": cpu_model, "cpu_count": os.cpu_count(),
                     "cpus_usable": len(os.sched_getaffinity(0))
                     if hasattr(os, "sched_getaffinity") else None,
                     "loadavg_at_start": [_round(x, 2) for x in os.getloadavg()]},
         "packages": {"cryptography": crypto},
-        "code": {"trickles_kit_path": str(Path(trickles_kit.__file__).parent),
+        "code": {"trickles_kit_path": _rel(str(Path(trickles_kit.__file__).parent)),
                  "git_commit": git("rev-parse", "HEAD"), **_tree_state(git)},
     }
 

@@ -80,15 +80,6 @@ def _rel(path: str) -> str:
     return os.path.relpath(path, REPO) if os.path.isabs(path) else path
 
 
-def _relativize_meta(meta: dict) -> dict:
-    meta["cwd"] = _rel(meta.get("cwd", ""))
-    meta.get("python", {})["executable"] = _rel(sys.executable)
-    code = meta.get("code", {})
-    if code.get("trickles_kit_path"):
-        code["trickles_kit_path"] = _rel(code["trickles_kit_path"])
-    return meta
-
-
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -1093,7 +1084,7 @@ def main(argv: list[str] | None = None) -> int:
     sections = a.only or ["floor", "trickles", "tcp", "rss"]
     if a.profile and "profile" not in sections:
         sections.append("profile")
-    res: dict = {"meta": _relativize_meta(_meta([sys.argv[0], *argv], mode)), "options": o}
+    res: dict = {"meta": _meta([sys.argv[0], *argv], mode), "options": o}
     with contextlib.suppress(OSError):
         res["meta"]["machine"]["sysctl"] = {
             k: Path(f"/proc/sys/net/core/{k}").read_text().strip()

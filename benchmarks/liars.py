@@ -22,13 +22,9 @@ client on the same cells, runs completed, and what the server counted against th
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
-import platform
-import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,39 +37,12 @@ from trickles_kit.core.client import ClientEngine  # noqa: E402
 from trickles_kit.net.sim import LinkConfig  # noqa: E402
 from trickles_kit.testing.liars import LIARS, WEAKNESSES, keyed_links, run_client  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_core import _meta  # noqa: E402
+
 CLIENTS = {"honest": (ClientEngine, {}), **LIARS, **WEAKNESSES}
 COUNTED = ("nonce_fail", "drop.nonce", "drop.mac", "drop.sack_shape", "drop.sack_count",
            "drop.replay", "drop.key_epoch", "recovery", "retransmit", "slowstart", "tx")
-
-
-def _meta(argv: list[str]) -> dict:
-    def git(*a: str) -> str | None:
-        try:
-            return subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True,
-                                  check=True).stdout.rstrip()
-        except (OSError, subprocess.CalledProcessError):
-            return None
-
-    cpu_model = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    status = git("status", "--porcelain", "--", "trickles_kit") or ""
-    return {
-        "command": shlex.join([os.path.relpath(sys.executable), *argv]),
-        "cwd": os.getcwd(),
-        "date_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "machine": {"platform": platform.platform(), "cpu_model": cpu_model,
-                    "cpu_count": os.cpu_count(),
-                    "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
-        "code": {"git_commit": git("rev-parse", "HEAD"),
-                 "trickles_kit_changed_files": [ln[3:] for ln in status.splitlines()]},
-    }
 
 
 def _one(name: str, path: str, loss: float, seed: int, size: int) -> dict:
@@ -150,7 +119,7 @@ def main(argv: list[str]) -> int:
     paths = args.paths.split(",")
     names = list(CLIENTS) if not args.only else ["honest"] + [
         n for n in args.only.split(",") if n != "honest"]
-    meta = _meta(argv)
+    meta = _meta(argv, "liars")
     t0 = time.perf_counter()
     runs = []
     for path in paths:
