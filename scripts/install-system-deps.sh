@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the Debian packages the test suite uses: capture tools, firewalls, iproute2, curl,
-# setpriv (util-linux) and procps. Idempotent: only missing packages are installed, and
+# setpriv (util-linux), procps and ethtool (testbed offloads off). Idempotent: only missing packages are installed, and
 # `apt-get update` runs only when something must be installed.
 #
 #   scripts/install-system-deps.sh        # as root (CI, or: sudo scripts/install-system-deps.sh)
@@ -19,6 +19,7 @@ WANTED=(
     "curl:curl"
     "util-linux:setpriv"
     "procps:pgrep"
+    "ethtool:ethtool"
 )
 
 say() { echo "install-system-deps: $*"; }
