@@ -1,0 +1,87 @@
+"""Result metadata shared by every benchmark: command, machine, code — no absolute paths.
+
+Every result JSON (the scripts under benchmarks/ and `trickles bench`) records how it was made, so
+anyone can rerun it and see what machine and which commit produced the numbers. Paths are
+relative to the repository, so results name no machine's directories.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _rel(path: str) -> str:
+    """A path relative to the repository: results never name this machine's directories."""
+    return os.path.relpath(path, REPO) if os.path.isabs(path) else path
+
+
+def meta(argv: list[str], mode: str) -> dict:
+    """What a result needs to be reproduced: the command, the machine, the exact code."""
+    def git(*a: str) -> str | None:
+        try:
+            return subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True,
+                                  check=True).stdout.rstrip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+
+    cpu_model = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import cryptography
+        crypto = cryptography.__version__
+    except ImportError:  # pragma: no cover
+        crypto = None
+    import trickles_kit
+
+    return {
+        "command": shlex.join([os.path.relpath(sys.executable), *argv]),
+        "argv": argv,
+        "cwd": _rel(os.getcwd()),
+        "date_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "mode": mode,
+        "python": {"version": platform.python_version(),
+                   "implementation": platform.python_implementation(),
+                   "executable": _rel(sys.executable),
+                   "build": " ".join(platform.python_build())},
+        "machine": {"platform": platform.platform(), "machine": platform.machine(),
+                    "cpu_model": cpu_model, "cpu_count": os.cpu_count(),
+                    "cpus_usable": len(os.sched_getaffinity(0))
+                    if hasattr(os, "sched_getaffinity") else None,
+                    "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
+        "packages": {"cryptography": crypto},
+        "code": {"trickles_kit_path": _rel(str(Path(trickles_kit.__file__).parent)),
+                 "git_commit": git("rev-parse", "HEAD"), **_tree_state(git)},
+    }
+
+
+def _tree_state(git) -> dict:
+    """Uncommitted changes under trickles_kit/: the files and a hash of the diff, so a run can
+    be tied to the exact code it measured (and a tree edited during the run is noticed)."""
+    status = git("status", "--porcelain", "--", "trickles_kit")
+    if status is None:
+        return {"trickles_kit_dirty": None}
+    diff = git("diff", "HEAD", "--", "trickles_kit") or ""
+    untracked = [ln[3:] for ln in status.splitlines() if ln.startswith("??")]
+    h = hashlib.sha256(diff.encode())
+    for f in sorted(untracked):
+        with contextlib.suppress(OSError):  # e.g. an untracked directory
+            h.update(f.encode() + (REPO / f).read_bytes())
+    return {"trickles_kit_dirty": bool(status),
+            "trickles_kit_changed_files": [ln[3:] for ln in status.splitlines()],
+            "trickles_kit_diff_sha256": h.hexdigest() if status else None}
