@@ -24,6 +24,10 @@ slice so the MAC input is two slices of the wire bytes — no re-encoding on ver
      55    4  keyEpoch
      59   16  mac             keyed BLAKE2s-128 (see core.seal)
     ---- FULL ends here (75 bytes) ----
+
+Delta encoding (an option, off by default; `wire.delta`, docs/protocol.md §10.2) adds three
+forms: PAIR (type 3, the MINIMAL layout on the first packet of a delayed-ack pair), HASHED
+(type 4, 24 bytes, server -> client) and COMPACT (type 5, client -> server only).
 """
 
 from __future__ import annotations
@@ -34,12 +38,15 @@ from dataclasses import dataclass
 from trickles_kit.wire.errors import DecodeError
 
 MINIMAL, FULL1, FULL2 = 0, 1, 2
+PAIR, HASHED, COMPACT = 3, 4, 5  # delta-encoded forms (wire.delta)
 NORMAL, RECOVERY, BOOTSTRAP = 0, 1, 2
-TYPE_NAMES = {MINIMAL: "MINIMAL", FULL1: "FULL1", FULL2: "FULL2"}
+TYPE_NAMES = {MINIMAL: "MINIMAL", FULL1: "FULL1", FULL2: "FULL2", PAIR: "PAIR", HASHED: "HASHED",
+              COMPACT: "COMPACT"}
 STATE_NAMES = {NORMAL: "NORMAL", RECOVERY: "RECOVERY", BOOTSTRAP: "BOOTSTRAP"}
 
 MINIMAL_LEN = 18
 FULL_LEN = 75
+HASHED_LEN = 24
 MAC_LEN = 16
 MAC_OFFSET = 59
 SERVER_BLOCK = slice(18, 59)  # server-owned fields after the client-owned ones
@@ -47,11 +54,14 @@ SERVER_BLOCK = slice(18, 59)  # server-owned fields after the client-owned ones
 _MIN = struct.Struct("!BIBIII")
 _FULL = struct.Struct("!BIBIIIIIBIIIIIQI16s")
 _BODY = struct.Struct("!BIBIIIIIBIIIIIQI")  # FULL without the MAC
+_HASHED = struct.Struct("!BHIB16s")  # type, parent16, timestamp, epoch8, MAC
 
 
 @dataclass(slots=True)
 class Continuation:
-    """One transport continuation. MINIMAL ones use only the first six fields."""
+    """One transport continuation. MINIMAL and PAIR ones use only the first six fields; a
+    decoded HASHED one holds only parent (16 bits), timestamp, key_epoch (low byte) and mac
+    until the client rebuilds it (core.delta)."""
 
     type: int = FULL1
     seq: int = 0
@@ -73,7 +83,7 @@ class Continuation:
 
     @property
     def is_full(self) -> bool:
-        return self.type != MINIMAL
+        return self.type == FULL1 or self.type == FULL2
 
     def body(self) -> bytes:
         """FULL encoding without the MAC (what the sealer signs two slices of)."""
@@ -85,11 +95,14 @@ class Continuation:
         )
 
     def encode(self) -> bytes:
-        if self.type == MINIMAL:
+        if self.type == MINIMAL or self.type == PAIR:
             return _MIN.pack(
-                MINIMAL, self.seq, self.first_child, self.client_state, self.parent,
+                self.type, self.seq, self.first_child, self.client_state, self.parent,
                 self.client_timestamp,
             )
+        if self.type == HASHED:
+            return _HASHED.pack(HASHED, self.parent & 0xFFFF, self.timestamp, self.key_epoch & 0xFF,
+                                self.mac)
         return self.body() + self.mac
 
 
@@ -102,11 +115,17 @@ def decode_continuation(data: bytes, offset: int = 0) -> tuple[Continuation, int
     if offset >= len(data):
         raise DecodeError("truncated", "continuation missing")
     ctype = data[offset]
-    if ctype == MINIMAL:
+    if ctype in (MINIMAL, PAIR):
         if offset + MINIMAL_LEN > len(data):
             raise DecodeError("truncated", "minimal continuation")
         f = _MIN.unpack_from(data, offset)
         return Continuation(*f), offset + MINIMAL_LEN
+    if ctype == HASHED:
+        if offset + HASHED_LEN > len(data):
+            raise DecodeError("truncated", "hashed continuation")
+        _, parent, ts, ep, mac = _HASHED.unpack_from(data, offset)
+        return Continuation(HASHED, parent=parent, timestamp=ts, key_epoch=ep, mac=mac), (
+            offset + HASHED_LEN)
     if ctype in (FULL1, FULL2):
         if offset + FULL_LEN > len(data):
             raise DecodeError("truncated", "full continuation")
@@ -118,4 +137,6 @@ def decode_continuation(data: bytes, offset: int = 0) -> tuple[Continuation, int
 
 
 def encoded_len(ctype: int) -> int:
-    return MINIMAL_LEN if ctype == MINIMAL else FULL_LEN
+    if ctype == HASHED:
+        return HASHED_LEN
+    return MINIMAL_LEN if ctype in (MINIMAL, PAIR) else FULL_LEN
