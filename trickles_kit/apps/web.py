@@ -247,6 +247,12 @@ class WebServer:
         self._fds: OrderedDict[str, tuple[int, int, int]] = OrderedDict()
         self.bad_ucont = 0
         self.counters: Counter[str] = Counter()
+        # routes that serve into reserved ranges with SKIPs (apps.dynamic: /dyn; apps.parallel:
+        # several pipelined GETs, one reserved slice each); each takes a minisocket or passes
+        from trickles_kit.apps.dynamic import DynamicRoute
+        from trickles_kit.apps.parallel import ParallelRoute
+
+        self.routes = [DynamicRoute(self), ParallelRoute(self)]
 
     def attach(self, server) -> WebServer:
         """Take the sealing and watermark keys from `server.keys` (a ServerEngine's KeyRing)."""
@@ -266,6 +272,9 @@ class WebServer:
         box = self._box
         if box is None:
             raise ValueError("WebServer handler used before attach(server)")
+        for route in self.routes:
+            if route(msk):
+                return
         cid = msk.conn_id
         if msk.ucont:
             sealed = msk.ucont  # passed on unchanged: no re-seal per packet

@@ -16,10 +16,12 @@ import heapq
 from collections import Counter
 from dataclasses import dataclass
 
+from trickles_kit.core import delta as dl
 from trickles_kit.core import events as ev
 from trickles_kit.core import plan as pl
 from trickles_kit.core.ranges import RangeSet
-from trickles_kit.wire.continuation import BOOTSTRAP, MINIMAL, Continuation
+from trickles_kit.wire.continuation import BOOTSTRAP, FULL2, HASHED, MINIMAL, PAIR, Continuation
+from trickles_kit.wire.delta import FLAG_HASHED, FLAG_PAIRED, compact_request, flag_request
 from trickles_kit.wire.errors import DecodeError
 from trickles_kit.wire.messages import (
     REQ_FIN,
@@ -49,6 +51,10 @@ class ClientConfig:
     max_timeouts: int = 15  # consecutive unproductive timeouts before giving up
     max_gap: int = pl.MAX_GAP
     syn_data: bool = True  # send the request bytes (and a padded SYN) in the SYN
+    # delta encoding (docs/protocol.md §10.2), used only if the server agrees: delayed-ack
+    # pairs (FULL2 + PAIR), and HASHED answers / COMPACT requests
+    paired: bool = False
+    hashed: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < self.min_rto <= self.initial_rto <= self.max_rto:
@@ -114,6 +120,8 @@ class ClientEngine:
         self._received = RangeSet()
         self._missing = RangeSet()
         self._next_new = 0
+        self._lanes: list[list[int]] = []  # parallel requests: [next, end) per reserved slice
+        self._lane_turn = 0
         self._pieces: dict[int, bytes] = {}
         self._deliver = 0
         self._skips = RangeSet()
@@ -130,6 +138,8 @@ class ClientEngine:
         self._fin_tries = 0
         self._syn_time = 0.0
         self._syn_range: tuple[int, int] | None = None
+        self._preds = dl.Predictions() if self.cfg.hashed else None
+        self._compact_ok = False  # the server sent a HASHED answer: it expands COMPACT ones
 
     # ------------------------------------------------------------------ public API
     @property
@@ -141,13 +151,35 @@ class ClientEngine:
     def bytes_received(self) -> int:
         return self._received.total()
 
-    def connect(self, now: float, request: bytes = b"") -> None:
+    def connect(self, now: float, request: bytes = b"",
+                lanes: list[tuple[int, int]] | None = None) -> None:
         """Open the connection and ask for the response to `request` (e.g. b"GET /file")."""
         if self.phase != "idle":
             raise ValueError(f"connect() in phase {self.phase}")
         self._request_bytes = bytes(request)
+        if lanes:
+            self.set_lanes(lanes)
         self.phase = "syn_sent"
         self._send_syn(now)
+        if self._lanes and self._syn_range is not None:  # the SYN already asks for these bytes
+            first = self._lanes[0]
+            if first[0] == self._syn_range[0]:
+                first[0] = min(max(first[0], self._syn_range[1]), first[1])
+
+    def set_lanes(self, lanes: list[tuple[int, int]]) -> None:
+        """Parallel requests: one reserved byte slice [start, end) of the response per request.
+
+        New bytes are then asked round-robin across the slices, so every response progresses
+        at once; what a slice's response leaves unused the server SKIPs. Call before connect.
+        """
+        if self.phase != "idle":
+            raise ValueError("set_lanes() before connect()")
+        spans = sorted(lanes)
+        if not spans or any(s >= e or s < 0 or e > 1 << 32 for s, e in spans) or any(
+            a[1] > b[0] for a, b in zip(spans, spans[1:], strict=False)
+        ):
+            raise ValueError("lanes must be disjoint, non-empty slices of [0, 2^32)")
+        self._lanes = [[s, e] for s, e in spans]
 
     def close(self, now: float) -> None:
         """Tear down: a FIN request (the server keeps nothing to free; this tells the app)."""
@@ -215,6 +247,9 @@ class ClientEngine:
         if ranges:
             self._syn_range = ranges[0]
             self._next_new = max(self._next_new, ranges[0][1])
+        dflags = (FLAG_PAIRED if self.cfg.paired else 0) | (FLAG_HASHED if self.cfg.hashed else 0)
+        if dflags:
+            payload = flag_request(payload, dflags)
         self._outbox.append(self._segment(payload, 0, SYN))
         self.counters["tx"] += 1
         self._arm(now)
@@ -232,16 +267,22 @@ class ClientEngine:
         except DecodeError as e:
             self.counters["drop.decode." + e.reason] += 1
             return
-        cont = resp.cont
+        cont: Continuation | None = resp.cont
+        if cont.type == HASHED:  # rebuild it from what we predicted for that request
+            self._compact_ok = True
+            cont = None if self._preds is None else self._preds.rebuild(
+                cont, seg.seq, resp.position, self.conn_id)
+            if cont is None:
+                self.counters["delta_unknown"] += 1
         if self.phase == "syn_sent":
-            if not seg.flags & SYN or not cont.is_full:
+            if not seg.flags & SYN or cont is None or not cont.is_full:
                 self.counters["drop.not_synack"] += 1
                 return
             self.conn_id = cont.conn_id
             self.phase = "established"
             self.cwnd, self.ssthresh = cont.start_cwnd, cont.ssthresh
             self._sample_rtt(now - self._syn_time)
-        elif cont.is_full and cont.conn_id != self.conn_id:
+        elif cont is not None and cont.is_full and cont.conn_id != self.conn_id:
             self.counters["drop.conn_id"] += 1
             return
         if self.phase in ("closed", "failed", "idle"):
@@ -258,9 +299,9 @@ class ClientEngine:
             self._syn_range = None
         if resp.ucont:
             self.ucont = resp.ucont
-        if cont.client_state == self.client_state:
+        if cont is not None and cont.client_state == self.client_state:
             progress |= self._on_packet(cont, resp.nonce, now)
-        else:
+        elif cont is not None:
             self.counters["stale_epoch_packet"] += 1
         if progress:
             self._backoff = 1
@@ -361,11 +402,17 @@ class ClientEngine:
         self._nonce[pkt] = nonce
         if pkt > self._max_rx:
             self._max_rx = pkt
+        if cont.type == PAIR:  # claimable; the FULL2 packet after it makes the request
+            self._detect_losses(now)
+            return True
         if self._spare is None or self._spare_stale or pkt >= self._spare.seq:
             self._spare = cont  # the newest continuation of the current client epoch
             self._spare_stale = False
         heapq.heappush(self._ready, (pkt, id(cont), cont))
-        if self.in_recovery and cont.state == BOOTSTRAP and pkt == self._recovery_base:
+        # (paired mode: the new epoch's first FULL2 packet may be its second one)
+        if self.in_recovery and cont.state == BOOTSTRAP and (
+                pkt == self._recovery_base
+                or (cont.type == FULL2 and pkt == self._recovery_base + 1)):
             self.in_recovery = False
             self._event(ev.RECOVERY_END, now, pkt=pkt, tcp_base=cont.tcp_base)
         self._detect_losses(now)
@@ -458,19 +505,50 @@ class ClientEngine:
                     out.append((s, e))
                     break
                 continue
-            if self.total is not None and self._next_new >= self.total:
+            rng = self._new_range(mss)
+            if rng is None:
                 break
-            end = self._next_new + mss
-            if self.total is not None:
-                end = min(end, self.total)
-            out.append((self._next_new, end))
-            self._next_new = end
+            out.append(rng)
         return out
+
+    def _new_range(self, mss: int) -> tuple[int, int] | None:
+        """Bytes never asked for yet: from the one stream, or round-robin over the lanes."""
+        top = self.total if self.total is not None else 1 << 32
+        lanes = self._lanes
+        if not lanes:
+            rng = self._unreceived(self._next_new, top, mss)
+            if rng is not None:
+                self._next_new = rng[1]
+            return rng
+        n = len(lanes)
+        for _ in range(n):
+            lane = lanes[self._lane_turn % n]
+            self._lane_turn += 1
+            rng = self._unreceived(lane[0], min(lane[1], top), mss)
+            if rng is not None:
+                lane[0] = rng[1]
+                return rng
+        return None
+
+    def _unreceived(self, pos: int, stop: int, mss: int) -> tuple[int, int] | None:
+        """Up to `mss` bytes from `pos`, jumping over what already arrived (a SKIP covers
+        whole reserved ranges past the frontier in one chunk); None when [pos, stop) is done."""
+        got = self._received.clip(pos, stop)  # past the frontier: only SKIPs, a few intervals
+        i = 0
+        while i < len(got) and got[i][0] <= pos:
+            pos = max(pos, got[i][1])
+            i += 1
+        if pos >= stop:
+            return None
+        end = min(pos + mss, stop)
+        if i < len(got):
+            end = min(end, got[i][0])
+        return (pos, end)
 
     def _request_for(self, cont: Continuation, now: float) -> None:
         blocks = self._proof(cont)
-        plan = pl.plan_request(cont.seq, cont.tcp_base, cont.start_cwnd, cont.ssthresh, cont.state,
-                               blocks, False, self.cfg.max_gap)
+        plan = dl.plan_for(cont.type, cont.seq, cont.tcp_base, cont.start_cwnd, cont.ssthresh,
+                           cont.state, blocks, False, self.cfg.max_gap)
         if plan.verdict == "reject":
             self.counters["unusable_cont"] += 1
             return
@@ -505,12 +583,13 @@ class ClientEngine:
             self.counters["pred." + s.kind] += 1
         if not plan.slots:
             self.counters["pred.terminate"] += 1
-        self._send_request(rtype, cont, blocks, ranges, now)
+        self._send_request(rtype, cont, blocks, ranges, now, plan=plan)
         if self._timer is None:
             self._arm(now)
 
     def _send_request(self, rtype: int, cont: Continuation, blocks: list[tuple[int, int]],
-                      ranges: list[tuple[int, int]], now: float, flags: int = ACK) -> None:
+                      ranges: list[tuple[int, int]], now: float, flags: int = ACK,
+                      plan: pl.Plan | None = None) -> None:
         c = cont  # client-owned fields are ours to rewrite (they are outside the MAC)
         c.client_state = self.client_state
         c.parent = self.counters["requests"] & _U32
@@ -518,7 +597,13 @@ class ClientEngine:
         sacks = [SackBlock(lft, rgt, self._summary(lft, rgt)) for lft, rgt in blocks]
         app = self._request_bytes if not self.ucont else b""
         req = Request(rtype, c, sacks, self.ucont, ranges, app)
-        self._outbox.append(self._segment(req.encode(), cont.seq, flags))
+        payload = req.encode()
+        if self._preds is not None:  # HASHED answers: remember what this request will produce
+            if plan is not None:
+                self._preds.record(c, plan, rtype == REQ_SLOWSTART)
+            payload = (compact_request(payload, c, FLAG_HASHED) if self._compact_ok
+                       else flag_request(payload, FLAG_HASHED))
+        self._outbox.append(self._segment(payload, cont.seq, flags))
         self.counters["requests"] += 1
         self.counters["tx"] += 1
         if self.on_event is not None:
@@ -566,8 +651,8 @@ class ClientEngine:
         cont = self._spare
         assert cont is not None
         blocks = self._proof(cont)
-        plan = pl.plan_request(cont.seq, cont.tcp_base, cont.start_cwnd, cont.ssthresh, cont.state,
-                               blocks, True, self.cfg.max_gap)
+        plan = dl.plan_for(cont.type, cont.seq, cont.tcp_base, cont.start_cwnd, cont.ssthresh,
+                           cont.state, blocks, True, self.cfg.max_gap)
         right = plan.slots[0].pkt - 1
         blocks = [(lft, min(rgt, right)) for lft, rgt in blocks if lft <= right]  # same `right`
         self._event(ev.TIMEOUT, now, pkt=cont.seq, right=right, rto=self.rto * self._backoff)

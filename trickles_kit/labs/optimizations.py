@@ -1,0 +1,209 @@
+"""The paper's optimizations, each against its absence (notebook 08, benchmarks, tests).
+
+* state caching: server CPU per request and hit rate with the verified-continuation cache on and
+  off, in the same run (`cache_compare`);
+* SKIP: a `/dyn` response whose length is only known at its end, served into reserved ranges
+  (`dyn_fetch`);
+* parallel requests: n pipelined GETs on one connection against n fetches one after another,
+  optionally served by two replicas that share the secret, the link alternating packets
+  between them (`parallel_compare`).
+
+Everything runs in the deterministic simulator with the real WebServer; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trickles_kit.apps.dynamic import Dechunker, DynSpec, dyn_target
+from trickles_kit.apps.generated import generated_sha256
+from trickles_kit.apps.parallel import PipelineSplitter, build_request, lanes_for
+from trickles_kit.apps.web import WebServer
+from trickles_kit.core.client import ClientEngine
+from trickles_kit.core.server import ServerConfig, ServerEngine
+from trickles_kit.net.sim import LinkConfig, SimNetwork, Simulator, client_address
+
+SECRET = bytes(range(32))
+
+
+class Replicas:
+    """Several ServerEngines sharing one secret behind one address; requests alternate."""
+
+    def __init__(self, engines: list[ServerEngine]) -> None:
+        self.engines = engines
+        self._turn = 0
+        self.served = [0] * len(engines)
+
+    def receive(self, segment: bytes, client_ip: bytes, now: float) -> list[bytes]:
+        i = self._turn % len(self.engines)
+        self._turn += 1
+        out = self.engines[i].receive(segment, client_ip, now)
+        self.served[i] += len(out)
+        return out
+
+    @property
+    def counters(self) -> Counter[str]:
+        total: Counter[str] = Counter()
+        for e in self.engines:
+            total.update(e.counters)
+        return total
+
+
+def web_servers(root: str | Path, replicas: int = 1, state_cache: int = 0,
+                secret: bytes = SECRET) -> tuple[Replicas, list[WebServer]]:
+    """`replicas` WebServer engines on the simulator's service address, one shared secret."""
+    engines, webs = [], []
+    for _ in range(replicas):
+        web = WebServer(root)
+        eng = ServerEngine(secret, web, SimNetwork.SERVER_IP, SimNetwork.SERVER_PORT,
+                           ServerConfig(state_cache=state_cache))
+        web.attach(eng)
+        engines.append(eng)
+        webs.append(web)
+    return Replicas(engines), webs
+
+
+@dataclass
+class SimFetch:
+    ok: bool
+    data: bytes
+    seconds: float
+    served_by: list[int]
+    server: dict = field(default_factory=dict)
+    client: dict = field(default_factory=dict)
+
+
+def sim_fetch(request: bytes, *, lanes: list[tuple[int, int]] | None = None, replicas: int = 1,
+              loss: float = 0.0, seed: int = 1, link: LinkConfig | None = None,
+              state_cache: int = 0, root: str | Path | None = None,
+              time_limit: float = 600.0) -> SimFetch:
+    """One connection asking `request` of a simulated WebServer (or replicas); the bytes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        reps, _ = web_servers(root or tmp, replicas, state_cache)
+        sim = Simulator(seed)
+        down = link or LinkConfig(loss=loss)
+        up = LinkConfig(delay=down.delay, rate=down.rate, loss=down.loss)
+        net = SimNetwork(sim, reps, down, up)  # type: ignore[arg-type]  # duck-typed server
+        net.keep_data = True
+        ip, port = client_address(0)
+        cl = ClientEngine(ip, port, SimNetwork.SERVER_IP, SimNetwork.SERVER_PORT,
+                          isn=sim.rng.getrandbits(32))
+        if lanes:
+            cl.set_lanes(lanes)
+        net.add_client(cl, request)
+        sim.run(until=time_limit, stop=net.all_finished)
+        slot = net.clients[(ip, port)]
+        secs = slot.done_at if slot.done_at is not None else sim.now
+        return SimFetch(cl.done, bytes(net.data[(ip, port)]), round(secs, 6), reps.served,
+                        dict(reps.counters), dict(cl.counters))
+
+
+# ---------------------------------------------------------------------- SKIP
+def dyn_fetch(seed: int = 3, records: int = 200, stop: int = 0, reserve: int = 4096,
+              loss: float = 0.0, sim_seed: int = 1) -> dict:
+    """Fetch /dyn in the simulator: byte-exact against the spec, with how much was skipped."""
+    spec = DynSpec(seed, records, stop, reserve)
+    target = dyn_target(seed, records, stop, reserve)
+    r = sim_fetch(f"GET {target} HTTP/1.1\r\nHost: sim\r\n\r\n".encode(), loss=loss,
+                  seed=sim_seed)
+    head, _, rest = r.data.partition(b"\r\n\r\n")
+    body = bytearray()
+    dech = Dechunker(body.extend)
+    dech(rest)
+    end = spec.stream_end()
+    return {
+        "ok": r.ok and r.data == spec.delivered() and bytes(body) == spec.body() and dech.done,
+        "records": spec.last() + 1,
+        "body_bytes": len(body),
+        "stream_bytes": end,
+        "delivered_bytes": len(r.data),
+        "skipped_bytes": end - len(r.data),
+        "seconds": r.seconds,
+        "server_packets": r.server.get("tx", 0),
+    }
+
+
+# ---------------------------------------------------------------------- parallel
+def gen_paths(n: int, size: int, seed: int = 100) -> list[str]:
+    return [f"/gen?size={size}&seed={seed + i}" for i in range(n)]
+
+
+def parallel_compare(n: int = 8, size: int = 100_000, replicas: int = 1, loss: float = 0.0,
+                     seed: int = 1, delay: float = 0.010, bits: int = 26) -> dict:
+    """n GETs pipelined on one connection (one slice each) against n connections in a row.
+
+    Sequential: each fetch starts when the previous one is done (a fresh handshake and slow
+    start each time), so its time is the sum. Times are simulated seconds.
+    """
+    paths = gen_paths(n, size)
+    link = LinkConfig(delay=delay, loss=loss)
+    req = build_request("sim", paths, bits)
+    par = sim_fetch(req, lanes=lanes_for(n, bits), replicas=replicas, link=link, seed=seed)
+    split = PipelineSplitter()
+    split(par.data)
+    want = [generated_sha256(size, 100 + i) for i in range(n)]
+    par_ok = par.ok and [p.sha256 for p in split.parts] == want and all(
+        p.complete and p.status == 200 for p in split.parts)
+    seq_secs, seq_ok = 0.0, True
+    for i, p in enumerate(paths):
+        r = sim_fetch(f"GET {p} HTTP/1.1\r\nHost: sim\r\n\r\n".encode(), replicas=replicas,
+                      link=link, seed=seed + i)
+        one = PipelineSplitter()
+        one(r.data)
+        seq_ok &= r.ok and len(one.parts) == 1 and one.parts[0].sha256 == want[i]
+        seq_secs += r.seconds
+    return {
+        "requests": n, "size": size, "replicas": replicas, "loss": loss, "rtt_s": 2 * delay,
+        "parallel_s": par.seconds, "sequential_s": round(seq_secs, 6),
+        "speedup": round(seq_secs / par.seconds, 3) if par.seconds else None,
+        "parallel_ok": par_ok, "sequential_ok": seq_ok,
+        "packets_by_replica": par.served_by,
+    }
+
+
+# ---------------------------------------------------------------------- state cache
+def cache_compare(size: int = 300_000, duplicate: float = 0.3, seed: int = 5,
+                  entries: int = 4096) -> dict:
+    """The same simulated transfer with the cache off and on: hit rate and server CPU.
+
+    `duplicate` makes the uplink deliver requests twice: the second copy of a continuation is
+    the case a verified-continuation cache can answer (it is then dropped as a replay).
+    """
+    out: dict = {}
+    for name, n in (("off", 0), ("on", entries)):
+        with tempfile.TemporaryDirectory() as tmp:
+            reps, _ = web_servers(tmp, 1, n)
+            eng = reps.engines[0]
+            sim = Simulator(seed)
+            net = SimNetwork(sim, eng, LinkConfig(), LinkConfig(duplicate=duplicate))
+            ip, port = client_address(0)
+            cl = ClientEngine(ip, port, SimNetwork.SERVER_IP, SimNetwork.SERVER_PORT,
+                              isn=random.Random(seed).getrandbits(32))
+            net.add_client(cl, f"GET /gen?size={size}&seed=1 HTTP/1.1\r\n\r\n".encode())
+            recv = eng.receive
+            spent = [0.0]
+
+            def timed(seg: bytes, cip: bytes, now: float, recv=recv, spent=spent) -> list:
+                t0 = time.process_time()
+                try:
+                    return recv(seg, cip, now)
+                finally:
+                    spent[0] += time.process_time() - t0
+
+            eng.receive = timed  # type: ignore[method-assign]
+            sim.run(until=600, stop=net.all_finished)
+            c = eng.counters
+            sc = eng.state_cache.stats() if eng.state_cache is not None else None
+            out[name] = {"ok": cl.done, "requests": c["rx"], "replay_drops": c["drop.replay"],
+                         "server_cpu_us_per_request": round(spent[0] / max(c["rx"], 1) * 1e6, 2),
+                         "cache": sc}
+    return out
+
+
+__all__ = ["Replicas", "SimFetch", "cache_compare", "dyn_fetch", "gen_paths",
+           "parallel_compare", "sim_fetch", "web_servers"]
