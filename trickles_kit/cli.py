@@ -67,12 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     from trickles_kit.cli_wire import add_parsers
     from trickles_kit.doctor import add_doctor_parser
     from trickles_kit.labs.demo import add_demo_parser
+    from trickles_kit.services.cli import add_services_parser
 
     add_doctor_parser(sub)
     add_parsers(sub)
     add_gateway_parser(sub)
     add_capture_parsers(sub)
     add_demo_parser(sub)
+    add_services_parser(sub)
     return p
 
 

@@ -1,0 +1,93 @@
+"""`trickles services demo failover|balance|load|anycast [--tcp]` and `trickles services table`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+CHOICES = ("failover", "balance", "load", "anycast")
+
+
+def add_services_parser(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser(
+        "services", help="failover, per-packet balancing and anycast across replicas (root)",
+        description="Replicas sharing the master secret in network namespaces behind a router "
+                    "that only routes (policy routes, iptables statistic, route withdrawal).")
+    ss = s.add_subparsers(dest="services_command", metavar="SUBCOMMAND")
+    d = ss.add_parser("demo", help="run one scenario, print a summary, write JSON + figure")
+    d.add_argument("scenario", choices=CHOICES,
+                   help="failover: SIGKILL the active replica mid-transfer; balance: one "
+                        "connection round-robined per packet; load: 8 clients, CPU-capped "
+                        "replicas, 1 vs 2; anycast: the near site withdraws mid-transfer")
+    d.add_argument("--tcp", action="store_true", help="Linux TCP HTTP replicas instead")
+    d.add_argument("--size", type=int, help="bytes per transfer (default: per scenario)")
+    d.add_argument("--clients", type=int, default=8, help="load: concurrent clients")
+    d.add_argument("--cpu", type=float, default=0.2,
+                   help="load: CPU quota per replica, in CPUs (default 0.2)")
+    d.add_argument("--out", type=Path, help="results directory (default benchmarks/results)")
+    d.add_argument("--no-save", action="store_true", help="print only, write nothing")
+    d.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    d.add_argument("-v", "--verbose", action="store_true", help="print every system command")
+    d.set_defaults(func=cmd_demo)
+    t = ss.add_parser("table", help="regenerate the README table from the result JSON files")
+    t.add_argument("--check", action="store_true", help="exit 1 if the README is out of date")
+    t.set_defaults(func=cmd_table)
+    s.set_defaults(func=lambda a: (s.print_help(), 2)[1])
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import os
+
+    from trickles_kit.net.topology import TopologyError
+    from trickles_kit.services import report
+    from trickles_kit.services.cgroup import CgroupError
+    from trickles_kit.services.scenarios import SCENARIOS, AgentError
+
+    if os.geteuid() != 0:
+        print("trickles services demo: needs root (namespaces, routes, raw sockets): run it "
+              "with sudo", file=sys.stderr)
+        return 2
+    kind = "tcp" if args.tcp else "trickles"
+    if args.scenario == "load" and args.tcp:
+        print("trickles services demo load: Trickles only (per-packet balancing breaks one TCP "
+              "connection: see `demo balance --tcp`)", file=sys.stderr)
+        return 2
+    kw: dict = {"kind": kind, "verbose": args.verbose}
+    if args.size is not None:
+        if args.size <= 0:
+            print("trickles services demo: --size must be positive", file=sys.stderr)
+            return 2
+        kw["size"] = args.size
+    if args.scenario == "load":
+        kw.update(clients=args.clients, cpu_fraction=args.cpu)
+    try:
+        res = SCENARIOS[args.scenario](**kw)
+    except (TopologyError, CgroupError, AgentError, RuntimeError, ValueError) as e:
+        print(f"trickles services demo: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(res, indent=1))
+    else:
+        print(report.summary(res))
+    if not args.no_save:
+        argv = ["-m", "trickles_kit.cli", "services", "demo", args.scenario]
+        argv += ["--tcp"] if args.tcp else []
+        argv += ["--size", str(args.size)] if args.size else []
+        path = report.save(res, argv, args.out or report.RESULTS)
+        print(f"wrote {os.path.relpath(path)} (+ .html figure)")
+    return 0 if res["byte_exact"] or res["scenario"] == "load" else 1
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from trickles_kit.services import report
+
+    if args.check:
+        ok = report.check_readme()
+        print("README services table is current" if ok else
+              "README services table is stale: trickles services table")
+        return 0 if ok else 1
+    changed = report.update_readme()
+    print("README services table updated" if changed else "README services table unchanged")
+    return 0
