@@ -68,6 +68,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--duration", type=float, help="stop after this many seconds")
     s.add_argument("--drop", type=float, default=0.0, metavar="P",
                    help="drop each received request with probability P (a lab's loss, no netem)")
+    s.add_argument("--state-cache", type=int, default=None, metavar="N",
+                   help="cache N verified continuations (0 = off, the default; see "
+                        "docs/protocol.md, optimizations)")
+    s.add_argument("--no-dyn", action="store_true",
+                   help="disable the /dyn route (dynamic content in reserved ranges + SKIP)")
+    s.add_argument("--no-parallel", action="store_true",
+                   help="disable parallel requests (pipelined GETs in reserved slices)")
     s.set_defaults(func=cmd_serve)
 
     f = sub.add_parser(
@@ -75,6 +82,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         description="Fetch http://HOST:PORT/PATH over Trickles and save the body.",
     )
     f.add_argument("url")
+    f.add_argument("more", nargs="*", metavar="URL", help="more URLs (same server): with "
+                   "--parallel on one connection, otherwise fetched one after another")
+    f.add_argument("--parallel", action="store_true",
+                   help="pipeline every URL on one connection, one reserved slice each")
+    f.add_argument("--slice-bits", type=int, default=26,
+                   help="parallel slices are 2^B bytes (default 26: 64 MiB)")
     f.add_argument("-o", "--output", help="write the body here (default: discard)")
     f.add_argument("--transport", choices=("raw", "udp"), default="raw")
     f.add_argument("--ip-proto", type=_ip_proto, default=PROTO_TRICKLES)
@@ -108,7 +121,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         secret = load_secret(args.secret_file)
         web = WebServer(args.root)
+        web.routes = [r for r in web.routes if not (
+            (args.no_dyn and type(r).__name__ == "DynamicRoute")
+            or (args.no_parallel and type(r).__name__ == "ParallelRoute"))]
         cfg = ServerConfig(initial_cwnd=args.initial_cwnd, mss=args.mss)
+        if args.state_cache is not None:
+            if args.state_cache < 0:
+                raise ValueError("--state-cache must be >= 0")
+            cfg.state_cache = args.state_cache
         if args.transport == "udp":
             from trickles_kit.net.udp import UdpTransport
 
@@ -172,6 +192,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     from trickles_kit.net.privileges import PrivilegeError
     from trickles_kit.net.rst import RstRuleError, suppress_rsts
 
+    if args.more or args.parallel:
+        return _fetch_many(args)
     try:
         with ExitStack() as stack:
             if args.transport == "raw" and args.ip_proto == PROTO_TCP:
@@ -191,3 +213,32 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         print(f"trickles fetch: transfer did not complete (phase {r.phase})", file=sys.stderr)
         return 1
     return 0 if 200 <= r.status < 300 else 1
+
+
+def _fetch_many(args: argparse.Namespace) -> int:
+    """Several URLs: pipelined in reserved slices (--parallel) or one after another."""
+    from trickles_kit.apps.parallel import fetch_parallel
+    from trickles_kit.core.client import ClientConfig
+    from trickles_kit.net.privileges import PrivilegeError
+
+    if args.ip_proto != PROTO_TRICKLES:
+        return _fail("fetch", ValueError("several URLs: IP protocol 253 or UDP only"))
+    if args.output:
+        return _fail("fetch", ValueError("several URLs: -o is not supported (bodies are hashed)"))
+    try:
+        r = fetch_parallel([args.url, *args.more], args.transport, args.parallel,
+                           args.slice_bits, args.timeout, args.local_addr,
+                           config=ClientConfig(mss=args.mss))
+    except (PrivilegeError, OSError, ValueError) as e:
+        return _fail("fetch", e)
+    if args.json:
+        print(json.dumps(r.as_dict(), indent=2))
+    else:
+        print(f"{r.mode}: {len(r.parts)} responses in {r.seconds} s over {r.connections} "
+              f"connection(s)")
+        for u, p in zip([args.url, *args.more], r.parts, strict=False):
+            print(f"  {p.status} {p.bytes:>10} {p.sha256[:16]} {u}")
+    if not r.ok:
+        print("trickles fetch: not every response completed", file=sys.stderr)
+        return 1
+    return 0 if all(200 <= p.status < 300 for p in r.parts) else 1

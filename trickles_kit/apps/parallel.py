@@ -262,5 +262,59 @@ class ParallelResult:
         return asdict(self)
 
 
-__all__ = ["MARK", "ParallelResult", "ParallelRoute", "Part", "PipelineSplitter",
+def fetch_parallel(urls: list[str], transport: str = "udp", parallel: bool = True,
+                   bits: int = DEFAULT_SLICE_BITS, timeout: float = 120.0,
+                   local_ip: str | None = None, outs: list[str] | None = None,
+                   config=None) -> ParallelResult:
+    """Fetch `urls` (one server) over the real wire: pipelined on one connection (one slice
+    each), or — `parallel=False` — one connection after another, for comparison."""
+    import time
+
+    from trickles_kit.net.fetch import fetch, local_address_for, open_transport, parse_url
+    from trickles_kit.net.ip import aton
+    from trickles_kit.net.runner import ClientHost
+
+    if not urls:
+        raise ValueError("no URLs")
+    where = [parse_url(u) for u in urls]
+    host, port = where[0][0], where[0][1]
+    if any((h, p) != (host, port) for h, p, _ in where):
+        raise ValueError("parallel requests share one connection: one server for all URLs")
+    files = [open(o, "wb") for o in outs] if outs else []  # noqa: SIM115 - closed below
+    try:
+        if not parallel:
+            t0 = time.monotonic()
+            parts = []
+            for i, u in enumerate(urls):
+                r = fetch(u, transport=transport, local_ip=local_ip, timeout=timeout,
+                          config=config, sink=files[i].write if files else None)
+                parts.append(Part(r.status, {}, r.bytes, r.sha256, r.ok))
+            return ParallelResult("sequential", all(p.complete for p in parts),
+                                  round(time.monotonic() - t0, 4), parts, len(urls))
+        lip = local_ip or local_address_for(host)
+        tr = open_transport(transport, lip)
+        try:
+            split = PipelineSplitter([f.write for f in files])
+            peer = (host, port) if transport == "udp" else None
+            ch = ClientHost(tr, aton(host), port, peer, config)
+            t0 = time.monotonic()
+            try:
+                conn = ch.open(build_request(host, [p for _, _, p in where], bits), split,
+                               lanes=lanes_for(len(urls), bits))
+                ch.run_until(lambda: conn.finished is not None, timeout)
+                secs = time.monotonic() - t0
+                ch.close(conn)
+            finally:
+                ch.shutdown()
+        finally:
+            tr.close()
+        ok = conn.engine.done and len(split.parts) == len(urls) and all(
+            p.complete for p in split.parts)
+        return ParallelResult("parallel", ok, round(secs, 4), split.parts, 1)
+    finally:
+        for f in files:
+            f.close()
+
+
+__all__ = ["MARK", "fetch_parallel", "ParallelResult", "ParallelRoute", "Part", "PipelineSplitter",
            "build_request", "check_layout", "lanes_for", "split_requests"]

@@ -205,5 +205,61 @@ def cache_compare(size: int = 300_000, duplicate: float = 0.3, seed: int = 5,
     return out
 
 
-__all__ = ["Replicas", "SimFetch", "cache_compare", "dyn_fetch", "gen_paths",
-           "parallel_compare", "sim_fetch", "web_servers"]
+__all__ = ["Replicas", "SimFetch", "UdpWebServer", "cache_compare", "dyn_fetch", "gen_paths",
+           "parallel_compare", "sim_fetch", "web_servers", "wire_parallel_compare"]
+
+
+# ---------------------------------------------------------------------- real wire (UDP)
+class UdpWebServer:
+    """A WebServer on UDP 127.0.0.1:<ephemeral> in a thread (tests, benchmarks, notebook)."""
+
+    def __init__(self, root: str | Path, state_cache: int = 0) -> None:
+        import os
+        import threading
+
+        from trickles_kit.net.ip import aton
+        from trickles_kit.net.runner import ServerLoop
+        from trickles_kit.net.udp import UdpTransport
+
+        self.tr = UdpTransport("127.0.0.1", 0)
+        self.port = self.tr.port
+        self.web = WebServer(root)
+        self.engine = ServerEngine(os.urandom(32), self.web, aton("127.0.0.1"), self.port,
+                                   ServerConfig(state_cache=state_cache))
+        self.web.attach(self.engine)
+        self.loop = ServerLoop(self.engine, self.tr)
+        self.thread = threading.Thread(target=self.loop.run, daemon=True)
+        self.thread.start()
+
+    def url(self, target: str) -> str:
+        return f"http://127.0.0.1:{self.port}{target}"
+
+    def stop(self) -> None:
+        self.loop.stop()
+        self.thread.join(5)
+        self.tr.close()
+        self.web.close()
+
+    def __enter__(self) -> UdpWebServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def wire_parallel_compare(n: int = 8, size: int = 200_000, timeout: float = 60.0) -> dict:
+    """n GETs over UDP loopback: pipelined on one connection vs one connection after another."""
+    from trickles_kit.apps.parallel import fetch_parallel
+
+    want = [generated_sha256(size, 100 + i) for i in range(n)]
+    with tempfile.TemporaryDirectory() as tmp, UdpWebServer(tmp) as srv:
+        urls = [srv.url(p) for p in gen_paths(n, size)]
+        par = fetch_parallel(urls, "udp", True, timeout=timeout)
+        seq = fetch_parallel(urls, "udp", False, timeout=timeout)
+    return {
+        "requests": n, "size": size,
+        "parallel_s": par.seconds, "sequential_s": seq.seconds,
+        "speedup": round(seq.seconds / par.seconds, 3) if par.seconds else None,
+        "parallel_ok": par.ok and [p.sha256 for p in par.parts] == want,
+        "sequential_ok": seq.ok and [p.sha256 for p in seq.parts] == want,
+    }

@@ -74,6 +74,7 @@ class HttpBody:
         self.body_bytes = 0
         self.sha = hashlib.sha256()
         self.in_body = False
+        self.dechunker = None
 
     def __call__(self, data: bytes) -> None:
         if not self.in_body:
@@ -94,6 +95,17 @@ class HttpBody:
             for line in head[1:]:
                 k, _, v = line.partition(":")
                 self.headers[k.strip().lower()] = v.strip()
+            if self.headers.get("transfer-encoding", "").lower() == "chunked":
+                from trickles_kit.apps.dynamic import Dechunker  # /dyn: length known at the end
+
+                self.dechunker = Dechunker(self._body)
+        if data:
+            if self.dechunker is not None:
+                self.dechunker(data)
+            else:
+                self._body(data)
+
+    def _body(self, data: bytes) -> None:
         if data:
             self.body_bytes += len(data)
             self.sha.update(data)
@@ -184,7 +196,7 @@ def fetch(url: str, out: str | None = None, transport: str = "udp",
             ch.shutdown()
         c = eng.counters
         phase = eng.phase if finished else "timed out"
-        ok = eng.done and body.in_body and (
+        ok = eng.done and body.in_body and (body.dechunker is None or body.dechunker.done) and (
             "content-length" not in body.headers
             or body.headers["content-length"] == str(body.body_bytes))
         return FetchResult(

@@ -142,8 +142,10 @@ class ClientHost:
         self.counters: dict[str, int] = {"unknown_port": 0}
 
     def open(self, request: bytes, sink: Callable[[bytes], None] | None = None,
-             keep: bool = False) -> Connection:
-        """Start a connection asking for `request`; bytes go to `sink` (or are kept if `keep`)."""
+             keep: bool = False, lanes: list[tuple[int, int]] | None = None) -> Connection:
+        """Start a connection asking for `request`; bytes go to `sink` (or are kept if `keep`).
+
+        `lanes`: reserved response slices of parallel requests (ClientEngine.set_lanes)."""
         if len(self.conns) >= 45000:
             raise RuntimeError("no free Trickles port: close finished connections first")
         port = self._next_port
@@ -157,7 +159,7 @@ class ClientHost:
         if keep:
             conn.sink = conn.chunks.append
         self.conns[port] = conn
-        eng.connect(self.clock(), request)
+        eng.connect(self.clock(), request, lanes)
         self._service(port, conn)
         return conn
 
