@@ -73,7 +73,9 @@ def outcome(res: dict) -> str:
                 f"sites served {_yes(res['both_sites_served'])} ({ttl})")
     if sc == "balance":
         sp = " / ".join(f"{k} {v * 100:.1f} %" for k, v in res["split_responses"].items())
-        extra = "" if kind == "trickles" else f"; resets {len(res['client'].get('fails') or [])}"
+        fails = res["client"].get("fails") or []
+        extra = "" if kind == "trickles" else \
+            f"; failed attempts before one got through {sum(f['attempts'] for f in fails)}"
         return (f"responses {sp}; 45–55 % {_yes(res['split_within_45_55'])}; handshakes "
                 f"{res['handshakes']}; byte-exact {_yes(res['byte_exact'])}{extra}")
     if sc == "load":

@@ -235,6 +235,7 @@ def run_load(kind: str = "trickles", clients: int = 8, size: int = 1_000_000,
                    "per_client_s": [_round(r["t_end"] - r["t_start"], 3) for r in results]}
     ratio = runs[2]["goodput_mbit"] / runs[1]["goodput_mbit"] if runs[1]["goodput_mbit"] else 0
     return {"scenario": "load", "kind": kind, "clients": clients, "size": size,
+            "byte_exact": runs[1]["byte_exact"] and runs[2]["byte_exact"],
             "cpu_quota": {"fraction_of_one_cpu": cpu_fraction, "per": "replica"},
             "one_replica": runs[1], "two_replicas": runs[2], "speedup": _round(ratio, 3),
             "speedup_at_least_1_6": ratio >= 1.6}
