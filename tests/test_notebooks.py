@@ -25,6 +25,7 @@ PARAMS: dict[str, dict[str, object]] = {
     "03": {"SIZE": 100_000, "ACKS": 40},
     "04": {"SIZE": 120_000, "LOSS": 0.03},
     "05": {"SPEED": 0.0},
+    "08": {"SIZE": 40_000, "RECORDS": 60, "N": 4},
 }
 CELL_TIMEOUT = 300  # s per cell; the whole set runs in well under a minute per notebook
 

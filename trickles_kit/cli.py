@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write every protocol event as JSON lines to FILE")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
     from trickles_kit.apps.gateway import add_gateway_parser
+    from trickles_kit.bench.cli import add_bench_parser
     from trickles_kit.capture.cli_capture import add_capture_parsers
     from trickles_kit.cli_wire import add_parsers
     from trickles_kit.doctor import add_doctor_parser
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_capture_parsers(sub)
     add_demo_parser(sub)
     add_services_parser(sub)
+    add_bench_parser(sub)
     return p
 
 

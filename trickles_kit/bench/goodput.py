@@ -254,15 +254,17 @@ def run(quick: bool, out_dir: Path, verbose: bool = False) -> dict:
 
 
 def _figures(figs: list[tuple[str, list[dict]]], path: Path) -> None:
-    parts = []
-    for title, results in figs:
+    """One self-contained HTML file (plotly inlined once) with a figure per run."""
+    built = {}
+    for i, (title, results) in enumerate(figs):
         fig = fl.figures(results, title)
         if fig is not None:
-            parts.append(fig.to_html(full_html=False, include_plotlyjs="cdn" if not parts
-                                     else False))
-    if parts:
-        path.write_text("<html><head><meta charset='utf-8'></head><body>" + "\n".join(parts)
-                        + "</body></html>\n")
+            built[f"run{i}"] = fig
+    if built:
+        from trickles_kit.labs.demo import write_report
+
+        write_report(path, built, title=path.stem + ": goodput, time-sequence, bytes in flight",
+                     notes=["From the router capture; the same analysis for both protocols."])
 
 
 # ------------------------------------------------------------------------------ TCP client

@@ -1,0 +1,100 @@
+"""`trickles bench goodput|fairness|memory|cpu|loopback|all|report [--quick] [--out DIR] [-v]`."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from trickles_kit.bench.report import EXPERIMENTS
+
+
+def add_bench_parser(sub: argparse._SubParsersAction) -> None:
+    b = sub.add_parser(
+        "bench", help="benchmark against Linux TCP in a namespace testbed (root)",
+        description="Trickles against Linux TCP: client/router/server namespaces, a tbf "
+                    "bottleneck, random loss, captures at the router. Each experiment writes "
+                    "OUT/NAME.json (+ NAME.html figures); `report` combines them. Needs root "
+                    "(namespaces, raw sockets), except `report`.")
+    b.add_argument("experiment", choices=(*EXPERIMENTS, "all", "report"))
+    b.add_argument("--quick", action="store_true",
+                   help="short runs (all of them: under 10 minutes)")
+    b.add_argument("--out", default="reports/bench", help="output directory (default "
+                                                          "%(default)s)")
+    b.add_argument("-v", "--verbose", action="store_true",
+                   help="print every system command and per-run numbers")
+    b.set_defaults(func=cmd_bench)
+
+
+def _module(name: str):  # -> module with run(quick, out_dir, verbose)
+    try:
+        return importlib.import_module(f"trickles_kit.bench.{name}")
+    except ModuleNotFoundError as e:
+        if e.name == f"trickles_kit.bench.{name}":
+            raise RuntimeError(f"the {name} experiment is not in this tree yet "
+                               f"(trickles_kit/bench/{name}.py)") from e
+        raise
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from trickles_kit.bench.report import write_report
+
+    out = Path(args.out)
+    if args.experiment == "report":
+        try:
+            p = write_report(out)
+        except FileNotFoundError as e:
+            print(f"trickles bench: {e}", file=sys.stderr)
+            return 2
+        print(f"trickles bench: wrote {p}")
+        return 0
+    if os.geteuid() != 0:
+        print("trickles bench: needs root (network namespaces, raw sockets): "
+              "sudo .venv/bin/trickles bench ...", file=sys.stderr)
+        return 2
+    names = list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
+    t0 = time.monotonic()
+    summary: dict = {}
+    failed = []
+    for i, name in enumerate(names, 1):
+        print(f"trickles bench: [{i}/{len(names)}] {name}{' (quick)' if args.quick else ''}",
+              file=sys.stderr, flush=True)
+        t1 = time.monotonic()
+        try:
+            res = _module(name).run(args.quick, out, args.verbose)
+        except (RuntimeError, OSError, ValueError) as e:
+            print(f"trickles bench: {name} failed: {e}", file=sys.stderr)
+            failed.append(name)
+            summary[name] = {"error": str(e)}
+            continue
+        summary[name] = _brief(name, res)
+        print(f"trickles bench: {name} done in {time.monotonic() - t1:.0f} s: "
+              f"{json.dumps(summary[name])}", file=sys.stderr, flush=True)
+    if len(names) > 1:
+        with contextlib.suppress(FileNotFoundError):
+            print(f"trickles bench: wrote {write_report(out)}")
+    print(json.dumps({"out": str(out), "wall_s": round(time.monotonic() - t0, 1),
+                      "summary": summary}, indent=1))
+    return 1 if failed else 0
+
+
+def _brief(name: str, res: dict) -> dict:
+    if name == "goodput":
+        return {"trickles_over_reno": res.get("ratio_trickles_over_reno_per_rate")}
+    if name == "fairness":
+        return {"jain_1_1": res.get("jain_1_1"), "jain_1_4": res.get("jain_1_4")}
+    if name == "memory":
+        s = res.get("summary", {})
+        return {k: s.get(k) for k in ("trickles_bytes_per_connection",
+                                      "tcp_bytes_per_connection")}
+    if name == "cpu":
+        return {"cpu_s_per_mb": res.get("cpu_s_per_mb")}
+    if name == "loopback":
+        return {k: res.get(k) for k in ("server_packets_per_s", "floor_pairs_per_s",
+                                        "server_over_floor")}
+    return {}

@@ -1,0 +1,71 @@
+"""`trickles bench fairness`: one Trickles flow sharing the bottleneck with 1, then 4, Reno flows.
+
+All flows start together and fetch the same size; per-flow goodput is measured from the router
+capture over the window where all flows are active (after the first tenth of it: slow start),
+and Jain's index summarises it: 1 = equal shares, 1/n = one flow takes everything.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from trickles_kit.bench import flows as fl
+from trickles_kit.bench.goodput import FlowSpec, _figures, log, run_flows
+from trickles_kit.net.testbed import TestbedConfig
+
+RATE = 20.0  # Mbit/s: the shared bottleneck
+SECONDS = {True: 6.0, False: 20.0}  # target time of the whole mix
+
+
+def run(quick: bool, out_dir: Path, verbose: bool = False) -> dict:
+    from trickles_kit.bench.meta import meta
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    mixes = {"1+1": 1, "1+4": 4}
+    res: dict = {"experiment": "fairness",
+                 "meta": meta(["-m", "trickles_kit.cli", "bench", "fairness"]
+                              + (["--quick"] if quick else []), "quick" if quick else "full"),
+                 "rate_mbit": RATE, "mixes": {},
+                 "method": "1 Trickles + N Reno flows started together, same size each; "
+                           "goodput per flow over the window all are active (first 10 % "
+                           "skipped), from the router capture; Jain's index over the flows",
+                 "target": "Jain's index >= 0.9 for 1 + 1"}
+    figs = []
+    for i, (name, n_reno) in enumerate(mixes.items(), 1):
+        n = 1 + n_reno
+        size = int(RATE * 1e6 / 8 * SECONDS[quick] / n)
+        log(f"[fairness {i}/{len(mixes)}] 1 Trickles + {n_reno} Reno at {RATE} Mbit/s, "
+            f"{size / 1e6:.1f} MB each ...", True)
+        specs = [FlowSpec("trickles", size)] + [FlowSpec("reno", size) for _ in range(n_reno)]
+        try:
+            r = run_flows(TestbedConfig(rate_mbit=RATE), specs, verbose, f"fair{name}")
+        except (RuntimeError, OSError, ValueError) as e:
+            res["mixes"][name] = {"error": f"{type(e).__name__}: {e}"}
+            continue
+        objs = r["_flow_objs"]
+        ov = fl.overlap_goodput(objs, r["_t0"])
+        shares = ov.get("goodput_mbit", {})
+        tk = [v for k, v in shares.items() if k.startswith("trickles")]
+        reno = [v for k, v in shares.items() if k.startswith("reno")]
+        mix = {"flows": len(objs), "size_each": size, "overlap": ov,
+               "jain": fl.jain(list(shares.values())) if len(shares) == n else None,
+               "trickles_mbit": tk[0] if tk else None,
+               "reno_mbit_mean": round(sum(reno) / len(reno), 4) if reno else None,
+               "trickles_over_fair_share": round(tk[0] / (sum(shares.values()) / n), 4)
+               if tk and shares else None,
+               "byte_exact": r["all_byte_exact"],
+               "per_flow": [{k: v for k, v in f.items() if k != "series"} for f in r["flows"]],
+               "router": r.get("router"), "testbed": r["testbed"]}
+        log(f"    Jain {mix['jain']}, Trickles {mix['trickles_mbit']} Mbit/s, Reno mean "
+            f"{mix['reno_mbit_mean']} Mbit/s", verbose)
+        res["mixes"][name] = mix
+        figs.append((f"1 Trickles + {n_reno} Reno, {RATE} Mbit/s", r["flows"]))
+    res["jain_1_1"] = res["mixes"].get("1+1", {}).get("jain")
+    res["jain_1_4"] = res["mixes"].get("1+4", {}).get("jain")
+    res["wall_s"] = round(time.monotonic() - t0, 1)
+    (out_dir / "fairness.json").write_text(json.dumps(res, indent=1) + "\n")
+    _figures(figs, out_dir / "fairness.html")
+    return res
