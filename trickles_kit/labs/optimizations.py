@@ -205,8 +205,8 @@ def cache_compare(size: int = 300_000, duplicate: float = 0.3, seed: int = 5,
     return out
 
 
-__all__ = ["Replicas", "SimFetch", "UdpWebServer", "cache_compare", "dyn_fetch", "gen_paths",
-           "parallel_compare", "sim_fetch", "web_servers", "wire_parallel_compare"]
+__all__ = ["Replicas", "SimFetch", "UdpWebServer", "cache_compare", "checks", "dyn_fetch",
+           "gen_paths", "parallel_compare", "sim_fetch", "web_servers", "wire_parallel_compare"]
 
 
 # ---------------------------------------------------------------------- real wire (UDP)
@@ -263,3 +263,42 @@ def wire_parallel_compare(n: int = 8, size: int = 200_000, timeout: float = 60.0
         "parallel_ok": par.ok and [p.sha256 for p in par.parts] == want,
         "sequential_ok": seq.ok and [p.sha256 for p in seq.parts] == want,
     }
+
+
+# ---------------------------------------------------------------------- notebook self-checks
+def _check_cache_hits(answer: object, result: dict) -> str:
+    """How many cache hits did the cache-on run have (the duplicated requests it recognised)?"""
+    want = (result.get("on", {}).get("cache") or {}).get("hits")
+    if answer is None:
+        return "Not yet — set MY_HITS to the number of hits of the cache-on run"
+    if answer == want:
+        return f"OK — {want} hits, exactly the {result['on']['replay_drops']} replay drops: " \
+               "every hit was a duplicate, and each one was still dropped"
+    return f"Not yet — look at result['on']['cache']['hits'] (you said {answer!r})"
+
+
+def _check_skipped(answer: object, result: dict) -> str:
+    """How many stream bytes were skipped rather than sent?"""
+    if answer is None:
+        return "Not yet — set MY_SKIPPED to stream_bytes - delivered_bytes"
+    if answer == result["skipped_bytes"]:
+        return f"OK — {answer} bytes of reservations were never sent, one SKIP per record"
+    return f"Not yet — the stream spans {result['stream_bytes']} bytes; how many arrived?"
+
+
+def _check_faster(answer: object, result: dict) -> str:
+    """Which was faster, 'parallel' or 'sequential'?"""
+    want = "parallel" if result["parallel_s"] < result["sequential_s"] else "sequential"
+    if answer is None:
+        return "Not yet — set MY_FASTER to 'parallel' or 'sequential'"
+    if answer == want:
+        return f"OK — {want}: one handshake and one window instead of {result['requests']}"
+    return f"Not yet — compare parallel_s and sequential_s (you said {answer!r})"
+
+
+class checks:  # noqa: N801 - a namespace the notebook reads like trickles_kit.labs.checks
+    """Self-checks of notebook 08; each returns a verdict starting "OK" or "Not yet"."""
+
+    check_cache_hits = staticmethod(_check_cache_hits)
+    check_skipped = staticmethod(_check_skipped)
+    check_faster = staticmethod(_check_faster)
