@@ -1,9 +1,10 @@
 """Delta encoding, the engine side: delayed-ack pairs (FULL2 + PAIR) and HASHED rebuilds.
 
 Paired mode (PROTOCOL §4.2's delayed-ack emulation). Within an epoch (TCPBase B, startCwnd c0)
-packet p is a PAIR packet when its offset `p - B` is even (shifted by one when c0 == 1, so a
-one-packet window is never a lone PAIR), otherwise FULL2. A PAIR packet carries no usable
-continuation; the FULL2 packet after it acknowledges both. The server answers a FULL2 request
+packet p is a PAIR packet when its offset `p - B` is even, otherwise FULL2 — counted after a
+short lone prefix when c0 == 1, since a packet whose successor only its own ack would emit can
+never wait for a partner (`lone_prefix`). A PAIR packet carries no usable continuation; the
+FULL2 packet after it acknowledges both. The server answers a FULL2 request
 for k with the *union* of what per-packet requests for k - 1 (when k - 1 is a PAIR packet the
 proof covers) and k would have produced, so the packet schedule — and with it the Reno window
 — is exactly the FULL1 one with half the requests. A lost PAIR packet is a hole the FULL2
@@ -17,6 +18,8 @@ clock, the key epoch's low byte and the MAC; `rebuild` recomputes everything els
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 from trickles_kit.core import plan as pl
 from trickles_kit.core.cc import cwnd
@@ -33,9 +36,31 @@ from trickles_kit.wire.delta import epoch_from_low
 _U32 = 0xFFFFFFFF
 
 
-def pair_type(pkt: int, base: int, c0: int) -> int:
-    """PAIR or FULL2: the wire type of packet `pkt` of the epoch (base, c0) in paired mode."""
-    off = pkt - base - (1 if c0 == 1 else 0)
+PAIR_MIN_CWND = 4  # pairs only once cwnd(p - 1) >= this (must be >= 2: see lone_prefix)
+
+
+@lru_cache(maxsize=4096)
+def lone_prefix(c0: int, ss: int, threshold: int = PAIR_MIN_CWND) -> int:
+    """How many first packets of an epoch (c0, ss) travel alone (FULL2, never PAIR).
+
+    Packet p may wait for a partner only if p + 1 is emitted without acknowledging p, i.e. if
+    cwnd(p - 1) >= 2 (a packet with cwnd 1 before it would deadlock: its partner needs its own
+    ack). Like TCP's quick acks, small windows ack every packet: pairs start once the window
+    reaches `threshold`, so a lost FULL2 packet rarely leaves a small window without a
+    continuation. The window never shrinks within an epoch, so the lone packets are a prefix;
+    cwnd is translation-invariant, so the prefix depends on (c0, ss) only.
+    """
+    n = 0
+    while cwnd(n - 1, 0, c0, ss) < threshold and n < 64:
+        n += 1
+    return n
+
+
+def pair_type(pkt: int, base: int, c0: int, ss: int) -> int:
+    """PAIR or FULL2: the wire type of packet `pkt` of the epoch (base, c0, ss) in paired mode."""
+    off = pkt - base
+    if c0 < PAIR_MIN_CWND:
+        off -= lone_prefix(c0, ss)
     return PAIR if off >= 0 and not off & 1 else FULL2
 
 
@@ -46,7 +71,7 @@ def _covers(blocks: list[tuple[int, int]], pkt: int) -> bool:
 def _retype(plan: pl.Plan) -> pl.Plan:
     for s in plan.slots:
         if s.ctype != MINIMAL:  # retransmissions stay MINIMAL (nonce 0, never claimed)
-            s.ctype = pair_type(s.pkt, s.tcp_base, s.start_cwnd)
+            s.ctype = pair_type(s.pkt, s.tcp_base, s.start_cwnd, s.ssthresh)
     return plan
 
 
@@ -58,7 +83,7 @@ def plan_paired(k: int, tcp_base: int, start_cwnd: int, ssthresh: int, state: in
     if slowstart or k < tcp_base or state == RECOVERY:
         return _retype(pl.plan_request(k, *args, slowstart, max_gap))
     acks = [k]
-    if (k - 1 >= tcp_base and pair_type(k - 1, tcp_base, start_cwnd) == PAIR
+    if (k - 1 >= tcp_base and pair_type(k - 1, tcp_base, start_cwnd, ssthresh) == PAIR
             and _covers(blocks, k - 1)):
         acks.insert(0, k - 1)
     plans = [pl.plan_request(a, *args, False, max_gap) for a in acks]
@@ -72,7 +97,7 @@ def plan_paired(k: int, tcp_base: int, start_cwnd: int, ssthresh: int, state: in
         # the last regular packet of the ending epoch, when it is a PAIR packet, has no FULL2
         # partner: the request just before it emits its bootstrap packet
         lr = fl - 1 + cwnd(fl - 1, tcp_base, start_cwnd, ssthresh)
-        if k + 1 == lr and pair_type(lr, tcp_base, start_cwnd) == PAIR:
+        if k + 1 == lr and pair_type(lr, tcp_base, start_cwnd, ssthresh) == PAIR:
             new = max(cwnd(fl, tcp_base, start_cwnd, ssthresh) // 2, 1)
             nb = lr + 1
             slots.append(pl.Slot(nb + new - 1, pl.BOOT, FULL2, BOOTSTRAP, nb, new, new, fl, nb))

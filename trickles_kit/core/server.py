@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from hmac import compare_digest
 
+from trickles_kit.core import delta as dl
 from trickles_kit.core import events as ev
 from trickles_kit.core import plan as pl
 from trickles_kit.core.cc import MAX_CWND
@@ -25,12 +26,15 @@ from trickles_kit.core.seal import mac_with, pseudo_header
 from trickles_kit.core.statecache import StateCache, default_entries
 from trickles_kit.wire.continuation import (
     FULL1,
+    FULL2,
     MINIMAL,
     NORMAL,
+    PAIR,
     Continuation,
     pack_body,
     pack_minimal,
 )
+from trickles_kit.wire.delta import FLAG_HASHED, FLAG_PAIRED, pack_hashed, unpack_request
 from trickles_kit.wire.errors import DecodeError
 from trickles_kit.wire.messages import (
     REQ_FIN,
@@ -66,6 +70,7 @@ class ServerConfig:
     epoch_seconds: float = 60.0
     max_seals: int = 1 << 23
     amplification: int = 3  # bytes out per byte in before an address is validated
+    delta: bool = False  # delta-encoded continuations on request (docs/protocol.md §10.2)
     # s: one SLOWSTART per continuation per age bucket [b * 2^i, b * 2^(i+1))
     slowstart_bucket: float = 0.1
     slowstart_min_age: float = 0.1  # s; half the clients' minimum RTO (0.2 s)
@@ -188,7 +193,12 @@ class ServerEngine:
             seg = decode_segment(segment, client_ip, self.service_ip)
             if seg.dst_port != self.service_port:
                 return self._drop("port", now)
-            req = decode_request(seg.payload)
+            payload = seg.payload
+            dflags = 0
+            if payload and payload[0] & 0xC0:  # delta-encoding flags (wire.delta)
+                dflags, payload = unpack_request(payload, seg.ack, self.keys.current(now),
+                                                 self.cfg.delta)
+            req = decode_request(payload)
         except DecodeError as e:
             return self._drop("decode." + e.reason, now)
         except Exception as e:  # a decoder bug must not take the server down either
@@ -197,10 +207,11 @@ class ServerEngine:
             if seg.flags & SYN:
                 if req.type != REQ_SYN:
                     return self._drop("syn_type", now)
-                return self._syn(req, client_ip, seg.src_port, seg.seq, len(segment), now)
+                return self._syn(req, client_ip, seg.src_port, seg.seq, len(segment), now,
+                                 dflags)
             if req.type == REQ_SYN:
                 return self._drop("syn_flag", now)
-            return self._request(req, client_ip, seg.src_port, seg.seq, now)
+            return self._request(req, client_ip, seg.src_port, seg.seq, now, dflags)
         except Exception as e:  # a handler bug must not take the server down
             self.counters["handler_error"] += 1
             self.last_error = traceback.format_exc()  # kept for `trickles serve` to report
@@ -208,7 +219,7 @@ class ServerEngine:
 
     # ------------------------------------------------------------------ SYN
     def _syn(self, req: Request, cip: bytes, cport: int, isn: int, in_len: int,
-             now: float) -> list[bytes]:
+             now: float, dflags: int = 0) -> list[bytes]:
         cfg = self.cfg
         self.counters["syn"] += 1
         bucket = int(now // 8)
@@ -219,7 +230,8 @@ class ServerEngine:
             ).digest(), "big")
         base = 1
         cont = Continuation(
-            FULL1, base - 1, 1, 0, 0, 0, int(now * 1000) & _U32, 0, NORMAL, 0, 0,
+            FULL2 if dflags & FLAG_PAIRED else FULL1, base - 1, 1, 0, 0, 0,
+            int(now * 1000) & _U32, 0, NORMAL, 0, 0,
             cfg.initial_cwnd, cfg.initial_ssthresh, base, conn_id, self.keys.sealing_epoch(now),
         )
         slot = OutSlot(base - 1, cfg.mss, req.ranges[0] if req.ranges else None)
@@ -244,7 +256,7 @@ class ServerEngine:
 
     # ------------------------------------------------------------------ requests
     def _request(self, req: Request, cip: bytes, cport: int, rseq: int,
-                 now: float) -> list[bytes]:
+                 now: float, dflags: int = 0) -> list[bytes]:
         cfg = self.cfg
         cont = req.cont
         assert cont is not None  # decode_request guarantees a FULL continuation
@@ -298,8 +310,8 @@ class ServerEngine:
             return self._drop("replay", now, ev.REPLAY_DROP, cont)
         if rtype == REQ_FIN:
             return self._fin(req, cont, cip, cport, pseudo, now)
-        plan = pl.plan_request(k, cont.tcp_base, cont.start_cwnd, cont.ssthresh, cont.state,
-                               blocks, rtype == REQ_SLOWSTART, cfg.max_gap)
+        plan = dl.plan_for(cont.type, k, cont.tcp_base, cont.start_cwnd, cont.ssthresh,
+                           cont.state, blocks, rtype == REQ_SLOWSTART, cfg.max_gap)
         pslots = plan.slots
         counters = self.counters
         if not pslots:
@@ -338,13 +350,15 @@ class ServerEngine:
         for i in range(n):
             s = pslots[i]
             pkt = s.pkt
-            if s.ctype == MINIMAL:
-                cbytes = pack_minimal(MINIMAL, pkt, i == 0, cs, parent, cts)
+            if s.ctype == MINIMAL or s.ctype == PAIR:
+                cbytes = pack_minimal(s.ctype, pkt, i == 0, cs, parent, cts)
             else:
                 body = pack_body(s.ctype, pkt, i == 0, cs, parent, cts, ts, mrtt, s.state,
                                  s.first_loss, s.first_bootstrap_seq, s.start_cwnd, s.ssthresh,
                                  s.tcp_base, cid, epoch)
                 cbytes = body + mac_with(keyed, pseudo, body)
+                if dflags & FLAG_HASHED:  # the client rebuilds the rest from its prediction
+                    cbytes = pack_hashed(parent, ts, epoch, cbytes[59:])
             out.append(self._encode(cid, pkt, s.tcp_base, cbytes, slots[i], n, i, ucont, cip,
                                     cport, ACK, k))
             counters[s.kind] += 1
@@ -425,6 +439,7 @@ class ServerEngine:
         # a retransmission (MINIMAL) carries nonce 0: it can never be claimed in a proof, so a
         # client cannot hide the loss it was sent to repair (its original nonce stays secret)
         nonce = self.nonces.packet_nonce(conn_id, base, pkt) if cbytes[0] != MINIMAL else 0
+        # (PAIR and HASHED packets are regular ones: real nonces, claimable)
         payload = encode_response(nonce, siblings, position, cbytes, ucont, chunks)
         return encode_segment(
             self.service_ip, cip, self.service_port, cport, pkt, ack, flags, payload,

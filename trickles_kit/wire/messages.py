@@ -28,6 +28,7 @@ from trickles_kit.wire.continuation import (
     MINIMAL,
     Continuation,
     decode_continuation,
+    encoded_len,
 )
 from trickles_kit.wire.errors import DecodeError
 
@@ -140,6 +141,8 @@ def decode_request(data: bytes) -> Request:
             cont, off = decode_continuation(data, off)
             if cont.type == MINIMAL:
                 raise DecodeError("minimal_request", "a MINIMAL continuation cannot make a request")
+            if not cont.is_full:  # PAIR / HASHED are response-only forms (wire.delta)
+                raise DecodeError("cont_type", f"continuation type {cont.type} in a request")
             if off >= n:
                 raise DecodeError("truncated", "SACK count")
             nsacks = data[off]
@@ -193,7 +196,7 @@ class Response:
 
     def header_len(self) -> int:
         """Length of the Trickles header (the TCP option's value): all but the chunks."""
-        return RESPONSE_HEADER_LEN + (FULL_LEN if self.cont.is_full else 18) + len(self.ucont)
+        return RESPONSE_HEADER_LEN + encoded_len(self.cont.type) + len(self.ucont)
 
     def encode(self) -> bytes:
         return encode_response(
