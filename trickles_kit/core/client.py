@@ -111,6 +111,7 @@ class ClientEngine:
         self._ready: list[tuple[int, int, Continuation]] = []
         self._spare: Continuation | None = None
         self._spare_stale = False  # the spare predates the last SLOWSTART: replace it
+        self._ss_right = -1  # `right` of the last SLOWSTART
         self.in_recovery = False
         self._recovery_base = -1
         self.cwnd = 0
@@ -651,6 +652,9 @@ class ClientEngine:
         cont = self._spare
         assert cont is not None
         blocks = self._proof(cont)
+        if self._spare_stale:  # only PAIR packets of the new epoch came: the old spare cannot
+            r0 = self._ss_right  # claim them (their nonces belong to the new epoch)
+            blocks = [(lft, min(rgt, r0)) for lft, rgt in blocks if lft <= r0]
         plan = dl.plan_for(cont.type, cont.seq, cont.tcp_base, cont.start_cwnd, cont.ssthresh,
                            cont.state, blocks, True, self.cfg.max_gap)
         right = plan.slots[0].pkt - 1
@@ -674,6 +678,7 @@ class ClientEngine:
         self.in_recovery = False
         self._launch(REQ_SLOWSTART, cont, blocks, plan, now)
         self._spare_stale = True  # the new epoch's first packet becomes the spare
+        self._ss_right = right
         self._arm(now)
 
 
