@@ -191,3 +191,21 @@ def test_scenarios_pass_with_the_cache_on(path, monkeypatch) -> None:
     monkeypatch.setenv("TRICKLES_STATE_CACHE", "1")
     result = run_scenario(path.read_text(encoding="utf-8"), path.name)
     assert result.passed, result.report()
+
+
+def test_lab_cache_compare_and_checks() -> None:
+    from trickles_kit.labs.optimizations import cache_compare, checks
+
+    r = cache_compare(size=120_000, duplicate=0.3, seed=2)
+    assert r["off"]["ok"] and r["on"]["ok"] and r["off"]["cache"] is None
+    hits = r["on"]["cache"]["hits"]
+    assert hits == r["on"]["replay_drops"] > 0  # every hit was a duplicate, still dropped
+    assert checks.check_cache_hits(hits, r).startswith("OK")
+    assert checks.check_cache_hits(None, r).startswith("Not yet")
+    assert checks.check_cache_hits(hits + 1, r).startswith("Not yet")
+    dyn = {"skipped_bytes": 10, "stream_bytes": 30}
+    assert checks.check_skipped(10, dyn).startswith("OK")
+    assert checks.check_skipped(11, dyn).startswith("Not yet")
+    par = {"parallel_s": 1.0, "sequential_s": 2.0, "requests": 8}
+    assert checks.check_faster("parallel", par).startswith("OK")
+    assert checks.check_faster("sequential", par).startswith("Not yet")
