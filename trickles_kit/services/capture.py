@@ -163,11 +163,12 @@ class RouterCapture:
         for name, dev in self.ifaces.items():
             f = self.out_dir / f"{name}.pcap"
             self.files[name] = f
-            # -U: flush per packet, so a run that ends early still has its packets; -s 96:
-            # headers are enough to attribute and measure
+            # --immediate-mode: every packet handed over at once (with the default ring
+            # buffer, packets still in an unfinished block are lost at SIGINT); -U: flushed
+            # per packet; -s 96: headers are enough to attribute and measure
             self.procs[name] = self.topo.popen(
-                self.router, ["tcpdump", "-i", dev, "-n", "-U", "-s", "96", "-w", str(f),
-                              f"host {self.service}"],
+                self.router, ["tcpdump", "-i", dev, "-n", "--immediate-mode", "-U", "-s", "96",
+                              "-w", str(f), f"host {self.service}"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         for name, p in self.procs.items():  # tcpdump says "listening on" when it is capturing
             end = time.monotonic() + timeout
