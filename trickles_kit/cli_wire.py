@@ -71,6 +71,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--state-cache", type=int, default=None, metavar="N",
                    help="cache N verified continuations (0 = off, the default; see "
                         "docs/protocol.md, optimizations)")
+    s.add_argument("--delta", action="store_true",
+                   help="delta-encoded continuations for clients that ask (paired acks, HASHED "
+                        "answers, COMPACT requests; docs/protocol.md §10.2)")
     s.add_argument("--no-dyn", action="store_true",
                    help="disable the /dyn route (dynamic content in reserved ranges + SKIP)")
     s.add_argument("--no-parallel", action="store_true",
@@ -97,7 +100,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--mss", type=int, default=1448, help="data bytes per packet (as the server)")
     f.add_argument("--timeout", type=float, default=600.0, help="give up after SECONDS")
     f.add_argument("--json", action="store_true", help="print the result as JSON")
+    f.add_argument("--delta", choices=("off", "pairs", "hash", "both"), default="off",
+                   help="ask for delta-encoded continuations (the server needs --delta; "
+                        "docs/protocol.md §10.2)")
     f.set_defaults(func=cmd_fetch)
+
+
+def _client_config(args: argparse.Namespace):
+    """The fetch client's configuration: --mss and --delta."""
+    from trickles_kit.core.client import ClientConfig
+
+    return ClientConfig(mss=args.mss, paired=args.delta in ("pairs", "both"),
+                        hashed=args.delta in ("hash", "both"))
 
 
 def _fail(cmd: str, err: BaseException) -> int:
@@ -124,7 +138,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         web.routes = [r for r in web.routes if not (
             (args.no_dyn and type(r).__name__ == "DynamicRoute")
             or (args.no_parallel and type(r).__name__ == "ParallelRoute"))]
-        cfg = ServerConfig(initial_cwnd=args.initial_cwnd, mss=args.mss)
+        cfg = ServerConfig(initial_cwnd=args.initial_cwnd, mss=args.mss, delta=args.delta)
         if args.state_cache is not None:
             if args.state_cache < 0:
                 raise ValueError("--state-cache must be >= 0")
@@ -187,7 +201,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_fetch(args: argparse.Namespace) -> int:
     from contextlib import ExitStack
 
-    from trickles_kit.core.client import ClientConfig
     from trickles_kit.net.fetch import fetch, parse_url
     from trickles_kit.net.privileges import PrivilegeError
     from trickles_kit.net.rst import RstRuleError, suppress_rsts
@@ -200,7 +213,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
                 stack.enter_context(suppress_rsts(parse_url(args.url)[1], "client"))
             r = fetch(args.url, args.output, args.transport, args.ip_proto, args.local_addr,
                       args.pcap, args.events, progress=sys.stderr.isatty() and not args.json,
-                      timeout=args.timeout, config=ClientConfig(mss=args.mss))
+                      timeout=args.timeout, config=_client_config(args))
     except (PrivilegeError, RstRuleError) as e:
         return _fail("fetch", e)
     except (OSError, ValueError) as e:
@@ -218,7 +231,6 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 def _fetch_many(args: argparse.Namespace) -> int:
     """Several URLs: pipelined in reserved slices (--parallel) or one after another."""
     from trickles_kit.apps.parallel import fetch_parallel
-    from trickles_kit.core.client import ClientConfig
     from trickles_kit.net.privileges import PrivilegeError
 
     if args.ip_proto != PROTO_TRICKLES:
@@ -228,7 +240,7 @@ def _fetch_many(args: argparse.Namespace) -> int:
     try:
         r = fetch_parallel([args.url, *args.more], args.transport, args.parallel,
                            args.slice_bits, args.timeout, args.local_addr,
-                           config=ClientConfig(mss=args.mss))
+                           config=_client_config(args))
     except (PrivilegeError, OSError, ValueError) as e:
         return _fail("fetch", e)
     if args.json:
