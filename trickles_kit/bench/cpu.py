@@ -43,6 +43,9 @@ def run(quick: bool, out_dir: Path, verbose: bool = False) -> dict:
         cpu = r["server_cpu_s"].get(kind)
         runs.append({"kind": kind, "repeat": i, "bytes": size, "server_cpu_s": cpu,
                      "cpu_s_per_mb": round(cpu / (size / 1e6), 5) if cpu is not None else None,
+                     "machine_cpu_s": r.get("machine_cpu_s"),
+                     "machine_cpu_s_per_mb": {k: round(v / (size / 1e6), 5) for k, v in
+                                              r.get("machine_cpu_s", {}).items()},
                      "goodput_mbit": r["flows"][0].get("goodput_mbit") if r["flows"] else None,
                      "byte_exact": r["all_byte_exact"]})
         log(f"    {runs[-1]['cpu_s_per_mb']} CPU s/MB", verbose)
@@ -58,7 +61,9 @@ def run(quick: bool, out_dir: Path, verbose: bool = False) -> dict:
            "counted": "server process utime+stime (/proc/PID/stat, all threads) during the "
                       "transfer; Linux TCP: includes kernel time in its system calls, not "
                       "softirq time outside the process (a lower bound); Trickles: the whole "
-                      "protocol runs in the process",
+                      "protocol runs in the process. machine_cpu_s: the whole machine during "
+                      "the transfer (client, server, router, tcpdump; tasks and irq+softirq), "
+                      "an upper bound that includes other load on the machine",
            "servers": {"trickles": "trickles serve --transport raw (Python)",
                        "reno": "python -m trickles_kit.net.tcphttp --cc reno (Python HTTP "
                                "server over kernel TCP)"},

@@ -65,6 +65,17 @@ def proc_cpu_s(pid: int) -> float | None:
     return sum(int(x) for x in f[11:15]) / CLK_TCK
 
 
+def machine_busy_s() -> dict[str, float]:
+    """Busy CPU seconds of the whole machine so far (/proc/stat, all CPUs): processes
+    (user+nice+system) and interrupts (irq+softirq: where forwarding, veth delivery and most of
+    Linux TCP's ack processing run, charged to no process)."""
+    try:
+        v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    except (OSError, ValueError):
+        return {"tasks": 0.0, "irq": 0.0}
+    return {"tasks": (v[0] + v[1] + v[2]) / CLK_TCK, "irq": (v[5] + v[6]) / CLK_TCK}
+
+
 def _child_env() -> dict:
     root = str(Path(__file__).resolve().parents[2])
     pp = os.environ.get("PYTHONPATH")
@@ -126,6 +137,7 @@ def run_flows(cfg: TestbedConfig, specs: list[FlowSpec], verbose: bool = False,
             pcap = tmp / f"{label}.pcap"
             cap = tb.capture(pcap)
             clients = []
+            busy0 = machine_busy_s()
             t_start = time.monotonic()
             for i, s in enumerate(specs):
                 out = tmp / f"client{i}.json"
@@ -140,6 +152,8 @@ def run_flows(cfg: TestbedConfig, specs: list[FlowSpec], verbose: bool = False,
                 except subprocess.TimeoutExpired:
                     p.kill()
             res["wall_s"] = round(time.monotonic() - t_start, 3)
+            busy1 = machine_busy_s()
+            res["machine_cpu_s"] = {k: round(busy1[k] - busy0[k], 3) for k in busy0}
             cap.stop()
             cpu1 = {k: proc_cpu_s(p.pid) for k, p in servers.items()}
             res["router"] = tb.counters()

@@ -70,6 +70,12 @@ def run(quick: bool, out_dir: Path, verbose: bool = False) -> dict:
         res["server_packets_per_s"] = pps
         res["server_over_floor"] = round(pps / floor, 4) if floor and pps else None
         res["goodput_mb_per_s"] = res["trickles"].get("median_goodput_mb_per_s")
+        # per CPU second: less sensitive to what else the machine runs meanwhile
+        fc = res["floor"].get("pairs_per_cpu_s")
+        sc = res["trickles"].get("median_server_packets_per_cpu_s")
+        res["server_packets_per_cpu_s"] = sc
+        res["floor_pairs_per_cpu_s"] = fc
+        res["server_over_floor_per_cpu_s"] = round(sc / fc, 4) if fc and sc else None
         log(f"    server {pps} packets/s, floor {floor} pairs/s", verbose)
     res["wall_s"] = round(time.monotonic() - t0, 1)
     (out_dir / "loopback.json").write_text(json.dumps(res, indent=1) + "\n")
