@@ -67,7 +67,7 @@ SERVER_PORT = 80
 CLIENT_IP = socket.inet_aton("10.1.0.1")
 CLIENT_PORT = 40000
 SECRET = bytes(range(32))
-GEN_SIZE = 1 << 32  # Generated's max_size: the pool never reaches the end of the stream
+GEN_SIZE = (1 << 32) - 1  # Generated.max_size: the pool never reaches the end of the stream
 GEN_SEED = 7
 CC_PARAMS = (0, 3, 64)  # tcp_base, start_cwnd, ssthresh
 START_TIME = 1.0  # virtual seconds; see README ("virtual clock")
@@ -126,7 +126,7 @@ def _time_loop(stmt: str, setup: str, items: list, names: dict, repeat: int) -> 
 def build_pool(count: int) -> tuple[list[tuple[bytes, float]], dict]:
     """Valid, never-used NORMAL requests in congestion avoidance, each answered by 1 packet.
 
-    A ClientEngine fetches "GEN 4294967296 7" from a generator ServerEngine (same secret as the
+    A ClientEngine fetches "GEN 4294967295 7" from a generator ServerEngine (same secret as the
     benchmark servers) over a zero-loss in-memory loop; virtual time advances 10 µs per step.
     Every request the generator answers with exactly one 1448-byte DATA packet, past slow
     start, is kept with the virtual time it arrived at. The benchmark servers are fresh
