@@ -246,7 +246,8 @@ def analyse(fl: Flow, t0: float, bin_s: float = 0.1, series: bool = True) -> dic
             rtx += 1
             rtx_bytes += p.end - p.start
         hi = max(hi, p.end)
-    # match sightings: each (start, end) entering, in order, to the same range leaving
+    # match sightings: a range leaving is the latest copy of it that entered before; an
+    # earlier copy left unmatched was dropped (its retransmission is the one delivered)
     pending: dict[tuple[int, int], list[float]] = defaultdict(list)
     for p in sent:
         pending[(p.start, p.end)].append(p.t)
@@ -254,8 +255,9 @@ def analyse(fl: Flow, t0: float, bin_s: float = 0.1, series: bool = True) -> dic
     for p in dlv:
         q = pending.get((p.start, p.end))
         if q:
-            t_in = q.pop(0)
-            residence.append((t_in, p.t, p.end - p.start))
+            k = bisect.bisect_right(q, p.t) - 1
+            if k >= 0:
+                residence.append((q.pop(k), p.t, p.end - p.start))
     dropped = sum(len(v) for v in pending.values())
     dur = end_t - start_t
     qd = sorted(b - a for a, b, _ in residence)

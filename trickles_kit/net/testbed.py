@@ -67,6 +67,8 @@ def netem_available() -> bool:
 class TestbedConfig:
     """The path: bottleneck rate, queue, random loss and (if netem exists) one-way delay."""
 
+    __test__ = False  # not a pytest class, whatever its name
+
     rate_mbit: float = 10.0
     queue_ms: float = 50.0  # tbf limit, in ms of the rate (at least 20 full packets)
     loss: float = 0.0  # probability of dropping a server->client packet at the router
@@ -125,6 +127,8 @@ class Capture:
 @dataclass
 class Testbed:
     """Three namespaces and a bottleneck; a context manager that always tears everything down."""
+
+    __test__ = False
 
     config: TestbedConfig = field(default_factory=TestbedConfig)
     verbose: bool = False
