@@ -354,3 +354,16 @@ def test_bootstrap_fields_survive_compaction() -> None:
     c = Continuation(FULL2, 900, 1, 0, 5, 6, 7, 8, BOOTSTRAP, 850, 880, 4, 4, 880, 99, 3, b"z" * 16)
     full, _ = wd.unpack_compact(wd.pack_compact(c), 0, 900, 3)
     assert full == c.encode()
+
+
+def test_lab_checks_give_verdicts() -> None:
+    res = {"modes": {"off": {"total_per_data_packet": 140.0, "requests": 100},
+                     "pairs": {"total_per_data_packet": 80.0, "requests": 50},
+                     "both": {"total_per_data_packet": 40.0, "requests": 50}}}
+    ck = compression.checks
+    assert ck.check_smallest(None, res).startswith("Not yet")
+    assert ck.check_smallest("pairs", res).startswith("Not yet")
+    assert ck.check_smallest("both", res).startswith("OK")
+    assert ck.check_request_ratio(None, res).startswith("Not yet")
+    assert ck.check_request_ratio(3.0, res).startswith("Not yet")
+    assert ck.check_request_ratio(2.0, res).startswith("OK")

@@ -26,6 +26,7 @@ PARAMS: dict[str, dict[str, object]] = {
     "04": {"SIZE": 120_000, "LOSS": 0.03},
     "05": {"SPEED": 0.0},
     "08": {"SIZE": 40_000, "RECORDS": 60, "N": 4},
+    "09": {"SIZE": 200_000},
     "07": {"SIZE": 600_000},  # live (namespaces) only as root; else committed results
 }
 CELL_TIMEOUT = 300  # s per cell; the whole set runs in well under a minute per notebook

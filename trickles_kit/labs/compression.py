@@ -134,4 +134,34 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["MODES", "compare", "configs", "measure", "reduction", "table", "wire_bytes"]
+def _check_smallest(answer: str | None, result: dict) -> str:
+    """Which mode carries the fewest continuation bytes per data packet (both directions)?"""
+    rows = result["modes"]
+    best = min(rows, key=lambda m: rows[m]["total_per_data_packet"])
+    if answer is None:
+        return "Not yet: set MY_SMALLEST to one of " + ", ".join(repr(m) for m in rows)
+    if answer == best:
+        return f"OK: {best!r}, {rows[best]['total_per_data_packet']} bytes per data packet"
+    return f"Not yet: {answer!r} is not the smallest; compare the 'total B/data pkt' column"
+
+
+def _check_request_ratio(answer: float | None, result: dict) -> str:
+    """About how many times fewer requests does `pairs` send than `off` (to the nearest 0.5)?"""
+    rows = result["modes"]
+    ratio = rows["off"]["requests"] / max(rows["pairs"]["requests"], 1)
+    if answer is None:
+        return "Not yet: set MY_RATIO to a number, e.g. 1.5"
+    if abs(answer - ratio) <= 0.25:
+        return f"OK: {ratio:.2f}x fewer requests — one FULL2 request per two data packets"
+    return f"Not yet: {answer} is off; count the requests of 'off' and 'pairs'"
+
+
+class checks:  # noqa: N801 - a namespace the notebook reads like trickles_kit.labs.checks
+    """Self-checks of notebook 09; each returns a verdict starting "OK" or "Not yet"."""
+
+    check_smallest = staticmethod(_check_smallest)
+    check_request_ratio = staticmethod(_check_request_ratio)
+
+
+__all__ = ["MODES", "checks", "compare", "configs", "measure", "reduction", "table",
+           "wire_bytes"]
