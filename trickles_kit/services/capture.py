@@ -121,6 +121,25 @@ def handover(pkts: Sequence[Pkt], old: str, new: str) -> dict[str, float] | None
             "stall_s": round(first_new - last_old, 6)}
 
 
+def failover_stall(sites: Sequence[Pkt], at_client: Sequence[Pkt], old: str, new: str,
+                   t_kill: float) -> dict[str, float] | None:
+    """The stall the client sees at a failover: the longest silence toward the client between
+    the kill and the arrival of the first response `new` sent (found on the client side by its
+    sequence number; responses `old` sent before dying may still drain from the bottleneck).
+    Later silences (a loss recovery long after the handover) are not the failover's."""
+    ho = handover(sites, old, new)
+    if ho is None:
+        return None
+    first = next(p for p in responses(sites) if p.replica == new and p.t >= ho["first_new_t"])
+    arrive = next((p.t for p in responses(at_client) if p.seq == first.seq and p.t >= first.t),
+                  None)
+    if arrive is None:
+        return None
+    window = [p for p in responses(at_client) if p.t <= arrive]
+    gap, a, b = largest_gap(window, after=t_kill)
+    return {"stall_s": round(gap, 6), "from_t": a, "to_t": b, "standby_first_at_client_t": arrive}
+
+
 def min_rtt(pkts: Sequence[Pkt]) -> float | None:
     """Smallest request -> next response delay at one replica: the router sees the request go
     out and the answer come back, so this is the router-to-replica round trip plus the server's
@@ -136,7 +155,7 @@ def min_rtt(pkts: Sequence[Pkt]) -> float | None:
     return best
 
 
-def timeline(pkts: Sequence[Pkt], limit: int = 4000) -> list[dict]:
+def timeline(pkts: Sequence[Pkt], limit: int = 1500) -> list[dict]:
     """Response packets as rows (t relative to the first packet, replica, size), thinned evenly
     to at most `limit` rows for the JSON and the figure."""
     rs = responses(pkts)

@@ -53,8 +53,10 @@ def outcome(res: dict) -> str:
     """One line: what happened, in the terms of the acceptance points."""
     sc, kind = res["scenario"], res["kind"]
     if sc == "failover" and kind == "trickles":
+        ho = (res.get("handover") or {}).get("stall_s")
         return (f"byte-exact {_yes(res['byte_exact'])}; handshakes {res['handshakes']}; stall "
-                f"{_ms(res['stall_s'])} ≤ RTO + RTT = {_ms(res['bound_s'])}: "
+                f"at the client {_ms(res['stall_s'])} (router: last s1 → first s2 packet "
+                f"{_ms(ho)}) ≤ RTO + RTT = {_ms(res['bound_s'])}: "
                 f"{_yes(res['stall_within_bound'])}")
     if sc in ("failover", "anycast") and kind == "tcp":
         t = res.get("tcp") or {}

@@ -128,7 +128,8 @@ def run_failover(kind: str = "trickles", size: int = 3_000_000, rate_mbit: float
         events = _events(ev_path)
     t_kill = killed.get("t")
     sites = _sites(pkts)
-    gap, g0, g1 = cap.largest_gap(_at_client(pkts), after=t_kill)
+    fs = cap.failover_stall(sites, _at_client(pkts), "s1", "s2", t_kill) if t_kill else None
+    gap, g0, g1 = (fs["stall_s"], fs["from_t"], fs["to_t"]) if fs else (None, 0.0, 0.0)
     rtt = _handshake_rtt(_at_client(pkts))
     out: dict = {
         "scenario": "failover", "kind": kind, "size": size, "rate_mbit": rate_mbit,
@@ -144,7 +145,7 @@ def run_failover(kind: str = "trickles", size: int = 3_000_000, rate_mbit: float
         "handshakes": cap.handshakes(sites),
         "packets": _counts(pkts),
         "handover": cap.handover(sites, "s1", "s2"),
-        "stall_s": _round(gap) if t_kill else None,
+        "stall_s": _round(gap),
         "stall_window": [_round(g0 - res["t_start"]), _round(g1 - res["t_start"])] if gap else None,
         "rtt_s": _round(rtt),
         "timeline": cap.timeline(sites),
