@@ -207,3 +207,16 @@ def test_sigint_leaves_nothing_behind() -> None:
     names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert tag not in names
     assert not any(str(p.pid) in g.name for g in stale_groups())
+
+
+def test_lab_shows_committed_results_without_live_runs() -> None:
+    from trickles_kit.services import lab
+
+    res = lab.run("balance", live=False)
+    assert res["scenario"] == "balance" and res["meta"]["command"]
+    assert set(lab.packets(res)["replica"]) == {"s1", "s2"}
+    assert checks.check_share((lab.packets(res).replica == "s1").mean(), res).startswith("OK")
+    pytest.importorskip("plotly")
+    assert len(lab.figure(res).data) == 2
+    with pytest.raises(ValueError):
+        lab.run("mirror", live=False)
