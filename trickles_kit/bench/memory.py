@@ -23,7 +23,8 @@ server process:
   is per namespace (it must equal N + the listener), but its `mem` is global to the machine
   (both ends, every process), so it is reported as context, not as the server's memory.
 
-Slopes are least-squares bytes per connection over the levels. Trickles' is not zero: the
+Slopes are least-squares bytes per connection over the levels, of each server's growth above
+its own idle size (a fresh process per level). Trickles' is not zero: the
 replay history keeps ~90 bytes per *request* for its freshness window (120 s), and each
 connection sends a few requests before it is parked; `bytes_per_request` says how much.
 """
@@ -429,18 +430,23 @@ def _summary(res: dict) -> dict:
 
     reqs = sum(r["requests_before_measure"] for r in tr)
     grow = sum(r["server_rss_growth_bytes"] for r in tr)
+    def tcp_growth(state: str, key: str) -> list[float | None]:
+        # above the level's own idle server: fresh processes differ by a few MiB at start
+        return [r[state][key] - r["server_status_kib_idle"].get("VmRSS", 0) * 1024
+                for r in tcp]
+
     return {
-        "trickles_bytes_per_connection": sl(xs_t, [r["server_rss_bytes"] for r in tr]),
-        "tcp_bytes_per_connection": sl(xs_c, [r["mid_transfer"]["rss_plus_kernel_buffers"]
-                                              for r in tcp]),
+        "trickles_bytes_per_connection": sl(xs_t, [r["server_rss_growth_bytes"] for r in tr]),
+        "tcp_bytes_per_connection": sl(xs_c, tcp_growth("mid_transfer",
+                                                        "rss_plus_kernel_buffers")),
         "tcp_bytes_per_connection_with_socket_structs": sl(
-            xs_c, [r["mid_transfer"]["rss_plus_kernel_estimate"] for r in tcp]),
-        "tcp_bytes_per_connection_process_only": sl(
-            xs_c, [r["mid_transfer"]["rss_bytes"] for r in tcp]),
+            xs_c, tcp_growth("mid_transfer", "rss_plus_kernel_estimate")),
+        "tcp_bytes_per_connection_process_only": sl(xs_c, tcp_growth("mid_transfer",
+                                                                     "rss_bytes")),
         "tcp_bytes_per_connection_kernel_buffers": sl(
             xs_c, [r["mid_transfer"]["kernel_buffer_bytes"] for r in tcp]),
         "tcp_bytes_per_connection_keepalive_idle": sl(
-            xs_c, [r["keepalive"]["rss_plus_kernel_buffers"] for r in tcp]),
+            xs_c, tcp_growth("keepalive", "rss_plus_kernel_buffers")),
         "trickles_requests_per_connection": round(reqs / sum(xs_t), 2) if xs_t else None,
         "trickles_rss_growth_bytes_per_request": round(grow / reqs, 1) if reqs else None,
         "replay_history_entry_bytes_bound": ReplayHistory.ENTRY_BYTES,
