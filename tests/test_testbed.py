@@ -250,3 +250,18 @@ def test_signal_leaves_nothing(sig: signal.Signals) -> None:
     assert _left(tag) == ([], "")
     assert not Path(f"/proc/{sleeper}").exists() or \
         "Z" in Path(f"/proc/{sleeper}/stat").read_text().split()[2]
+
+
+def test_figures_of_a_flow(tmp_path: Path) -> None:
+    pytest.importorskip("plotly")
+    p = Pcap()
+    for k in range(4):
+        ip = _ip(SERVER_ADDR, CLIENT_ADDR, 253, _tk_response(8080, 41000, k + 1, k * 1000, 1000))
+        p.add(4.0 + k * 0.01, TO_SERVER, False, ip)
+        p.add(4.005 + k * 0.01, TO_CLIENT, True, ip)
+    (f,) = fl.parse_capture(p.write(tmp_path / "f.pcap"), SERVER_ADDR, TO_SERVER,
+                            TO_CLIENT).values()
+    fig = fl.figures([fl.analyse(f, 4.0, bin_s=0.01)], "one flow")
+    names = [t.name for t in fig.data]
+    assert names == ["trickles 10.77.1.2:41000", "trickles 10.77.1.2:41000 delivered",
+                     "trickles 10.77.1.2:41000 in flight"]

@@ -36,6 +36,7 @@ _SLL2 = struct.Struct("!HHIHBB")
 _TCP = struct.Struct("!HHIIBB")
 _DATA_CHUNK = 2
 TK_EXID = 0x544B
+MAX_POINTS = 20_000  # per time-sequence trace in a figure
 
 
 class CaptureError(ValueError):
@@ -365,7 +366,9 @@ def figures(results: list[dict], title: str):  # -> plotly Figure | None
         fig.add_scatter(x=s["goodput"]["t"], y=s["goodput"]["mbit"], name=name, row=1, col=1,
                         mode="lines")
         ts = s["time_sequence"]
-        fig.add_scattergl(x=ts["delivered"]["t"], y=ts["delivered"]["seq"], mode="markers",
+        k = max(1, len(ts["delivered"]["t"]) // MAX_POINTS)  # keep the HTML small
+        fig.add_scattergl(x=ts["delivered"]["t"][::k], y=ts["delivered"]["seq"][::k],
+                          mode="markers",
                           marker={"size": 2}, name=name + " delivered", row=2, col=1)
         rt = [(t, q) for t, q, x in zip(ts["sent"]["t"], ts["sent"]["seq"], ts["sent"]["rtx"],
                                         strict=True) if x]
