@@ -1,0 +1,194 @@
+"""Notebook 06's library: load the benchmark results, draw them, run a small one live.
+
+The notebook stays thin: it loads the committed full results (`benchmarks/results/bench_*.json`,
+written by `trickles bench NAME --out …`), draws one figure per experiment and, as root, runs a
+small memory experiment live. Every figure tolerates a missing experiment (the notebook then
+says which file is absent) so a partial set of results still teaches something.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from trickles_kit.bench import report
+from trickles_kit.labs.checks import _no, _ok
+
+RESULTS = report.RESULTS
+SMALL_LEVELS = (1, 10, 50)
+
+
+def load_results(directory: str | Path = RESULTS) -> dict[str, dict]:
+    """Experiment name -> result: `bench_NAME.json` (committed) or `NAME.json` (a fresh run)."""
+    return report.load(Path(directory), "bench_") or report.load(Path(directory))
+
+
+def missing(results: Mapping[str, dict]) -> list[str]:
+    """Experiments with no result file, to say so instead of drawing an empty figure."""
+    return [n for n in report.EXPERIMENTS if n not in results]
+
+
+def headline_rows(results: Mapping[str, dict]) -> list[dict[str, str]]:
+    """The README's headline table as records (for a DataFrame)."""
+    return [{"measure": a, "Trickles": b, "Linux TCP": c, "note": d}
+            for a, b, c, d in report.headline(dict(results))]
+
+
+def jain(xs: Iterable[float]) -> float:
+    """Jain's fairness index: (Σx)² / (n·Σx²); 1 when all equal, 1/n when one takes all."""
+    v = [float(x) for x in xs]
+    sq = sum(x * x for x in v)
+    return sum(v) ** 2 / (len(v) * sq) if v and sq else 0.0
+
+
+# ====================================================================== figures
+def _goodput(g: dict) -> Any:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    runs = [r for r in g.get("runs", []) if "error" not in r]
+    for kind in sorted({r["kind"] for r in runs}):
+        rows = [r for r in runs if r["kind"] == kind]
+        fig.add_bar(name=kind, x=[f"{r['rate_mbit']} Mbit/s, {r['loss']:.0%} loss" for r in rows],
+                    y=[r.get("goodput_mbit") for r in rows])
+    fig.update_layout(title="Goodput through the bottleneck", barmode="group",
+                      yaxis={"title": "Mbit/s"}, template="plotly_white")
+    return fig
+
+
+def _fairness(f: dict) -> Any:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    mixes = f.get("mixes", {})
+    names = [n for n in mixes if "jain" in mixes[n]]
+    fig.add_bar(name="Trickles flow", x=names, y=[mixes[n].get("trickles_mbit") for n in names])
+    fig.add_bar(name="Reno flow (mean)", x=names,
+                y=[mixes[n].get("reno_mbit_mean") for n in names],
+                text=[f"Jain {mixes[n]['jain']:.3f}" for n in names], textposition="outside")
+    fig.update_layout(title="Sharing one bottleneck: per-flow goodput and Jain's index",
+                      barmode="group", yaxis={"title": "Mbit/s"}, template="plotly_white")
+    return fig
+
+
+def _cpu(c: dict) -> Any:
+    import plotly.graph_objects as go
+
+    per = c.get("cpu_s_per_mb", {})
+    fig = go.Figure(go.Bar(x=list(per), y=list(per.values())))
+    fig.update_layout(title="Server CPU seconds per MB served", yaxis={"title": "s / MB"},
+                      template="plotly_white")
+    return fig
+
+
+def _loopback(lo: dict) -> Any:
+    import plotly.graph_objects as go
+
+    fig = go.Figure(go.Bar(x=["Trickles server (packets/s)", "raw-socket floor (pairs/s)"],
+                           y=[lo.get("server_packets_per_s"), lo.get("floor_pairs_per_s")]))
+    fig.update_layout(title="Loopback: the server against the Python raw-socket floor",
+                      template="plotly_white")
+    return fig
+
+
+def figures(results: Mapping[str, dict]) -> dict[str, Any]:
+    """One plotly figure per experiment present in `results`."""
+    from trickles_kit.bench import memory
+
+    draw = {"goodput": _goodput, "fairness": _fairness, "memory": memory.figure,
+            "cpu": _cpu, "loopback": _loopback}
+    out = {}
+    for name, fn in draw.items():
+        if name in results:
+            try:
+                out[name] = fn(results[name])
+            except (KeyError, TypeError, ValueError) as e:  # a result of another shape
+                out[name] = _note(f"{name}: cannot draw this result ({type(e).__name__}: {e})")
+    return out
+
+
+def _note(text: str) -> Any:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    fig.add_annotation(text=text, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    fig.update_layout(xaxis={"visible": False}, yaxis={"visible": False})
+    return fig
+
+
+# ====================================================================== live
+def can_run_live() -> tuple[bool, str]:
+    """Whether this kernel may build namespaces and raw sockets, and how to get there if not."""
+    if os.geteuid() == 0:
+        return True, "root: the small experiment runs live below"
+    return False, ("not root: the live run is skipped. Start Jupyter as root "
+                   "(sudo .venv/bin/jupyter lab --allow-root notebooks/) or run "
+                   "`sudo .venv/bin/trickles bench memory --quick --out reports/bench`; "
+                   "the committed full results are shown instead.")
+
+
+def run_small(out_dir: str | Path | None = None,
+              levels: Sequence[int] = SMALL_LEVELS) -> dict | None:
+    """A small memory experiment (a few seconds) as root; None without root."""
+    ok, _ = can_run_live()
+    if not ok:
+        return None
+    from trickles_kit.bench import memory
+
+    out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="tk-bench-small-"))
+    return memory.run(True, out, levels=list(levels), argv=["notebook 06: run_small"])
+
+
+def memory_table(res: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per level: Trickles RSS growth, TCP RSS growth, TCP kernel buffers and struct estimate."""
+    rows = []
+    for t, c in zip(res["trickles"], res["tcp"], strict=True):
+        idle = c["server_status_kib_idle"].get("VmRSS", 0) * 1024
+        m = c["mid_transfer"]
+        rows.append({"connections": t["connections"],
+                     "Trickles RSS growth (KiB)": t["server_rss_growth_bytes"] // 1024,
+                     "Trickles requests": t["requests_before_measure"],
+                     "TCP RSS growth (KiB)": (m["rss_bytes"] - idle) // 1024,
+                     "TCP socket buffers (KiB)": m["kernel_buffer_bytes"] // 1024,
+                     "TCP socket structs, est. (KiB)": m["socket_structs_estimate_bytes"] // 1024,
+                     "all alive": t["all_alive_at_measure"] and c["all_alive_at_measure"]})
+    return rows
+
+
+# ====================================================================== self-checks
+def check_jain(answer: Any, rates: Sequence[float]) -> str:
+    """Exercise: Jain's index of the given per-flow rates, to three decimals."""
+    want = jain(rates)
+    try:
+        got = float(answer)
+    except (TypeError, ValueError):
+        return _no(f"give a number, e.g. {len(rates)} flows' (Σx)² / (n·Σx²)")
+    if abs(got - want) <= 5e-3:
+        return _ok(f"Jain's index of {list(rates)} is {want:.3f}")
+    return _no(f"{got} is not it: square the sum, divide by n times the sum of squares")
+
+
+def check_memory_slope(answer: Any, results: Mapping[str, dict], key: str) -> str:
+    """Exercise: read a memory slope (bytes per connection) from the memory result's data."""
+    m = results.get("memory")
+    if not m:
+        return _no("no memory result loaded: run the cell that loads the results first")
+    want = m["summary"].get(key)
+    try:
+        got = float(answer)
+    except (TypeError, ValueError):
+        return _no("give the slope in bytes per connection (a number)")
+    if want is not None and abs(got - want) <= max(50.0, 0.1 * abs(want)):
+        return _ok(f"{key} = {want:.0f} bytes per connection")
+    return _no("fit a line through (connections, bytes) over the levels: its slope, "
+               "not a single level's ratio")
+
+
+class checks:  # noqa: N801 - a namespace the notebook reads like trickles_kit.labs.checks
+    """Self-checks of notebook 06; each returns a verdict starting "OK" or "Not yet"."""
+
+    jain = staticmethod(check_jain)
+    memory_slope = staticmethod(check_memory_slope)
