@@ -37,7 +37,7 @@ def test_one_megabyte_through_the_bottleneck(kind: str) -> None:
 
 
 def test_headline_of_a_partial_result() -> None:
-    res = {"goodput": {"runs": [
+    res = {"goodput": {"table": [
         {"rate_mbit": 10, "loss": 0.0, "kind": "trickles", "goodput_mbit": 9.0},
         {"rate_mbit": 10, "loss": 0.0, "kind": "reno", "goodput_mbit": 10.0}],
         "ratios": {"10mbit_loss0": {"trickles_over_reno": 0.9, "trickles_over_cubic": None}}}}

@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 
 from trickles_kit.bench import flows as fl
-from trickles_kit.bench.goodput import FlowSpec, _figures, log, run_flows
+from trickles_kit.bench.goodput import FlowSpec, _figures, _median, log, run_flows
 from trickles_kit.net.testbed import TestbedConfig
 
 RATE = 20.0  # Mbit/s: the shared bottleneck
 SECONDS = {True: 6.0, False: 20.0}  # target time of the whole mix
+REPEATS = {True: 1, False: 3}  # medians are reported
 
 
 def run(quick: bool, out_dir: Path, verbose: bool = False) -> dict:
@@ -28,29 +29,32 @@ def run(quick: bool, out_dir: Path, verbose: bool = False) -> dict:
     res: dict = {"experiment": "fairness",
                  "meta": meta(["-m", "trickles_kit.cli", "bench", "fairness"]
                               + (["--quick"] if quick else []), "quick" if quick else "full"),
-                 "rate_mbit": RATE, "mixes": {},
+                 "rate_mbit": RATE, "repeats": REPEATS[quick], "mixes": {},
                  "method": "1 Trickles + N Reno flows started together, same size each; "
                            "goodput per flow over the window all are active (first 10 % "
                            "skipped), from the router capture; Jain's index over the flows",
                  "target": "Jain's index >= 0.9 for 1 + 1"}
     figs = []
-    for i, (name, n_reno) in enumerate(mixes.items(), 1):
+    todo = [(name, n_reno, rep) for name, n_reno in mixes.items()
+            for rep in range(REPEATS[quick])]
+    runs: dict[str, list[dict]] = {name: [] for name in mixes}
+    for i, (name, n_reno, rep) in enumerate(todo, 1):
         n = 1 + n_reno
         size = int(RATE * 1e6 / 8 * SECONDS[quick] / n)
-        log(f"[fairness {i}/{len(mixes)}] 1 Trickles + {n_reno} Reno at {RATE} Mbit/s, "
+        log(f"[fairness {i}/{len(todo)}] 1 Trickles + {n_reno} Reno at {RATE} Mbit/s, "
             f"{size / 1e6:.1f} MB each ...", True)
         specs = [FlowSpec("trickles", size)] + [FlowSpec("reno", size) for _ in range(n_reno)]
         try:
             r = run_flows(TestbedConfig(rate_mbit=RATE), specs, verbose, f"fair{name}")
         except (RuntimeError, OSError, ValueError) as e:
-            res["mixes"][name] = {"error": f"{type(e).__name__}: {e}"}
+            runs[name].append({"error": f"{type(e).__name__}: {e}"})
             continue
         objs = r["_flow_objs"]
         ov = fl.overlap_goodput(objs, r["_t0"])
         shares = ov.get("goodput_mbit", {})
         tk = [v for k, v in shares.items() if k.startswith("trickles")]
         reno = [v for k, v in shares.items() if k.startswith("reno")]
-        mix = {"flows": len(objs), "size_each": size, "overlap": ov,
+        one = {"repeat": rep, "flows": len(objs), "size_each": size, "overlap": ov,
                "jain": fl.jain(list(shares.values())) if len(shares) == n else None,
                "trickles_mbit": tk[0] if tk else None,
                "reno_mbit_mean": round(sum(reno) / len(reno), 4) if reno else None,
@@ -59,10 +63,20 @@ def run(quick: bool, out_dir: Path, verbose: bool = False) -> dict:
                "byte_exact": r["all_byte_exact"],
                "per_flow": [{k: v for k, v in f.items() if k != "series"} for f in r["flows"]],
                "router": r.get("router"), "testbed": r["testbed"]}
-        log(f"    Jain {mix['jain']}, Trickles {mix['trickles_mbit']} Mbit/s, Reno mean "
-            f"{mix['reno_mbit_mean']} Mbit/s", verbose)
+        log(f"    Jain {one['jain']}, Trickles {one['trickles_mbit']} Mbit/s, Reno mean "
+            f"{one['reno_mbit_mean']} Mbit/s", verbose)
+        runs[name].append(one)
+        if rep == 0:
+            figs.append((f"1 Trickles + {n_reno} Reno, {RATE} Mbit/s", r["flows"]))
+    for name, rs in runs.items():
+        ok = [x for x in rs if x.get("jain") is not None]
+        mix: dict = {"repeats": len(rs), "runs": rs}
+        if ok:
+            mix.update({k: _median([x[k] for x in ok]) for k in
+                        ("jain", "trickles_mbit", "reno_mbit_mean", "trickles_over_fair_share")})
+            mix["jain_runs"] = [x["jain"] for x in ok]
+            mix["byte_exact"] = all(x["byte_exact"] for x in rs)
         res["mixes"][name] = mix
-        figs.append((f"1 Trickles + {n_reno} Reno, {RATE} Mbit/s", r["flows"]))
     res["jain_1_1"] = res["mixes"].get("1+1", {}).get("jain")
     res["jain_1_4"] = res["mixes"].get("1+4", {}).get("jain")
     res["wall_s"] = round(time.monotonic() - t0, 1)

@@ -38,6 +38,7 @@ GEN_SEED = 1
 RATES = (10, 50, 100)
 LOSSES = (0.0, 0.01)
 SECONDS = {True: 3.0, False: 12.0}  # target transfer time per run (quick, full)
+REPEATS = {True: 1, False: 3}  # runs per cell; the median is reported
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 _SERVE_RE = re.compile(r"stopped; (\d+) requests, (\d+) packets, (\d+) dropped")
 
@@ -209,10 +210,12 @@ def run(quick: bool, out_dir: Path, verbose: bool = False) -> dict:
     secs = SECONDS[quick]
     kinds = ("trickles", "reno", "cubic")
     runs = []
-    todo = [(r, loss, k) for r in RATES for loss in LOSSES for k in kinds]
+    # kinds interleaved within each repeat: load from elsewhere falls on all of them alike
+    todo = [(r, loss, n, k) for r in RATES for loss in LOSSES for n in range(REPEATS[quick])
+            for k in kinds]
     t0 = time.monotonic()
     figs = []
-    for i, (rate, loss, kind) in enumerate(todo, 1):
+    for i, (rate, loss, rep, kind) in enumerate(todo, 1):
         size = int(rate * 1e6 / 8 * secs)
         cfg = TestbedConfig(rate_mbit=rate, loss=loss)
         log(f"[goodput {i}/{len(todo)}] {kind} {rate} Mbit/s loss {loss:.0%} "
@@ -220,11 +223,11 @@ def run(quick: bool, out_dir: Path, verbose: bool = False) -> dict:
         try:
             r = run_flows(cfg, [FlowSpec(kind, size)], verbose, f"{kind}_{rate}_{loss}")
         except (RuntimeError, OSError, ValueError) as e:
-            runs.append({"rate_mbit": rate, "loss": loss, "kind": kind,
+            runs.append({"rate_mbit": rate, "loss": loss, "kind": kind, "repeat": rep,
                          "error": f"{type(e).__name__}: {e}"})
             continue
         f = r["flows"][0] if r["flows"] else {}
-        row = {"rate_mbit": rate, "loss": loss, "kind": kind, "size": size,
+        row = {"rate_mbit": rate, "loss": loss, "kind": kind, "repeat": rep, "size": size,
                "goodput_mbit": f.get("goodput_mbit"),
                "utilisation": round(f["goodput_mbit"] / rate, 4)
                if f.get("goodput_mbit") else None,
@@ -237,12 +240,13 @@ def run(quick: bool, out_dir: Path, verbose: bool = False) -> dict:
                "router": r.get("router"), "testbed": r["testbed"]}
         log(f"    goodput {row['goodput_mbit']} Mbit/s, byte-exact {row['byte_exact']}", verbose)
         runs.append(row)
-        if f.get("series"):
+        if f.get("series") and rep == 0:
             figs.append((f"{kind} {rate} Mbit/s loss {loss:.0%}", r["flows"]))
+    table = _medians(runs, kinds)
     ratios = {}
     for rate in RATES:
         for loss in LOSSES:
-            g = {r["kind"]: r.get("goodput_mbit") for r in runs
+            g = {r["kind"]: r["goodput_mbit"] for r in table
                  if r["rate_mbit"] == rate and r["loss"] == loss}
             key = f"{rate}mbit_loss{loss:g}"
             ratios[key] = {
@@ -254,17 +258,42 @@ def run(quick: bool, out_dir: Path, verbose: bool = False) -> dict:
     res = {"experiment": "goodput",
            "meta": meta(["-m", "trickles_kit.cli", "bench", "goodput"]
                         + (["--quick"] if quick else []), "quick" if quick else "full"),
-           "seconds_per_run_target": secs, "trickles_mss": TK_MSS,
+           "seconds_per_run_target": secs, "repeats": REPEATS[quick], "trickles_mss": TK_MSS,
            "method": "one flow at a time through the testbed bottleneck; goodput = unique "
                      "response bytes delivered past the bottleneck / (first client packet to "
                      "last delivered byte), from the router capture, same code for both",
-           "runs": runs, "ratios": ratios,
+           "table": table, "ratios": ratios, "runs": runs,
            "ratio_trickles_over_reno_per_rate": per_rate,
            "target": "Trickles/Reno >= 0.9 at 10 and 50 Mbit/s (0 % loss)",
            "wall_s": round(time.monotonic() - t0, 1)}
     (out_dir / "goodput.json").write_text(json.dumps(res, indent=1) + "\n")
     _figures(figs, out_dir / "goodput.html")
     return res
+
+
+def _median(xs: list[float]) -> float | None:
+    xs = sorted(xs)
+    if not xs:
+        return None
+    m = len(xs) // 2
+    return xs[m] if len(xs) % 2 else round((xs[m - 1] + xs[m]) / 2, 4)
+
+
+def _medians(runs: list[dict], kinds: tuple[str, ...]) -> list[dict]:
+    """One row per (rate, loss, kind): the median over its repeats."""
+    out = []
+    for rate in RATES:
+        for loss in LOSSES:
+            for kind in kinds:
+                rs = [r for r in runs if (r["rate_mbit"], r["loss"], r["kind"]) ==
+                      (rate, loss, kind) and r.get("goodput_mbit") is not None]
+                out.append({"rate_mbit": rate, "loss": loss, "kind": kind,
+                            "goodput_mbit": _median([r["goodput_mbit"] for r in rs]),
+                            "goodput_mbit_runs": [r["goodput_mbit"] for r in rs],
+                            "wire_utilisation": _median([r["wire_utilisation"] for r in rs
+                                                         if r["wire_utilisation"]]),
+                            "byte_exact": bool(rs) and all(r["byte_exact"] for r in rs)})
+    return out
 
 
 def _figures(figs: list[tuple[str, list[dict]]], path: Path) -> None:

@@ -38,14 +38,14 @@ def headline(res: dict[str, dict]) -> list[tuple[str, str, str, str]]:
     rows: list[tuple[str, str, str, str]] = []
     g = res.get("goodput")
     if g:
-        by = {(r["rate_mbit"], r["loss"], r["kind"]): r for r in g["runs"] if "error" not in r}
+        by = {(r["rate_mbit"], r["loss"], r["kind"]): r for r in g["table"]}
         for (rate, loss, kind), r in sorted(by.items()):
             if kind != "trickles":
                 continue
             reno = by.get((rate, loss, "reno"), {})
             cubic = by.get((rate, loss, "cubic"), {})
             ratio = g["ratios"][f"{rate}mbit_loss{loss:g}"]
-            rows.append((f"goodput, {rate} Mbit/s, {loss:.0%} loss (Mbit/s)",
+            rows.append((f"goodput, {rate} Mbit/s, {loss:.0%} loss (Mbit/s, median)",
                          _f(r.get("goodput_mbit")),
                          f"Reno {_f(reno.get('goodput_mbit'))}, "
                          f"Cubic {_f(cubic.get('goodput_mbit'))}",
@@ -76,8 +76,9 @@ def headline(res: dict[str, dict]) -> list[tuple[str, str, str, str]]:
     if lo and lo.get("server_packets_per_s"):
         rows.append(("loopback: server packets/s vs raw-socket floor (pairs/s)",
                      _f(lo["server_packets_per_s"], "{:,.0f}"),
-                     "–", f"floor {_f(lo['floor_pairs_per_s'], '{:,.0f}')}; "
-                          f"{_f(lo['server_over_floor'], '{:.0%}')} of it"))
+                     "–", f"floor {_f(lo['floor_pairs_per_s'], '{:,.0f}')}: "
+                          f"{_f(lo['server_over_floor'], '{:.0%}')} of it; per CPU second "
+                          f"{_f(lo.get('server_over_floor_per_cpu_s'), '{:.0%}')}"))
     return rows
 
 
