@@ -96,6 +96,7 @@ from trickles_kit.wire.continuation import (  # noqa: E402
     decode_continuation,
     pack_body,
 )
+from trickles_kit.wire.delta import unpack_request  # noqa: E402
 from trickles_kit.wire.errors import DecodeError  # noqa: E402
 from trickles_kit.wire.messages import (  # noqa: E402
     REQ_FIN,
@@ -647,14 +648,18 @@ class EngineBase(Harness):
                 text = _decoder_traceback(seg)
             raise Crash(tb_signature(text) if text else "internal." + reason, text)
         if out:
-            self.check_outputs(seg, out, in_domain)
+            self.check_outputs(seg, out, in_domain, now)
             return f"out.{len(out)}"
         return "drop." + reason if reason is not None else "terminate"
 
-    def check_outputs(self, seg: bytes, out: list[bytes], in_domain: bool) -> None:
+    def check_outputs(self, seg: bytes, out: list[bytes], in_domain: bool, now: float) -> None:
         cfg = self.server.cfg
         s = decode_segment(seg, CLIENT_IP, SERVER_IP)
-        req = decode_request(s.payload)
+        # the request as the server read it: delta flags stripped, a COMPACT form expanded
+        plain = s.payload
+        if plain and plain[0] & 0xC0:
+            _, plain = unpack_request(plain, s.ack, self.server.keys.current(now), cfg.delta)
+        req = decode_request(plain)
         n = len(out)
         self.packets[n] += 1
         rtype = REQ_SYN if s.flags & SYN else req.type

@@ -1,16 +1,17 @@
 """Replay history (PROTOCOL §7): bounded soft state that rejects a second use of a continuation.
 
 Keys are 64-bit integers the server derives from the continuation's MAC (unforgeable and unique
-per sealing), kept in time buckets: a continuation older than the freshness limit is rejected as
-stale anyway, so a whole bucket expires at once. Memory depends on the request rate, never on the
-number of connections, and is capped at `max_entries`; past the cap the oldest entries are
-evicted early (counted). The history is soft state — a replica that restarts accepts one replay
-per continuation still fresh.
+per sealing), stamped with a time bucket: a continuation older than the freshness limit is
+rejected as stale anyway, so a slot whose stamp has expired is free again. The table is allocated
+once, at `max_entries` slots: memory is fixed, whatever the number of connections or the load;
+when a key's bucket is full of fresh keys the oldest is evicted early (counted). The history is
+soft state — a replica that restarts accepts one replay per continuation still fresh.
 """
 
 from __future__ import annotations
 
-from collections import deque
+import struct
+from array import array
 
 
 def slowstart_age_bucket(age_ms: int, unit_ms: float = 100.0) -> int:
@@ -28,53 +29,62 @@ def slowstart_age_bucket(age_ms: int, unit_ms: float = 100.0) -> int:
 
 
 class ReplayHistory:
-    __slots__ = ("freshness", "max_entries", "width", "_buckets", "_count", "evicted")
+    """A fixed table of 64-bit keys in 16-slot buckets, each slot stamped with its time bucket.
 
-    # bytes per entry: a 64-bit int object (32 B) + its share of a set's hash table (16 B a
-    # slot at <= 60 % load); tracemalloc measures 60-90 B, so 128 is an upper bound
-    ENTRY_BYTES = 128
-    BUCKETS = 12
+    All memory is allocated up front (12 bytes a slot), so the server's footprint does not move
+    with the number of connections or with load: a new key takes the slot with the oldest stamp
+    in its bucket (empty slots are stamped 0), and only when all 16 still hold fresh keys is a
+    fresh one evicted early (counted in `evicted`; that continuation could then be replayed).
+    """
+
+    __slots__ = ("freshness", "max_entries", "width", "_nb", "_keys", "_stamps", "_count",
+                 "evicted")
+
+    ENTRY_BYTES = 12  # an 8-byte key and a 4-byte time stamp per slot, allocated up front
+    BUCKETS = 12  # time buckets per freshness limit
+    WAYS = 16  # slots per hash bucket: at 50 % load a bucket overflows about once in 10^5
+    _LIVE = BUCKETS + 1  # a stamp this many time buckets old may still hold a fresh key
+    _ROW = struct.Struct(f"={WAYS}Q")  # native order: reads the arrays in place
+    _STAMPS = struct.Struct(f"={WAYS}I")
 
     def __init__(self, freshness: float = 120.0, max_entries: int = 1 << 20) -> None:
         if freshness <= 0 or max_entries < 1:
             raise ValueError("freshness and max_entries must be positive")
         self.freshness = freshness
-        self.max_entries = max_entries
+        self._nb = -(-max_entries // self.WAYS)
+        self.max_entries = self._nb * self.WAYS
         self.width = freshness / self.BUCKETS
-        self._buckets: deque[tuple[int, set[int]]] = deque()
-        self._count = 0
+        self._keys = array("Q", bytes(8 * self.max_entries))
+        self._stamps = array("I", bytes(4 * self.max_entries))
+        self._count = 0  # slots ever filled (the table never shrinks)
         self.evicted = 0
 
     def __len__(self) -> int:
         return self._count
 
     def memory_bound_bytes(self) -> int:
-        return self.max_entries * self.ENTRY_BYTES
+        return self.max_entries * self.ENTRY_BYTES + 4096  # + the objects around the arrays
 
     def check_and_add(self, key: int, now: float) -> bool:
         """True if `key` is new (and records it); False if seen within the freshness limit."""
-        buckets = self._buckets
-        slot = int(now // self.width)
-        # a bucket may go once all it holds is older than the freshness limit
-        oldest_kept = slot - self.BUCKETS - 1
-        while buckets and buckets[0][0] < oldest_kept:
-            self._count -= len(buckets.popleft()[1])
-        for _, seen in buckets:
-            if key in seen:
+        w = self.WAYS
+        b = (key % self._nb) * w
+        row = self._ROW.unpack_from(self._keys, b * 8)
+        cur = int(now // self.width) + 1  # 0 marks an empty slot
+        stamps = self._stamps
+        if key in row:
+            i = b + row.index(key)
+            if stamps[i] and stamps[i] >= cur - self._LIVE:
                 return False
-        if not buckets or buckets[-1][0] < slot:
-            buckets.append((slot, set()))
-        if self._count >= self.max_entries:
-            self._evict_one()
-        buckets[-1][1].add(key)
-        self._count += 1
-        return True
-
-    def _evict_one(self) -> None:
-        buckets = self._buckets
-        while buckets and not buckets[0][1]:
-            buckets.popleft()
-        if buckets:
-            buckets[0][1].pop()
-            self._count -= 1
+            stamps[i] = cur  # the same key long expired: a stale continuation, refused elsewhere
+            return True
+        bucket = self._STAMPS.unpack_from(stamps, b * 4)
+        oldest = min(bucket)
+        i = b + bucket.index(oldest)
+        if not oldest:
+            self._count += 1
+        elif oldest >= cur - self._LIVE:
             self.evicted += 1
+        self._keys[i] = key
+        stamps[i] = cur
+        return True

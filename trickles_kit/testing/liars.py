@@ -189,8 +189,9 @@ class OptimisticLiar(ClientEngine):
 
     # --- future / inflate / beyond: an extra forged request next to every honest one
     def _send_request(self, rtype: int, cont: Continuation, blocks: list[tuple[int, int]],
-                      ranges: list[tuple[int, int]], now: float, flags: int = ACK) -> None:
-        super()._send_request(rtype, cont, blocks, ranges, now, flags)
+                      ranges: list[tuple[int, int]], now: float, flags: int = ACK,
+                      plan: pl.Plan | None = None) -> None:
+        super()._send_request(rtype, cont, blocks, ranges, now, flags, plan)
         if rtype != REQ_NORMAL or self.mode == "ahead":
             return
         k = cont.seq
@@ -237,8 +238,9 @@ class AckDivisionLiar(ClientEngine):
         self.divisions = divisions
 
     def _send_request(self, rtype: int, cont: Continuation, blocks: list[tuple[int, int]],
-                      ranges: list[tuple[int, int]], now: float, flags: int = ACK) -> None:
-        super()._send_request(rtype, cont, blocks, ranges, now, flags)
+                      ranges: list[tuple[int, int]], now: float, flags: int = ACK,
+                      plan: pl.Plan | None = None) -> None:
+        super()._send_request(rtype, cont, blocks, ranges, now, flags, plan)
         if rtype != REQ_NORMAL:
             return
         mss = self.cfg.mss
@@ -288,8 +290,9 @@ class DupAckLiar(ClientEngine):
         self.rewrite_state = rewrite_state
 
     def _send_request(self, rtype: int, cont: Continuation, blocks: list[tuple[int, int]],
-                      ranges: list[tuple[int, int]], now: float, flags: int = ACK) -> None:
-        super()._send_request(rtype, cont, blocks, ranges, now, flags)
+                      ranges: list[tuple[int, int]], now: float, flags: int = ACK,
+                      plan: pl.Plan | None = None) -> None:
+        super()._send_request(rtype, cont, blocks, ranges, now, flags, plan)
         seg = self._outbox[-1]
         self._outbox.extend([seg] * self.copies)
         for i in range(self.rewrites):
