@@ -33,6 +33,11 @@ def _f(x: object, fmt: str = "{:.2f}") -> str:
     return "–" if x is None else fmt.format(x)
 
 
+def _ratio(a: dict, b: dict, key: str) -> str:
+    x, y = a.get(key), b.get(key)
+    return _f(x / y) if x and y else "–"
+
+
 def headline(res: dict[str, dict]) -> list[tuple[str, str, str, str]]:
     """(measure, Trickles, Linux TCP, ratio or note) rows."""
     rows: list[tuple[str, str, str, str]] = []
@@ -49,7 +54,8 @@ def headline(res: dict[str, dict]) -> list[tuple[str, str, str, str]]:
                          _f(r.get("goodput_mbit")),
                          f"Reno {_f(reno.get('goodput_mbit'))}, "
                          f"Cubic {_f(cubic.get('goodput_mbit'))}",
-                         f"{_f(ratio['trickles_over_reno'])} × Reno"))
+                         f"{_f(ratio['trickles_over_reno'])} × Reno; at the bottleneck "
+                         f"(wire bytes) {_ratio(r, reno, 'wire_utilisation')} ×"))
     f = res.get("fairness")
     if f:
         for name in ("1+1", "1+4"):
