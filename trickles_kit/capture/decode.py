@@ -89,7 +89,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from hmac import compare_digest
-from itertools import starmap
+from itertools import chain, repeat, starmap
 
 from trickles_kit.capture.pcapio import read_pcap
 from trickles_kit.core import events as ev
@@ -133,6 +133,7 @@ _REQ_HEAD_LEN = _REQ_HEAD.size
 _FAST_REQ_TYPES = frozenset((0, 1, 3))  # NORMAL, SLOWSTART, FIN: a FULL continuation follows
 _FULL_TYPES = frozenset((FULL1, FULL2))
 _REQ_NAME = [REQ_NAMES.get(i) for i in range(256)]
+_SACKS_N = [struct.Struct(f"!{3 * i}I").unpack_from for i in range(65)]  # n blocks, flat
 _PROTO_NAMES = {1: "icmp", 2: "igmp", 6: "tcp", 17: "udp", 41: "ipv6_in_ip", 47: "gre",
                 50: "esp", 89: "ospf", 132: "sctp"}
 
@@ -208,10 +209,11 @@ EVENT_FIELDS = tuple(f.name for f in fields(Event))
 class Capture:
     """A decoded capture: rows, events and the error counter.
 
-    The decoder stores the packet table flat (`ROW_FIELDS` values per packet, one list): a
-    quarter-million `PacketRow` objects cost more than decoding their fields, and a table
-    (`columns()`, `packets_df()`) needs none. `packets` builds the rows on first access and
-    keeps them: from then on they are the table (edits to a row show in `packets_df()`).
+    The decoder stores the packet table flat (`ROW_FIELDS` values per packet, one list; SACK
+    blocks and byte ranges in two value lists, see `_ragged`): a quarter-million `PacketRow`
+    objects cost more than decoding their fields, and a table (`columns()`, `packets_df()`)
+    needs none. `packets` builds the rows on first access and keeps them: from then on they are
+    the table (edits to a row show in `packets_df()`).
     """
 
     def __init__(self, path: str, packets: list[PacketRow] | None = None,
@@ -222,6 +224,7 @@ class Capture:
         self.path = path
         self._rows: list[PacketRow] | None = packets if packets is not None else []
         self._flat: list | None = None
+        self._ragged: tuple[list, list] = ([], [])
         self.events: list[Event] = events if events is not None else []
         self.errors: Counter = errors if errors is not None else Counter()
         self.format = format
@@ -240,16 +243,16 @@ class Capture:
     def packets(self) -> list[PacketRow]:
         """One `PacketRow` per Trickles segment, in capture order (built on first access)."""
         if self._rows is None:
-            self._rows = _rows_of(self._flat or [])
-            self._flat = None
+            self._rows = _rows_of(self._flat or [], *self._ragged)
+            self._flat, self._ragged = None, ([], [])
         return self._rows
 
     @packets.setter
     def packets(self, rows: list[PacketRow]) -> None:
-        self._rows, self._flat = rows, None
+        self._rows, self._flat, self._ragged = rows, None, ([], [])
 
-    def _set_flat(self, flat: list) -> None:
-        self._rows, self._flat = None, flat
+    def _set_flat(self, flat: list, svals: list, rvals: list) -> None:
+        self._rows, self._flat, self._ragged = None, flat, (svals, rvals)
 
     @property
     def n_packets(self) -> int:
@@ -263,7 +266,11 @@ class Capture:
             vals = list(zip(*map(get, self._rows), strict=True)) if self._rows else [()] * NF
             return {f: list(v) for f, v in zip(ROW_FIELDS, vals, strict=True)}
         flat = self._flat or []
-        return {f: flat[i::NF] for i, f in enumerate(ROW_FIELDS)}
+        cols = {f: flat[i::NF] for i, f in enumerate(ROW_FIELDS)}
+        svals, rvals = self._ragged
+        cols["sacks"] = [_ragged(c, svals, 3) for c in cols["sacks"]]
+        cols["ranges"] = [_ragged(c, rvals, 2) for c in cols["ranges"]]
+        return cols
 
     def event_counts(self) -> Counter:
         return Counter(e.kind for e in self.events)
@@ -300,10 +307,30 @@ class Capture:
         return "\n".join(out)
 
 
-def _rows_of(flat: list) -> list[PacketRow]:
+def _rows_of(flat: list, svals: list, rvals: list) -> list[PacketRow]:
     """PacketRow objects of a flat table (`NF` values per row)."""
     with _no_gc():
-        return list(starmap(PacketRow, zip(*[iter(flat)] * NF, strict=False)))
+        rows = list(starmap(PacketRow, zip(*[iter(flat)] * NF, strict=False)))
+        for r in rows:
+            if type(r.sacks) is int:
+                r.sacks = _ragged(r.sacks, svals, 3)
+                r.ranges = _ragged(r.ranges, rvals, 2)
+    return rows
+
+
+def _ragged(cell, vals: list, width: int):
+    """A SACK-block / byte-range cell of the flat table as the row's list of tuples.
+
+    A fast-path request stores ``(offset << 7) | count`` (count <= 64) for `count` tuples of
+    `width` values at vals[offset:]; any other cell (None, or a general-path row's list) is the
+    value itself.
+    """
+    if type(cell) is not int:
+        return cell
+    o, n = cell >> 7, cell & 127
+    if n == 1:
+        return [tuple(vals[o : o + width])]
+    return [tuple(vals[i : i + width]) for i in range(o, o + n * width, width)]
 
 
 def _pandas():
@@ -372,11 +399,12 @@ def decode_pcap(path: str | os.PathLike[str], secret: bytes | None = None,
         raise TypeError("secret must be bytes (the master secret), e.g. bytes.fromhex(text)")
     cfg = config if config is not None else _default_config()
     verifier = _Verifier(bytes(secret), cfg) if secret is not None else None
+    promote = gc.isenabled()
     with read_pcap(path) as reader, _no_gc():
         cap = Capture(str(path), format=reader.format, secret_used=verifier is not None)
-        flat, cap.service_ports = _decode_rows(reader.datagrams(), service_port, verifier,
-                                               cap.errors, checksums)
-        cap._set_flat(flat)
+        flat, svals, rvals, cap.service_ports = _decode_rows(
+            reader.spans(), service_port, verifier, cap.errors, checksums, promote)
+        cap._set_flat(flat, svals, rvals)
         cap.linktypes = set(reader.linktypes)
         cap.truncated = reader.truncated
         cap.warning = reader.warning
@@ -426,16 +454,20 @@ def _no_gc() -> Iterator[None]:
             gc.enable()
 
 
-def _decode_rows(source: Iterable[tuple[float, bytes]], service_port: int | None,
+def _decode_rows(spans: Iterable[tuple], service_port: int | None,
                  verifier: _Verifier | None, errors: Counter,
-                 checksums: bool = True) -> tuple[list, set]:
-    """The table of every Trickles segment in `source` ((ts, IPv4 datagram) pairs), flat: `NF`
+                 checksums: bool = True, promote: bool = False) -> tuple[list, list, list, set]:
+    """The table of every Trickles segment in `spans` (`PcapReader.spans` batches), flat: `NF`
     values per row in `ROW_FIELDS` order. The hot loop.
 
     A fast-path row is one tuple extended into the list (nothing per row outlives the loop);
-    a row of the general path is a PacketRow flattened the same way. TCP checksums of
-    fast-path rows are checked in batches after their rows are written (`_Checksums`); a
-    segment that takes the general path is checked first, since its row depends on the verdict.
+    a row of the general path is a PacketRow flattened the same way. The SACK blocks and byte
+    ranges of a fast-path request go to two value lists (`_ragged`), so that no per-row
+    container is made: a quarter-million small lists and tuples cost more in allocation and
+    garbage-collector passes than decoding them. Offsets are absolute in
+    the batch's buffer (datagram = buf[b:e]). TCP checksums of IPv4 datagrams without options
+    come precomputed per batch when numpy is there (`_batch_checksums`); any other is summed
+    here (`_cksum_ok`).
     """
     flat: list = []
     extend = flat.extend
@@ -448,15 +480,10 @@ def _decode_rows(source: Iterable[tuple[float, bytes]], service_port: int | None
     req_unpack = _REQ_HEAD.unpack_from
     resp_unpack = _RESP_FULL.unpack_from
     u32_unpack = _U32S.unpack_from
-    sack_iter = _SACK.iter_unpack
     range_iter = _RANGE.iter_unpack
     sack_unpack = _SACK.unpack_from
     range_unpack = _RANGE.unpack_from
     flatten = _row_getter()
-    cks = _Checksums(flat, errors) if checksums else None
-    pend = cks.pending if cks is not None else []
-    defer = pend.extend
-    flush_at = _Checksums.BATCH * 5
     cksum_ok = _cksum_ok
     fast_req = _FAST_REQ_TYPES
     full_types = _FULL_TYPES
@@ -465,229 +492,234 @@ def _decode_rows(source: Iterable[tuple[float, bytes]], service_port: int | None
     fixed = service_port is not None
     index = -1
     not_trickles = 0
-    for ts, d in source:
-        index += 1
-        n = len(d)
-        if n < 20:
-            not_trickles += 1
-            errors["not_trickles.ip_short"] += 1
-            continue
-        if d[0] == 0x45 and n >= 48 and d[9] != 17:
-            # no IP options, raw IP 253 / TCP: IP and TCP headers in one unpack
-            (total, frag, proto, addrs, sport, dport, seq, ack, offb, flags, win, okind, olen,
-             exid, tlen) = iptcp_unpack(d, 0)
-            p0 = 20
-            if frag & 0x3FFF or (proto != 253 and proto != 6):
+    no_verdicts = repeat(None)
+    svals: list[int] = []  # SACK block values of fast-path request rows, see `_ragged`
+    rvals: list[int] = []  # their byte ranges (start, end)
+    svals_extend = svals.extend
+    rvals_extend = rvals.extend
+    sacks_n = _SACKS_N
+    if promote:
+        # the table's three lists live as long as the Capture and will hold millions of
+        # references: a young-generation collection now (a few thousand objects) moves them,
+        # still empty, to the oldest generation, so that no young pass ever walks them — that
+        # walk, all items cache-cold, cost about a tenth of the decode
+        gc.collect(1)
+    for d, tss, starts, ends in spans:
+        verdicts = _batch_checksums(d, starts, ends) if checksums else None
+        for ts, b, e, ok in zip(tss, starts, ends, verdicts or no_verdicts,
+                                strict=False):
+            index += 1
+            n = e - b
+            if n < 20:
                 not_trickles += 1
-                errors["not_trickles." + ("fragment" if frag & 0x3FFF else _PROTO_NAMES.get(
-                    proto, f"proto_{proto}"))] += 1
+                errors["not_trickles.ip_short"] += 1
                 continue
-            carrier = "ip253" if proto == 253 else "tcp"
-            cut = total > n
-            end = n if cut or total < 20 else total
-            seglen = end - 20
-        else:
-            vihl, total, frag, proto, addrs = ip_unpack(d, 0)
-            ihl = (vihl & 15) << 2
-            if vihl >> 4 != 4 or ihl < 20 or ihl > n:
-                not_trickles += 1
-                errors["not_trickles.ip_header"] += 1
-                continue
-            if frag & 0x3FFF:
-                not_trickles += 1
-                errors["not_trickles.fragment"] += 1
-                continue
-            if proto == 253:
-                carrier = "ip253"
-                p0 = ihl
-            elif proto == 17:
-                carrier = "udp"
-                p0 = ihl + 8
-            elif proto == 6:
-                carrier = "tcp"
-                p0 = ihl
-            else:
-                not_trickles += 1
-                errors["not_trickles." + _PROTO_NAMES.get(proto, f"proto_{proto}")] += 1
-                continue
-            cut = total > n
-            end = n if cut or total < ihl else total
-            seglen = end - p0
-            if seglen < 26:
-                if carrier != "ip253" or seglen < 4:
+            if d[b] == 0x45 and n >= 48 and d[b + 9] != 17:
+                # no IP options, raw IP 253 / TCP: IP and TCP headers in one unpack
+                (total, frag, proto, addrs, sport, dport, seq, ack, offb, flags, win, okind,
+                 olen, exid, tlen) = iptcp_unpack(d, b)
+                p0 = b + 20
+                if frag & 0x3FFF or (proto != 253 and proto != 6):
                     not_trickles += 1
-                    errors["not_trickles." + ("short" if carrier == "ip253" else carrier)] += 1
+                    errors["not_trickles." + ("fragment" if frag & 0x3FFF else _PROTO_NAMES.get(
+                        proto, f"proto_{proto}"))] += 1
                     continue
-                extend(flatten(_bad_row(index, ts, d, p0, end, _names(names, addrs), carrier,
-                                        total, "decode.short")))
-                errors["flagged"] += 1
-                errors["flagged.decode.short"] += 1
-                continue
-            (sport, dport, seq, ack, offb, flags, win, okind, olen, exid,
-             tlen) = tcp_unpack(d, p0)
-        hlen = (offb >> 4) << 2
-        if not (okind == 253 and olen == 6 and exid == 0x544B and 28 <= hlen <= seglen):
-            # not our encoder's layout: scan the options the codec's way
-            if seglen < 20 or hlen < 20 or hlen > seglen:
-                reason = "short" if seglen < 20 else "offset"
+                carrier = "ip253" if proto == 253 else "tcp"
+                cut = total > n
+                end = e if cut or total < 20 else b + total
+                seglen = end - p0
             else:
-                try:  # the codec's own option scan (no addresses: no checksum here)
-                    tlen = decode_segment(d[p0:end]).trickles_len
-                    reason = ""
-                except DecodeError as e:
-                    reason = e.reason
-            if reason:
-                if carrier != "ip253":
+                ok = None  # (the batch verdicts assume this layout)
+                vihl, total, frag, proto, addrs = ip_unpack(d, b)
+                ihl = (vihl & 15) << 2
+                if vihl >> 4 != 4 or ihl < 20 or ihl > n:
                     not_trickles += 1
-                    errors["not_trickles." + carrier] += 1
+                    errors["not_trickles.ip_header"] += 1
                     continue
-                extend(flatten(_bad_row(index, ts, d, p0, end, _names(names, addrs), carrier,
-                                        total, "decode." + reason)))
-                errors["flagged"] += 1
-                errors["flagged.decode." + reason] += 1
-                continue
-        # err: the row's error before its payload is read. A checksum still to verify is
-        # `check` (True); it is deferred for a fast-path row, verified now otherwise
-        err = None
-        check = False
-        if cut:
-            err = "snaplen"
-        elif checksums:
-            check = True
-        if flags & SYN:
-            syn_ports.add(sport if flags & ACK else dport)
-        nm = names.get(addrs)
-        if nm is None:
-            nm = _names(names, addrs)
-        src, dst, src_b, dst_b = nm
-        if fixed:
-            by_port = dport == service_port or sport == service_port
-            is_req = dport == service_port if by_port else tlen == 0
-        elif syn_ports:
-            by_port = dport in syn_ports or sport in syn_ports
-            is_req = dport in syn_ports if by_port else tlen == 0
-        else:
-            by_port = False
-            is_req = tlen == 0
-        p = p0 + hlen
-        np = end - p
-        # ---- inline fast paths: the two shapes of a bulk transfer (codec layouts, docs §2)
-        if is_req:
-            if np >= 77 and d[p] in fast_req and d[p + 1] in full_types and d[p + 27] < 3:
-                (rtype, ctype, cseq, fc, cs, par, cts, sts, mrtt, state, fl, fbs, sc, ss, base,
-                 cid, epoch, mac, nsacks) = req_unpack(d, p)
-                q = p + 77 + 12 * nsacks
-                if nsacks <= 64 and q + 3 <= end:
-                    if nsacks == 1:  # the usual request: one block, one byte range
-                        sacks = [sack_unpack(d, p + 77)]
-                    else:
-                        sacks = list(sack_iter(d[p + 77 : q])) if nsacks else []
-                    ulen = (d[q] << 8) | d[q + 1]
-                    o = q + 2 + ulen
-                    if o < end:
-                        nr = d[o]
-                        q = o + 1 + 8 * nr
-                        if nr <= 64 and q <= end:
-                            if nr == 1:
-                                a, b = range_unpack(d, o + 1)
-                                b += a
-                                ranges = [(a, b)]
-                            else:
-                                ranges = [(a, a + b) for a, b in range_iter(d[o + 1 : q])] \
-                                    if nr else []
-                                b = max(r[1] for r in ranges) if nr else 0
-                            if b <= 0x100000000:
-                                mac_ok = nonce_ok = None
-                                if verifier is not None:
-                                    mac_ok = verifier.mac_ok(
-                                        _PSEUDO.pack(src_b, dst_b, sport, dport),
-                                        d[p + 1 : p + 76], epoch)
-                                    nonce_ok = verifier.sacks_ok(cid, base, sacks)
-                                if check:
-                                    defer((d, p0, end, seglen, len(flat)))
-                                elif err is not None:
-                                    errors["flagged"] += 1
-                                    errors["flagged." + err] += 1
-                                extend((index, ts, "request", src, dst, sport, dport, carrier,
-                                        total, seq, ack, flags, win, tlen, req_name[rtype],
-                                        ctype, cseq, fc, cs, par, cts, sts, mrtt, state, fl,
-                                        fbs, sc, ss, base, cid, epoch, mac, None, None, None,
-                                        ulen, sacks, ranges, end - q, None, 0, False, None,
-                                        mac_ok, nonce_ok, err))
-                                if len(pend) >= flush_at:
-                                    cks.flush()  # type: ignore[union-attr]
-                                continue
-        elif np >= 83 and d[p + 8] in full_types and d[p + 34] < 3:
-            (nonce, sib, pos, ulen, ctype, cseq, fc, cs, par, cts, sts, mrtt, state, fl, fbs, sc,
-             ss, base, cid, epoch, mac) = resp_unpack(d, p)
-            c = p + 83 + ulen
-            if c <= end:
-                ds = fh = None
-                dl = 0
-                fin = False
-                cerr = None
-                if c < end:
-                    tf = d[c]
-                    clen = (d[c + 1] << 8) | d[c + 2] if c + 3 <= end else 0
-                    if tf >> 4 == 2 and c + clen == end and clen >= 7:  # one DATA chunk
-                        ds = u32_unpack(d, c + 3)[0]
-                        dl = clen - 7
-                        fin = bool(tf & 1)
-                    else:
-                        ds, dl, fin, fh, cerr = _chunks(d, c, end)
-                if cerr is not None:
-                    if check:  # the verdict decides the row: verify now
-                        check = False
-                        if not cksum_ok(d, p0, end, seglen):
-                            err = "decode.checksum"
-                    if not by_port:
+                if frag & 0x3FFF:
+                    not_trickles += 1
+                    errors["not_trickles.fragment"] += 1
+                    continue
+                if proto == 253:
+                    carrier = "ip253"
+                    p0 = b + ihl
+                elif proto == 17:
+                    carrier = "udp"
+                    p0 = b + ihl + 8
+                elif proto == 6:
+                    carrier = "tcp"
+                    p0 = b + ihl
+                else:
+                    not_trickles += 1
+                    errors["not_trickles." + _PROTO_NAMES.get(proto, f"proto_{proto}")] += 1
+                    continue
+                cut = total > n
+                end = e if cut or total < ihl else b + total
+                seglen = end - p0
+                if seglen < 26:
+                    if carrier != "ip253" or seglen < 4:
+                        not_trickles += 1
+                        errors["not_trickles." + ("short" if carrier == "ip253" else carrier)] \
+                            += 1
+                        continue
+                    extend(flatten(_bad_row(index, ts, d, p0, end, _names(names, addrs),
+                                            carrier, total, "decode.short")))
+                    errors["flagged"] += 1
+                    errors["flagged.decode.short"] += 1
+                    continue
+                (sport, dport, seq, ack, offb, flags, win, okind, olen, exid,
+                 tlen) = tcp_unpack(d, p0)
+            hlen = (offb >> 4) << 2
+            if not (okind == 253 and olen == 6 and exid == 0x544B and 28 <= hlen <= seglen):
+                # not our encoder's layout: scan the options the codec's way
+                if seglen < 20 or hlen < 20 or hlen > seglen:
+                    reason = "short" if seglen < 20 else "offset"
+                else:
+                    try:  # the codec's own option scan (no addresses: no checksum here)
+                        tlen = decode_segment(d[p0:end]).trickles_len
+                        reason = ""
+                    except DecodeError as ex:
+                        reason = ex.reason
+                if reason:
+                    if carrier != "ip253":
+                        not_trickles += 1
+                        errors["not_trickles." + carrier] += 1
+                        continue
+                    extend(flatten(_bad_row(index, ts, d, p0, end, _names(names, addrs),
+                                            carrier, total, "decode." + reason)))
+                    errors["flagged"] += 1
+                    errors["flagged.decode." + reason] += 1
+                    continue
+            if cut:
+                err = "snaplen"
+            elif not checksums:
+                err = None
+            else:
+                if ok is None:
+                    ok = cksum_ok(d, b, p0, end, seglen)
+                err = None if ok else "decode.checksum"
+            if flags & SYN:
+                syn_ports.add(sport if flags & ACK else dport)
+            nm = names.get(addrs)
+            if nm is None:
+                nm = _names(names, addrs)
+            src, dst, src_b, dst_b = nm
+            if fixed:
+                by_port = dport == service_port or sport == service_port
+                is_req = dport == service_port if by_port else tlen == 0
+            elif syn_ports:
+                by_port = dport in syn_ports or sport in syn_ports
+                is_req = dport in syn_ports if by_port else tlen == 0
+            else:
+                by_port = False
+                is_req = tlen == 0
+            p = p0 + hlen
+            np = end - p
+            # ---- inline fast paths: the two shapes of a bulk transfer (codec layouts, docs §2)
+            if is_req:
+                if (np >= 77 and d[p] in fast_req and d[p + 1] in full_types
+                        and d[p + 27] < 3):
+                    (rtype, ctype, cseq, fc, cs, par, cts, sts, mrtt, state, fl, fbs, sc, ss,
+                     base, cid, epoch, mac, nsacks) = req_unpack(d, p)
+                    q = p + 77 + 12 * nsacks
+                    if nsacks <= 64 and q + 3 <= end:
+                        # the blocks' values (L, R, summary, L, ...): see `_ragged`
+                        sk = sack_unpack(d, p + 77) if nsacks == 1 else sacks_n[nsacks](d, p + 77)
+                        ulen = (d[q] << 8) | d[q + 1]
+                        o = q + 2 + ulen
+                        if o < end:
+                            nr = d[o]
+                            q = o + 1 + 8 * nr
+                            if nr <= 64 and q <= end:
+                                if nr == 1:
+                                    lo, hi = range_unpack(d, o + 1)
+                                    hi += lo
+                                    rk = (lo, hi)
+                                else:
+                                    rk = tuple(chain.from_iterable(
+                                        (x, x + y) for x, y in range_iter(d[o + 1 : q])))
+                                    hi = max(rk[1::2]) if nr else 0
+                                if hi <= 0x100000000:
+                                    mac_ok = nonce_ok = None
+                                    if verifier is not None:
+                                        mac_ok = verifier.mac_ok(
+                                            _PSEUDO.pack(src_b, dst_b, sport, dport),
+                                            d[p + 1 : p + 76], epoch)
+                                        nonce_ok = verifier.sacks_ok(
+                                            cid, base, list(zip(*[iter(sk)] * 3, strict=True)))
+                                    sacks = (len(svals) << 7) | nsacks
+                                    svals_extend(sk)
+                                    ranges = (len(rvals) << 7) | nr
+                                    rvals_extend(rk)
+                                    if err is not None:
+                                        errors["flagged"] += 1
+                                        errors["flagged." + err] += 1
+                                    extend((index, ts, "request", src, dst, sport, dport,
+                                            carrier, total, seq, ack, flags, win, tlen,
+                                            req_name[rtype], ctype, cseq, fc, cs, par, cts, sts,
+                                            mrtt, state, fl, fbs, sc, ss, base, cid, epoch, mac,
+                                            None, None, None, ulen, sacks, ranges, end - q, None,
+                                            0, False, None, mac_ok, nonce_ok, err))
+                                    continue
+            elif np >= 83 and d[p + 8] in full_types and d[p + 34] < 3:
+                (nonce, sib, pos, ulen, ctype, cseq, fc, cs, par, cts, sts, mrtt, state, fl, fbs,
+                 sc, ss, base, cid, epoch, mac) = resp_unpack(d, p)
+                c = p + 83 + ulen
+                if c <= end:
+                    ds = fh = None
+                    dl = 0
+                    fin = False
+                    cerr = None
+                    if c < end:
+                        tf = d[c]
+                        clen = (d[c + 1] << 8) | d[c + 2] if c + 3 <= end else 0
+                        if tf >> 4 == 2 and c + clen == end and clen >= 7:  # one DATA chunk
+                            ds = u32_unpack(d, c + 3)[0]
+                            dl = clen - 7
+                            fin = bool(tf & 1)
+                        else:
+                            ds, dl, fin, fh, cerr = _chunks(d, c, end)
+                    if cerr is not None and not by_port:
                         c = -1  # maybe not a response after all: the general path tries both
                     elif err is None:
                         err = cerr
-            if 0 <= c <= end:
-                mac_ok = nonce_ok = None
-                if verifier is not None:
-                    mac_ok = verifier.mac_ok(_PSEUDO.pack(dst_b, src_b, dport, sport),
-                                             d[p + 8 : p + 83], epoch)
-                    nonce_ok = verifier.nonces.packet_nonce(cid, base, cseq) == nonce
-                if check:
-                    defer((d, p0, end, seglen, len(flat)))
-                elif err is not None:
-                    errors["flagged"] += 1
-                    errors["flagged." + err] += 1
-                extend((index, ts, "response", src, dst, sport, dport, carrier, total, seq,
-                        ack, flags, win, tlen, None, ctype, cseq, fc, cs, par, cts, sts, mrtt,
-                        state, fl, fbs, sc, ss, base, cid, epoch, mac, nonce, sib, pos, ulen,
-                        None, None, None, ds, dl, fin, fh, mac_ok, nonce_ok, err))
-                if len(pend) >= flush_at:
-                    cks.flush()  # type: ignore[union-attr]
-                continue
-        # ---- the general path (every other shape, errors, the other direction on failure)
-        if check and not cksum_ok(d, p0, end, seglen):
-            err = "decode.checksum"
-        head = (index, ts, "", src, dst, sport, dport, carrier, total, seq, ack, flags, win, tlen)
-        if is_req:
-            row = request_row(head, d, p, end, err, src_b, dst_b, verifier)
-            if row.error is not None and row.error != err and not by_port:
-                alt = response_row(head, d, p, end, err, src_b, dst_b, verifier)
-                if alt.error == err:
-                    row = alt
-        else:
-            row = response_row(head, d, p, end, err, src_b, dst_b, verifier)
-            if row.error is not None and row.error != err and not by_port:
-                alt = request_row(head, d, p, end, err, src_b, dst_b, verifier)
-                if alt.error == err:
-                    row = alt
-        if row.error is not None:
-            errors["flagged"] += 1
-            errors["flagged." + row.error] += 1
-        extend(flatten(row))
-    if cks is not None:
-        cks.flush()
+                if 0 <= c <= end:
+                    mac_ok = nonce_ok = None
+                    if verifier is not None:
+                        mac_ok = verifier.mac_ok(_PSEUDO.pack(dst_b, src_b, dport, sport),
+                                                 d[p + 8 : p + 83], epoch)
+                        nonce_ok = verifier.nonces.packet_nonce(cid, base, cseq) == nonce
+                    if err is not None:
+                        errors["flagged"] += 1
+                        errors["flagged." + err] += 1
+                    extend((index, ts, "response", src, dst, sport, dport, carrier, total, seq,
+                            ack, flags, win, tlen, None, ctype, cseq, fc, cs, par, cts, sts,
+                            mrtt, state, fl, fbs, sc, ss, base, cid, epoch, mac, nonce, sib, pos,
+                            ulen, None, None, None, ds, dl, fin, fh, mac_ok, nonce_ok, err))
+                    continue
+            # ---- the general path (every other shape, errors, the other direction on failure)
+            head = (index, ts, "", src, dst, sport, dport, carrier, total, seq, ack, flags, win,
+                    tlen)
+            if is_req:
+                row = request_row(head, d, p, end, err, src_b, dst_b, verifier)
+                if row.error is not None and row.error != err and not by_port:
+                    alt = response_row(head, d, p, end, err, src_b, dst_b, verifier)
+                    if alt.error == err:
+                        row = alt
+            else:
+                row = response_row(head, d, p, end, err, src_b, dst_b, verifier)
+                if row.error is not None and row.error != err and not by_port:
+                    alt = request_row(head, d, p, end, err, src_b, dst_b, verifier)
+                    if alt.error == err:
+                        row = alt
+            if row.error is not None:
+                errors["flagged"] += 1
+                errors["flagged." + row.error] += 1
+            extend(flatten(row))
     if not_trickles:
         errors["not_trickles"] += not_trickles
     ports = {service_port} if fixed else syn_ports
-    return flat, ports
+    return flat, svals, rvals, ports
 
 
 def _names(names: dict, addrs: int) -> tuple[str, str, bytes, bytes]:
@@ -699,91 +731,76 @@ def _names(names: dict, addrs: int) -> tuple[str, str, bytes, bytes]:
     return nm
 
 
-def _cksum_ok(d: bytes, p0: int, end: int, seglen: int) -> bool:
-    """The TCP checksum of segment d[p0:end] (pseudo-header protocol 6, as the codec)."""
+def _cksum_ok(d, b: int, p0: int, end: int, seglen: int) -> bool:
+    """The TCP checksum of segment d[p0:end] of the datagram at d[b:] (pseudo-header protocol
+    6, as the codec)."""
     # the ones'-complement sum of 16-bit words is the big-endian integer mod 0xFFFF
     # (2^16 = 1); with no IP options the addresses and the segment are contiguous
-    v = int.from_bytes(d[12 if p0 == 20 else p0 : end], "big") % 0xFFFF
+    v = int.from_bytes(d[b + 12 if p0 == b + 20 else p0 : end], "big") % 0xFFFF
     if seglen & 1:  # the pad byte: (segment | 0) = segment * 256
         v <<= 8
-    if p0 != 20:
-        v += int.from_bytes(d[12:20], "big")
+    if p0 != b + 20:
+        v += int.from_bytes(d[b + 12 : b + 20], "big")
     return not (v + 6 + seglen) % 0xFFFF
 
 
-class _Checksums:
-    """TCP checksums of fast-path rows, verified in batches after the rows are written.
+MIN_NUMPY = 256  # batches smaller than this are summed in Python (no numpy import)
 
-    `pending` holds (datagram, p0, end, seglen, row offset in the flat table) five values per
-    row; `flush()` marks the rows whose checksum fails (error ``decode.checksum``, counted as
-    flagged). A batch of `MIN_NUMPY` or more is summed with numpy when it is installed (it comes
-    with pandas): the datagrams joined, 16-bit words summed per segment with one
-    ``add.reduceat`` — a few ns per segment instead of about 2 us for Python's big-int
-    conversion of a full-size segment. Otherwise, and for small batches, `_cksum_ok` per row.
+
+def _batch_checksums(buf, starts: list[int], ends: list[int]) -> list[bool] | None:
+    """TCP checksum verdicts of a batch, for the loop's no-IP-options layout, with numpy.
+
+    Per datagram buf[b:e] whose first byte is 0x45 (others get a meaningless value the loop
+    ignores): the sum of buf[b+12:end] (addresses + segment), end = b + the IP total length
+    unless that is out of bounds (then e), as `_cksum_ok`. 16-bit words summed per segment with
+    one ``add.reduceat`` per word alignment, on the buffer itself (the mapped file): a few ns
+    per segment instead of about 2 us for Python's big-int conversion of a full-size segment.
+    None (the loop sums in Python) when numpy is missing or the batch is small.
     """
-
-    BATCH = 8192
-    MIN_NUMPY = 256
-
-    def __init__(self, flat: list, errors: Counter) -> None:
-        self.flat = flat
-        self.errors = errors
-        self.pending: list = []
-
-    def flush(self) -> None:
-        pend = self.pending
-        if not pend:
-            return
-        ds, p0s, ends, seglens, ats = (pend[i::5] for i in range(5))
-        np = _numpy() if len(ds) >= self.MIN_NUMPY else None
-        if np is not None:
-            bad = _bad_sums_numpy(np, ds, p0s, ends, seglens)
-        else:
-            bad = [i for i, (d, p0, end, seglen) in enumerate(zip(ds, p0s, ends, seglens,
-                                                                    strict=True))
-                   if not _cksum_ok(d, p0, end, seglen)]
-        flat = self.flat
-        for i in bad:
-            flat[ats[i] + _ERR_AT] = "decode.checksum"
-        if bad:
-            self.errors["flagged"] += len(bad)
-            self.errors["flagged.decode.checksum"] += len(bad)
-        pend.clear()
-
-
-def _bad_sums_numpy(np, ds: list, p0s: list, ends: list, seglens: list) -> list[int]:
-    """Indices of the segments whose TCP checksum fails; the arithmetic of `_cksum_ok`."""
-    buf = b"".join(ds) + b"\0\0\0\0"
-    k = len(ds)
-    lens = np.fromiter(map(len, ds), dtype=np.int64, count=k)
-    base = np.cumsum(lens) - lens
-    p0 = np.array(p0s, dtype=np.int64)
-    start = base + np.where(p0 == 20, 12, p0)  # addresses + segment, or the segment alone
-    stop = base + np.array(ends, dtype=np.int64)
-    seglen = np.array(seglens, dtype=np.int64)
-    words = (stop - start) >> 1
-    total = np.zeros(k, dtype=np.int64)
-    for par in (0, 1):  # segments at even / odd offsets of the joined buffer
-        sel = np.flatnonzero((start & 1) == par)
+    k = len(starts)
+    if k < MIN_NUMPY:
+        return None
+    np = _numpy()
+    if np is None:
+        return None
+    size = len(buf)
+    u8 = np.frombuffer(buf, dtype=np.uint8)
+    b = np.array(starts, dtype=np.int64)
+    e = np.array(ends, dtype=np.int64)
+    n = e - b
+    hb = np.minimum(b + 3, size - 1)  # the total-length bytes (in bounds for any datagram)
+    total = (u8[hb - 1].astype(np.int64) << 8) | u8[hb]
+    end = np.where((total > n) | (total < 20), e, b + total)
+    start = np.minimum(b + 12, end)  # empty for short datagrams (not judged here)
+    words = (end - start) >> 1
+    sums = np.zeros(k, dtype=np.int64)
+    for par in (0, 1):  # segments at even / odd offsets of the buffer
+        sel = np.flatnonzero(((start & 1) == par) & (words > 0))
         if not len(sel):
             continue
-        w = np.frombuffer(buf, dtype="<u2", offset=par, count=(len(buf) - par) >> 1)
-        a = (start[sel] - par) >> 1
+        # the batch's part of the buffer only: reduceat's last sum runs to the array's end
+        first = int(start[sel[0]])
+        base = first - ((first - par) & 1)
+        count = min((int(end[sel].max()) - base) >> 1, (size - base) >> 1)
+        w = np.frombuffer(buf, dtype="<u2", offset=base, count=count)
+        a = (start[sel] - base) >> 1
         idx = np.empty(2 * len(sel), dtype=np.int64)
         idx[0::2] = a
-        idx[1::2] = a + words[sel]
+        idx[1::2] = np.minimum(a + words[sel], len(w) - 1)
         # a segment's sum fits 32 bits (at most 32767 words of 0xFFFF)
-        sums = np.add.reduceat(w, idx, dtype=np.uint32)[0::2].astype(np.int64)
-        total[sel] = np.where(words[sel] > 0, sums, 0) % 0xFFFF
+        s = np.add.reduceat(w, idx, dtype=np.uint32)[0::2].astype(np.int64)
+        for i in np.flatnonzero(a + words[sel] == len(w)).tolist():  # ends the buffer
+            s[i] = int(w[a[i]:].sum(dtype=np.uint64))
+        sums[sel] = s % 0xFFFF
     # little-endian words: the big-endian sum is 256 x the little-endian one (mod 0xFFFF)
-    v = total * 256
-    odd = np.flatnonzero(seglen & 1)
+    v = sums * 256
+    seglen = end - b - 20
+    odd = np.flatnonzero((seglen & 1) & (end > start))
     if len(odd):  # the pad byte: the last byte, high half of a word
-        v[odd] += np.frombuffer(buf, dtype=np.uint8)[stop[odd] - 1].astype(np.int64) << 8
+        v[odd] += u8[end[odd] - 1].astype(np.int64) << 8
     v += seglen + 6
-    for i in np.flatnonzero(p0 != 20).tolist():  # the addresses, apart from the segment
-        v[i] += int.from_bytes(ds[i][12:20], "big") % 0xFFFF
-    return np.flatnonzero(v % 0xFFFF).tolist()
+    ok = (v % 0xFFFF) == 0
+    return ok.tolist()
 
 
 _NUMPY: list = []

@@ -223,6 +223,87 @@ class PcapReader:
             return self._pcap_raw()
         return ((r[0], r[2]) for r in self)
 
+    def spans(self, batch: int = 1 << 13) -> Iterator[tuple[bytes | mmap.mmap, list[float],
+                                                             list[int], list[int]]]:
+        """The datagrams of `datagrams()` in batches of up to `batch`: ``(buf, ts, starts,
+        ends)``, datagram i being ``buf[starts[i]:ends[i]]``.
+
+        For a classic pcap of raw IP frames `buf` is the mapped file itself: no per-datagram
+        bytes object or tuple — what a decoder reading fields with ``Struct.unpack_from(buf,
+        offset)`` wants, and one buffer for vectorised work over a batch. Any other capture
+        yields each batch of datagrams joined into one bytes object.
+        """
+        if self.format == "pcap" and self.linktype in _RAW_TYPES:
+            yield from self._pcap_raw_spans(batch)
+            return
+        it = self.datagrams()
+        while True:
+            tss: list[float] = []
+            parts: list[bytes] = []
+            starts: list[int] = []
+            ends: list[int] = []
+            off = 0
+            for ts, d in it:
+                tss.append(ts)
+                parts.append(d)
+                starts.append(off)
+                off += len(d)
+                ends.append(off)
+                if len(tss) >= batch:
+                    break
+            if not tss:
+                return
+            yield b"".join(parts), tss, starts, ends
+
+    def _pcap_raw_spans(self, batch: int) -> Iterator[tuple[bytes | mmap.mmap, list[float],
+                                                            list[int], list[int]]]:
+        """`spans` of a classic raw-IP pcap: the record walk of `_pcap_raw`, offsets only."""
+        buf = self._buf
+        size = self.size
+        unpack = struct.Struct(self._endian + "IIII").unpack_from
+        scale = self._scale
+        limit = max(self.snaplen, MAX_RECORD)
+        skipped = self.skipped
+        off = 24
+        n = y = 0
+        try:
+            while off < size:
+                tss: list[float] = []
+                starts: list[int] = []
+                ends: list[int] = []
+                t_add, s_add, e_add = tss.append, starts.append, ends.append
+                stop = n + batch
+                while off < size and n < stop:
+                    if off + 16 > size:
+                        self._truncate(f"record {n} header at offset {off} is cut short")
+                        off = size
+                        break
+                    sec, frac, incl, _ = unpack(buf, off)
+                    if incl > limit:
+                        raise PcapError(
+                            f"corrupt pcap: record {n} at offset {off} claims {incl} captured "
+                            f"bytes (snapshot length {self.snaplen})")
+                    start = off + 16
+                    off = start + incl
+                    if off > size:
+                        self._truncate(f"record {n} at offset {start - 16} needs {incl} bytes, "
+                                       f"{size - start} remain")
+                        off = size
+                        break
+                    n += 1
+                    if incl and buf[start] >> 4 == 4:
+                        t_add(sec + frac * scale)
+                        s_add(start)
+                        e_add(off)
+                    else:
+                        skipped["ipv6" if incl and buf[start] >> 4 == 6 else "not_ip"] += 1
+                y += len(tss)
+                if tss:
+                    yield buf, tss, starts, ends
+        finally:
+            self.frames = n
+            self.records = y
+
     def _pcap_raw(self) -> Iterator[tuple[float, bytes]]:
         """The hot path: classic pcap with raw IP frames, no per-record objects."""
         buf = self._buf
