@@ -796,3 +796,116 @@ def test_live_capture_without_tcpdump(tmp_path: Path, monkeypatch: pytest.Monkey
     with pytest.raises(live.LiveCaptureError, match="failed to start"):
         live.LiveCapture("no-such-interface0", tmp_path / "x.pcap",
                          tcpdump="/bin/false").start()
+
+
+# ---------------------------------------------------------------------------- the fast path's parts
+def _damaged(frames: list, rng: random.Random) -> tuple[list, set[int]]:
+    """Frames with every 7th datagram's segment changed (one payload byte flipped, its IP total
+    length kept) and odd-length copies added (a pad byte in the checksum): the indices whose
+    TCP checksum must fail."""
+    out, bad = [], set()
+    for i, (t, d) in enumerate(frames):
+        if i % 7 == 3 and len(d) > 60:
+            b = bytearray(d)
+            b[rng.randrange(48, len(b))] ^= 1 << rng.randrange(8)
+            d = bytes(b)
+            bad.add(len(out))
+        out.append((t, d))
+        if i % 11 == 5:  # one byte appended to the segment (IP total length too): a length
+            b = bytearray(d + b"\x5a")  # of the other parity, the stored checksum now wrong
+            b[2:4] = (len(b)).to_bytes(2, "big")
+            out.append((t, bytes(b)))
+            bad.add(len(out) - 1)
+    return out, bad
+
+
+def test_checksum_batches_equal_the_codec(tmp_path: Path, small, monkeypatch) -> None:
+    """TCP checksum verdicts: numpy batches (on the mapped file and on joined pcapng datagrams),
+    the pure-Python sums, and the codec's own check agree row by row."""
+    _, frames, _ = small
+    frames, bad = _damaged(frames * 2, random.Random(4))
+    assert len(frames) > 2 * dec.MIN_NUMPY
+    raw, ng = tmp_path / "bad.pcap", tmp_path / "bad.pcapng"
+    write_pcap(raw, frames)
+    write_pcapng(ng, frames)
+    runs = {}
+    for mode in ("numpy", "python", "no_numpy"):
+        with monkeypatch.context() as m:
+            if mode == "python":
+                m.setattr(dec, "MIN_NUMPY", 10**9)
+            elif mode == "no_numpy":
+                m.setattr(dec, "_NUMPY", [None])
+            for p in (raw, ng):
+                cap = decode_pcap(p, events=False)
+                runs[mode, p.suffix] = ([r.as_dict() for r in cap.packets], cap.errors)
+    ref = runs["numpy", ".pcap"]
+    assert all(v == ref for v in runs.values())
+    rows = {r["index"]: r for r in ref[0]}
+    flagged = {i for i, r in rows.items() if r["error"] == "decode.checksum"}
+    assert flagged == bad & set(rows) and flagged
+    assert ref[1]["flagged.decode.checksum"] == len(flagged)
+    for i, (_, d) in enumerate(frames):  # the codec's verdict on every decoded segment
+        if i not in rows:
+            continue
+        ip = parse_ipv4(d)
+        try:
+            decode_segment(ip.payload, ip.src, ip.dst)
+            codec_bad = False
+        except Exception as e:  # noqa: BLE001 - DecodeError("checksum") expected
+            codec_bad = getattr(e, "reason", "") == "checksum"
+        assert codec_bad == (i in flagged), i
+    # without checksums nothing is flagged for them
+    assert not decode_pcap(raw, events=False, checksums=False).errors["flagged.decode.checksum"]
+
+
+def test_spans_are_the_datagrams(tmp_path: Path, small) -> None:
+    """PcapReader.spans yields exactly datagrams(), across batch boundaries and formats."""
+    _, frames, _ = small
+    variants = {"raw": lambda p: write_pcap(p, frames),
+                "raw_be": lambda p: write_pcap(p, frames, byteorder=">"),
+                "pcapng": lambda p: write_pcapng(p, frames),
+                "en10mb": lambda p: write_pcap(p, [(t, ether(d)) for t, d in frames], 1)}
+    for name, write in variants.items():
+        p = tmp_path / f"{name}.cap"
+        write(p)
+        want = list(read_pcap(p).datagrams())
+        for batch in (1, 3, 1 << 13):
+            got = [(t, bytes(buf[b:e])) for buf, tss, bs, es in read_pcap(p).spans(batch)
+                   for t, b, e in zip(tss, bs, es, strict=True)]
+            assert got == [(t, bytes(d)) for t, d in want], (name, batch)
+    # a truncated file: the complete records, then the warning, as datagrams() does
+    data = (tmp_path / "raw.cap").read_bytes()
+    (tmp_path / "cut.cap").write_bytes(data[:-5])
+    with pytest.warns(TruncatedCaptureWarning):
+        r = read_pcap(tmp_path / "cut.cap")
+        n = sum(len(x[1]) for x in r.spans(4))
+    assert r.truncated and n == len(frames) - 1 == r.records
+
+
+def test_packet_table_views_agree(small) -> None:
+    """The flat table, the rows built from it, columns() and packets_df() hold the same values;
+    rows are built once and are the table from then on."""
+    path, _, _ = small
+    cap = decode_pcap(path, secret=sim_secret(3), events=False)
+    n = cap.n_packets
+    cols = cap.columns()  # from the flat table (no rows built yet)
+    assert cap._rows is None and len(cols["index"]) == n
+    rows = cap.packets
+    assert len(rows) == n and cap.packets is rows and cap._flat is None
+    assert cols == {f: [getattr(r, f) for r in rows] for f in dec.ROW_FIELDS}
+    reqs = [r for r in rows if r.direction == "request" and r.req_type != "SYN"]
+    assert reqs and all(isinstance(r.sacks, list) and r.sacks and isinstance(r.sacks[0], tuple)
+                        and isinstance(r.ranges, list) for r in reqs)
+    assert any(len(r.sacks) > 1 for r in reqs)  # one_loss: a hole, two blocks
+    rows[0].error = "edited"  # the rows are the table now
+    assert cap.columns()["error"][0] == "edited"
+    pd = pytest.importorskip("pandas")
+    lazy = decode_pcap(path, secret=sim_secret(3), events=False)
+    built = decode_pcap(path, secret=sim_secret(3), events=False)
+    assert built.packets
+    pd.testing.assert_frame_equal(lazy.packets_df(), built.packets_df())
+    assert lazy._rows is None  # a DataFrame needs no rows
+    empty = dec.Capture("x")
+    assert empty.n_packets == 0 and len(empty.packets_df()) == 0 and "packets=0" in repr(empty)
+    empty.packets = rows[:2]
+    assert empty.n_packets == 2 and empty.columns()["index"] == [r.index for r in rows[:2]]
