@@ -909,3 +909,28 @@ def test_packet_table_views_agree(small) -> None:
     assert empty.n_packets == 0 and len(empty.packets_df()) == 0 and "packets=0" in repr(empty)
     empty.packets = rows[:2]
     assert empty.n_packets == 2 and empty.columns()["index"] == [r.index for r in rows[:2]]
+
+
+def test_fields_no_server_seals_are_refused_not_planned(tmp_path: Path, small) -> None:
+    """A request whose continuation asks for an absurd window (a corrupt or forged capture) is
+    the engine's ``drop bad_cont`` — never a plan of billions of slots (memory exhaustion)."""
+    _, frames, ref = small
+    i = next(r.index for r in ref.packets if r.direction == "request" and r.req_type == "NORMAL")
+    t, d = frames[i]
+    ip = parse_ipv4(d)
+    seg = bytearray(ip.payload)
+    p = 28  # TCP header with the Trickles option: the request (type byte, continuation) follows
+    base = int.from_bytes(seg[p + 44 : p + 48], "big")
+    seg[p + 2 : p + 6] = (base - 1).to_bytes(4, "big")  # k = tcp_base - 1: the handshake plan
+    seg[p + 36 : p + 44] = struct.pack("!II", 0xFFFFFFF0, 0xFFFFFFF0)  # start_cwnd, ssthresh
+    seg[p + 60 : p + 76] = bytes(16)  # a MAC no response carried
+    seg[16:18] = b"\0\0"
+    seg[16:18] = checksum(ip.src, ip.dst, bytes(seg)).to_bytes(2, "big")
+    forged = d[: len(d) - len(ip.payload)] + bytes(seg)
+    path = tmp_path / "forged.pcap"
+    write_pcap(path, [*frames, (t + 1.0, forged)])
+    cap = decode_pcap(path)
+    row = cap.packets[-1]
+    assert row.start_cwnd == 0xFFFFFFF0 and row.cont_seq == row.tcp_base - 1 and not row.error
+    last = [e for e in cap.events if e.t == row.t]
+    assert [(e.kind, e.detail.get("reason")) for e in last] == [("drop", "bad_cont")]

@@ -4,7 +4,8 @@
 returns a `Capture`: ``packets`` (one `PacketRow` per Trickles segment, in capture order),
 ``events`` (`core.events.Event`, the engine's own vocabulary and fields) and ``errors`` (a
 Counter of everything skipped or flagged). ``packets_df()`` / ``events_df()`` give pandas
-DataFrames (pandas is imported only then).
+DataFrames (pandas is imported only then). The packet table is kept flat and ``packets`` builds
+its `PacketRow` objects on first access; ``columns()`` / ``packets_df()`` need none.
 
 Packets
 -------
@@ -26,7 +27,8 @@ Packets
   checksum, truncated, unknown type...) is kept with ``error`` = the engine's drop reason
   (``decode.checksum``, ``decode.truncated``, ...; ``snaplen`` when the capture cut the datagram).
   The TCP checksum is verified (pseudo-header protocol 6, as the codec does) unless
-  ``checksums=False`` — the costliest step for full-size packets (about 40% of the fast path).
+  ``checksums=False``. Summed per batch with numpy when it is installed (about 0.1 s per
+  200,000 packets), in Python otherwise (about 2 us per full-size segment).
 * **Verdicts** with the master secret: ``mac_ok`` for the continuation of every request and every
   FULL continuation of a response (pseudo-header: client IP, service IP, client port, service
   port — the TCP ports of the segment, not the UDP ones); ``nonce_ok`` for a request = every SACK
@@ -64,7 +66,10 @@ capture time of the packet that carried the event):
   a bad MAC -> ``mac_fail``, too old / from the future -> ``stale_drop``; a bad SACK count or
   shape -> ``drop``; a wrong nonce summary -> ``nonce_fail`` (secret); a continuation already
   used for the same request type -> ``replay_drop`` (the engine's replay key, SLOWSTART buckets
-  included); a rejected plan -> ``drop`` ``plan.<reason>``; anything else -> ``drop``
+  included); continuation fields no server seals (a window over the engine's limits) ->
+  ``drop`` ``bad_cont`` (never planned: planning them could exhaust memory; the engine checks
+  this right after the MAC); a rejected plan -> ``drop`` ``plan.<reason>``; anything else ->
+  ``drop``
   ``unanswered`` (lost after the capture point, or the application dropped it).
   Without the secret, a replay is still recognised when an earlier *answered* request carried
   the same MAC: with the same MAC-covered bytes it is ``replay_drop``; with different ones it
@@ -94,6 +99,7 @@ from itertools import chain, repeat, starmap
 from trickles_kit.capture.pcapio import read_pcap
 from trickles_kit.core import events as ev
 from trickles_kit.core import plan as pl
+from trickles_kit.core.cc import MAX_CWND
 from trickles_kit.core.events import Event
 from trickles_kit.core.replay import slowstart_age_bucket
 from trickles_kit.wire.continuation import FULL1, FULL2, FULL_LEN, MINIMAL, MINIMAL_LEN
@@ -117,6 +123,7 @@ PANDAS_HINT = ("pandas is needed for DataFrames: pip install pandas "
                "(or pip install -e '.[lab]')")
 
 _U32 = 0xFFFFFFFF
+_SEQ_LIMIT = _U32 - 4 * MAX_CWND  # the engine's: packet numbers never wrap in a connection
 _IP = struct.Struct("!BxHxxHxBxxQ")  # vihl, total, frag, proto, both addresses
 _TCP = struct.Struct("!HHIIBBHxxxxBBHH")  # the header + the first option's kind/len/ExID/value
 _IPTCP = struct.Struct("!xxHxxHxBxxQHHIIBBHxxxxBBHH")  # both, for IP without options
@@ -391,8 +398,8 @@ def decode_pcap(path: str | os.PathLike[str], secret: bytes | None = None,
     `secret` (the master secret) enables the MAC and nonce verdicts; `service_port` fixes the
     direction rule; `config` (a `ServerConfig`) supplies the server settings the checks depend on
     (max_gap, max_sacks, nonce_bits, freshness, key epochs; defaults otherwise); `events=False`
-    skips the event derivation (the fast path: reading + wire decode into rows);
-    `checksums=False` skips the TCP checksum check (the costliest step for full-size packets).
+    skips the event derivation (the fast path: reading + wire decode into the packet table);
+    `checksums=False` skips the TCP checksum check.
     Raises `PcapError` for a file that is not a readable capture.
     """
     if secret is not None and not isinstance(secret, bytes | bytearray):
@@ -1042,6 +1049,13 @@ def _sack_problem(row: PacketRow, cfg) -> str | None:
     return None
 
 
+def _bad_cont(row: PacketRow) -> bool:
+    """The engine's refusal of a (MAC-valid) continuation with fields it never produces."""
+    c0 = row.start_cwnd
+    return (not 1 <= c0 <= row.ssthresh or c0 > MAX_CWND or row.cont_seq > _SEQ_LIMIT
+            or (row.cont_seq == row.tcp_base - 1 and c0 > 64))
+
+
 def _covered(row: PacketRow, response: bool = False) -> tuple:
     """What the MAC covers: the pseudo-header and the server-owned continuation fields."""
     client = (row.dst, row.src, row.dport, row.sport) if response else (
@@ -1090,7 +1104,12 @@ def derive_events(rows: list[PacketRow], secret: bytes | None = None, config=Non
                 continue
             plan = None
             plan_error = None
-            if row.req_type != "FIN" and _sack_problem(row, cfg) is None:
+            if row.req_type != "FIN" and _bad_cont(row):
+                # fields no server seals: the engine refuses them ("bad_cont") before planning;
+                # planning them could ask for billions of slots (a corrupt capture's
+                # start_cwnd) and exhaust memory
+                plan_error = "bad_cont"
+            elif row.req_type != "FIN" and _sack_problem(row, cfg) is None:
                 blocks = [(lft, rgt) for lft, rgt, _ in row.sacks or ()]
                 try:
                     plan = plan_request(row.cont_seq, row.tcp_base, row.start_cwnd,
