@@ -69,8 +69,7 @@ capture time of the packet that carried the event):
   included); continuation fields no server seals (a window over the engine's limits) ->
   ``drop`` ``bad_cont`` (never planned: planning them could exhaust memory; the engine checks
   this right after the MAC); a rejected plan -> ``drop`` ``plan.<reason>``; anything else ->
-  ``drop``
-  ``unanswered`` (lost after the capture point, or the application dropped it).
+  ``drop`` ``unanswered`` (lost after the capture point, or the application dropped it).
   Without the secret, a replay is still recognised when an earlier *answered* request carried
   the same MAC: with the same MAC-covered bytes it is ``replay_drop``; with different ones it
   cannot carry a valid MAC and is ``mac_fail`` (``detail.inferred = True``). Everything else is
