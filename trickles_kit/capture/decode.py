@@ -102,6 +102,7 @@ from trickles_kit.core.cc import MAX_CWND
 from trickles_kit.core.events import Event
 from trickles_kit.core.replay import slowstart_age_bucket
 from trickles_kit.wire.continuation import FULL1, FULL2, FULL_LEN, MINIMAL, MINIMAL_LEN
+from trickles_kit.wire.delta import unpack_request
 from trickles_kit.wire.errors import DecodeError
 from trickles_kit.wire.messages import (
     REQ_FIN,
@@ -997,8 +998,14 @@ def _request_row(head: tuple, d: bytes, p: int, e: int, err: str | None, src_b: 
 
 
 def _request_row_slow(head, d, p, e, err, src_b, dst_b, verifier) -> PacketRow:
+    payload = bytes(d[p:e])
     try:
-        req = decode_request(bytes(d[p:e]))
+        if payload and payload[0] & 0xC0:  # delta-encoding flags (docs/protocol.md §10.2)
+            # read it as a server with the option on would: flags off, a COMPACT form expanded
+            # (its key epoch is the current or previous one; the capture's clock gives which)
+            epoch_s = verifier.keys.epoch_seconds if verifier else _default_config().epoch_seconds
+            _, payload = unpack_request(payload, head[10], int(head[1] // epoch_s), True)
+        req = decode_request(payload)
     except DecodeError as ex:
         return PacketRow(*head[:2], "request", *head[3:], error=err or "decode." + ex.reason)
     return _row_from_request(head, req, err, src_b, dst_b, verifier)
