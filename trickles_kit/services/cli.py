@@ -26,6 +26,9 @@ def add_services_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--clients", type=int, default=8, help="load: concurrent clients")
     d.add_argument("--cpu", type=float, default=0.2,
                    help="load: CPU quota per replica, in CPUs (default 0.2)")
+    d.add_argument("--repeats", type=int, default=3,
+                   help="load: 1-vs-2-replica pairs to run; the median pair is reported "
+                        "(default 3)")
     d.add_argument("--out", type=Path, help="results directory (default benchmarks/results)")
     d.add_argument("--no-save", action="store_true", help="print only, write nothing")
     d.add_argument("--json", action="store_true", help="print the whole result as JSON")
@@ -61,7 +64,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             return 2
         kw["size"] = args.size
     if args.scenario == "load":
-        kw.update(clients=args.clients, cpu_fraction=args.cpu)
+        if args.repeats < 1:
+            print("trickles services demo: --repeats must be at least 1", file=sys.stderr)
+            return 2
+        kw.update(clients=args.clients, cpu_fraction=args.cpu, repeats=args.repeats)
     try:
         res = SCENARIOS[args.scenario](**kw)
     except (TopologyError, CgroupError, AgentError, RuntimeError, ValueError) as e:
@@ -75,6 +81,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         argv = ["-m", "trickles_kit.cli", "services", "demo", args.scenario]
         argv += ["--tcp"] if args.tcp else []
         argv += ["--size", str(args.size)] if args.size else []
+        if args.scenario == "load":
+            argv += ["--repeats", str(args.repeats)]
         path = report.save(res, argv, args.out or report.RESULTS)
         print(f"wrote {os.path.relpath(path)} (+ .html figure)")
     return 0 if res["byte_exact"] else 1

@@ -85,7 +85,10 @@ def outcome(res: dict) -> str:
         return (f"{res['clients']} clients, {q * 100:.0f} % of a CPU per replica: "
                 f"{res['one_replica']['goodput_mbit']:.1f} → "
                 f"{res['two_replicas']['goodput_mbit']:.1f} Mbit/s = {res['speedup']:.2f}× "
-                f"(≥ 1.6× {_yes(res['speedup_at_least_1_6'])})")
+                f"(≥ 1.6× {_yes(res['speedup_at_least_1_6'])})"
+                + (f"; median of {res['repeats']} pairs: "
+                   + ", ".join(f"{x:.2f}×" for x in res["speedups_all_pairs"])
+                   if res.get("repeats", 1) > 1 else ""))
     return "?"
 
 

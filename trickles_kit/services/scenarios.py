@@ -215,31 +215,44 @@ def run_balance(kind: str = "trickles", size: int = 2_000_000, verbose: bool = F
 
 
 def run_load(kind: str = "trickles", clients: int = 8, size: int = 1_000_000,
-             cpu_fraction: float = 0.2, verbose: bool = False, timeout: float = 120.0) -> dict:
+             cpu_fraction: float = 0.2, verbose: bool = False, timeout: float = 120.0,
+             repeats: int = 1) -> dict:
     """Aggregate goodput of `clients` concurrent transfers with CPU-capped servers: 1 replica
-    vs per-packet balancing over 2."""
-    runs = {}
-    for n in (1, 2):
-        with ServiceBed("balance", kind, n=2, cpu_fraction=cpu_fraction, verbose=verbose) as bed:
-            bed.start_replicas(["s1"] if n == 1 else None)
-            if n == 2:
-                bed.balance()
-            start_at = time.time() + 1.5  # every agent imported and waiting
-            ps = [bed.agent(size, seed=k + 1, start_at=start_at, timeout=timeout, client=k)
-                  for k in range(clients)]
-            results = [_follow(p, None, timeout + 15) for p in ps]
-        end = max(r["t_end"] for r in results)
-        total = sum(r["bytes"] for r in results)
-        runs[n] = {"replicas": n, "byte_exact": all(r["byte_exact"] for r in results),
-                   "seconds": _round(end - start_at),
-                   "goodput_mbit": _round(total * 8 / (end - start_at) / 1e6, 3),
-                   "per_client_s": [_round(r["t_end"] - r["t_start"], 3) for r in results]}
-    ratio = runs[2]["goodput_mbit"] / runs[1]["goodput_mbit"] if runs[1]["goodput_mbit"] else 0
+    vs per-packet balancing over 2, `repeats` times interleaved; the speed-up reported is the
+    median pair's (a busy 2-core machine makes single runs vary), with every pair's kept."""
+    pairs = []
+    for _ in range(max(1, repeats)):
+        runs = {}
+        for n in (1, 2):
+            runs[n] = _load_once(n, kind, clients, size, cpu_fraction, verbose, timeout)
+        g1 = runs[1]["goodput_mbit"]
+        pairs.append((runs[2]["goodput_mbit"] / g1 if g1 else 0.0, runs))
+    ordered = sorted(pairs, key=lambda p: p[0])
+    ratio, runs = ordered[(len(ordered) - 1) // 2]
     return {"scenario": "load", "kind": kind, "clients": clients, "size": size,
-            "byte_exact": runs[1]["byte_exact"] and runs[2]["byte_exact"],
+            "byte_exact": all(r[1]["byte_exact"] and r[2]["byte_exact"] for _, r in pairs),
             "cpu_quota": {"fraction_of_one_cpu": cpu_fraction, "per": "replica"},
             "one_replica": runs[1], "two_replicas": runs[2], "speedup": _round(ratio, 3),
+            "speedups_all_pairs": [_round(x, 3) for x, _ in pairs], "repeats": len(pairs),
             "speedup_at_least_1_6": ratio >= 1.6}
+
+
+def _load_once(n: int, kind: str, clients: int, size: int, cpu_fraction: float, verbose: bool,
+               timeout: float) -> dict:
+    with ServiceBed("balance", kind, n=2, cpu_fraction=cpu_fraction, verbose=verbose) as bed:
+        bed.start_replicas(["s1"] if n == 1 else None)
+        if n == 2:
+            bed.balance()
+        start_at = time.time() + 1.5  # every agent imported and waiting
+        ps = [bed.agent(size, seed=k + 1, start_at=start_at, timeout=timeout, client=k)
+              for k in range(clients)]
+        results = [_follow(p, None, timeout + 15) for p in ps]
+    end = max(r["t_end"] for r in results)
+    total = sum(r["bytes"] for r in results)
+    return {"replicas": n, "byte_exact": all(r["byte_exact"] for r in results),
+            "seconds": _round(end - start_at),
+            "goodput_mbit": _round(total * 8 / (end - start_at) / 1e6, 3),
+            "per_client_s": [_round(r["t_end"] - r["t_start"], 3) for r in results]}
 
 
 # --------------------------------------------------------------------------- anycast
