@@ -191,7 +191,9 @@ for c in conns:
                 "exact": hashlib.sha256(body).hexdigest() == want,
                 "seconds": round((c.finished or time.monotonic()) - c.started, 3),
                 "syn_retries": c.engine.counters["syn_retries"],
-                "timeouts": c.engine.counters["timeouts"]})
+                "timeouts": c.engine.counters["timeouts"],
+                "phase": c.engine.phase, "received": c.received,
+                "counters": dict(c.engine.counters)})
 host.close(linger=0.5)
 host.shutdown()
 tr.close()
