@@ -659,7 +659,8 @@ class ClientEngine:
                            cont.state, blocks, True, self.cfg.max_gap)
         right = plan.slots[0].pkt - 1
         blocks = [(lft, min(rgt, right)) for lft, rgt in blocks if lft <= right]  # same `right`
-        self._event(ev.TIMEOUT, now, pkt=cont.seq, right=right, rto=self.rto * self._backoff)
+        self._event(ev.TIMEOUT, now, pkt=cont.seq, right=right, rto=self.rto * self._backoff,
+                    srtt=self._srtt)
         # a new client epoch: everything outstanding is re-requested, numbers above right reused
         self.client_state = (self.client_state + 1) & _U32
         for exp in list(self._expected.values()) + list(self._rtx.values()):

@@ -57,7 +57,10 @@ def outcome(res: dict) -> str:
         return (f"byte-exact {_yes(res['byte_exact'])}; handshakes {res['handshakes']}; stall "
                 f"at the client {_ms(res['stall_s'])} (router: last s1 → first s2 packet "
                 f"{_ms(ho)}) ≤ RTO + RTT = {_ms(res['bound_s'])}: "
-                f"{_yes(res['stall_within_bound'])}")
+                f"{_yes(res['stall_within_bound'])}"
+                + (f" (with the handshake's RTT, {_ms(res['strict_bound_s'])}: "
+                   f"{_yes(res['stall_within_strict_bound'])})"
+                   if res.get("strict_bound_s") not in (None, res["bound_s"]) else ""))
     if sc in ("failover", "anycast") and kind == "tcp":
         t = res.get("tcp") or {}
         fails = res["client"].get("fails") or []

@@ -160,11 +160,20 @@ def run_failover(kind: str = "trickles", size: int = 3_000_000, rate_mbit: float
         # responses still queued at the bottleneck clocked requests out along the new route —
         # the client's RTO floor, the smallest RTO it can have, so the bound is the strictest
         rto = tos[0]["detail"].get("rto", 0) / 2 if tos else ClientConfig().min_rto
+        # "one RTT": the connection's own smoothed RTT when the timer fired (it includes the
+        # bottleneck's queue); the handshake RTT (an empty path) gives the strict bound
+        srtt = tos[0]["detail"].get("srtt") if tos else None
+        conn_rtt = max(rtt or 0.0, srtt or 0.0) if rtt is not None or srtt else None
         out["timeout_fired"] = bool(tos)
         out["rto_s"] = _round(rto)
-        out["bound_s"] = _round(rto + rtt) if rto is not None and rtt is not None else None
+        out["srtt_s"] = _round(srtt)
+        out["bound_s"] = _round(rto + conn_rtt) if conn_rtt is not None else None
+        out["strict_bound_s"] = _round(rto + rtt) if rtt is not None else None
         out["stall_within_bound"] = (out["bound_s"] is not None and out["stall_s"] is not None
                                      and out["stall_s"] <= out["bound_s"])
+        out["stall_within_strict_bound"] = (out["strict_bound_s"] is not None
+                                            and out["stall_s"] is not None
+                                            and out["stall_s"] <= out["strict_bound_s"])
         out["no_new_handshake"] = out["handshakes"] == 1
     else:
         fails = res.get("fails", [])
