@@ -151,6 +151,16 @@ def test_balance_splits_one_connection() -> None:
     assert r["split_within_45_55"], r["split_responses"]
 
 
+def test_parallel_requests_served_by_both_replicas() -> None:
+    _root()
+    from trickles_kit.services.scenarios import run_parallel
+
+    r = run_parallel("trickles", size=100_000, requests=8)
+    assert r["byte_exact"] and r["parallel"]["connections"] == 1 and r["handshakes"] == 1
+    assert r["sequential"]["connections"] == 8
+    assert r["both_replicas_served"], r["split_responses"]
+
+
 def test_anycast_route_change_mid_transfer() -> None:
     _root()
     from trickles_kit.services.scenarios import run_anycast

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-CHOICES = ("failover", "balance", "load", "anycast")
+CHOICES = ("failover", "balance", "load", "anycast", "parallel")
 
 
 def add_services_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,7 +20,9 @@ def add_services_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("scenario", choices=CHOICES,
                    help="failover: SIGKILL the active replica mid-transfer; balance: one "
                         "connection round-robined per packet; load: 8 clients, CPU-capped "
-                        "replicas, 1 vs 2; anycast: the near site withdraws mid-transfer")
+                        "replicas, 1 vs 2; anycast: the near site withdraws mid-transfer; "
+                        "parallel: 8 pipelined GETs on one connection, packets "
+                        "round-robined over 2 replicas")
     d.add_argument("--tcp", action="store_true", help="Linux TCP HTTP replicas instead")
     d.add_argument("--size", type=int, help="bytes per transfer (default: per scenario)")
     d.add_argument("--clients", type=int, default=8, help="load: concurrent clients")
@@ -53,6 +55,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
               "with sudo", file=sys.stderr)
         return 2
     kind = "tcp" if args.tcp else "trickles"
+    if args.scenario == "parallel" and args.tcp:
+        print("trickles services demo parallel: Trickles only (parallel requests in reserved "
+              "slices are a Trickles optimization)", file=sys.stderr)
+        return 2
     if args.scenario == "load" and args.tcp:
         print("trickles services demo load: Trickles only (per-packet balancing breaks one TCP "
               "connection: see `demo balance --tcp`)", file=sys.stderr)

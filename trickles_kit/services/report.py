@@ -92,6 +92,13 @@ def outcome(res: dict) -> str:
                 + (f"; median of {res['repeats']} pairs: "
                    + ", ".join(f"{x:.2f}×" for x in res["speedups_all_pairs"])
                    if res.get("repeats", 1) > 1 else ""))
+    if sc == "parallel":
+        sp = " / ".join(f"{k} {v * 100:.1f} %" for k, v in sorted(res["split_responses"].items()))
+        return (f"{res['requests']} GETs of {res['size'] // 1000} kB on one connection: "
+                f"data packets {sp}; both replicas served {_yes(res['both_replicas_served'])}; "
+                f"handshakes {res['handshakes']}; {res['parallel']['seconds']:.2f} s pipelined "
+                f"vs {res['sequential']['seconds']:.2f} s one after another; byte-exact "
+                f"{_yes(res['byte_exact'])}")
     return "?"
 
 

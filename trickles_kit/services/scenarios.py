@@ -306,5 +306,59 @@ def run_anycast(kind: str = "trickles", size: int = 3_000_000, rate_mbit: float 
     return out
 
 
+# --------------------------------------------------------------------------- parallel
+def run_parallel(kind: str = "trickles", size: int = 250_000, requests: int = 8,
+                 verbose: bool = False, timeout: float = 60.0) -> dict:
+    """`requests` pipelined GETs on one connection (`trickles fetch --parallel`, one reserved
+    slice each) while the router round-robins its packets over two replicas: with no state on
+    the servers, both serve one connection's parallel responses. Then the same GETs one after
+    another through the same router, for the time against sequential requests."""
+    import sys
+
+    from trickles_kit.apps.generated import generated_sha256
+    from trickles_kit.services.replicas import CLIENT, MSS, PORT, SERVICE
+
+    if kind != "trickles":
+        raise ValueError("parallel requests are a Trickles optimization (no --tcp)")
+    urls = [f"http://{SERVICE}:{PORT}/gen?size={size}&seed={k + 1}" for k in range(requests)]
+    want = [generated_sha256(size, k + 1) for k in range(requests)]
+    runs: dict[str, dict] = {}
+    pkts: list = []
+    with ServiceBed("balance", kind, n=2, verbose=verbose) as bed:
+        bed.start_replicas()
+        bed.balance()
+        for mode in ("parallel", "sequential"):
+            if mode == "parallel":
+                bed.start_capture()
+            argv = [sys.executable, "-m", "trickles_kit.cli", "fetch", "--transport", "raw",
+                    "--local-addr", CLIENT, "--mss", str(MSS), "--timeout", str(timeout),
+                    "--json", *urls] + (["--parallel"] if mode == "parallel" else [])
+            p = bed.topo.sh("c", argv, check=False, timeout=timeout + 15)
+            if mode == "parallel":
+                time.sleep(0.1)
+                pkts = bed.capture.stop() if bed.capture else []
+            try:
+                r = json.loads(p.stdout)
+            except json.JSONDecodeError:
+                raise RuntimeError(f"fetch --{mode} failed: {p.stderr.strip()[-400:]}") from None
+            runs[mode] = {"ok": r["ok"], "seconds": r["seconds"],
+                          "connections": r["connections"],
+                          "byte_exact": [pt["sha256"] for pt in r["parts"]] == want}
+    sites = _sites(pkts)
+    data = [p for p in sites if not p.to_service and p.size > 0]
+    resp = cap.split(data, to_service=False)
+    out = {
+        "scenario": "parallel", "kind": kind, "size": size, "requests": requests,
+        "byte_exact": runs["parallel"]["byte_exact"] and runs["sequential"]["byte_exact"],
+        "parallel": runs["parallel"], "sequential": runs["sequential"],
+        "handshakes": cap.handshakes(sites),
+        "split_responses": resp,
+        "packets": _counts(pkts),
+        "timeline": cap.timeline(sites),
+    }
+    out["both_replicas_served"] = len(resp) == 2 and all(v > 0 for v in resp.values())
+    return out
+
+
 SCENARIOS = {"failover": run_failover, "balance": run_balance, "anycast": run_anycast,
-             "load": run_load}
+             "load": run_load, "parallel": run_parallel}
