@@ -36,6 +36,10 @@ TCP_PORTS = {"reno": 8001, "cubic": 8002}
 TK_MSS = 1292
 GEN_SEED = 1
 RATES = (10, 50, 100)
+TK_KINDS = ("trickles", "trickles-delta")
+# delta-encoded continuations (issue 8's optimization: `serve --delta`, `fetch --delta both`),
+# a second Trickles row at the rates the 0.9 target names
+DELTA_RATES = (10, 50)
 LOSSES = (0.0, 0.01)
 SECONDS = {True: 3.0, False: 12.0}  # target transfer time per run (quick, full)
 REPEATS = {True: 1, False: 3}  # runs per cell; the median is reported
@@ -97,10 +101,10 @@ def _wait_line(p: subprocess.Popen, needle: str, what: str, timeout: float = 20.
 
 def _client_argv(spec: FlowSpec, timeout: float) -> list[str]:
     path = f"/gen?size={spec.size}&seed={GEN_SEED}"
-    if spec.kind == "trickles":
+    if spec.kind in TK_KINDS:
         return [PY, "-m", "trickles_kit.cli", "fetch", f"http://{SERVER_ADDR}:{TK_PORT}{path}",
                 "--transport", "raw", "--mss", str(TK_MSS), "--json", "--timeout",
-                str(timeout)]
+                str(timeout)] + (["--delta", "both"] if spec.kind == "trickles-delta" else [])
     return [PY, "-m", "trickles_kit.bench.goodput", "tcp-fetch", SERVER_ADDR,
             str(TCP_PORTS[spec.kind]), path, str(timeout)]
 
@@ -120,11 +124,13 @@ def run_flows(cfg: TestbedConfig, specs: list[FlowSpec], verbose: bool = False,
             res["testbed"] = tb.describe()
             servers: dict[str, subprocess.Popen] = {}
             env = _child_env()
-            if "trickles" in kinds:
+            if kinds & set(TK_KINDS):
                 servers["trickles"] = tb.popen(SERVER, [
                     PY, "-m", "trickles_kit.cli", "serve", "--root", str(tmp), "--transport",
                     "raw", "--addr", SERVER_ADDR, "--port", str(TK_PORT), "--mss",
-                    str(TK_MSS), "--initial-cwnd", str(cfg.initcwnd)],
+                    str(TK_MSS), "--initial-cwnd", str(cfg.initcwnd)]
+                    # the option on only when a client asks for it (default wire otherwise)
+                    + (["--delta"] if "trickles-delta" in kinds else []),
                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
                 _wait_line(servers["trickles"], "trickles serve:", "trickles serve")
             for cc in ("reno", "cubic"):
@@ -187,7 +193,8 @@ def run_flows(cfg: TestbedConfig, specs: list[FlowSpec], verbose: bool = False,
     for f in flows.values():
         if not f.delivered:
             continue
-        f.kind = f.kind if f.kind == "trickles" else \
+        tk_kind = next((k for k in TK_KINDS if k in kinds), "trickles")
+        f.kind = tk_kind if f.kind == "trickles" else \
             {v: k for k, v in TCP_PORTS.items()}.get(f.server_port, "tcp")
         named.append(f)
     t0 = min((f.first_t for f in named if f.first_t is not None), default=0.0)
@@ -208,11 +215,11 @@ def run(quick: bool, out_dir: Path, verbose: bool = False) -> dict:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     secs = SECONDS[quick]
-    kinds = ("trickles", "reno", "cubic")
+    kinds = ("trickles", "trickles-delta", "reno", "cubic")
     runs = []
     # kinds interleaved within each repeat: load from elsewhere falls on all of them alike
     todo = [(r, loss, n, k) for r in RATES for loss in LOSSES for n in range(REPEATS[quick])
-            for k in kinds]
+            for k in kinds if k != "trickles-delta" or r in DELTA_RATES]
     t0 = time.monotonic()
     figs = []
     for i, (rate, loss, rep, kind) in enumerate(todo, 1):
@@ -234,7 +241,7 @@ def run(quick: bool, out_dir: Path, verbose: bool = False) -> dict:
                "wire_utilisation": round(f["wire_bytes_delivered"] * 8 / f["duration_s"] / 1e6
                                          / rate, 4) if f.get("duration_s") else None,
                "app_goodput_mbit": round(r["clients"][0].get("goodput_bps", 0) / 1e6, 4)
-               if kind == "trickles" else r["clients"][0].get("goodput_mbit"),
+               if kind in TK_KINDS else r["clients"][0].get("goodput_mbit"),
                "byte_exact": r["all_byte_exact"], "server_cpu_s": r.get("server_cpu_s"),
                "flow": {k: v for k, v in f.items() if k != "series"},
                "router": r.get("router"), "testbed": r["testbed"]}
@@ -252,9 +259,13 @@ def run(quick: bool, out_dir: Path, verbose: bool = False) -> dict:
             ratios[key] = {
                 "trickles_over_reno": round(g["trickles"] / g["reno"], 4)
                 if g.get("trickles") and g.get("reno") else None,
+                "trickles_delta_over_reno": round(g["trickles-delta"] / g["reno"], 4)
+                if g.get("trickles-delta") and g.get("reno") else None,
                 "trickles_over_cubic": round(g["trickles"] / g["cubic"], 4)
                 if g.get("trickles") and g.get("cubic") else None}
     per_rate = {str(rate): ratios[f"{rate}mbit_loss0"]["trickles_over_reno"] for rate in RATES}
+    per_rate_delta = {str(rate): ratios[f"{rate}mbit_loss0"]["trickles_delta_over_reno"]
+                      for rate in DELTA_RATES}
     res = {"experiment": "goodput",
            "meta": meta(["-m", "trickles_kit.cli", "bench", "goodput"]
                         + (["--quick"] if quick else []), "quick" if quick else "full"),
@@ -264,6 +275,7 @@ def run(quick: bool, out_dir: Path, verbose: bool = False) -> dict:
                      "last delivered byte), from the router capture, same code for both",
            "table": table, "ratios": ratios, "runs": runs,
            "ratio_trickles_over_reno_per_rate": per_rate,
+           "ratio_trickles_delta_over_reno_per_rate": per_rate_delta,
            "target": "Trickles/Reno >= 0.9 at 10 and 50 Mbit/s (0 % loss)",
            "wall_s": round(time.monotonic() - t0, 1)}
     (out_dir / "goodput.json").write_text(json.dumps(res, indent=1) + "\n")
@@ -287,6 +299,8 @@ def _medians(runs: list[dict], kinds: tuple[str, ...]) -> list[dict]:
             for kind in kinds:
                 rs = [r for r in runs if (r["rate_mbit"], r["loss"], r["kind"]) ==
                       (rate, loss, kind) and r.get("goodput_mbit") is not None]
+                if not rs and kind == "trickles-delta" and rate not in DELTA_RATES:
+                    continue
                 out.append({"rate_mbit": rate, "loss": loss, "kind": kind,
                             "goodput_mbit": _median([r["goodput_mbit"] for r in rs]),
                             "goodput_mbit_runs": [r["goodput_mbit"] for r in rs],

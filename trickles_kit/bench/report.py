@@ -56,6 +56,12 @@ def headline(res: dict[str, dict]) -> list[tuple[str, str, str, str]]:
                          f"Cubic {_f(cubic.get('goodput_mbit'))}",
                          f"{_f(ratio['trickles_over_reno'])} × Reno; at the bottleneck "
                          f"(wire bytes) {_ratio(r, reno, 'wire_utilisation')} ×"))
+            d = by.get((rate, loss, "trickles-delta"))
+            if d and d.get("goodput_mbit") is not None:
+                rows.append((f"goodput, {rate} Mbit/s, {loss:.0%} loss, delta-encoded "
+                             f"continuations (`--delta`)", _f(d.get("goodput_mbit")),
+                             f"Reno {_f(reno.get('goodput_mbit'))}",
+                             f"{_f(ratio.get('trickles_delta_over_reno'))} × Reno"))
     f = res.get("fairness")
     if f:
         for name in ("1+1", "1+4"):
