@@ -36,3 +36,36 @@ def fill_slots(msk: Minisocket, size: int, read: Callable[[int, int], bytes],
         if end >= size or start >= end:
             slot.finhint = size
         slot.ucont = ucont_for(start)
+
+
+class SealedRoute:
+    """A WebServer route whose per-connection state rides in the sealed user continuation,
+    behind a 2-byte mark that tells routes apart; opened states are cached (bounded, cleared
+    when full) so a connection's packets do not each pay for an AES-GCM open."""
+
+    MARK = b""
+
+    def __init__(self, web, cache_entries: int) -> None:
+        self.web = web
+        self.cache_entries = cache_entries
+        self._opened: dict[tuple[int, bytes], object] = {}
+        self.served = 0
+
+    def _open(self, msk: Minisocket, unpack: Callable[[bytes], object | None]) -> object | None:
+        """This route's state from `msk.ucont`, or None: another route's, or forged (the
+        WebServer then decides what to answer)."""
+        sealed, cid = msk.ucont, msk.conn_id
+        if sealed[: len(self.MARK)] != self.MARK:
+            return None
+        state = self._opened.get((cid, sealed))
+        if state is None:
+            plain = self.web._box.open(sealed[len(self.MARK) :], cid)
+            state = unpack(plain) if plain is not None else None
+            if state is not None:
+                self._remember(cid, sealed, state)
+        return state
+
+    def _remember(self, cid: int, sealed: bytes, state: object) -> None:
+        if len(self._opened) >= self.cache_entries:
+            self._opened.clear()
+        self._opened[(cid, sealed)] = state

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from trickles_kit.apps.common import SealedRoute
 from trickles_kit.apps.generated import generated_bytes
 
 if TYPE_CHECKING:
@@ -210,14 +211,13 @@ class Dechunker:
                 self._left = size
 
 
-class DynamicRoute:
+class DynamicRoute(SealedRoute):
     """WebServer route for `/dyn` (see the module docstring)."""
 
+    MARK = MARK
+
     def __init__(self, web: WebServer, cache_entries: int = 4096) -> None:
-        self.web = web
-        self.cache_entries = cache_entries
-        self._opened: dict[tuple[int, bytes], DynSpec] = {}
-        self.served = 0
+        super().__init__(web, cache_entries)
 
     def __call__(self, msk: Minisocket) -> bool:
         """True when this route took the minisocket (served or dropped it)."""
@@ -227,15 +227,9 @@ class DynamicRoute:
         cid = msk.conn_id
         if msk.ucont:
             sealed = msk.ucont
-            if sealed[:2] != MARK:
-                return False
-            spec = self._opened.get((cid, sealed))
+            spec = self._open(msk, DynSpec.unpack)
             if spec is None:
-                plain = box.open(sealed[2:], cid)
-                spec = DynSpec.unpack(plain) if plain is not None else None
-                if spec is None:
-                    return False  # not ours after all (or forged): WebServer decides
-                self._remember(cid, sealed, spec)
+                return False  # not ours (or forged): WebServer decides
         else:
             target = _target(msk.request)
             if target is None or (target != "/dyn" and not target.startswith("/dyn?")):
@@ -249,11 +243,6 @@ class DynamicRoute:
         self.served += 1
         fill_reserved(msk, spec, sealed)
         return True
-
-    def _remember(self, cid: int, sealed: bytes, spec: DynSpec) -> None:
-        if len(self._opened) >= self.cache_entries:
-            self._opened.clear()
-        self._opened[(cid, sealed)] = spec
 
 
 def _target(request: bytes) -> str | None:

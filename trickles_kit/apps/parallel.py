@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
+from trickles_kit.apps.common import SealedRoute
+
 if TYPE_CHECKING:
     from trickles_kit.apps.web import Descriptor, WebServer
     from trickles_kit.core.server import Minisocket
@@ -77,14 +79,13 @@ def split_requests(request: bytes) -> tuple[int, list[bytes]] | None:
     return (want[1], reqs) if len(reqs) == want[0] else None
 
 
-class ParallelRoute:
+class ParallelRoute(SealedRoute):
     """WebServer route: the pipelined GETs of one connection, served into their slices."""
 
+    MARK = MARK
+
     def __init__(self, web: WebServer, cache_entries: int = 1024) -> None:
-        self.web = web
-        self.cache_entries = cache_entries
-        self._opened: dict[tuple[int, bytes], tuple[int, list[Descriptor]]] = {}
-        self.served = 0
+        super().__init__(web, cache_entries)
 
     def _pack(self, bits: int, descs: list[Descriptor]) -> bytes:
         parts = [_HEAD.pack(MARK, bits, len(descs))]
@@ -126,15 +127,9 @@ class ParallelRoute:
         cid = msk.conn_id
         if msk.ucont:
             sealed = msk.ucont
-            if sealed[:2] != MARK:
-                return False
-            state = self._opened.get((cid, sealed))
+            state = self._open(msk, self._unpack)
             if state is None:
-                plain = box.open(sealed[2:], cid)
-                state = self._unpack(plain) if plain is not None else None
-                if state is None:
-                    return False  # not ours after all (or forged): WebServer decides
-                self._remember(cid, sealed, state)
+                return False  # not ours (or forged): WebServer decides
         else:
             found = split_requests(msk.request)
             if found is None:
@@ -176,10 +171,6 @@ class ParallelRoute:
             if end >= base + d.size and d.size < 1 << bits:
                 slot.skips.append((base + d.size, (1 << bits) - d.size))
 
-    def _remember(self, cid: int, sealed: bytes, state: tuple[int, list[Descriptor]]) -> None:
-        if len(self._opened) >= self.cache_entries:
-            self._opened.clear()
-        self._opened[(cid, sealed)] = state
 
 
 @dataclass
