@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -18,6 +19,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI") == "true"
+# an absolute path under a machine's own roots (a result file must name repo-relative paths)
+MACHINE_PATH = re.compile(r"(?<![\w.:])/(?:work|root|home|usr|opt|srv|mnt)/")
 
 
 def need_root(what: str) -> None:
