@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import resource
 import socket
 import statistics
@@ -31,7 +30,7 @@ if str(REPO) not in sys.path:  # run as a plain script without an installed pack
     sys.path.insert(0, str(REPO))
 
 from trickles_kit.apps.generated import Generated, gen_request  # noqa: E402
-from trickles_kit.bench.meta import meta  # noqa: E402
+from trickles_kit.bench.meta import close_meta, meta  # noqa: E402
 from trickles_kit.core import plan as pl  # noqa: E402
 from trickles_kit.core.cc import RenoStepper, cwnd  # noqa: E402
 from trickles_kit.core.client import ClientEngine  # noqa: E402
@@ -806,14 +805,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[3/3] simulated transfer of {opts['sim_size']} bytes (two runs) ...",
               file=sys.stderr, flush=True)
         res["simulated_transfer"] = bench_sim(opts["sim_size"])
-    res["meta"]["benchmark_wall_s"] = _round(time.perf_counter() - t0, 1)
-    res["meta"]["machine"]["loadavg_at_end"] = [_round(x, 2) for x in os.getloadavg()]
-    end = _meta([], mode)["code"]
-    res["meta"]["code"]["tree_changed_during_run"] = (
-        end.get("trickles_kit_diff_sha256") != res["meta"]["code"].get("trickles_kit_diff_sha256")
-        or end.get("git_commit") != res["meta"]["code"].get("git_commit"))
-    if a.note:
-        res["meta"]["note"] = a.note
+    close_meta(res, mode, t0, a.note)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2) + "\n")

@@ -43,6 +43,7 @@ from bench_core import _meta  # noqa: E402  (benchmarks/ is sys.path[0] for a sc
 
 from trickles_kit.apps.generated import generated_sha256  # noqa: E402
 from trickles_kit.apps.web import OCTETS, http_header  # noqa: E402
+from trickles_kit.bench.meta import close_meta  # noqa: E402
 from trickles_kit.core.replay import ReplayHistory  # noqa: E402
 from trickles_kit.core.server import ServerConfig  # noqa: E402
 from trickles_kit.net.fetch import HttpBody  # noqa: E402
@@ -1115,14 +1116,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     res["summary"] = _summary(res)
-    res["meta"]["benchmark_wall_s"] = _r(time.perf_counter() - t0, 1)
-    res["meta"]["machine"]["loadavg_at_end"] = [_r(x, 2) for x in os.getloadavg()]
-    end = _meta([], mode)["code"]
-    res["meta"]["code"]["tree_changed_during_run"] = (
-        end.get("trickles_kit_diff_sha256") != res["meta"]["code"].get("trickles_kit_diff_sha256")
-        or end.get("git_commit") != res["meta"]["code"].get("git_commit"))
-    if a.note:
-        res["meta"]["note"] = a.note
+    close_meta(res, mode, t0, a.note)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2) + "\n")

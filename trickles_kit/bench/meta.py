@@ -85,3 +85,19 @@ def _tree_state(git) -> dict:
     return {"trickles_kit_dirty": bool(status),
             "trickles_kit_changed_files": [ln[3:] for ln in status.splitlines()],
             "trickles_kit_diff_sha256": h.hexdigest() if status else None}
+
+
+def close_meta(res: dict, mode: str, t0: float, note: str | None = None) -> None:
+    """Finish `res["meta"]` at the end of a run: wall time, load average, whether the code
+    changed while it ran (a result measured across an edit is flagged), and the user's note."""
+    import time
+
+    m = res["meta"]
+    m["benchmark_wall_s"] = round(time.perf_counter() - t0, 1)
+    m["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    end = meta([], mode)["code"]
+    m["code"]["tree_changed_during_run"] = (
+        end.get("trickles_kit_diff_sha256") != m["code"].get("trickles_kit_diff_sha256")
+        or end.get("git_commit") != m["code"].get("git_commit"))
+    if note:
+        m["note"] = note
