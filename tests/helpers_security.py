@@ -117,7 +117,14 @@ class Capture:
         return self.cont(pkt).encode()
 
     def ucont(self, pkt: int) -> bytes:
-        return parse_response(self.responses[pkt][0])[1].ucont
+        """The user continuation the client holds at `pkt`: the newest one any packet up to it
+        carried (an answer omits one its request already carried)."""
+        held = b""
+        for k in sorted(self.responses):
+            if k > pkt:
+                break
+            held = parse_response(self.responses[k][0])[1].ucont or held
+        return held
 
     def sealed_at(self, pkt: int) -> float:
         """Server clock (s) at which the continuation of `pkt` was sealed."""

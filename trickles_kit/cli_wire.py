@@ -71,6 +71,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--state-cache", type=int, default=None, metavar="N",
                    help="cache N verified continuations (0 = off, the default; see "
                         "docs/protocol.md, optimizations)")
+    s.add_argument("--echo-ucont", action="store_true",
+                   help="repeat the request's user continuation in every answer (the old wire; "
+                        "by default an answer carries one only when it changes)")
     s.add_argument("--delta", action="store_true",
                    help="delta-encoded continuations for clients that ask (paired acks, HASHED "
                         "answers, COMPACT requests; docs/protocol.md §10.2)")
@@ -143,6 +146,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             if args.state_cache < 0:
                 raise ValueError("--state-cache must be >= 0")
             cfg.state_cache = args.state_cache
+        cfg.echo_ucont = args.echo_ucont
         if args.transport == "udp":
             from trickles_kit.net.udp import UdpTransport
 

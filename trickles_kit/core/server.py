@@ -71,6 +71,9 @@ class ServerConfig:
     max_seals: int = 1 << 23
     amplification: int = 3  # bytes out per byte in before an address is validated
     delta: bool = False  # delta-encoded continuations on request (docs/protocol.md §10.2)
+    # resend the user continuation the request carried in every answer (the old wire); off, an
+    # answer carries a user continuation only when it differs: the client keeps the one it has
+    echo_ucont: bool = False
     # s: one SLOWSTART per continuation per age bucket [b * 2^i, b * 2^(i+1))
     slowstart_bucket: float = 0.1
     slowstart_min_age: float = 0.1  # s; half the clients' minimum RTO (0.2 s)
@@ -426,7 +429,9 @@ class ServerEngine:
                 siblings: int,
                 position: int, req_ucont: bytes, cip: bytes, cport: int, flags: int,
                 ack: int) -> bytes:
-        ucont = slot.ucont if slot.ucont is not None else req_ucont
+        ucont = slot.ucont
+        if ucont is None or ucont == req_ucont:  # the client holds it already (it sent it)
+            ucont = req_ucont if self.cfg.echo_ucont else b""
         chunks = b""
         if slot.data or slot.fin:
             chunks = encode_data_chunk(slot.byte_num, slot.data, slot.fin)

@@ -348,6 +348,9 @@ class Emitted:
     raw_cont: bytes
     event: Event | None
     line: int  # the '>' line that produced it
+    # the user continuation this packet stands for: its own, or (omitted because unchanged)
+    # the one its request carried
+    ucont: bytes = b""
 
     def describe(self) -> str:
         c, r = self.resp.cont, self.resp
@@ -400,6 +403,7 @@ class Runner:
         self.engine: ServerEngine | None = None
         self.result = ScenarioResult(name)
         self.fulls: dict[int, Stored] = {}  # packet number -> newest FULL continuation received
+        self.last_ucont = b""  # the user continuation of the newest request built
         self.nonces: dict[int, int] = {}  # packet number -> nonce field p_k
         self.req_seq = CLIENT_ISN
         self.last_request: tuple[bytes, bytes, tuple[str, int]] | None = None
@@ -536,7 +540,8 @@ class Runner:
                 raise ScenarioError(line.no, f"server emitted an undecodable packet: {e}") from None
             from_ev = [e for e in self.step_events if e.kind in _SLOT_KINDS and e.pkt == seg.seq]
             raw = seg.payload[8 : 8 + (FULL_LEN if resp.cont.is_full else 18)]
-            emitted.append(Emitted(seg, resp, raw, from_ev[0] if from_ev else None, line.no))
+            emitted.append(Emitted(seg, resp, raw, from_ev[0] if from_ev else None, line.no,
+                                   resp.ucont or self.last_ucont))
         for p in emitted:
             self._log("    < " + p.describe())
         if self.step_events:
@@ -553,6 +558,7 @@ class Runner:
                 if bad in opts:
                     raise ScenarioError(no, f"{bad} makes no sense on a SYN")
             req = Request(REQ_SYN, None, [], b"", ranges, app)
+            self.last_ucont = b""
             payload = req.encode()
             pad = opts.get("pad", "auto")
             if pad == "auto":  # what the real client sends: its answer stays within 3x
@@ -593,6 +599,7 @@ class Runner:
                 raise ScenarioError(no, f"ucont={src_pkt}: packet not received")
             ucont = self.fulls[src_pkt].ucont
         req = Request(rtype, cont, sacks, ucont, ranges, app)
+        self.last_ucont = ucont
         payload = bytearray(req.encode())
         for fname in (opts.get("tamper") or "").split(","):
             if not fname:
@@ -676,7 +683,7 @@ class Runner:
         c = p.resp.cont
         self.nonces[c.seq] = p.resp.nonce
         if c.is_full:
-            self.fulls[c.seq] = Stored(c, p.raw_cont, p.resp.ucont)
+            self.fulls[c.seq] = Stored(c, p.raw_cont, p.ucont)
 
     def _compare(self, spec: list[tuple[str, str | None]], p: Emitted) -> list[str]:
         out: list[str] = []
