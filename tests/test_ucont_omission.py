@@ -69,3 +69,23 @@ def test_byte_exact_under_loss_without_the_echo(site: Path, tmp_path: Path, seed
     # losing the packets that carried the new user continuation makes the client resend its GET
     r, _ = _fetch(site, tmp_path, echo=False, loss=0.05, seed=seed)
     assert r.ok and r.sha256_received == r.sha256_sent
+
+
+def test_new_user_continuation_takes_room_from_the_data(site: Path, tmp_path: Path) -> None:
+    # mss 1362 = 1500 - IP 20 - TCP 20+8 - header 8 - continuation 75 - DATA chunk 7: every
+    # packet fits a 1500-byte MTU, the first ones (which carry the new sealed state) included
+    from trickles_kit.core.client import ClientConfig
+
+    web = WebServer(site)
+    expected = http_header(200, "application/octet-stream", len(BODY)) + BODY
+    pcap = tmp_path / "mtu.pcap"
+    r = simulate_transfer(len(expected), seed=5, handler=web,
+                          request=b"GET /f.bin HTTP/1.1\r\n\r\n",
+                          expected_sha256=hashlib.sha256(expected).hexdigest(),
+                          server_config=ServerConfig(mss=1362),
+                          client_config=ClientConfig(mss=1362), pcap=str(pcap))
+    assert r.ok and r.bytes == len(expected)
+    resp = [p for p in decode_pcap(pcap).packets if p.direction == "response"]
+    assert max(p.length for p in resp) == 1500
+    carrying = [p for p in resp if p.ucont_len and p.data_len]
+    assert carrying and all(p.data_len == 1362 - p.ucont_len for p in carrying)

@@ -22,7 +22,11 @@ def fill_slots(msk: Minisocket, size: int, read: Callable[[int, int], bytes],
 
     Each slot gets a FINHINT when it reaches the end (or has nothing to carry) so the client
     learns the length from any packet, and a user continuation naming the offset it carries.
+    A user continuation the request did not carry goes on the wire (the engine omits an
+    unchanged one), so it takes its room from the data: the packet keeps the size `mss` allows
+    and the client asks again for the bytes left out.
     """
+    held = msk.ucont
     for slot in msk.slots:
         rng = slot.range
         if rng is None:
@@ -30,12 +34,14 @@ def fill_slots(msk: Minisocket, size: int, read: Callable[[int, int], bytes],
             slot.ucont = ucont_for(size)
             continue
         start, end = rng
-        end = min(end, size, start + slot.budget)
+        u = ucont_for(start)
+        room = slot.budget - len(u) if u != held else slot.budget
+        end = min(end, size, start + max(room, 1))
         if start < end:
             slot.fill(start, read(start, end), fin=end == size)
         if end >= size or start >= end:
             slot.finhint = size
-        slot.ucont = ucont_for(start)
+        slot.ucont = u
 
 
 class SealedRoute:

@@ -30,10 +30,11 @@ from trickles_kit.net.testbed import CLIENT, SERVER, SERVER_ADDR, Testbed, Testb
 PY = sys.executable
 TK_PORT = 8080
 TCP_PORTS = {"reno": 8001, "cubic": 8002}
-# Trickles data bytes per packet: the largest whose segment (IP 20 + TCP 28 + Trickles header
-# ~153 incl. continuation and the web app's user continuation + chunk 7) fits a 1500-byte MTU
-# unfragmented. Linux TCP uses its own MSS (1448 with timestamps): each protocol's real overhead.
-TK_MSS = 1292
+# Trickles data bytes per packet: the largest whose segment (IP 20 + TCP 28 + response header 8
+# + FULL continuation 75 + DATA chunk 7) fits a 1500-byte MTU unfragmented. The web app's sealed
+# user continuation rides only in the packets that change it and takes its room from their data.
+# Linux TCP uses its own MSS (1448 with timestamps): each protocol's real overhead.
+TK_MSS = 1362
 GEN_SEED = 1
 RATES = (10, 50, 100)
 TK_KINDS = ("trickles", "trickles-delta")
