@@ -261,7 +261,7 @@ def test_any_range_is_computable(web, site, what) -> None:
     check_slots(first, stream)
     sealed = first.slots[0].ucont
     assert sealed and all(slot.ucont == sealed for slot in first.slots)  # sealed once
-    web._opened.clear()  # a replica that never saw the connection
+    web._descs.clear()  # a replica that never saw the connection
     for budget in (1448, 200_000):
         later = call(web, ranges, ucont=sealed, budget=budget)
         assert not later.dropped
@@ -367,7 +367,7 @@ def test_caches_stay_bounded(site) -> None:
                 stream = expected_stream(200, (site / name).read_bytes(), ctype)
                 msk = call(w, [(0, 4000)], ucont=seals[n], cid=CID + n, budget=4000)
                 assert msk.slots[0].data == stream[:4000]
-                assert len(w._fds) <= 2 and len(w._opened) <= 3
+                assert len(w._fds) <= 2 and len(w._descs) <= 3
     finally:
         w.close()
     assert not w._fds

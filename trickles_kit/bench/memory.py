@@ -24,9 +24,12 @@ server process:
   (both ends, every process), so it is reported as context, not as the server's memory.
 
 Slopes are least-squares bytes per connection over the levels, of each server's growth above
-its own idle size (a fresh process per level). Trickles' is not zero: the
-replay history keeps ~90 bytes per *request* for its freshness window (120 s), and each
-connection sends a few requests before it is parked; `bytes_per_request` says how much.
+its own idle size (a fresh process per level). What a Trickles server keeps is allocated up
+front or bounded by something other than connections: the replay history is one preallocated
+table (12 bytes a slot, resident from the start), and the web app caches parsed descriptors by
+plaintext (one entry per object served, here `seeds` of them), not per connection. The first
+request of a fresh process allocates a few hundred KB once (imports, first-use caches): that is
+the intercept, not the slope.
 """
 
 from __future__ import annotations
