@@ -462,15 +462,6 @@ def _summary(res: dict) -> dict:
     }
 
 
-def _argv() -> list[str]:
-    """This process's command line, its script named relative to the repository."""
-    root = Path(__file__).resolve().parents[2]
-    first = sys.argv[0] if sys.argv else ""
-    if os.path.isabs(first):
-        first = os.path.relpath(first, root)
-    return [first, *sys.argv[1:]]
-
-
 def run(quick: bool, out_dir: Path, verbose: bool = False, levels: Sequence[int] | None = None,
         size: int = OBJECT, argv: Sequence[str] | None = None) -> dict:
     """Run the experiment (root), write `out_dir/memory.json` and `memory.html`; return it."""
@@ -485,7 +476,11 @@ def run(quick: bool, out_dir: Path, verbose: bool = False, levels: Sequence[int]
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = ServerConfig()
     res: dict = {
-        "meta": meta(list(argv) if argv is not None else _argv(), "quick" if quick else "full"),
+        # the command that reproduces it, like the other experiments (not this process's argv,
+        # which under `trickles bench all` names another experiment and an output directory)
+        "meta": meta(list(argv) if argv is not None
+                     else ["-m", "trickles_kit.cli", "bench", "memory"]
+                     + (["--quick"] if quick else []), "quick" if quick else "full"),
         "experiment": "memory",
         "options": {"levels": levels, "object_bytes": size, "seeds": SEEDS,
                     "open_window": WINDOW, "client_addr": CLIENT_ADDR,
