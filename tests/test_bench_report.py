@@ -67,3 +67,24 @@ def test_html_report_combines_a_directory(tmp_path: Path) -> None:
     assert "Trickles against Linux TCP" in text and "Jain" in text and "goodput" in text
     with pytest.raises(FileNotFoundError):
         report.write_report(tmp_path / "empty")
+
+
+def test_targets_judged_from_the_committed_full_results() -> None:
+    from trickles_kit.bench.cli import _brief, judge
+
+    res = report.load(report.RESULTS, "bench_")
+    summary = {name: _brief(name, r) for name, r in res.items()}
+    targets = judge(summary)
+    assert len(targets) == 4, targets  # goodput at 10 and 50, Jain 1 + 1, memory
+    missed = [t for t in targets if not t["met"]]
+    assert not missed, missed
+
+
+def test_judge_reports_a_miss_and_skips_what_did_not_run() -> None:
+    from trickles_kit.bench.cli import judge
+
+    got = judge({"goodput": {"trickles_over_reno": {"10": 0.89, "50": 0.95, "100": 0.8}},
+                 "memory": {"trickles_bytes_per_connection": 261.0,
+                            "tcp_bytes_per_connection": 1705.0}})
+    assert [t["met"] for t in got] == [False, True, False]
+    assert judge({"fairness": {"error": "no root"}}) == []

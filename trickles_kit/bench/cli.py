@@ -78,9 +78,42 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if len(names) > 1:
         with contextlib.suppress(FileNotFoundError):
             print(f"trickles bench: wrote {write_report(out)}")
-    print(json.dumps({"out": str(out), "wall_s": round(time.monotonic() - t0, 1),
-                      "summary": summary}, indent=1))
+    targets = judge(summary)
+    for t in targets:
+        print(f"trickles bench: target {'met' if t['met'] else 'MISSED'}: {t['target']} "
+              f"(got {t['got']})", file=sys.stderr)
+    doc = {"out": str(out), "mode": "quick" if args.quick else "full",
+           "wall_s": round(time.monotonic() - t0, 1), "summary": summary, "targets": targets}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(doc, indent=1) + "\n")
+    print(json.dumps(doc, indent=1))
     return 1 if failed else 0
+
+
+# "Trickles ~ 0 bytes per connection": under this share of TCP's slope, measured the same way
+MEMORY_SHARE = 0.05
+
+
+def judge(summary: dict) -> list[dict]:
+    """The issue's targets, each with what this run measured (experiments not run are left out)."""
+    out: list[dict] = []
+    ratios = (summary.get("goodput") or {}).get("trickles_over_reno") or {}
+    for rate in ("10", "50"):
+        if rate in ratios:
+            got = ratios[rate]
+            out.append({"target": f"goodput Trickles/Reno >= 0.9 at {rate} Mbit/s, 0 % loss",
+                        "got": got, "met": got is not None and got >= 0.9})
+    jain = (summary.get("fairness") or {}).get("jain_1_1")
+    if "fairness" in summary and "error" not in summary["fairness"]:
+        out.append({"target": "Jain's index >= 0.9 for 1 Trickles + 1 Reno", "got": jain,
+                    "met": jain is not None and jain >= 0.9})
+    mem = summary.get("memory") or {}
+    tk, tcp = mem.get("trickles_bytes_per_connection"), mem.get("tcp_bytes_per_connection")
+    if tk is not None and tcp:
+        out.append({"target": f"Trickles server memory ~ 0 bytes per connection (under "
+                              f"{MEMORY_SHARE:.0%} of TCP's {tcp} B)", "got": tk,
+                    "met": tk <= MEMORY_SHARE * tcp})
+    return out
 
 
 def _brief(name: str, res: dict) -> dict:
