@@ -88,3 +88,23 @@ def test_rto_backs_off_when_nothing_gets_through() -> None:
     r = simulate_transfer(200_000, seed=2, down=LinkConfig(loss_pattern=lambda i: i >= 10))
     assert not r.ok and r.phase == "failed"
     assert r.timeouts >= 5
+
+
+def test_capped_rto_waits_for_a_fresh_slowstart_bucket() -> None:
+    """The server takes one SLOWSTART per continuation per age bucket (core.replay): buckets
+    double up to 12.8 s, then are 6.4 s wide. RTOs capped at 2 s would land two or three
+    SLOWSTARTs in one bucket, and the server would refuse all but the first as replays: wasted
+    timeouts, and after 15 of them a failed connection. The client waits for the next bucket."""
+    from trickles_kit.core.client import ClientConfig
+
+    log = EventLog()
+    r = simulate_transfer(300_000, seed=1, down=LinkConfig(loss_pattern=range(30, 80), **FAST),
+                          up=LinkConfig(**FAST), on_event=log,
+                          client_config=ClientConfig(initial_rto=0.5, max_rto=2.0))
+    assert r.ok, r.as_dict(brief=True)
+    assert not [e for e in log.events if e.side == "server" and e.kind == ev.REPLAY_DROP]
+    assert r.client["slowstart_deferred"] > 0
+    times = [e.t for e in log.of(ev.TIMEOUT) if e.side == "client"]
+    assert len(times) == r.timeouts >= 8
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert max(gaps) > 2.0  # waited past max_rto for a new bucket

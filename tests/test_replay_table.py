@@ -6,7 +6,9 @@ from __future__ import annotations
 import random
 import sys
 
-from trickles_kit.core.replay import ReplayHistory
+import pytest
+
+from trickles_kit.core.replay import ReplayHistory, slowstart_age_bucket, slowstart_bucket_end
 
 
 def test_repeat_refused_within_freshness_and_slot_reused_after() -> None:
@@ -53,3 +55,13 @@ def test_rejects_bad_sizes() -> None:
         except ValueError:
             continue
         raise AssertionError(f"accepted {args}")
+
+
+@pytest.mark.parametrize("unit", [100.0, 37.5])
+def test_slowstart_bucket_end_is_where_the_next_bucket_starts(unit: float) -> None:
+
+
+    for b in range(0, 30):
+        end = slowstart_bucket_end(b, unit)
+        assert slowstart_age_bucket(end, unit) == b + 1
+        assert slowstart_age_bucket(end - 0.01, unit) == b

@@ -20,6 +20,7 @@ from trickles_kit.core import delta as dl
 from trickles_kit.core import events as ev
 from trickles_kit.core import plan as pl
 from trickles_kit.core.ranges import RangeSet
+from trickles_kit.core.replay import slowstart_age_bucket, slowstart_bucket_end
 from trickles_kit.wire.continuation import BOOTSTRAP, FULL2, HASHED, MINIMAL, PAIR, Continuation
 from trickles_kit.wire.delta import FLAG_HASHED, FLAG_PAIRED, compact_request, flag_request
 from trickles_kit.wire.errors import DecodeError
@@ -49,6 +50,8 @@ class ClientConfig:
     min_rto: float = 0.2  # Linux's floor; the original Trickles used 1 s
     max_rto: float = 60.0
     max_timeouts: int = 15  # consecutive unproductive timeouts before giving up
+    # s: the server's SLOWSTART age bucket unit (ServerConfig.slowstart_bucket, the same default)
+    slowstart_bucket: float = 0.1
     max_gap: int = pl.MAX_GAP
     syn_data: bool = True  # send the request bytes (and a padded SYN) in the SYN
     # delta encoding (docs/protocol.md §10.2), used only if the server agrees: delayed-ack
@@ -112,6 +115,9 @@ class ClientEngine:
         self._spare: Continuation | None = None
         self._spare_stale = False  # the spare predates the last SLOWSTART: replace it
         self._ss_right = -1  # `right` of the last SLOWSTART
+        self._spare_rx = 0.0  # when the spare arrived (its age here bounds the server's below)
+        self._ss_spare: Continuation | None = None  # the continuation of the last SLOWSTART
+        self._ss_bucket = -1  # the latest age bucket the server may have filed it in
         self.in_recovery = False
         self._recovery_base = -1
         self.cwnd = 0
@@ -409,6 +415,7 @@ class ClientEngine:
         if self._spare is None or self._spare_stale or pkt >= self._spare.seq:
             self._spare = cont  # the newest continuation of the current client epoch
             self._spare_stale = False
+            self._spare_rx = now
         heapq.heappush(self._ready, (pkt, id(cont), cont))
         # (paired mode: the new epoch's first FULL2 packet may be its second one)
         if self.in_recovery and cont.state == BOOTSTRAP and (
@@ -639,6 +646,11 @@ class ClientEngine:
             return
         if self.phase != "established":
             return
+        wait = self._slowstart_wait(now)
+        if wait > 0:  # the server would refuse it as a replay: wait for the next age bucket
+            self.counters["slowstart_deferred"] += 1
+            self._timer = now + wait
+            return
         self._timeouts_in_row += 1
         if self._timeouts_in_row > self.cfg.max_timeouts or self._spare is None:
             self.phase = "failed"
@@ -648,9 +660,30 @@ class ClientEngine:
         self._backoff = min(self._backoff * 2, 64)
         self._slowstart(now)
 
+    def _slowstart_wait(self, now: float) -> float:
+        """Seconds until a SLOWSTART on the spare falls in an age bucket it has not used.
+
+        The server takes one SLOWSTART per continuation per age bucket (core.replay); timeouts
+        that stop doubling at `max_rto` land twice in one bucket, and the second would be
+        refused as a replay: a wasted timeout, counted toward giving up.
+        """
+        if self._ss_spare is None or self._ss_spare is not self._spare:
+            return 0.0
+        unit = self.cfg.slowstart_bucket * 1000
+        age = (now - self._spare_rx) * 1000
+        if slowstart_age_bucket(age, unit) > self._ss_bucket:
+            return 0.0
+        return (slowstart_bucket_end(self._ss_bucket, unit) - age) / 1000 + 0.001
+
     def _slowstart(self, now: float) -> None:
         cont = self._spare
         assert cont is not None
+        # the server's age of `cont` exceeds ours by the path delay: file this SLOWSTART in
+        # the bucket of our age plus a smoothed RTT, so the next one is surely past it
+        slack = min(self._srtt if self._srtt is not None else 0.1, 1.0)
+        self._ss_spare = cont
+        self._ss_bucket = slowstart_age_bucket((now - self._spare_rx + slack) * 1000,
+                                               self.cfg.slowstart_bucket * 1000)
         blocks = self._proof(cont)
         if self._spare_stale:  # only PAIR packets of the new epoch came: the old spare cannot
             r0 = self._ss_right  # claim them (their nonces belong to the new epoch)

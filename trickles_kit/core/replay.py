@@ -28,6 +28,13 @@ def slowstart_age_bucket(age_ms: int, unit_ms: float = 100.0) -> int:
     return 8 + (units - 128) // 64
 
 
+def slowstart_bucket_end(bucket: int, unit_ms: float = 100.0) -> float:
+    """The youngest age (ms) past `bucket`: when a client whose SLOWSTART on a continuation fell
+    in `bucket` may make the next one (the client side of `slowstart_age_bucket`)."""
+    units = 1 << bucket if bucket < 8 else 128 + (bucket - 7) * 64
+    return units * unit_ms
+
+
 class ReplayHistory:
     """A fixed table of 64-bit keys in 16-slot buckets, each slot stamped with its time bucket.
 
