@@ -14,7 +14,7 @@ import struct
 from array import array
 
 
-def slowstart_age_bucket(age_ms: int, unit_ms: float = 100.0) -> int:
+def slowstart_age_bucket(age_ms: float, unit_ms: float = 100.0) -> int:
     """Which SLOWSTART a continuation of this age may still make (one per bucket).
 
     An honest client times out with doubling RTOs (>= 0.2 s), capped at 64x: so power-of-two
