@@ -13,6 +13,7 @@ import pytest
 
 from trickles_kit.apps.web import WebServer, http_header
 from trickles_kit.capture.decode import decode_pcap
+from trickles_kit.core.client import ClientConfig
 from trickles_kit.core.server import ServerConfig
 from trickles_kit.net.sim import simulate_transfer
 
@@ -27,14 +28,16 @@ def site(tmp_path: Path) -> Path:
     return root
 
 
-def _fetch(site: Path, tmp_path: Path, echo: bool, loss: float = 0.0, seed: int = 3):
-    web = WebServer(site)
+def _fetch(site: Path, tmp_path: Path, echo: bool, loss: float = 0.0, seed: int = 3,
+           mss: int = 1448):
+    """Fetch /f.bin through the simulator; the result and the decoded response packets."""
     expected = http_header(200, "application/octet-stream", len(BODY)) + BODY
-    pcap = tmp_path / f"echo{int(echo)}-{loss}.pcap"
-    r = simulate_transfer(len(expected), loss=loss, seed=seed, handler=web,
+    pcap = tmp_path / f"echo{int(echo)}-{loss}-{mss}.pcap"
+    r = simulate_transfer(len(expected), loss=loss, seed=seed, handler=WebServer(site),
                           request=b"GET /f.bin HTTP/1.1\r\n\r\n",
                           expected_sha256=hashlib.sha256(expected).hexdigest(),
-                          server_config=ServerConfig(echo_ucont=echo), pcap=str(pcap))
+                          server_config=ServerConfig(echo_ucont=echo, mss=mss),
+                          client_config=ClientConfig(mss=mss), pcap=str(pcap))
     responses = [p for p in decode_pcap(pcap).packets if p.direction == "response"]
     return r, responses
 
@@ -74,18 +77,8 @@ def test_byte_exact_under_loss_without_the_echo(site: Path, tmp_path: Path, seed
 def test_new_user_continuation_takes_room_from_the_data(site: Path, tmp_path: Path) -> None:
     # mss 1362 = 1500 - IP 20 - TCP 20+8 - header 8 - continuation 75 - DATA chunk 7: every
     # packet fits a 1500-byte MTU, the first ones (which carry the new sealed state) included
-    from trickles_kit.core.client import ClientConfig
-
-    web = WebServer(site)
-    expected = http_header(200, "application/octet-stream", len(BODY)) + BODY
-    pcap = tmp_path / "mtu.pcap"
-    r = simulate_transfer(len(expected), seed=5, handler=web,
-                          request=b"GET /f.bin HTTP/1.1\r\n\r\n",
-                          expected_sha256=hashlib.sha256(expected).hexdigest(),
-                          server_config=ServerConfig(mss=1362),
-                          client_config=ClientConfig(mss=1362), pcap=str(pcap))
-    assert r.ok and r.bytes == len(expected)
-    resp = [p for p in decode_pcap(pcap).packets if p.direction == "response"]
+    r, resp = _fetch(site, tmp_path, echo=False, seed=5, mss=1362)
+    assert r.ok and r.sha256_received == r.sha256_sent, r.summary()
     assert max(p.length for p in resp) == 1500
     carrying = [p for p in resp if p.ucont_len and p.data_len]
     assert carrying and all(p.data_len == 1362 - p.ucont_len for p in carrying)
