@@ -53,8 +53,11 @@ $(LABSTAMP): $(STAMP) pyproject.toml
 	touch $@
 
 # The main job: JupyterLab at the tour (127.0.0.1 only; the URL with its token is printed).
+# As root (the live runs of 06 and 07 need it) JupyterLab refuses to start without --allow-root.
 lab: lab-venv
-	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --no-browser notebooks/01-tour.ipynb
+	@allow=; if [ "$$(id -u)" = 0 ]; then allow=--allow-root; \
+	    echo "make lab: running as root, passing --allow-root to JupyterLab"; fi; \
+	exec $(VENV)/bin/jupyter lab $$allow --ServerApp.ip=127.0.0.1 --no-browser notebooks/01-tour.ipynb
 
 # The tour's steps headless: a live transfer, its figures in reports/demo.html.
 demo: lab-venv

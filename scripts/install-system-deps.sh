@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages the test suite uses: capture tools, firewalls, iproute2, curl,
-# setpriv (util-linux), procps and ethtool (testbed offloads off). Idempotent: only missing packages are installed, and
+# setpriv (util-linux), procps, ethtool (testbed offloads off) and nodejs (the live view's
+# stream.js is unit-tested in node). Idempotent: only missing packages are installed, and
 # `apt-get update` runs only when something must be installed.
 #
 #   scripts/install-system-deps.sh        # as root (CI, or: sudo scripts/install-system-deps.sh)
@@ -20,6 +21,7 @@ WANTED=(
     "util-linux:setpriv"
     "procps:pgrep"
     "ethtool:ethtool"
+    "nodejs:node"
 )
 
 say() { echo "install-system-deps: $*"; }

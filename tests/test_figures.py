@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 
 pytest.importorskip("plotly", reason="plotly is a lab dependency: make lab-venv")
+
+import plotly.graph_objects as go  # noqa: E402
+from helpers_labfigures import events_with_loss, lab_inputs  # noqa: E402
 
 from trickles_kit.core.events import Event, EventLog  # noqa: E402
 from trickles_kit.net.sim import LinkConfig, simulate_transfer  # noqa: E402
@@ -89,3 +95,99 @@ def test_figures_from_a_simulated_loss() -> None:
     assert len(cw["terminate"]["x"]) == r.terminations
     tree = traces(F.trickle_tree_figure(log.events))
     assert len(tree["split"]["x"]) == r.splits
+
+
+# ------------------------------------------------------------------ legends and axis titles
+def every_figure() -> dict[str, go.Figure]:
+    """One figure of every builder that draws axes: viz.figures, notebook 06, 08 and 09."""
+    from trickles_kit.labs import benchmark
+    from trickles_kit.viz import labfigures as LF
+
+    events = events_with_loss()
+    figs = {"cwnd": F.cwnd_figure(events), "tree": F.trickle_tree_figure(events),
+            "timeseq": F.time_sequence_figure(events), "goodput": F.goodput_figure(events)}
+    figs.update({f"06 {k}": f for k, f in benchmark.figures(benchmark.load_results()).items()})
+    cache, dyn, par, comp = lab_inputs()
+    figs.update({"08 cache": LF.cache_figure(cache), "08 skip": LF.skip_figure(dyn),
+                 "08 timeline": LF.parallel_timeline_figure(par),
+                 "09 bytes": LF.continuation_bytes_figure(comp),
+                 "09 forms": LF.continuation_forms_figure(comp)})
+    return figs
+
+
+def test_every_legend_sits_above_the_plot_under_the_title() -> None:
+    """Structure: a horizontal legend anchored on the plot area's top edge (plotly's default
+    for a horizontal legend is below the plot, on the x-axis title) and a title pinned to the
+    top of the figure, with the legend's height capped so it cannot grow into the title."""
+    for name, fig in every_figure().items():
+        lay = fig.layout
+        assert lay.legend.orientation == "h" and lay.legend.yanchor == "bottom", name
+        assert lay.legend.y >= 1 and lay.legend.maxheight, name
+        assert lay.title.yref == "container" and lay.title.yanchor == "top", name
+        assert lay.margin.t >= F.TOP_MARGIN_PX, name
+
+
+CHROMIUM = os.environ.get("TRICKLES_CHROMIUM", "/usr/bin/chromium")
+_PARTS = {  # what a legend must never cover, as plotly.js draws it
+    "legend": ".legend > .bg",
+    "title": ".g-gtitle",
+    "axis title": ".infolayer g[class^='g-x'][class$='title'], "
+                  ".infolayer g[class^='g-y'][class$='title']",
+    "plot area": ".nsewdrag",
+}
+_BOXES_JS = """(parts) => { const out = {};
+  for (const [k, sel] of Object.entries(parts)) {
+    out[k] = [...document.querySelectorAll(sel)].map(e => e.getBoundingClientRect())
+      .filter(r => r.width > 0 && r.height > 0).map(r => [r.left, r.top, r.right, r.bottom]);
+  } return out; }"""
+
+
+def _chromium() -> None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        msg = "playwright is missing (make lab-venv)"
+    else:
+        if os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK):
+            return
+        msg = f"chromium ({CHROMIUM}) is missing: make sysdeps"
+    if os.environ.get("CI") == "true":
+        pytest.fail(msg + " (CI=true: never skip)")
+    pytest.skip(msg)
+
+
+def _overlap(a: list[float], b: list[float]) -> bool:
+    return min(a[2], b[2]) - max(a[0], b[0]) > 0.5 and min(a[3], b[3]) - max(a[1], b[1]) > 0.5
+
+
+def test_no_legend_covers_a_title_or_the_plot_in_chromium() -> None:
+    """Geometry, as drawn by plotly.js in a real browser, from a narrow dashboard panel to a
+    wide notebook: the legend's box intersects no axis title, no figure title, no plot area."""
+    _chromium()
+    import plotly.io as pio
+    from playwright.sync_api import sync_playwright
+    from plotly.offline import get_plotlyjs
+
+    figs = every_figure()
+    bad: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 800})
+            page.set_content(f"<html><head><script>{get_plotlyjs()}</script></head>"
+                             "<body style='margin:0'><div id='g'></div></body></html>")
+            for name, fig in figs.items():
+                for width, height in ((400, 300), (700, 450), (1100, 450)):
+                    spec = json.loads(pio.to_json(fig))
+                    spec["layout"].update(width=width, height=height)
+                    page.evaluate("(s) => Plotly.newPlot('g', s.data, s.layout)", spec)
+                    boxes = page.evaluate(_BOXES_JS, _PARTS)
+                    assert boxes["axis title"], f"{name}: no axis title drawn"
+                    for legend in boxes["legend"]:
+                        for part in ("title", "axis title", "plot area"):
+                            if any(_overlap(legend, b) for b in boxes[part]):
+                                bad.append(f"{name} at {width}x{height}: legend over {part}")
+        finally:
+            browser.close()
+    assert not bad, bad

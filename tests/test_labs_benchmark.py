@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,65 @@ def test_memory_table_and_figures() -> None:
     assert len(figs["memory"].data) == 3  # Trickles, TCP + buffers, TCP + structs
     assert figs["goodput"].layout.annotations  # another shape: a note, not an exception
     assert benchmark.headline_rows({"memory": m})[0]["measure"].startswith("server memory")
+
+
+def _committed(name: str) -> dict:
+    return json.loads((benchmark.RESULTS / f"bench_{name}.json").read_text())
+
+
+def test_goodput_bars_are_the_median_of_the_repetitions_not_their_sum() -> None:
+    """The committed runs have 3 repetitions per cell: a bar is their median (the table's
+    number), the error bar spans min..max, and no category holds two bars of one protocol."""
+    pytest.importorskip("plotly")
+    g = _committed("goodput")
+    fig = benchmark.figures({"goodput": g})["goodput"]
+    table = {(r["kind"], benchmark.goodput_label(r["rate_mbit"], r["loss"])): r
+             for r in g["table"]}
+    assert fig.layout.barmode != "stack"
+    drawn = 0
+    for tr in fig.data:
+        xs, ys = list(tr.x), list(tr.y)
+        assert len(xs) == len(set(xs)), f"{tr.name}: one bar per category, not one per run"
+        for x, y, up, down in zip(xs, ys, tr.error_y.array, tr.error_y.arrayminus, strict=True):
+            row = table[(tr.name, x)]
+            runs = row["goodput_mbit_runs"]
+            assert y == pytest.approx(statistics.median(runs)) == pytest.approx(row["goodput_mbit"])
+            assert y + up == pytest.approx(max(runs)) and y - down == pytest.approx(min(runs))
+            assert y <= row["rate_mbit"], f"{tr.name} at {x}: more than the bottleneck"
+            drawn += 1
+    assert drawn == len(table)
+
+
+def test_goodput_figure_leaves_failed_runs_out() -> None:
+    pytest.importorskip("plotly")
+    runs = [{"kind": "reno", "rate_mbit": 10, "loss": 0.0, "goodput_mbit": v} for v in (9, 7, 8)]
+    runs.append({"kind": "reno", "rate_mbit": 10, "loss": 0.0, "error": "timeout"})
+    tr = benchmark.figures({"goodput": {"runs": runs}})["goodput"].data[0]
+    assert list(tr.y) == [8]
+    assert list(tr.error_y.array) == [1] and list(tr.error_y.arrayminus) == [1]
+    only_errors = benchmark.figures({"goodput": {"runs": runs[-1:]}})["goodput"]
+    assert only_errors.layout.annotations and not only_errors.data  # a note, not empty axes
+
+
+def test_other_06_figures_show_medians_with_min_max() -> None:
+    pytest.importorskip("plotly")
+    res = {n: _committed(n) for n in ("fairness", "cpu", "loopback")}
+    figs = benchmark.figures(res)
+    mixes = res["fairness"]["mixes"]
+    for tr, key in zip(figs["fairness"].data, ("trickles_mbit", "reno_mbit_mean"), strict=True):
+        for y, up, name in zip(tr.y, tr.error_y.array, mixes, strict=True):
+            runs = [r[key] for r in mixes[name]["runs"]]
+            assert y == pytest.approx(statistics.median(runs)) == pytest.approx(mixes[name][key])
+            assert y + up == pytest.approx(max(runs))
+    cpu = figs["cpu"].data[0]
+    for kind, y in zip(cpu.x, cpu.y, strict=True):
+        runs = [r["cpu_s_per_mb"] for r in res["cpu"]["runs"] if r["kind"] == kind]
+        assert y == pytest.approx(statistics.median(runs)) == res["cpu"]["cpu_s_per_mb"][kind]
+    lo = figs["loopback"].data[0]
+    runs = [r["server_packets_per_s"] for r in res["loopback"]["trickles"]["runs"]]
+    assert lo.y[0] == statistics.median(runs) == res["loopback"]["server_packets_per_s"]
+    for fig in figs.values():  # legends above the plot area, not over the x-axis title
+        assert fig.layout.legend.yanchor == "bottom" and fig.layout.legend.y >= 1
 
 
 def test_self_checks_judge_answers() -> None:

@@ -1,4 +1,9 @@
-"""Live dashboards without a browser: the drain task runs in a plain loop (`asyncio.run`)."""
+"""Live views without a browser: the drain task runs in a plain loop (`asyncio.run`).
+
+What the page would hold is rebuilt from the messages a dashboard really sent (`Page` applies
+them the way viz/stream.js does), so these tests check the wire protocol too: only new points
+travel, and the page ends with exactly what the static builders draw from the event log.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +14,12 @@ import threading
 import time
 from collections import Counter
 
+import numpy as np
 import pytest
 
 pytest.importorskip("plotly", reason="plotly is a lab dependency: make lab-venv")
 pytest.importorskip("ipywidgets", reason="ipywidgets is a lab dependency: make lab-venv")
-pytest.importorskip("anywidget", reason="FigureWidget needs anywidget: make lab-venv")
+pytest.importorskip("anywidget", reason="the live view is an anywidget: make lab-venv")
 
 from trickles_kit.capture import decode_pcap  # noqa: E402
 from trickles_kit.core.events import Event, EventLog  # noqa: E402
@@ -22,8 +28,63 @@ from trickles_kit.labs.session import LiveSession  # noqa: E402
 from trickles_kit.net.sim import simulate_transfer  # noqa: E402
 from trickles_kit.viz import figures as F  # noqa: E402
 from trickles_kit.viz import live as L  # noqa: E402
+from trickles_kit.viz import stream as S  # noqa: E402
 
 SECRET = bytes(range(32))
+
+
+class Page:
+    """A Python twin of stream.js's store: traces rebuilt from the messages, in order."""
+
+    def __init__(self, dash: L.LiveDashboard) -> None:
+        self.spec = {p["kind"]: p for p in dash.view.spec["panels"]}
+        self.traces = {k: [{"x": [], "y": [], "text": None} for _ in p["traces"]]
+                       for k, p in self.spec.items()}
+        self.final: dict | None = None
+        for content, buffers in dash.view.sent:
+            self.apply(content, buffers)
+
+    def apply(self, msg: dict, buffers: list[bytes]) -> None:
+        if msg["op"] == "reset":
+            for ts in self.traces.values():
+                for t in ts:
+                    t["x"], t["y"] = [], []
+                    t["text"] = [] if t["text"] is not None else None
+        elif msg["op"] == "data":
+            for u in msg["updates"]:
+                t = self.traces[u["p"]][u["i"]]
+                xs = np.frombuffer(buffers[u["xb"]], dtype=np.float64).tolist()
+                ys = np.frombuffer(buffers[u["yb"]], dtype=np.float64).tolist()
+                t["x"] = t["x"][:u["from"]] + [None if math.isnan(v) else v for v in xs]
+                t["y"] = t["y"][:u["from"]] + [None if math.isnan(v) else v for v in ys]
+                if "text" in u:
+                    t["text"] = (t["text"] or [])[:u["from"]] + u["text"]
+        elif msg["op"] == "final":
+            self.final = msg
+
+    def shown(self, kind: str) -> list[tuple[str, dict]]:
+        """(name, trace) of the traces the page shows (an empty one is hidden)."""
+        return [(s["name"], t) for s, t in zip(self.spec[kind]["traces"], self.traces[kind],
+                                               strict=True) if s["always"] or t["x"]]
+
+    def digest_problems(self, digest: dict) -> list[str]:
+        """stream.js's checkDigest, in Python."""
+        out = []
+        for kind, want in digest.items():
+            for s, t in zip(self.spec[kind]["traces"], self.traces[kind], strict=True):
+                w = want.get(s["name"])
+                if w is None:
+                    if t["x"]:
+                        out.append(f"{kind}/{s['name']}: extra points")
+                    continue
+                fx = [v for v in t["x"] if v is not None]
+                fy = [v for v in t["y"] if v is not None]
+                have = [len(t["x"]), len(fx), sum(fx), len(fy), sum(fy)]
+                if have[:2] != w[:2] or have[3] != w[3] or not (
+                        math.isclose(have[2], w[2], rel_tol=1e-9, abs_tol=1e-9)
+                        and math.isclose(have[4], w[4], rel_tol=1e-9, abs_tol=1e-9)):
+                    out.append(f"{kind}/{s['name']}: have {have}, want {w}")
+        return out
 
 
 def _norm(v) -> list | None:
@@ -34,33 +95,44 @@ def _norm(v) -> list | None:
 
 
 def assert_same_as_static(dash: L.LiveDashboard, events: list) -> None:
-    """Every live figure shows exactly what the static builder draws from `events`."""
-    for kind, panel in dash.panels.items():
+    """The page holds exactly what the static builder draws from `events`, in its styles."""
+    page = Page(dash)
+    for kind in dash.kinds:
         static = L.static_figure(kind, events, dash.bin_s)
-        live = [t for t in panel.fig.data if t.visible is not False]
-        assert [t.name for t in live] == [t.name for t in static.data], kind
-        for a, b in zip(live, static.data, strict=True):
-            for attr in ("x", "y", "text"):
-                assert _norm(getattr(a, attr)) == _norm(getattr(b, attr)), (kind, a.name, attr)
-            ja, jb = a.to_plotly_json(), b.to_plotly_json()
-            for key in set(ja) | set(jb):
+        shown = page.shown(kind)
+        assert [n for n, _ in shown] == [t.name for t in static.data], kind
+        styles = {s["name"]: s["style"] for s in page.spec[kind]["traces"]}
+        for (name, tr), b in zip(shown, static.data, strict=True):
+            assert tr["x"] == _norm(b.x), (kind, name, "x")
+            assert tr["y"] == _norm(b.y), (kind, name, "y")
+            if b.text is not None:
+                assert tr["text"] == list(b.text), (kind, name, "text")
+            jb = json.loads(b.to_json())
+            for key in set(jb) | set(styles[name]):
                 if key not in ("x", "y", "text", "visible", "uid"):
-                    assert ja.get(key) == jb.get(key), (kind, a.name, key)
-        for path in ("title.text", "xaxis.title.text", "yaxis.title.text", "legend.orientation"):
-            assert panel.fig.layout[path] == static.layout[path], (kind, path)
+                    assert styles[name].get(key) == jb.get(key), (kind, name, key)
+        layout = page.spec[kind]["layout"]
+        for path in ("title", "xaxis", "yaxis", "legend"):
+            want = json.loads(static.layout.to_json()).get(path)
+            assert layout.get(path) == want, (kind, path)
+        # and the page's own check against the builder's digest agrees
+        assert page.digest_problems({kind: S.digest(static)}) == []
+
+
+def _recording(*a, **kw) -> L.LiveDashboard:
+    dash = L.LiveDashboard(*a, plotly_js="page", **kw)
+    dash.view.record = True
+    return dash
 
 
 @pytest.fixture(scope="module")
 def big_run():
     """A 10 MB simulated LiveSession drawn live: its thread feeds, the task drains at 10 Hz."""
-    dash = L.LiveDashboard(max_hz=10)
+    dash = _recording(max_hz=10)
     seen: list[Event] = []
-    splits = Counter()
 
     def on_event(e: Event) -> None:  # LiveSession's thread
         seen.append(e)
-        if e.kind == "split":
-            splits["split"] += 1
         dash.feed(e)
 
     async def main():
@@ -75,7 +147,7 @@ def big_run():
 
     t0 = time.monotonic()
     result = asyncio.run(main())
-    return dash, seen, splits["split"], result, time.monotonic() - t0
+    return dash, seen, sum(e.kind == "split" for e in seen), result, time.monotonic() - t0
 
 
 # ---------------------------------------------------------------------------- (a) nothing lost
@@ -88,10 +160,35 @@ def test_no_event_lost_10mb_live(big_run):
     assert dash.drawn == Counter(e.kind for e in seen)
     assert dash.pending == 0
     assert len(dash.ticks) >= 2  # drawn while the transfer ran, not once at the end
-    cwnd = dash.figures["cwnd"].data[0]
-    assert cwnd.name == "cwnd"
-    assert len(cwnd.x) == len(F.cwnd_figure(seen).data[0].x) > 5000
+    cwnd = Page(dash).shown("cwnd")[0]
+    assert cwnd[0] == "cwnd" and len(cwnd[1]["x"]) == len(F.cwnd_figure(seen).data[0].x) > 5000
     assert_same_as_static(dash, seen)
+
+
+def test_only_new_points_travel(big_run):
+    """Each point crosses the websocket about once: the bytes sent grow with the points, not
+    with points × updates (the FigureWidget resent whole arrays on every update)."""
+    dash, seen, *_ = big_run
+    page = Page(dash)
+    points = sum(len(t["x"]) for ts in page.traces.values() for t in ts)
+    data = [(c, b) for c, b in dash.view.sent if c["op"] == "data"]
+    assert len(data) >= 5
+    sent_values = sum(len(buf) for _, bufs in data for buf in bufs) // 8
+    assert points * 2 <= sent_values <= points * 2 * 1.05 + 2000, (points, sent_values)
+    resent = sum(u["from"] < len(page.traces[u["p"]][u["i"]]["x"]) for c, _ in data
+                 for u in c["updates"])
+    assert resent >= 1  # the goodput bar that is still filling is rewritten, not appended
+
+
+def test_final_digest_catches_a_lost_point(big_run):
+    dash, seen, *_ = big_run
+    page = Page(dash)
+    digest = {k: S.digest(L.static_figure(k, seen)) for k in dash.kinds}
+    assert page.digest_problems(digest) == []
+    page.traces["timeseq"][1]["x"].pop()  # one point lost on the way
+    page.traces["timeseq"][1]["y"].pop()
+    problems = page.digest_problems(digest)
+    assert len(problems) == 1 and problems[0].startswith("timeseq/sent: continue")
 
 
 # ---------------------------------------------------------------------------- (b) ≤ max_hz
@@ -110,7 +207,7 @@ def test_drain_rate_at_most_max_hz(big_run):
 
 def test_drain_rate_with_a_steady_producer(big_run):
     events = big_run[1][:6000]
-    dash = L.LiveDashboard(("cwnd", "timeseq"), max_hz=20)
+    dash = _recording(("cwnd", "timeseq"), max_hz=20)
     done = threading.Event()
 
     def produce():  # about 6,000 events a second for one second, from another thread
@@ -135,7 +232,7 @@ def test_drain_rate_with_a_steady_producer(big_run):
 
 
 def test_stop_draws_what_is_queued_then_ends():
-    dash = L.LiveDashboard(("goodput",), max_hz=50)
+    dash = _recording(("goodput",), max_hz=50)
     evs = [Event("data", 0.01 * i, "client", detail={"bytes": 1000}) for i in range(50)]
 
     async def main():
@@ -154,7 +251,7 @@ def test_stop_draws_what_is_queued_then_ends():
 def test_out_of_order_events_redraw_the_tree_like_the_builder(big_run):
     evs = [e for e in big_run[1] if e.side == "server"][:3000]
     shuffled = evs[:1000] + evs[1500:2000] + evs[1000:1500] + evs[2000:]
-    dash = L.LiveDashboard(("tree", "cwnd"))
+    dash = _recording(("tree", "cwnd"))
     for i in range(0, len(shuffled), 250):  # as if drained in several ticks
         dash.draw(shuffled[i:i + 250])
     assert dash.panels["tree"].acc.rebuilds >= 1
@@ -163,11 +260,54 @@ def test_out_of_order_events_redraw_the_tree_like_the_builder(big_run):
 
 def test_feed_accepts_json_lines_dicts(big_run):
     evs = big_run[1][:500]
-    dash = L.LiveDashboard(("timeseq",))
+    dash = _recording(("timeseq",))
     dash.feed_many(json.loads(e.to_json()) for e in evs)
     assert dash.flush() == 500
     assert dash.drawn == Counter(e.kind for e in evs)
     assert_same_as_static(dash, evs)
+
+
+def test_finish_sends_the_builders_digest_and_the_transfer_span(big_run):
+    events = big_run[1][:4000]
+    dash = _recording()
+    dash.feed_many(events)
+    figs = dash.finish()
+    final = dash.view.sent[-1][0]
+    assert final["op"] == "final" and final["events"] == len(events)
+    assert final["digest"] == {k: S.digest(f) for k, f in figs.items()}
+    assert final["collapse"] is False  # nothing displayed: no static copies to fold into
+    packets = [e.t for e in events if e.kind in ("initial", "continue", "split", "retransmit",
+                                                 "bootstrap", "request")]
+    assert (final["t_first"], final["t_last"]) == (min(packets), max(packets))
+    assert Page(dash).digest_problems(final["digest"]) == []
+
+
+def test_static_bundle_and_page_figure(big_run):
+    events = big_run[1][:3000]
+    dash = _recording(("cwnd",))
+    dash.draw(events)
+    fig = dash.page_figure("cwnd")
+    static = L.static_figure("cwnd", events)
+    assert [t.name for t in fig.data] == [t.name for t in static.data]
+    assert list(fig.data[0].y) == list(static.data[0].y)
+    bundle = S.static_bundle(static)
+    assert bundle["application/vnd.plotly.v1+json"]["data"][0]["name"] == "cwnd"
+    assert "cdn.plot.ly" in bundle["text/html"]  # nbconvert's copy loads plotly.js itself
+
+
+def test_plotly_js_mode(monkeypatch):
+    monkeypatch.setenv("TRICKLES_PLOTLY_JS", "send")
+    assert S.plotly_js_mode() == "send"
+    monkeypatch.setenv("TRICKLES_PLOTLY_JS", "page")
+    assert S.plotly_js_mode() == "page"
+    with pytest.raises(ValueError, match="plotly_js"):
+        L.LiveDashboard(plotly_js="cdn")
+    monkeypatch.setattr(S.PlotlyRuntime, "_instance", None)
+    L.LiveDashboard(("cwnd",), plotly_js="send")
+    rt = S.PlotlyRuntime._instance
+    assert rt is not None and "window.Plotly = Plotly" in rt._esm  # sent once per kernel
+    L.LiveDashboard(("cwnd",), plotly_js="send")
+    assert S.PlotlyRuntime._instance is rt
 
 
 # ---------------------------------------------------------------------------- (c) replay
@@ -184,6 +324,7 @@ def small_run(tmp_path_factory):
 def test_replay_slider_shows_exactly_the_events_up_to_t(big_run):
     events = big_run[1]
     rd = L.ReplayDashboard(events)
+    rd.dashboard.view.record = True
     ordered = sorted(events, key=lambda e: e.t)
     t_end = ordered[-1].t
     for t in (t_end / 2, t_end / 7, ordered[1234].t, t_end / 3 * 2):  # forwards and back
@@ -191,21 +332,40 @@ def test_replay_slider_shows_exactly_the_events_up_to_t(big_run):
         upto = [e for e in ordered if e.t <= t]
         assert rd.dashboard.drawn == Counter(e.kind for e in upto), t
         assert len(rd.dashboard.events) == len(upto)
-    assert_same_as_static(rd.dashboard, [e for e in ordered if e.t <= rd.time])
+    page_events = [e for e in ordered if e.t <= rd.time]
+    # the page was recorded from the first seek on: replay the earlier state through a reset
+    assert any(c["op"] == "reset" for c, _ in rd.dashboard.view.sent)
+    assert_same_as_static(rd.dashboard, page_events)
 
 
 def test_replay_of_a_decoded_capture_and_play(small_run):
     _, cap = small_run
     rd = L.ReplayDashboard(cap, max_hz=50)  # a Capture: its events
+    rd.dashboard.view.record = True
+    rd.seek(rd.slider.min - 1)
     assert rd.slider.min == min(e.t for e in cap.events)
     span = rd.slider.max - rd.slider.min
     asyncio.run(rd.play(speed=span * 2))  # about 0.5 s of play
     assert rd.time == rd.slider.max
-    assert rd.dashboard.drawn == Counter(e.kind for e in cap.events)
+    server = Counter(e.kind for e in cap.events)
+    drawn = rd.dashboard.drawn
+    assert all(drawn[k] == n for k, n in server.items())
     assert len(rd.dashboard.ticks) >= 3
-    assert_same_as_static(rd.dashboard, sorted(cap.events, key=lambda e: e.t))
-    rd.seek(rd.slider.min - 1)  # clamped to the first instant
-    assert len(rd.dashboard.events) == sum(e.t <= rd.slider.min for e in cap.events)
+    assert rd.dashboard.view.sent[-1][0]["op"] == "final"  # the end: a static copy
+    assert_same_as_static(rd.dashboard, rd.events)
+
+
+def test_replay_goodput_from_a_capture_is_not_empty(small_run):
+    """05's goodput panel was always empty: a capture has no client `data` events."""
+    _, cap = small_run
+    rd = L.ReplayDashboard(cap)
+    data = [e for e in rd.events if e.kind == "data"]
+    assert data and all(e.side == "client" for e in data)
+    # every byte of the response counted once, retransmissions included (new packet numbers)
+    body = max(r.data_start + r.data_len for r in cap.packets
+               if r.direction == "response" and r.data_len)
+    assert sum(e.detail["bytes"] for e in data) == body
+    assert len(L.static_figure("goodput", rd.events).data[0].x) > 3
 
 
 # ---------------------------------------------------------------------------- (d) step-through
@@ -232,9 +392,9 @@ def test_step_through_moves_over_the_requests(small_run):
     cur = st.current
     assert cur.verdict == "recovery" and "retransmit" in {k for _, k in cur.emitted}
     assert "recovery" in st.summary.value and "retransmit" in st.summary.value
-    assert st.inspector.data[0].cells.values[0][0] == "seq"
-    assert st.inspector.data[0].cells.values[1][0] == cur.ack
-    assert set(st.nonces.data[0].cells.values[3]) == {"ok"}  # SACK summaries checked
+    assert st.inspector_rows[0][:2] == ("seq", cur.ack)
+    assert {v for *_, v in st.nonce_table} == {"ok"}  # SACK summaries checked
+    assert "<td" in st.nonces.value and "0x" in st.nonces.value
     lost = [s for s in st.steps if s.verdict == "unanswered"]
     assert lost and all(s.request is not None and not s.server for s in lost)
 
@@ -262,11 +422,30 @@ def test_step_through_shows_the_right_plan(small_run):
     st = L.StepThrough(events, cap.packets)
     i = next(s.index for s in st.steps if s.row.get("sacks"))
     st.go(i)
-    names, values = st.inspector.data[0].cells.values
-    assert "start_cwnd" in names and "key_epoch" in names
-    assert values[names.index("mac")] == "ok" and values[names.index("nonce")] == "ok"
-    assert set(st.nonces.data[0].cells.values[3]) == {"ok"}
+    names = [r[0] for r in st.inspector_rows]
+    values = dict((r[0], r[1]) for r in st.inspector_rows)
+    assert set(F.CONT_FIELDS) <= set(names)  # every field, none scrolled away
+    assert values["mac"] == "ok" and values["nonce"] == "ok"
+    for f in F.CONT_FIELDS:
+        assert f"<td style=\"border:1px solid #ccc;padding:2px 8px;text-align:left;" \
+               f"background:white\">{f}</td>" in st.inspector.value
+    assert {v for *_, v in st.nonce_table} == {"ok"}
     assert "plan (core.plan.plan_request" in st.summary.value
+
+
+def test_step_through_fills_every_nonce_column_on_first_display(small_run):
+    """The block column was empty until Next; with the secret every column has a value."""
+    events, cap = small_run
+    first = next(i for i, s in enumerate(L.build_steps(events, cap.packets))
+                 if s.row.get("sacks"))
+    st = L.StepThrough(events, cap.packets, secret=SECRET)
+    st.go(first)
+    assert st.nonce_table and all(all(cell for cell in row) for row in st.nonce_table)
+    assert "no secret to check" not in st.nonce_note.value
+    bundle = st._repr_mimebundle_()
+    data = bundle[0] if isinstance(bundle, tuple) else bundle
+    assert "application/vnd.jupyter.widget-view+json" in data
+    assert st.nonce_table[0][0] in data["text/html"]  # nbconvert's copy of the current step
 
 
 # ---------------------------------------------------------------------------- (e) controls
@@ -286,7 +465,8 @@ def test_lab_controls_banner_without_raw(monkeypatch):
     assert res is not None and res.ok and res.transport == "sim"
     assert len(c.dashboard.events) == res.events == c.dashboard.received
     assert "✔" in c.result_html.value and not c.start_button.disabled
-    assert "transport <b>sim</b>" in c.dashboard.status.value
+    assert "transport <b>sim</b>" in c.dashboard.status
+    assert set(c.dashboard.final_figures) == set(L.FIGURE_KINDS)
     c.session.cleanup()
 
 

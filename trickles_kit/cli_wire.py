@@ -46,6 +46,15 @@ def _ip_proto(text: str) -> int:
     return v
 
 
+def _indices(text: str) -> tuple[int, ...]:
+    from trickles_kit.net.faults import parse_indices
+
+    try:
+        return parse_indices(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser(
         "serve", help="serve files over Trickles (HTTP/1.1 GET) on raw sockets or UDP",
@@ -67,7 +76,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--mss", type=int, default=1448, help="data bytes per packet")
     s.add_argument("--duration", type=float, help="stop after this many seconds")
     s.add_argument("--drop", type=float, default=0.0, metavar="P",
-                   help="drop each received request with probability P (a lab's loss, no netem)")
+                   help="drop each received request with probability P (a lab's loss, no "
+                        "netem); different requests in every run unless --drop-seed is given")
+    s.add_argument("--drop-seed", type=int, metavar="N",
+                   help="make --drop reproducible: request i of every connection is dropped "
+                        "when the i-th draw of a generator seeded with N is below P, so each "
+                        "run loses the same requests (SYNs are never dropped)")
+    s.add_argument("--drop-at", type=_indices, default=(), metavar="I,J,...",
+                   help="also drop exactly these requests of every connection: 0-based "
+                        "indices counted after its SYN (request 0 is the first after the "
+                        "handshake). E.g. 30 lands once slow start has grown the window to "
+                        "about 33 packets: a transfer of 90 KB or more (--mss 1448) then shows "
+                        "splits, the loss, its recovery (retransmit, recovery_start, "
+                        "bootstrap) and terminations")
     s.add_argument("--state-cache", type=int, default=None, metavar="N",
                    help="cache N verified continuations (0 = off, the default; see "
                         "docs/protocol.md, optimizations)")
@@ -161,12 +182,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     pw = PcapWriter(args.pcap) if args.pcap else None
     engine = ServerEngine(secret, web, aton(args.addr), args.port, cfg, ew)
     web.attach(engine)
-    if args.drop:
+    lossy = None
+    if args.drop or args.drop_at:
         from trickles_kit.net.faults import LossyTransport
 
         try:
-            tr = LossyTransport(tr, args.drop)
+            tr = lossy = LossyTransport(tr, args.drop, args.drop_seed, drop_at=args.drop_at,
+                                        port=args.port)
         except ValueError as e:
+            tr.close()
             return _fail("serve", e)
     loop = ServerLoop(engine, tr, pw)
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -197,8 +221,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if engine.last_error:
             print(f"trickles serve: {c['handler_error']} handler error(s); the last one:\n"
                   f"{engine.last_error}", file=sys.stderr)
+        injected = f", {lossy.dropped} dropped on purpose (--drop/--drop-at)" if lossy else ""
         print(f"trickles serve: stopped; {c['rx']} requests, {c['tx']} packets, "
-              f"{c['drop']} dropped", flush=True)
+              f"{c['drop']} dropped{injected}", flush=True)
     return 0
 
 

@@ -9,6 +9,7 @@ says which file is absent) so a partial set of results still teaches something.
 from __future__ import annotations
 
 import os
+import statistics
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -45,17 +46,63 @@ def jain(xs: Iterable[float]) -> float:
 
 
 # ====================================================================== figures
+def spread(values: Iterable[float]) -> tuple[float, float, float]:
+    """(median, min, max) of repeated measurements: a figure shows the median, with the
+    repetitions as a min–max error bar, never their sum."""
+    v = sorted(float(x) for x in values)
+    if not v:
+        raise ValueError("no measurements")
+    return statistics.median(v), v[0], v[-1]
+
+
+def _error_bars(stats: Sequence[tuple[float, float, float]]) -> dict[str, Any]:
+    return {"type": "data", "symmetric": False, "array": [hi - m for m, _, hi in stats],
+            "arrayminus": [m - lo for m, lo, _ in stats], "thickness": 1.5, "width": 4}
+
+
+def _runs_text(groups: Sequence[Sequence[float]], unit: str) -> list[str]:
+    return [f"{len(g)} runs: " + ", ".join(f"{x:g}" for x in g) + f" {unit}" for g in groups]
+
+
+def goodput_label(rate_mbit: float, loss: float) -> str:
+    """The x category of one (rate, loss) cell of the goodput figure."""
+    return f"{rate_mbit} Mbit/s, {loss:.0%} loss"
+
+
+def goodput_medians(g: Mapping[str, Any]) -> dict[tuple[str, float, float], list[float]]:
+    """(kind, rate, loss) -> the goodputs of its successful repetitions (runs with an
+    "error" are left out); the figure's bar is their median."""
+    out: dict[tuple[str, float, float], list[float]] = {}
+    for r in g.get("runs", []):
+        if "error" in r:
+            continue
+        out.setdefault((r["kind"], r["rate_mbit"], r["loss"]), []).append(r["goodput_mbit"])
+    return out
+
+
 def _goodput(g: dict) -> Any:
     import plotly.graph_objects as go
 
+    groups = goodput_medians(g)
+    if not groups:
+        raise ValueError("no successful goodput run")
+    cells = sorted({(rate, loss) for _, rate, loss in groups})
     fig = go.Figure()
-    runs = [r for r in g.get("runs", []) if "error" not in r]
-    for kind in sorted({r["kind"] for r in runs}):
-        rows = [r for r in runs if r["kind"] == kind]
-        fig.add_bar(name=kind, x=[f"{r['rate_mbit']} Mbit/s, {r['loss']:.0%} loss" for r in rows],
-                    y=[r.get("goodput_mbit") for r in rows])
-    fig.update_layout(title="Goodput through the bottleneck", barmode="group",
-                      yaxis={"title": "Mbit/s"}, template="plotly_white")
+    for kind in sorted({k for k, _, _ in groups}):
+        mine = [(rate, loss) for rate, loss in cells if (kind, rate, loss) in groups]
+        runs = [groups[(kind, rate, loss)] for rate, loss in mine]
+        stats = [spread(v) for v in runs]
+        fig.add_bar(name=kind, x=[goodput_label(rate, loss) for rate, loss in mine],
+                    y=[m for m, _, _ in stats], error_y=_error_bars(stats),
+                    hovertext=_runs_text(runs, "Mbit/s"),
+                    hovertemplate="%{x}<br>median %{y:.2f} Mbit/s<br>%{hovertext}"
+                                  "<extra>" + kind + "</extra>")
+    n = max(len(v) for v in groups.values())
+    fig.update_layout(title=f"Goodput through the bottleneck (median of {n} runs, bar: min–max)",
+                      barmode="group", yaxis={"title": "Mbit/s"},
+                      xaxis={"title": "bottleneck rate, random loss", "categoryorder": "array",
+                             "categoryarray": [goodput_label(r, lo) for r, lo in cells]},
+                      template="plotly_white")
     return fig
 
 
@@ -65,12 +112,24 @@ def _fairness(f: dict) -> Any:
     fig = go.Figure()
     mixes = f.get("mixes", {})
     names = [n for n in mixes if "jain" in mixes[n]]
-    fig.add_bar(name="Trickles flow", x=names, y=[mixes[n].get("trickles_mbit") for n in names])
-    fig.add_bar(name="Reno flow (mean)", x=names,
-                y=[mixes[n].get("reno_mbit_mean") for n in names],
-                text=[f"Jain {mixes[n]['jain']:.3f}" for n in names], textposition="outside")
-    fig.update_layout(title="Sharing one bottleneck: per-flow goodput and Jain's index",
-                      barmode="group", yaxis={"title": "Mbit/s"}, template="plotly_white")
+    if not names:
+        raise ValueError("no fairness mix with a Jain index")
+
+    def per_run(name: str, key: str) -> list[float]:
+        runs = [r[key] for r in mixes[name].get("runs", []) if key in r]
+        return runs or [mixes[name][key]]
+
+    jains = [spread(per_run(n, "jain"))[0] for n in names]
+    cats = [f"{n} (Jain {j:.3f})" for n, j in zip(names, jains, strict=True)]
+    for key, label in (("trickles_mbit", "Trickles flow"), ("reno_mbit_mean", "Reno flow (mean)")):
+        runs = [per_run(n, key) for n in names]
+        stats = [spread(v) for v in runs]
+        fig.add_bar(name=label, x=cats, y=[m for m, _, _ in stats], error_y=_error_bars(stats),
+                    hovertext=_runs_text(runs, "Mbit/s"))
+    fig.update_layout(title="Sharing one bottleneck: per-flow goodput (median, bar: min–max) "
+                            "and Jain's index", barmode="group", yaxis={"title": "Mbit/s"},
+                      xaxis={"title": "flows: 1 Trickles + N Reno (Jain's index, median)"},
+                      template="plotly_white")
     return fig
 
 
@@ -78,8 +137,17 @@ def _cpu(c: dict) -> Any:
     import plotly.graph_objects as go
 
     per = c.get("cpu_s_per_mb", {})
-    fig = go.Figure(go.Bar(x=list(per), y=list(per.values())))
-    fig.update_layout(title="Server CPU seconds per MB served", yaxis={"title": "s / MB"},
+    kinds = list(per)
+    if not kinds:
+        raise ValueError("no CPU result")
+    runs = [[r["cpu_s_per_mb"] for r in c.get("runs", []) if r.get("kind") == k] or [per[k]]
+            for k in kinds]
+    stats = [spread(v) for v in runs]
+    fig = go.Figure(go.Bar(x=kinds, y=[m for m, _, _ in stats], error_y=_error_bars(stats),
+                           text=[f"{m:.4f}" for m, _, _ in stats], textposition="outside",
+                           hovertext=_runs_text(runs, "s/MB"), name="CPU s / MB"))
+    fig.update_layout(title="Server CPU seconds per MB served (median, bar: min–max)",
+                      yaxis={"title": "s / MB"}, xaxis={"title": "server"},
                       template="plotly_white")
     return fig
 
@@ -87,16 +155,23 @@ def _cpu(c: dict) -> Any:
 def _loopback(lo: dict) -> Any:
     import plotly.graph_objects as go
 
+    server = [r["server_packets_per_s"] for r in lo.get("trickles", {}).get("runs", [])
+              if "server_packets_per_s" in r] or [lo["server_packets_per_s"]]
+    floor = [lo["floor_pairs_per_s"]]
+    stats = [spread(server), spread(floor)]
     fig = go.Figure(go.Bar(x=["Trickles server (packets/s)", "raw-socket floor (pairs/s)"],
-                           y=[lo.get("server_packets_per_s"), lo.get("floor_pairs_per_s")]))
+                           y=[m for m, _, _ in stats], error_y=_error_bars(stats),
+                           hovertext=_runs_text([server, floor], "per s"), name="rate"))
     fig.update_layout(title="Loopback: the server against the Python raw-socket floor",
-                      template="plotly_white")
+                      yaxis={"title": "per second"}, template="plotly_white")
     return fig
 
 
 def figures(results: Mapping[str, dict]) -> dict[str, Any]:
-    """One plotly figure per experiment present in `results`."""
+    """One plotly figure per experiment present in `results` (repetitions as medians with
+    min–max bars; legends above the plot, never over an axis title)."""
     from trickles_kit.bench import memory
+    from trickles_kit.viz.figures import legend_on_top
 
     draw = {"goodput": _goodput, "fairness": _fairness, "memory": memory.figure,
             "cpu": _cpu, "loopback": _loopback}
@@ -104,7 +179,7 @@ def figures(results: Mapping[str, dict]) -> dict[str, Any]:
     for name, fn in draw.items():
         if name in results:
             try:
-                out[name] = fn(results[name])
+                out[name] = legend_on_top(fn(results[name]))
             except (KeyError, TypeError, ValueError) as e:  # a result of another shape
                 out[name] = _note(f"{name}: cannot draw this result ({type(e).__name__}: {e})")
     return out
@@ -165,10 +240,11 @@ def check_jain(answer: Any, rates: Sequence[float]) -> str:
     try:
         got = float(answer)
     except (TypeError, ValueError):
-        return _no(f"give a number, e.g. {len(rates)} flows' (Σx)² / (n·Σx²)")
+        return _no(f"answer with a number: the index of these {len(rates)} flows")
     if abs(got - want) <= 5e-3:
         return _ok(f"Jain's index of {list(rates)} is {want:.3f}")
-    return _no(f"{got} is not it: square the sum, divide by n times the sum of squares")
+    return _no(f"{got} is {'too high' if got > want else 'too low'}: which is squared, the sum "
+               "of the rates or each rate? And what multiplies the sum of squares?")
 
 
 def check_memory_slope(answer: Any, results: Mapping[str, dict], key: str) -> str:
@@ -188,7 +264,7 @@ def check_memory_slope(answer: Any, results: Mapping[str, dict], key: str) -> st
 
 
 class checks:  # noqa: N801 - a namespace the notebook reads like trickles_kit.labs.checks
-    """Self-checks of notebook 06; each returns a verdict starting "OK" or "Not yet"."""
+    """Self-checks of notebook 06; each returns a verdict starting "OK — " or "Not yet — "."""
 
     jain = staticmethod(check_jain)
     memory_slope = staticmethod(check_memory_slope)

@@ -1,9 +1,11 @@
 """Self-check helpers for the notebook exercises.
 
 Every ``check_*`` function compares a student's answer (a value or a function) with what the
-toolkit itself computes, and returns a readable verdict string that starts with ``"OK"`` or
-``"Not yet"``. They never raise: a wrong type, a crashing student function or a missing file
-all become a "Not yet" verdict that says what went wrong, so a notebook always runs to the end.
+toolkit itself computes, and returns a readable verdict string that starts with ``"OK — "`` or
+``"Not yet — "`` (the one wording of every notebook's checks). They never raise: a wrong type, a
+crashing student function or a missing file all become a "Not yet" verdict that says what went
+wrong, so a notebook always runs to the end. A "Not yet" hint teaches — a question, or where to
+look and what to count — and never prints the expected value.
 
     from trickles_kit.labs import checks
     print(checks.check_cwnd(my_cwnd))
@@ -97,9 +99,9 @@ def check_transports(answer: Iterable[str]) -> str:
     if missing:
         parts.append(f"{len(missing)} more transport(s) work here")
     if extra:
-        parts.append(f"{sorted(extra)} cannot be used here")
-    return _no("; ".join(parts) + " — look at the 'transports' rows of the doctor table "
-               "(and remember the simulator needs no sockets at all)")
+        parts.append(f"{len(extra)} of yours cannot be used here")
+    return _no("; ".join(parts) + ". Which 'transports' rows of the doctor table say ok? "
+               "(and what does the simulator need from the machine?)")
 
 
 # ---------------------------------------------------------------------------- 01 tour
@@ -169,13 +171,24 @@ def check_mac_fields(answer: Iterable[str]) -> str:
     if missing:
         parts.append(f"{len(missing)} covered field(s) missing from your set")
     if wrong:
-        parts.append(f"{sorted(wrong)} are client-owned: the tamper experiment accepted them")
-    return _no("; ".join(parts))
+        parts.append(f"{len(wrong)} of your fields are client-owned")
+    return _no("; ".join(parts) + ". Which fields could the tamper experiment change without "
+               "a MAC failure?")
 
 
 # ---------------------------------------------------------------------------- 03 cc
 DEFAULT_EPOCHS = ((1, 3, 8), (1, 3, 3), (9, 3, 3), (1, 2, 16383), (100, 5, 12), (1, 1, 1),
                   (41, 2, 20))
+
+
+def _cwnd_hint(n: int, tcp_base: int, start_cwnd: int, ssthresh: int) -> str:
+    """A question about the phase `n` falls in; never the window itself."""
+    if n < tcp_base:
+        return "This is the ack that opened the epoch: what window does an epoch start with?"
+    if n < tcp_base + ssthresh - start_cwnd:
+        return "Slow start: by how much does each ack grow the window?"
+    return ("Congestion avoidance (past ssthresh): how many acks does it take to grow the "
+            "window by one packet?")
 
 
 def check_cwnd(student_fn: Callable[..., int], epochs: Iterable[tuple[int, int, int]] | None = None,
@@ -214,9 +227,8 @@ def check_cwnd(student_fn: Callable[..., int], epochs: Iterable[tuple[int, int, 
             if err is not None:
                 return _no(f"cwnd({where}) raised {err}")
             if _as_int(got) != want:
-                phase = "slow start" if n < b + t - s else "congestion avoidance"
-                return _no(f"cwnd({where}) returned {got!r}, expected {want} ({phase}; "
-                           f"{checked} values matched before this one)")
+                return _no(f"cwnd({where}) returned {got!r}, which is not Reno's window "
+                           f"({checked} values matched before this one). {_cwnd_hint(n, b, s, t)}")
             checked += 1
     return _ok(f"{checked} values match the closed form (and so Reno stepped ack by ack)")
 
@@ -247,8 +259,8 @@ def check_split_count(answer: Any, events: Iterable[Any] | None = None, *, tcp_b
             hint = "count the 'split' events of the run (or the green triangles)"
         else:
             truth = split_count(tcp_base, start_cwnd, ssthresh, first_ack, last_ack)
-            hint = ("ack k splits when cwnd(k) > cwnd(k-1); the splits telescope to "
-                    "cwnd(last) - cwnd(first - 1)")
+            hint = ("when does one ack make two packets instead of one, and what does that do "
+                    "to the window? Add those steps up over the acks")
     except Exception as e:  # noqa: BLE001
         return _no(f"could not check the answer ({type(e).__name__}: {e})")
     if a == truth:
@@ -283,6 +295,19 @@ def recovery_plan(tcp_base: int, start_cwnd: int, ssthresh: int, first_loss: int
             "bootstrap_acks": bootstrap, "terminate_acks": terminate}
 
 
+RECOVERY_HINTS = {  # questions and pointers, never the value
+    "new_cwnd": "what does Reno do to the window when it detects a loss, and what was the "
+                "window when the lost packet was sent?",
+    "last_regular": "the old window still sends every packet it had promised before the loss: "
+                    "what is the highest packet number that window reaches?",
+    "tcp_base": "where does the new epoch begin, relative to the old window's last packet?",
+    "bootstrap_acks": "how many packets does the new window start with, and which acks of the "
+                      "old window emit them? (compare the plan table of section 2)",
+    "terminate_acks": "which acks after the loss come before the bootstrap acks, and what does "
+                      "each of those trickles send?",
+}
+
+
 def check_recovery_answer(answer: Mapping[str, Any], *, tcp_base: int = 1, start_cwnd: int = 3,
                           ssthresh: int = 16383, first_loss: int = 4) -> str:
     """Check a prediction of the recovery plan for one lost packet. `answer` is a dict with any
@@ -311,14 +336,7 @@ def check_recovery_answer(answer: Mapping[str, Any], *, tcp_base: int = 1, start
     if not wrong:
         return _ok(f"{', '.join(right)} match the server's plan (every trickle computes "
                    "the same one)")
-    hints = {
-        "new_cwnd": "half the window at the loss: cwnd(first_loss) // 2 (at least 1)",
-        "last_regular": "the last packet the old window sent: first_loss - 1 + "
-                        "cwnd(first_loss - 1)",
-        "tcp_base": "the new epoch starts right after last_regular",
-        "bootstrap_acks": "the last new_cwnd acks of the old window",
-        "terminate_acks": "acks after the loss that are before the bootstrap range",
-    }
+    hints = RECOVERY_HINTS
     lines = [f"right: {', '.join(right) or 'none yet'}; to revisit:"]
     lines += [f"  {k}: {hints[k]}" for k in wrong]
     return _no("\n".join(lines))
@@ -342,8 +360,9 @@ def check_block_summary(student_fn: Callable[[Mapping[int, int], int, int], int]
         if err is not None:
             return _no(f"summary(p, {left}, {right}) raised {err}")
         if _as_int(got) != want:
-            return _no(f"summary(p, {left}, {right}) returned {got!r}, expected {want:#010x} "
-                       f"({i} blocks right before this one); XOR the p_j of the block")
+            return _no(f"summary(p, {left}, {right}) returned {got!r}, not the block's summary "
+                       f"({i} blocks right before this one). Which packets' nonces does the "
+                       "block [left, right] cover, and how does section 3 combine them?")
     return _ok(f"{trials} random blocks right; the XOR telescopes to r_L ^ r_(R+1), so the "
                "server checks a block in O(1) — and a client missing one p_j can only guess")
 
@@ -383,4 +402,4 @@ def check_capture_count(name: str, kind: str, answer: Any,
     if a == truth:
         return _ok(f"{name}.pcap has {truth} '{kind}' event(s)")
     return _no(f"{a} is {'too many' if a > truth else 'too few'} '{kind}' events for "
-               f"{name}.pcap; filter the events table on kind == '{kind}'")
+               f"{name}.pcap: filter the events table on kind == '{kind}' and count the rows")

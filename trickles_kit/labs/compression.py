@@ -18,6 +18,7 @@ from collections import Counter
 from trickles_kit.capture.pcapio import read_pcap
 from trickles_kit.core.client import ClientConfig
 from trickles_kit.core.server import ServerConfig
+from trickles_kit.labs.checks import _no, _ok
 from trickles_kit.net.sim import SimNetwork, simulate_transfer
 from trickles_kit.wire.continuation import TYPE_NAMES
 from trickles_kit.wire.delta import request_cont_len, response_cont_len
@@ -134,15 +135,17 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+# Hints point at where to look or ask a question; they never print the expected value.
 def _check_smallest(answer: str | None, result: dict) -> str:
     """Which mode carries the fewest continuation bytes per data packet (both directions)?"""
     rows = result["modes"]
     best = min(rows, key=lambda m: rows[m]["total_per_data_packet"])
-    if answer is None:
-        return "Not yet: set MY_SMALLEST to one of " + ", ".join(repr(m) for m in rows)
+    if not isinstance(answer, str) or answer not in rows:
+        return _no("set MY_SMALLEST to one of " + ", ".join(repr(m) for m in rows))
     if answer == best:
-        return f"OK: {best!r}, {rows[best]['total_per_data_packet']} bytes per data packet"
-    return f"Not yet: {answer!r} is not the smallest; compare the 'total B/data pkt' column"
+        return _ok(f"{best!r}, {rows[best]['total_per_data_packet']} bytes per data packet")
+    return _no(f"{answer!r} is not the smallest: which row of the 'total B/data pkt' column "
+               "(or which group of the bytes figure) is lowest?")
 
 
 def _check_request_ratio(answer: float | None, result: dict) -> str:
@@ -150,14 +153,19 @@ def _check_request_ratio(answer: float | None, result: dict) -> str:
     rows = result["modes"]
     ratio = rows["off"]["requests"] / max(rows["pairs"]["requests"], 1)
     if answer is None:
-        return "Not yet: set MY_RATIO to a number, e.g. 1.5"
-    if abs(answer - ratio) <= 0.25:
-        return f"OK: {ratio:.2f}x fewer requests — one FULL2 request per two data packets"
-    return f"Not yet: {answer} is off; count the requests of 'off' and 'pairs'"
+        return _no("set MY_RATIO to a number: how many times fewer requests?")
+    try:
+        got = float(answer)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return _no(f"answer with a number, not {answer!r}")
+    if abs(got - ratio) <= 0.25:
+        return _ok(f"{ratio:.2f}x fewer requests — one FULL2 request per two data packets")
+    return _no(f"{answer} is {'too high' if got > ratio else 'too low'}: how many requests did "
+               "'off' send, and how many did 'pairs' send? (the requests field of each mode)")
 
 
 class checks:  # noqa: N801 - a namespace the notebook reads like trickles_kit.labs.checks
-    """Self-checks of notebook 09; each returns a verdict starting "OK" or "Not yet"."""
+    """Self-checks of notebook 09; each returns a verdict starting "OK — " or "Not yet — "."""
 
     check_smallest = staticmethod(_check_smallest)
     check_request_ratio = staticmethod(_check_request_ratio)

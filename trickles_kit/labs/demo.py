@@ -11,6 +11,10 @@ The helpers here are what the tour notebook calls, so its cells stay one line ea
 `nonce_blocks`; and for the report `run_tour`, `tour_figures`, `write_report`.
 
     trickles demo [--out reports/demo.html] [--size 300k] [--transport auto|raw|udp|sim]
+                  [--loss 0.01] [--seed 1] [--drop-at 30]
+
+Every run with loss shows one: the server drops request 30 (`--drop-at`) and the `--loss`
+draws come from `--seed`, so the same requests are lost in every run (`net.faults`).
 """
 
 from __future__ import annotations
@@ -108,10 +112,11 @@ class TourRun:
 
 def run_tour(size: int = 300_000, transport: str = "auto", loss: float = 0.01, seed: int = 1,
              on_event: Callable[[Event], None] | None = None, timeout: float = 120.0,
-             workdir: str | None = None) -> TourRun:
+             workdir: str | None = None, *, drop_at: Iterable[int] | None = None) -> TourRun:
     """One LiveSession on the best transport (see `choose_transport`), every event collected
     (and passed on to `on_event`, e.g. a dashboard's feed). A failed wire run is retried in the
-    simulator, with a banner saying so, so the tour always has something to show."""
+    simulator, with a banner saying so, so the tour always has something to show. `drop_at`
+    and the seeded `loss` make the losses the same in every run (see `LiveSession`)."""
     from trickles_kit.labs.session import LiveSession
 
     chosen, banner = choose_transport(transport)
@@ -123,7 +128,8 @@ def run_tour(size: int = 300_000, transport: str = "auto", loss: float = 0.01, s
             on_event(e)
 
     t0 = time.perf_counter()
-    session = LiveSession(size=size, loss=loss, transport=chosen, seed=seed, workdir=workdir)
+    session = LiveSession(size=size, loss=loss, transport=chosen, seed=seed, workdir=workdir,
+                          drop_at=drop_at)
     try:
         result = session.run(sink, timeout=timeout)
     except Exception as e:  # noqa: BLE001 - the server could not start, ...
@@ -136,7 +142,8 @@ def run_tour(size: int = 300_000, transport: str = "auto", loss: float = 0.01, s
         banner = (f"The {chosen} run failed ({err[:200]}); showing a simulated run instead.")
         chosen = "sim"
         events.clear()
-        session = LiveSession(size=size, loss=loss, transport="sim", seed=seed, workdir=workdir)
+        session = LiveSession(size=size, loss=loss, transport="sim", seed=seed, workdir=workdir,
+                              drop_at=drop_at)
         result = session.run(sink, timeout=timeout)
     return TourRun(chosen, bool(result and result.ok), events, result, banner,
                    getattr(result, "server_pcap", None), time.perf_counter() - t0, session,
@@ -261,10 +268,17 @@ async def watch(session: Any, dash: Any, timeout: float = 300.0) -> Any:
     ``result = await watch(session, dash)``."""
     import asyncio
 
-    session.start(ClockAligner().wrap(dash.feed))
+    aligner = ClockAligner()
+    dash.mark("start")
+    session.start(aligner.wrap(dash.feed))
     fut = asyncio.get_running_loop().run_in_executor(None, session.wait, timeout)
     await dash.run_until(fut.done)
-    return await fut
+    result = await fut
+    # the wall clock of t = 0 (live runs stamp events with time.time()): lets a benchmark put
+    # the transfer's first and last packet on the page's clock
+    dash.mark("end", clock=aligner.offsets.get("server"))
+    dash.finish()  # the page checks its last frame; static copies for the saved notebook
+    return result
 
 
 def tour_figures(events: Iterable[Event], nonce_rows: Iterable[Mapping[str, int]] = ()) -> dict:
@@ -302,9 +316,10 @@ def write_report(path: str | Path, figures: Mapping[str, Any], title: str = "Tri
 
 
 def build_demo(out: str | Path = "reports/demo.html", size: int = 300_000,
-               transport: str = "auto", loss: float = 0.01, seed: int = 1) -> tuple[Path, TourRun]:
+               transport: str = "auto", loss: float = 0.01, seed: int = 1, *,
+               drop_at: Iterable[int] | None = None) -> tuple[Path, TourRun]:
     """Run the tour headless and write the report: (its path, the run)."""
-    run = run_tour(size=size, transport=transport, loss=loss, seed=seed)
+    run = run_tour(size=size, transport=transport, loss=loss, seed=seed, drop_at=drop_at)
     try:
         rows = run_nonce_rows(run)
     finally:
@@ -319,21 +334,25 @@ def build_demo(out: str | Path = "reports/demo.html", size: int = 300_000,
 
 
 def run_demo(out: str | Path = "reports/demo.html", size: int = 300_000, transport: str = "auto",
-             loss: float = 0.01, seed: int = 1) -> Path:
+             loss: float = 0.01, seed: int = 1, *, drop_at: Iterable[int] | None = None) -> Path:
     """Run the tour headless and write ONE self-contained HTML report; returns its path."""
-    return build_demo(out, size, transport, loss, seed)[0]
+    return build_demo(out, size, transport, loss, seed, drop_at=drop_at)[0]
 
 
 # ---------------------------------------------------------------------------- CLI
 def add_demo_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from trickles_kit.cli import _probability, _size
+    from trickles_kit.cli_wire import _indices
 
     d = subparsers.add_parser(
         "demo", help="run the tour headless and write one self-contained HTML report",
         description="Run one live Trickles transfer (raw sockets if permitted, else UDP on "
                     "loopback, else the simulator), then write the tour's four figures "
                     "(cwnd, trickle tree, time-sequence, nonce checks) to one HTML file that "
-                    "opens offline.",
+                    "opens offline. The losses are the same in every run: the server drops "
+                    "the requests named by --drop-at and those --seed draws under --loss, so "
+                    "the report always shows splits, a loss, its recovery and terminations "
+                    "(timings still differ from run to run).",
     )
     d.add_argument("--out", default="reports/demo.html",
                    help="HTML file to write (default reports/demo.html)")
@@ -341,8 +360,15 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     d.add_argument("--transport", choices=TRANSPORTS, default="auto",
                    help="auto (default): raw if permitted, else udp, else sim")
     d.add_argument("--loss", type=_probability, default=0.01,
-                   help="random loss probability (default 0.01)")
-    d.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+                   help="probability that the server drops a request, drawn from --seed so "
+                        "every run drops the same ones; in the simulator, packet loss in both "
+                        "directions (default 0.01)")
+    d.add_argument("--seed", type=int, default=1,
+                   help="seed of the generated bytes, the drops and the simulator (default 1)")
+    d.add_argument("--drop-at", type=_indices, default=None, metavar="I,J,...",
+                   help="requests the server always drops, 0-based after the handshake "
+                        "(default with --loss > 0: 30, once slow start has grown the window "
+                        "to about 33 packets; needs --size of about 90k or more). '' for none")
     d.set_defaults(func=cmd_demo)
     return d
 
@@ -350,7 +376,7 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 def cmd_demo(args: argparse.Namespace) -> int:
     try:
         path, run = build_demo(args.out, size=args.size, transport=args.transport,
-                               loss=args.loss, seed=args.seed)
+                               loss=args.loss, seed=args.seed, drop_at=args.drop_at)
     except (OSError, ValueError, RuntimeError) as e:
         print(f"trickles demo: {e}", file=sys.stderr)
         return 1

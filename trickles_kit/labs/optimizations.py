@@ -16,8 +16,10 @@ from __future__ import annotations
 import random
 import tempfile
 import time
+from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
 
 from trickles_kit.apps.dynamic import Dechunker, DynSpec, dyn_target
@@ -26,6 +28,7 @@ from trickles_kit.apps.parallel import PipelineSplitter, build_request, lanes_fo
 from trickles_kit.apps.web import WebServer
 from trickles_kit.core.client import ClientEngine
 from trickles_kit.core.server import ServerConfig, ServerEngine
+from trickles_kit.labs.checks import _as_int, _no, _ok
 from trickles_kit.net.sim import LinkConfig, SimNetwork, Simulator, client_address
 
 SECRET = bytes(range(32))
@@ -76,6 +79,7 @@ class SimFetch:
     served_by: list[int]
     server: dict = field(default_factory=dict)
     client: dict = field(default_factory=dict)
+    arrivals: list[tuple[float, int]] = field(default_factory=list)  # (time, in-order bytes)
 
 
 def sim_fetch(request: bytes, *, lanes: list[tuple[int, int]] | None = None, replicas: int = 1,
@@ -95,12 +99,48 @@ def sim_fetch(request: bytes, *, lanes: list[tuple[int, int]] | None = None, rep
                           isn=sim.rng.getrandbits(32))
         if lanes:
             cl.set_lanes(lanes)
+        arrivals: list[tuple[float, int]] = []
+        read = cl.read
+
+        def timed_read() -> bytes:  # when each in-order piece reached the application
+            chunk = read()
+            if chunk:
+                arrivals.append((sim.now, len(chunk)))
+            return chunk
+
+        cl.read = timed_read  # type: ignore[method-assign]
         net.add_client(cl, request)
         sim.run(until=time_limit, stop=net.all_finished)
         slot = net.clients[(ip, port)]
         secs = slot.done_at if slot.done_at is not None else sim.now
         return SimFetch(cl.done, bytes(net.data[(ip, port)]), round(secs, 6), reps.served,
-                        dict(reps.counters), dict(cl.counters))
+                        dict(reps.counters), dict(cl.counters), arrivals)
+
+
+def response_times(data: bytes, arrivals: list[tuple[float, int]],
+                   offset: float = 0.0) -> list[dict]:
+    """When each pipelined response's first and last byte reached the application.
+
+    `arrivals` are a SimFetch's (time, bytes) in-order deliveries of `data`; the stream is cut
+    into HTTP responses as `PipelineSplitter` does. Times are shifted by `offset` (a sequential
+    fetch starts when the previous one is done); `done_s` is None for an incomplete response.
+    """
+    ends = list(accumulate(n for _, n in arrivals))  # stream position after each delivery
+
+    def at(pos: int) -> float | None:  # when the byte at `pos` was delivered
+        i = bisect_right(ends, pos)
+        return round(offset + arrivals[i][0], 6) if i < len(arrivals) else None
+
+    split = PipelineSplitter()
+    split(data)
+    out: list[dict] = []
+    start = 0
+    for i, part in enumerate(split.parts):
+        end = data.find(b"\r\n\r\n", start) + 4 + part.bytes
+        out.append({"request": i, "start_s": round(offset, 6), "first_byte_s": at(start),
+                    "done_s": at(end - 1) if part.complete else None})
+        start = end
+    return out
 
 
 # ---------------------------------------------------------------------- SKIP
@@ -138,7 +178,8 @@ def parallel_compare(n: int = 8, size: int = 100_000, replicas: int = 1, loss: f
     """n GETs pipelined on one connection (one slice each) against n connections in a row.
 
     Sequential: each fetch starts when the previous one is done (a fresh handshake and slow
-    start each time), so its time is the sum. Times are simulated seconds.
+    start each time), so its time is the sum. Times are simulated seconds; the two
+    `*_timeline` lists say when each response started and reached the application in full.
     """
     paths = gen_paths(n, size)
     link = LinkConfig(delay=delay, loss=loss)
@@ -150,12 +191,15 @@ def parallel_compare(n: int = 8, size: int = 100_000, replicas: int = 1, loss: f
     par_ok = par.ok and [p.sha256 for p in split.parts] == want and all(
         p.complete and p.status == 200 for p in split.parts)
     seq_secs, seq_ok = 0.0, True
+    seq_timeline: list[dict] = []
     for i, p in enumerate(paths):
         r = sim_fetch(f"GET {p} HTTP/1.1\r\nHost: sim\r\n\r\n".encode(), replicas=replicas,
                       link=link, seed=seed + i)
         one = PipelineSplitter()
         one(r.data)
         seq_ok &= r.ok and len(one.parts) == 1 and one.parts[0].sha256 == want[i]
+        seq_timeline += [{**row, "request": i}
+                         for row in response_times(r.data, r.arrivals, offset=seq_secs)]
         seq_secs += r.seconds
     return {
         "requests": n, "size": size, "replicas": replicas, "loss": loss, "rtt_s": 2 * delay,
@@ -163,6 +207,9 @@ def parallel_compare(n: int = 8, size: int = 100_000, replicas: int = 1, loss: f
         "speedup": round(seq_secs / par.seconds, 3) if par.seconds else None,
         "parallel_ok": par_ok, "sequential_ok": seq_ok,
         "packets_by_replica": par.served_by,
+        # per request: start, first and last byte at the application (simulated seconds)
+        "parallel_timeline": response_times(par.data, par.arrivals),
+        "sequential_timeline": seq_timeline,
     }
 
 
@@ -206,7 +253,8 @@ def cache_compare(size: int = 300_000, duplicate: float = 0.3, seed: int = 5,
 
 
 __all__ = ["Replicas", "SimFetch", "UdpWebServer", "cache_compare", "checks", "dyn_fetch",
-           "gen_paths", "parallel_compare", "sim_fetch", "web_servers", "wire_parallel_compare"]
+           "gen_paths", "parallel_compare", "response_times", "sim_fetch", "web_servers",
+           "wire_parallel_compare"]
 
 
 # ---------------------------------------------------------------------- real wire (UDP)
@@ -266,38 +314,48 @@ def wire_parallel_compare(n: int = 8, size: int = 200_000, timeout: float = 60.0
 
 
 # ---------------------------------------------------------------------- notebook self-checks
+# Hints point at where to look or ask a question; they never print the expected value.
 def _check_cache_hits(answer: object, result: dict) -> str:
     """How many cache hits did the cache-on run have (the duplicated requests it recognised)?"""
     want = (result.get("on", {}).get("cache") or {}).get("hits")
     if answer is None:
-        return "Not yet — set MY_HITS to the number of hits of the cache-on run"
+        return _no("set MY_HITS to the number of hits of the cache-on run")
+    if _as_int(answer) is None:
+        return _no(f"answer with a whole number of requests, not {answer!r}")
     if answer == want:
-        return f"OK — {want} hits, exactly the {result['on']['replay_drops']} replay drops: " \
-               "every hit was a duplicate, and each one was still dropped"
-    return f"Not yet — look at result['on']['cache']['hits'] (you said {answer!r})"
+        return _ok(f"{want} hits, exactly the {result['on']['replay_drops']} replay drops: "
+                   "every hit was a duplicate, and each one was still dropped")
+    return _no(f"{answer!r} is not it. The cache-on run keeps statistics of its cache "
+               "(cache['on']): which of them counts requests the cache recognised?")
 
 
 def _check_skipped(answer: object, result: dict) -> str:
     """How many stream bytes were skipped rather than sent?"""
     if answer is None:
-        return "Not yet — set MY_SKIPPED to stream_bytes - delivered_bytes"
-    if answer == result["skipped_bytes"]:
-        return f"OK — {answer} bytes of reservations were never sent, one SKIP per record"
-    return f"Not yet — the stream spans {result['stream_bytes']} bytes; how many arrived?"
+        return _no("set MY_SKIPPED to a whole number of bytes")
+    if _as_int(answer) is None:
+        return _no(f"answer with a whole number of bytes, not {answer!r}")
+    want = result["skipped_bytes"]
+    if answer == want:
+        return _ok(f"{answer} bytes of reservations were never sent, one SKIP per record")
+    return _no(f"{answer!r} is {'too many' if answer > want else 'too few'}. How long is the "
+               "whole reserved stream, and how many of its bytes did the client receive? "
+               "(both are fields of dyn)")
 
 
 def _check_faster(answer: object, result: dict) -> str:
     """Which was faster, 'parallel' or 'sequential'?"""
     want = "parallel" if result["parallel_s"] < result["sequential_s"] else "sequential"
-    if answer is None:
-        return "Not yet — set MY_FASTER to 'parallel' or 'sequential'"
+    if answer not in ("parallel", "sequential"):
+        return _no("set MY_FASTER to 'parallel' or 'sequential'")
     if answer == want:
-        return f"OK — {want}: one handshake and one window instead of {result['requests']}"
-    return f"Not yet — compare parallel_s and sequential_s (you said {answer!r})"
+        return _ok(f"{want}: one handshake and one window instead of {result['requests']}")
+    return _no("which run's last response reached the application first? Read the end of "
+               "each row in the timeline figure (or the two *_s times of par)")
 
 
 class checks:  # noqa: N801 - a namespace the notebook reads like trickles_kit.labs.checks
-    """Self-checks of notebook 08; each returns a verdict starting "OK" or "Not yet"."""
+    """Self-checks of notebook 08; each returns a verdict starting "OK — " or "Not yet — "."""
 
     check_cache_hits = staticmethod(_check_cache_hits)
     check_skipped = staticmethod(_check_skipped)

@@ -27,6 +27,25 @@ KIND_STYLE = {  # colour and marker per event kind, shared by every figure
     "recovery_start": ("#e377c2", "hexagram"),
 }
 STATE_NAMES = {0: "NORMAL", 1: "RECOVERY", 2: "BOOTSTRAP"}
+TOP_MARGIN_PX = 100  # plotly's default top margin: the title, then up to two legend rows
+LEGEND_MAX_PX = 45  # a longer legend scrolls instead of growing over the title or the plot
+
+
+def legend_on_top(fig: go.Figure) -> go.Figure:
+    """Title at the top edge, a horizontal legend between it and the plot area.
+
+    Why: plotly's horizontal legend defaults to *below* the plot, onto the x-axis title, and
+    a legend growing upward would cover the title. Here the title is pinned to the container's
+    top, the legend sits on the plot area's top edge and scrolls past `LEGEND_MAX_PX`, so at any
+    width neither covers an axis title, the figure title or the data. Every builder (and the
+    lab figures) uses it; trace names and styles are untouched.
+    """
+    fig.update_layout(
+        title={"y": 1.0, "yref": "container", "yanchor": "top", "pad": {"t": 10}},
+        legend={"orientation": "h", "x": 0.0, "xanchor": "left", "y": 1.02,
+                "yanchor": "bottom", "maxheight": LEGEND_MAX_PX},
+        margin={"t": TOP_MARGIN_PX})
+    return fig
 
 
 def _rows(events: Iterable[Event | Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -72,8 +91,8 @@ def cwnd_figure(events: Iterable[Event | Mapping[str, Any]], x: str = "t",
                             y=[r["cwnd"] for r in pts], mode="markers", name=kind,
                             marker={"color": color, "symbol": symbol, "size": 8})
     fig.update_layout(title=title, xaxis_title="time (s)" if x == "t" else "packet number",
-                      yaxis_title="packets", legend={"orientation": "h"})
-    return fig
+                      yaxis_title="packets")
+    return legend_on_top(fig)
 
 
 def trickle_lanes(events: Iterable[Event | Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -132,9 +151,8 @@ def trickle_tree_figure(events: Iterable[Event | Mapping[str, Any]],
             text=[f"pkt {r['pkt']} ← ack {r['ack']}<br>cwnd {r['cwnd']} "
                   f"{STATE_NAMES.get(r['state'], r['state'])}" for r in pts],
             hovertemplate="%{text}<extra>" + kind + "</extra>")
-    fig.update_layout(title=title, xaxis_title="time (s)", yaxis_title="trickle",
-                      legend={"orientation": "h"})
-    return fig
+    fig.update_layout(title=title, xaxis_title="time (s)", yaxis_title="trickle")
+    return legend_on_top(fig)
 
 
 def time_sequence_figure(events: Iterable[Event | Mapping[str, Any]],
@@ -161,9 +179,8 @@ def time_sequence_figure(events: Iterable[Event | Mapping[str, Any]],
             fig.add_scatter(x=[r["t"] for r in pts], y=[r.get("pkt", 0) for r in pts],
                             mode="markers", name=kind,
                             marker={"color": color, "symbol": symbol, "size": 12})
-    fig.update_layout(title=title, xaxis_title="time (s)", yaxis_title="packet number",
-                      legend={"orientation": "h"})
-    return fig
+    fig.update_layout(title=title, xaxis_title="time (s)", yaxis_title="packet number")
+    return legend_on_top(fig)
 
 
 def goodput_figure(events: Iterable[Event | Mapping[str, Any]], bin_s: float = 0.1,
@@ -181,7 +198,7 @@ def goodput_figure(events: Iterable[Event | Mapping[str, Any]], bin_s: float = 0
     fig.add_bar(x=[b * bin_s for b in xs], y=[bins[b] * 8 / bin_s / 1e6 for b in xs],
                 name="goodput", marker={"color": "#1f77b4"})
     fig.update_layout(title=title, xaxis_title="time (s)", yaxis_title="Mbit/s", bargap=0)
-    return fig
+    return legend_on_top(fig)
 
 
 CONT_FIELDS = ("type", "seq", "first_child", "client_state", "parent", "client_timestamp",

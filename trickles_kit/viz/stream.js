@@ -1,0 +1,322 @@
+// trickles_kit live view: one small ES module for every streamed panel (see viz/stream.py).
+//
+// Why this shape: the kernel sends only NEW points (custom messages with float64 buffers), the
+// page keeps every point in a per-model store, and drawing runs on its own schedule — frames may
+// be dropped, points never. plotly.js is not shipped with this module: it is the page's copy
+// (JupyterLab's plotly renderer, loaded over HTTP) or, in "send" mode, one PlotlyRuntime widget
+// per kernel. A view created later (a re-render, a second display) draws the whole store.
+
+const STORES = new Map(); // uid -> store: initialize and render get different model proxies
+const MAX_LIVE_MARKERS = 6000; // per trace while streaming; the final frame draws every point
+const MIN_FRAME_GAP_MS = 60;
+
+function registry() {
+  const g = globalThis;
+  if (!g.__tricklesLive) g.__tricklesLive = { frames: [], marks: [], views: {} };
+  return g.__tricklesLive;
+}
+
+function logFrame(rec) {
+  const r = registry();
+  r.frames.push(rec);
+  if (r.frames.length > 20000) r.frames.splice(0, r.frames.length - 20000);
+}
+
+function waitForPlotly(timeoutMs) {
+  return new Promise((resolve, reject) => {
+    const t0 = Date.now();
+    const poll = () => {
+      const P = globalThis.Plotly;
+      if (P && typeof P.react === "function") return resolve(P);
+      if (Date.now() - t0 > timeoutMs) return reject(new Error("plotly.js is not loaded in this page"));
+      setTimeout(poll, 25);
+    };
+    poll();
+  });
+}
+
+function f64(view) {
+  // ipywidgets hands buffers as DataViews at any offset: copy to an aligned array
+  const buf = view.buffer.slice(view.byteOffset, view.byteOffset + view.byteLength);
+  return new Float64Array(buf);
+}
+
+function newStore(model) {
+  return { model, panels: {}, specKey: null, seq: 0, tHi: null, phase: "waiting",
+           final: null, collapsed: false, views: new Set(), events: 0 };
+}
+
+function syncSpec(store) {
+  const spec = store.model.get("spec") || { panels: [] };
+  const key = JSON.stringify(spec);
+  if (key === store.specKey) return;
+  store.specKey = key;
+  const panels = {};
+  for (const p of spec.panels) {
+    const old = store.panels[p.kind];
+    panels[p.kind] = {
+      spec: p,
+      traces: p.traces.map((t, i) => (old && old.traces[i]) ? old.traces[i] : { x: [], y: [], text: null }),
+      version: 1, // bumped by every change; each view draws a panel when its copy is older
+    };
+  }
+  store.panels = panels;
+}
+
+function applyData(store, msg, buffers) {
+  for (const u of msg.updates) {
+    const panel = store.panels[u.p];
+    if (!panel) continue;
+    const tr = panel.traces[u.i];
+    const xs = f64(buffers[u.xb]);
+    const ys = f64(buffers[u.yb]);
+    tr.x.length = u.from;
+    tr.y.length = u.from;
+    for (let k = 0; k < xs.length; k++) {
+      tr.x.push(Number.isNaN(xs[k]) ? null : xs[k]);
+      tr.y.push(Number.isNaN(ys[k]) ? null : ys[k]);
+    }
+    if (u.text) {
+      if (!tr.text) tr.text = [];
+      tr.text.length = u.from;
+      for (const s of u.text) tr.text.push(s);
+    }
+    panel.version++;
+  }
+  if (msg.t_hi !== null && msg.t_hi !== undefined) store.tHi = msg.t_hi;
+  store.events = msg.events ?? store.events;
+  store.seq = msg.seq;
+}
+
+function sums(arr) {
+  let n = 0, s = 0;
+  for (const v of arr) { if (v !== null && v !== undefined && !Number.isNaN(v)) { n++; s += v; } }
+  return [n, s];
+}
+
+function close(a, b) {
+  return Math.abs(a - b) <= 1e-9 * Math.max(1, Math.abs(a), Math.abs(b));
+}
+
+function checkDigest(store, digest) {
+  // digest: {kind: {traceName: [length, non-null x, sum x, non-null y, sum y]}} (static builder)
+  const problems = [];
+  for (const [kind, want] of Object.entries(digest)) {
+    const panel = store.panels[kind];
+    if (!panel) { problems.push(`${kind}: no panel`); continue; }
+    panel.spec.traces.forEach((t, i) => {
+      const tr = panel.traces[i];
+      const w = want[t.name];
+      if (!w) {
+        if (tr.x.length) problems.push(`${kind}/${t.name}: ${tr.x.length} points, builder has none`);
+        return;
+      }
+      const [nx, sx] = sums(tr.x), [ny, sy] = sums(tr.y);
+      if (tr.x.length !== w[0] || nx !== w[1] || !close(sx, w[2]) || ny !== w[3] || !close(sy, w[4]))
+        problems.push(`${kind}/${t.name}: have ${tr.x.length}/${nx}/${sx}/${sy}, want ${w}`);
+    });
+  }
+  return problems;
+}
+
+function traceFor(t, tr, decimate) {
+  const out = Object.assign({}, t.style);
+  let x = tr.x, y = tr.y, text = tr.text;
+  const markers = (t.style.mode || "").includes("markers") || t.style.type === "bar";
+  if (decimate && markers && x.length > MAX_LIVE_MARKERS) {
+    const step = Math.ceil(x.length / MAX_LIVE_MARKERS);
+    const keep = (a) => a.filter((_, k) => k % step === 0 || k === a.length - 1);
+    x = keep(x); y = keep(y); if (text) text = keep(text);
+  }
+  out.x = x.slice(); out.y = y.slice();
+  if (text) out.text = text.slice();
+  out.visible = (t.always || tr.x.length) ? true : false;
+  return out;
+}
+
+function render({ model, el }) {
+  const uid = model.get("uid");
+  if (!STORES.has(uid)) initialize({ model });
+  const store = STORES.get(uid);
+  syncSpec(store);
+  const root = document.createElement("div");
+  root.className = "trickles-live";
+  root.dataset.view = model.get("view_kind") || "dashboard";
+  root.dataset.model = uid;
+  const banner = document.createElement("div");
+  const status = document.createElement("div");
+  status.className = "trickles-live-status";
+  status.style.cssText = "font:13px sans-serif;margin:2px 0 4px 0";
+  const note = document.createElement("div");
+  note.className = "trickles-live-note";
+  note.style.cssText = "font:13px sans-serif;color:#555;display:none";
+  const grid = document.createElement("div");
+  grid.className = "trickles-live-panels";
+  root.append(banner, status, note, grid);
+  el.appendChild(root);
+  const view = { root, grid, divs: {}, drawing: false, pending: false, last: 0, Plotly: null, dead: false };
+  store.views.add(view);
+
+  const showText = () => {
+    banner.innerHTML = model.get("banner_html") || "";
+    status.innerHTML = model.get("status_html") || "";
+  };
+  showText();
+  model.on("change:status_html", showText);
+  model.on("change:banner_html", showText);
+
+  const build = () => {
+    grid.innerHTML = "";
+    view.divs = {};
+    for (const kind of Object.keys(store.panels)) {
+      const wrap = document.createElement("div");
+      wrap.className = "trickles-panel";
+      wrap.dataset.kind = kind;
+      wrap.style.cssText = "width:100%;min-height:" + (store.panels[kind].spec.layout.height || 360) + "px";
+      const div = document.createElement("div");
+      wrap.appendChild(div);
+      grid.appendChild(wrap);
+      view.divs[kind] = { wrap, div, drawn: -1 };
+    }
+  };
+  build();
+
+  const applyCollapse = () => {
+    grid.style.display = store.collapsed ? "none" : "";
+    note.style.display = store.collapsed ? "" : "none";
+    if (store.collapsed) {
+      const f = store.final;
+      const verdict = !f ? "" : f.match
+        ? "<b style='color:#2ca02c'>✔ every streamed point equals the event log</b>. "
+        : "<b style='color:#d62728'>✘ the streamed points differ from the event log</b> (" +
+          f.problems.slice(0, 3).join("; ") + "). ";
+      note.innerHTML = verdict + (model.get("collapsed_html") || "") +
+        ' <a href="#" class="trickles-live-expand">show the live panels</a>';
+      const a = note.querySelector("a");
+      if (a) a.onclick = (ev) => { ev.preventDefault(); store.collapsed = false; applyCollapse(); schedule(true); };
+    }
+  };
+
+  const drawAll = async (isFinal) => {
+    const P = view.Plotly;
+    let first = true;
+    for (const [kind, panel] of Object.entries(store.panels)) {
+      const d = view.divs[kind];
+      if (!d || (d.drawn === panel.version && !isFinal)) continue;
+      // let the page breathe between panels: messages, input and other outputs go first
+      if (!first) await new Promise((res) => setTimeout(res, 0));
+      first = false;
+      const tHi = store.tHi;
+      const version = panel.version;
+      const traces = panel.spec.traces.map((t, i) => traceFor(t, panel.traces[i], !isFinal));
+      const layout = Object.assign({}, panel.spec.layout, { autosize: true });
+      const t0 = performance.now();
+      await P.react(d.div, traces, layout, { responsive: true, displaylogo: false });
+      const ms = performance.now() - t0;
+      d.drawn = version;
+      const points = panel.traces.reduce((a, tr) => a + tr.x.length, 0);
+      d.wrap.dataset.points = String(points);
+      logFrame({ wall: Date.now(), model: uid, kind, points, tHi, seq: store.seq,
+                 final: !!isFinal, phase: store.phase, ms: Math.round(ms) });
+    }
+  };
+
+  const schedule = (isFinal) => {
+    if (view.dead) return;
+    if (view.drawing) { view.pending = true; view.pendingFinal = view.pendingFinal || isFinal; return; }
+    const wait = Math.max(0, view.last + MIN_FRAME_GAP_MS - Date.now());
+    view.drawing = true;
+    setTimeout(async () => {
+      try {
+        if (!view.Plotly) view.Plotly = await waitForPlotly(60000);
+        if (!store.collapsed) await drawAll(isFinal);
+      } catch (err) {
+        note.style.display = "";
+        note.textContent = "live view: " + err.message +
+          " — install plotly (>= 6) in the Jupyter server's environment, or pass plotly_js='send'";
+        root.dataset.error = err.message;
+      } finally {
+        view.drawing = false;
+        view.last = Date.now();
+        if (view.pending && !view.dead) {
+          const f = view.pendingFinal;
+          view.pending = false; view.pendingFinal = false;
+          schedule(f);
+        } else if (view.afterDraw) {
+          const cb = view.afterDraw; view.afterDraw = null; cb();
+        }
+      }
+    }, wait);
+  };
+  view.schedule = schedule;
+  view.applyCollapse = applyCollapse;
+  view.rebuild = build;
+  applyCollapse();
+  root.dataset.phase = store.phase;
+  if (store.final) root.dataset.finalMatch = String(store.final.match);
+  schedule(store.phase === "final");
+
+  return () => {
+    view.dead = true;
+    store.views.delete(view);
+  };
+}
+
+function initialize({ model }) {
+  const uid = model.get("uid");
+  const store = newStore(model);
+  STORES.set(uid, store);
+  syncSpec(store);
+  model.on("change:spec", () => {
+    syncSpec(store);
+    for (const v of store.views) { v.rebuild(); v.schedule(false); }
+  });
+  model.on("msg:custom", (msg, buffers) => {
+    const r = registry();
+    if (msg.op === "data") {
+      applyData(store, msg, buffers);
+      if (store.phase === "final" || store.collapsed) {  // a replay moved on: live again
+        store.phase = "live"; store.collapsed = false;
+        for (const v of store.views) v.applyCollapse();
+      }
+      if (store.phase === "waiting") store.phase = "live";
+      for (const v of store.views) { v.root.dataset.phase = store.phase; v.schedule(false); }
+    } else if (msg.op === "reset") {
+      for (const panel of Object.values(store.panels)) {
+        for (const tr of panel.traces) { tr.x = []; tr.y = []; tr.text = tr.text ? [] : null; }
+        panel.version++;
+      }
+      store.tHi = null; store.final = null; store.phase = "waiting"; store.collapsed = false;
+      for (const v of store.views) { v.applyCollapse(); delete v.root.dataset.finalMatch; v.schedule(false); }
+    } else if (msg.op === "mark") {
+      r.marks.push(Object.assign({}, msg, { op: undefined, wall: Date.now(), model: uid,
+                                             tHiReceived: store.tHi }));
+    } else if (msg.op === "final") {
+      store.phase = "final";
+      const problems = checkDigest(store, msg.digest || {});
+      store.final = { match: problems.length === 0, problems, events: msg.events };
+      r.views[uid] = { match: store.final.match, problems, events: msg.events,
+                                  wall: Date.now(), t_first: msg.t_first, t_last: msg.t_last,
+                                  kind: model.get("view_kind") };
+      for (const v of store.views) {
+        v.root.dataset.phase = "final";
+        v.root.dataset.finalMatch = String(store.final.match);
+        if (problems.length) v.root.dataset.finalProblems = problems.slice(0, 5).join("; ");
+        const done = () => {
+          r.marks.push({ wall: Date.now(), model: uid, what: "final-drawn",
+                         match: store.final.match, collapsed: !!msg.collapse });
+        };
+        if (msg.collapse) {
+          // the static copies below take the panels' place: drawing every point here as
+          // well would only block the page (the data were checked against the log above)
+          store.collapsed = true; v.applyCollapse(); done();
+        } else {
+          v.afterDraw = done;
+          v.schedule(true);
+        }
+      }
+    }
+  });
+}
+
+export default { initialize, render };

@@ -1,0 +1,238 @@
+"""The streaming view: one anywidget that draws plotly panels from new points only.
+
+Why not plotly's FigureWidget: each one carries the whole plotly.js bundle as its module (about
+5 MB over the kernel websocket per widget), and every update resends whole arrays, so a
+four-panel dashboard cost 20 MB before the first frame and fell behind on long transfers.
+Here:
+
+* plotly.js reaches the page at most once: by default it is the page's own copy (JupyterLab's
+  plotly renderer, served over HTTP; one tiny plotly output makes the renderer load it), and
+  where that extension is missing, one `PlotlyRuntime` widget per kernel sends it
+  (``plotly_js="send"``, or ``TRICKLES_PLOTLY_JS=send``);
+* each update is one custom message whose float64 buffers hold only the points added since the
+  last one (`TraceSender` keeps what the page has and sends the difference);
+* the page keeps every point per model and draws on its own schedule (stream.js): frames may
+  be dropped, points never, and a final message carries a digest of the static builder's
+  figures so the page checks that its last frame equals the event log.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import json
+import os
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anywidget
+import numpy as np
+import plotly.graph_objects as go
+import plotly.io as pio
+import traitlets
+
+__all__ = ["PanelSpec", "PlotlyRuntime", "StreamView", "TraceSender", "digest", "plotly_js_mode",
+           "plotly_output", "static_bundle"]
+
+_JS = Path(__file__).with_name("stream.js")
+_DATA_KEYS = frozenset(("x", "y", "text", "uid", "visible"))
+PLOTLY_JS_MODES = ("page", "send")
+
+
+def plotly_js_mode() -> str:
+    """'page' when JupyterLab's plotly renderer is installed (the page then has plotly.js
+    already), else 'send'. `TRICKLES_PLOTLY_JS=page|send` overrides the guess."""
+    forced = os.environ.get("TRICKLES_PLOTLY_JS", "").strip().lower()
+    if forced in PLOTLY_JS_MODES:
+        return forced
+    try:
+        from jupyter_core.paths import jupyter_path
+    except ImportError:  # no Jupyter at all: nothing will render anyway
+        return "send"
+    for d in jupyter_path("labextensions"):
+        if (Path(d) / "jupyterlab-plotly" / "package.json").is_file():
+            return "page"
+    return "send"
+
+
+@functools.cache
+def _plotly_source() -> str:
+    import plotly
+
+    src = Path(plotly.__file__).with_name("package_data") / "plotly.min.js"
+    return src.read_text(encoding="utf-8") + "\nexport default {};\n"
+
+
+class PlotlyRuntime(anywidget.AnyWidget):
+    """plotly.js as a module, sent once per kernel; evaluating it sets ``window.Plotly``."""
+
+    _instance: PlotlyRuntime | None = None
+
+    @classmethod
+    def ensure(cls) -> PlotlyRuntime:
+        if cls._instance is None:
+            cls._instance = cls(_esm=_plotly_source())
+        return cls._instance
+
+
+@dataclass
+class PanelSpec:
+    """One panel: its kind, plotly layout and trace styles (everything but the data)."""
+
+    kind: str
+    layout: dict[str, Any]
+    traces: list[dict[str, Any]]  # {"name", "style", "always"}
+
+    @classmethod
+    def from_figure(cls, kind: str, fig: go.Figure, always: frozenset[str] = frozenset(),
+                    height: int | None = None) -> PanelSpec:
+        """Styles from `fig` (a builder's figure), data stripped."""
+        js = json.loads(pio.to_json(fig, validate=False))
+        traces = []
+        for t in js.get("data", []):
+            style = {k: v for k, v in t.items() if k not in _DATA_KEYS}
+            traces.append({"name": t.get("name", ""), "style": style,
+                           "always": t.get("name", "") in always})
+        layout = js.get("layout", {})
+        layout["uirevision"] = kind  # keep the student's zoom across updates
+        if height:
+            layout["height"] = height
+        return cls(kind, layout, traces)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "layout": self.layout, "traces": self.traces}
+
+
+class StreamView(anywidget.AnyWidget):
+    """The page side of a live view: panels declared in `spec`, data by custom messages."""
+
+    _esm = _JS
+    spec = traitlets.Dict().tag(sync=True)
+    status_html = traitlets.Unicode("").tag(sync=True)
+    banner_html = traitlets.Unicode("").tag(sync=True)
+    collapsed_html = traitlets.Unicode("").tag(sync=True)
+    view_kind = traitlets.Unicode("dashboard").tag(sync=True)
+    uid = traitlets.Unicode("").tag(sync=True)  # the page's key for this view's store
+
+    def __init__(self, panels: Sequence[PanelSpec], *, plotly_js: str | None = None,
+                 **kw: Any) -> None:
+        mode = plotly_js or plotly_js_mode()
+        if mode not in PLOTLY_JS_MODES:
+            raise ValueError(f"plotly_js must be one of {PLOTLY_JS_MODES}, not {mode!r}")
+        self.plotly_js = mode
+        if mode == "send":
+            PlotlyRuntime.ensure()
+        super().__init__(spec={"panels": [p.as_json() for p in panels]},
+                         uid=secrets.token_hex(8), **kw)
+        self.sent: list[tuple[dict, list[bytes]]] = []  # what was sent, when `record` is on
+        self.record = False
+
+    def push(self, content: dict[str, Any], buffers: Sequence[bytes] = ()) -> None:
+        """One custom message to every view of this model (recorded for tests if asked)."""
+        if self.record:
+            self.sent.append((content, list(buffers)))
+        self.send(content, list(buffers) or None)
+
+
+@dataclass
+class _Shadow:
+    x: list = field(default_factory=list)
+    y: list = field(default_factory=list)
+    text: list | None = None
+
+
+def _first_difference(old: list, new: list) -> int:
+    """Length of the common prefix (fast path: `new` only appended to `old`)."""
+    n = len(old)
+    if len(new) >= n and new[:n] == old:
+        return n
+    lo, hi = 0, min(n, len(new))
+    while lo < hi:  # prefixes that match are contiguous: bisect on the boundary
+        mid = (lo + hi + 1) // 2
+        if new[:mid] == old[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+class TraceSender:
+    """What the page holds per (panel, trace), and the messages that bring it up to date."""
+
+    def __init__(self) -> None:
+        self.shadows: dict[tuple[str, int], _Shadow] = {}
+        self.seq = 0
+
+    def reset(self) -> None:
+        self.shadows.clear()
+
+    def update(self, panel: str, index: int, x: list, y: list, text: list | None,
+               updates: list[dict], buffers: list[bytes]) -> None:
+        """Append to `updates`/`buffers` what turns the page's trace into (x, y, text)."""
+        sh = self.shadows.setdefault((panel, index), _Shadow())
+        start = min(_first_difference(sh.x, x), _first_difference(sh.y, y))
+        if text is not None:
+            start = min(start, _first_difference(sh.text or [], text))
+        if (start == len(x) == len(sh.x) == len(y) == len(sh.y)
+                and (text is None or len(text) == len(sh.text or []) == start)):
+            return  # the page already has exactly this
+        u: dict[str, Any] = {"p": panel, "i": index, "from": start, "xb": len(buffers),
+                             "yb": len(buffers) + 1}
+        buffers.append(np.asarray(x[start:], dtype=np.float64).tobytes())
+        buffers.append(np.asarray(y[start:], dtype=np.float64).tobytes())
+        del sh.x[start:], sh.y[start:]
+        sh.x.extend(x[start:])
+        sh.y.extend(y[start:])
+        if text is not None:
+            u["text"] = [str(s) for s in text[start:]]
+            sh.text = (sh.text or [])[:start] + list(text[start:])
+        updates.append(u)
+
+    def current(self, panel: str, index: int) -> _Shadow:
+        return self.shadows.get((panel, index), _Shadow())
+
+
+def _column(values: Any) -> list:
+    if values is None:
+        return []
+    return [None if v is None or (isinstance(v, float) and v != v) else v for v in values]
+
+
+def digest(fig: go.Figure) -> dict[str, list[float]]:
+    """Per trace name: [length, non-null x, sum x, non-null y, sum y] — what stream.js checks
+    its final frame against."""
+    out: dict[str, list[float]] = {}
+    for t in fig.data:
+        xs, ys = _column(t.x), _column(t.y)
+        fx = [float(v) for v in xs if v is not None]
+        fy = [float(v) for v in ys if v is not None]
+        s_x = 0.0
+        for v in fx:  # left to right, as the page sums
+            s_x += v
+        s_y = 0.0
+        for v in fy:
+            s_y += v
+        out[t.name or ""] = [len(xs), len(fx), s_x, len(fy), s_y]
+    return out
+
+
+def static_bundle(fig: go.Figure) -> dict[str, Any]:
+    """An ordinary output for `fig`: JupyterLab draws the plotly JSON with its own plotly.js;
+    nbconvert (no plotly renderer) uses the HTML, which loads plotly.js from its CDN."""
+    return {
+        "application/vnd.plotly.v1+json": json.loads(pio.to_json(fig, validate=False)),
+        "text/html": pio.to_html(fig, include_plotlyjs="cdn", full_html=False),
+        "text/plain": f"<figure: {html.escape(str(fig.layout.title.text or ''))}>",
+    }
+
+
+def plotly_output(fig: go.Figure) -> dict[str, Any]:
+    """A plain plotly output (no HTML fallback): in "page" mode one such output makes
+    JupyterLab's plotly renderer load plotly.js into the page, which the live view then uses.
+    Never updated in place: the renderer ignores updates to a graph it has drawn."""
+    js = json.loads(pio.to_json(fig, validate=False))
+    js["config"] = {"staticPlot": True, "displayModeBar": False}
+    return {"application/vnd.plotly.v1+json": js, "text/plain": "<key to the live panels>"}
