@@ -56,12 +56,14 @@ def _rss_summary(r: dict) -> dict:
 
 
 def run_replay(www: Path, tmp: Path, rate: float, seconds: float, every: float) -> dict:
-    r = replay_storm(www, tmp, rate=rate, seconds=seconds, rss_every=every)
+    r = replay_storm(www, tmp, rate=rate, seconds=seconds, rss_every=every, min_sent=0)
     load = r["load"]
     return {
         "what": "every non-SYN request of one honest 200 KB fetch, resent verbatim from the "
                 "client's address",
-        "target_rate": rate, "achieved_rate": load["rate"], "seconds": load["seconds"],
+        "target_rate": rate, "achieved_rate": load["rate"],
+        # the rate tests/test_storms.py once asserted (half the target): recorded, not asserted
+        "at_least_half_the_target": load["rate"] >= 0.5 * rate, "seconds": load["seconds"],
         "sent": load["sent"], "reached_server_kernel": r["reached_server"],
         "server_processed": r["server_processed"],
         "server_processed_rate": round(r["server_processed"] / load["seconds"]),
@@ -95,7 +97,7 @@ def run_flip(www: Path, tmp: Path, k: int, seconds: float, every: float) -> dict
 
 
 def run_flood(www: Path, tmp: Path, kind: str, seconds: float, every: float) -> dict:
-    r = flood(www, tmp, kind, seconds=seconds, rss_every=every)
+    r = flood(www, tmp, kind, seconds=seconds, rss_every=every, min_sent=0)
     load = r["load"]
     fetches = r["fetches"]
     return {

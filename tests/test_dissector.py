@@ -13,6 +13,7 @@ world-readable copies. In CI (`CI=true`) nothing here skips: a missing tool is a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -26,7 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from wire_helpers import REPO, need_root, need_tool, server_process, trickles_argv
+from wire_helpers import (
+    REPO,
+    need_root,
+    need_tool,
+    private_netns,
+    server_process,
+    trickles_argv,
+)
 
 from trickles_kit.core.cc import cwnd as closed_form_cwnd
 from trickles_kit.dissector import lua_path
@@ -674,10 +682,13 @@ def test_toolkit_captures(kind: str, tshark: Tshark, tmp_path: Path) -> None:
     www = _www()
     pcap = tmp_path / f"{kind}.pcap"
     try:
-        with server_process(trickles_argv("serve", "--root", str(www), "--addr", server,
-                                          "--port", str(SERVICE_PORT), "--pcap", str(pcap),
-                                          *transport)) as srv:
-            f = subprocess.run(trickles_argv(
+        # protocol 6 installs RST-drop rules: in a namespace of its own, the host's firewall
+        # never sees them (nor the table iptables-nft creates for them)
+        with (private_netns("d6") if kind == "tcp6" else contextlib.nullcontext([])) as ns, \
+                server_process(ns + trickles_argv("serve", "--root", str(www), "--addr", server,
+                                                  "--port", str(SERVICE_PORT), "--pcap",
+                                                  str(pcap), *transport)) as srv:
+            f = subprocess.run(ns + trickles_argv(
                 "fetch", f"http://{server}:{SERVICE_PORT}/f.bin", "--local-addr", client,
                 "-o", str(tmp_path / "f.bin"), "--json", "--timeout", "30", *transport),
                 capture_output=True, text=True, timeout=60, cwd=REPO)

@@ -290,9 +290,14 @@ def test_static_bundle_and_page_figure(big_run):
     static = L.static_figure("cwnd", events)
     assert [t.name for t in fig.data] == [t.name for t in static.data]
     assert list(fig.data[0].y) == list(static.data[0].y)
-    bundle = S.static_bundle(static)
-    assert bundle["application/vnd.plotly.v1+json"]["data"][0]["name"] == "cwnd"
-    assert "cdn.plot.ly" in bundle["text/html"]  # nbconvert's copy loads plotly.js itself
+    bundle = S.static_bundle(static, dash.view.uid, "cwnd")
+    page = bundle["text/html"]
+    assert f'data-model="{dash.view.uid}"' in page  # hidden while the live view is shown
+    assert "cdn.plot.ly" in page  # nbconvert's copy loads plotly.js itself
+    start = page.index("var fig = ") + len("var fig = ")
+    fig_json = json.loads(page[start:page.index(";\n", start)].replace("<\\/", "</"))
+    assert [t["name"] for t in fig_json["data"]] == [t.name for t in static.data]
+    assert "</script>" not in page[start:page.index(";\n", start)]
 
 
 def test_plotly_js_mode(monkeypatch):
@@ -474,3 +479,11 @@ def test_lab_controls_no_banner_with_raw(monkeypatch):
     monkeypatch.setattr(session_mod, "best_transport", lambda: "raw")
     c = L.LabControls()
     assert c.banner.value == "" and c.effective_transport() == "raw"
+
+
+def test_replay_picks_about_25_goodput_bars(small_run):
+    assert [L.nice_bin(s) for s in (0.23, 1.0, 3.7, 60.0, 0.0)] == [0.01, 0.05, 0.2, 5.0, 0.1]
+    _, cap = small_run
+    rd = L.ReplayDashboard(cap)
+    span = rd.slider.max - rd.slider.min
+    assert 10 <= span / rd.dashboard.bin_s <= 50

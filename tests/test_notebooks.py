@@ -9,7 +9,7 @@ cell may error. The notebooks are also checked to be committed with their output
 from __future__ import annotations
 
 import os
-import time
+import re
 from pathlib import Path
 
 import pytest
@@ -30,7 +30,13 @@ PARAMS: dict[str, dict[str, object]] = {
     "07": {"SIZE": 600_000},  # live (namespaces) only as root; else committed results
     "06": {"LEVELS": (1, 10)},  # live memory run only as root; else committed results
 }
-CELL_TIMEOUT = 300  # s per cell; the whole set runs in well under a minute per notebook
+CELL_TIMEOUT = 300  # s per cell: a ceiling for a hung cell, not a speed requirement
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # IPython colours its tracebacks
+
+
+def plain(text: str) -> str:
+    """`text` without terminal colour codes (as a traceback should read in a test report)."""
+    return ANSI.sub("", text)
 
 
 def _need(module: str) -> None:
@@ -104,17 +110,17 @@ def test_notebook_runs_headless(path: Path, tmp_path: Path, isolated_jupyter: Pa
     client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
                             store_widget_state=False,
                             resources={"metadata": {"path": str(tmp_path)}})
-    t0 = time.monotonic()
+    failure = None
     try:
         client.execute()
     except CellExecutionError as e:  # the traceback names the cell
-        pytest.fail(f"{path.name} failed:\n{e}")
-    elapsed = time.monotonic() - t0
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
-              if o.output_type == "error"]
-    assert not errors, errors
+        failure = f"{path.name} failed:\n{plain(str(e))}"
+    if failure:  # outside the except: pytest would print the CellExecutionError again
+        pytest.fail(failure, pytrace=False)
+    errors = [plain("\n".join(o.traceback)) for c in nb.cells if c.cell_type == "code"
+              for o in c.outputs if o.output_type == "error"]
+    assert not errors, "\n\n".join(errors)
     verdicts = [o.text for c in nb.cells if c.cell_type == "code" for o in c.outputs
                 if o.output_type == "stream" and o.name == "stdout"
                 and o.text.startswith(("OK", "Not yet"))]
     assert verdicts, "the self-check cells printed a verdict"
-    assert elapsed < 180, f"{path.name} took {elapsed:.0f} s with small parameters"

@@ -6,16 +6,19 @@ runs) never see them. The load comes from this process through raw sockets opene
 namespace; iptables counting rules (no target, they only count) measure what crosses the
 kernel in each direction. Every load loop is bounded in time and stops by itself.
 
-* Replay storm: requests captured from a real `trickles fetch` (its --pcap) are resent at
-  50,000 a second for 10 s from the client's own address; every continuation in them was already
-  used, so the server must send (almost) nothing back and its memory must stay flat.
+* Replay storm: requests captured from a real `trickles fetch` (its --pcap) are resent, paced
+  at 50,000 a second, for 10 s and at least 100,000 of them (a busy machine takes longer), from
+  the client's own address; every continuation in them was already used, so the server must
+  send (almost) nothing back and its memory must stay flat. No test asserts a rate: the rates
+  reached are what benchmarks/storms.py records.
 * Type flip: the request type is outside the continuation's MAC, so a captured NORMAL request
   resent as SLOWSTART is answered again, at most 2 packets per continuation per age bucket (the
   documented limit, docs/protocol.md §7). The test checks that limit and measures the reflection.
 * Floods: garbage datagrams, and valid SYNs with random ports and ISNs (each answered with a
-  SYN-ACK within 3x its size), as fast as one Python thread can send for 10 s, starting once an
-  honest fetch of a multi-MB file is mid-transfer; honest fetches run one after another until
-  the flood ends: each is byte-exact, server RSS grows < 5 MB.
+  SYN-ACK within 3x its size), as fast as one Python thread can send for 10 s (and at least
+  100,000 of them), starting once an honest fetch of a multi-MB file is mid-transfer; honest
+  fetches run one after another until the flood ends: each is byte-exact, server RSS grows
+  < 5 MB.
 
 benchmarks/storms.py runs the long versions of the same functions and records the figures.
 Needs root; outside CI the tests skip without it, in CI they fail.
@@ -52,6 +55,10 @@ SERVER_IP, CLIENT_IP, FLOOD_IP, PROBE_IP = "127.0.0.1", "127.0.0.2", "127.0.0.3"
 PROTO = 253
 STORM_SECONDS = 10.0
 REPLAY_RATE = 50_000
+# a storm lasts STORM_SECONDS and at least this many datagrams (longer on a slow machine, up to
+# STORM_MAX_SECONDS): what the assertions are about is a count, whatever the machine's speed
+STORM_MIN_SENT = 100_000
+STORM_MAX_SECONDS = 120.0
 RSS_LIMIT_KIB = 5 * 1024
 BIG = 8_000_000  # the honest multi-MB file fetched during the floods
 SMALL = 200_000  # the file whose requests are captured and replayed
@@ -249,8 +256,11 @@ def with_type(seg: bytes, rtype: int, src_ip: str) -> bytes:
 
 # ---------------------------------------------------------------------- load generators
 def send_for(sock: socket.socket, pool: list[bytes], dst: str, seconds: float,
-             rate: float | None = None) -> dict:
-    """Send `pool` round-robin to `dst` for `seconds` (paced to `rate`/s, or flat out)."""
+             rate: float | None = None, min_sent: int = 0,
+             max_seconds: float = STORM_MAX_SECONDS) -> dict:
+    """Send `pool` round-robin to `dst` for `seconds` (paced to `rate`/s, or flat out), and on
+    until `min_sent` datagrams have gone (a slow machine sends the same storm, for longer) or
+    `max_seconds` have passed."""
     send = sock.sendto
     addr = (dst, 0)
     n = len(pool)
@@ -259,7 +269,7 @@ def send_for(sock: socket.socket, pool: list[bytes], dst: str, seconds: float,
     t0 = time.monotonic()
     while True:
         el = time.monotonic() - t0
-        if el >= seconds:
+        if el >= seconds and (sent >= min_sent or el >= max_seconds):
             break
         if rate is None:
             target = sent + 512
@@ -429,7 +439,8 @@ def make_www(d: Path) -> Path:
 
 def replay_storm(www: Path, tmp: Path, rate: float = REPLAY_RATE,
                  seconds: float = STORM_SECONDS, flip_to: int | None = None,
-                 flip_count: int = 8, port: int = 18190, rss_every: float = 0.25) -> dict:
+                 flip_count: int = 8, port: int = 18190, rss_every: float = 0.25,
+                 min_sent: int = STORM_MIN_SENT) -> dict:
     """Capture one honest fetch, then resend its request segments at `rate`/s for `seconds`.
 
     With `flip_to`, `flip_count` of the NORMAL requests are resent with that request type
@@ -453,7 +464,8 @@ def replay_storm(www: Path, tmp: Path, rate: float = REPLAY_RATE,
             counters.zero()
             rss0 = rss_kib(srv.proc.pid)
             with RssSampler(srv.proc.pid, rss_every) as sampler:
-                load = send_for(sock, pool, SERVER_IP, seconds, rate)
+                load = send_for(sock, pool, SERVER_IP, seconds, rate,
+                                min_sent=0 if flip_to is not None else min_sent)
                 time.sleep(1.0)  # the server drains its socket buffer
             rss1 = rss_kib(srv.proc.pid)
             wire = counters.read()
@@ -479,7 +491,7 @@ def replay_storm(www: Path, tmp: Path, rate: float = REPLAY_RATE,
 
 def flood(www: Path, tmp: Path, kind: str, seconds: float = STORM_SECONDS,
           rate: float | None = None, pool_size: int = 20_000, port: int = 18191,
-          rss_every: float = 0.25) -> dict:
+          rss_every: float = 0.25, min_sent: int = STORM_MIN_SENT) -> dict:
     """Flood the server with `kind` ("garbage" or "syn") while honest fetches of big.bin run."""
     assert kind in ("garbage", "syn")
     expect = sha256_file(www / "big.bin")
@@ -498,7 +510,7 @@ def flood(www: Path, tmp: Path, kind: str, seconds: float = STORM_SECONDS,
                 th = loop.start()
                 head_start = loop.wait_for_bytes(1 << 20)  # the first fetch is established
                 try:
-                    load = send_for(sock, pool, SERVER_IP, seconds, rate)
+                    load = send_for(sock, pool, SERVER_IP, seconds, rate, min_sent)
                 finally:
                     loop.running.clear()
                 wire_flood = counters.read()
@@ -583,21 +595,21 @@ def www() -> Iterator[Path]:
         shutil.rmtree(d, ignore_errors=True)
 
 
-def test_replay_storm_50k_per_second(www: Path, tmp_path: Path) -> None:
+def test_replay_storm(www: Path, tmp_path: Path) -> None:
+    """A storm of replayed requests (paced at 50,000 a second, at least STORM_MIN_SENT of them
+    however busy the machine) gets (almost) nothing back and leaves the server's memory flat.
+    The rate reached is a machine's speed, not a behaviour: benchmarks/storms.py records it."""
     r = replay_storm(www, tmp_path)
     print("\nreplay storm:", json.dumps({k: v for k, v in r.items() if k != "rss_kib"}),
           "rss", {k: v for k, v in r["rss_kib"].items() if k != "samples"})
     load = r["load"]
     assert load["seconds"] >= STORM_SECONDS
-    # paced at 50,000/s; one Python thread reaches it on an idle core (~40 % of the core). On a
-    # machine shared with other work it may fall short: the rate reached is printed and recorded
-    # by benchmarks/storms.py, and only a collapse below half the target fails the test
-    assert load["rate"] >= 0.5 * REPLAY_RATE, f"replayed only {load['rate']}/s"
+    assert load["sent"] >= STORM_MIN_SENT, load
     assert r["reached_server"] >= 0.95 * load["sent"], r["reached_server"]
     # every replayed continuation was already used: a SLOWSTART would be answered with at
     # most 2 packets per age bucket, anything else never; allow one packet per distinct request
     slowstarts = r["replayed_types"].get(str(REQ_SLOWSTART), 0)
-    buckets = math.ceil(math.log2((FRESHNESS_S + STORM_SECONDS) / SLOWSTART_BUCKET)) + 1
+    buckets = math.ceil(math.log2((FRESHNESS_S + load["seconds"]) / SLOWSTART_BUCKET)) + 1
     bound = slowstarts * SLOWSTART_PACKETS * buckets
     bound += r["replayed_distinct"]
     assert r["storm_output_packets"] <= bound, (r["storm_output_packets"], bound)
@@ -630,7 +642,7 @@ def test_flood_with_concurrent_honest_fetches(www: Path, tmp_path: Path, kind: s
     assert all(f["ok"] and f["bytes"] == BIG for f in r["fetches"])
     # the flood began while the first fetch was mid-transfer (established), and lasted 10 s
     assert 0 < r["first_fetch_bytes_at_flood_start"] < BIG, r["first_fetch_bytes_at_flood_start"]
-    assert r["load"]["sent"] > 100_000
+    assert r["load"]["sent"] >= STORM_MIN_SENT, r["load"]
     if kind == "syn":
         assert r["answers_to_flooder"] > 1000, "the SYNs were not answered"
         assert r["answer_bytes_ratio"] <= 3.0, r["answer_bytes_ratio"]

@@ -116,5 +116,23 @@ def world_readable_copy() -> Iterator[Path]:
         shutil.rmtree(d, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def private_netns(tag: str) -> Iterator[list[str]]:
+    """A fresh network namespace with only loopback (up), deleted on exit with every rule made
+    in it; yields the argv prefix that runs a command inside it. For tests that change the
+    firewall: the host's own tables never see their rules."""
+    need_root("a network namespace")
+    need_tool("ip")
+    name = f"tk{tag}{os.getpid() % 100000}"
+    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True, timeout=30)
+    try:
+        prefix = ["ip", "netns", "exec", name]
+        subprocess.run([*prefix, "ip", "link", "set", "lo", "up"], check=True,
+                       capture_output=True, timeout=30)
+        yield prefix
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)
+
+
 def nobody_argv(argv: list[str]) -> list[str]:
     return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv]

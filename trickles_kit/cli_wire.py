@@ -89,6 +89,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "about 33 packets: a transfer of 90 KB or more (--mss 1448) then shows "
                         "splits, the loss, its recovery (retransmit, recovery_start, "
                         "bootstrap) and terminations")
+    s.add_argument("--delay", type=float, default=0.0, metavar="SECONDS",
+                   help="hold every packet the server sends this long before sending it: a "
+                        "user-space stand-in for a wide-area path (on loopback the round trip "
+                        "becomes about SECONDS; no netem needed). Default 0")
     s.add_argument("--state-cache", type=int, default=None, metavar="N",
                    help="cache N verified continuations (0 = off, the default; see "
                         "docs/protocol.md, optimizations)")
@@ -192,7 +196,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except ValueError as e:
             tr.close()
             return _fail("serve", e)
-    loop = ServerLoop(engine, tr, pw)
+    try:
+        loop = ServerLoop(engine, tr, pw, delay=args.delay)
+    except ValueError as e:
+        tr.close()
+        return _fail("serve", e)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: loop.stop())
     where = f"{args.transport}:{args.addr}:{args.port}"

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import statistics
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from trickles_kit.bench import report
+from trickles_kit.labs.banner import RootBanner
 from trickles_kit.labs.checks import _no, _ok
 
 RESULTS = report.RESULTS
@@ -196,25 +196,62 @@ def _note(text: str) -> Any:
 
 # ====================================================================== live
 def can_run_live() -> tuple[bool, str]:
-    """Whether this kernel may build namespaces and raw sockets, and how to get there if not."""
-    if os.geteuid() == 0:
-        return True, "root: the small experiment runs live below"
-    return False, ("not root: the live run is skipped. Start Jupyter as root "
-                   "(sudo .venv/bin/jupyter lab --allow-root notebooks/) or run "
-                   "`sudo .venv/bin/trickles bench memory --quick --out reports/bench`; "
-                   "the committed full results are shown instead.")
+    """Whether this kernel may build namespaces and raw sockets (root, the system tools the
+    memory experiment runs, namespaces), and how to get there if not."""
+    from trickles_kit.net import sysdeps
+    from trickles_kit.net.privileges import can_create_netns
+    from trickles_kit.net.topology import Topology
+
+    instead = "the committed full results are shown instead."
+    if os.geteuid() != 0:
+        return False, ("not root: the live run is skipped. Start Jupyter as root "
+                       "(sudo .venv/bin/jupyter lab --allow-root notebooks/) or run "
+                       "`sudo .venv/bin/trickles bench memory --quick --out reports/bench`; "
+                       + instead)
+    msg = sysdeps.problem(Topology().tools(), "the live run")
+    if msg:
+        return False, f"{msg}; {instead}"
+    ok, detail = can_create_netns()
+    if not ok:
+        return False, (f"the live run needs network namespaces, which fail here ({detail}); "
+                       + instead)
+    return True, "root: the small experiment runs live below"
+
+
+def live_banner(live: bool) -> RootBanner:
+    """What the live cell needs root for and what the notebook shows instead (`live`: whether
+    it runs here)."""
+    return RootBanner(
+        needs="the small memory run, live (two network namespaces and a veth pair)",
+        instead="the committed full results (benchmarks/results/bench_*.json, up to 10,000 "
+                "connections)",
+        live=live, off="Live run switched off (RUN_LIVE = False)",
+        how="To run it: start Jupyter as root (sudo .venv/bin/jupyter lab --allow-root "
+            "notebooks/), or run `sudo .venv/bin/trickles bench memory --quick --out "
+            "reports/bench`.")
 
 
 def run_small(out_dir: str | Path | None = None,
               levels: Sequence[int] = SMALL_LEVELS) -> dict | None:
-    """A small memory experiment (a few seconds) as root; None without root."""
+    """A small memory experiment (a few seconds) as root; None when `can_run_live()` says no.
+
+    Without `out_dir` its files go to a temporary directory removed before returning (the
+    returned dict is the result), or at interpreter exit if the kernel stops mid-run.
+    """
     ok, _ = can_run_live()
     if not ok:
         return None
     from trickles_kit.bench import memory
+    from trickles_kit.labs import cleanup
 
-    out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="tk-bench-small-"))
-    return memory.run(True, out, levels=list(levels), argv=["notebook 06: run_small"])
+    if out_dir:
+        return memory.run(True, Path(out_dir), levels=list(levels),
+                          argv=["notebook 06: run_small"])
+    out = cleanup.make("tk-bench-small-")
+    try:
+        return memory.run(True, out, levels=list(levels), argv=["notebook 06: run_small"])
+    finally:
+        cleanup.remove(out)
 
 
 def memory_table(res: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import os
+from collections import deque
 import selectors
 import time
 from collections.abc import Callable
@@ -62,8 +63,16 @@ class ServerLoop:
     """Serve one `ServerEngine` on one transport until stopped."""
 
     def __init__(self, engine: ServerEngine, transport: Transport,
-                 pcap: PcapWriter | None = None, clock: Callable[[], float] = time.time) -> None:
+                 pcap: PcapWriter | None = None, clock: Callable[[], float] = time.time,
+                 delay: float = 0.0) -> None:
+        if not 0.0 <= delay <= 10.0:
+            raise ValueError(f"delay must be in [0, 10] seconds, got {delay}")
         self.engine = engine
+        # every answer is held `delay` seconds before it is sent: a user-space stand-in for a
+        # wide-area round trip (this kernel has no netem), so a loopback transfer lasts long
+        # enough to watch and congestion control acts on a real RTT
+        self.delay = delay
+        self._held: deque[tuple[float, bytes, bytes, Any]] = deque()
         self.transport = transport
         self.pcap = pcap
         self.clock = clock  # wall clock: key epochs and timestamps must agree across restarts
@@ -96,10 +105,34 @@ class ServerLoop:
             if pcap is not None:
                 pcap.log(now, src_ip, tr.local_ip, seg, tr.ip_proto, tr.udp_ports(peer, False))
             for out in eng.receive(seg, src_ip, now):
+                if self.delay:
+                    self._held.append((now + self.delay, out, src_ip, peer))
+                    continue
                 tr.send(out, src_ip, peer)
                 if pcap is not None:
                     pcap.log(now, tr.local_ip, src_ip, out, tr.ip_proto, tr.udp_ports(peer, True))
+        if self._held:
+            self.release()
         return len(batch)
+
+    def release(self) -> int:
+        """Send the held answers that are due (the delay is constant: they leave in order)."""
+        tr, pcap, held = self.transport, self.pcap, self._held
+        now = self.clock()
+        sent = 0
+        while held and held[0][0] <= now:
+            _, out, dst, peer = held.popleft()
+            tr.send(out, dst, peer)
+            if pcap is not None:  # the capture shows when the packet really left
+                pcap.log(now, tr.local_ip, dst, out, tr.ip_proto, tr.udp_ports(peer, True))
+            sent += 1
+        return sent
+
+    def next_due(self, timeout: float) -> float:
+        """`timeout`, shortened to when the first held answer is due."""
+        if not self._held:
+            return timeout
+        return max(0.0, min(timeout, self._held[0][0] - self.clock()))
 
     def run(self, duration: float | None = None) -> None:
         """Serve until `stop()` is called (from a signal handler) or `duration` seconds pass."""
@@ -110,7 +143,11 @@ class ServerLoop:
             sink = getattr(self.engine, "on_event", None)
             idle = getattr(sink, "flush", None)  # an EventWriter: idle means flush now
             while self.running and (end is None or time.monotonic() < end):
-                if not self.step(0.05 if idle else 0.2, sel) and idle is not None:
+                wait = self.next_due(0.05 if idle else 0.2)
+                handled = self.step(wait, sel)
+                if self._held:
+                    self.release()
+                if not handled and not self._held and idle is not None:
                     idle()
         finally:
             sel.close()

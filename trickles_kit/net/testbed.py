@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from trickles_kit.net import sysdeps
 from trickles_kit.net.topology import Topology, TopologyError
 
 CLIENT, ROUTER, SERVER = "c", "r", "s"
@@ -139,6 +140,8 @@ class Testbed:
 
     def __enter__(self) -> Testbed:
         self.topo = Topology(tag=self.tag or f"b{os.getpid() % 100000}", verbose=self.verbose)
+        # every tool before the first namespace: the bottleneck, the loss rule, the capture
+        sysdeps.require([*self.topo.tools(), "tc", "tcpdump"], "the benchmark testbed")
         self.topo.__enter__()
         try:
             self._build()
@@ -207,9 +210,7 @@ class Testbed:
 
     def capture(self, path: Path, snaplen: int = CAPTURE_SNAPLEN) -> Capture:
         """tcpdump on every router interface (LINUX_SLL2: interface and direction recorded)."""
-        if shutil.which("tcpdump") is None:
-            raise TopologyError("tcpdump not found: apt-get install tcpdump "
-                                "(or scripts/install-system-deps.sh)")
+        sysdeps.require(["tcpdump"], "the testbed's capture")
         p = self.popen(ROUTER, ["tcpdump", "-i", "any", "-y", "LINUX_SLL2", "-n", "-s",
                                 str(snaplen), "-B", "16384", "--immediate-mode", "-U",
                                 "-w", str(path), "not arp"],

@@ -25,6 +25,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from trickles_kit.net import sysdeps
+
 PREFIX = "tk"
 
 
@@ -90,7 +92,14 @@ class Topology:
     _closed: bool = False
 
     # -- lifecycle -------------------------------------------------------------------------
+    def tools(self) -> list[str]:
+        """The system tools building this topology runs (checked before anything is made)."""
+        return (["ip", "sysctl"] + (["iptables"] if self.suppress_rst else [])
+                + (["ethtool"] if self.offloads_off else []))
+
     def __enter__(self) -> Topology:
+        # a missing tool found halfway would leave a half-built topology and a cryptic error
+        sysdeps.require(self.tools(), "a namespace topology")
         if threading.current_thread() is threading.main_thread():
             self._old_term = signal.getsignal(signal.SIGTERM)
 

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from trickles_kit.capture.pcapio import read_pcap
+from trickles_kit.net import sysdeps
 
 SYN, FIN, RST = 0x02, 0x01, 0x04
 
@@ -168,6 +169,16 @@ def timeline(pkts: Sequence[Pkt], limit: int = 1500) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- capturing
+def _last_line(p: subprocess.Popen) -> str:
+    """': <last stderr line>' of an exited process (what tcpdump said), or ''."""
+    try:
+        err = p.stderr.read() if p.stderr else b""
+    except (OSError, ValueError):
+        return ""
+    lines = (err.decode(errors="replace") if isinstance(err, bytes) else err).strip()
+    return f": {lines.splitlines()[-1]}" if lines else ""
+
+
 class RouterCapture:
     """One tcpdump per interface in the router namespace; `stop()` flushes and reads them."""
 
@@ -179,6 +190,7 @@ class RouterCapture:
         self.files: dict[str, Path] = {}
 
     def start(self, timeout: float = 10.0) -> None:
+        sysdeps.require(["tcpdump"], "the router's capture")
         for name, dev in self.ifaces.items():
             f = self.out_dir / f"{name}.pcap"
             self.files[name] = f
@@ -195,7 +207,8 @@ class RouterCapture:
             while time.monotonic() < end and b"listening" not in line:
                 line = p.stderr.readline() if p.stderr else b""
                 if not line and p.poll() is not None:
-                    raise RuntimeError(f"tcpdump on {self.ifaces[name]} exited: {p.returncode}")
+                    raise RuntimeError(f"tcpdump on {self.ifaces[name]} exited: {p.returncode}"
+                                       f"{_last_line(p)}")
 
     def stop(self) -> list[Pkt]:
         for p in self.procs.values():

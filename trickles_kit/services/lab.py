@@ -2,12 +2,14 @@
 
 The cells stay thin: `run()` returns the scenario's result dict, `figure()` the plotly view of
 which replica served each packet (from the router's captures), `packets()` the same as a table.
-Without root — or with `live=False` — the committed `benchmarks/results/services_*.json` are
-shown instead, so the notebook still teaches on a machine where namespaces are not allowed.
+Without root, a system tool or namespaces — or with `live=False` — the committed
+`benchmarks/results/services_*.json` are shown instead, under a banner saying why, so the notebook
+still teaches on a machine where the live runs cannot happen.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import os
 
@@ -27,8 +29,61 @@ router r, anycast:   10.99.0.1/32 via s1 metric 10, via r2 metric 20; mid-transf
 """
 
 
+def live_check() -> tuple[bool, str]:
+    """(can the demos run live here?, why not and how to get there): root, the system tools
+    and network namespaces, checked before anything is built."""
+    from trickles_kit.net import sysdeps
+    from trickles_kit.net.privileges import can_create_netns
+    from trickles_kit.services.replicas import TOOLS
+
+    if os.geteuid() != 0:
+        return False, ("the live runs need root (namespaces, routes, raw sockets): start Jupyter "
+                       "as root (sudo make lab)")
+    msg = sysdeps.problem(TOOLS, "the live runs")
+    if msg:
+        return False, msg
+    ok, detail = can_create_netns()
+    if not ok:
+        return False, f"the live runs need network namespaces, which fail here: {detail}"
+    return True, "root, tools and namespaces: the demos run live"
+
+
 def can_run_live() -> bool:
-    return os.geteuid() == 0
+    return live_check()[0]
+
+
+class Banner:
+    """A notice that stands out in a notebook (HTML) and reads as one line anywhere else."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+    def _repr_html_(self) -> str:
+        return ("<div class='trickles-fallback-banner' style='padding:10px 14px;border-left:6px "
+                "solid #ff7f0e;background:#fff4e5'>" + html.escape(self.text) + "</div>")
+
+
+def show_banner(text: str) -> None:
+    """Display `text` as a banner in a Jupyter kernel, else print it."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        get_ipython = None  # type: ignore[assignment]
+    if get_ipython is not None and getattr(get_ipython(), "kernel", None) is not None:
+        display(Banner(text))
+    else:
+        print(text)
+
+
+def _fallback(scenario: str, kind: str, why: str) -> dict:
+    res = saved(scenario, kind)
+    show_banner(f"Committed result, not a live run — {why}. Showing what "
+                f"`{res['meta']['command']}` recorded.")
+    return res
 
 
 def saved(scenario: str, kind: str = "trickles") -> dict:
@@ -42,21 +97,34 @@ def saved(scenario: str, kind: str = "trickles") -> dict:
 
 def run(scenario: str, kind: str = "trickles", size: int | None = None,
         live: bool | None = None) -> dict:
-    """Run `scenario` now (root; `live=None` means: if allowed) or load its committed result."""
+    """Run `scenario` now or load its committed result (with a banner saying why).
+
+    `live=None`: live when `live_check()` allows it, and a live run that fails falls back to
+    the committed result too. `live=True`: run live, and a missing tool raises
+    `MissingToolError` (one line naming it and the install command). `live=False`: committed.
+    """
+    from trickles_kit.net import sysdeps
+    from trickles_kit.services.replicas import TOOLS
     from trickles_kit.services.scenarios import SCENARIOS
 
     if scenario not in SCENARIOS:
         raise ValueError(f"scenario must be one of {sorted(SCENARIOS)}")
-    if live is None:
-        live = can_run_live()
-    if not live:
-        res = saved(scenario, kind)
-        print(f"(not root: showing the committed result of {res['meta']['command']!r})")
-        return res
     kw: dict = {"kind": kind}
     if size is not None:
         kw["size"] = size
-    return SCENARIOS[scenario](**kw)
+    if live is False:
+        return _fallback(scenario, kind, "live=False")
+    if live:
+        sysdeps.require(TOOLS, f"the live {scenario} demo")
+        return SCENARIOS[scenario](**kw)
+    ok, why = live_check()
+    if not ok:
+        return _fallback(scenario, kind, why)
+    try:
+        return SCENARIOS[scenario](**kw)
+    except (RuntimeError, OSError) as e:  # TopologyError, AgentError, a tool that died, ...
+        return _fallback(scenario, kind, f"the live run failed ({type(e).__name__}: "
+                                         f"{str(e)[:300]})")
 
 
 def summary(res: dict) -> str:

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trickles_kit.net import sysdeps
 from trickles_kit.net.topology import Topology
 from trickles_kit.services.capture import RouterCapture
 from trickles_kit.services.cgroup import CpuGroup
@@ -45,6 +46,8 @@ CLIENT = "10.70.0.2"
 ROUTER = "10.70.0.1"
 MSS = 1200  # a full Trickles data segment fits a 1500-byte MTU (see tests/test_wire_e2e.py)
 MODES = ("failover", "balance", "anycast")
+# every system tool a demo runs (namespaces, sysctls, offloads, bottleneck, balancing, captures)
+TOOLS = ("ip", "sysctl", "ethtool", "tc", "iptables", "tcpdump")
 KINDS = ("trickles", "tcp")
 
 
@@ -123,8 +126,10 @@ class ServiceBed:
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> ServiceBed:
-        self.topo.__enter__()
         try:
+            # checked before the first namespace, so nothing is half-built when one is missing
+            sysdeps.require(TOOLS, f"the services demo ({self.mode})")
+            self.topo.__enter__()
             self._build()
         except BaseException:
             self.close()

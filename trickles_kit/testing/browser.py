@@ -38,13 +38,7 @@ USER_SETTINGS = {  # JupyterLab user settings: no news toast, no autosave
 }
 FILE_BROWSER_PX = 250  # the left sidebar's width when the file browser is open
 
-# a 50 ms heartbeat in the page: the longest gap beyond 50 ms is the longest main-thread stall
-STALL_JS = """(() => { const w = window; w.__tkStall = {max: 0, last: performance.now(),
-    ticks: 0, long: []}; setInterval(() => { const now = performance.now();
-    const gap = now - w.__tkStall.last - 50;
-    if (gap > 150) w.__tkStall.long.push([Date.now(), Math.round(gap)]);
-    w.__tkStall.max = Math.max(w.__tkStall.max, gap);
-    w.__tkStall.last = now; w.__tkStall.ticks++; }, 50); })();"""
+PAGE_PROBE_JS = Path(__file__).with_name("page_probe.js")  # heartbeat + websocket log
 
 DONE_JS = """n => {
     const ps = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')];
@@ -70,6 +64,18 @@ PLOTS_JS = """() => [...document.querySelectorAll('.jp-OutputArea .js-plotly-plo
             hidden: r.width === 0 || r.height === 0,
             traces: data.length, points: points, width: r.width, height: r.height};
 })"""
+
+
+def cell_times(messages: list[tuple[float, dict]]) -> list[dict[str, Any]]:
+    """Per executed cell (execute_input seen): its code, start and end wall clock (ms)."""
+    cells: dict[str, dict[str, Any]] = {}
+    for wall, m in messages:
+        if m["type"] == "execute_input" and m["parent"]:
+            cells[m["parent"]] = {"code": m["code"] or "", "start": wall, "end": None}
+        elif (m["type"] == "status" and m["state"] == "idle" and m["parent"] in cells
+              and cells[m["parent"]]["end"] is None):
+            cells[m["parent"]]["end"] = wall
+    return list(cells.values())
 
 
 def free_port() -> int:
@@ -190,6 +196,8 @@ class PageRun:
     errors: list[str] = field(default_factory=list)
     clicked_at: float = 0.0  # wall clock (ms) of Run All
     stalls: list = field(default_factory=list)  # [wall ms, gap ms] of every gap over 150 ms
+    cells: list = field(default_factory=list)  # cell_times(): code, start, end (wall ms)
+    error_outputs: int = 0  # `error` messages (a cell raised)
 
 
 def launch(p: Any, home: Path) -> Any:
@@ -208,21 +216,8 @@ def run_notebook(browser: Any, lab: Lab, name: str, n_code: int, *, width: int =
 
     page = browser.new_page(viewport={"width": width, "height": height})
     errors: list[str] = []
-    ws = {"bytes": 0, "frames": 0, "on": False}
-
-    def on_ws(sock: Any) -> None:
-        if "/api/kernels/" not in sock.url:
-            return
-
-        def on_frame(payload: Any) -> None:
-            if ws["on"]:
-                ws["bytes"] += len(payload)
-                ws["frames"] += 1
-        sock.on("framereceived", on_frame)
-
-    page.on("websocket", on_ws)
     page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
-    page.add_init_script(STALL_JS)
+    page.add_init_script(path=str(PAGE_PROBE_JS))
     try:
         page.goto(f"{lab.base}/lab/tree/{name}?token={lab.token}",
                   wait_until="domcontentloaded")
@@ -236,7 +231,7 @@ def run_notebook(browser: Any, lab: Lab, name: str, n_code: int, *, width: int =
                 if tab.count():
                     tab.first.click(timeout=2_000)
         page.evaluate("() => { window.__tkStall.max = 0; }")
-        ws["on"] = True
+        page.evaluate("() => { window.__tkWs.on = true; }")
         t0 = time.monotonic()
         clicked = page.evaluate("Date.now()")
         page.get_by_role("menuitem", name="Run", exact=True).click()
@@ -256,7 +251,8 @@ def run_notebook(browser: Any, lab: Lab, name: str, n_code: int, *, width: int =
                                                         m.what === 'final-drawn')); }""",
                 timeout=30_000)
         seconds = time.monotonic() - t0
-        ws["on"] = False
+        ws = page.evaluate("() => { const r = window.__tkWs; r.on = false; return r; }")
+        messages = [(m["wall"], m) for m in ws["msgs"]]
         stall = page.evaluate("() => window.__tkStall.max")
         long_stalls = page.evaluate("() => window.__tkStall.long")
         live = page.evaluate("() => window.__tricklesLive || {frames: [], marks: [], views: {}}")
@@ -268,36 +264,41 @@ def run_notebook(browser: Any, lab: Lab, name: str, n_code: int, *, width: int =
     finally:
         page.close()
     return PageRun(name, seconds, ws["bytes"], ws["frames"], float(stall), live, plots, outputs,
-                   errors, float(clicked), long_stalls)
+                   errors, float(clicked), long_stalls, cell_times(messages),
+                   sum(m["type"] == "error" for _, m in messages))
 
 
-def live_metrics(run: PageRun, view_kind: str = "dashboard") -> dict[str, Any]:
+def live_metrics(run: PageRun, view_kind: str = "dashboard",
+                 transfer_code: str = "await watch(") -> dict[str, Any]:
     """The live figures of one run, for the first view of `view_kind` that finished.
 
-    first_frame_s: the transfer's start mark → first frame with data; frames_during_transfer:
-    redraw rounds whose data lie strictly inside the transfer, drawn before its last packet
-    (page clock = event clock + the run's wall offset); lag_s: last packet → the first frame
-    that contains it; final_matches_log: the page's own check against the builder's digest.
+    The transfer cell is the executed cell whose code contains `transfer_code`; the page clock
+    of a packet is the run's wall offset (the `end` mark's clock) + its event time.
+    first_frame_s: transfer cell starts (its execute_input reaches the page) → first frame with
+    data; frames_during_transfer: redraw rounds whose data lie strictly inside the transfer,
+    drawn between its first and last packet; lag_s: last packet → the first frame that shows
+    it; cell_done_after_transfer_s: last packet → the transfer cell is idle;
+    final_matches_log: the page's own check of its data against the builder's digest.
     """
     live = run.live
     views = {mid: v for mid, v in live.get("views", {}).items() if v.get("kind") == view_kind}
     if not views:
         return {"found": False}
     mid, view = next(iter(views.items()))
-    frames = [f for f in live.get("frames", []) if f.get("model") == mid]
+    frames = sorted((f for f in live.get("frames", []) if f.get("model") == mid),
+                    key=lambda f: f["wall"])
     marks = [m for m in live.get("marks", []) if m.get("model") == mid]
-    start = next((m["wall"] for m in marks if m["what"] == "start"), None)
     end = next((m for m in marks if m["what"] == "end"), None)
     clock = end.get("clock") if end else None
     t_first, t_last = view.get("t_first"), view.get("t_last")
-    rounds = sorted({(f["seq"], f["wall"]) for f in frames if f["points"] > 0},
-                    key=lambda x: x[1])
-    first_data = next((f["wall"] for f in sorted(frames, key=lambda f: f["wall"])
-                       if f["points"] > 0), None)
+    cell = next((c for c in run.cells if transfer_code in c["code"]), None)
+    start = cell["start"] if cell else next((m["wall"] for m in marks if m["what"] == "start"),
+                                            None)
+    first_data = next((f["wall"] for f in frames if f["points"] > 0), None)
     out: dict[str, Any] = {"found": True, "events": view.get("events"),
                            "final_matches_log": bool(view.get("match")),
                            "problems": view.get("problems", [])[:5],
-                           "frames_total": len({s for s, _ in rounds})}
+                           "frames_total": len({f["seq"] for f in frames if f["points"] > 0})}
     out["first_frame_s"] = (first_data - start) / 1e3 if start and first_data else None
     if clock is not None and t_first is not None and t_last is not None:
         wall_first, wall_last = (clock + t_first) * 1e3, (clock + t_last) * 1e3
@@ -306,9 +307,10 @@ def live_metrics(run: PageRun, view_kind: str = "dashboard") -> dict[str, Any]:
                   and wall_first <= f["wall"] <= wall_last}
         out["frames_during_transfer"] = len(during)
         caught = [f["wall"] for f in frames if f["tHi"] is not None and f["tHi"] >= t_last]
-        out["lag_s"] = (min(caught) - wall_last) / 1e3 if caught else None
+        out["lag_s"] = max(0.0, (min(caught) - wall_last) / 1e3) if caught else None
         out["transfer_s"] = t_last - t_first
-        out["wall_last_ms"] = wall_last
+        if cell and cell["end"] is not None:
+            out["cell_done_after_transfer_s"] = (cell["end"] - wall_last) / 1e3
     return out
 
 

@@ -351,23 +351,20 @@ class LiveDashboard:
         ts = [e.t for e in self.events if e.kind in _PACKET_KINDS]
         return (min(ts), max(ts)) if ts else (None, None)
 
-    def finish(self, collapse: bool = True) -> dict[str, go.Figure]:
+    def finish(self, collapse: bool = False) -> dict[str, go.Figure]:
         """The run is over: draw what is queued, send the static builder's digest (the page
-        checks its last frame against it) and fill the static copies under the view. With
-        `collapse` (and static copies shown) the live panels fold into one line."""
+        draws every point and checks its last frame against it) and fill the static copies
+        under the view (saved with the notebook; hidden while the live view shows). With
+        `collapse` the live panels fold into one line after the check."""
         self.flush()
         figs = {k: static_figure(k, self.events, self.bin_s) for k in self.kinds}
         first, last = self.transfer_span()
-        shown = bool(self._outputs)
-        if shown:
-            self.view.collapsed_html = (
-                f"The live view drew {len(self.events)} events; the same figures, saved with "
-                "the notebook (they need no kernel), are below.")
+        self.view.collapsed_html = f"The live view drew {len(self.events)} events."
         self.view.push({"op": "final", "digest": {k: digest(f) for k, f in figs.items()},
                         "events": len(self.events), "t_first": first, "t_last": last,
-                        "collapse": collapse and shown})
-        for h, fig in zip(self._outputs, figs.values(), strict=False):
-            h.update(static_bundle(fig), raw=True)
+                        "collapse": collapse})
+        for h, (kind, fig) in zip(self._outputs, figs.items(), strict=False):
+            h.update(static_bundle(fig, self.view.uid, kind), raw=True)
         self.final_figures = figs
         return figs
 
@@ -428,6 +425,18 @@ class LiveDashboard:
                 task.result()
         finally:
             self._until = None
+
+
+def nice_bin(span: float, bars: int = 25) -> float:
+    """A goodput bin (1, 2 or 5 times a power of ten seconds) giving about `bars` bars."""
+    if span <= 0:
+        return 0.1
+    raw = span / bars
+    exp = math.floor(math.log10(raw))
+    for m in (1, 2, 5, 10):
+        if m * 10 ** exp >= raw:
+            return round(m * 10 ** exp, 9)
+    return 10 ** (exp + 1)  # pragma: no cover - the loop always returns
 
 
 def marker_key() -> go.Figure:
@@ -572,7 +581,7 @@ class LabControls:
             fut = asyncio.get_running_loop().run_in_executor(None, s.wait, self.timeout)
             await dash.run_until(fut.done)
             self.result = res = await fut
-            dash.finish(collapse=False)  # the controls stay: Start again redraws live
+            dash.finish()
             self.result_html.value = self._result_table(res)
             return res
         except Exception as exc:  # shown to the student, never a dead button
@@ -602,7 +611,8 @@ class ReplayDashboard:
 
     def __init__(self, events: Iterable[Event | Mapping[str, Any]] | Any,
                  kinds: Sequence[str] = FIGURE_KINDS, max_hz: float = 10.0, *,
-                 speed: float = 1.0, bin_s: float = 0.1, continuous_update: bool = False,
+                 speed: float = 1.0, bin_s: float | None = None,
+                 continuous_update: bool = False,
                  plotly_js: str | None = None) -> None:
         extra: list[Event] = []
         if hasattr(events, "events") and not isinstance(events, list | tuple):
@@ -616,6 +626,8 @@ class ReplayDashboard:
         self.times = [e.t for e in evs]
         t0 = self.times[0] if evs else 0.0
         t1 = self.times[-1] if evs else 0.0
+        if bin_s is None:  # about 25 goodput bars over the capture, on a 1-2-5 step
+            bin_s = nice_bin(t1 - t0)
         self.dashboard = LiveDashboard(kinds, max_hz, bin_s=bin_s, transport="replay",
                                        plotly_js=plotly_js, view_kind="replay")
         self.shown = 0  # events[:shown] are drawn
@@ -644,7 +656,7 @@ class ReplayDashboard:
         display(self.widget)
         self.dashboard.display_outputs()
         if self.shown == len(self.events):
-            self.dashboard.finish(collapse=False)
+            self.dashboard.finish()
 
     @property
     def time(self) -> float:
@@ -664,7 +676,7 @@ class ReplayDashboard:
         self.shown = idx
         if idx == len(self.events) and self._finished != idx:
             self._finished = idx  # at the end: the static copy (once per reach of the end)
-            self.dashboard.finish(collapse=False)
+            self.dashboard.finish()
         elif idx < len(self.events):
             self._finished = -1
 

@@ -7,7 +7,10 @@
 // per kernel. A view created later (a re-render, a second display) draws the whole store.
 
 const STORES = new Map(); // uid -> store: initialize and render get different model proxies
-const MAX_LIVE_MARKERS = 6000; // per trace while streaming; the final frame draws every point
+// While the transfer runs a marker trace is drawn with at most this many markers (every k-th
+// point and the last one): SVG costs one DOM node per marker, and a frame must stay short
+// enough to keep up. The store keeps every point; the final frame draws them all.
+const MAX_LIVE_MARKERS = 1500;
 const MIN_FRAME_GAP_MS = 60;
 
 function registry() {
@@ -86,6 +89,10 @@ function applyData(store, msg, buffers) {
   if (msg.t_hi !== null && msg.t_hi !== undefined) store.tHi = msg.t_hi;
   store.events = msg.events ?? store.events;
   store.seq = msg.seq;
+}
+
+function panelHeight(spec) {
+  return spec.layout.height || 400; // explicit: a height-less div lets the plot spill over
 }
 
 function sums(arr) {
@@ -172,8 +179,10 @@ function render({ model, el }) {
       const wrap = document.createElement("div");
       wrap.className = "trickles-panel";
       wrap.dataset.kind = kind;
-      wrap.style.cssText = "width:100%;min-height:" + (store.panels[kind].spec.layout.height || 360) + "px";
+      const h = panelHeight(store.panels[kind].spec);
+      wrap.style.cssText = "width:100%;height:" + h + "px";
       const div = document.createElement("div");
+      div.style.cssText = "width:100%;height:" + h + "px";
       wrap.appendChild(div);
       grid.appendChild(wrap);
       view.divs[kind] = { wrap, div, drawn: -1 };
@@ -209,7 +218,8 @@ function render({ model, el }) {
       const tHi = store.tHi;
       const version = panel.version;
       const traces = panel.spec.traces.map((t, i) => traceFor(t, panel.traces[i], !isFinal));
-      const layout = Object.assign({}, panel.spec.layout, { autosize: true });
+      const layout = Object.assign({}, panel.spec.layout,
+                                   { autosize: true, height: panelHeight(panel.spec) });
       const t0 = performance.now();
       await P.react(d.div, traces, layout, { responsive: true, displaylogo: false });
       const ms = performance.now() - t0;

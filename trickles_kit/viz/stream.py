@@ -219,14 +219,43 @@ def digest(fig: go.Figure) -> dict[str, list[float]]:
     return out
 
 
-def static_bundle(fig: go.Figure) -> dict[str, Any]:
-    """An ordinary output for `fig`: JupyterLab draws the plotly JSON with its own plotly.js;
-    nbconvert (no plotly renderer) uses the HTML, which loads plotly.js from its CDN."""
-    return {
-        "application/vnd.plotly.v1+json": json.loads(pio.to_json(fig, validate=False)),
-        "text/html": pio.to_html(fig, include_plotlyjs="cdn", full_html=False),
-        "text/plain": f"<figure: {html.escape(str(fig.layout.title.text or ''))}>",
-    }
+_STATIC_JS = """<div class="trickles-static" id="%(id)s"></div>
+<script type="text/javascript">
+(function () {
+  var el = document.getElementById("%(id)s");
+  if (!el || el.dataset.drawn) return;
+  el.dataset.drawn = "1";
+  if (document.querySelector('.trickles-live[data-model="%(uid)s"]')) {
+    el.style.display = "none";  // the live view is on this page and shows the same figure
+    return;
+  }
+  var fig = %(fig)s;
+  el.style.minHeight = (fig.layout.height || 360) + "px";
+  function draw() { window.Plotly.newPlot(el, fig.data, fig.layout, {responsive: true}); }
+  if (window.Plotly && window.Plotly.newPlot) { draw(); return; }
+  var s = document.createElement("script");
+  s.src = "https://cdn.plot.ly/plotly-%(version)s.min.js";
+  s.onload = draw;
+  s.onerror = function () { el.textContent = "(plotly.js could not be loaded to draw %(title)s)"; };
+  document.head.appendChild(s);
+})();
+</script>"""
+
+
+def static_bundle(fig: go.Figure, live_uid: str = "", name: str = "") -> dict[str, Any]:
+    """An ordinary output that keeps `fig` in the notebook file: HTML with the figure's JSON
+    and a few lines of script. On the page that still shows the live view (`live_uid`) it
+    hides itself — the live view already draws the same data, and a second plotly render
+    would block the page for seconds on a long run; reopened without a kernel, or converted
+    by nbconvert, it draws with the page's plotly.js or loads it from the plotly CDN."""
+    import plotly.offline
+
+    js = pio.to_json(fig, validate=False).replace("</", "<\\/")  # no early </script>
+    title = str(fig.layout.title.text or name or "the figure")
+    body = _STATIC_JS % {"id": f"tk-static-{live_uid or secrets.token_hex(4)}-{name}",
+                         "uid": live_uid, "fig": js, "title": html.escape(title),
+                         "version": plotly.offline.get_plotlyjs_version()}
+    return {"text/html": body, "text/plain": f"<figure: {title}>"}
 
 
 def plotly_output(fig: go.Figure) -> dict[str, Any]:

@@ -1,0 +1,213 @@
+"""Suite-wide hooks: what was skipped and how to enable it, and nothing of ours left behind.
+
+* One line at the end of the run names what was skipped, grouped by what it needs (root, a
+  system tool, the lab packages) and the command that enables it. Outside CI a missing privilege
+  or tool skips; with CI=true nothing skips (the tests themselves fail instead).
+* The run must not change the machine outside the checkout. The controller (not an xdist
+  worker) snapshots, at session start, the network namespaces, firewall rules (nft and
+  iptables), the qdiscs of the interfaces that exist, and the temporary directory's entries with
+  our prefixes; at session end anything new in them — or a process of this run still alive
+  (trickles serve/fetch, tcpdump, tshark, jupyter/ipykernel, chromium: found by an environment
+  marker every child inherits) — fails the run with a list of what is left.
+  `TRICKLES_LEAK_CHECK=0` turns the check off (a machine where other runs create the same kinds
+  of things at the same time).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+RUN_ENV = "TRICKLES_TEST_RUN"
+# every child process inherits it (xdist workers, servers, kernels, browsers): it marks what is
+# ours among the machine's processes
+os.environ.setdefault(RUN_ENV, uuid.uuid4().hex)
+
+TEMP_PREFIXES = ("tk-", "trickles-")
+PROCESS_WORDS = ("trickles", "tcpdump", "tshark", "dumpcap", "jupyter", "ipykernel", "chromium",
+                 "chrome", "tcphttp")
+GRACE_S = 10.0  # what is being torn down at session end gets this long to go
+
+
+# ------------------------------------------------------------------------------- skip summary
+def _reason(rep: pytest.TestReport) -> str:
+    lr = rep.longrepr
+    text = lr[2] if isinstance(lr, tuple) and len(lr) == 3 else str(lr)
+    return text.removeprefix("Skipped: ")
+
+
+def skip_summary(reasons: list[str]) -> str | None:
+    """One line: how many tests were skipped, grouped by what enables them."""
+    if not reasons:
+        return None
+    tools: dict[str, int] = {}
+    root = lab = other = 0
+    for r in reasons:
+        m = re.match(r"(\S+) is not installed", r) or re.match(r"(chromium) \(", r)
+        if m or "make sysdeps" in r:
+            name = m.group(1) if m else "system tools"
+            tools[name] = tools.get(name, 0) + 1
+        elif re.search(r"\broot\b|CAP_NET_RAW|sudo|namespaces", r):
+            root += 1
+        elif "lab-venv" in r or "lab dependency" in r:
+            lab += 1
+        else:
+            other += 1
+    parts = []
+    if root:
+        parts.append(f"{root} need root (run: sudo make test)")
+    if tools:
+        parts.append(f"{sum(tools.values())} need {', '.join(sorted(tools))} "
+                     "(run: sudo make sysdeps)")
+    if lab:
+        parts.append(f"{lab} need the lab packages (run: make lab-venv)")
+    if other:
+        parts.append(f"{other} for other reasons (pytest -rs lists them)")
+    return f"skipped {len(reasons)}: " + "; ".join(parts)
+
+
+# ------------------------------------------------------------------------------- host state
+def _out(argv: list[str]) -> str:
+    """stdout of `argv`, or "" when the tool is missing or refuses (no privileges)."""
+    if shutil.which(argv[0]) is None:
+        return ""
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return p.stdout if p.returncode == 0 else ""
+
+
+def _firewall() -> set[str]:
+    lines = {f"nft: {ln.strip()}" for ln in _out(["nft", "-s", "list", "ruleset"]).splitlines()
+             if ln.strip() and ln.strip() != "}"}
+    for ln in _out(["iptables-save"]).splitlines():
+        if ln.strip() and not ln.startswith("#") and ln != "COMMIT":
+            lines.add("iptables: " + re.sub(r"\s*\[\d+:\d+\]", "", ln.strip()))
+    return lines
+
+
+def _namespaces() -> set[str]:
+    return {ln.split()[0] for ln in _out(["ip", "netns", "list"]).splitlines() if ln.strip()}
+
+
+def _qdiscs(devs: set[str] | None) -> tuple[set[str], set[str]]:
+    """(qdisc lines of `devs`, or of every interface when None; the interfaces seen)."""
+    lines, seen = set(), set()
+    for ln in _out(["tc", "qdisc", "show"]).splitlines():
+        m = re.search(r"\bdev (\S+)", ln)
+        if not m:
+            continue
+        seen.add(m.group(1))
+        if devs is None or m.group(1) in devs:
+            lines.add(re.sub(r"\s*refcnt \d+", "", ln.strip()))
+    return lines, seen
+
+
+def _temp_entries() -> set[str]:
+    tmp = Path(tempfile.gettempdir())
+    try:
+        return {p.name for p in tmp.iterdir() if p.name.startswith(TEMP_PREFIXES)}
+    except OSError:
+        return set()
+
+
+def _our_processes() -> list[str]:
+    """'pid: cmdline' of live processes carrying this run's marker and one of PROCESS_WORDS."""
+    marker = f"{RUN_ENV}={os.environ[RUN_ENV]}".encode()
+    skip = {os.getpid(), os.getppid()}
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) in skip:
+            continue
+        try:
+            env = (d / "environ").read_bytes()
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in env.split(b"\0") and any(w in cmd for w in PROCESS_WORDS):
+            found.append(f"{d.name}: {cmd.strip()[:200]}")
+    return found
+
+
+@dataclass
+class HostState:
+    namespaces: set[str] = field(default_factory=set)
+    firewall: set[str] = field(default_factory=set)
+    qdiscs: set[str] = field(default_factory=set)
+    devs: set[str] = field(default_factory=set)
+    temp: set[str] = field(default_factory=set)
+
+    @classmethod
+    def now(cls, devs: set[str] | None = None) -> HostState:
+        qd, seen = _qdiscs(devs)
+        return cls(_namespaces(), _firewall(), qd, seen if devs is None else devs,
+                   _temp_entries())
+
+    def left_since(self, start: HostState) -> list[str]:
+        """What is here now and was not at `start`, one line each."""
+        tmp = tempfile.gettempdir()
+        return ([f"network namespace {n}" for n in sorted(self.namespaces - start.namespaces)]
+                + [f"firewall {r}" for r in sorted(self.firewall - start.firewall)]
+                + [f"qdisc {q}" for q in sorted(self.qdiscs - start.qdiscs)]
+                + [f"temporary {os.path.join(tmp, t)}" for t in sorted(self.temp - start.temp)])
+
+
+def _leak_check_on(config: pytest.Config) -> bool:
+    return not hasattr(config, "workerinput") and os.environ.get("TRICKLES_LEAK_CHECK") != "0"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if _leak_check_on(session.config):  # before xdist starts its workers
+        session.config.stash[_START] = HostState.now()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """After the workers are gone: whatever of ours is still here fails the run."""
+    start = session.config.stash.get(_START, None)
+    if start is None:
+        return
+    end = time.monotonic() + GRACE_S
+    while True:
+        left = HostState.now(start.devs).left_since(start)
+        left += [f"process {p}" for p in _our_processes()]
+        if not left or time.monotonic() >= end:
+            break
+        time.sleep(0.5)
+    session.config.stash[_LEFT] = left
+    if left and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_START = pytest.StashKey[HostState]()
+_LEFT = pytest.StashKey[list]()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter, exitstatus: int,
+                            config: pytest.Config) -> Generator[None, None, None]:
+    """After pytest's own summary: the leftovers (if any), then the one skip line."""
+    yield
+    left = config.stash.get(_LEFT, [])
+    if left:
+        terminalreporter.section("left behind by this run", sep="=", red=True, bold=True)
+        for line in left:
+            terminalreporter.write_line(line)
+        terminalreporter.write_line(f"{len(left)} thing(s) of ours outlived the run (tests must "
+                                    "undo every system change): the run fails", red=True)
+    line = skip_summary([_reason(r) for r in terminalreporter.stats.get("skipped", [])
+                         if getattr(r, "when", "") in ("setup", "call")])
+    if line:
+        terminalreporter.write_line(line, yellow=True, bold=True)
