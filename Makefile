@@ -40,17 +40,20 @@ $(VPY):
 	    fi; \
 	fi
 
-# (Re)install only when pyproject.toml changes.
+# (Re)install only when pyproject.toml changes. `lab-venv` (what test, lab and demo use) installs
+# the dev and lab extras in one pip run straight from the bare venv and marks both stamps, so a
+# fresh `make test` installs once.
 $(STAMP): pyproject.toml | $(VPY)
-	$(VPY) -m pip install --upgrade pip
+	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -e '.[dev]'
 	touch $@
 
 lab-venv: $(LABSTAMP)
 
-$(LABSTAMP): $(STAMP) pyproject.toml
+$(LABSTAMP): pyproject.toml | $(VPY)
+	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -e '.[dev,lab]'
-	touch $@
+	touch $(STAMP) $@
 
 # The main job: JupyterLab at the tour (127.0.0.1 only; the URL with its token is printed).
 # As root (the live runs of 06 and 07 need it) JupyterLab refuses to start without --allow-root.
@@ -64,12 +67,13 @@ demo: lab-venv
 	$(VENV)/bin/trickles demo --out reports/demo.html
 
 # System tools the tests use (tcpdump, tshark, iptables, nftables, ...): installs what is missing
-# when run as root, otherwise prints the command to run. Under CI=true `make test` runs it first.
+# when run as root, otherwise prints the command to run. `make test` runs it first (as root it
+# installs, printing what; as a user it only says what is missing): SYSDEPS=no skips that.
 sysdeps:
 	bash scripts/install-system-deps.sh
 	bash scripts/install-browser-deps.sh
 
-test: $(if $(filter true,$(CI)),sysdeps) lab-venv
+test: $(if $(filter no,$(SYSDEPS)),,sysdeps) lab-venv
 	$(VENV)/bin/ruff check .
 	$(VPY) -m pytest -n 2
 

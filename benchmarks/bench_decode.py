@@ -154,7 +154,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="iterate only this many packets with scapy (0 = the whole capture)")
     ap.add_argument("--quick", action="store_true", help="40k packets, 1 repeat")
     ap.add_argument("--seed", type=int, default=11)
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "decode.json"))
+    # a run writes to reports/ (git-ignored); the committed result changes only with --record
+    ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks" / "decode.json"),
+                    help="JSON output path (default: %(default)s)")
+    ap.add_argument("--record", dest="out", action="store_const",
+                    const=str(REPO / "benchmarks" / "results" / "decode.json"),
+                    help="refresh the committed benchmarks/results/decode.json")
     ap.add_argument("--note", default="", help="free text stored in the JSON")
     ap.add_argument("--baseline", help="another decode.py to time the same way (before/after)")
     ap.add_argument("--baseline-label", default="",

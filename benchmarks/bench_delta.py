@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,14 +29,17 @@ from bench_core import _meta  # noqa: E402
 
 from trickles_kit.labs.compression import compare, table  # noqa: E402
 
-OUT = REPO / "benchmarks" / "results" / "delta.json"
-
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="1 MB instead of 10 MB")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--out", default=str(OUT))
+    # a run writes to reports/ (git-ignored); the committed result changes only with --record
+    ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks" / "delta.json"),
+                    help="JSON output path (default: %(default)s)")
+    ap.add_argument("--record", dest="out", action="store_const",
+                    const=str(REPO / "benchmarks" / "results" / "delta.json"),
+                    help="refresh the committed benchmarks/results/delta.json")
     a = ap.parse_args(argv)
     size = 1_000_000 if a.quick else 10_000_000
     res: dict = {"meta": _meta([sys.argv[0], *argv], "quick" if a.quick else "full"),
@@ -47,8 +51,9 @@ def main(argv: list[str]) -> int:
         res["cases"][f"loss_{loss:g}"] = r
         print(table(r), flush=True)
         print()
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
-    print(f"wrote {Path(a.out).relative_to(REPO) if Path(a.out).is_absolute() else a.out}")
+    print(f"wrote {os.path.relpath(a.out)}")
     return 0
 
 

@@ -36,7 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller responses, fewer repeats")
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "parallel.json"))
+    # a run writes to reports/ (git-ignored); the committed result changes only with --record
+    ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks" / "parallel.json"),
+                    help="JSON output path (default: %(default)s)")
+    ap.add_argument("--record", dest="out", action="store_const",
+                    const=str(REPO / "benchmarks" / "results" / "parallel.json"),
+                    help="refresh the committed benchmarks/results/parallel.json")
     a = ap.parse_args(argv)
     size = 100_000 if a.quick else 250_000
     repeats = 2 if a.quick else 5

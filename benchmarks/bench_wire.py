@@ -1028,8 +1028,12 @@ def main(argv: list[str] | None = None) -> int:
                     "prints a table; measures only: nothing is asserted.")
     ap.add_argument("--quick", action="store_true",
                     help="20 MB instead of 200 MB, 1/10/100 connections, one repeat")
-    ap.add_argument("--out", default="benchmarks/results/wire.json",
+    # a run writes to reports/ (git-ignored); the committed result changes only with --record
+    ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks" / "wire.json"),
                     help="JSON output path (default: %(default)s)")
+    ap.add_argument("--record", dest="out", action="store_const",
+                    const=str(REPO / "benchmarks" / "results" / "wire.json"),
+                    help="refresh the committed benchmarks/results/wire.json")
     ap.add_argument("--size", type=int, help="transfer bytes (default 200e6; quick 20e6)")
     ap.add_argument("--conns", help="comma-separated concurrency levels (default 1,100,1000)")
     ap.add_argument("--rss-file", type=int, help="bytes per connection in the RSS section "

@@ -1552,7 +1552,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--trace-every", type=int, default=64,
                     help="one execution in N runs under sys.settrace (coverage + feedback)")
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "fuzz_campaign.json"))
+    # a run writes to reports/ (git-ignored); the committed result changes only with --record
+    ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks" / "fuzz_campaign.json"),
+                    help="JSON output path (default: %(default)s)")
+    ap.add_argument("--record", dest="out", action="store_const",
+                    const=str(REPO / "benchmarks" / "results" / "fuzz_campaign.json"),
+                    help="refresh the committed benchmarks/results/fuzz_campaign.json")
     a = ap.parse_args(argv)
     harnesses = a.harness or list(HARNESSES)
     t0 = time.time()

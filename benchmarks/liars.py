@@ -14,9 +14,10 @@ Measures and records; never asserts. Run from the repository root:
     .venv/bin/python benchmarks/liars.py            # 5 seeds x 4 loss rates x 2 paths, ~2 min
     .venv/bin/python benchmarks/liars.py --quick    # 2 seeds, 2 loss rates, 400 KB
 
-Writes benchmarks/results/liars.json (command, date, machine, code, options, every run and the
-per-cell means) and prints a table: mean goodput (Mb/s, virtual time), ratio to the honest
-client on the same cells, runs completed, and what the server counted against the client.
+Writes reports/benchmarks/liars.json (`--record`: the committed benchmarks/results/liars.json;
+command, date, machine, code, options, every run and the per-cell means) and prints a table:
+mean goodput (Mb/s, virtual time), ratio to the honest client on the same cells, runs
+completed, and what the server counted against the client.
 """
 
 from __future__ import annotations
@@ -105,7 +106,12 @@ def _table(cells: list[dict]) -> str:
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "liars.json"))
+    # a run writes to reports/ (git-ignored); the committed result changes only with --record
+    ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks" / "liars.json"),
+                    help="JSON output path (default: %(default)s)")
+    ap.add_argument("--record", dest="out", action="store_const",
+                    const=str(REPO / "benchmarks" / "results" / "liars.json"),
+                    help="refresh the committed benchmarks/results/liars.json")
     ap.add_argument("--quick", action="store_true", help="2 seeds, loss 0 and 2 %%, 400 KB")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--size", type=int, default=1_000_000, help="bytes per transfer")
@@ -142,6 +148,7 @@ def main(argv: list[str]) -> int:
         "cells": cells,
         "runs": runs,
     }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
     print(_table(cells))
     print(f"wrote {args.out} ({meta['wall_seconds']} s)")

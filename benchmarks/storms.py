@@ -16,7 +16,8 @@ each continuation once per 0.1 s bucket (the most an attacker gets out of it), w
 amplification in bytes; (3) garbage flood and (4) SYN flood, flat out from one Python thread for
 --flood-seconds, starting once an honest 8 MB fetch is mid-transfer, while honest fetches run one
 after another. Each section records the server RSS over time (KiB, sampled every --rss-every
-seconds). Results: benchmarks/results/storms.json.
+seconds). Results: reports/benchmarks/storms.json (`--record`: the committed
+benchmarks/results/storms.json).
 """
 
 from __future__ import annotations
@@ -134,7 +135,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--flood-seconds", type=float, default=30.0)
     ap.add_argument("--rss-every", type=float, default=0.5)
     ap.add_argument("--only", action="append", choices=("replay", "flip", "garbage", "syn"))
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "storms.json"))
+    # a run writes to reports/ (git-ignored); the committed result changes only with --record
+    ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks" / "storms.json"),
+                    help="JSON output path (default: %(default)s)")
+    ap.add_argument("--record", dest="out", action="store_const",
+                    const=str(REPO / "benchmarks" / "results" / "storms.json"),
+                    help="refresh the committed benchmarks/results/storms.json")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("storms.py needs root (raw sockets, network namespaces, iptables): run it with "

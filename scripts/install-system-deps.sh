@@ -8,7 +8,11 @@
 #   make sysdeps                          # the same, through make
 #
 # Not root: prints what is missing and the command to run, changes nothing, exits 0.
+# SYSDEPS_SBIN: where else to look for a command (default: the sbin directories, often off a
+# user's PATH); tests/test_sysdeps.py sets it to run the script against a fresh machine's view.
 set -euo pipefail
+
+SBIN=${SYSDEPS_SBIN-/usr/local/sbin:/usr/sbin:/sbin}
 
 # package:command that proves it is there (also looked for in the sbin directories)
 WANTED=(
@@ -32,7 +36,7 @@ installed() {  # installed PACKAGE COMMAND
         [ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" = "install ok installed" ]; then
         return 0
     fi
-    PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin" command -v "$cmd" >/dev/null 2>&1
+    PATH="$PATH${SBIN:+:$SBIN}" command -v "$cmd" >/dev/null 2>&1
 }
 
 missing=()

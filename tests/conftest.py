@@ -5,12 +5,14 @@
   or tool skips; with CI=true nothing skips (the tests themselves fail instead).
 * The run must not change the machine outside the checkout. The controller (not an xdist
   worker) snapshots, at session start, the network namespaces, firewall rules (nft and
-  iptables), the qdiscs of the interfaces that exist, and the temporary directory's entries with
-  our prefixes; at session end anything new in them — or a process of this run still alive
-  (trickles serve/fetch, tcpdump, tshark, jupyter/ipykernel, chromium: found by an environment
-  marker every child inherits) — fails the run with a list of what is left.
-  `TRICKLES_LEAK_CHECK=0` turns the check off (a machine where other runs create the same kinds
-  of things at the same time).
+  iptables) and the qdiscs of the interfaces that exist, and gives the run a temporary directory
+  of its own (TMPDIR). At session end anything new in the snapshot, an entry with our prefixes
+  (`tk-`, `trickles-`) still in that directory, or a process of this run still alive (trickles
+  serve/fetch, tcpdump, tshark, jupyter/ipykernel, chromium: found by an environment marker every
+  child inherits, so other programs' processes never count) fails the run with a list of what
+  is left; then the directory goes. Namespaces, rules and qdiscs have no owner: another run on
+  the same machine at the same time can show up here, and `TRICKLES_LEAK_CHECK=0` turns the
+  check off for such a machine.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ RUN_ENV = "TRICKLES_TEST_RUN"
 os.environ.setdefault(RUN_ENV, uuid.uuid4().hex)
 
 TEMP_PREFIXES = ("tk-", "trickles-")
-PROCESS_WORDS = ("trickles", "tcpdump", "tshark", "dumpcap", "jupyter", "ipykernel", "chromium",
-                 "chrome", "tcphttp")
+PROGRAMS = ("trickles", "tcpdump", "tshark", "dumpcap", "jupyter", "chromium", "chrome")
+MODULES = ("trickles_kit", "ipykernel", "jupyter")
 GRACE_S = 10.0  # what is being torn down at session end gets this long to go
 
 
@@ -114,29 +116,46 @@ def _qdiscs(devs: set[str] | None) -> tuple[set[str], set[str]]:
     return lines, seen
 
 
-def _temp_entries() -> set[str]:
-    tmp = Path(tempfile.gettempdir())
+def _temp_left(tmp: Path) -> list[str]:
+    """Entries with our prefixes in the run's temporary directory (what nobody removed)."""
     try:
-        return {p.name for p in tmp.iterdir() if p.name.startswith(TEMP_PREFIXES)}
+        return sorted(str(p) for p in tmp.iterdir() if p.name.startswith(TEMP_PREFIXES))
     except OSError:
-        return set()
+        return []
+
+
+def is_ours(argv: list[str]) -> bool:
+    """A program of PROGRAMS (`trickles`, `tcpdump`, `jupyter-lab`...) or Python running a
+    module of MODULES (`-m trickles_kit.cli`, `-m ipykernel_launcher`): what a test starts.
+    Names only — a checkout called trickles-kit puts "trickles" in every path."""
+    if not argv:
+        return False
+    prog = os.path.basename(argv[0])
+    if prog.startswith(PROGRAMS):
+        return True
+    if prog.startswith("python"):
+        rest = argv[1:]
+        if "-m" in rest[:-1]:
+            return rest[rest.index("-m") + 1].startswith(MODULES)
+        script = next((a for a in rest if not a.startswith("-")), "")
+        return os.path.basename(script).startswith(PROGRAMS)
+    return False
 
 
 def _our_processes() -> list[str]:
-    """'pid: cmdline' of live processes carrying this run's marker and one of PROCESS_WORDS."""
+    """'pid: command line' of live processes that carry this run's marker and are ours."""
     marker = f"{RUN_ENV}={os.environ[RUN_ENV]}".encode()
-    skip = {os.getpid(), os.getppid()}
     found = []
     for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) in skip:
+        if not d.name.isdigit() or int(d.name) == os.getpid():
             continue
         try:
-            env = (d / "environ").read_bytes()
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            env = (d / "environ").read_bytes().split(b"\0")
+            argv = (d / "cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
-        if marker in env.split(b"\0") and any(w in cmd for w in PROCESS_WORDS):
-            found.append(f"{d.name}: {cmd.strip()[:200]}")
+        if marker in env and is_ours([a for a in argv if a]):
+            found.append(f"{d.name}: {' '.join(argv).strip()[:200]}")
     return found
 
 
@@ -146,25 +165,47 @@ class HostState:
     firewall: set[str] = field(default_factory=set)
     qdiscs: set[str] = field(default_factory=set)
     devs: set[str] = field(default_factory=set)
-    temp: set[str] = field(default_factory=set)
 
     @classmethod
     def now(cls, devs: set[str] | None = None) -> HostState:
         qd, seen = _qdiscs(devs)
-        return cls(_namespaces(), _firewall(), qd, seen if devs is None else devs,
-                   _temp_entries())
+        return cls(_namespaces(), _firewall(), qd, seen if devs is None else devs)
 
     def left_since(self, start: HostState) -> list[str]:
         """What is here now and was not at `start`, one line each."""
-        tmp = tempfile.gettempdir()
         return ([f"network namespace {n}" for n in sorted(self.namespaces - start.namespaces)]
                 + [f"firewall {r}" for r in sorted(self.firewall - start.firewall)]
-                + [f"qdisc {q}" for q in sorted(self.qdiscs - start.qdiscs)]
-                + [f"temporary {os.path.join(tmp, t)}" for t in sorted(self.temp - start.temp)])
+                + [f"qdisc {q}" for q in sorted(self.qdiscs - start.qdiscs)])
+
+
+_START = pytest.StashKey[HostState]()
+_TMP = pytest.StashKey[Path]()
+_LEFT = pytest.StashKey[list]()
 
 
 def _leak_check_on(config: pytest.Config) -> bool:
     return not hasattr(config, "workerinput") and os.environ.get("TRICKLES_LEAK_CHECK") != "0"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The controller gives the run a temporary directory of its own (TMPDIR, inherited by the
+    workers and everything they start), so what is left in it is this run's, whatever else the
+    machine runs meanwhile; pytest's own tmp_path stays in the usual place."""
+    if not _leak_check_on(config):
+        return
+    system_tmp = tempfile.gettempdir()
+    tmp = Path(tempfile.mkdtemp(prefix="tk-pytest-", dir=system_tmp))
+    tmp.chmod(0o1777)  # like /tmp: the tests that drop to uid 65534 make directories here too
+    os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", system_tmp)
+    os.environ["TMPDIR"] = str(tmp)
+    tempfile.tempdir = None  # gettempdir() reads TMPDIR again
+    config.stash[_TMP] = tmp
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    tmp = config.stash.get(_TMP, None)
+    if tmp is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -179,9 +220,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     start = session.config.stash.get(_START, None)
     if start is None:
         return
+    tmp = session.config.stash.get(_TMP, None)
     end = time.monotonic() + GRACE_S
     while True:
         left = HostState.now(start.devs).left_since(start)
+        left += [f"temporary {t}" for t in (_temp_left(tmp) if tmp else [])]
         left += [f"process {p}" for p in _our_processes()]
         if not left or time.monotonic() >= end:
             break
@@ -189,10 +232,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     session.config.stash[_LEFT] = left
     if left and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-
-
-_START = pytest.StashKey[HostState]()
-_LEFT = pytest.StashKey[list]()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -207,7 +246,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int,
             terminalreporter.write_line(line)
         terminalreporter.write_line(f"{len(left)} thing(s) of ours outlived the run (tests must "
                                     "undo every system change): the run fails", red=True)
-    line = skip_summary([_reason(r) for r in terminalreporter.stats.get("skipped", [])
-                         if getattr(r, "when", "") in ("setup", "call")])
+    line = skip_summary([_reason(r) for r in terminalreporter.stats.get("skipped", [])])
     if line:
         terminalreporter.write_line(line, yellow=True, bold=True)

@@ -1,12 +1,15 @@
-"""The tour in a real browser: JupyterLab + headless Debian chromium driven by Playwright.
+"""The notebooks the way students run them: JupyterLab + headless Debian chromium, Run All.
 
-Starts JupyterLab on 127.0.0.1 (every JUPYTER_* / IPython directory isolated in tmp_path, a
-copy of notebooks/01-tour.ipynb with small parameters, so autosave never touches the repo),
-opens the notebook, runs every cell from the Run menu, and checks in the DOM that the live cwnd
-FigureWidget and at least one other plotly figure were drawn with data. A screenshot goes to
-reports/screenshots/01-tour.png (the live dashboard; 01-tour-end.png: the
-last cells). Recipe and pitfalls: the project's browser-check notes (the
-essential wait: the notebook's kernel is idle AND connected in /api/sessions before Run All).
+The harness is `trickles_kit.testing.browser` (shared with benchmarks/bench_notebooks.py): a
+JupyterLab isolated in tmp_path, a copy of each notebook (autosave off, so the repo is never
+touched), Run → Run All Cells, and what the page itself saw: the live views' frame log, kernel
+websocket bytes, cell start/end times and the plots on the page.
+
+* 01 (notebook defaults): the dashboard draws while the transfer runs, its last frame equals the
+  event log (the page checks the builder's digest), no panel is blank, and at 1280 px with the
+  file browser open the step-through shows every continuation field and the nonce verdicts.
+* 05: the replay ends with a final frame equal to its events, no blank panel.
+* every notebook: Run All ends without an error output.
 
 Needs playwright (pip, in the venv — never `playwright install`) and Debian's chromium
 (`make sysdeps`). Outside CI a missing piece skips with a message; with CI=true it fails.
@@ -14,35 +17,17 @@ Needs playwright (pip, in the venv — never `playwright install`) and Debian's 
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import secrets
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from trickles_kit.testing import browser as B
+
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOK = ROOT / "notebooks" / "01-tour.ipynb"
+NOTEBOOKS = ROOT / "notebooks"
 SCREENSHOTS = ROOT / "reports" / "screenshots"
-CHROMIUM = os.environ.get("TRICKLES_CHROMIUM", "/usr/bin/chromium")
-PARAMS = {"SIZE": 500_000, "LOSS": 0.01}
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run",
-                "--disable-quic"]
-USER_SETTINGS = {  # JupyterLab user settings: no news toast, no autosave, every cell in the DOM
-    "@jupyterlab/apputils-extension/notification.jupyterlab-settings":
-        {"fetchNews": "false", "checkForUpdates": False},
-    "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
-    "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
-}
 
 pytestmark = pytest.mark.e2e
 
@@ -65,194 +50,99 @@ def _requirements() -> None:
             __import__(mod)
         except ImportError:
             _missing(mod, "make lab-venv (pip install -e '.[lab]')")
-    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-        _missing(f"chromium ({CHROMIUM})", "run make sysdeps (as root: "
+    if not (os.path.isfile(B.CHROMIUM) and os.access(B.CHROMIUM, os.X_OK)):
+        _missing(f"chromium ({B.CHROMIUM})", "run make sysdeps (as root: "
                  "scripts/install-browser-deps.sh installs Debian's chromium)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """One JupyterLab and one chromium for the module; each test opens its own page."""
+    _requirements()
+    from playwright.sync_api import sync_playwright
 
-
-def _get(url: str, token: str, timeout: float = 5.0):
-    req = urllib.request.Request(url, headers={"Authorization": f"token {token}"})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return json.loads(r.read().decode())
-
-
-class Lab:
-    """One JupyterLab server in its own process group, state isolated under `home`."""
-
-    def __init__(self, home: Path, notebook_dir: Path) -> None:
-        self.home, self.dir = home, notebook_dir
-        self.port = _free_port()
-        self.token = secrets.token_hex(16)
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ}
-        for var, sub in (("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_DATA_DIR", "data"),
-                         ("JUPYTER_RUNTIME_DIR", "runtime"),
-                         ("JUPYTERLAB_WORKSPACES_DIR", "workspaces"), ("IPYTHONDIR", "ipython")):
-            (home / sub).mkdir(parents=True, exist_ok=True)
-            self.env[var] = str(home / sub)
-        settings = home / "config" / "lab" / "user-settings"
-        for rel, value in USER_SETTINGS.items():
-            p = settings / rel
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_text(json.dumps(value))
-        self.log = home / "lab.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 60.0) -> None:
-        cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
-               f"--ServerApp.token={self.token}", f"--ServerApp.port={self.port}",
-               "--ServerApp.ip=127.0.0.1", "--ServerApp.port_retries=0",
-               f"--ServerApp.root_dir={self.dir}"]
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"jupyter lab exited:\n{self.log.read_text()[-3000:]}")
-            try:
-                _get(f"{self.base}/api/status", self.token, 1.0)
-                return
-            except OSError:
-                time.sleep(0.25)
-        raise RuntimeError(f"jupyter lab did not answer in {timeout} s:\n"
-                           f"{self.log.read_text()[-3000:]}")
-
-    def kernel_connected(self, name: str, timeout: float = 120.0) -> dict:
-        """Pitfall 1 of the recipe: wait until the server says the notebook's kernel is idle
-        and a websocket is attached; the page's indicator says 'idle' too early."""
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            try:
-                for s in _get(f"{self.base}/api/sessions", self.token):
-                    k = s.get("kernel") or {}
-                    if (s.get("path", "").endswith(name) and k.get("execution_state") == "idle"
-                            and k.get("connections", 0) >= 1):
-                        return k
-            except OSError:
-                pass
-            time.sleep(0.25)
-        raise TimeoutError(f"no idle, connected kernel for {name} after {timeout} s")
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        pgid = self.proc.pid  # start_new_session: the group holds the server and its kernels
-        os.killpg(pgid, signal.SIGTERM)
+    tmp = tmp_path_factory.mktemp("browser")
+    work = tmp / "nb"
+    work.mkdir()
+    with B.Lab(tmp / "jhome", work) as jl, sync_playwright() as p:
+        browser = B.launch(p, tmp / "jhome")
         try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(pgid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError):  # a kernel that outlived the server
-            os.killpg(pgid, signal.SIGKILL)
+            yield jl, browser, work
+        finally:
+            browser.close()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _small_copy(dest: Path) -> int:
-    """Copy the tour with PARAMS appended to its parameters cell; returns its code-cell count."""
-    import nbformat
-
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    cell.source += "\n# browser test\n" + "\n".join(f"{k} = {v!r}" for k, v in PARAMS.items())
-    nbformat.write(nb, dest)
-    return sum(c.cell_type == "code" for c in nb.cells)
+def _run(lab, name: str, params: dict | None = None, **kw) -> B.PageRun:
+    jl, browser, work = lab
+    n = B.copy_notebook(NOTEBOOKS / name, work / name, params)
+    return B.run_notebook(browser, jl, name, n, **kw)
 
 
-# the plots on the page: title, whether it is a live FigureWidget (not a fig.show() render),
-# marker points, line vertices, table rows
-PLOTS_JS = """() => [...document.querySelectorAll('.jp-OutputArea .js-plotly-plot')].map(p => {
-    let vertices = 0;
-    p.querySelectorAll('.scatterlayer .trace path.js-line').forEach(l => {
-        vertices += ((l.getAttribute('d') || '').match(/[LHV]/g) || []).length; });
-    return {
-        title: (p.querySelector('.gtitle') || {}).textContent || '',
-        live: !p.classList.contains('jp-RenderedPlotly'),
-        points: p.querySelectorAll('.scatterlayer .trace .point').length,
-        vertices: vertices,
-        rows: p.querySelectorAll('.table .y-column .cell-text').length,
-        width: p.getBoundingClientRect().width };
-})"""
+def _no_errors(run: B.PageRun) -> None:
+    assert run.error_outputs == 0, B.plain_tail(run.outputs)
+    assert "Traceback (most recent call last)" not in run.outputs, B.plain_tail(run.outputs)
+    assert not run.errors, run.errors
 
-DONE_JS = """n => {
-    const ps = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')];
-    return ps.length >= n && ps.slice(0, n).every(p => /\\[\\d+\\]/.test(p.textContent));
+
+STEP_JS = """() => {
+    const tables = [...document.querySelectorAll('.jp-OutputArea-output table')];
+    const cont = tables.find(t => t.innerText.includes('first_bootstrap_seq'));
+    const nonce = tables.find(t => t.innerText.includes('expected'));
+    const panel = document.querySelector('.jp-NotebookPanel').getBoundingClientRect();
+    const seen = (el) => { if (!el) return null; const r = el.getBoundingClientRect();
+        return {left: r.left, right: r.right, width: r.width, panelRight: panel.right}; };
+    const cells = (t) => t ? [...t.querySelectorAll('tr')].map(
+        tr => [...tr.querySelectorAll('td,th')].map(c => c.innerText.trim())) : [];
+    return {cont: seen(cont), nonce: seen(nonce), contRows: cells(cont),
+            nonceRows: cells(nonce)};
 }"""
 
 
-def test_tour_runs_in_chromium_with_live_figures(tmp_path: Path) -> None:
-    _requirements()
-    from playwright.sync_api import TimeoutError as PWTimeout
-    from playwright.sync_api import sync_playwright
+def test_tour_streams_live_under_run_all(lab) -> None:
+    shots = SCREENSHOTS / "01-tour.png"
+    run = _run(lab, "01-tour.ipynb", width=1280, height=1400, file_browser=True,
+               screenshot=shots, page_check=STEP_JS)
+    _no_errors(run)
+    m = B.live_metrics(run)
+    assert m["found"], run.live
+    assert m["final_matches_log"], m["problems"]
+    assert m["frames_during_transfer"] >= 2, m  # drawn while the transfer ran
+    assert m["first_frame_s"] is not None and m["events"] > 1000, m
+    assert not B.blank_panels(run), run.plots
+    live = [p for p in run.plots if p["live"]]
+    assert {p["kind"] for p in live} == {"cwnd", "tree", "timeseq", "goodput"}
+    assert all(p["points"] > 0 and not p["hidden"] for p in live), live
+    # the step-through at 1280 px with the file browser open: every field, every column
+    step = run.page_check
+    fields = [r[0] for r in step["contRows"][1:]]
+    for f in ("type", "seq", "first_child", "client_state", "parent", "client_timestamp",
+              "timestamp", "mrtt", "state", "first_loss", "first_bootstrap_seq", "start_cwnd",
+              "ssthresh", "tcp_base", "conn_id", "key_epoch", "mac", "nonce"):
+        assert f in fields, fields
+    assert step["cont"]["right"] <= step["cont"]["panelRight"], step["cont"]
+    assert step["nonce"]["right"] <= step["nonce"]["panelRight"], step["nonce"]
+    assert step["nonceRows"][0] == ["block", "claimed", "expected", "verdict"]
+    body = step["nonceRows"][1:]
+    assert body and all(all(c for c in row) for row in body), body  # every column filled
+    assert {row[3] for row in body} == {"ok"}  # the tour knows its secret: checked
 
-    work = tmp_path / "nb"
-    work.mkdir()
-    n_code = _small_copy(work / NOTEBOOK.name)
-    lab = Lab(tmp_path / "jhome", work)
-    errors: list[str] = []
-    t0 = time.monotonic()
-    lab.start()
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS,
-                env={**os.environ, "HOME": str(tmp_path / "jhome"),
-                     "XDG_CONFIG_HOME": str(tmp_path / "jhome" / "xdg-config"),
-                     "XDG_CACHE_HOME": str(tmp_path / "jhome" / "xdg-cache")})
-            try:
-                page = browser.new_page(viewport={"width": 1400, "height": 1800})
-                page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
-                page.goto(f"{lab.base}/lab/tree/{NOTEBOOK.name}?token={lab.token}",
-                          wait_until="domcontentloaded")
-                page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
-                lab.kernel_connected(NOTEBOOK.name)
-                page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
-                                       timeout=60_000)
-                page.get_by_role("menuitem", name="Run", exact=True).click()
-                page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
-                try:  # safety net: a 'Select Kernel' dialog despite the wait
-                    page.wait_for_selector(".jp-Dialog", timeout=1_000)
-                    page.click(".jp-Dialog .jp-mod-accept")
-                except PWTimeout:
-                    pass
-                page.wait_for_function(DONE_JS, arg=n_code, timeout=240_000)
-                page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
-                                       timeout=60_000)
-                page.wait_for_function(
-                    "() => document.querySelectorAll('.jp-OutputArea .js-plotly-plot')"
-                    ".length >= 4", timeout=60_000)
-                # the live dashboard's last redraw may trail the cell by one tick
-                page.wait_for_function(
-                    f"() => ({PLOTS_JS})().some(p => p.live && "
-                    "p.title === 'Congestion window' && p.vertices > 10)", timeout=30_000)
-                plots = page.evaluate(PLOTS_JS)
-                outputs = page.inner_text(".jp-Notebook")
-                SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=str(SCREENSHOTS / "01-tour-end.png"))
-                # the notebook panel scrolls inside the page: bring the live dashboard up
-                page.locator(".jp-OutputArea .js-plotly-plot").first.scroll_into_view_if_needed()
-                page.screenshot(path=str(SCREENSHOTS / "01-tour.png"))
-            finally:
-                browser.close()
-    finally:
-        lab.stop()
-    elapsed = time.monotonic() - t0
 
-    assert "Traceback (most recent call last)" not in outputs and "Cell In[" not in outputs, \
-        outputs[-3000:]
-    assert not errors, errors
-    cwnd = [p for p in plots if p["live"] and p["title"] == "Congestion window"]
-    assert cwnd and cwnd[0]["vertices"] > 10 and cwnd[0]["width"] > 100, plots
-    others = [p for p in plots if p is not cwnd[0]
-              and (p["points"] > 0 or p["vertices"] > 0 or p["rows"] > 0)]
-    assert others, plots
-    assert any(p["live"] and p["points"] > 0 for p in others), plots  # the live tree / timeseq
-    assert any(not p["live"] for p in others), plots  # a fig.show() render too
-    assert elapsed < 300, f"the browser test took {elapsed:.0f} s"
-    shutil.rmtree(tmp_path / "jhome", ignore_errors=True)
+def test_replay_ends_with_the_capture(lab) -> None:
+    run = _run(lab, "05-replaying-captures.ipynb", screenshot=SCREENSHOTS / "05-replay.png")
+    _no_errors(run)
+    m = B.live_metrics(run, view_kind="replay")
+    assert m["found"] and m["final_matches_log"], m
+    assert not B.blank_panels(run), run.plots
+    live = [p for p in run.plots if p["live"]]
+    assert {p["kind"] for p in live} == {"cwnd", "tree", "timeseq", "goodput"}
+    assert all(p["points"] > 0 for p in live), live  # the goodput panel too
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")))
+def test_every_notebook_runs_all_without_an_error_output(lab, name: str) -> None:
+    from test_notebooks import PARAMS  # the same small parameters as the headless runs
+
+    run = _run(lab, name, PARAMS.get(name[:2]))
+    _no_errors(run)
+    assert not B.blank_panels(run), run.plots

@@ -7,6 +7,7 @@ import contextlib
 import importlib
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -25,7 +26,10 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--quick", action="store_true",
                    help="short runs (all of them: under 10 minutes)")
     b.add_argument("--out", default="reports/bench", help="output directory (default "
-                                                          "%(default)s)")
+                                                          "%(default)s; git-ignored)")
+    b.add_argument("--record", action="store_true",
+                   help="also refresh the committed results benchmarks/results/bench_NAME.json "
+                        "from this (full) run and regenerate the README table from them")
     b.add_argument("-v", "--verbose", action="store_true",
                    help="print every system command and per-run numbers")
     b.set_defaults(func=cmd_bench)
@@ -53,11 +57,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
             return 2
         print(f"trickles bench: wrote {p}")
         return 0
+    if args.record and args.quick:
+        print("trickles bench: --record keeps full runs only (the README table is made of "
+              "them): drop --quick", file=sys.stderr)
+        return 2
     if os.geteuid() != 0:
         print("trickles bench: needs root (network namespaces, raw sockets): "
               "sudo .venv/bin/trickles bench ...", file=sys.stderr)
         return 2
     names = list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
+    testbed = [n for n in names if n != "loopback"]  # loopback needs no namespaces
+    if testbed:
+        from trickles_kit.net import sysdeps
+        from trickles_kit.net.testbed import TOOLS
+
+        msg = sysdeps.problem(TOOLS, f"trickles bench {' '.join(testbed)}")
+        if msg:
+            print(msg, file=sys.stderr)
+            return 2
     t0 = time.monotonic()
     summary: dict = {}
     failed = []
@@ -87,7 +104,31 @@ def cmd_bench(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(doc, indent=1) + "\n")
     print(json.dumps(doc, indent=1))
+    if args.record:
+        record([n for n in names if n not in failed], out)
     return 1 if failed else 0
+
+
+def record(names: list[str], out: Path, results: Path | None = None,
+           readme: Path | None = None) -> list[Path]:
+    """Copy `out/NAME.json` to the committed `bench_NAME.json` and regenerate the README table
+    from them: the only way a run changes the tracked results."""
+    from trickles_kit.bench import report
+
+    results = results or report.RESULTS
+    written = []
+    for name in names:
+        src = out / f"{name}.json"
+        if src.exists():
+            dst = results / f"bench_{name}.json"
+            shutil.copyfile(src, dst)
+            written.append(dst)
+            print(f"trickles bench: recorded {os.path.relpath(dst)}", file=sys.stderr)
+    if written:
+        changed = report.update_readme(readme or report.REPO / "README.md", results)
+        print(f"trickles bench: README table {'updated' if changed else 'unchanged'}",
+              file=sys.stderr)
+    return written
 
 
 # "Trickles ~ 0 bytes per connection": under this share of TCP's slope, measured the same way

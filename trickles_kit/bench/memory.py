@@ -558,7 +558,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd")
     r = sub.add_parser("run", help="run the experiment")
     r.add_argument("--quick", action="store_true")
-    r.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    r.add_argument("--out", type=Path, default=Path("reports/bench"))
     r.add_argument("--levels", help="comma-separated connection counts")
     r.add_argument("-v", "--verbose", action="store_true")
     c = sub.add_parser("trickles-client", help=argparse.SUPPRESS)

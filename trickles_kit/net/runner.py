@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import heapq
 import os
-from collections import deque
 import selectors
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO

@@ -52,9 +52,9 @@ def problem(tools: Iterable[str], what: str) -> str | None:
     off_path = [t for t in gone if which(t)]
     if off_path:
         dirs = sorted({os.path.dirname(which(t) or "") for t in off_path})
-        return (f"{what} needs {', '.join(off_path)}, installed in {':'.join(dirs)} but not on "
+        return (f"{what}: {', '.join(off_path)} installed in {':'.join(dirs)}, which is not on "
                 f"PATH: export PATH=$PATH:{':'.join(dirs)}")
-    return (f"{what} needs {', '.join(gone)}, not installed: {install_command(gone)} "
+    return (f"{what}: {', '.join(gone)} not installed; install with {install_command(gone)} "
             f"(or {SYSDEPS} in a checkout)")
 
 

@@ -40,6 +40,9 @@ from trickles_kit.net.topology import Topology, TopologyError
 CLIENT, ROUTER, SERVER = "c", "r", "s"
 CLIENT_ADDR, ROUTER_CLIENT_ADDR = "10.77.1.2", "10.77.1.1"
 ROUTER_SERVER_ADDR, SERVER_ADDR = "10.77.2.1", "10.77.2.2"
+# what building and measuring runs: namespaces, forwarding, RST and loss rules, offloads off,
+# the bottleneck, the capture
+TOOLS = ("ip", "sysctl", "iptables", "ethtool", "tc", "tcpdump")
 CAPTURE_SNAPLEN = 256  # IP + TCP/Trickles headers (28 + ~160 with the continuation) + chunk header
 INITCWND_NOTE = (
     "Linux initcwnd = Trickles initial_cwnd (c0). Trickles defines cwnd(B) = c0 for the first "
@@ -141,7 +144,7 @@ class Testbed:
     def __enter__(self) -> Testbed:
         self.topo = Topology(tag=self.tag or f"b{os.getpid() % 100000}", verbose=self.verbose)
         # every tool before the first namespace: the bottleneck, the loss rule, the capture
-        sysdeps.require([*self.topo.tools(), "tc", "tcpdump"], "the benchmark testbed")
+        sysdeps.require(TOOLS, "the benchmark testbed")
         self.topo.__enter__()
         try:
             self._build()

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 CHOICES = ("failover", "balance", "load", "anycast", "parallel")
+DEFAULT_OUT = "reports/services"  # a user's runs; the committed ones change only with --record
 
 
 def add_services_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +32,11 @@ def add_services_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--repeats", type=int, default=3,
                    help="load: 1-vs-2-replica pairs to run; the median pair is reported "
                         "(default 3)")
-    d.add_argument("--out", type=Path, help="results directory (default benchmarks/results)")
+    d.add_argument("--out", type=Path, default=Path(DEFAULT_OUT),
+                   help="results directory (default %(default)s; git-ignored)")
+    d.add_argument("--record", action="store_true",
+                   help="refresh the committed result in benchmarks/results/ and regenerate "
+                        "the README table from it (instead of --out)")
     d.add_argument("--no-save", action="store_true", help="print only, write nothing")
     d.add_argument("--json", action="store_true", help="print the whole result as JSON")
     d.add_argument("-v", "--verbose", action="store_true", help="print every system command")
@@ -50,6 +55,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from trickles_kit.services.cgroup import CgroupError
     from trickles_kit.services.scenarios import SCENARIOS, AgentError
 
+    if args.record and (args.no_save or args.out != Path(DEFAULT_OUT)):
+        print("trickles services demo: --record writes benchmarks/results/: no --out or "
+              "--no-save with it", file=sys.stderr)
+        return 2
     if os.geteuid() != 0:
         print("trickles services demo: needs root (namespaces, routes, raw sockets): run it "
               "with sudo", file=sys.stderr)
@@ -89,8 +98,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         argv += ["--size", str(args.size)] if args.size else []
         if args.scenario == "load":
             argv += ["--repeats", str(args.repeats)]
-        path = report.save(res, argv, args.out or report.RESULTS)
+        argv += ["--record"] if args.record else []
+        path = report.save(res, argv, report.RESULTS if args.record else args.out)
         print(f"wrote {os.path.relpath(path)} (+ .html figure)")
+        if args.record:
+            changed = report.update_readme(report.README, report.RESULTS)
+            print("README services table " + ("updated" if changed else "unchanged"))
     return 0 if res["byte_exact"] else 1
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -174,6 +175,8 @@ def copy_notebook(src: Path, dest: Path, params: dict[str, Any] | None = None) -
     import nbformat
 
     nb = nbformat.read(src, as_version=4)
+    for i, c in enumerate(nb.cells):  # nbformat 4.5 wants cell ids; the repo's may lack them
+        c.setdefault("id", f"cell-{i}")
     if params:
         cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
         cell.source += "\n# overridden\n" + "\n".join(f"{k} = {v!r}" for k, v in params.items())
@@ -198,6 +201,7 @@ class PageRun:
     stalls: list = field(default_factory=list)  # [wall ms, gap ms] of every gap over 150 ms
     cells: list = field(default_factory=list)  # cell_times(): code, start, end (wall ms)
     error_outputs: int = 0  # `error` messages (a cell raised)
+    page_check: Any = None  # what run_notebook's `page_check` returned
 
 
 def launch(p: Any, home: Path) -> Any:
@@ -210,8 +214,9 @@ def launch(p: Any, home: Path) -> Any:
 
 def run_notebook(browser: Any, lab: Lab, name: str, n_code: int, *, width: int = 1400,
                  height: int = 1800, timeout_s: float = 600.0, file_browser: bool = False,
-                 screenshot: Path | None = None) -> PageRun:
-    """Open `name` in a fresh page, Run All, wait for every cell; what the page saw."""
+                 screenshot: Path | None = None, page_check: str | None = None) -> PageRun:
+    """Open `name` in a fresh page, Run All, wait for every cell; what the page saw.
+    `page_check`: a JS function evaluated at the end (its result in `PageRun.page_check`)."""
     from playwright.sync_api import TimeoutError as PWTimeout
 
     page = browser.new_page(viewport={"width": width, "height": height})
@@ -219,7 +224,8 @@ def run_notebook(browser: Any, lab: Lab, name: str, n_code: int, *, width: int =
     page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
     page.add_init_script(path=str(PAGE_PROBE_JS))
     try:
-        page.goto(f"{lab.base}/lab/tree/{name}?token={lab.token}",
+        # ?reset: a fresh workspace, so a notebook opened by an earlier page is not restored
+        page.goto(f"{lab.base}/lab/tree/{name}?reset&token={lab.token}",
                   wait_until="domcontentloaded")
         page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
         lab.kernel_connected(name)
@@ -258,6 +264,7 @@ def run_notebook(browser: Any, lab: Lab, name: str, n_code: int, *, width: int =
         live = page.evaluate("() => window.__tricklesLive || {frames: [], marks: [], views: {}}")
         plots = page.evaluate(PLOTS_JS)
         outputs = page.inner_text(".jp-Notebook")
+        checked = page.evaluate(page_check) if page_check else None
         if screenshot is not None:
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(screenshot), full_page=False)
@@ -265,7 +272,7 @@ def run_notebook(browser: Any, lab: Lab, name: str, n_code: int, *, width: int =
         page.close()
     return PageRun(name, seconds, ws["bytes"], ws["frames"], float(stall), live, plots, outputs,
                    errors, float(clicked), long_stalls, cell_times(messages),
-                   sum(m["type"] == "error" for _, m in messages))
+                   sum(m["type"] == "error" for _, m in messages), checked)
 
 
 def live_metrics(run: PageRun, view_kind: str = "dashboard",
@@ -312,6 +319,11 @@ def live_metrics(run: PageRun, view_kind: str = "dashboard",
         if cell and cell["end"] is not None:
             out["cell_done_after_transfer_s"] = (cell["end"] - wall_last) / 1e3
     return out
+
+
+def plain_tail(text: str, n: int = 3000) -> str:
+    """The end of the page's text without terminal colour codes (for assertion messages)."""
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)[-n:]
 
 
 def blank_panels(run: PageRun) -> list[dict[str, Any]]:
