@@ -268,13 +268,15 @@ def test_feed_accepts_json_lines_dicts(big_run):
 
 
 def test_finish_sends_the_builders_digest_and_the_transfer_span(big_run):
-    events = big_run[1][:4000]
+    events = big_run[1]
     dash = _recording()
     dash.feed_many(events)
     figs = dash.finish()
     final = dash.view.sent[-1][0]
     assert final["op"] == "final" and final["events"] == len(events)
     assert final["digest"] == {k: S.digest(f) for k, f in figs.items()}
+    # the page is checked against what the static builders draw from the event log
+    assert final["digest"] == {k: S.digest(L.static_figure(k, events)) for k in dash.kinds}
     assert final["collapse"] is False  # nothing displayed: no static copies to fold into
     packets = [e.t for e in events if e.kind in ("initial", "continue", "split", "retransmit",
                                                  "bootstrap", "request")]

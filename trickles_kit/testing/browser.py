@@ -149,6 +149,20 @@ class Lab:
             time.sleep(0.25)
         raise TimeoutError(f"no idle, connected kernel for {name} after {timeout} s")
 
+    def shutdown_kernels(self) -> int:
+        """End every session (and its kernel): the next notebook starts in a fresh one."""
+        n = 0
+        try:
+            sessions = _get(f"{self.base}/api/sessions", self.token)
+        except OSError:
+            return 0
+        for s in sessions:
+            req = urllib.request.Request(f"{self.base}/api/sessions/{s['id']}", method="DELETE",
+                                         headers={"Authorization": f"token {self.token}"})
+            with contextlib.suppress(OSError), urllib.request.urlopen(req, timeout=10):
+                n += 1
+        return n
+
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return

@@ -119,7 +119,7 @@ class LiveDashboard:
         self.drawn: Counter[str] = Counter()
         self.events: list[Event] = []
         self.ticks: list[Tick] = []
-        self.final_figures: dict[str, go.Figure] = {}
+        self.final_figures: dict[str, dict[str, Any]] = {}
         self._queue: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._received = 0
@@ -351,13 +351,30 @@ class LiveDashboard:
         ts = [e.t for e in self.events if e.kind in _PACKET_KINDS]
         return (min(ts), max(ts)) if ts else (None, None)
 
-    def finish(self, collapse: bool = False) -> dict[str, go.Figure]:
+    def final_figure(self, kind: str) -> dict[str, Any]:
+        """The panel as a plain plotly figure dict, from its accumulator: the builder's traces
+        (tests/test_live.py proves them equal) without plotly's validation of every point,
+        which costs seconds on a long run."""
+        p = self.panels[kind]
+        assert p.spec is not None
+        data = []
+        for t in p.spec.traces:
+            x, y, text = p.acc.series(t["name"])
+            if not (t["always"] or x):
+                continue
+            tr = dict(t["style"], x=list(x), y=list(y))
+            if text is not None:
+                tr["text"] = list(text)
+            data.append(tr)
+        return {"data": data, "layout": p.spec.layout}
+
+    def finish(self, collapse: bool = False) -> dict[str, dict[str, Any]]:
         """The run is over: draw what is queued, send the static builder's digest (the page
         draws every point and checks its last frame against it) and fill the static copies
         under the view (saved with the notebook; hidden while the live view shows). With
         `collapse` the live panels fold into one line after the check."""
         self.flush()
-        figs = {k: static_figure(k, self.events, self.bin_s) for k in self.kinds}
+        figs = {k: self.final_figure(k) for k in self.kinds}
         first, last = self.transfer_span()
         self.view.collapsed_html = f"The live view drew {len(self.events)} events."
         self.view.push({"op": "final", "digest": {k: digest(f) for k, f in figs.items()},

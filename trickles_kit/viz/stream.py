@@ -23,7 +23,7 @@ import html
 import json
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,12 +201,18 @@ def _column(values: Any) -> list:
     return [None if v is None or (isinstance(v, float) and v != v) else v for v in values]
 
 
-def digest(fig: go.Figure) -> dict[str, list[float]]:
+def _traces(fig: go.Figure | Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    if isinstance(fig, Mapping):
+        return [(t.get("name", ""), t.get("x"), t.get("y")) for t in fig.get("data", [])]
+    return [(t.name or "", t.x, t.y) for t in fig.data]
+
+
+def digest(fig: go.Figure | Mapping[str, Any]) -> dict[str, list[float]]:
     """Per trace name: [length, non-null x, sum x, non-null y, sum y] — what stream.js checks
-    its final frame against."""
+    its final frame against. `fig`: a plotly figure or its plain dict."""
     out: dict[str, list[float]] = {}
-    for t in fig.data:
-        xs, ys = _column(t.x), _column(t.y)
+    for name, x, y in _traces(fig):
+        xs, ys = _column(x), _column(y)
         fx = [float(v) for v in xs if v is not None]
         fy = [float(v) for v in ys if v is not None]
         s_x = 0.0
@@ -215,7 +221,7 @@ def digest(fig: go.Figure) -> dict[str, list[float]]:
         s_y = 0.0
         for v in fy:
             s_y += v
-        out[t.name or ""] = [len(xs), len(fx), s_x, len(fy), s_y]
+        out[name] = [len(xs), len(fx), s_x, len(fy), s_y]
     return out
 
 
@@ -242,7 +248,8 @@ _STATIC_JS = """<div class="trickles-static" id="%(id)s"></div>
 </script>"""
 
 
-def static_bundle(fig: go.Figure, live_uid: str = "", name: str = "") -> dict[str, Any]:
+def static_bundle(fig: go.Figure | Mapping[str, Any], live_uid: str = "",
+                  name: str = "") -> dict[str, Any]:
     """An ordinary output that keeps `fig` in the notebook file: HTML with the figure's JSON
     and a few lines of script. On the page that still shows the live view (`live_uid`) it
     hides itself — the live view already draws the same data, and a second plotly render
@@ -250,8 +257,14 @@ def static_bundle(fig: go.Figure, live_uid: str = "", name: str = "") -> dict[st
     by nbconvert, it draws with the page's plotly.js or loads it from the plotly CDN."""
     import plotly.offline
 
-    js = pio.to_json(fig, validate=False).replace("</", "<\\/")  # no early </script>
-    title = str(fig.layout.title.text or name or "the figure")
+    if isinstance(fig, Mapping):
+        js = json.dumps(fig, separators=(",", ":"), allow_nan=False)
+        title = str((fig.get("layout", {}).get("title") or {}).get("text") or name)
+    else:
+        js = pio.to_json(fig, validate=False)
+        title = str(fig.layout.title.text or name)
+    js = js.replace("</", "<\\/")  # no early </script>
+    title = title or "the figure"
     body = _STATIC_JS % {"id": f"tk-static-{live_uid or secrets.token_hex(4)}-{name}",
                          "uid": live_uid, "fig": js, "title": html.escape(title),
                          "version": plotly.offline.get_plotlyjs_version()}
