@@ -24,7 +24,7 @@ It measures and records; it never asserts. From the repository root:
     .venv/bin/python benchmarks/bench_notebooks.py --quick    # 2 + 2 runs, one 5 MB run
     .venv/bin/python benchmarks/bench_notebooks.py --record   # → benchmarks/results/
 
-The result goes to reports/notebooks_live.json (or --out); --record writes the committed
+The result goes to reports/benchmarks/notebooks_live.json (or --out); --record writes the committed
 benchmarks/results/notebooks_live.json instead.
 """
 
@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--big-runs", type=int, default=3, help="runs of 01 with --big-size")
     ap.add_argument("--big-size", type=int, default=20_000_000, help="bytes (default 20 MB)")
     ap.add_argument("--quick", action="store_true", help="2 runs each, one 5 MB run")
-    ap.add_argument("--out", type=Path, default=ROOT / "reports" / "notebooks_live.json")
+    ap.add_argument("--out", type=Path,
+                    default=ROOT / "reports" / "benchmarks" / "notebooks_live.json")
     ap.add_argument("--record", action="store_true",
                     help="write benchmarks/results/notebooks_live.json (the committed result)")
     ap.add_argument("--note", help="a note stored with the result")
