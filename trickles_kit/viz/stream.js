@@ -11,7 +11,12 @@ const STORES = new Map(); // uid -> store: initialize and render get different m
 // point and the last one): SVG costs one DOM node per marker, and a frame must stay short
 // enough to keep up. The store keeps every point; the final frame draws them all.
 const MAX_LIVE_MARKERS = 1500;
+const MAX_LIVE_LINE = 4000; // a line keeps its shape (per-bucket extremes), segments every k-th
+// The final frame draws every point; a trace longer than this draws with WebGL there (tens of
+// thousands of SVG nodes would block the page for seconds).
+const GL_FINAL_POINTS = 5000;
 const MIN_FRAME_GAP_MS = 60;
+const FINAL_DELAY_MS = 300;
 
 function registry() {
   const g = globalThis;
@@ -126,15 +131,52 @@ function checkDigest(store, digest) {
   return problems;
 }
 
-function traceFor(t, tr, decimate) {
+function strided(n, cap) {
+  // indices 0, k, 2k, ... and the last one: at most about `cap` of n
+  const step = Math.ceil(n / cap);
+  const idx = [];
+  for (let k = 0; k < n; k += step) idx.push(k);
+  if (idx[idx.length - 1] !== n - 1) idx.push(n - 1);
+  return idx;
+}
+
+function envelope(y, cap) {
+  // a line's shape with about `cap` points: per bucket its first, lowest, highest and last
+  const n = y.length, size = Math.ceil(n / (cap / 4)), idx = [];
+  for (let a = 0; a < n; a += size) {
+    const b = Math.min(n, a + size);
+    let lo = a, hi = a;
+    for (let k = a; k < b; k++) { if (y[k] < y[lo]) lo = k; if (y[k] > y[hi]) hi = k; }
+    for (const k of [a, lo, hi, b - 1].sort((p, q) => p - q)) {
+      if (idx[idx.length - 1] !== k) idx.push(k);
+    }
+  }
+  return idx;
+}
+
+function segments(x, cap) {
+  // a trace of separate segments (x0, x1, null)...: every k-th whole segment
+  const n = Math.floor(x.length / 3), step = Math.ceil(n / (cap / 3)), idx = [];
+  for (let s = 0; s < n; s += step) idx.push(3 * s, 3 * s + 1, 3 * s + 2);
+  return idx;
+}
+
+function traceFor(t, tr, live) {
+  // live: a frame while the transfer runs, drawn lighter; otherwise every point
   const out = Object.assign({}, t.style);
   let x = tr.x, y = tr.y, text = tr.text;
-  const markers = (t.style.mode || "").includes("markers") || t.style.type === "bar";
-  if (decimate && markers && x.length > MAX_LIVE_MARKERS) {
-    const step = Math.ceil(x.length / MAX_LIVE_MARKERS);
-    const keep = (a) => a.filter((_, k) => k % step === 0 || k === a.length - 1);
-    x = keep(x); y = keep(y); if (text) text = keep(text);
+  const mode = t.style.mode || "";
+  const markers = mode.includes("markers") || t.style.type === "bar";
+  let idx = null;
+  if (live && markers && x.length > MAX_LIVE_MARKERS) idx = strided(x.length, MAX_LIVE_MARKERS);
+  else if (live && mode === "lines" && x.length > MAX_LIVE_LINE) {
+    idx = x.length >= 3 && x[2] === null ? segments(x, MAX_LIVE_LINE) : envelope(y, MAX_LIVE_LINE);
   }
+  if (idx) {
+    const pick = (a) => idx.map((k) => a[k]);
+    x = pick(x); y = pick(y); if (text) text = pick(text);
+  }
+  if (!live && t.style.type === "scatter" && x.length > GL_FINAL_POINTS) out.type = "scattergl";
   out.x = x.slice(); out.y = y.slice();
   if (text) out.text = text.slice();
   out.visible = (t.always || tr.x.length) ? true : false;
@@ -322,7 +364,9 @@ function initialize({ model }) {
           store.collapsed = true; v.applyCollapse(); done();
         } else {
           v.afterDraw = done;
-          v.schedule(true);
+          // the full redraw can wait a moment: the kernel's next messages (the cell's end)
+          // are shown first, and the last live frame already shows the last packet
+          setTimeout(() => v.schedule(true), FINAL_DELAY_MS);
         }
       }
     }
@@ -330,3 +374,6 @@ function initialize({ model }) {
 }
 
 export default { initialize, render };
+
+// for tests (node): the pure parts of the page side
+export const internals = { applyData, checkDigest, strided, envelope, segments, traceFor };
