@@ -42,7 +42,8 @@ for (const [content, bufs] of rec.messages) {
   handlers["msg:custom"](content, views);
 }
 const { strided, envelope, segments } = mod.internals;
-const y = Array.from({ length: 100000 }, (_, k) => Math.sin(k / 500) * 50 + (k === 77777 ? 999 : 0));
+const y = Array.from({ length: 100000 },
+                     (_, k) => Math.sin(k / 500) * 50 + (k === 77777 ? 999 : 0));
 const env = envelope(y, 4000);
 const seg = Array.from({ length: 3000 }, (_, k) => (k % 3 === 2 ? null : k));
 const st = strided(10001, 1500);
