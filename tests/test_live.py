@@ -489,3 +489,21 @@ def test_replay_picks_about_25_goodput_bars(small_run):
     rd = L.ReplayDashboard(cap)
     span = rd.slider.max - rd.slider.min
     assert 10 <= span / rd.dashboard.bin_s <= 50
+
+
+def test_saved_copies_are_thinned_past_5000_points(big_run):
+    dash = _recording(("cwnd", "tree", "timeseq"))
+    dash.draw(big_run[1])
+    for kind in dash.kinds:
+        full = dash.final_figure(kind)
+        saved = S.thin(full)
+        for a, b in zip(full["data"], saved["data"], strict=True):
+            n = len(a["x"])
+            if n <= 5000:
+                assert b is a  # untouched
+                continue
+            assert len(b["x"]) <= 5100 and b["name"].endswith(f"of {n:,} points)")
+            assert b["x"][-1] == a["x"][-1]  # the last point is always there
+            if a.get("mode") == "lines" and a["x"][2] is not None:  # a line keeps its extremes
+                ys = [v for v in a["y"] if v is not None]
+                assert max(b["y"]) == max(ys) and min(b["y"]) == min(ys)

@@ -56,6 +56,7 @@ from trickles_kit.viz.stream import (
     digest,
     plotly_output,
     static_bundle,
+    thin,
 )
 
 __all__ = [
@@ -381,7 +382,7 @@ class LiveDashboard:
                         "events": len(self.events), "t_first": first, "t_last": last,
                         "collapse": collapse})
         for h, (kind, fig) in zip(self._outputs, figs.items(), strict=False):
-            h.update(static_bundle(fig, self.view.uid, kind), raw=True)
+            h.update(static_bundle(thin(fig), self.view.uid, kind), raw=True)
         self.final_figures = figs
         return figs
 
