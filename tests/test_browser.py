@@ -94,8 +94,9 @@ STEP_JS = """() => {
         return {left: r.left, right: r.right, width: r.width, panelRight: panel.right}; };
     const cells = (t) => t ? [...t.querySelectorAll('tr')].map(
         tr => [...tr.querySelectorAll('td,th')].map(c => c.innerText.trim())) : [];
+    const status = document.querySelector('.trickles-live-status');
     return {cont: seen(cont), nonce: seen(nonce), contRows: cells(cont),
-            nonceRows: cells(nonce)};
+            nonceRows: cells(nonce), status: status ? status.textContent : ''};
 }"""
 
 
@@ -113,8 +114,9 @@ def test_tour_streams_live_under_run_all(lab) -> None:
     live = [p for p in run.plots if p["live"]]
     assert {p["kind"] for p in live} == {"cwnd", "tree", "timeseq", "goodput"}
     assert all(p["points"] > 0 and not p["hidden"] for p in live), live
-    # the step-through at 1280 px with the file browser open: every field, every column
     step = run.page_check
+    assert "every point drawn equals the event log" in step["status"], step["status"]
+    # the step-through at 1280 px with the file browser open: every field, every column
     fields = [r[0] for r in step["contRows"][1:]]
     for f in ("type", "seq", "first_child", "client_state", "parent", "client_timestamp",
               "timestamp", "mrtt", "state", "first_loss", "first_bootstrap_seq", "start_cwnd",

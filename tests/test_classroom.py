@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -230,3 +231,21 @@ def test_every_notebook_says_what_needs_root() -> None:
         assert "**Privileges:**" in head, f"{path.name}: the first cell names its privileges"
         if key in NO_ROOT:
             assert "**Privileges:** none" in head, path.name
+
+
+def test_repo2docker_setup_and_docs() -> None:
+    """docs/classroom.md's image: postBuild runs (executable, valid bash, installs the checkout
+    editable), apt.txt holds package names only, the README links the page, and the page quotes
+    the banners the notebooks really show."""
+    post = ROOT / "postBuild"
+    assert os.access(post, os.X_OK) and post.read_text().startswith("#!/bin/bash\n")
+    assert subprocess.run(["bash", "-n", str(post)]).returncode == 0
+    assert "pip install --no-deps --no-cache-dir -e ." in post.read_text()
+    packages = [ln.partition("#")[0].strip() for ln in (ROOT / "apt.txt").read_text().splitlines()]
+    assert [p for p in packages if p] and all(re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", p)
+                                              for p in packages if p)
+    assert "python=3.11" in (ROOT / "environment.yml").read_text()
+    assert "(docs/classroom.md)" in (ROOT / "README.md").read_text()
+    page = (ROOT / "docs" / "classroom.md").read_text()
+    for needles in BANNERS.values():
+        assert needles[0] in page, f"docs/classroom.md does not quote {needles[0]!r}"

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from trickles_kit.net.ip import PROTO_TCP, PROTO_TRICKLES
@@ -147,6 +148,22 @@ def _fail(cmd: str, err: BaseException) -> int:
     return 2
 
 
+def shutdown_line(c: Mapping[str, int]) -> str:
+    """`trickles serve`'s last line, from the engine's counters alone: N requests = every
+    datagram that reached the service (the engine's `rx` plus those the loops dropped before
+    it and reported with `note_drop`), M packets sent, D dropped with every reason. The first
+    three numbers keep their old places: scripts parse them."""
+    reasons = sorted((k[5:], v) for k, v in c.items() if k.startswith("drop.") and v)
+    early = sum(v for k, v in reasons if k in EARLY_DROPS)
+    why = f" ({', '.join(f'{k} {v}' for k, v in reasons)})" if reasons else ""
+    return (f"trickles serve: stopped; {c.get('rx', 0) + early} requests, "
+            f"{c.get('tx', 0)} packets, {c.get('drop', 0)} dropped{why}")
+
+
+# drop reasons the loops report before a datagram reaches the engine (not in its `rx`)
+EARLY_DROPS = frozenset(("injected", "syn_shed"))
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from trickles_kit.apps.web import WebServer
     from trickles_kit.core.server import ServerConfig, ServerEngine
@@ -196,6 +213,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except ValueError as e:
             tr.close()
             return _fail("serve", e)
+        import time
+
+        lossy.on_drop = lambda _seg, _ip: engine.note_drop("injected", time.time())
     try:
         loop = ServerLoop(engine, tr, pw, delay=args.delay)
     except ValueError as e:
@@ -229,9 +249,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if engine.last_error:
             print(f"trickles serve: {c['handler_error']} handler error(s); the last one:\n"
                   f"{engine.last_error}", file=sys.stderr)
-        injected = f", {lossy.dropped} dropped on purpose (--drop/--drop-at)" if lossy else ""
-        print(f"trickles serve: stopped; {c['rx']} requests, {c['tx']} packets, "
-              f"{c['drop']} dropped{injected}", flush=True)
+        print(shutdown_line(c), flush=True)
     return 0
 
 

@@ -16,8 +16,10 @@ Packets
   exception. An IP-253 datagram that does not parse is kept as a flagged row.
 * **Direction** (request = client to service, response = service to client), first rule that
   applies: (1) ``service_port`` when given: a segment to it is a request, from it a response;
-  (2) otherwise the service ports learned from the SYNs seen so far in the capture (the
-  destination port of a SYN without ACK, the source port of a SYN-ACK); (3) otherwise the
+  (2) otherwise the service ports learned from the SYNs seen so far in the capture, by the
+  segment's role rather than its flags (a client may send SYN or SYN|ACK): a SYN whose Trickles
+  option value is 0 is a request, so its destination port is the service's; one with a header
+  length is the server's answer, so its source port is; (3) otherwise the
   payload shape: the Trickles option's value is the response header length in responses and 0 in
   requests, and when the payload does not decode that way the other direction is tried.
 * **Rows** hold the TCP header fields, the request type, every continuation field (the
@@ -115,7 +117,7 @@ from trickles_kit.wire.messages import (
     decode_request,
     decode_response,
 )
-from trickles_kit.wire.segment import ACK, FIN, SYN, decode_segment
+from trickles_kit.wire.segment import FIN, SYN, decode_segment
 
 __all__ = ["Capture", "PacketRow", "decode_pcap", "derive_events", "PANDAS_HINT"]
 
@@ -606,7 +608,9 @@ def _decode_rows(spans: Iterable[tuple], service_port: int | None,
                     ok = cksum_ok(d, b, p0, end, seglen)
                 err = None if ok else "decode.checksum"
             if flags & SYN:
-                syn_ports.add(sport if flags & ACK else dport)
+                # the role, not the flags, says which end is the service: a request carries
+                # option value 0, an answer its header length (a client may send SYN|ACK)
+                syn_ports.add(dport if tlen == 0 else sport)
             nm = names.get(addrs)
             if nm is None:
                 nm = _names(names, addrs)
@@ -1201,7 +1205,7 @@ def derive_events(rows: list[PacketRow], secret: bytes | None = None, config=Non
         rtype = REQ_SLOWSTART if row.req_type == "SLOWSTART" else (
             REQ_FIN if row.req_type == "FIN" else 0)
         tag = rtype
-        if rtype == REQ_SLOWSTART:  # the engine's key: the continuation's age bucket
+        if rtype in (REQ_SLOWSTART, REQ_FIN):  # the engine's key: the continuation's age bucket
             tag |= (slowstart_age_bucket(_age_ms(row), bucket * 1000) & 0xFFFFFF) << 8
         rkey = int.from_bytes(row.mac[:8], "big") ^ (tag << 32)
         prev = history.get(rkey)

@@ -58,12 +58,19 @@ class ClientConfig:
     # pairs (FULL2 + PAIR), and HASHED answers / COMPACT requests
     paired: bool = False
     hashed: bool = False
+    # empty requests in a row once every byte is asked for (tail probes): their packets keep
+    # the ack clock running past the last data packets, so a lost one is found by FACK; every
+    # further continuation is held until a loss gives it bytes to ask (docs/protocol.md §4.6)
+    tail_probes: int = 2
+    fin_tries: int = 4  # FIN requests before the client calls the connection closed anyway
 
     def __post_init__(self) -> None:
         if not 0 < self.min_rto <= self.initial_rto <= self.max_rto:
             raise ValueError("need 0 < min_rto <= initial_rto <= max_rto")
         if not 1 <= self.max_sacks <= 64 or self.dupthresh < 1:
             raise ValueError("max_sacks must be in 1..64 and dupthresh >= 1")
+        if not 0 <= self.tail_probes <= 64 or not 1 <= self.fin_tries <= 16:
+            raise ValueError("tail_probes must be in 0..64 and fin_tries in 1..16")
 
 
 class _Expect:
@@ -142,7 +149,9 @@ class ClientEngine:
         self._timer: float | None = None
         self._reo: float | None = None  # end of the reordering window for an undecided hole
         self._timeouts_in_row = 0
+        self._probes = 0  # empty requests sent since the last one that asked for bytes
         self._fin_tries = 0
+        self._fin_bucket = -1  # the latest age bucket the server may have filed our FIN in
         self._syn_time = 0.0
         self._syn_range: tuple[int, int] | None = None
         self._preds = dl.Predictions() if self.cfg.hashed else None
@@ -188,17 +197,40 @@ class ClientEngine:
             raise ValueError("lanes must be disjoint, non-empty slices of [0, 2^32)")
         self._lanes = [[s, e] for s, e in spans]
 
+    def set_total(self, total: int, now: float) -> None:
+        """The response stream's length, learned by the application before any FINHINT (an
+        HTTP Content-Length): no byte at or past it is asked for. As with FINHINT the least
+        length wins. Without it the client asks past the end until the packet carrying the
+        last byte arrives — about one window of answers with nothing in them."""
+        if total < 0:
+            raise ValueError("total must be >= 0")
+        self._set_total(total)
+        if self.done and self.phase == "established":
+            self.phase = "done"
+            self._timer = None
+            self._event(ev.DONE, now, bytes=self.total)
+
     def close(self, now: float) -> None:
-        """Tear down: a FIN request (the server keeps nothing to free; this tells the app)."""
+        """Tear down: a FIN request (the server keeps nothing to free; this tells the app).
+
+        Retries go on the same continuation (after the last byte no new one comes). The server
+        answers one FIN per continuation per age bucket (docs/protocol.md §5.3), so a retry
+        waits until the continuation's age has left the bucket of the previous try.
+        """
         if self.phase in ("closed", "failed", "idle"):
             return
         if self._spare is None:
             self.phase = "closed"
             return
         self.phase = "fin_sent"
+        wait = self._bucket_wait(self._fin_bucket, now)
+        if wait > 0:  # this try would be a replay of the last one: wait for the next bucket
+            self._timer = now + wait
+            return
         self._fin_tries += 1
+        self._fin_bucket = self._age_bucket(now)
         self._send_request(REQ_FIN, self._spare, [], [], now, flags=FIN | ACK)
-        self._timer = now + self.rto
+        self._timer = now + min(self.rto * (1 << min(self._fin_tries - 1, 6)), self.cfg.max_rto)
 
     def read(self) -> bytes:
         """In-order response bytes that arrived since the last read."""
@@ -427,9 +459,11 @@ class ClientEngine:
         return True
 
     def _settle(self, exp: _Expect) -> None:
-        """Bytes an arrived packet should have carried but did not become missing."""
+        """Bytes an arrived packet should have carried but did not become missing (never
+        bytes at or past a known end: asking for them again would only fetch a FINHINT)."""
+        top = self.total if self.total is not None else 1 << 32
         for s, e in exp.ranges:
-            for gs, ge in self._received.gaps(s, e):
+            for gs, ge in self._received.gaps(s, min(e, top)):
                 self._missing.add(gs, ge)
 
     def _detect_losses(self, now: float) -> None:
@@ -457,21 +491,33 @@ class ClientEngine:
                 self._settle(exp)
 
     # ------------------------------------------------------------------ sending
-    def _has_work(self) -> bool:
-        return not self.done
+    def _can_ask(self) -> bool:
+        """Whether a request now would name any byte: a missing one or one never asked."""
+        if self._missing:
+            return True
+        top = self.total if self.total is not None else 1 << 32
+        if not self._lanes:
+            return self._unreceived(self._next_new, top, 1) is not None
+        return any(self._unreceived(lane[0], min(lane[1], top), 1) is not None
+                   for lane in self._lanes)
 
     def _pump(self, now: float) -> None:
-        """Use every ready continuation, in packet order, unless a hole below it is undecided."""
+        """Use the ready continuations, in packet order, unless a hole below one is undecided.
+
+        Once every byte is asked for, only `tail_probes` empty requests go out in a row; the
+        other continuations are held (unused, still valid) until a loss gives them bytes to ask.
+        """
         if self.phase != "established":
             return
         ready = self._ready
+        probes = self.cfg.tail_probes
         while ready:
             pkt = ready[0][0]
             if self._pending_below(pkt):
                 break
+            if self._probes >= probes and not self._can_ask():
+                break  # nothing to ask: hold the rest
             _, _, cont = heapq.heappop(ready)
-            if not self._has_work():
-                continue
             self._request_for(cont, now)
 
     def _pending_below(self, pkt: int) -> bool:
@@ -565,6 +611,11 @@ class ClientEngine:
     def _launch(self, rtype: int, cont: Continuation, blocks: list[tuple[int, int]],
                 plan: pl.Plan, now: float) -> None:
         ranges = self._assign(len(plan.slots))
+        if ranges:
+            self._probes = 0
+        elif plan.slots:
+            self._probes += 1
+            self.counters["tail_probes"] += 1
         newest = max((s.pkt for s in plan.slots if s.kind != pl.RETRANSMIT), default=cont.seq)
         for i, s in enumerate(plan.slots):
             rng = [ranges[i]] if i < len(ranges) else []
@@ -638,10 +689,10 @@ class ClientEngine:
             self._send_syn(now)
             return
         if self.phase == "fin_sent":
-            if self._fin_tries >= 3 or self._spare is None:
+            if self._fin_tries >= self.cfg.fin_tries or self._spare is None:
                 self.phase = "closed"
                 return
-            self.phase = "established"
+            self.counters["fin_retries"] += 1
             self.close(now)
             return
         if self.phase != "established":
@@ -669,21 +720,32 @@ class ClientEngine:
         """
         if self._ss_spare is None or self._ss_spare is not self._spare:
             return 0.0
+        return self._bucket_wait(self._ss_bucket, now)
+
+    def _bucket_wait(self, bucket: int, now: float) -> float:
+        """Seconds until the spare's age (here, a lower bound of the server's) leaves `bucket`."""
+        if bucket < 0:
+            return 0.0
         unit = self.cfg.slowstart_bucket * 1000
         age = (now - self._spare_rx) * 1000
-        if slowstart_age_bucket(age, unit) > self._ss_bucket:
+        if slowstart_age_bucket(age, unit) > bucket:
             return 0.0
-        return (slowstart_bucket_end(self._ss_bucket, unit) - age) / 1000 + 0.001
+        return (slowstart_bucket_end(bucket, unit) - age) / 1000 + 0.001
+
+    def _age_bucket(self, now: float) -> int:
+        """The latest age bucket the server may file a request on the spare sent now under:
+        its age there exceeds ours by the path delay, bounded by a smoothed RTT."""
+        slack = min(self._srtt if self._srtt is not None else 0.1, 1.0)
+        return slowstart_age_bucket((now - self._spare_rx + slack) * 1000,
+                                    self.cfg.slowstart_bucket * 1000)
 
     def _slowstart(self, now: float) -> None:
         cont = self._spare
         assert cont is not None
         # the server's age of `cont` exceeds ours by the path delay: file this SLOWSTART in
         # the bucket of our age plus a smoothed RTT, so the next one is surely past it
-        slack = min(self._srtt if self._srtt is not None else 0.1, 1.0)
         self._ss_spare = cont
-        self._ss_bucket = slowstart_age_bucket((now - self._spare_rx + slack) * 1000,
-                                               self.cfg.slowstart_bucket * 1000)
+        self._ss_bucket = self._age_bucket(now)
         blocks = self._proof(cont)
         if self._spare_stale:  # only PAIR packets of the new epoch came: the old spare cannot
             r0 = self._ss_right  # claim them (their nonces belong to the new epoch)

@@ -181,6 +181,12 @@ class ServerEngine:
                 e.detail[key] = val
         self.on_event(e)
 
+    def note_drop(self, reason: str, now: float) -> None:
+        """Count a datagram dropped before it reached `receive` (a runt, another port, a loss
+        injected on purpose, a shed SYN): the loops call this so that every drop, wherever it
+        happens, is a counter `drop.<reason>` and a `drop` event like the engine's own."""
+        self._drop(reason, now)
+
     def _drop(self, reason: str, now: float, kind: str = ev.DROP,
               cont: Continuation | None = None) -> list[bytes]:
         self.counters["drop"] += 1
@@ -300,9 +306,11 @@ class ServerEngine:
             # a timeout fires at least one minimum RTO after the newest packet arrived: a
             # younger continuation is a client choosing SLOWSTART to skip a window halving
             return self._drop("early_slowstart", now, cont=cont)
-        if rtype == REQ_SLOWSTART:
+        if rtype in (REQ_SLOWSTART, REQ_FIN):
             # an honest client times out with backed-off RTOs, so the ages of its continuation
-            # at successive SLOWSTARTs fall in distinct buckets (see slowstart_age_bucket)
+            # at successive SLOWSTARTs fall in distinct buckets (see slowstart_age_bucket); a
+            # FIN is retried on the same continuation (after the last byte no new one comes),
+            # so its retries are told apart the same way: one FIN answer per age bucket
             tag |= (slowstart_age_bucket(age, cfg.slowstart_bucket * 1000) & 0xFFFFFF) << 8
         k = cont.seq
         cid = cont.conn_id

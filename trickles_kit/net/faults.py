@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from trickles_kit.net.transport import Transport
@@ -129,6 +129,9 @@ class LossyTransport:
         self.pattern = DropPattern(drop_at, loss if seed is not None else 0.0, seed)
         self._port = None if port is None else port.to_bytes(2, "big")
         self.dropped = 0
+        # told of each dropped (segment, source IP): `trickles serve` makes every injected
+        # loss a counted drop and an event of the engine's (reason "injected")
+        self.on_drop: Callable[[bytes, bytes], None] | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -145,6 +148,12 @@ class LossyTransport:
         batch = self.inner.recv_batch(limit)
         if not (self.loss or self.pattern):
             return batch
-        keep = [d for d in batch if not self._drop(d[0], d[1])]
-        self.dropped += len(batch) - len(keep)
+        keep = []
+        for d in batch:
+            if not self._drop(d[0], d[1]):
+                keep.append(d)
+            else:
+                self.dropped += 1
+                if self.on_drop is not None:
+                    self.on_drop(d[0], d[1])
         return keep

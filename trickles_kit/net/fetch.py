@@ -72,11 +72,16 @@ class HttpBody:
         self.status = 0
         self.headers: dict[str, str] = {}
         self.body_bytes = 0
+        self.stream_pos = 0  # response stream bytes seen so far
         self.sha = hashlib.sha256()
         self.in_body = False
         self.dechunker = None
+        # told the stream's length (header + Content-Length) as soon as the header is in:
+        # `fetch` passes it to the engine, which then never asks for bytes past the end
+        self.on_length: Callable[[int], None] | None = None
 
     def __call__(self, data: bytes) -> None:
+        self.stream_pos += len(data)
         if not self.in_body:
             self._head += data
             end = self._head.find(b"\r\n\r\n")
@@ -86,6 +91,7 @@ class HttpBody:
                 return
             head = bytes(self._head[:end]).decode("iso-8859-1").split("\r\n")
             data = bytes(self._head[end + 4 :])
+            head_len = self.stream_pos - len(self._head) + end + 4
             self._head.clear()
             self.in_body = True
             try:
@@ -99,6 +105,8 @@ class HttpBody:
                 from trickles_kit.apps.dynamic import Dechunker  # /dyn: length known at the end
 
                 self.dechunker = Dechunker(self._body)
+            elif self.on_length is not None and self.headers.get("content-length", "").isdigit():
+                self.on_length(head_len + int(self.headers["content-length"]))
         if data:
             if self.dechunker is not None:
                 self.dechunker(data)
@@ -186,6 +194,8 @@ def fetch(url: str, out: str | None = None, transport: str = "udp",
         t0 = time.monotonic()
         try:
             conn = ch.open(request, body)
+            eng = conn.engine
+            body.on_length = lambda n: eng.set_total(n, ch.clock())
             prog = _Progress(conn, progress)
             finished = ch.run_until(lambda: conn.finished is not None, timeout, prog)
             prog.finish()

@@ -94,12 +94,14 @@ class ServerLoop:
         syns = 0
         for seg, src_ip, peer in batch:
             if seg[2:4] != port:  # another service on this address (raw sockets see it all)
-                self.not_ours += 1
+                self.not_ours += 1  # (or a runt): the engine's drop, a counter and an event
+                eng.receive(seg, src_ip, self.clock())
                 continue
             if len(seg) > 13 and seg[13] & 0x12 == 0x02:  # SYN without ACK: a new connection
                 syns += 1
                 if syns > self.syns_per_batch:  # shed SYNs, not established trickles
                     self.syns_shed += 1
+                    eng.note_drop("syn_shed", self.clock())
                     continue
             now = self.clock()
             if pcap is not None:
@@ -147,7 +149,7 @@ class ServerLoop:
                 handled = self.step(wait, sel)
                 if self._held:
                     self.release()
-                if not handled and not self._held and idle is not None:
+                if not handled and idle is not None:  # (also while answers are held: --delay)
                     idle()
         finally:
             sel.close()

@@ -277,7 +277,7 @@ def run_notebook(browser: Any, lab: Lab, name: str, n_code: int, *, width: int =
         long_stalls = page.evaluate("() => window.__tkStall.long")
         live = page.evaluate("() => window.__tricklesLive || {frames: [], marks: [], views: {}}")
         plots = page.evaluate(PLOTS_JS)
-        outputs = page.inner_text(".jp-Notebook")
+        outputs = page.text_content(".jp-Notebook") or ""  # offscreen cells too
         checked = page.evaluate(page_check) if page_check else None
         if screenshot is not None:
             screenshot.parent.mkdir(parents=True, exist_ok=True)

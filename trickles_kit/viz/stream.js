@@ -208,8 +208,13 @@ function render({ model, el }) {
 
   const showText = () => {
     banner.innerHTML = model.get("banner_html") || "";
-    status.innerHTML = model.get("status_html") || "";
+    const f = store.final;
+    const verdict = !f ? "" : f.match
+      ? " · <b style='color:#2ca02c'>✔ every point drawn equals the event log</b>"
+      : " · <b style='color:#d62728'>✘ drawn points differ from the event log</b>";
+    status.innerHTML = (model.get("status_html") || "") + verdict;
   };
+  view.showText = showText;
   showText();
   model.on("change:status_html", showText);
   model.on("change:banner_html", showText);
@@ -328,8 +333,8 @@ function initialize({ model }) {
     if (msg.op === "data") {
       applyData(store, msg, buffers);
       if (store.phase === "final" || store.collapsed) {  // a replay moved on: live again
-        store.phase = "live"; store.collapsed = false;
-        for (const v of store.views) v.applyCollapse();
+        store.phase = "live"; store.collapsed = false; store.final = null;
+        for (const v of store.views) { v.applyCollapse(); v.showText(); }
       }
       if (store.phase === "waiting") store.phase = "live";
       for (const v of store.views) { v.root.dataset.phase = store.phase; v.schedule(false); }
@@ -339,7 +344,9 @@ function initialize({ model }) {
         panel.version++;
       }
       store.tHi = null; store.final = null; store.phase = "waiting"; store.collapsed = false;
-      for (const v of store.views) { v.applyCollapse(); delete v.root.dataset.finalMatch; v.schedule(false); }
+      for (const v of store.views) {
+        v.applyCollapse(); delete v.root.dataset.finalMatch; v.showText(); v.schedule(false);
+      }
     } else if (msg.op === "mark") {
       r.marks.push(Object.assign({}, msg, { op: undefined, wall: Date.now(), model: uid,
                                              tHiReceived: store.tHi }));
@@ -353,6 +360,7 @@ function initialize({ model }) {
       for (const v of store.views) {
         v.root.dataset.phase = "final";
         v.root.dataset.finalMatch = String(store.final.match);
+        v.showText();
         if (problems.length) v.root.dataset.finalProblems = problems.slice(0, 5).join("; ");
         const done = () => {
           r.marks.push({ wall: Date.now(), model: uid, what: "final-drawn",
