@@ -57,10 +57,12 @@ $(LABSTAMP): pyproject.toml | $(VPY)
 
 # The main job: JupyterLab at the tour (127.0.0.1 only; the URL with its token is printed).
 # As root (the live runs of 06 and 07 need it) JupyterLab refuses to start without --allow-root.
+# LAB_ARGS: more JupyterLab options, e.g. make lab LAB_ARGS=--ServerApp.port=8890
 lab: lab-venv
 	@allow=; if [ "$$(id -u)" = 0 ]; then allow=--allow-root; \
 	    echo "make lab: running as root, passing --allow-root to JupyterLab"; fi; \
-	exec $(VENV)/bin/jupyter lab $$allow --ServerApp.ip=127.0.0.1 --no-browser notebooks/01-tour.ipynb
+	exec $(VENV)/bin/jupyter lab $$allow --ServerApp.ip=127.0.0.1 --no-browser $(LAB_ARGS) \
+	    notebooks/01-tour.ipynb
 
 # The tour's steps headless: a live transfer, its figures in reports/demo.html.
 demo: lab-venv
