@@ -138,7 +138,11 @@ def test_async_twenty_concurrent_opens_byte_exact(gen_server: Server) -> None:
             results = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(20))), 20)
             for i, (digest, size) in enumerate(results):
                 assert digest == generated_sha256(size, 100 + i), i
-            assert host.counters["unknown_port"] == 0
+            # every datagram found its connection; the only strays allowed are answers to FIN
+            # retries sent before the first answer came (under load the RTO can be shorter than
+            # the answer's delay): since FIN retries are answered (docs/protocol.md §9.3), such an
+            # answer reaches a connection already closed and forgotten — at most 3 per connection
+            assert host.counters["unknown_port"] <= 3 * 20
             # read(-1): the whole stream at once; read(n) never returns more than n
             resp = await host.open(gen_request(1_000_000, 9))
             first = await resp.read(1000)

@@ -102,7 +102,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "by default an answer carries one only when it changes)")
     s.add_argument("--delta", action="store_true",
                    help="delta-encoded continuations for clients that ask (paired acks, HASHED "
-                        "answers, COMPACT requests; docs/protocol.md §10.2)")
+                        "answers, COMPACT requests; docs/protocol.md §14.3)")
     s.add_argument("--no-dyn", action="store_true",
                    help="disable the /dyn route (dynamic content in reserved ranges + SKIP)")
     s.add_argument("--no-parallel", action="store_true",
@@ -131,7 +131,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--json", action="store_true", help="print the result as JSON")
     f.add_argument("--delta", choices=("off", "pairs", "hash", "both"), default="off",
                    help="ask for delta-encoded continuations (the server needs --delta; "
-                        "docs/protocol.md §10.2)")
+                        "docs/protocol.md §14.3)")
     f.set_defaults(func=cmd_fetch)
 
 

@@ -1004,7 +1004,7 @@ def _request_row(head: tuple, d: bytes, p: int, e: int, err: str | None, src_b: 
 def _request_row_slow(head, d, p, e, err, src_b, dst_b, verifier) -> PacketRow:
     payload = bytes(d[p:e])
     try:
-        if payload and payload[0] & 0xC0:  # delta-encoding flags (docs/protocol.md §10.2)
+        if payload and payload[0] & 0xC0:  # delta-encoding flags (docs/protocol.md §14.3)
             # read it as a server with the option on would: flags off, a COMPACT form expanded
             # (its key epoch is the current or previous one; the capture's clock gives which)
             epoch_s = verifier.keys.epoch_seconds if verifier else _default_config().epoch_seconds

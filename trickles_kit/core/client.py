@@ -54,13 +54,13 @@ class ClientConfig:
     slowstart_bucket: float = 0.1
     max_gap: int = pl.MAX_GAP
     syn_data: bool = True  # send the request bytes (and a padded SYN) in the SYN
-    # delta encoding (docs/protocol.md §10.2), used only if the server agrees: delayed-ack
+    # delta encoding (docs/protocol.md §14.3), used only if the server agrees: delayed-ack
     # pairs (FULL2 + PAIR), and HASHED answers / COMPACT requests
     paired: bool = False
     hashed: bool = False
     # empty requests in a row once every byte is asked for (tail probes): their packets keep
     # the ack clock running past the last data packets, so a lost one is found by FACK; every
-    # further continuation is held until a loss gives it bytes to ask (docs/protocol.md §4.6)
+    # further continuation is held until a loss gives it bytes to ask (docs/protocol.md §8.5)
     tail_probes: int = 2
     fin_tries: int = 4  # FIN requests before the client calls the connection closed anyway
 
@@ -214,7 +214,7 @@ class ClientEngine:
         """Tear down: a FIN request (the server keeps nothing to free; this tells the app).
 
         Retries go on the same continuation (after the last byte no new one comes). The server
-        answers one FIN per continuation per age bucket (docs/protocol.md §5.3), so a retry
+        answers one FIN per continuation per age bucket (docs/protocol.md §9.3), so a retry
         waits until the continuation's age has left the bucket of the previous try.
         """
         if self.phase in ("closed", "failed", "idle"):
@@ -228,7 +228,7 @@ class ClientEngine:
             self._timer = now + wait
             return
         self._fin_tries += 1
-        self._fin_bucket = self._age_bucket(now)
+        self._fin_bucket = self._spare_age_bucket(now)
         self._send_request(REQ_FIN, self._spare, [], [], now, flags=FIN | ACK)
         self._timer = now + min(self.rto * (1 << min(self._fin_tries - 1, 6)), self.cfg.max_rto)
 
@@ -329,6 +329,7 @@ class ClientEngine:
         if seg.flags & FIN and self.phase == "fin_sent" and not resp.chunks:  # the FIN answer
             self.phase = "closed"
             self._timer = None
+            self.counters["fin_answered"] += 1
             return
         progress = self._take_chunks(resp.chunks, now)
         if seg.flags & SYN and self._syn_range is not None:
@@ -491,6 +492,9 @@ class ClientEngine:
                 self._settle(exp)
 
     # ------------------------------------------------------------------ sending
+    def _has_work(self) -> bool:
+        return not self.done
+
     def _can_ask(self) -> bool:
         """Whether a request now would name any byte: a missing one or one never asked."""
         if self._missing:
@@ -732,7 +736,7 @@ class ClientEngine:
             return 0.0
         return (slowstart_bucket_end(bucket, unit) - age) / 1000 + 0.001
 
-    def _age_bucket(self, now: float) -> int:
+    def _spare_age_bucket(self, now: float) -> int:
         """The latest age bucket the server may file a request on the spare sent now under:
         its age there exceeds ours by the path delay, bounded by a smoothed RTT."""
         slack = min(self._srtt if self._srtt is not None else 0.1, 1.0)
@@ -745,7 +749,7 @@ class ClientEngine:
         # the server's age of `cont` exceeds ours by the path delay: file this SLOWSTART in
         # the bucket of our age plus a smoothed RTT, so the next one is surely past it
         self._ss_spare = cont
-        self._ss_bucket = self._age_bucket(now)
+        self._ss_bucket = self._spare_age_bucket(now)
         blocks = self._proof(cont)
         if self._spare_stale:  # only PAIR packets of the new epoch came: the old spare cannot
             r0 = self._ss_right  # claim them (their nonces belong to the new epoch)

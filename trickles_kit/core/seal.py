@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import os
 import struct
+from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -50,11 +51,14 @@ def verify(keys: KeyRing, pseudo: bytes, raw: bytes, epoch: int) -> bool:
 class UcontBox:
     """AES-GCM sealing for user continuations that hold secrets (full 16-byte tag)."""
 
-    def __init__(self, keys: KeyRing) -> None:
+    def __init__(self, keys: KeyRing, nonce_source: Callable[[int], bytes] = os.urandom) -> None:
         self._aead = AESGCM(keys.ucont_key)
+        # random 12-byte nonces; the protocol's test vectors pass a fixed source so that their
+        # bytes are reproducible (never do that on a live server: a repeated nonce breaks GCM)
+        self._nonce = nonce_source
 
     def seal(self, plaintext: bytes, conn_id: int) -> bytes:
-        nonce = os.urandom(12)
+        nonce = self._nonce(12)
         return nonce + self._aead.encrypt(nonce, plaintext, conn_id.to_bytes(8, "big"))
 
     def open(self, sealed: bytes, conn_id: int) -> bytes | None:

@@ -70,7 +70,7 @@ class ServerConfig:
     epoch_seconds: float = 60.0
     max_seals: int = 1 << 23
     amplification: int = 3  # bytes out per byte in before an address is validated
-    delta: bool = False  # delta-encoded continuations on request (docs/protocol.md §10.2)
+    delta: bool = False  # delta-encoded continuations on request (docs/protocol.md §14.3)
     # resend the user continuation the request carried in every answer (the old wire); off, an
     # answer carries a user continuation only when it differs: the client keeps the one it has
     echo_ucont: bool = False
@@ -256,6 +256,8 @@ class ServerEngine:
         if len(out) > limit and (slot.data or slot.finhint is not None or slot.skips):
             # anti-amplification: an unvalidated address gets the handshake but not the data
             self.counters["amplification_trim"] += 1
+            self._event(ev.DROP, now, cont, reason="amplification_trim", pkt=base - 1,
+                        bytes=len(slot.data), limit=limit)
             slot.data, slot.fin, slot.finhint, slot.skips = b"", False, None, []
             out = self._emit_one(cont, slot, 1, 0, pseudo, b"", cip, cport, SYN | ACK, 0)
         if len(out) > limit:  # the client must pad its SYN; we never amplify more than 3x

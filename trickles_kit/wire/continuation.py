@@ -25,7 +25,7 @@ slice so the MAC input is two slices of the wire bytes — no re-encoding on ver
      59   16  mac             keyed BLAKE2s-128 (see core.seal)
     ---- FULL ends here (75 bytes) ----
 
-Delta encoding (an option, off by default; `wire.delta`, docs/protocol.md §10.2) adds three
+Delta encoding (an option, off by default; `wire.delta`, docs/protocol.md §14.3) adds three
 forms: PAIR (type 3, the MINIMAL layout on the first packet of a delayed-ack pair), HASHED
 (type 4, 24 bytes, server -> client) and COMPACT (type 5, client -> server only).
 """

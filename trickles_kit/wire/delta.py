@@ -1,4 +1,4 @@
-"""Delta-encoded continuations: the byte layouts of the compressed forms (docs/protocol.md §10.2).
+"""Delta-encoded continuations: the byte layouts of the compressed forms (docs/protocol.md §14.3).
 
 Three forms, all off by default and switched on per connection by flag bits in the request type
 byte (a server without the option strips the bits and answers in the plain format):
