@@ -12,6 +12,7 @@ import html
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 ORANGE = "padding:10px 14px;border-left:6px solid #ff7f0e;background:#fff4e5"
 GREEN = "padding:6px 10px;border-left:4px solid #2ca02c;background:#eef8ee"
@@ -54,14 +55,23 @@ class RootBanner:
                 f"<b>{html.escape(self.headline())}</b><br>{body}</div>")
 
 
-def setup_banner(transports: Iterable[str]) -> RootBanner:
-    """Notebook 00: what missing privileges change in the labs that follow (`transports`: the
-    socket transports `doctor.core_ready` found usable; "raw" means this kernel may)."""
+def setup_banner(checks: Iterable[Any]) -> RootBanner:
+    """Notebook 00: what this kernel's privileges change in the labs that follow, from
+    `doctor.run_doctor()`'s checks (raw IP-253 sockets for 01, namespaces for 06 and 07)."""
+    ok = {c.name: bool(c.ok) for c in checks}
+    missing, instead = [], []
+    if not ok.get("raw socket, IP protocol 253"):
+        missing.append("raw IP sockets (the real wire in 01)")
+        instead.append("UDP on 127.0.0.1 in 01")
+    if not ok.get("network namespaces"):
+        missing.append("network namespaces (the live runs of 06 and 07)")
+        instead.append("the committed results in 06 and 07")
+    if not missing:
+        return RootBanner("raw IP sockets (01) and network namespaces (06, 07)", "", live=True)
     return RootBanner(
-        needs="raw IP sockets (the real wire in 01) and network namespaces (the live runs of "
-              "06 and 07)",
-        instead="UDP on 127.0.0.1 in 01 and the committed results in 06 and 07; the simulator, "
-                "the captures and every other lab need no privileges",
-        live="raw" in set(transports), off="No raw sockets for this kernel",
-        how="For the real wire, start Jupyter as root (sudo .venv/bin/jupyter lab --allow-root "
-            "notebooks/).")
+        needs=" and ".join(missing),
+        instead=" and ".join(instead) + "; the simulator, the captures and every other lab "
+                "need no privileges",
+        live=False, off="Root, but this machine refuses part of it",
+        how="For the live parts, start Jupyter as root (sudo .venv/bin/jupyter lab --allow-root "
+            "notebooks/); `trickles doctor` says what is missing.")
