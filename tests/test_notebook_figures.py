@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import shutil
 import statistics
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_notebooks import _need  # the same skip-or-fail rule for lab packages
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -28,15 +28,6 @@ RUNS = {  # notebook -> (small parameters, the number of figures it draws)
     "09-compressed-continuations": ({"SIZE": 200_000}, 2),
 }
 CELL_TIMEOUT = 300
-
-
-def _need(module: str) -> None:
-    try:
-        __import__(module)
-    except ImportError:
-        if os.environ.get("CI") == "true":
-            raise
-        pytest.skip(f"{module} is missing: make lab-venv (pip install -e '.[lab]')")
 
 
 def _run(name: str, params: dict[str, object], work: Path) -> Any:
