@@ -12,7 +12,9 @@ API in the style of aioquic: `connect`, `receive(segment, now)`, `datagrams_to_s
 
 from __future__ import annotations
 
+import hashlib
 import heapq
+import os
 from collections import Counter
 from dataclasses import dataclass
 
@@ -63,6 +65,10 @@ class ClientConfig:
     # further continuation is held until a loss gives it bytes to ask (docs/protocol.md §8.5)
     tail_probes: int = 2
     fin_tries: int = 4  # FIN requests before the client calls the connection closed anyway
+    # flow control: response bytes held (unread by the application, or out of order) plus
+    # bytes asked and not yet arrived never exceed this; nothing outside it is asked for or
+    # kept, so a server (honest or not) cannot make the client hold more (docs §8.7)
+    window: int = 8 << 20
 
     def __post_init__(self) -> None:
         if not 0 < self.min_rto <= self.initial_rto <= self.max_rto:
@@ -71,6 +77,13 @@ class ClientConfig:
             raise ValueError("max_sacks must be in 1..64 and dupthresh >= 1")
         if not 0 <= self.tail_probes <= 64 or not 1 <= self.fin_tries <= 16:
             raise ValueError("tail_probes must be in 0..64 and fin_tries in 1..16")
+        if not 2 * self.mss <= self.window <= 1 << 31:
+            raise ValueError("window must be in [2 * mss, 2^31] bytes")
+
+    @property
+    def max_islands(self) -> int:
+        """Out-of-order runs the client keeps: one per packet of a full window, plus slack."""
+        return self.window // max(self.mss, 1) + 64
 
 
 class _Expect:
@@ -93,6 +106,7 @@ class ClientEngine:
         config: ClientConfig | None = None,
         isn: int = 0,
         on_event: ev.EventSink | None = None,
+        echo_key: bytes | None = None,
     ) -> None:
         if len(local_ip) != 4 or len(server_ip) != 4:
             raise ValueError("addresses must be packed IPv4 (4 bytes)")
@@ -104,7 +118,12 @@ class ClientEngine:
         self.counters: Counter[str] = Counter()
         self.phase = "idle"  # idle|syn_sent|established|done|fin_sent|closed|failed
         self.conn_id = 0
-        self.client_state = 0
+        self.client_state = 0  # the timeout epoch (internal; the wire carries its echo token)
+        # the echo tokens (docs §6.1, §15): 64 unpredictable bits per timeout epoch that every
+        # answer must carry back in clientState|parent; an off-path host cannot guess them
+        self._echo_key = echo_key if echo_key is not None else os.urandom(16)
+        self._tokens: dict[int, int] = {}  # wire token -> epoch, the last ECHO_EPOCHS epochs
+        self._add_token(0)
         self._req_seq = self.isn
         self._request_bytes = b""
         self._outbox: list[bytes] = []
@@ -136,7 +155,11 @@ class ClientEngine:
         self._next_new = 0
         self._lanes: list[list[int]] = []  # parallel requests: [next, end) per reserved slice
         self._lane_turn = 0
-        self._pieces: dict[int, bytes] = {}
+        self._pieces: dict[int, bytearray] = {}  # out-of-order runs, merged: start -> bytes
+        self._piece_end: dict[int, int] = {}  # end -> start of each run
+        self._want = RangeSet()  # bytes asked for and not received yet
+        self._want_bytes = 0
+        self._held = 0  # bytes in _pieces and _app: out of order, or unread
         self._deliver = 0
         self._skips = RangeSet()
         self._app = bytearray()
@@ -232,11 +255,29 @@ class ClientEngine:
         self._send_request(REQ_FIN, self._spare, [], [], now, flags=FIN | ACK)
         self._timer = now + min(self.rto * (1 << min(self._fin_tries - 1, 6)), self.cfg.max_rto)
 
-    def read(self) -> bytes:
-        """In-order response bytes that arrived since the last read."""
+    def read(self, now: float | None = None) -> bytes:
+        """In-order response bytes that arrived since the last read. With `now`, the window
+        this frees is used at once (held continuations ask for the next bytes)."""
         out = bytes(self._app)
         self._app.clear()
+        self._held -= len(out)
+        if now is not None and out and self.phase == "established":
+            self._pump(now)
         return out
+
+    @property
+    def unread(self) -> int:
+        """In-order bytes waiting for `read`."""
+        return len(self._app)
+
+    @property
+    def held_bytes(self) -> int:
+        """Response bytes the engine holds: unread, or out of order (at most the window)."""
+        return self._held
+
+    def credit(self) -> int:
+        """New bytes the window still lets the client ask for."""
+        return self.cfg.window - self._held - self._want_bytes
 
     def datagrams_to_send(self) -> list[bytes]:
         out, self._outbox = self._outbox, []
@@ -260,6 +301,39 @@ class ClientEngine:
                 e.detail[key] = val
         self.on_event(e)
 
+    def _drop(self, reason: str, now: float, **kw) -> None:
+        """A segment the client refuses: a counter `drop.<reason>` and a `drop` event."""
+        self.counters["drop"] += 1
+        self.counters["drop." + reason] += 1
+        self._event(ev.DROP, now, reason=reason, **kw)
+
+    ECHO_EPOCHS = 16  # timeout epochs whose late packets are still recognised (data only)
+
+    def _token(self, epoch: int) -> int:
+        d = hashlib.blake2b(epoch.to_bytes(4, "big"), key=self._echo_key, digest_size=8)
+        return int.from_bytes(d.digest(), "big")
+
+    def _add_token(self, epoch: int) -> None:
+        tok = self._token(epoch)
+        self._tokens[tok >> 32 if self.cfg.hashed else tok] = epoch
+        old = epoch - self.ECHO_EPOCHS
+        if old >= 0:
+            t = self._token(old)
+            self._tokens.pop(t >> 32 if self.cfg.hashed else t, None)
+
+    def _owned(self, now: float) -> tuple[int, int, int]:
+        """(clientState, parent, clientTimestamp) to send: the epoch's echo token (its high
+        half and the request counter with HASHED answers, which echo only `parent`), the clock."""
+        tok = self._token(self.client_state)
+        parent = self.counters["requests"] & _U32 if self.cfg.hashed else tok & _U32
+        return tok >> 32, parent, int(now * 1000) & _U32
+
+    def _echo_epoch(self, cont: Continuation) -> int | None:
+        """The timeout epoch whose token `cont` echoes, or None (not an answer to us)."""
+        if self.cfg.hashed:
+            return self._tokens.get(cont.client_state)
+        return self._tokens.get(cont.client_state << 32 | cont.parent)
+
     def _segment(self, payload: bytes, ack: int, flags: int) -> bytes:
         self._req_seq = (self._req_seq + 1) & _U32
         return encode_segment(
@@ -273,19 +347,22 @@ class ClientEngine:
     def _send_syn(self, now: float) -> None:
         ranges = [(0, self.cfg.mss)] if self.cfg.syn_data and self._request_bytes else []
         app = self._request_bytes if self.cfg.syn_data else b""
-        req = Request(REQ_SYN, None, [], b"", ranges, app)
+        # the SYN's ucont field starts with the client-owned values the handshake answer
+        # echoes (docs §9.2), then zeros: padding so the answer stays within 3x the SYN (a
+        # data answer is at most mss + 300 bytes, a bare handshake answer under 360)
+        owned = b"".join(v.to_bytes(4, "big") for v in self._owned(now))
+        req = Request(REQ_SYN, None, [], owned, ranges, app)
         payload = req.encode()
-        # pad (inside the ucont field, ignored on SYN) so the answer stays within 3x the SYN:
-        # a data answer is at most mss + 300 bytes, a bare handshake answer under 360
         answer = self.cfg.mss + 300 if ranges else 360
         need = answer // 3 + 1 - (len(payload) + 28)
         if need > 0:
-            req.ucont = b"\0" * need
+            req.ucont = owned + b"\0" * need
             payload = req.encode()
         self._syn_time = now
         if ranges:
             self._syn_range = ranges[0]
             self._next_new = max(self._next_new, ranges[0][1])
+            self._ask_bytes(*ranges[0])
         dflags = (FLAG_PAIRED if self.cfg.paired else 0) | (FLAG_HASHED if self.cfg.hashed else 0)
         if dflags:
             payload = flag_request(payload, dflags)
@@ -300,29 +377,36 @@ class ClientEngine:
         try:
             seg = decode_segment(segment, self.server_ip, self.local_ip)
             if seg.dst_port != self.local_port or seg.src_port != self.server_port:
-                self.counters["drop.port"] += 1
+                self._drop("port", now)
                 return
             resp = decode_response(seg.payload)
         except DecodeError as e:
-            self.counters["drop.decode." + e.reason] += 1
+            self._drop("decode." + e.reason, now)
             return
         cont: Continuation | None = resp.cont
         if cont.type == HASHED:  # rebuild it from what we predicted for that request
-            self._compact_ok = True
             cont = None if self._preds is None else self._preds.rebuild(
                 cont, seg.seq, resp.position, self.conn_id)
-            if cont is None:
+            if cont is None:  # not an answer to a request we made: nothing in it is trusted
                 self.counters["delta_unknown"] += 1
+                self._drop("echo", now, pkt=seg.seq)
+                return
+            self._compact_ok = True
+        epoch = self._echo_epoch(cont)
+        if epoch is None:  # no echo of our token: off-path injection (or a confused server)
+            self._drop("echo", now, pkt=seg.seq)
+            return
+        cont.client_state = epoch  # from here on, the internal timeout epoch
         if self.phase == "syn_sent":
-            if not seg.flags & SYN or cont is None or not cont.is_full:
-                self.counters["drop.not_synack"] += 1
+            if not seg.flags & SYN or not cont.is_full:
+                self._drop("not_synack", now, pkt=seg.seq)
                 return
             self.conn_id = cont.conn_id
             self.phase = "established"
             self.cwnd, self.ssthresh = cont.start_cwnd, cont.ssthresh
             self._sample_rtt(now - self._syn_time)
-        elif cont is not None and cont.is_full and cont.conn_id != self.conn_id:
-            self.counters["drop.conn_id"] += 1
+        elif cont.is_full and cont.conn_id != self.conn_id:
+            self._drop("conn_id", now, pkt=seg.seq)
             return
         if self.phase in ("closed", "failed", "idle"):
             return
@@ -339,9 +423,9 @@ class ClientEngine:
             self._syn_range = None
         if resp.ucont:
             self.ucont = resp.ucont
-        if cont is not None and cont.client_state == self.client_state:
+        if cont.client_state == self.client_state:
             progress |= self._on_packet(cont, resp.nonce, now)
-        elif cont is not None:
+        else:
             self.counters["stale_epoch_packet"] += 1
         if progress:
             self._backoff = 1
@@ -374,40 +458,90 @@ class ClientEngine:
         self.rto = min(max(self._srtt + 4 * self._rttvar, self.cfg.min_rto), self.cfg.max_rto)
 
     def _take_chunks(self, chunks: list, now: float) -> bool:
+        """Keep the bytes we asked for (within the window), below the stream's length."""
         got = False
         received = self._received
+        cap = self.cfg.max_islands
         for c in chunks:
             if isinstance(c, DataChunk):
-                end = c.byte_num + len(c.data)
+                start = c.byte_num
+                end = start + len(c.data)
                 if c.fin:
                     self._set_total(end)
-                for s, e in received.gaps(c.byte_num, end):
-                    self._pieces[s] = c.data[s - c.byte_num : e - c.byte_num]
+                for s, e in self._want.clip(start, end):
+                    if len(received) >= cap and not received.contains(s - 1):
+                        self.counters["drop.fragments"] += 1  # a new island past the cap
+                        continue
+                    self._store(s, c.data[s - start : e - start])
                     received.add(s, e)
                     got = True
+                if not got and c.data and received.gaps(start, end):
+                    self.counters["drop.unasked"] += 1  # bytes we never asked for
             elif isinstance(c, FinHint):
                 self._set_total(c.byte_num)
             elif isinstance(c, SkipChunk):
                 end = c.byte_num + c.length
+                if self.total is not None:
+                    end = min(end, self.total)
                 for s, e in received.gaps(c.byte_num, end):
+                    if len(received) >= cap and not received.contains(s - 1):
+                        self.counters["drop.fragments"] += 1
+                        continue
                     self._skips.add(s, e)
                     received.add(s, e)
+                    self._unask(s, e)
                     got = True
         if got:
             self._deliver_in_order(now)
         return got
 
+    def _ask_bytes(self, start: int, end: int) -> None:
+        """Record bytes named in a request: only these are accepted when they arrive."""
+        for s, e in self._received.gaps(start, end):
+            for gs, ge in self._want.gaps(s, e):
+                self._want_bytes += ge - gs
+            self._want.add(s, e)
+
+    def _unask(self, start: int, end: int) -> None:
+        for s, e in self._want.clip(start, end):
+            self._want_bytes -= e - s
+        self._want.remove(start, end)
+
+    def _store(self, start: int, data: bytes) -> None:
+        """Keep an out-of-order run, merged with its neighbours: memory stays one object per
+        island however small the chunks are."""
+        self._unask(start, start + len(data))
+        self._held += len(data)
+        left = self._piece_end.pop(start, None)
+        if left is not None:
+            buf = self._pieces[left]
+            buf += data
+        else:
+            left, buf = start, bytearray(data)
+            self._pieces[start] = buf
+        right = self._pieces.pop(start + len(data), None)
+        if right is not None:
+            del self._piece_end[start + len(data) + len(right)]
+            buf += right
+        self._piece_end[left + len(buf)] = left
+
     def _set_total(self, total: int) -> None:
         if self.total is None or total < self.total:
             self.total = total
             self._missing.remove_from(total)
+            self._unask(total, 1 << 33)
 
     def _deliver_in_order(self, now: float) -> None:
         pieces = self._pieces
         n0 = len(self._app)
-        while True:
+        top = self.total
+        while top is None or self._deliver < top:
             piece = pieces.pop(self._deliver, None)
             if piece is not None:
+                del self._piece_end[self._deliver + len(piece)]
+                if top is not None and self._deliver + len(piece) > top:  # past the stated end
+                    self._held -= self._deliver + len(piece) - top
+                    del piece[top - self._deliver :]
                 self._app += piece
                 self._deliver += len(piece)
                 continue
@@ -499,6 +633,8 @@ class ClientEngine:
         """Whether a request now would name any byte: a missing one or one never asked."""
         if self._missing:
             return True
+        if self.credit() <= 0:
+            return False  # the window is full: wait for the application to read
         top = self.total if self.total is not None else 1 << 32
         if not self._lanes:
             return self._unreceived(self._next_new, top, 1) is not None
@@ -571,12 +707,16 @@ class ClientEngine:
 
     def _new_range(self, mss: int) -> tuple[int, int] | None:
         """Bytes never asked for yet: from the one stream, or round-robin over the lanes."""
+        mss = min(mss, self.credit())
+        if mss <= 0:
+            return None
         top = self.total if self.total is not None else 1 << 32
         lanes = self._lanes
         if not lanes:
             rng = self._unreceived(self._next_new, top, mss)
             if rng is not None:
                 self._next_new = rng[1]
+                self._ask_bytes(*rng)  # counted at once: the next slot sees less credit
             return rng
         n = len(lanes)
         for _ in range(n):
@@ -585,6 +725,7 @@ class ClientEngine:
             rng = self._unreceived(lane[0], min(lane[1], top), mss)
             if rng is not None:
                 lane[0] = rng[1]
+                self._ask_bytes(*rng)
                 return rng
         return None
 
@@ -654,9 +795,9 @@ class ClientEngine:
                       ranges: list[tuple[int, int]], now: float, flags: int = ACK,
                       plan: pl.Plan | None = None) -> None:
         c = cont  # client-owned fields are ours to rewrite (they are outside the MAC)
-        c.client_state = self.client_state
-        c.parent = self.counters["requests"] & _U32
-        c.client_timestamp = int(now * 1000) & _U32
+        c.client_state, c.parent, c.client_timestamp = self._owned(now)
+        for s, e in ranges:  # only bytes named in a request are accepted when they arrive
+            self._ask_bytes(s, e)
         sacks = [SackBlock(lft, rgt, self._summary(lft, rgt)) for lft, rgt in blocks]
         app = self._request_bytes if not self.ucont else b""
         req = Request(rtype, c, sacks, self.ucont, ranges, app)
@@ -700,6 +841,11 @@ class ClientEngine:
             self.close(now)
             return
         if self.phase != "established":
+            return
+        if self._ready and not self._expected and not self._rtx and not self._can_ask():
+            # the window is full and nothing is outstanding: the application is slow, not
+            # the network; held continuations ask again when it reads (TCP's zero window)
+            self.counters["window_stall"] += 1
             return
         wait = self._slowstart_wait(now)
         if wait > 0:  # the server would refuse it as a replay: wait for the next age bucket
@@ -762,6 +908,7 @@ class ClientEngine:
                     srtt=self._srtt)
         # a new client epoch: everything outstanding is re-requested, numbers above right reused
         self.client_state = (self.client_state + 1) & _U32
+        self._add_token(self.client_state)
         for exp in list(self._expected.values()) + list(self._rtx.values()):
             self._settle(exp)
         self._expected.clear()

@@ -1,15 +1,19 @@
 """Replay history (PROTOCOL §7): bounded soft state that rejects a second use of a continuation.
 
 Keys are 64-bit integers the server derives from the continuation's MAC (unforgeable and unique
-per sealing), stamped with a time bucket: a continuation older than the freshness limit is
-rejected as stale anyway, so a slot whose stamp has expired is free again. The table is allocated
-once, at `max_entries` slots: memory is fixed, whatever the number of connections or the load;
-when a key's bucket is full of fresh keys the oldest is evicted early (counted). The history is
-soft state — a replica that restarts accepts one replay per continuation still fresh.
+per sealing), stamped with the continuation's seal time: a continuation older than the
+freshness limit is rejected as stale anyway, so a slot whose stamp has expired is free again. The
+table is allocated once, at `max_entries` slots: memory is fixed, whatever the number of
+connections or the load. When a row is full of fresh keys the one sealed first is evicted and the
+row's horizon rises to its seal time; continuations sealed at or before a horizon are refused, so
+no load makes a replay succeed. The history is soft state — a replica that restarts accepts one
+replay per continuation still fresh.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import struct
 from array import array
 
@@ -36,62 +40,96 @@ def slowstart_bucket_end(bucket: int, unit_ms: float = 100.0) -> float:
 
 
 class ReplayHistory:
-    """A fixed table of 64-bit keys in 16-slot buckets, each slot stamped with its time bucket.
+    """A fixed table of 64-bit keys in 16-slot rows, each slot stamped with the seal time of its
+    continuation, plus one horizon per row: safe at any load.
 
-    All memory is allocated up front (12 bytes a slot), so the server's footprint does not move
-    with the number of connections or with load: a new key takes the slot with the oldest stamp
-    in its bucket (empty slots are stamped 0), and only when all 16 still hold fresh keys is a
-    fresh one evicted early (counted in `evicted`; that continuation could then be replayed).
+    All memory is allocated up front (12 bytes a slot + 4 a row), so the server's footprint does
+    not move with the number of connections or with load. A key's row comes from a keyed hash
+    (a random per-table key): the key itself is on the wire (MAC bytes), so an unkeyed placement
+    would let an attacker fill a victim's row on purpose. When a row is full of fresh entries, the
+    entry sealed earliest is evicted and the row's horizon rises to its seal time; every
+    continuation sealed at or before the horizon is then refused (`refused`), so an evicted
+    continuation can never be replayed. Safety before liveness, as WireGuard's window: an honest
+    request refused this way recovers through the client's timeout. Size the table for
+    `max_entries >= 2 x peak requests per second x freshness` (docs/protocol.md §11.2).
     """
 
-    __slots__ = ("freshness", "max_entries", "width", "_nb", "_keys", "_stamps", "_count",
-                 "evicted")
+    __slots__ = ("freshness", "max_entries", "width", "_nb", "_keys", "_stamps", "_horizon",
+                 "_count", "_hkey", "_base", "evicted", "refused")
 
-    ENTRY_BYTES = 12  # an 8-byte key and a 4-byte time stamp per slot, allocated up front
-    BUCKETS = 12  # time buckets per freshness limit
-    WAYS = 16  # slots per hash bucket: at 50 % load a bucket overflows about once in 10^5
-    _LIVE = BUCKETS + 1  # a stamp this many time buckets old may still hold a fresh key
+    ENTRY_BYTES = 12  # an 8-byte key and a 4-byte seal stamp per slot, allocated up front
+    WAYS = 16  # slots per row: at 50 % load a row overflows about once in 10^5
+    TICK = 0.01  # seal stamps in 10 ms ticks (u32: 497 days from the table's start)
     _ROW = struct.Struct(f"={WAYS}Q")  # native order: reads the arrays in place
     _STAMPS = struct.Struct(f"={WAYS}I")
 
-    def __init__(self, freshness: float = 120.0, max_entries: int = 1 << 20) -> None:
+    def __init__(self, freshness: float = 120.0, max_entries: int = 1 << 20,
+                 hash_key: bytes | None = None) -> None:
         if freshness <= 0 or max_entries < 1:
             raise ValueError("freshness and max_entries must be positive")
         self.freshness = freshness
         self._nb = -(-max_entries // self.WAYS)
         self.max_entries = self._nb * self.WAYS
-        self.width = freshness / self.BUCKETS
+        self.width = self.TICK
         self._keys = array("Q", bytes(8 * self.max_entries))
-        self._stamps = array("I", bytes(4 * self.max_entries))
+        self._stamps = array("I", bytes(4 * self.max_entries))  # 0 marks an empty slot
+        self._horizon = array("I", bytes(4 * self._nb))
+        self._hkey = hash_key if hash_key is not None else os.urandom(16)
+        self._base: float | None = None  # the tick origin, set by the first call
         self._count = 0  # slots ever filled (the table never shrinks)
-        self.evicted = 0
+        self.evicted = 0  # fresh entries pushed out early (each raised a horizon)
+        self.refused = 0  # continuations refused because they were sealed at or below a horizon
 
     def __len__(self) -> int:
         return self._count
 
     def memory_bound_bytes(self) -> int:
-        return self.max_entries * self.ENTRY_BYTES + 4096  # + the objects around the arrays
+        return self.max_entries * self.ENTRY_BYTES + self._nb * 4 + 4096  # + the objects
 
-    def check_and_add(self, key: int, now: float) -> bool:
-        """True if `key` is new (and records it); False if seen within the freshness limit."""
+    def row(self, key: int) -> int:
+        """The row of `key`: a keyed hash, so nobody without the table's key can aim a row."""
+        h = hashlib.blake2b(key.to_bytes(8, "little"), key=self._hkey, digest_size=8).digest()
+        return int.from_bytes(h, "little") % self._nb
+
+    def _tick(self, t: float) -> int:
+        if self._base is None:  # leave room below for continuations sealed before the start
+            self._base = t - 2 * self.freshness - 10.0
+        return min(max(int((t - self._base) / self.TICK) + 1, 1), 0xFFFFFFFF)
+
+    def check_and_add(self, key: int, now: float, sealed: float | None = None) -> bool:
+        """True if `key` is new (and records it); False if it may have been seen before.
+
+        `sealed` is when the continuation was sealed (server clock; defaults to `now`). False
+        means: recorded within the freshness limit, or sealed at or before the row's horizon.
+        """
         w = self.WAYS
-        b = (key % self._nb) * w
-        row = self._ROW.unpack_from(self._keys, b * 8)
-        cur = int(now // self.width) + 1  # 0 marks an empty slot
+        r = self.row(key)
+        b = r * w
         stamps = self._stamps
+        cur = self._tick(now)
+        seal = self._tick(now if sealed is None else sealed)
+        live = cur - int(self.freshness / self.TICK) - 2  # older seals are stale: slot is free
+        row = self._ROW.unpack_from(self._keys, b * 8)
         if key in row:
             i = b + row.index(key)
-            if stamps[i] and stamps[i] >= cur - self._LIVE:
+            if stamps[i] and stamps[i] >= live:
                 return False
-            stamps[i] = cur  # the same key long expired: a stale continuation, refused elsewhere
+            stamps[i] = seal  # the same key long expired: a stale continuation, refused elsewhere
             return True
-        bucket = self._STAMPS.unpack_from(stamps, b * 4)
-        oldest = min(bucket)
-        i = b + bucket.index(oldest)
+        if seal <= self._horizon[r]:
+            self.refused += 1
+            return False
+        st = self._STAMPS.unpack_from(stamps, b * 4)
+        oldest = min(st)
+        i = b + st.index(oldest)
         if not oldest:
             self._count += 1
-        elif oldest >= cur - self._LIVE:
+        elif oldest >= live:  # a full row of fresh entries: evict the one sealed first
             self.evicted += 1
+            if seal <= oldest:  # the newcomer is the oldest: accept it, keep the others
+                self._horizon[r] = max(self._horizon[r], seal)
+                return True
+            self._horizon[r] = max(self._horizon[r], oldest)
         self._keys[i] = key
-        stamps[i] = cur
+        stamps[i] = seal
         return True

@@ -238,8 +238,13 @@ class ServerEngine:
                 digest_size=8,
             ).digest(), "big")
         base = 1
+        # the client-owned values are the first 12 bytes of the SYN's ucont field (zeros when
+        # shorter): echoed like any request's, so the client can tell its own handshake answer
+        # from a forged one (docs §9.2); nothing is stored
+        owned = req.ucont[:12].ljust(12, b"\0")
+        cs, parent, cts = struct.unpack("!III", owned)
         cont = Continuation(
-            FULL2 if dflags & FLAG_PAIRED else FULL1, base - 1, 1, 0, 0, 0,
+            FULL2 if dflags & FLAG_PAIRED else FULL1, base - 1, 1, cs, parent, cts,
             int(now * 1000) & _U32, 0, NORMAL, 0, 0,
             cfg.initial_cwnd, cfg.initial_ssthresh, base, conn_id, self.keys.sealing_epoch(now),
         )
@@ -319,8 +324,13 @@ class ServerEngine:
         # one use per sealed continuation: its verified MAC names it (connId, packet number,
         # timestamp, type, epoch...) in 64 unforgeable bits; the tag adds the request type
         key = int.from_bytes(raw[59:67], "big") ^ (tag << 32)
-        if not self.replay.check_and_add(key, now):
-            return self._drop("replay", now, ev.REPLAY_DROP, cont)
+        sealed = now - (age - (1 << 32) if age >= 1 << 31 else age) / 1000
+        refused = self.replay.refused
+        if not self.replay.check_and_add(key, now, sealed):
+            # at or below a row's horizon (the table overflowed): maybe never seen, but it
+            # cannot be told from a replay of an evicted entry, so it is refused (docs §11.2)
+            why = "replay_horizon" if self.replay.refused > refused else "replay"
+            return self._drop(why, now, ev.REPLAY_DROP, cont)
         if rtype == REQ_FIN:
             return self._fin(req, cont, cip, cport, pseudo, now)
         plan = dl.plan_for(cont.type, k, cont.tcp_base, cont.start_cwnd, cont.ssthresh,

@@ -30,6 +30,7 @@ SECRET = bytes(range(32))
 CLIENT_IP, CLIENT_PORT = "10.1.0.2", 40000
 SERVICE_IP, SERVICE_PORT = "10.0.0.1", 80
 ISN = 0x01020304
+ECHO_KEY = bytes(range(0x20, 0x30))  # the client's echo-token key (os.urandom in real use)
 T0 = 120.0  # s: key epoch 2 with 60-second epochs
 DELAY = 0.010  # s, one way
 MSS = 256
@@ -78,7 +79,8 @@ def run_connection() -> list[Exchange]:
     server = ServerEngine(SECRET, web, sip, SERVICE_PORT, ServerConfig(mss=MSS))
     web.attach(server)
     web._box = UcontBox(server.keys, _counter_nonces())  # reproducible seals (vectors only)
-    client = ClientEngine(cip, CLIENT_PORT, sip, SERVICE_PORT, ClientConfig(mss=MSS), isn=ISN)
+    client = ClientEngine(cip, CLIENT_PORT, sip, SERVICE_PORT, ClientConfig(mss=MSS), isn=ISN,
+                          echo_key=ECHO_KEY)
     queue: list[tuple[float, int, str, bytes]] = []
     order = [0]
     out: list[Exchange] = []

@@ -38,6 +38,9 @@ _FIRST_PORT_LO, _FIRST_PORT_HI = 20000, 60000
 # Request bytes that safely fit one datagram (UDP or raw IPv4) with the SYN's or a REQUEST's
 # headers: the request rides in the SYN and is repeated until the server's ucont comes back.
 MAX_REQUEST = 60000
+# flow control: a response buffers at most this much for its reader; beyond it the bytes stay
+# in the engine, whose window (ClientConfig.window) then stops asking the server for more
+READ_BUFFER = 256 * 1024
 
 
 def random_first_port() -> int:
@@ -86,6 +89,7 @@ class AsyncResponse:
         self._error: BaseException | None = None
         self._closed = False  # close() was called: reads return b""
         self._closing = False  # a FIN is outstanding
+        self._all = False  # a read(-1) waits for the whole stream: buffer it all
 
     # ------------------------------------------------------------------ state
     @property
@@ -152,7 +156,18 @@ class AsyncResponse:
             w.set_result(None)
 
     # ------------------------------------------------------------------ reading
+    def _accepts(self) -> bool:
+        return self._buffered < READ_BUFFER or self._all
+
+
     def _take(self, n: int) -> bytes:
+        out = self._take_buf(n)
+        conn = self._conn
+        if conn is not None and not self._closed and self._buffered < READ_BUFFER:
+            self._host._resume(conn)  # room again: pull from the engine, which asks for more
+        return out
+
+    def _take_buf(self, n: int) -> bytes:
         if n < 0 or n >= self._buffered:
             out = b"".join(self._buf)
             self._buf.clear()
@@ -190,6 +205,9 @@ class AsyncResponse:
         """
         if n == 0:
             return b""
+        if n < 0 and not self._all and self._conn is not None:
+            self._all = True  # the caller asked for everything: stop applying back-pressure
+            self._host._resume(self._conn)
         while True:
             if self._closed:
                 return b""
@@ -303,6 +321,7 @@ class AsyncClientHost:
             raise RuntimeError("AsyncClientHost used from a second event loop")
         resp = AsyncResponse(self)
         conn = self._h.open(bytes(request), resp._feed)
+        conn.accepts = resp._accepts
         resp._conn = conn
         self._responses[conn.engine.local_port] = resp
         self._round()
@@ -317,6 +336,13 @@ class AsyncClientHost:
             return
         self._h.dispatch(batch)
         self._h._fire_timers()
+        self._round()
+
+    def _resume(self, conn: Connection) -> None:
+        """A reader took bytes: hand over what the engine holds (the window reopens)."""
+        if self._closed:
+            return
+        self._h.resume(conn)
         self._round()
 
     def _on_timer(self) -> None:

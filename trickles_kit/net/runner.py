@@ -169,6 +169,9 @@ class Connection:
     received: int = 0
     finished: float | None = None
     chunks: list[bytes] = field(default_factory=list)
+    # flow control: when set and False, the host leaves the bytes in the engine (whose window
+    # then fills and stops asking) until the consumer calls ClientHost.resume
+    accepts: Callable[[], bool] | None = None
 
     @property
     def done(self) -> bool:
@@ -227,6 +230,12 @@ class ClientHost:
     def _service(self, port: int, conn: Connection) -> None:
         eng = conn.engine
         tr = self.transport
+        if conn.accepts is None or conn.accepts():  # (reading frees window: before sending)
+            data = eng.read(self.clock())
+            if data:
+                conn.received += len(data)
+                if conn.sink is not None:
+                    conn.sink(data)
         out = eng.datagrams_to_send()
         if out:
             now = time.time()
@@ -235,17 +244,17 @@ class ClientHost:
                 if self.pcap is not None:
                     self.pcap.log(now, tr.local_ip, self.server_ip, seg, tr.ip_proto,
                                   tr.udp_ports(self.peer, True))
-        data = eng.read()
-        if data:
-            conn.received += len(data)
-            if conn.sink is not None:
-                conn.sink(data)
-        if conn.finished is None and (eng.done or eng.phase == "failed"):
+        if conn.finished is None and (eng.done or eng.phase == "failed") and not eng.unread:
             conn.finished = self.clock()
         t = eng.get_timer()
         if t is not None and (conn.timer_at is None or t < conn.timer_at):
             conn.timer_at = t
             heapq.heappush(self._timers, (t, port))
+
+    def resume(self, conn: Connection) -> None:
+        """The consumer took bytes: move what the engine holds and let it ask for more."""
+        if self.conns.get(conn.engine.local_port) is conn:
+            self._service(conn.engine.local_port, conn)
 
     def _fire_timers(self) -> None:
         now = self.clock()
@@ -274,6 +283,10 @@ class ClientHost:
         tr = self.transport
         pcap = self.pcap
         for seg, src_ip, peer in batch:
+            if src_ip != self.server_ip or peer != self.peer:
+                # not from the address we talk to (over UDP: the server's UDP address too)
+                self._drop_source(src_ip, peer)
+                continue
             conn = self.conns.get(int.from_bytes(seg[2:4], "big")) if len(seg) >= 4 else None
             if conn is None:
                 self.counters["unknown_port"] += 1
@@ -283,6 +296,14 @@ class ClientHost:
                          tr.udp_ports(peer, False))
             conn.engine.receive(seg, self.clock())
             self._service(conn.engine.local_port, conn)
+
+    def _drop_source(self, src_ip: bytes, peer: Any) -> None:
+        self.counters["drop"] = self.counters.get("drop", 0) + 1
+        self.counters["drop.source"] = self.counters.get("drop.source", 0) + 1
+        if self.on_event is not None:
+            src = peer if isinstance(peer, tuple) else ".".join(map(str, src_ip))
+            self.on_event(Event("drop", self.clock(), "client",
+                                detail={"reason": "source", "from": str(src)}))
 
     def run_until(self, done: Callable[[], bool], timeout: float | None = None,
                   progress: Callable[[], None] | None = None) -> bool:

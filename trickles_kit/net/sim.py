@@ -251,6 +251,13 @@ class SimNetwork:
                    for s in self.clients.values())
 
 
+def sim_echo_key(isn: int) -> bytes:
+    """A simulated client's echo-token key, derived from its (seeded) ISN: simulations stay
+    reproducible. Real clients draw theirs from os.urandom (ClientEngine's default)."""
+    return hashlib.blake2b(isn.to_bytes(4, "big"), person=b"trickles-simecho",
+                           digest_size=16).digest()
+
+
 def client_address(i: int) -> tuple[bytes, int]:
     """Distinct simulated client endpoints: 10.1.x.y (y in 2..251), port 40000 + i % 20000."""
     return socket.inet_aton(f"10.1.{(i // 250) & 255}.{i % 250 + 2}"), 40000 + (i % 20000)
@@ -343,8 +350,9 @@ def simulate_transfer(
     net = SimNetwork(sim, server, down or LinkConfig(loss=loss), up or LinkConfig(loss=loss), pw)
     net.server_drop = server_drop
     ip, port = client_address(0)
+    isn = sim.rng.getrandbits(32)
     client = ClientEngine(ip, port, SimNetwork.SERVER_IP, SimNetwork.SERVER_PORT, client_config,
-                          isn=sim.rng.getrandbits(32), on_event=on_event)
+                          isn=isn, on_event=on_event, echo_key=sim_echo_key(isn))
     net.add_client(client, request)
     t0 = time.perf_counter()
     try:

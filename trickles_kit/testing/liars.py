@@ -70,7 +70,14 @@ from trickles_kit.core.client import ClientConfig, ClientEngine
 from trickles_kit.core.events import EventSink
 from trickles_kit.core.ranges import RangeSet
 from trickles_kit.core.server import ServerConfig, ServerEngine
-from trickles_kit.net.sim import Link, LinkConfig, SimNetwork, Simulator, client_address
+from trickles_kit.net.sim import (
+    Link,
+    LinkConfig,
+    SimNetwork,
+    Simulator,
+    client_address,
+    sim_echo_key,
+)
 from trickles_kit.wire.continuation import MINIMAL, Continuation
 from trickles_kit.wire.messages import REQ_NORMAL, REQ_SLOWSTART, REQ_SYN, Request, SackBlock
 from trickles_kit.wire.segment import ACK
@@ -338,6 +345,12 @@ class NonceOracleLiar(ClientEngine):
         self._used: set[tuple[int, int]] = set()  # (seq, SLOWSTART age bucket) already used
         self._epoch_base = 1
 
+    def _echo_epoch(self, cont: Continuation) -> int | None:
+        """Oracle answers echo the token's high half and the oracle tag (not the low half)."""
+        if cont.parent & 0xFFFF0000 == ORACLE_TAG and not self.cfg.hashed:
+            return self.client_state if cont.client_state == self._owned(0.0)[0] else None
+        return super()._echo_epoch(cont)
+
     def _on_packet(self, cont: Continuation, nonce: int, now: float) -> bool:
         if cont.parent & 0xFFFF0000 == ORACLE_TAG:
             if cont.type != MINIMAL and cont.seq not in self._learned:
@@ -403,7 +416,7 @@ class NonceOracleLiar(ClientEngine):
         self._asked[j] = self._asked[j + 1] = now
         self._used.add((best.seq, self._age_bucket(best, now)))
         c = replace(best)
-        c.client_state = self.client_state
+        c.client_state = self._owned(now)[0]  # the echo token's high half: answers pass
         c.parent = ORACLE_TAG | (self.counters["lie.oracle"] & 0xFFFF)
         c.client_timestamp = int(now * 1000) & _U32
         sacks = [SackBlock(lft, rgt, self._summary(lft, rgt)) for lft, rgt in blocks]
@@ -742,8 +755,9 @@ def run_client(
         link_factory(net)
     net.keep_data = True
     ip, port = client_address(0)
+    isn = sim.rng.getrandbits(32)
     client = engine_cls(ip, port, SimNetwork.SERVER_IP, SimNetwork.SERVER_PORT, client_config,
-                        isn=sim.rng.getrandbits(32), on_event=on_event, **engine_kwargs)
+                        isn=isn, on_event=on_event, echo_key=sim_echo_key(isn), **engine_kwargs)
     net.add_client(client, gen_request(size, seed))
     t0 = time.perf_counter()
     sim.run(until=time_limit, stop=net.all_finished)
