@@ -98,7 +98,12 @@ def one_run(lab: B.Lab, browser: Any, work: Path, src: str, tag: str,
             "ws_bytes": run.ws_bytes, "tab_stall_ms": round(run.stall_ms, 1),
             "blank_panels": len(B.blank_panels(run)), "error_outputs": run.error_outputs,
             "page_errors": run.errors[:3], **{k: v for k, v in m.items() if k != "found"},
-            "view_found": m.get("found", False)}
+            "view_found": m.get("found", False),
+            # where the time went (ms after Run All): stalls over 150 ms, and each cell's span
+            "stalls_ms": [[round(w - run.clicked_at), g] for w, g in run.stalls],
+            "cells_ms": [[c["code"][:40], round(c["start"] - run.clicked_at),
+                          None if c["end"] is None else round(c["end"] - run.clicked_at)]
+                         for c in run.cells]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -378,11 +378,13 @@ class LiveDashboard:
         figs = {k: self.final_figure(k) for k in self.kinds}
         first, last = self.transfer_span()
         self.view.collapsed_html = f"The live view drew {len(self.events)} events."
+        for h, (kind, fig) in zip(self._outputs, figs.items(), strict=False):
+            h.update(static_bundle(thin(fig), self.view.uid, kind), raw=True)
+        # last: the page starts its full redraw a moment after this, by when the cell's end
+        # (sent right after) has reached it
         self.view.push({"op": "final", "digest": {k: digest(f) for k, f in figs.items()},
                         "events": len(self.events), "t_first": first, "t_last": last,
                         "collapse": collapse})
-        for h, (kind, fig) in zip(self._outputs, figs.items(), strict=False):
-            h.update(static_bundle(thin(fig), self.view.uid, kind), raw=True)
         self.final_figures = figs
         return figs
 

@@ -16,7 +16,7 @@ const MAX_LIVE_LINE = 4000; // a line keeps its shape (per-bucket extremes), seg
 // thousands of SVG nodes would block the page for seconds).
 const GL_FINAL_POINTS = 5000;
 const MIN_FRAME_GAP_MS = 60;
-const FINAL_DELAY_MS = 300;
+const FINAL_DELAY_MS = 500;
 
 function registry() {
   const g = globalThis;
