@@ -4,15 +4,15 @@
   system tool, the lab packages) and the command that enables it. Outside CI a missing privilege
   or tool skips; with CI=true nothing skips (the tests themselves fail instead).
 * The run must not change the machine outside the checkout. The controller (not an xdist
-  worker) snapshots, at session start, the network namespaces, firewall rules (nft and
-  iptables) and the qdiscs of the interfaces that exist, and gives the run a temporary directory
-  of its own (TMPDIR). At session end anything new in the snapshot, an entry with our prefixes
-  (`tk-`, `trickles-`) still in that directory, or a process of this run still alive (trickles
-  serve/fetch, tcpdump, tshark, jupyter/ipykernel, chromium: found by an environment marker every
-  child inherits, so other programs' processes never count) fails the run with a list of what
-  is left; then the directory goes. Namespaces, rules and qdiscs have no owner: another run on
-  the same machine at the same time can show up here, and `TRICKLES_LEAK_CHECK=0` turns the
-  check off for such a machine.
+  worker) snapshots, at session start, the firewall rules (nft and iptables) and the qdiscs of
+  the interfaces that exist, and gives the run a temporary directory of its own (TMPDIR) with an
+  `ip` first on PATH that notes every namespace the run adds. At session end a new rule or qdisc,
+  a namespace the run added, an entry with our prefixes (`tk-`, `trickles-`) still in that
+  directory, or a process of this run still alive (trickles serve/fetch, tcpdump, tshark,
+  jupyter/ipykernel, chromium: found by an environment marker every child inherits) fails the
+  run with a list of what is left; then the directory goes. Only the firewall and qdisc
+  snapshots can see another program's changes (nothing says whose a rule is);
+  `TRICKLES_LEAK_CHECK=0` turns the whole check off.
 """
 
 from __future__ import annotations
@@ -159,9 +159,37 @@ def _our_processes() -> list[str]:
     return found
 
 
+def _ip_shim(tmp: Path) -> Path | None:
+    """A directory with an `ip` that notes each `ip netns add NAME` of this run in
+    `tmp/netns-added`, then runs the real one: at the end, a namespace of this run that still
+    exists is known by name, even while other runs create and delete theirs."""
+    real = shutil.which("ip") or shutil.which("ip", path="/usr/local/sbin:/usr/sbin:/sbin")
+    if real is None:
+        return None
+    bindir = tmp / ".bin"
+    bindir.mkdir()
+    shim = bindir / "ip"
+    shim.write_text(f"""#!/bin/sh
+[ "$1" = netns ] && [ "$2" = add ] && echo "$3" >> "{tmp / 'netns-added'}"
+exec "{real}" "$@"
+""")
+    shim.chmod(0o755)
+    return bindir
+
+
+def _namespaces_left(tmp: Path) -> list[str]:
+    """Namespaces this run added (through the `ip` shim) that still exist."""
+    try:
+        added = set((tmp / "netns-added").read_text().split())
+    except OSError:
+        return []
+    return sorted(added & _namespaces())
+
+
 @dataclass
 class HostState:
-    namespaces: set[str] = field(default_factory=set)
+    """What other programs share with this run and a test may change: diffed start to end."""
+
     firewall: set[str] = field(default_factory=set)
     qdiscs: set[str] = field(default_factory=set)
     devs: set[str] = field(default_factory=set)
@@ -169,12 +197,11 @@ class HostState:
     @classmethod
     def now(cls, devs: set[str] | None = None) -> HostState:
         qd, seen = _qdiscs(devs)
-        return cls(_namespaces(), _firewall(), qd, seen if devs is None else devs)
+        return cls(_firewall(), qd, seen if devs is None else devs)
 
     def left_since(self, start: HostState) -> list[str]:
         """What is here now and was not at `start`, one line each."""
-        return ([f"network namespace {n}" for n in sorted(self.namespaces - start.namespaces)]
-                + [f"firewall {r}" for r in sorted(self.firewall - start.firewall)]
+        return ([f"firewall {r}" for r in sorted(self.firewall - start.firewall)]
                 + [f"qdisc {q}" for q in sorted(self.qdiscs - start.qdiscs)])
 
 
@@ -199,6 +226,9 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", system_tmp)
     os.environ["TMPDIR"] = str(tmp)
     tempfile.tempdir = None  # gettempdir() reads TMPDIR again
+    shim = _ip_shim(tmp)
+    if shim is not None:
+        os.environ["PATH"] = f"{shim}{os.pathsep}{os.environ.get('PATH', '')}"
     config.stash[_TMP] = tmp
 
 
@@ -224,6 +254,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     end = time.monotonic() + GRACE_S
     while True:
         left = HostState.now(start.devs).left_since(start)
+        left += [f"network namespace {n}" for n in (_namespaces_left(tmp) if tmp else [])]
         left += [f"temporary {t}" for t in (_temp_left(tmp) if tmp else [])]
         left += [f"process {p}" for p in _our_processes()]
         if not left or time.monotonic() >= end:

@@ -51,14 +51,17 @@ def test_registered_directories_and_processes_go_at_exit(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("how", ["exit", "sigterm"])
 def test_a_session_directory_goes_with_the_process(how: str) -> None:
-    code = MAKE_SESSION + ("import time; time.sleep(60)\n" if how == "sigterm" else "")
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    code = MAKE_SESSION + "import sys; sys.stdin.read()\n"  # until stdin closes, or a signal
+    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
     try:
-        assert p.stdout is not None
+        assert p.stdout is not None and p.stdin is not None
         workdir = Path(p.stdout.readline().strip())
         assert workdir.name.startswith("trickles-lab-") and workdir.exists()
         if how == "sigterm":
             p.send_signal(signal.SIGTERM)
+        else:
+            p.stdin.close()
         rc = p.wait(timeout=60)
         assert rc == (-signal.SIGTERM if how == "sigterm" else 0)  # dies as it would have
         assert _gone(workdir, 5), f"{workdir} outlived the process ({how})"

@@ -798,9 +798,13 @@ def test_cli_capture_duration(capsys, tmp_path: Path) -> None:
 
 def test_live_capture_without_tcpdump(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from trickles_kit.capture import live
+    from trickles_kit.net import privileges
 
     monkeypatch.setattr(live.shutil, "which", lambda name: None)
-    with pytest.raises(live.LiveCaptureError, match=r"install tcpdump \(make sysdeps\)"):
+    monkeypatch.setattr(privileges, "_SBIN", ())  # nor in an sbin directory off PATH
+    with pytest.raises(live.LiveCaptureError,
+                       match=r"tcpdump not installed; install with sudo apt-get install -y "
+                             r"tcpdump \(or sudo make sysdeps"):
         live.LiveCapture("lo", tmp_path / "x.pcap").start()
     with pytest.raises(live.LiveCaptureError, match="failed to start"):
         live.LiveCapture("no-such-interface0", tmp_path / "x.pcap",

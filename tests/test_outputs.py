@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -161,17 +160,33 @@ def test_bench_record_refreshes_results_and_table(as_root: Path, stand_ins,
 
 
 # --------------------------------------------------------------------------- benchmarks/*.py
+# runs a benchmark script up to its argument parsing: its --out default, whether it has --record
+_PARSE_ONLY = """
+import argparse, json, runpy, sys
+parse = argparse.ArgumentParser.parse_args
+def only_parse(self, args=None, namespace=None):
+    if "--out" not in self._option_string_actions:
+        return parse(self, args, namespace)
+    ns = parse(self, [], namespace)
+    print(json.dumps({"out": str(ns.out), "record": "--record" in self._option_string_actions}))
+    raise SystemExit(0)
+argparse.ArgumentParser.parse_args = only_parse
+sys.argv = [sys.argv[1]]
+sys.path.insert(0, sys.argv[0].rsplit("/", 1)[0])  # as when run as a script
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_benchmark_scripts_default_to_reports(script: Path) -> None:
-    p = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True,
-                       timeout=120, cwd=REPO)
-    assert p.returncode == 0, p.stderr
-    text = " ".join(p.stdout.split())
-    m = re.search(r"default: (\S+?\.json)\)", text)
-    assert m, f"{script.name}: --out names no default: {text[-600:]}"
-    default = Path(m.group(1))
-    assert REPO / "reports" in default.parents or default.parts[0] == "reports", default
-    assert "--record" in text and "benchmarks/results/" in text, text[-600:]
+    p = subprocess.run([sys.executable, "-c", _PARSE_ONLY, str(script)], capture_output=True,
+                       text=True, timeout=120, cwd=REPO)
+    assert p.returncode == 0 and p.stdout.strip(), p.stderr[-2000:]
+    got = json.loads(p.stdout.strip().splitlines()[-1])
+    out = Path(got["out"])
+    assert (REPO / "reports" in out.parents or out.parts[0] == "reports"), \
+        f"{script.name} writes {out} by default: reports/ (git-ignored) is the place"
+    assert got["record"], f"{script.name}: no --record to refresh the committed result"
 
 
 def test_a_quick_benchmark_run_leaves_git_clean() -> None:

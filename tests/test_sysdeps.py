@@ -190,6 +190,18 @@ def test_testbed_and_topology_check_first(no_tools) -> None:
         pass
 
 
+def test_capture_and_namespace_pair_check_first(no_tools, tmp_path: Path) -> None:
+    from trickles_kit.capture.live import LiveCapture, LiveCaptureError
+    from trickles_kit.net.netns import NetnsPair
+
+    with pytest.raises(LiveCaptureError) as ei:
+        LiveCapture("lo", tmp_path / "x.pcap").command()
+    _one_line(ei.value, "tcpdump", "sudo apt-get install -y tcpdump")
+    with pytest.raises(sysdeps.MissingToolError) as ei, NetnsPair(tag="x"):
+        pass
+    _one_line(ei.value, "ip, iptables", "sudo apt-get install -y iproute2 iptables")
+
+
 def test_rst_rule_names_iptables(no_tools) -> None:
     from trickles_kit.net.rst import RstRuleError, suppress_rsts
 

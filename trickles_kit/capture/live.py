@@ -66,7 +66,10 @@ class LiveCapture:
     def command(self) -> list[str]:
         exe = self._tcpdump or shutil.which("tcpdump")
         if exe is None:
-            raise LiveCaptureError("tcpdump not found: install tcpdump (make sysdeps)")
+            from trickles_kit.net import sysdeps
+
+            raise LiveCaptureError(sysdeps.problem(["tcpdump"], "trickles capture")
+                                   or "tcpdump not found")
         # --immediate-mode: hand each packet over at once (with the TPACKET_V3 ring, packets of
         # a not-yet-retired block are lost on SIGINT: "N received by filter, 0 captured")
         # -B: in immediate mode the ring has fixed-size frames (~64 KiB each on lo with -s 0):

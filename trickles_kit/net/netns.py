@@ -51,6 +51,10 @@ class NetnsPair:
 
     def __enter__(self) -> NetnsPair:
         v = self.verbose
+        from trickles_kit.net import sysdeps
+
+        # before the first namespace: a missing tool is one line, not a half-made pair
+        sysdeps.require(["ip", *(["iptables"] if self.suppress_rst else [])], "a namespace pair")
         try:
             for ns in (self.a, self.b):
                 _run(["ip", "netns", "add", ns], v)

@@ -13,7 +13,7 @@ import os
 import shutil
 from collections.abc import Iterable
 
-from trickles_kit.net.privileges import which
+from trickles_kit.net import privileges
 
 # tool -> the Debian package that provides it (the names scripts/install-system-deps.sh uses)
 PACKAGES: dict[str, str] = {
@@ -49,9 +49,10 @@ def problem(tools: Iterable[str], what: str) -> str | None:
     gone = missing(tools)
     if not gone:
         return None
-    off_path = [t for t in gone if which(t)]
+    off_path = {t: d for t in gone for d in privileges._SBIN
+                if os.access(os.path.join(d, t), os.X_OK)}
     if off_path:
-        dirs = sorted({os.path.dirname(which(t) or "") for t in off_path})
+        dirs = sorted(set(off_path.values()))
         return (f"{what}: {', '.join(off_path)} installed in {':'.join(dirs)}, which is not on "
                 f"PATH: export PATH=$PATH:{':'.join(dirs)}")
     return (f"{what}: {', '.join(gone)} not installed; install with {install_command(gone)} "

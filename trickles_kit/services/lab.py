@@ -87,11 +87,11 @@ def _fallback(scenario: str, kind: str, why: str) -> dict:
 
 
 def saved(scenario: str, kind: str = "trickles") -> dict:
-    """The committed result of a scenario (what `trickles services demo` wrote)."""
+    """The committed result of a scenario (what `trickles services demo ... --record` wrote)."""
     path = report.RESULTS / f"services_{scenario}_{kind}.json"
     if not path.exists():
         raise FileNotFoundError(f"{path.name}: run `sudo trickles services demo {scenario}"
-                                f"{' --tcp' if kind == 'tcp' else ''}` to make it")
+                                f"{' --tcp' if kind == 'tcp' else ''} --record` to make it")
     return json.loads(path.read_text())
 
 
