@@ -64,6 +64,26 @@ def pair(size: int) -> tuple[ServerEngine, ClientEngine, EventLog]:
     return server, client, log
 
 
+def drive(client: ClientEngine, answer, dt: float) -> Iterator[float]:
+    """Run `client` against `answer(segment, now) -> segments`, yielding the time after each
+    round of sends; ends when the client has nothing to send and no timer."""
+    t = 0.0
+    while True:
+        t += dt
+        out = client.datagrams_to_send()
+        if not out:
+            timer = client.get_timer()
+            if timer is None:
+                return
+            t = max(t, timer)
+            client.handle_timer(t)
+            continue
+        for seg in out:
+            for ans in answer(seg, t):
+                client.receive(ans, t + 0.001)
+        yield t
+
+
 def shuttle(server: ServerEngine, client: ClientEngine, t: float, inject=None) -> float:
     """Run the pair to completion on a virtual clock (no loss); `inject(t)` before each round."""
     for _ in range(20000):
@@ -298,22 +318,11 @@ def test_malicious_server_cannot_make_the_client_hold_more_than_its_window() -> 
     try:
         base = tracemalloc.get_traced_memory()[0]
         client.connect(0.0, gen_request(1 << 30, 1))
-        t = 0.0
         peak_held = 0
-        while bad.sent < 25_000_000 and t < 2000:
-            t += 0.01
-            out = client.datagrams_to_send()
-            if not out:
-                timer = client.get_timer()
-                if timer is None:
-                    break
-                t = max(t, timer)
-                client.handle_timer(t)
-                continue
-            for seg in out:
-                for ans in bad.answer(seg, t):
-                    client.receive(ans, t + 0.001)
+        for t in drive(client, bad.answer, 0.01):
             peak_held = max(peak_held, client.held_bytes + client._want_bytes)
+            if bad.sent >= 25_000_000 or t >= 2000:
+                break
         peak = tracemalloc.get_traced_memory()[1] - base
     finally:
         tracemalloc.stop()
@@ -361,19 +370,11 @@ def test_window_holds_until_the_application_reads() -> None:
     client = ClientEngine(CIP, CPORT, SIP, SPORT, ClientConfig(window=window), isn=5)
     client.connect(0.0, gen_request(size, seed))
     t = 0.0
-    for _ in range(3000):  # no reads
-        t += 0.001
-        out = client.datagrams_to_send()
-        if not out:
-            timer = client.get_timer()
-            if timer is None:
-                break
-            t = max(t, timer)
-            client.handle_timer(t)
-            continue
-        for seg in out:
-            for ans in server.receive(seg, CIP, t):
-                client.receive(ans, t + 0.001)
+    steps = drive(client, lambda seg, now: server.receive(seg, CIP, now), 0.001)
+    for i, now in enumerate(steps, 1):  # no reads
+        t = now
+        if i >= 3000:
+            break
     assert client.held_bytes <= window and client.bytes_received <= window
     assert client.phase == "established" and client.counters["timeouts"] == 0
     got = bytearray(client.read(t))
