@@ -48,7 +48,13 @@ $(STAMP): pyproject.toml | $(VPY)
 	$(VPY) -m pip install -e '.[dev]'
 	touch $@
 
-lab-venv: $(LABSTAMP)
+lab-venv: $(LABSTAMP) $(VENV)/.plotly-basic
+
+# plotly.js's basic bundle (npm) for the live views: the page starts in ~0.2 s instead of ~0.9 s.
+# Without npm the views use the full plotly.js; the stamp is made only when the fetch worked.
+$(VENV)/.plotly-basic: $(LABSTAMP)
+	@if $(VPY) -m trickles_kit.viz.plotly_bundle; then touch $@; else \
+	    echo "(the live views will use the full plotly.js: slower to start, nothing else differs)"; fi
 
 $(LABSTAMP): pyproject.toml | $(VPY)
 	$(VPY) -m pip install -q --upgrade pip

@@ -16,7 +16,8 @@ For notebooks/01-tour.ipynb with its own defaults, each run in a fresh kernel an
 Then 01 with SIZE = 20 MB (`lag_s`: last packet → the first frame that shows it;
 `cell_done_after_transfer_s`: last packet → the transfer cell done) and 05 (the replay) for
 blank panels. `plotly_startup_ms`: plotly.js's own start-up in a blank page of the same browser,
-the floor under `tab_stall_ms` (JupyterLab's plotly renderer pays it once per page).
+for the full bundle and the basic one the views send when it is installed (`views_use`): the
+floor under `tab_stall_ms`, paid once per page.
 
 It measures and records; it never asserts. From the repository root:
 
@@ -68,11 +69,9 @@ def _met(name: str, summary: dict[str, Any]) -> bool | None:
     return {"<=": w <= target, ">=": w >= target, "==": w == target}[op]
 
 
-def plotly_startup_ms(browser: Any, repeat: int = 3) -> list[float]:
-    """plotly.min.js parsed and run in a blank page: what any plotly figure costs once."""
-    import plotly
-
-    src = (Path(plotly.__file__).with_name("package_data") / "plotly.min.js").read_text()
+def plotly_startup_ms(browser: Any, src_path: Path, repeat: int = 3) -> list[float]:
+    """A plotly.js bundle parsed and run in a blank page: what any plotly figure costs once."""
+    src = src_path.read_text()
     out = []
     for _ in range(repeat):
         page = browser.new_page()
@@ -136,7 +135,14 @@ def main(argv: list[str] | None = None) -> int:
         with B.Lab(Path(tmp) / "jhome", work) as lab, sync_playwright() as p:
             browser = B.launch(p, Path(tmp) / "jhome")
             try:
-                startup = plotly_startup_ms(browser)
+                import plotly
+
+                from trickles_kit.viz.plotly_bundle import bundle_path
+                full = Path(plotly.__file__).with_name("package_data") / "plotly.min.js"
+                basic = bundle_path()
+                startup = {"full": plotly_startup_ms(browser, full),
+                           "basic": plotly_startup_ms(browser, basic) if basic else None,
+                           "views_use": "basic" if basic else "full"}
                 total = 2 * args.runs + args.big_runs
                 done = 0
                 for i in range(args.runs):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the Debian packages the test suite uses: capture tools, firewalls, iproute2, curl,
-# setpriv (util-linux), procps, ethtool (testbed offloads off) and nodejs (the live view's
-# stream.js is unit-tested in node). Idempotent: only missing packages are installed, and
+# setpriv (util-linux), procps, ethtool (testbed offloads off), nodejs (the live view's
+# stream.js is unit-tested in node) and npm (fetches plotly.js's basic bundle for the live views). Idempotent: only missing packages are installed, and
 # `apt-get update` runs only when something must be installed.
 #
 #   scripts/install-system-deps.sh        # as root (CI, or: sudo scripts/install-system-deps.sh)
@@ -26,6 +26,7 @@ WANTED=(
     "procps:pgrep"
     "ethtool:ethtool"
     "nodejs:node"
+    "npm:npm"
 )
 
 say() { echo "install-system-deps: $*"; }

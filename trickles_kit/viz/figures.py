@@ -31,6 +31,24 @@ TOP_MARGIN_PX = 100  # plotly's default top margin: the title, then up to two le
 LEGEND_MAX_PX = 45  # a longer legend scrolls instead of growing over the title or the plot
 
 
+_GLYPH = {"circle": "●", "triangle-up": "▲", "x": "✕", "diamond": "◆", "square": "■",
+          "star": "★", "hexagram": "✶"}
+
+
+def marker_key_html(kinds: Iterable[str] = ("initial", "continue", "split", "terminate",
+                                            "retransmit", "bootstrap", "timeout")) -> str:
+    """One line naming the markers of the live panels, in HTML: it needs no plotly.js, so it
+    shows at once, before the page has loaded the plotting library."""
+    items = []
+    for kind in kinds:
+        color, symbol = KIND_STYLE[kind]
+        items.append(f'<span style="margin-right:14px;white-space:nowrap">'
+                     f'<span style="color:{color};font-size:15px">{_GLYPH.get(symbol, "●")}</span>'
+                     f" {kind}</span>")
+    return ('<div class="trickles-marker-key" style="font:13px sans-serif;margin:2px 0">'
+            + "".join(items) + "</div>")
+
+
 def legend_on_top(fig: go.Figure) -> go.Figure:
     """Title at the top edge, a horizontal legend between it and the plot area.
 

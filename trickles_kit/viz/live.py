@@ -201,6 +201,9 @@ class LiveDashboard:
 
         if self.view.plotly_js == "page":
             display(plotly_output(marker_key()), raw=True)
+        else:
+            display({"text/html": F.marker_key_html(), "text/plain": "<key to the live panels>"},
+                    raw=True)
         self._outputs = [display({"text/plain": ""}, raw=True, display_id=True)
                          for _ in self.kinds]
 

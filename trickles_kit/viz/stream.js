@@ -2,9 +2,9 @@
 //
 // Why this shape: the kernel sends only NEW points (custom messages with float64 buffers), the
 // page keeps every point in a per-model store, and drawing runs on its own schedule — frames may
-// be dropped, points never. plotly.js is not shipped with this module: it is the page's copy
-// (JupyterLab's plotly renderer, loaded over HTTP) or, in "send" mode, one PlotlyRuntime widget
-// per kernel. A view created later (a re-render, a second display) draws the whole store.
+// be dropped, points never. plotly.js is not shipped with this module: in "send" mode one
+// PlotlyRuntime widget per kernel brings it (the 1.2 MB basic bundle when installed), in "page"
+// mode it is JupyterLab's plotly renderer's copy, loaded over HTTP. A view created later (a re-render, a second display) draws the whole store.
 
 const STORES = new Map(); // uid -> store: initialize and render get different model proxies
 // While the transfer runs a marker trace is drawn with at most this many markers (every k-th
@@ -12,8 +12,8 @@ const STORES = new Map(); // uid -> store: initialize and render get different m
 // enough to keep up. The store keeps every point; the final frame draws them all.
 const MAX_LIVE_MARKERS = 1500;
 const MAX_LIVE_LINE = 4000; // a line keeps its shape (per-bucket extremes), segments every k-th
-// The final frame draws every point; a trace longer than this draws with WebGL there (tens of
-// thousands of SVG nodes would block the page for seconds).
+// The final frame draws every point; a trace longer than this draws with WebGL there when the
+// page's plotly.js has it (the basic bundle has not: SVG then, about 0.7 s for 30k markers).
 const GL_FINAL_POINTS = 5000;
 const MIN_FRAME_GAP_MS = 60;
 const FINAL_DELAY_MS = 500;
@@ -161,7 +161,15 @@ function segments(x, cap) {
   return idx;
 }
 
-function traceFor(t, tr, live) {
+let GL = null; // does this page's plotly.js have WebGL traces? (the basic bundle has not)
+function hasGL(P) {
+  if (GL === null) {
+    try { GL = Boolean(P.PlotSchema.get().traces.scattergl); } catch (e) { GL = false; }
+  }
+  return GL;
+}
+
+function traceFor(t, tr, live, gl) {
   // live: a frame while the transfer runs, drawn lighter; otherwise every point
   const out = Object.assign({}, t.style);
   let x = tr.x, y = tr.y, text = tr.text;
@@ -176,7 +184,7 @@ function traceFor(t, tr, live) {
     const pick = (a) => idx.map((k) => a[k]);
     x = pick(x); y = pick(y); if (text) text = pick(text);
   }
-  if (!live && t.style.type === "scatter" && x.length > GL_FINAL_POINTS) out.type = "scattergl";
+  if (!live && gl && t.style.type === "scatter" && x.length > GL_FINAL_POINTS) out.type = "scattergl";
   out.x = x.slice(); out.y = y.slice();
   if (text) out.text = text.slice();
   out.visible = (t.always || tr.x.length) ? true : false;
@@ -264,7 +272,7 @@ function render({ model, el }) {
       first = false;
       const tHi = store.tHi;
       const version = panel.version;
-      const traces = panel.spec.traces.map((t, i) => traceFor(t, panel.traces[i], !isFinal));
+      const traces = panel.spec.traces.map((t, i) => traceFor(t, panel.traces[i], !isFinal, isFinal && hasGL(P)));
       const layout = Object.assign({}, panel.spec.layout,
                                    { autosize: true, height: panelHeight(panel.spec) });
       const t0 = performance.now();

@@ -34,8 +34,10 @@ import plotly.graph_objects as go
 import plotly.io as pio
 import traitlets
 
+from trickles_kit.viz.plotly_bundle import bundle_path
+
 __all__ = ["PanelSpec", "PlotlyRuntime", "StreamView", "TraceSender", "digest", "plotly_js_mode",
-           "plotly_output", "static_bundle", "thin"]
+           "plotly_output", "show", "static_bundle", "thin"]
 
 _JS = Path(__file__).with_name("stream.js")
 _DATA_KEYS = frozenset(("x", "y", "text", "uid", "visible"))
@@ -43,11 +45,15 @@ PLOTLY_JS_MODES = ("page", "send")
 
 
 def plotly_js_mode() -> str:
-    """'page' when JupyterLab's plotly renderer is installed (the page then has plotly.js
-    already), else 'send'. `TRICKLES_PLOTLY_JS=page|send` overrides the guess."""
+    """'send' when plotly.js's basic bundle is installed (`viz.plotly_bundle`: the page starts
+    four times faster than with the full bundle), else 'page' when JupyterLab's plotly renderer
+    is (the page loads the full plotly.js over HTTP), else 'send' with the full bundle.
+    `TRICKLES_PLOTLY_JS=page|send` overrides the guess."""
     forced = os.environ.get("TRICKLES_PLOTLY_JS", "").strip().lower()
     if forced in PLOTLY_JS_MODES:
         return forced
+    if bundle_path() is not None:
+        return "send"
     try:
         from jupyter_core.paths import jupyter_path
     except ImportError:  # no Jupyter at all: nothing will render anyway
@@ -60,9 +66,12 @@ def plotly_js_mode() -> str:
 
 @functools.cache
 def _plotly_source() -> str:
-    import plotly
+    """The basic bundle when installed, else the Python package's full plotly.js."""
+    src = bundle_path()
+    if src is None:
+        import plotly
 
-    src = Path(plotly.__file__).with_name("package_data") / "plotly.min.js"
+        src = Path(plotly.__file__).with_name("package_data") / "plotly.min.js"
     return src.read_text(encoding="utf-8") + "\nexport default {};\n"
 
 
@@ -276,30 +285,40 @@ _STATIC_JS = """<div class="trickles-static" id="%(id)s"></div>
   var el = document.getElementById("%(id)s");
   if (!el || el.dataset.drawn) return;
   el.dataset.drawn = "1";
-  if (document.querySelector('.trickles-live[data-model="%(uid)s"]')) {
+  if ("%(uid)s" && document.querySelector('.trickles-live[data-model="%(uid)s"]')) {
     el.style.display = "none";  // the live view is on this page and shows the same figure
     return;
   }
   var fig = %(fig)s;
   el.style.minHeight = (fig.layout.height || 360) + "px";
   function draw() { window.Plotly.newPlot(el, fig.data, fig.layout, {responsive: true}); }
-  if (window.Plotly && window.Plotly.newPlot) { draw(); return; }
+  function ready() { return window.Plotly && window.Plotly.newPlot; }
+  if (ready()) { draw(); return; }
+  var waited = 0;  // the kernel's PlotlyRuntime may still be bringing plotly.js: wait a little
+  var poll = setInterval(function () {
+    waited += 50;
+    if (ready()) { clearInterval(poll); draw(); }
+    else if (waited >= %(wait_ms)d) { clearInterval(poll); load(); }
+  }, 50);
+  function load() {
   var s = document.createElement("script");
   s.src = "https://cdn.plot.ly/plotly-%(version)s.min.js";
   s.onload = draw;
   s.onerror = function () { el.textContent = "(plotly.js could not be loaded to draw %(title)s)"; };
   document.head.appendChild(s);
+  }
 })();
 </script>"""
 
 
 def static_bundle(fig: go.Figure | Mapping[str, Any], live_uid: str = "",
-                  name: str = "") -> dict[str, Any]:
+                  name: str = "", wait_ms: int = 0) -> dict[str, Any]:
     """An ordinary output that keeps `fig` in the notebook file: HTML with the figure's JSON
     and a few lines of script. On the page that still shows the live view (`live_uid`) it
     hides itself — the live view already draws the same data, and a second plotly render
     would block the page for seconds on a long run; reopened without a kernel, or converted
-    by nbconvert, it draws with the page's plotly.js or loads it from the plotly CDN."""
+    by nbconvert, it draws with the page's plotly.js (waiting up to `wait_ms` for it) or
+    loads it from the plotly CDN."""
     import plotly.offline
 
     if isinstance(fig, Mapping):
@@ -312,8 +331,28 @@ def static_bundle(fig: go.Figure | Mapping[str, Any], live_uid: str = "",
     title = title or "the figure"
     body = _STATIC_JS % {"id": f"tk-static-{live_uid or secrets.token_hex(4)}-{name}",
                          "uid": live_uid, "fig": js, "title": html.escape(title),
-                         "version": plotly.offline.get_plotlyjs_version()}
+                         "version": plotly.offline.get_plotlyjs_version(), "wait_ms": wait_ms}
     return {"text/html": body, "text/plain": f"<figure: {title}>"}
+
+
+BASIC_TRACES = frozenset(("scatter", "bar", "pie"))  # what plotly.js's basic bundle draws
+
+
+def show(fig: go.Figure) -> None:
+    """Display a static figure with the plotly.js the live views already use.
+
+    Why not ``fig.show()``: in JupyterLab that loads the full plotly.js (4.6 MB) into the page
+    for the first plotly output — about a second with the tab frozen, in the middle of a live
+    run. A figure of scatter, bar and pie traces is drawn with the basic bundle the kernel's
+    `PlotlyRuntime` sends (once per kernel); any other figure falls back to ``fig.show()``."""
+    from IPython.display import display
+
+    kinds = {t.type or "scatter" for t in fig.data}
+    if plotly_js_mode() == "send" and bundle_path() is not None and kinds <= BASIC_TRACES:
+        PlotlyRuntime.ensure()  # its model's creation makes the page evaluate plotly.js
+        display(static_bundle(fig, wait_ms=5000), raw=True)
+    else:
+        fig.show()
 
 
 def plotly_output(fig: go.Figure) -> dict[str, Any]:
