@@ -1,7 +1,7 @@
 """The simulator half of the fault matrix: every transfer ends byte-exact.
 
 Handshakes under 30 % loss, transfers under 2 % loss, a 5 s on / 2 s off blackout, 10 %
-duplication, 20 % reordering, and key rotation every 2 s (by the clock, and by seal count)
+duplication, 20 % reordering, and key rotation every 2 s (by the clock only, however many seals)
 during a 30-second transfer with zero valid requests rejected. Virtual time throughout; the
 real-socket half of the matrix is tests/test_faults_wire.py.
 """
@@ -178,14 +178,15 @@ def test_key_rotation_every_2s_during_a_30s_transfer() -> None:
     assert r.key_epoch >= 15  # a new key every 2 s for 33 s
 
 
-def test_key_rotation_by_seal_count_during_a_30s_transfer() -> None:
-    """max_seals=500 forces a rotation every 500 seals (about every 1.5 s here), on top of the
-    clock's."""
+def test_seal_count_does_not_rotate_keys_during_a_30s_transfer() -> None:
+    """max_seals=500 once forced a new epoch every 500 seals (about every 1.5 s here) on top of
+    the clock's, which a flood could drive; it is ignored now (docs §6.2): the epoch stays the
+    clock's through thousands of seals."""
     r, seen = _rotating(500)
     _no_rejection(r, seen)
+    assert seen["current"] + seen["previous"] > 4 * 500  # verified requests, each answer sealed
     by_clock = int(r.seconds // 2.0)
-    assert r.key_epoch > by_clock  # the count rotated keys ahead of the clock
-    assert r.key_epoch >= r.server["tx"] // 500 - 1
+    assert by_clock <= r.key_epoch <= by_clock + 1  # + 1: the run stops a little after the end
 
 
 # ------------------------------------------------------------------------------ bottleneck

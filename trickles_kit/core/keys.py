@@ -1,8 +1,10 @@
-"""Key epochs: per-epoch MAC keys derived from one master secret with HKDF (PROTOCOL §3).
+"""Key epochs: per-epoch MAC keys derived from one master secret with HKDF (docs §6.2).
 
-Epoch numbers come from the clock (every `epoch_seconds`) and advance early after `max_seals`
-seals, so replicas that share the secret and a clock agree on keys without talking. A
-continuation is accepted when sealed in the current or the previous epoch.
+The epoch is `floor(now / epoch_seconds)` of the server's clock and nothing else: no packet and
+no count of seals moves it, so replicas and restarted servers that share the secret and a clock
+agree on every key however hard they are flooded. What an epoch key seals is a MAC (keyed
+BLAKE2s, a PRF without a nonce), which has no per-key usage limit to meet by rotating early.
+A continuation is accepted when sealed in the current or the previous epoch.
 """
 
 from __future__ import annotations
@@ -18,23 +20,24 @@ def hkdf(master: bytes, info: bytes, length: int = 32) -> bytes:
 
 
 class KeyRing:
-    """Derives and caches the MAC key of each epoch; tracks the sealing epoch."""
+    """Derives and caches the MAC key of each epoch; the epoch follows the clock only."""
 
     def __init__(
-        self, master: bytes, epoch_seconds: float = 60.0, max_seals: int = 1 << 23
+        self, master: bytes, epoch_seconds: float = 60.0, max_seals: int | None = None
     ) -> None:
+        """`max_seals` is accepted and ignored: it once advanced the epoch after that many seals,
+        which let a SYN flood push one server's keys ahead of its replicas' (issue 20); callers
+        that still pass `ServerConfig.max_seals` keep working."""
         if len(master) < 16:
             raise ValueError("the master secret must be at least 16 bytes")
-        if epoch_seconds <= 0 or max_seals < 1:
-            raise ValueError("epoch_seconds and max_seals must be positive")
+        if epoch_seconds <= 0:
+            raise ValueError("epoch_seconds must be positive")
         self.master = bytes(master)
         self.epoch_seconds = epoch_seconds
-        self.max_seals = max_seals
         self.nonce_key = hkdf(self.master, b"trickles-kit nonce", 16)
         self.conn_key = hkdf(self.master, b"trickles-kit connid", 32)
         self.ucont_key = hkdf(self.master, b"trickles-kit ucont", 32)
-        self._epoch = 0
-        self._seals = 0
+        self._epoch = 0  # the newest epoch this ring has seen: the clock's, or rotate()'s
         self._keys: dict[int, bytes] = {}
         self._hashers: dict[int, object] = {}
 
@@ -58,26 +61,22 @@ class KeyRing:
         return h
 
     def current(self, now: float) -> int:
+        """The clock's epoch at `now` (never lower than one reached before: a clock that steps
+        back does not revive a retired key)."""
         slot = int(now // self.epoch_seconds)
         if slot > self._epoch:
             self._epoch = slot
-            self._seals = 0
         return self._epoch
 
     def sealing_epoch(self, now: float) -> int:
-        """Epoch to seal with now; counts the seal and rotates after `max_seals`."""
-        epoch = self.current(now)
-        self._seals += 1
-        if self._seals > self.max_seals:
-            self.rotate()
-            epoch = self._epoch
-            self._seals = 1
-        return epoch
+        """Epoch to seal with now: the current one. Sealing changes nothing, so no amount of
+        traffic can move the epoch away from what a replica with the same clock computes."""
+        return self.current(now)
 
     def rotate(self) -> int:
-        """Start a new epoch now (operators and tests force rotation with this)."""
+        """Start the next epoch now, in this process only (an operator's or a test's action, never
+        a packet's); a replica catches up when its clock reaches that epoch."""
         self._epoch += 1
-        self._seals = 0
         return self._epoch
 
     def accepts(self, epoch: int, now: float) -> bool:

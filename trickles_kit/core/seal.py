@@ -1,5 +1,8 @@
 """Sealing: the continuation MAC (keyed BLAKE2s-128) and AEAD for confidential user continuations.
 
+The MAC is a PRF without a nonce: it has no per-key usage limit, so its keys change with the clock
+only (`core.keys`, docs §6.2).
+
 The MAC covers a pseudo-header (client address and port, service address and port) plus the
 server-owned bytes of the continuation. The replica's own address is not in it — any replica
 holding the secret accepts the continuation; the service address is, so it cannot be moved to
@@ -49,7 +52,11 @@ def verify(keys: KeyRing, pseudo: bytes, raw: bytes, epoch: int) -> bool:
 
 
 class UcontBox:
-    """AES-GCM sealing for user continuations that hold secrets (full 16-byte tag)."""
+    """AES-GCM sealing for user continuations that hold secrets (full 16-byte tag).
+
+    One key per master secret, not per key epoch: a blob is sealed once and must open for its
+    connection's whole life. Its random 96-bit nonces budget 2^32 seals per key (docs §6.2).
+    """
 
     def __init__(self, keys: KeyRing, nonce_source: Callable[[int], bytes] = os.urandom) -> None:
         self._aead = AESGCM(keys.ucont_key)

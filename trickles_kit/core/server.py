@@ -68,7 +68,7 @@ class ServerConfig:
     future_skew: float = 5.0  # seconds a continuation may be ahead of our clock (replicas)
     replay_entries: int = 1 << 20
     epoch_seconds: float = 60.0
-    max_seals: int = 1 << 23
+    max_seals: int = 1 << 23  # ignored: key epochs follow the clock only (docs §6.2)
     amplification: int = 3  # bytes out per byte in before an address is validated
     delta: bool = False  # delta-encoded continuations on request (docs/protocol.md §14.3)
     # resend the user continuation the request carried in every answer (the old wire); off, an
