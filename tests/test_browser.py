@@ -30,6 +30,10 @@ NOTEBOOKS = ROOT / "notebooks"
 SCREENSHOTS = ROOT / "reports" / "screenshots"
 
 pytestmark = pytest.mark.e2e
+# TRICKLES_BROWSER_REPEAT=N runs the 01 and 05 Run All tests N times each (the flakiness loop:
+# `TRICKLES_BROWSER_REPEAT=20 .venv/bin/python -m pytest tests/test_browser.py -k "tour or replay"`,
+# or the whole suite with it set, to loop them inside the full suite).
+REPEAT = range(max(1, int(os.environ.get("TRICKLES_BROWSER_REPEAT", "1") or 1)))
 
 
 def _missing(what: str, hint: str) -> None:
@@ -100,7 +104,8 @@ STEP_JS = """() => {
 }"""
 
 
-def test_tour_streams_live_under_run_all(lab) -> None:
+@pytest.mark.parametrize("rep", REPEAT)
+def test_tour_streams_live_under_run_all(lab, rep: int) -> None:
     shots = SCREENSHOTS / "01-tour.png"
     run = _run(lab, "01-tour.ipynb", width=1280, height=1400, file_browser=True,
                screenshot=shots, page_check=STEP_JS)
@@ -130,7 +135,8 @@ def test_tour_streams_live_under_run_all(lab) -> None:
     assert {row[3] for row in body} == {"ok"}  # the tour knows its secret: checked
 
 
-def test_replay_ends_with_the_capture(lab) -> None:
+@pytest.mark.parametrize("rep", REPEAT)
+def test_replay_ends_with_the_capture(lab, rep: int) -> None:
     run = _run(lab, "05-replaying-captures.ipynb", screenshot=SCREENSHOTS / "05-replay.png")
     _no_errors(run)
     m = B.live_metrics(run, view_kind="replay")
