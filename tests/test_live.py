@@ -23,11 +23,13 @@ pytest.importorskip("anywidget", reason="the live view is an anywidget: make lab
 
 from trickles_kit.capture import decode_pcap  # noqa: E402
 from trickles_kit.core.events import Event, EventLog  # noqa: E402
+from trickles_kit.labs import controls as C  # noqa: E402
 from trickles_kit.labs import session as session_mod  # noqa: E402
 from trickles_kit.labs.session import LiveSession  # noqa: E402
 from trickles_kit.net.sim import simulate_transfer  # noqa: E402
 from trickles_kit.viz import figures as F  # noqa: E402
 from trickles_kit.viz import live as L  # noqa: E402
+from trickles_kit.viz import replay as R  # noqa: E402
 from trickles_kit.viz import stream as S  # noqa: E402
 
 SECRET = bytes(range(32))
@@ -330,7 +332,7 @@ def small_run(tmp_path_factory):
 
 def test_replay_slider_shows_exactly_the_events_up_to_t(big_run):
     events = big_run[1]
-    rd = L.ReplayDashboard(events)
+    rd = R.ReplayDashboard(events)
     rd.dashboard.view.record = True
     ordered = sorted(events, key=lambda e: e.t)
     t_end = ordered[-1].t
@@ -347,7 +349,7 @@ def test_replay_slider_shows_exactly_the_events_up_to_t(big_run):
 
 def test_replay_of_a_decoded_capture_and_play(small_run):
     _, cap = small_run
-    rd = L.ReplayDashboard(cap, max_hz=50)  # a Capture: its events
+    rd = R.ReplayDashboard(cap, max_hz=50)  # a Capture: its events
     rd.dashboard.view.record = True
     rd.seek(rd.slider.min - 1)
     assert rd.slider.min == min(e.t for e in cap.events)
@@ -365,7 +367,7 @@ def test_replay_of_a_decoded_capture_and_play(small_run):
 def test_replay_goodput_from_a_capture_is_not_empty(small_run):
     """05's goodput panel was always empty: a capture has no client `data` events."""
     _, cap = small_run
-    rd = L.ReplayDashboard(cap)
+    rd = R.ReplayDashboard(cap)
     data = [e for e in rd.events if e.kind == "data"]
     assert data and all(e.side == "client" for e in data)
     # every byte of the response counted once, retransmissions included (new packet numbers)
@@ -458,8 +460,8 @@ def test_step_through_fills_every_nonce_column_on_first_display(small_run):
 # ---------------------------------------------------------------------------- (e) controls
 def test_lab_controls_banner_without_raw(monkeypatch):
     monkeypatch.setattr(session_mod, "best_transport", lambda: "udp")
-    c = L.LabControls(size=150_000, transport="auto")
-    assert L.NO_RAW_BANNER in c.banner.value
+    c = C.LabControls(size=150_000, transport="auto")
+    assert C.NO_RAW_BANNER in c.banner.value
     assert c.effective_transport() == "udp"
     children = c.widget.children
     assert c.banner in children and c.dashboard.widget in children
@@ -479,14 +481,14 @@ def test_lab_controls_banner_without_raw(monkeypatch):
 
 def test_lab_controls_no_banner_with_raw(monkeypatch):
     monkeypatch.setattr(session_mod, "best_transport", lambda: "raw")
-    c = L.LabControls()
+    c = C.LabControls()
     assert c.banner.value == "" and c.effective_transport() == "raw"
 
 
 def test_replay_picks_about_25_goodput_bars(small_run):
-    assert [L.nice_bin(s) for s in (0.23, 1.0, 3.7, 60.0, 0.0)] == [0.01, 0.05, 0.2, 5.0, 0.1]
+    assert [R.nice_bin(s) for s in (0.23, 1.0, 3.7, 60.0, 0.0)] == [0.01, 0.05, 0.2, 5.0, 0.1]
     _, cap = small_run
-    rd = L.ReplayDashboard(cap)
+    rd = R.ReplayDashboard(cap)
     span = rd.slider.max - rd.slider.min
     assert 10 <= span / rd.dashboard.bin_s <= 50
 

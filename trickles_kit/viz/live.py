@@ -10,10 +10,10 @@ run, a replayed capture and a static report look the same; the page side is one
   event fed before the producer was declared finished. `finish()` sends a digest of the static
   figures (the page checks its last frame against it) and leaves those figures as ordinary
   outputs, so a saved notebook or `nbconvert --to html` shows the result without a kernel.
-* `LabControls`: loss / size / transport / Start, running a `labs.session.LiveSession` into a
-  dashboard, with a banner when raw sockets are not permitted.
-* `ReplayDashboard`: the dashboard over a finished list of events (a decoded capture) with a time
-  slider and a Play button.
+* `viz.replay.ReplayDashboard`: the dashboard over a finished list of events (a decoded capture)
+  with a time slider and a Play button; `labs.controls.LabControls`: loss / size / transport /
+  Start widgets running a `labs.session.LiveSession` into a dashboard (the lab layer: it drives
+  transfers, this module only draws).
 * `StepThrough` / `build_steps` live in `viz.steps` (re-exported here).
 
 Threads: only `feed` may be called from another thread. Everything else (widgets, `flush`,
@@ -23,7 +23,6 @@ Threads: only `feed` may be called from another thread. Everything else (widgets
 from __future__ import annotations
 
 import asyncio
-import bisect
 import html
 import math
 import queue
@@ -34,11 +33,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import ipywidgets as W
 import plotly.graph_objects as go
 
 from trickles_kit.core.events import Event
-from trickles_kit.labs import session as _session
 from trickles_kit.viz import figures as F
 from trickles_kit.viz.accumulators import (
     FIGURE_KINDS,
@@ -61,17 +58,14 @@ from trickles_kit.viz.stream import (
 
 __all__ = [
     "FIGURE_KINDS",
-    "LabControls",
     "LiveDashboard",
-    "ReplayDashboard",
     "Step",
     "StepThrough",
     "build_steps",
-    "capture_data_events",
+    "marker_key",
     "static_figure",
 ]
 
-NO_RAW_BANNER = "running without root: using UDP/simulated transport"
 _PACKET_KINDS = frozenset(("initial", "continue", "split", "retransmit", "bootstrap", "request"))
 
 
@@ -450,18 +444,6 @@ class LiveDashboard:
             self._until = None
 
 
-def nice_bin(span: float, bars: int = 25) -> float:
-    """A goodput bin (1, 2 or 5 times a power of ten seconds) giving about `bars` bars."""
-    if span <= 0:
-        return 0.1
-    raw = span / bars
-    exp = math.floor(math.log10(raw))
-    for m in (1, 2, 5, 10):
-        if m * 10 ** exp >= raw:
-            return round(m * 10 ** exp, 9)
-    return 10 ** (exp + 1)  # pragma: no cover - the loop always returns
-
-
 def marker_key() -> go.Figure:
     """One line that names the markers of the panels (a key shown under the live view)."""
     kinds = ("initial", "continue", "split", "terminate", "retransmit", "bootstrap", "timeout")
@@ -476,258 +458,3 @@ def marker_key() -> go.Figure:
                       xaxis={"visible": False, "range": [-0.2, len(kinds)]},
                       yaxis={"visible": False}, plot_bgcolor="rgba(0,0,0,0)")
     return fig
-
-
-def _add_range(covered: list[list[int]], lo: int, hi: int) -> int:
-    """Merge [lo, hi) into the sorted disjoint intervals `covered`; returns the new bytes."""
-    i = bisect.bisect_left(covered, [lo, lo])
-    if i and covered[i - 1][1] >= lo:
-        i -= 1
-    new, start, end = hi - lo, lo, hi
-    j = i
-    while j < len(covered) and covered[j][0] <= end:
-        a, b = covered[j]
-        new -= max(0, min(b, hi) - max(a, lo))
-        start, end = min(start, a), max(end, b)
-        j += 1
-    covered[i:j] = [[start, end]]
-    return new
-
-
-def capture_data_events(packets: Iterable[Any]) -> list[Event]:
-    """`data` events for a server-side capture, which holds no client events (the goodput
-    panel draws `data` events): the bytes of each response's data range sent for the first
-    time, at the time it was sent. A retransmission (old data, new packet number) adds
-    nothing, so the bytes add up to the body exactly; the curve leads the client's by about
-    half a round trip."""
-    covered: dict[tuple, list[list[int]]] = {}
-    out: list[Event] = []
-    for r in packets:
-        get = r.get if isinstance(r, Mapping) else lambda k, _r=r: getattr(_r, k, None)
-        if get("direction") != "response" or not get("data_len"):
-            continue
-        start = int(get("data_start") or 0)
-        client = (get("dst"), get("dport"))  # not conn_id: a row may lack it (stale MAC...)
-        new = _add_range(covered.setdefault(client, []), start, start + int(get("data_len")))
-        if new:
-            out.append(Event("data", float(get("t")), "client", get("conn_id") or 0,
-                             pkt=int(get("seq") or 0), detail={"bytes": new}))
-    return out
-
-
-class LabControls:
-    """Loss rate, file size, transport and Start: one LiveSession drawn into a LiveDashboard.
-
-    ``controls.widget`` is the layout; the Start button schedules ``controls.run()`` on the
-    running loop (``await controls.run()`` does the same from code). ``controls.session`` and
-    ``controls.result`` hold the last run.
-    """
-
-    def __init__(self, size: int = 1_000_000, loss: float = 0.0, transport: str = "auto", *,
-                 kinds: Sequence[str] = FIGURE_KINDS, max_hz: float = 10.0, seed: int = 1,
-                 pcap: bool = True, timeout: float = 300.0) -> None:
-        self.best = _session.best_transport()
-        self.seed, self.pcap, self.timeout = seed, pcap, timeout
-        self.loss = W.FloatSlider(value=loss, min=0.0, max=0.3, step=0.005, description="loss",
-                                  readout_format=".3f", continuous_update=False)
-        self.size = W.BoundedIntText(value=size, min=0, max=2_000_000_000, step=100_000,
-                                     description="size (B)")
-        self.transport = W.Dropdown(options=["auto", "raw", "udp", "sim"], value=transport,
-                                    description="transport")
-        self.start_button = W.Button(description="Start", button_style="primary", icon="play")
-        self.stop_button = W.Button(description="Stop", icon="stop", disabled=True)
-        self.banner_text = "" if self.best == "raw" else NO_RAW_BANNER
-        self.banner = W.HTML()
-        self.result_html = W.HTML()
-        self.dashboard = LiveDashboard(kinds, max_hz)
-        self.widget = W.VBox([
-            W.HBox([self.size, self.loss, self.transport, self.start_button, self.stop_button]),
-            self.banner, self.dashboard.widget, self.result_html])
-        self.session: _session.LiveSession | None = None
-        self.result: _session.LiveResult | None = None
-        self._task: asyncio.Task | None = None
-        self.start_button.on_click(lambda _b: self.start())
-        self.stop_button.on_click(lambda _b: self.stop())
-        self._show_banner()
-
-    def _repr_mimebundle_(self, **kw: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kw)
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
-        self.dashboard.display_outputs()
-
-    def _show_banner(self) -> None:
-        self.banner.value = (
-            f'<div style="background:#fff3b0;padding:4px 8px;border-radius:4px">'
-            f"⚠ {html.escape(self.banner_text)} (raw sockets need root or CAP_NET_RAW)</div>"
-            if self.banner_text else "")
-
-    def effective_transport(self) -> str:
-        t = self.transport.value
-        return self.best if t == "auto" else t
-
-    def start(self) -> asyncio.Task:
-        """Schedule `run()` on the running loop (what the Start button does)."""
-        if self._task is not None and not self._task.done():
-            return self._task
-        self._task = asyncio.get_running_loop().create_task(self.run())
-        return self._task
-
-    def stop(self) -> None:
-        if self.session is not None:
-            self.session.stop()
-        self.dashboard.stop()
-
-    async def run(self) -> _session.LiveResult | None:
-        """One transfer with the current control values; returns its LiveResult."""
-        transport = self.effective_transport()
-        if transport == "raw" and self.best != "raw":
-            self.result_html.value = ("<b>raw sockets are not permitted here</b>: choose udp or "
-                                      "sim (or run the kernel as root)")
-            return None
-        self.start_button.disabled = True
-        self.stop_button.disabled = False
-        self.result_html.value = "running…"
-        dash = self.dashboard
-        dash.reset()
-        shown = f"{self.transport.value} → {transport}" if self.transport.value == "auto" \
-            else transport
-        dash.set_status(transport=shown, banner="")
-        try:
-            s = _session.LiveSession(self.size.value, self.loss.value, transport, seed=self.seed,
-                                     pcap=self.pcap)
-            self.session = s
-            s.start(dash.feed)
-            fut = asyncio.get_running_loop().run_in_executor(None, s.wait, self.timeout)
-            await dash.run_until(fut.done)
-            self.result = res = await fut
-            dash.finish()
-            self.result_html.value = self._result_table(res)
-            return res
-        except Exception as exc:  # shown to the student, never a dead button
-            self.result_html.value = f"<b>the run failed</b>: {html.escape(repr(exc))}"
-            raise
-        finally:
-            self.start_button.disabled = False
-            self.stop_button.disabled = True
-
-    def _result_table(self, res: _session.LiveResult) -> str:
-        rows = [("ok", "✔" if res.ok else "✘"), ("transport", res.transport),
-                ("events", res.events), ("events drawn", len(self.dashboard.events))]
-        rows += [(k, v) for k, v in res.fetch.items()
-                 if isinstance(v, int | float | str | bool) and not k.startswith("sha256")]
-        if res.server_pcap:
-            rows.append(("server pcap", res.server_pcap))
-        cells = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
-                        for k, v in rows)
-        return f"<table>{cells}</table>"
-
-
-class ReplayDashboard:
-    """A LiveDashboard over a finished event list (a decoded capture, a saved log) with a time
-    slider: at slider value t it shows exactly the events with ``e.t <= t``. Play advances the
-    slider `speed` times real time, redrawing at most `max_hz` times a second.
-    """
-
-    def __init__(self, events: Iterable[Event | Mapping[str, Any]] | Any,
-                 kinds: Sequence[str] = FIGURE_KINDS, max_hz: float = 10.0, *,
-                 speed: float = 1.0, bin_s: float | None = None,
-                 continuous_update: bool = False,
-                 plotly_js: str | None = None) -> None:
-        extra: list[Event] = []
-        if hasattr(events, "events") and not isinstance(events, list | tuple):
-            packets = getattr(events, "packets", None)
-            events = events.events  # a capture.decode.Capture
-            if packets is not None and not any(getattr(e, "kind", None) == "data"
-                                               for e in events):
-                extra = capture_data_events(packets)  # the goodput the requests report
-        evs = sorted([*(as_event(e) for e in events), *extra], key=lambda e: e.t)
-        self.events = evs
-        self.times = [e.t for e in evs]
-        t0 = self.times[0] if evs else 0.0
-        t1 = self.times[-1] if evs else 0.0
-        if bin_s is None:  # about 25 goodput bars over the capture, on a 1-2-5 step
-            bin_s = nice_bin(t1 - t0)
-        self.dashboard = LiveDashboard(kinds, max_hz, bin_s=bin_s, transport="replay",
-                                       plotly_js=plotly_js, view_kind="replay")
-        self.shown = 0  # events[:shown] are drawn
-        step = (t1 - t0) / 1000 if t1 > t0 else 0.001
-        self.slider = W.FloatSlider(value=t0, min=t0, max=max(t1, t0 + step), step=step,
-                                    description="t (s)", readout_format=".3f",
-                                    continuous_update=continuous_update,
-                                    layout=W.Layout(width="70%"))
-        self.play_button = W.ToggleButton(description="Play", icon="play", value=False)
-        self.speed = W.FloatText(value=speed, description="speed ×", layout=W.Layout(
-            width="160px"))
-        self.widget = W.VBox([W.HBox([self.play_button, self.speed, self.slider]),
-                              self.dashboard.widget])
-        self._task: asyncio.Task | None = None
-        self._finished = -1
-        self.slider.observe(lambda ch: self.seek(ch["new"]), names="value")
-        self.play_button.observe(self._on_play, names="value")
-        self.seek(t0)  # the events at the very first instant
-
-    def _repr_mimebundle_(self, **kw: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kw)
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
-        self.dashboard.display_outputs()
-        if self.shown == len(self.events):
-            self.dashboard.finish()
-
-    @property
-    def time(self) -> float:
-        return self.slider.value
-
-    def seek(self, t: float) -> None:
-        """Move the slider to t and draw exactly the events with e.t <= t (the slider clamps t
-        to its range)."""
-        if self.slider.value != t:
-            self.slider.value = t  # the observer comes back here with the slider's value
-            return
-        idx = bisect.bisect_right(self.times, t)
-        if idx > self.shown:
-            self.dashboard.draw(self.events[self.shown:idx])
-        elif idx < self.shown:
-            self.dashboard.draw(self.events[:idx], reset=True)
-        self.shown = idx
-        if idx == len(self.events) and self._finished != idx:
-            self._finished = idx  # at the end: the static copy (once per reach of the end)
-            self.dashboard.finish()
-        elif idx < len(self.events):
-            self._finished = -1
-
-    def _on_play(self, change: dict) -> None:
-        if change["new"]:
-            if self._task is None or self._task.done():
-                self._task = asyncio.get_running_loop().create_task(self.play())
-        elif self._task is not None:
-            self._task.cancel()
-
-    async def play(self, speed: float | None = None) -> None:
-        """Advance the slider to its end (speed × real time) at most max_hz times a second."""
-        if speed is not None:
-            self.speed.value = speed
-        interval = 1.0 / self.dashboard.max_hz
-        self.play_button.icon = "pause"
-        try:
-            if self.slider.value >= self.slider.max:
-                self.seek(self.slider.min)
-            last = time.monotonic()
-            while self.slider.value < self.slider.max:
-                await asyncio.sleep(interval)
-                now = time.monotonic()
-                t = min(self.slider.value + max(self.speed.value, 0.0) * (now - last),
-                        self.slider.max)
-                last = now
-                self.seek(t)
-        finally:
-            self.play_button.icon = "play"
-            if self.play_button.value:
-                self.play_button.value = False
