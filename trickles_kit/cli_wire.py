@@ -107,6 +107,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="disable the /dyn route (dynamic content in reserved ranges + SKIP)")
     s.add_argument("--no-parallel", action="store_true",
                    help="disable parallel requests (pipelined GETs in reserved slices)")
+    s.add_argument("--syn-rate", type=float, default=None, metavar="N",
+                   help="admit at most N new handshakes a second (one global token bucket; "
+                        "requests that carry a continuation are always served first; extra "
+                        "SYNs are counted as drop.syn_rate). 0 = no limit. Default 1000")
+    s.add_argument("--syn-burst", type=int, default=None, metavar="N",
+                   help="SYNs the bucket admits at once (default 64)")
+    s.add_argument("--syn-share", type=float, default=None, metavar="F",
+                   help="at most this fraction of the server's time goes to answering SYNs, "
+                        "whatever one costs the application (0 = no limit). Default 0.25")
+    s.add_argument("--no-syn-priority", action="store_true",
+                   help="the old receive loop: arrival order, SYNs beyond 64 a batch shed "
+                        "(for comparisons: benchmarks/bench_flood.py)")
     s.set_defaults(func=cmd_serve)
 
     f = sub.add_parser(
@@ -161,7 +173,7 @@ def shutdown_line(c: Mapping[str, int]) -> str:
 
 
 # drop reasons the loops report before a datagram reaches the engine (not in its `rx`)
-EARLY_DROPS = frozenset(("injected", "syn_shed"))
+EARLY_DROPS = frozenset(("injected", "syn_shed", "syn_rate"))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -217,7 +229,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         lossy.on_drop = lambda _seg, _ip: engine.note_drop("injected", time.time())
     try:
-        loop = ServerLoop(engine, tr, pw, delay=args.delay)
+        syn = {k: v for k, v in (("syn_rate", args.syn_rate), ("syn_burst", args.syn_burst),
+                                 ("syn_share", args.syn_share)) if v is not None}
+        loop = ServerLoop(engine, tr, pw, delay=args.delay, priority=not args.no_syn_priority,
+                          **syn)
     except ValueError as e:
         tr.close()
         return _fail("serve", e)
