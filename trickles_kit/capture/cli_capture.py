@@ -2,6 +2,12 @@
 
 Registered by `trickles_kit.cli` through `add_capture_parsers(subparsers)`; every command sets
 `func`, returns an exit status and reports a bad input in one line on stderr with status 2.
+
+`trickles decode` prints packets as it reads the capture (`decode.PacketStream`): its memory is
+bounded whatever the capture's size, and a corrupt record met on the way ends the output there
+(the one-line error, status 2). With --events, and for `trickles replay`, the packets of the
+whole capture are decoded first (pairing answers with requests needs them all): memory grows
+with the number of Trickles packets, not with the file's size.
 """
 
 from __future__ import annotations
@@ -59,7 +65,9 @@ def add_capture_parsers(sub: argparse._SubParsersAction) -> None:
         "decode", help="decode a pcap/pcapng of Trickles traffic into packets or events",
         description="Read a capture (pcap or pcapng; raw IP, Ethernet, Linux cooked, loopback "
                     "link types) and print one line per Trickles packet, or with --events the "
-                    "protocol events the server produced (the engine's own event vocabulary).",
+                    "protocol events the server produced (the engine's own event vocabulary). "
+                    "Packets are printed as the capture is read, in bounded memory whatever its "
+                    "size; --events keeps the capture's Trickles packets in memory.",
     )
     d.add_argument("pcap", metavar="PCAP", help="the capture file")
     d.add_argument("--secret-file", metavar="F",
@@ -182,10 +190,17 @@ def packet_info(r) -> str:
     return " ".join(p for p in parts if p)
 
 
+PACKETS_TABLE_HEADER = (f"{'#':>6} {'time':>11} {'':1} {'source':>21}   {'destination':<21} "
+                        f"{'flags':<5} {'seq':>10} {'ack':>10} {'type':<9} info\n")
+
+
 def write_packets_table(rows: list, out: TextIO) -> None:
-    t0 = rows[0].t if rows else 0.0
-    out.write(f"{'#':>6} {'time':>11} {'':1} {'source':>21}   {'destination':<21} {'flags':<5} "
-              f"{'seq':>10} {'ack':>10} {'type':<9} info\n")
+    out.write(PACKETS_TABLE_HEADER)
+    write_packet_lines(rows, out, rows[0].t if rows else 0.0)
+
+
+def write_packet_lines(rows: Iterable, out: TextIO, t0: float) -> None:
+    """The table lines of `rows` (times relative to `t0`), without the header."""
     for r in rows:
         arrow = ">" if r.direction == "request" else "<"
         what = r.req_type if r.direction == "request" else (
@@ -234,15 +249,77 @@ def write_csv(records: Iterable[dict], fieldnames: tuple, out: TextIO) -> None:
     w = csv.writer(out, lineterminator="\n")
     w.writerow(fieldnames)
     for rec in records:
-        cells = []
-        for f in fieldnames:
-            v = _plain(rec[f])
-            if v is None:
-                v = ""
-            elif isinstance(v, list | dict):
-                v = json.dumps(v, separators=(",", ":"))
-            cells.append(v)
-        w.writerow(cells)
+        w.writerow(csv_cells(rec, fieldnames))
+
+
+def csv_cells(rec: dict, fieldnames: tuple) -> list:
+    cells = []
+    for f in fieldnames:
+        v = _plain(rec[f])
+        if v is None:
+            v = ""
+        elif isinstance(v, list | dict):
+            v = json.dumps(v, separators=(",", ":"))
+        cells.append(v)
+    return cells
+
+
+class PacketWriter:
+    """Packet rows written batch by batch, exactly as `write_capture` writes a whole capture:
+    the header (table, csv) on creation, `rows(batch)` for each batch, `end(capture)` for the
+    table's summary."""
+
+    def __init__(self, fmt: str, out: TextIO) -> None:
+        from trickles_kit.capture.decode import ROW_FIELDS
+
+        self.fmt, self.out, self.fields = fmt, out, ROW_FIELDS
+        self.t0: float | None = None
+        if fmt == "table":
+            out.write(PACKETS_TABLE_HEADER)
+        elif fmt == "csv":
+            self._csv = csv.writer(out, lineterminator="\n")
+            self._csv.writerow(ROW_FIELDS)
+
+    def rows(self, rows: list) -> None:
+        if self.fmt == "table":
+            if self.t0 is None and rows:
+                self.t0 = rows[0].t
+            write_packet_lines(rows, self.out, self.t0 or 0.0)
+        elif self.fmt == "csv":
+            self._csv.writerows(csv_cells(r.as_dict(), self.fields) for r in rows)
+        else:
+            self.out.writelines(row_json(r) + "\n" for r in rows)
+
+    def end(self, cap) -> None:
+        if self.fmt == "table":
+            self.out.write(_summary_lines(cap))
+
+
+def _summary_lines(cap) -> str:
+    return "-- " + cap.summary().replace("\n", "\n-- ") + "\n"
+
+
+def write_capture(cap, fmt: str, events: bool, out: TextIO) -> None:
+    """A decoded `Capture` as `trickles decode` prints it (`fmt`: table, csv or json; its
+    events or its packets). `trickles decode` without --events streams the same output
+    (`PacketWriter`) instead of decoding the whole capture first."""
+    from trickles_kit.capture.decode import EVENT_FIELDS
+
+    if events:
+        if fmt == "table":
+            write_events_table(cap.events, out)
+        elif fmt == "csv":
+            write_csv(({f: getattr(e, f) for f in EVENT_FIELDS} for e in cap.events),
+                      EVENT_FIELDS, out)
+        else:
+            for e in cap.events:
+                out.write(e.to_json() + "\n")
+        if fmt == "table":
+            out.write(_summary_lines(cap))
+        return
+    w = PacketWriter(fmt, out)
+    w.rows(cap.packets)
+    w.end(cap)
 
 
 def _emit(write, out: TextIO) -> int:
@@ -259,36 +336,46 @@ def _emit(write, out: TextIO) -> int:
 
 # ---------------------------------------------------------------------------- commands
 def cmd_decode(args: argparse.Namespace) -> int:
-    from trickles_kit.capture.decode import EVENT_FIELDS, ROW_FIELDS
-
-    cap, status = _decode("decode", args, events=args.events)
+    if not args.events:
+        return _stream_decode(args)
+    cap, status = _decode("decode", args, events=True)
     if cap is None:
         return status
-    out = sys.stdout
-    fmt = args.format
+    return _emit(lambda out: write_capture(cap, args.format, True, out), sys.stdout)
+
+
+def _stream_decode(args: argparse.Namespace) -> int:
+    """`trickles decode` of packets: rows are written batch by batch as the capture is read, so
+    memory stays bounded however large the capture (`PacketStream`). A corrupt record met on the
+    way ends the output there: one line on stderr, status 2."""
+    from trickles_kit.capture.decode import PacketStream
+    from trickles_kit.capture.pcapio import PcapError, TruncatedCaptureWarning
+
+    try:
+        secret = _secret(args.secret_file)
+        stream = PacketStream(args.pcap, secret=secret, service_port=args.service_port,
+                              checksums=not args.no_checksums)
+    except (PcapError, ValueError) as e:
+        return _fail("decode", e)
+    failed: list[PcapError] = []
 
     def write(out: TextIO) -> None:
-        if args.events:
-            if fmt == "table":
-                write_events_table(cap.events, out)
-            elif fmt == "csv":
-                write_csv(({f: getattr(e, f) for f in EVENT_FIELDS} for e in cap.events),
-                          EVENT_FIELDS, out)
-            else:
-                for e in cap.events:
-                    out.write(e.to_json() + "\n")
-        else:
-            if fmt == "table":
-                write_packets_table(cap.packets, out)
-            elif fmt == "csv":
-                write_csv((r.as_dict() for r in cap.packets), ROW_FIELDS, out)
-            else:
-                for r in cap.packets:
-                    out.write(row_json(r) + "\n")
-        if fmt == "table":
-            out.write("-- " + cap.summary().replace("\n", "\n-- ") + "\n")
+        w = PacketWriter(args.format, out)
+        with stream, warnings.catch_warnings():
+            warnings.simplefilter("ignore", TruncatedCaptureWarning)
+            try:
+                for rows in stream:
+                    w.rows(rows)
+            except PcapError as e:
+                failed.append(e)
+                return
+        cap = stream.capture
+        if cap.warning:
+            print(f"trickles decode: warning: {cap.warning}", file=sys.stderr)
+        w.end(cap)
 
-    return _emit(write, out)
+    status = _emit(write, sys.stdout)
+    return _fail("decode", failed[0]) if failed else status
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

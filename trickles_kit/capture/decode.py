@@ -6,6 +6,8 @@ returns a `Capture`: ``packets`` (one `PacketRow` per Trickles segment, in captu
 Counter of everything skipped or flagged). ``packets_df()`` / ``events_df()`` give pandas
 DataFrames (pandas is imported only then). The packet table is kept flat and ``packets`` builds
 its `PacketRow` objects on first access; ``columns()`` / ``packets_df()`` need none.
+``PacketStream(path, ...)`` yields the same rows batch by batch and keeps none: memory bounded
+whatever the capture's size (what ``trickles decode`` prints packets with).
 
 Packets
 -------
@@ -119,7 +121,8 @@ from trickles_kit.wire.messages import (
 )
 from trickles_kit.wire.segment import FIN, SYN, decode_segment
 
-__all__ = ["Capture", "PacketRow", "decode_pcap", "derive_events", "PANDAS_HINT"]
+__all__ = ["Capture", "PacketRow", "PacketStream", "decode_pcap", "derive_events",
+           "PANDAS_HINT"]
 
 PANDAS_HINT = ("pandas is needed for DataFrames: pip install pandas "
                "(or pip install -e '.[lab]')")
@@ -243,6 +246,7 @@ class Capture:
         self.service_ports: set = service_ports if service_ports is not None else set()
         self.secret_used = secret_used
         self.events_derived = events_derived
+        self._n_streamed: int | None = None  # a PacketStream's count (it keeps no rows)
 
     def __repr__(self) -> str:
         return (f"Capture(path={self.path!r}, packets={self.n_packets}, "
@@ -265,7 +269,9 @@ class Capture:
 
     @property
     def n_packets(self) -> int:
-        """len(packets), without building the rows."""
+        """len(packets), without building the rows (for a `PacketStream`: rows streamed)."""
+        if self._n_streamed is not None:
+            return self._n_streamed
         return len(self._rows) if self._rows is not None else len(self._flat or ()) // NF
 
     def columns(self) -> dict[str, list]:
@@ -403,30 +409,22 @@ def decode_pcap(path: str | os.PathLike[str], secret: bytes | None = None,
     skips the event derivation (the fast path: reading + wire decode into the packet table);
     `checksums=False` skips the TCP checksum check.
     Raises `PcapError` for a file that is not a readable capture.
+
+    The capture is read a window at a time (see `pcapio`): memory grows with the Trickles
+    packets kept in the table, never with the file's size. `PacketStream` decodes the same rows
+    batch by batch without keeping them.
     """
-    if secret is not None and not isinstance(secret, bytes | bytearray):
-        raise TypeError("secret must be bytes (the master secret), e.g. bytes.fromhex(text)")
     cfg = config if config is not None else _default_config()
-    verifier = _Verifier(bytes(secret), cfg) if secret is not None else None
+    verifier = _make_verifier(secret, cfg)
     promote = gc.isenabled()
     with read_pcap(path) as reader, _no_gc():
         cap = Capture(str(path), format=reader.format, secret_used=verifier is not None)
         flat, svals, rvals, cap.service_ports = _decode_rows(
             reader.spans(), service_port, verifier, cap.errors, checksums, promote)
         cap._set_flat(flat, svals, rvals)
-        cap.linktypes = set(reader.linktypes)
-        cap.truncated = reader.truncated
-        cap.warning = reader.warning
-        for why, n in reader.skipped.items():
-            cap.errors["not_trickles"] += n
-            cap.errors["not_trickles." + why] += n
-        if reader.truncated:
-            cap.errors["truncated_file"] += 1
+        _finish(cap, reader)
     if verifier is not None and _wrong_secret(cap):
-        cap.errors["wrong_secret"] += 1
-        note = ("the secret verifies none of the continuations the server sent: wrong secret? "
-                "(events derived as without a secret)")
-        cap.warning = f"{cap.warning}; {note}" if cap.warning else note
+        _note_wrong_secret(cap)
         verifier = None
     if events:
         with _no_gc():
@@ -434,6 +432,111 @@ def decode_pcap(path: str | os.PathLike[str], secret: bytes | None = None,
                                        verifier=verifier)
         cap.events_derived = True
     return cap
+
+
+class PacketStream:
+    """`decode_pcap(path, ..., events=False)` batch by batch, in bounded memory.
+
+    Iterate it for lists of `PacketRow` (one list per batch the reader reads, in capture order):
+    the very rows ``decode_pcap(...).packets`` holds, but none is kept, so memory stays bounded
+    (a window of the file and one batch of rows) however large the capture. `capture` is a
+    `Capture` without rows whose ``errors``, ``warning``, ``truncated``, ``linktypes``,
+    ``service_ports`` and ``n_packets`` are final once the iteration has ended — the same
+    values, ``summary()`` included, as `decode_pcap` gives. Events are not derived: pairing
+    responses with requests needs the whole table (use `decode_pcap`).
+
+    Raises `PcapError` when the file is not a readable capture (at once) and when a corrupt
+    record is met (while iterating: the rows before it were yielded). A context manager;
+    iterating to the end closes the file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], secret: bytes | None = None,
+                 service_port: int | None = None, *, config=None,
+                 checksums: bool = True) -> None:
+        cfg = config if config is not None else _default_config()
+        self._verifier = _make_verifier(secret, cfg)
+        self._service_port = service_port
+        self._checksums = checksums
+        self._reader = read_pcap(path)
+        self.capture = Capture(str(path), format=self._reader.format,
+                               secret_used=self._verifier is not None)
+        self.capture._n_streamed = 0
+        self._started = False
+
+    def __iter__(self) -> Iterator[list[PacketRow]]:
+        if self._started:
+            raise RuntimeError("a PacketStream is iterated once")
+        self._started = True
+        cap = self.capture
+        verifier = self._verifier
+        flat: list = []
+        svals: list[int] = []
+        rvals: list[int] = []
+        ports: set[int] = set()
+        seen = verified = False  # server-emitted FULL continuations judged / one verified
+        batches = _decode_batches(self._reader.spans(), self._service_port, verifier,
+                                  cap.errors, self._checksums, False, flat, svals, rvals, ports)
+        try:
+            while True:
+                with _no_gc():
+                    if not next(batches, False):
+                        break
+                    rows = _rows_of(flat, svals, rvals)
+                flat.clear()
+                svals.clear()
+                rvals.clear()
+                if verifier is not None and not verified:
+                    for r in rows:
+                        if r.direction == "response" and r.mac_ok is not None:
+                            seen = True
+                            if r.mac_ok:
+                                verified = True
+                                break
+                cap._n_streamed += len(rows)
+                if rows:
+                    yield rows
+        finally:
+            batches.close()
+        cap.service_ports = ({self._service_port} if self._service_port is not None
+                             else ports)
+        _finish(cap, self._reader)
+        if seen and not verified:
+            _note_wrong_secret(cap)
+        self.close()
+
+    def close(self) -> None:
+        self._reader.close()
+
+    def __enter__(self) -> PacketStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _make_verifier(secret: bytes | None, cfg) -> _Verifier | None:
+    if secret is not None and not isinstance(secret, bytes | bytearray):
+        raise TypeError("secret must be bytes (the master secret), e.g. bytes.fromhex(text)")
+    return _Verifier(bytes(secret), cfg) if secret is not None else None
+
+
+def _finish(cap: Capture, reader) -> None:
+    """The reader's findings into the capture: link types, truncation, frames skipped."""
+    cap.linktypes = set(reader.linktypes)
+    cap.truncated = reader.truncated
+    cap.warning = reader.warning
+    for why, n in reader.skipped.items():
+        cap.errors["not_trickles"] += n
+        cap.errors["not_trickles." + why] += n
+    if reader.truncated:
+        cap.errors["truncated_file"] += 1
+
+
+def _note_wrong_secret(cap: Capture) -> None:
+    cap.errors["wrong_secret"] += 1
+    note = ("the secret verifies none of the continuations the server sent: wrong secret? "
+            "(events derived as without a secret)")
+    cap.warning = f"{cap.warning}; {note}" if cap.warning else note
 
 
 def _wrong_secret(cap: Capture) -> bool:
@@ -467,7 +570,29 @@ def _decode_rows(spans: Iterable[tuple], service_port: int | None,
                  verifier: _Verifier | None, errors: Counter,
                  checksums: bool = True, promote: bool = False) -> tuple[list, list, list, set]:
     """The table of every Trickles segment in `spans` (`PcapReader.spans` batches), flat: `NF`
-    values per row in `ROW_FIELDS` order. The hot loop.
+    values per row in `ROW_FIELDS` order, its two value lists and the service ports."""
+    flat: list = []
+    svals: list[int] = []
+    rvals: list[int] = []
+    syn_ports: set[int] = set()
+    for _ in _decode_batches(spans, service_port, verifier, errors, checksums, promote, flat,
+                             svals, rvals, syn_ports):
+        pass
+    return flat, svals, rvals, ({service_port} if service_port is not None else syn_ports)
+
+
+MAX_NAMES = 1 << 16  # cached address pairs (a cache: cleared when full, memory stays bounded)
+
+
+def _decode_batches(spans: Iterable[tuple], service_port: int | None,
+                    verifier: _Verifier | None, errors: Counter, checksums: bool, promote: bool,
+                    flat: list, svals: list, rvals: list, syn_ports: set
+                    ) -> Iterator[bool]:
+    """Append the rows of each batch of `spans` to `flat` (`NF` values per row in `ROW_FIELDS`
+    order; SACK blocks and ranges of fast-path requests to `svals` / `rvals`), then yield True:
+    the caller may take the batch's rows and clear the three lists (offsets in a batch are
+    relative to the lists' contents at its start) — or let them grow into one table. Service
+    ports learned from SYNs go to `syn_ports`. The hot loop.
 
     A fast-path row is one tuple extended into the list (nothing per row outlives the loop);
     a row of the general path is a PacketRow flattened the same way. The SACK blocks and byte
@@ -478,7 +603,6 @@ def _decode_rows(spans: Iterable[tuple], service_port: int | None,
     come precomputed per batch when numpy is there (`_batch_checksums`); any other is summed
     here (`_cksum_ok`).
     """
-    flat: list = []
     extend = flat.extend
     names: dict[int, tuple[str, str, bytes, bytes]] = {}
     ip_unpack = _IP.unpack_from
@@ -497,13 +621,12 @@ def _decode_rows(spans: Iterable[tuple], service_port: int | None,
     fast_req = _FAST_REQ_TYPES
     full_types = _FULL_TYPES
     req_name = _REQ_NAME
-    syn_ports: set[int] = set()
     fixed = service_port is not None
     index = -1
     not_trickles = 0
     no_verdicts = repeat(None)
-    svals: list[int] = []  # SACK block values of fast-path request rows, see `_ragged`
-    rvals: list[int] = []  # their byte ranges (start, end)
+    # svals: SACK block values of fast-path request rows, see `_ragged`; rvals: their byte
+    # ranges (start, end)
     svals_extend = svals.extend
     rvals_extend = rvals.extend
     sacks_n = _SACKS_N
@@ -514,6 +637,8 @@ def _decode_rows(spans: Iterable[tuple], service_port: int | None,
         # walk, all items cache-cold, cost about a tenth of the decode
         gc.collect(1)
     for d, tss, starts, ends in spans:
+        if len(names) > MAX_NAMES:
+            names.clear()
         verdicts = _batch_checksums(d, starts, ends) if checksums else None
         for ts, b, e, ok in zip(tss, starts, ends, verdicts or no_verdicts,
                                 strict=False):
@@ -727,10 +852,10 @@ def _decode_rows(spans: Iterable[tuple], service_port: int | None,
                 errors["flagged"] += 1
                 errors["flagged." + row.error] += 1
             extend(flatten(row))
-    if not_trickles:
-        errors["not_trickles"] += not_trickles
-    ports = {service_port} if fixed else syn_ports
-    return flat, svals, rvals, ports
+        if not_trickles:
+            errors["not_trickles"] += not_trickles
+            not_trickles = 0
+        yield True
 
 
 def _names(names: dict, addrs: int) -> tuple[str, str, bytes, bytes]:

@@ -27,13 +27,21 @@ Errors — the choice made here:
   `reader.warning` says where, and a `TruncatedCaptureWarning` is issued.
 
 `PcapError` is a `ValueError`, so callers that already catch ValueError for bad input keep working.
+
+Memory: the file is read a window at a time (`WINDOW`, 2 MiB; positioned reads for a regular
+file, so walks are independent), never mapped or read whole: what the reader holds does not grow
+with the file. A record (or pcapng packet block) larger than `MAX_RECORD` (256 KiB) — no IPv4
+datagram is that large; only a corrupt or crafted capture has one, e.g. a sparse file with a
+huge snapshot length — is skipped unread and counted as ``skipped["oversized"]``; a classic
+record larger than both that and the snapshot length is still a corrupt file (`PcapError`).
+A pipe is read in order and can be walked once.
 """
 
 from __future__ import annotations
 
 import contextlib
-import mmap
 import os
+import stat
 import struct
 import warnings
 from collections import Counter
@@ -71,6 +79,10 @@ PCAPNG_BOM = 0x1A2B3C4D
 PCAPNG_IDB, PCAPNG_PB, PCAPNG_SPB, PCAPNG_EPB = 1, 2, 3, 6
 
 MAX_RECORD = 0x40000  # 256 KiB: larger than any real snapshot length (tcpdump -s 0 = 262144)
+MAX_BLOCK = MAX_RECORD + 4096  # a pcapng block: such a frame, its headers and options
+WINDOW = 1 << 21  # bytes read at a time (2 MiB): with a record, all the reader holds
+BATCH = 1 << 13  # records per batch of a walk
+MAX_INTERFACES = 1 << 16  # interfaces a pcapng section may describe (kept in memory)
 
 _ETHERTYPES = {0x0806: "arp", 0x86DD: "ipv6", 0x8035: "rarp", 0x88CC: "lldp", 0x8847: "mpls"}
 _VLAN = (0x8100, 0x88A8, 0x9100)
@@ -134,16 +146,112 @@ def strip_link(linktype: int, frame: bytes) -> tuple[bytes | None, str]:
                 fam = int.from_bytes(frame[:4], "big")
         if fam == 2:
             return frame[4:], ""
-        return None, "ipv6" if fam in (10, 24, 28, 30) else f"family_{fam}"
+        return None, ("ipv6" if fam in (10, 24, 28, 30) else f"family_{fam}" if fam < 256
+                      else "family_other")  # (a bounded set of reasons whatever the input)
     return None, f"linktype_{linktype}"
+
+
+def _seek_read(fd: int, n: int, pos: int) -> bytes:
+    os.lseek(fd, pos, os.SEEK_SET)
+    return os.read(fd, n)
+
+
+_pread = getattr(os, "pread", None) or _seek_read  # (positioned reads where there are none)
+
+
+class _Window:
+    """One walk's bounded view of the file: ``buf`` holds the file bytes [base, end).
+
+    A regular file is read with positioned reads (`os.pread`), so walks are independent and a
+    jump forward reads nothing in between; anything else (a pipe) is read in order, once.
+    `fill` drops the bytes before an offset and reads a window (`WINDOW` bytes, or a record that
+    needs more); `skip_to` jumps past bytes nobody will look at (an oversized record).
+    """
+
+    __slots__ = ("buf", "base", "end", "_fd", "_f", "_size", "_path")
+
+    def __init__(self, reader: PcapReader, first: bytes) -> None:
+        self._f = reader._f
+        self._size = reader.size
+        self._fd = reader._f.fileno() if reader.size is not None else -1
+        self._path = reader.path
+        self.buf = first
+        self.base = 0
+        self.end = len(first)
+
+    def _read(self, n: int) -> bytes:
+        try:
+            if self._fd < 0:
+                return self._f.read(n)
+            out = _pread(self._fd, n, self.end)
+            if 0 < len(out) < n:  # a short read before the end of the file: go on
+                parts = [out]
+                got = len(out)
+                while got < n:
+                    more = _pread(self._fd, n - got, self.end + got)
+                    if not more:
+                        break
+                    parts.append(more)
+                    got += len(more)
+                out = b"".join(parts)
+            return out
+        except OSError as e:
+            raise PcapError(f"{self._path}: {e.strerror or e}") from None
+
+    def fill(self, off: int, need: int) -> bytes:
+        """Drop buf[:off] and read on: the new buf holds at least `need` bytes unless the file
+        ends first. Reads `WINDOW` bytes (more only for a record that needs more)."""
+        self.base += off
+        if self._fd >= 0:  # a regular file: read the unfinished record again, copy nothing
+            self.buf = b""  # (the old window is freed as soon as the caller lets go of it)
+            self.end = self.base
+            self.buf = self._read(max(WINDOW, need))
+            self.end += len(self.buf)
+            return self.buf
+        tail = self.buf[off:]
+        self.buf = b""
+        chunk = self._read(max(WINDOW, need) - len(tail))
+        self.end += len(chunk)
+        self.buf = tail + chunk if tail else chunk
+        return self.buf
+
+    def skip_to(self, target: int) -> tuple[bytes, int] | None:
+        """Move to file offset `target`: (buf, offset of `target` in it), or None when the file
+        ends before it (then `end` is where it ends)."""
+        if target <= self.end:
+            return self.buf, target - self.base
+        self.buf = b""
+        if self._fd >= 0:
+            if target > self._size:
+                with contextlib.suppress(OSError):  # a capture still being written grows
+                    self._size = os.fstat(self._fd).st_size
+            if target > self._size:
+                self.base = self.end = max(self._size, self.end)
+                return None
+        else:
+            left = target - self.end
+            while left > 0:
+                chunk = self._read(min(left, WINDOW))
+                if not chunk:
+                    self.base = self.end
+                    return None
+                self.end += len(chunk)
+                left -= len(chunk)
+        self.base = self.end = target
+        return self.buf, 0
 
 
 class PcapReader:
     """Iterator over the IPv4 datagrams of one capture file. Also a context manager.
 
+    The file is read a window at a time (`WINDOW` bytes): memory does not grow with the file,
+    and a record larger than `MAX_RECORD` (no IPv4 datagram is; only a corrupt or crafted
+    capture has one) is skipped unread and counted as ``skipped["oversized"]``.
+
     After (or during) iteration: `format` ("pcap" | "pcapng"), `linktypes` (set of link types
     seen), `frames` (records read), `records` (datagrams yielded), `skipped` (Counter of frames not
-    yielded, by reason), `truncated` and `warning` (see the module docstring).
+    yielded, by reason), `truncated` and `warning` (see the module docstring). `size` is the
+    file's size (None for a pipe, which can be walked only once).
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -154,42 +262,44 @@ class PcapReader:
         self.linktypes: set[int] = set()
         self.frames = 0
         self.records = 0
+        self._head: bytes | None = None
         try:
             self._f = open(self.path, "rb")  # noqa: SIM115 - closed by close()
         except OSError as e:
             raise PcapError(f"{self.path}: {e.strerror or e}") from None
         try:
-            size = os.fstat(self._f.fileno()).st_size
-            if size == 0:
-                raise PcapError("empty file: not a pcap or pcapng file")
             try:
-                self._buf: bytes | mmap.mmap = mmap.mmap(
-                    self._f.fileno(), 0, access=mmap.ACCESS_READ)
-            except (OSError, ValueError):  # not mappable (a pipe, a special file): read it
-                self._buf = self._f.read()
-            self.size = len(self._buf)
-            self._detect()
+                st = os.fstat(self._f.fileno())
+                regular = stat.S_ISREG(st.st_mode)
+                self.size: int | None = st.st_size if regular else None
+                head = (_pread(self._f.fileno(), WINDOW, 0) if regular
+                        else self._f.read(WINDOW))
+            except OSError as e:
+                raise PcapError(f"{self.path}: {e.strerror or e}") from None
+            if not head:
+                raise PcapError("empty file: not a pcap or pcapng file")
+            self._head = head
+            self._detect(head)
         except BaseException:
             self.close()
             raise
         self._it: Iterator[Record] | None = None
 
     # ------------------------------------------------------------------ header
-    def _detect(self) -> None:
-        buf = self.size
-        if buf < 4:
+    def _detect(self, head: bytes) -> None:
+        n = len(head)
+        if n < 4:
             raise PcapError("not a pcap or pcapng file")
-        head = bytes(self._buf[:4])
-        le = int.from_bytes(head, "little")
-        be = int.from_bytes(head, "big")
+        le = int.from_bytes(head[:4], "little")
+        be = int.from_bytes(head[:4], "big")
         if le in (MAGIC_US, MAGIC_NS) or be in (MAGIC_US, MAGIC_NS):
             self.format = "pcap"
             self._endian = "<" if le in (MAGIC_US, MAGIC_NS) else ">"
             self._scale = 1e-9 if (le if self._endian == "<" else be) == MAGIC_NS else 1e-6
-            if self.size < 24:
+            if n < 24:
                 raise PcapError("truncated pcap file header (24 bytes needed)")
             _, major, _minor, _, _, snaplen, network = struct.unpack_from(
-                self._endian + "IHHiIII", self._buf, 0)
+                self._endian + "IHHiIII", head, 0)
             if major != 2:
                 raise PcapError(f"unsupported pcap version {major}")
             self.snaplen = snaplen
@@ -203,10 +313,22 @@ class PcapReader:
             self.linktypes.add(self.linktype)
         elif be == PCAPNG_SHB:
             self.format = "pcapng"
-            if self.size < 28:
+            if n < 28:
                 raise PcapError("truncated pcapng section header")
         else:
             raise PcapError("not a pcap or pcapng file")
+
+    def _window(self) -> _Window:
+        """A window at the start of the file, for a new walk."""
+        head, self._head = self._head, None
+        if head is None:
+            if self.size is None:
+                raise PcapError(f"{self.path}: not a regular file: it can be read only once")
+            try:
+                head = _pread(self._f.fileno(), WINDOW, 0)
+            except OSError as e:
+                raise PcapError(f"{self.path}: {e.strerror or e}") from None
+        return _Window(self, head)
 
     # ------------------------------------------------------------------ iteration
     def __iter__(self) -> Iterator[Record]:
@@ -223,18 +345,25 @@ class PcapReader:
             return self._pcap_raw()
         return ((r[0], r[2]) for r in self)
 
-    def spans(self, batch: int = 1 << 13) -> Iterator[tuple[bytes | mmap.mmap, list[float],
-                                                             list[int], list[int]]]:
+    def spans(self, batch: int = BATCH) -> Iterator[tuple[bytes, list[float], list[int],
+                                                          list[int]]]:
         """The datagrams of `datagrams()` in batches of up to `batch`: ``(buf, ts, starts,
         ends)``, datagram i being ``buf[starts[i]:ends[i]]``.
 
-        For a classic pcap of raw IP frames `buf` is the mapped file itself: no per-datagram
-        bytes object or tuple — what a decoder reading fields with ``Struct.unpack_from(buf,
-        offset)`` wants, and one buffer for vectorised work over a batch. Any other capture
-        yields each batch of datagrams joined into one bytes object.
+        For a classic pcap of raw IP frames `buf` is the reader's window of the file itself: no
+        per-datagram bytes object or tuple — what a decoder reading fields with
+        ``Struct.unpack_from(buf, offset)`` wants, and one buffer for vectorised work over a
+        batch. Any other capture yields each batch of datagrams joined into one bytes object
+        (of about `WINDOW` bytes at most). Either way a batch holds at most a window's bytes.
         """
         if self.format == "pcap" and self.linktype in _RAW_TYPES:
-            yield from self._pcap_raw_spans(batch)
+            y = 0
+            try:
+                for item in self._pcap_walk(batch, True):
+                    y += len(item[1])
+                    yield item
+            finally:
+                self.records = y
             return
         it = self.datagrams()
         while True:
@@ -249,65 +378,101 @@ class PcapReader:
                 starts.append(off)
                 off += len(d)
                 ends.append(off)
-                if len(tss) >= batch:
+                if len(tss) >= batch or off >= WINDOW:
                     break
             if not tss:
                 return
             yield b"".join(parts), tss, starts, ends
 
-    def _pcap_raw_spans(self, batch: int) -> Iterator[tuple[bytes | mmap.mmap, list[float],
-                                                            list[int], list[int]]]:
-        """`spans` of a classic raw-IP pcap: the record walk of `_pcap_raw`, offsets only."""
-        buf = self._buf
-        size = self.size
+    def _pcap_walk(self, batch: int, ip_only: bool) -> Iterator[tuple[bytes, list[float],
+                                                                      list[int], list[int]]]:
+        """The records of a classic pcap in batches of up to `batch`: ``(buf, ts, starts,
+        ends)``, record i's frame being ``buf[starts[i]:ends[i]]`` (only frames that start like
+        IPv4 when `ip_only`; the others are counted in `skipped`). `buf` is the window: the
+        walk reads the file a window at a time and never holds more than a window and a record.
+        """
+        win = self._window()
+        buf = win.buf
         unpack = struct.Struct(self._endian + "IIII").unpack_from
         scale = self._scale
         limit = max(self.snaplen, MAX_RECORD)
         skipped = self.skipped
         off = 24
-        n = y = 0
+        n = 0
         try:
-            while off < size:
+            while True:
+                size = len(buf)
                 tss: list[float] = []
                 starts: list[int] = []
                 ends: list[int] = []
                 t_add, s_add, e_add = tss.append, starts.append, ends.append
                 stop = n + batch
-                while off < size and n < stop:
+                need = incl = 0
+                while n < stop:
                     if off + 16 > size:
-                        self._truncate(f"record {n} header at offset {off} is cut short")
-                        off = size
+                        need, incl = 16, -1
                         break
                     sec, frac, incl, _ = unpack(buf, off)
                     if incl > limit:
                         raise PcapError(
-                            f"corrupt pcap: record {n} at offset {off} claims {incl} captured "
-                            f"bytes (snapshot length {self.snaplen})")
+                            f"corrupt pcap: record {n} at offset {win.base + off} claims {incl} "
+                            f"captured bytes (snapshot length {self.snaplen})")
                     start = off + 16
-                    off = start + incl
-                    if off > size:
-                        self._truncate(f"record {n} at offset {start - 16} needs {incl} bytes, "
-                                       f"{size - start} remain")
-                        off = size
+                    end = start + incl
+                    if end > size or incl > MAX_RECORD:
+                        need = 16 + incl
                         break
+                    off = end
                     n += 1
-                    if incl and buf[start] >> 4 == 4:
+                    if not ip_only or (incl and buf[start] >> 4 == 4):
                         t_add(sec + frac * scale)
                         s_add(start)
-                        e_add(off)
+                        e_add(end)
                     else:
                         skipped["ipv6" if incl and buf[start] >> 4 == 6 else "not_ip"] += 1
-                y += len(tss)
                 if tss:
+                    self.frames = n
                     yield buf, tss, starts, ends
+                if not need:
+                    continue  # a full batch: the same window goes on
+                more = self._past_window(win, off, n, need, incl)
+                if more is None:
+                    return
+                buf, off, n = more
         finally:
             self.frames = n
-            self.records = y
+
+    def _past_window(self, win: _Window, off: int, n: int, need: int, incl: int
+                     ) -> tuple[bytes, int, int] | None:
+        """A classic-pcap walk met the end of its window (`need` bytes wanted at `off`: a
+        record header when `incl` < 0, else a record of `incl` bytes), or a record over
+        `MAX_RECORD`, skipped unread: (window, offset, records so far) to go on, or None at
+        the end of the file (a truncated record noted)."""
+        at = win.base + off  # the file offset of the record (or of its header)
+        if incl > MAX_RECORD:  # no datagram is this large
+            moved = win.skip_to(at + need)
+            if moved is None:
+                self._truncate(f"record {n} at offset {at} needs {incl} bytes, "
+                               f"{max(win.end - at - 16, 0)} remain")
+                return None
+            self.skipped["oversized"] += 1
+            return moved[0], moved[1], n + 1
+        buf = win.fill(off, need)
+        if len(buf) < need:
+            if buf:  # (empty: the end of the file, between two records)
+                if incl < 0 or len(buf) < 16:
+                    self._truncate(f"record {n} header at offset {at} is cut short")
+                else:
+                    self._truncate(f"record {n} at offset {at} needs {incl} bytes, "
+                                   f"{len(buf) - 16} remain")
+            return None
+        return buf, 0, n
 
     def _pcap_raw(self) -> Iterator[tuple[float, bytes]]:
-        """The hot path: classic pcap with raw IP frames, no per-record objects."""
-        buf = self._buf
-        size = self.size
+        """The hot path: classic pcap with raw IP frames, no per-record objects (the record
+        walk of `_pcap_walk`, yielding as it goes)."""
+        win = self._window()
+        buf = win.buf
         unpack = struct.Struct(self._endian + "IIII").unpack_from
         scale = self._scale
         limit = max(self.snaplen, MAX_RECORD)
@@ -315,28 +480,33 @@ class PcapReader:
         off = 24
         n = y = 0
         try:
-            while off < size:
-                if off + 16 > size:
-                    self._truncate(f"record {n} header at offset {off} is cut short")
-                    break
-                sec, frac, incl, _ = unpack(buf, off)
-                if incl > limit:
-                    raise PcapError(
-                        f"corrupt pcap: record {n} at offset {off} claims {incl} captured bytes "
-                        f"(snapshot length {self.snaplen})")
-                start = off + 16
-                off = start + incl
-                if off > size:
-                    self._truncate(f"record {n} at offset {start - 16} needs {incl} bytes, "
-                                   f"{size - start} remain")
-                    break
-                n += 1
-                frame = buf[start:off]
-                if incl and frame[0] >> 4 == 4:
-                    y += 1
-                    yield sec + frac * scale, frame
-                else:
-                    skipped["ipv6" if incl and frame[0] >> 4 == 6 else "not_ip"] += 1
+            while True:
+                size = len(buf)
+                while True:
+                    if off + 16 > size:
+                        need, incl = 16, -1
+                        break
+                    sec, frac, incl, _ = unpack(buf, off)
+                    if incl > limit:
+                        raise PcapError(
+                            f"corrupt pcap: record {n} at offset {win.base + off} claims {incl} "
+                            f"captured bytes (snapshot length {self.snaplen})")
+                    start = off + 16
+                    end = start + incl
+                    if end > size or incl > MAX_RECORD:
+                        need = 16 + incl
+                        break
+                    off = end
+                    n += 1
+                    if incl and buf[start] >> 4 == 4:
+                        y += 1
+                        yield sec + frac * scale, buf[start:end]
+                    else:
+                        skipped["ipv6" if incl and buf[start] >> 4 == 6 else "not_ip"] += 1
+                more = self._past_window(win, off, n, need, incl)
+                if more is None:
+                    return
+                buf, off, n = more
         finally:
             self.frames = n
             self.records = y
@@ -347,56 +517,29 @@ class PcapReader:
         warnings.warn(self.warning, TruncatedCaptureWarning, stacklevel=3)
 
     def _pcap(self) -> Iterator[Record]:
-        buf = self._buf
-        size = self.size
-        rec = struct.Struct(self._endian + "IIII")
-        unpack = rec.unpack_from
-        scale = self._scale
         lt = self.linktype
-        limit = max(self.snaplen, MAX_RECORD)
         raw = lt in _RAW_TYPES
         skipped = self.skipped
-        off = 24
-        n = 0
         y = 0
         try:
-            while off < size:
-                if off + 16 > size:
-                    self._truncate(f"record {n} header at offset {off} is cut short")
-                    break
-                sec, frac, incl, _orig = unpack(buf, off)
-                if incl > limit:
-                    raise PcapError(
-                        f"corrupt pcap: record {n} at offset {off} claims {incl} captured bytes "
-                        f"(snapshot length {self.snaplen})")
-                start = off + 16
-                off = start + incl
-                if off > size:
-                    self._truncate(f"record {n} at offset {start - 16} needs {incl} bytes, "
-                                   f"{size - start} remain")
-                    break
-                n += 1
-                frame = buf[start:off]
-                if raw:
-                    if incl and frame[0] >> 4 == 4:
+            for buf, tss, starts, ends in self._pcap_walk(BATCH, raw):
+                for ts, b, e in zip(tss, starts, ends, strict=True):
+                    if raw:
                         y += 1
-                        yield Record(sec + frac * scale, lt, frame)
+                        yield Record(ts, lt, buf[b:e])
                         continue
-                    data, why = None, ("ipv6" if incl and frame[0] >> 4 == 6 else "not_ip")
-                else:
-                    data, why = strip_link(lt, frame)
-                if data is None:
-                    skipped[why] += 1
-                else:
-                    y += 1
-                    yield Record(sec + frac * scale, lt, data)
+                    data, why = strip_link(lt, buf[b:e])
+                    if data is None:
+                        skipped[why] += 1
+                    else:
+                        y += 1
+                        yield Record(ts, lt, data)
         finally:
-            self.frames = n
             self.records = y
 
     def _pcapng(self) -> Iterator[Record]:
-        buf = self._buf
-        size = self.size
+        win = self._window()
+        buf = win.buf
         skipped = self.skipped
         off = 0
         n = 0
@@ -406,22 +549,24 @@ class PcapReader:
         last_ts = 0.0
         epb = spb = pb = u32 = None
         try:
-            while off < size:
-                if off + 12 > size:
-                    self._truncate(f"block header at offset {off} is cut short")
-                    break
+            while True:
+                if off + 12 > len(buf):
+                    buf = win.fill(off, 12)
+                    off = 0
+                    if len(buf) < 12:
+                        if buf:
+                            self._truncate(f"block header at offset {win.base} is cut short")
+                        break
+                at = win.base + off  # the block's file offset
                 btype_be = int.from_bytes(buf[off : off + 4], "big")
                 if btype_be == PCAPNG_SHB:
                     bom = buf[off + 8 : off + 12]
-                    if len(bom) < 4:
-                        self._truncate(f"section header at offset {off} is cut short")
-                        break
                     if int.from_bytes(bom, "little") == PCAPNG_BOM:
                         e = "<"
                     elif int.from_bytes(bom, "big") == PCAPNG_BOM:
                         e = ">"
                     else:
-                        raise PcapError(f"corrupt pcapng: bad byte-order magic at offset {off}")
+                        raise PcapError(f"corrupt pcapng: bad byte-order magic at offset {at}")
                     u32 = struct.Struct(e + "I")
                     epb = struct.Struct(e + "IIIII")
                     pb = struct.Struct(e + "HHIIII")
@@ -435,63 +580,94 @@ class PcapReader:
                 assert u32 is not None
                 blen = u32.unpack_from(buf, off + 4)[0]
                 if blen < 12 or blen % 4:
-                    raise PcapError(f"corrupt pcapng: block at offset {off} has length {blen}")
-                end = off + blen
-                if end > size:
-                    self._truncate(f"block at offset {off} needs {blen} bytes, "
-                                   f"{size - off} remain")
-                    break
-                if u32.unpack_from(buf, end - 4)[0] != blen:
-                    raise PcapError(
-                        f"corrupt pcapng: block at offset {off}: trailing length differs")
+                    raise PcapError(f"corrupt pcapng: block at offset {at} has length {blen}")
+                oversized = blen > MAX_BLOCK
+                head = MAX_BLOCK if oversized else blen  # what is read of the block
+                if off + head > len(buf):
+                    buf = win.fill(off, head)
+                    off = 0
+                    if len(buf) < head:
+                        self._truncate(f"block at offset {at} needs {blen} bytes, "
+                                       f"{len(buf)} remain")
+                        break
+                if oversized:
+                    end = off + head  # (the trailing length is checked below, unread so far)
+                else:
+                    end = off + blen
+                    if u32.unpack_from(buf, end - 4)[0] != blen:
+                        raise PcapError(
+                            f"corrupt pcapng: block at offset {at}: trailing length differs")
                 body = off + 8
                 if btype == PCAPNG_IDB:
                     if blen < 20:
-                        raise PcapError(f"corrupt pcapng: short interface block at {off}")
+                        raise PcapError(f"corrupt pcapng: short interface block at {at}")
+                    if len(ifaces) >= MAX_INTERFACES:
+                        raise PcapError(f"corrupt pcapng: interface block at {at} is one more "
+                                        f"than {MAX_INTERFACES} in a section")
                     lt, _, snap = struct.unpack_from(e + "HHI", buf, body)
                     scale, tsoff = self._idb_options(buf, body + 8, end - 4, e)
                     ifaces.append((lt, scale, tsoff, snap))
                     self.linktypes.add(lt)
                 elif btype in (PCAPNG_EPB, PCAPNG_SPB, PCAPNG_PB):
                     n += 1
-                    if btype == PCAPNG_EPB:
-                        if blen < 32:
-                            raise PcapError(f"corrupt pcapng: short packet block at {off}")
-                        iface, hi, lo, incl, _orig = epb.unpack_from(buf, body)
-                        start = body + 20
-                    elif btype == PCAPNG_PB:
-                        if blen < 32:
-                            raise PcapError(f"corrupt pcapng: short packet block at {off}")
-                        iface, _drops, hi, lo, incl, _orig = pb.unpack_from(buf, body)
-                        start = body + 20
+                    if oversized:  # no datagram is this large: skipped unread
+                        skipped["oversized"] += 1
                     else:
-                        if blen < 16:
-                            raise PcapError(f"corrupt pcapng: short packet block at {off}")
-                        iface, hi, lo = 0, -1, 0
-                        (orig,) = spb.unpack_from(buf, body)
-                        start = body + 4
-                        incl = min(orig, end - 4 - start)
-                        if ifaces and ifaces[0][3]:
-                            incl = min(incl, ifaces[0][3])
-                    if iface >= len(ifaces):
-                        raise PcapError(
-                            f"corrupt pcapng: packet block at offset {off} names interface "
-                            f"{iface}, {len(ifaces)} described")
-                    if start + incl > end - 4:
-                        raise PcapError(
-                            f"corrupt pcapng: packet block at offset {off}: captured length "
-                            f"{incl} exceeds the block")
-                    lt, scale, tsoff, _ = ifaces[iface]
-                    if hi >= 0:
-                        last_ts = ((hi << 32) | lo) * scale + tsoff
-                    data, why = strip_link(lt, buf[start : start + incl])
-                    if data is None:
-                        skipped[why] += 1
-                    else:
-                        y += 1
-                        yield Record(last_ts, lt, data)
+                        if btype == PCAPNG_EPB:
+                            if blen < 32:
+                                raise PcapError(f"corrupt pcapng: short packet block at {at}")
+                            iface, hi, lo, incl, _orig = epb.unpack_from(buf, body)
+                            start = body + 20
+                        elif btype == PCAPNG_PB:
+                            if blen < 32:
+                                raise PcapError(f"corrupt pcapng: short packet block at {at}")
+                            iface, _drops, hi, lo, incl, _orig = pb.unpack_from(buf, body)
+                            start = body + 20
+                        else:
+                            if blen < 16:
+                                raise PcapError(f"corrupt pcapng: short packet block at {at}")
+                            iface, hi, lo = 0, -1, 0
+                            (orig,) = spb.unpack_from(buf, body)
+                            start = body + 4
+                            incl = min(orig, end - 4 - start)
+                            if ifaces and ifaces[0][3]:
+                                incl = min(incl, ifaces[0][3])
+                        if iface >= len(ifaces):
+                            raise PcapError(
+                                f"corrupt pcapng: packet block at offset {at} names interface "
+                                f"{iface}, {len(ifaces)} described")
+                        if start + incl > end - 4:
+                            raise PcapError(
+                                f"corrupt pcapng: packet block at offset {at}: captured length "
+                                f"{incl} exceeds the block")
+                        lt, scale, tsoff, _ = ifaces[iface]
+                        if hi >= 0:
+                            last_ts = ((hi << 32) | lo) * scale + tsoff
+                        data, why = strip_link(lt, buf[start : start + incl])
+                        if data is None:
+                            skipped[why] += 1
+                        else:
+                            y += 1
+                            yield Record(last_ts, lt, data)
                 # any other block (name resolution, statistics, custom, ...) is skipped
-                off = end
+                if not oversized:
+                    off = end
+                    continue
+                # the rest of an oversized block is not read, only its trailing length
+                moved = win.skip_to(at + blen - 4)
+                if moved is not None:
+                    buf, off = moved
+                    if off + 4 > len(buf):
+                        buf = win.fill(off, 4)
+                        off = 0
+                if moved is None or len(buf) < off + 4:
+                    self._truncate(f"block at offset {at} needs {blen} bytes, "
+                                   f"{max(win.end - at, 0)} remain")
+                    break
+                if u32.unpack_from(buf, off)[0] != blen:
+                    raise PcapError(
+                        f"corrupt pcapng: block at offset {at}: trailing length differs")
+                off += 4
         finally:
             self.frames = n
             self.records = y
@@ -518,10 +694,7 @@ class PcapReader:
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
-        buf = getattr(self, "_buf", None)
-        if isinstance(buf, mmap.mmap):
-            with contextlib.suppress(BufferError):  # a view still held: the GC unmaps it
-                buf.close()
+        self._head = None
         f = getattr(self, "_f", None)
         if f is not None:
             f.close()

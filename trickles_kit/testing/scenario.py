@@ -64,12 +64,25 @@ end of the script); extra packets are a failure. The run stops at the first fail
 Run files with ``python -m trickles_kit.testing.scenario [-v] FILE...`` (no FILE: every scenario
 shipped in ``trickles_kit/scenarios``); ``-v`` prints a transcript of every step, and
 ``--explore`` accepts unmatched packets, to see what the server does before writing expectations.
+
+A malformed script (bad syntax, a value out of range, a request the scripted client cannot
+build) is reported in one line on stderr, ``FILE:LINE: message``, and the run exits with status 2
+(1: checks failed, 0: all passed); nothing is allocated before a value is checked. Limits: a
+script is at most `MAX_SCRIPT_BYTES` (1 MiB) of UTF-8; every request must fit one UDP datagram
+(`MAX_SEGMENT`, 65,507 bytes), so ``pad`` is at most 65,507 bytes less the request; ``config``
+values are finite and non-negative, ``replay_entries`` and ``state_cache`` at most 2^20 (the
+replay table is allocated whole: 12 MiB); 32-bit fields (``client_state``, ``parent``, SACK
+and range bounds) and 16-bit ports are checked against their width.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
+import math
 import shlex
+import struct
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -92,6 +105,7 @@ from trickles_kit.wire.continuation import (
 )
 from trickles_kit.wire.errors import DecodeError
 from trickles_kit.wire.messages import (
+    MAX_SACKS,
     REQ_FIN,
     REQ_NORMAL,
     REQ_SLOWSTART,
@@ -106,6 +120,7 @@ from trickles_kit.wire.messages import (
 from trickles_kit.wire.segment import (
     ACK,
     FIN,
+    HEADER_LEN,
     PSH,
     RST,
     SYN,
@@ -115,6 +130,10 @@ from trickles_kit.wire.segment import (
 )
 
 SECRET = b"trickles-kit scenario secret 32b"  # fixed: runs are deterministic
+MAX_SCRIPT_BYTES = 1 << 20  # a script larger than this is refused unread
+MAX_SEGMENT = 65507  # a request must fit one UDP datagram over IPv4 (65535 - 20 - 8)
+MAX_TABLE = 1 << 20  # replay_entries / state_cache: the replay table is allocated whole
+_U32 = 0xFFFFFFFF
 SERVICE = ("10.0.0.1", 80)
 CLIENT = ("10.0.0.2", 40000)
 CLIENT_ISN = 1000
@@ -167,6 +186,7 @@ class ScenarioResult:
     name: str
     checks: list[Check] = field(default_factory=list)
     trace: list[str] = field(default_factory=list)
+    error: ScenarioError | None = None  # the script is malformed (or cannot be executed)
 
     @property
     def passed(self) -> bool:
@@ -237,6 +257,8 @@ def parse_scenario(text: str) -> list[Line]:
             except ValueError:
                 raise ScenarioError(no, f"bad time {first!r}") from None
             relative = first.startswith("+")
+            if not math.isfinite(time):
+                raise ScenarioError(no, f"bad time {first!r}: not a finite number")
             if time < 0:
                 raise ScenarioError(no, "time must not be negative")
             toks = toks[1:]
@@ -298,6 +320,9 @@ def _validate(no: int, op: str, groups: list[list[tuple[str, str | None]]]) -> N
                 raise ScenarioError(no, f"unknown event kind {name!r}")
         elif head[0] not in ("app", "-app"):
             raise ScenarioError(no, "'!' wants an event kind, -kind, app=KIND or -app=KIND first")
+        for k, v in groups[0][1:]:
+            if v is None:
+                raise ScenarioError(no, f"event field {k!r} needs a value (FIELD=VALUE)")
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -316,6 +341,12 @@ def _int(v: str) -> int:
         return int(v, 10)
 
 
+def _checked(no: int, key: str, v: int, lo: int, hi: int) -> int:
+    if not lo <= v <= hi:
+        raise ScenarioError(no, f"{key}={v} is out of range ({lo}..{hi})")
+    return v
+
+
 def _ranges(v: str) -> list[tuple[int, int]]:
     if v == "none":
         return []
@@ -324,6 +355,37 @@ def _ranges(v: str) -> list[tuple[int, int]]:
         a, b = part.split(":")
         out.append((_int(a), _int(b)))
     return out
+
+
+def _encode(no: int, req: Request) -> bytes:
+    """The request's bytes; a value its wire fields cannot hold is a script error."""
+    try:
+        return req.encode()
+    except (ValueError, OverflowError, struct.error) as e:
+        raise ScenarioError(no, f"the request does not fit the wire format: {e}") from None
+
+
+def _config_value(no: int, key: str, v: str) -> int | float:
+    """A config value: an integer where ServerConfig has one, finite and non-negative; the
+    fields that size an allocation at most `MAX_TABLE`."""
+    default = getattr(ServerConfig(), key)
+    try:
+        val: int | float = _int(v)
+    except ValueError:
+        try:
+            val = float(v)
+        except ValueError:
+            raise ScenarioError(no, f"config {key}: not a number: {v}") from None
+    if isinstance(default, int) and not isinstance(val, int):
+        raise ScenarioError(no, f"config {key}: wants an integer, got {v}")
+    if isinstance(default, bool) and val not in (0, 1):
+        raise ScenarioError(no, f"config {key}: wants 0 or 1, got {v}")
+    if not math.isfinite(val) or val < 0:
+        raise ScenarioError(no, f"config {key}: wants a finite number >= 0, got {v}")
+    if isinstance(val, int):
+        _checked(no, f"config {key}", val, 0, MAX_TABLE if key in ("replay_entries",
+                                                                   "state_cache") else _U32)
+    return val
 
 
 def _flags_str(flags: int) -> str:
@@ -400,6 +462,7 @@ class Runner:
         self.explore = explore  # accept (and store) unmatched packets: for writing new scripts
         self.now = 0.0
         self.cfg: dict[str, int | float] = {}
+        self.cfg_line = 0  # the last config line (its errors may show only with the engine)
         self.engine: ServerEngine | None = None
         self.result = ScenarioResult(name)
         self.fulls: dict[int, Stored] = {}  # packet number -> newest FULL continuation received
@@ -422,8 +485,11 @@ class Runner:
                 self.step_app.append(msk.kind)
                 gen(msk)
 
-            self.engine = ServerEngine(SECRET, handler, _ip(SERVICE[0]), SERVICE[1],
-                                       ServerConfig(**self.cfg), on_event=self._on_event)
+            try:
+                self.engine = ServerEngine(SECRET, handler, _ip(SERVICE[0]), SERVICE[1],
+                                           ServerConfig(**self.cfg), on_event=self._on_event)
+            except (ArithmeticError, TypeError, ValueError) as e:
+                raise ScenarioError(self.cfg_line, f"bad config: {e}") from None
             gen.attach(self.engine)
         return self.engine
 
@@ -450,6 +516,11 @@ class Runner:
                 ok = self._step(line)
             except ScenarioError as e:
                 ok = self._check(line, False, f"script error: {e.message}")
+                self.result.error = e.with_traceback(None)  # (its frames hold the engine)
+            except Exception as e:  # a bug, not the script's: say where it happened
+                with contextlib.suppress(AttributeError):
+                    e.scenario_line = line.no  # type: ignore[attr-defined]
+                raise
             if not ok:
                 return self.result
         self._flush(last)
@@ -461,17 +532,12 @@ class Runner:
                 raise ScenarioError(line.no, "config must come before the first request")
             for k, v in line.groups[0]:
                 assert v is not None
-                try:
-                    self.cfg[k] = _int(v)
-                except ValueError:
-                    try:
-                        self.cfg[k] = float(v)
-                    except ValueError:
-                        raise ScenarioError(line.no, f"config {k}: not a number: {v}") from None
+                self.cfg[k] = _config_value(line.no, k, v)
             try:
                 ServerConfig(**self.cfg)
             except (TypeError, ValueError) as e:
                 raise ScenarioError(line.no, f"bad config: {e}") from None
+            self.cfg_line = line.no
             return True
         if line.op == ">":
             if not self._flush(line.no):
@@ -508,8 +574,11 @@ class Runner:
             try:
                 _ip(ip)
                 src = (ip, int(port))
+                if not 0 <= src[1] <= 0xFFFF:
+                    raise ValueError(port)
             except ValueError:
-                raise ScenarioError(line.no, f"from wants IP:PORT, got {opts['from']!r}") from None
+                raise ScenarioError(line.no, f"from wants IP:PORT (port 0..65535), got "
+                                             f"{opts['from']!r}") from None
         if "replay" in opts:
             if self.last_request is None:
                 raise ScenarioError(line.no, "replay: no request was sent before")
@@ -559,7 +628,7 @@ class Runner:
                     raise ScenarioError(no, f"{bad} makes no sense on a SYN")
             req = Request(REQ_SYN, None, [], b"", ranges, app)
             self.last_ucont = b""
-            payload = req.encode()
+            payload = _encode(no, req)
             pad = opts.get("pad", "auto")
             if pad == "auto":  # what the real client sends: its answer stays within 3x
                 mss = int(self.cfg.get("mss", ServerConfig().mss))
@@ -567,10 +636,14 @@ class Runner:
                 n = max(answer // 3 + 1 - (len(payload) + 28), 0)
             else:
                 n = self._opt(no, "pad", opts, _int, 0)
+                room = MAX_SEGMENT - HEADER_LEN - len(payload)
+                if not 0 <= n <= room:  # checked before anything is allocated
+                    raise ScenarioError(no, f"pad={n} is out of range: 0..{max(room, 0)} bytes "
+                                            f"(the SYN must fit one {MAX_SEGMENT}-byte datagram)")
             if n:
                 req.ucont = b"\0" * n
-                payload = req.encode()
-            return self._segment(payload, 0, SYN, src), "syn"
+                payload = _encode(no, req)
+            return self._segment(no, payload, 0, SYN, src), "syn"
         if "pad" in opts:
             raise ScenarioError(no, "pad is for SYNs only")
         k = self._opt(no, "ack", opts, _int, 0)
@@ -586,7 +659,8 @@ class Runner:
         cont = dataclasses.replace(stored.cont)
         for fname in ("client_state", "parent"):
             if fname in opts:
-                setattr(cont, fname, self._opt(no, fname, opts, _int, 0))
+                setattr(cont, fname, _checked(no, fname, self._opt(no, fname, opts, _int, 0),
+                                              0, _U32))
         sacks = self._sacks(no, opts.get("sack"), "lie" in opts)
         ucont_opt = opts.get("ucont")
         if ucont_opt is None:
@@ -600,7 +674,7 @@ class Runner:
             ucont = self.fulls[src_pkt].ucont
         req = Request(rtype, cont, sacks, ucont, ranges, app)
         self.last_ucont = ucont
-        payload = bytearray(req.encode())
+        payload = bytearray(_encode(no, req))
         for fname in (opts.get("tamper") or "").split(","):
             if not fname:
                 continue
@@ -611,7 +685,7 @@ class Runner:
             byte = 1 + off + (0 if fname == "mac" else n - 1)  # the field's lowest bit
             payload[byte] ^= 1
         flags = FIN | ACK if rtype == REQ_FIN else ACK
-        return self._segment(bytes(payload), k, flags, src), " ".join(
+        return self._segment(no, bytes(payload), k, flags, src), " ".join(
             f"{a}={b}" if b is not None else a for a, b in line.groups[0])
 
     @staticmethod
@@ -627,8 +701,11 @@ class Runner:
     def _sacks(self, no: int, spec: str | None, lie: bool) -> list[SackBlock]:
         if not spec or spec == "none":
             return []
+        parts = spec.split(",")
+        if len(parts) > MAX_SACKS:
+            raise ScenarioError(no, f"{len(parts)} SACK blocks: at most {MAX_SACKS} fit a request")
         blocks = []
-        for part in spec.split(","):
+        for part in parts:
             try:
                 rng, _, given = part.partition(":")
                 left_s, _, right_s = rng.partition("-")
@@ -637,21 +714,32 @@ class Runner:
                 explicit = _int(given) if given else None
             except ValueError:
                 raise ScenarioError(no, f"bad SACK block {part!r} (L-R or L-R:0xSUMMARY)") from None
+            if not (0 <= left <= _U32 and 0 <= right <= _U32):  # (R < L: the server's to judge)
+                raise ScenarioError(no, f"bad SACK block {part!r}: L and R are 32-bit packet "
+                                        "numbers")
             if explicit is not None:
-                blocks.append(SackBlock(left, right, explicit & 0xFFFFFFFF))
+                blocks.append(SackBlock(left, right, explicit & _U32))
                 continue
+            # the work is bounded by the packets received, not by the block's span
+            known = [j for j in self.nonces if left <= j <= right]
+            if not lie and len(known) != max(right - left + 1, 0):
+                j = left
+                while j in self.nonces:
+                    j += 1
+                raise ScenarioError(
+                    no, f"SACK {left}-{right} claims packet {j}, which the client never "
+                        "received (add 'lie' to claim it with a guessed nonce)")
             summary = 0
-            for j in range(left, right + 1):
-                if j in self.nonces:
-                    summary ^= self.nonces[j]
-                elif not lie:
-                    raise ScenarioError(
-                        no, f"SACK {left}-{right} claims packet {j}, which the client never "
-                            "received (add 'lie' to claim it with a guessed nonce)")
+            for j in known:  # an unreceived packet's nonce is guessed as 0
+                summary ^= self.nonces[j]
             blocks.append(SackBlock(left, right, summary))
         return blocks
 
-    def _segment(self, payload: bytes, ack: int, flags: int, src: tuple[str, int]) -> bytes:
+    def _segment(self, no: int, payload: bytes, ack: int, flags: int,
+                 src: tuple[str, int]) -> bytes:
+        if HEADER_LEN + len(payload) > MAX_SEGMENT:
+            raise ScenarioError(no, f"the request is {HEADER_LEN + len(payload)} bytes: more than "
+                                    f"one {MAX_SEGMENT}-byte datagram")
         self.req_seq += 1
         return encode_segment(_ip(src[0]), _ip(SERVICE[0]), src[1], SERVICE[1], self.req_seq, ack,
                               flags, payload, 0, 0xFFFF)
@@ -820,13 +908,32 @@ def run_scenario(text: str, name: str = "<scenario>", verbose: bool = False,
     try:
         lines = parse_scenario(text)
     except ScenarioError as e:
-        return ScenarioResult(name, [Check(e.line, "(syntax)", False, e.message)])
+        return ScenarioResult(name, [Check(e.line, "(syntax)", False, e.message)], error=e)
     return Runner(name, verbose, explore, pcap).run(lines)
 
 
+def read_script(path: str | Path) -> str:
+    """The script's text: at most `MAX_SCRIPT_BYTES` of UTF-8 (ScenarioError otherwise, line
+    0 for the file as a whole); OSError when it cannot be read."""
+    with open(path, "rb") as f:
+        data = f.read(MAX_SCRIPT_BYTES + 1)
+    if len(data) > MAX_SCRIPT_BYTES:
+        raise ScenarioError(0, f"larger than {MAX_SCRIPT_BYTES} bytes: not a scenario script")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ScenarioError(data.count(b"\n", 0, e.start) + 1,
+                            f"not UTF-8 text (byte 0x{data[e.start]:02x})") from None
+
+
 def run_file(path: str | Path, verbose: bool = False, explore: bool = False) -> ScenarioResult:
+    """Run one script file; a malformed one gives a failed result with `error` set."""
     p = Path(path)
-    return run_scenario(p.read_text(encoding="utf-8"), p.name, verbose, explore)
+    try:
+        text = read_script(p)
+    except ScenarioError as e:
+        return ScenarioResult(p.name, [Check(e.line, "(file)", False, e.message)], error=e)
+    return run_scenario(text, p.name, verbose, explore)
 
 
 def scenario_paths() -> list[Path]:
@@ -835,31 +942,58 @@ def scenario_paths() -> list[Path]:
     return sorted(Path(str(root)).glob("*.txt"))
 
 
+def _where(path: Path, line: int) -> str:
+    return f"{path}:{line}" if line > 0 else str(path)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """PASS/FAIL per file on stdout; a malformed script: one line on stderr. Exit status 0 (all
+    passed), 1 (checks failed) or 2 (a script is malformed or could not be read or run)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in ("-h", "--help"):
         print("usage: python -m trickles_kit.testing.scenario [-v] [--explore] [FILE...]\n"
               "Runs Trickles server scenarios (no FILE: the shipped ones); prints PASS/FAIL.\n"
-              "  -v         print a transcript of every request, packet and event\n"
-              "  --explore  accept packets no '<' line matches (to draft a new script)")
+              "  -v           print a transcript of every request, packet and event\n"
+              "  --explore    accept packets no '<' line matches (to draft a new script)\n"
+              "  --traceback  let an internal error raise (instead of one line on stderr)\n"
+              "Exit status: 0 all passed, 1 checks failed, 2 a script is malformed.")
         return 0
     verbose = "-v" in args
     explore = "--explore" in args
-    args = [a for a in args if a not in ("-v", "--explore")]
+    traceback = "--traceback" in args
+    args = [a for a in args if a not in ("-v", "--explore", "--traceback")]
     paths = [Path(a) for a in args] or scenario_paths()
-    failed = 0
-    for p in paths:
+    failed = broken = 0
+    result: ScenarioResult | None = None
+    for i, p in enumerate(paths):
+        if i:
+            result = None
+            # the previous file's engine (its replay table: 12 MiB by default) sits in a cycle
+            # with its handler: free it before the next one, so a run's memory is one file's
+            gc.collect()
         if verbose:
             print(f"== {p}")
         try:
             result = run_file(p, verbose, explore)
         except OSError as e:
-            print(f"FAIL {p}: {e}")
-            failed += 1
+            print(f"{p}: cannot read: {e.strerror or e}", file=sys.stderr)
+            broken += 1
+            continue
+        except Exception as e:  # not the script's fault: a bug here or in the server
+            if traceback:
+                raise
+            where = _where(p, getattr(e, "scenario_line", 0))
+            print(f"{where}: internal error: {type(e).__name__}: {e} (--traceback for details)",
+                  file=sys.stderr)
+            broken += 1
+            continue
+        if result.error is not None:
+            print(f"{_where(p, result.error.line)}: {result.error.message}", file=sys.stderr)
+            broken += 1
             continue
         print(result.report())
         failed += not result.passed
-    return 1 if failed else 0
+    return 2 if broken else 1 if failed else 0
 
 
 if __name__ == "__main__":
