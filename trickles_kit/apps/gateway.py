@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
+import gc
 import re
 import signal
 import socket
@@ -31,6 +33,8 @@ from trickles_kit.net.ip import PROTO_TCP, PROTO_TRICKLES
 
 MAX_HEAD = 64 * 1024
 LINGER = 1.0  # seconds to wait for the client's FIN after the response
+TRIM_DELAY = 0.2  # s after a TCP peer leaves before the freed heap is given back
+TRIM_TRIES = 25  # ... waiting at most this many delays for its Trickles side to close
 _REQUEST_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [\x21-\x7e]+ HTTP/\d\.\d")
 
 
@@ -42,6 +46,30 @@ def _simple_response(status: str, text: str) -> bytes:
 
 BAD_REQUEST = _simple_response("400 Bad Request", "bad request")
 BAD_GATEWAY = _simple_response("502 Bad Gateway", "the Trickles transfer failed")
+
+_malloc_trim: Callable[[int], int] | None | bool = False  # False: not looked up yet
+
+
+def release_freed_memory() -> bool:
+    """Give the heap pages freed by a finished transfer back to the OS; True if any were.
+
+    A peer that never reads leaves up to a window of response data (ClientConfig.window, 8 MiB)
+    in the engine, held as thousands of packet-sized objects. Freed, the large ones go back
+    at once (glibc maps them on their own), but glibc's malloc keeps the pages of the small
+    and medium ones for reuse, so the gateway's RSS stays megabytes above its baseline after
+    the peer left. `malloc_trim(0)` returns every free page (glibc >= 2.8). glibc only: with
+    another C library (musl, macOS) this does nothing.
+    """
+    global _malloc_trim
+    if _malloc_trim is False:
+        try:
+            fn = ctypes.CDLL(None).malloc_trim
+            fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+            _malloc_trim = fn
+        except (OSError, AttributeError):
+            _malloc_trim = None
+    gc.collect()  # objects in reference cycles (asyncio futures, tracebacks) go first
+    return bool(_malloc_trim(0)) if callable(_malloc_trim) else False
 
 
 def valid_head(head: bytes) -> bool:
@@ -74,6 +102,7 @@ class Gateway:
         self.host: AsyncClientHost | None = None
         self.server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._trim: asyncio.TimerHandle | None = None
 
     async def start(self, listen_host: str, listen_port: int) -> tuple[str, int]:
         """Open the upstream transport and listen; returns the bound (host, port)."""
@@ -98,8 +127,30 @@ class Gateway:
         if self.server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.server.wait_closed(), 1.0)
+        if self._trim is not None:
+            self._trim.cancel()
+            self._trim = None
         if self.host is not None:
             await self.host.aclose()
+
+    def _schedule_trim(self, tries: int = TRIM_TRIES) -> None:
+        """Once the TCP connections that ended have closed their Trickles side too (a FIN is
+        answered in about a round trip), give the memory they held back (one call for any
+        number of connections that ended together)."""
+        if self._trim is not None:
+            self._trim.cancel()
+        self._trim = asyncio.get_running_loop().call_later(TRIM_DELAY, self._trim_now, tries)
+
+    def _trim_now(self, tries: int) -> None:
+        self._trim = None
+        host = self.host
+        if host is None or host.closed:
+            return
+        if host.connections > len(self._tasks) and tries > 1:  # a Trickles side still closing
+            self._schedule_trim(tries - 1)
+            return
+        if release_freed_memory():
+            self.counters["memory_trims"] += 1
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -118,6 +169,8 @@ class Gateway:
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
+            if self.host is not None and not self.host.closed:
+                self._schedule_trim()
 
     async def _linger(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Half-close, then drop what the client still sends (for at most LINGER s): closing with

@@ -324,7 +324,9 @@ class ServerEngine:
         # one use per sealed continuation: its verified MAC names it (connId, packet number,
         # timestamp, type, epoch...) in 64 unforgeable bits; the tag adds the request type
         key = int.from_bytes(raw[59:67], "big") ^ (tag << 32)
-        sealed = now - (age - (1 << 32) if age >= 1 << 31 else age) / 1000
+        # whole milliseconds, as sealed: `now - age/1000` would carry now's sub-millisecond
+        # fraction and could put a replay one tick above the horizon its own eviction set
+        sealed = (now_ms - (age - (1 << 32) if age >= 1 << 31 else age)) / 1000
         refused = self.replay.refused
         if not self.replay.check_and_add(key, now, sealed):
             # at or below a row's horizon (the table overflowed): maybe never seen, but it
