@@ -144,15 +144,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--delta", choices=("off", "pairs", "hash", "both"), default="off",
                    help="ask for delta-encoded continuations (the server needs --delta; "
                         "docs/protocol.md §14.3)")
+    f.add_argument("--uplink-repair", action="store_true",
+                   help="repeat a request whose answers never came, within a bounded budget, "
+                        "instead of counting it as congestion (lossy request paths; "
+                        "docs/protocol.md §8.8)")
     f.set_defaults(func=cmd_fetch)
 
 
 def _client_config(args: argparse.Namespace):
-    """The fetch client's configuration: --mss and --delta."""
+    """The fetch client's configuration: --mss, --delta and --uplink-repair."""
     from trickles_kit.core.client import ClientConfig
 
     return ClientConfig(mss=args.mss, paired=args.delta in ("pairs", "both"),
-                        hashed=args.delta in ("hash", "both"))
+                        hashed=args.delta in ("hash", "both"),
+                        uplink_repair=getattr(args, "uplink_repair", False))
 
 
 def _fail(cmd: str, err: BaseException) -> int:

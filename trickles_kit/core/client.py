@@ -69,6 +69,15 @@ class ClientConfig:
     # bytes asked and not yet arrived never exceed this; nothing outside it is asked for or
     # kept, so a server (honest or not) cannot make the client hold more (docs §8.7)
     window: int = 8 << 20
+    # request-path loss (docs/protocol.md §8.8), off by default: a lost request then leaves a
+    # gap that counts as a loss, as in the paper. On, a NORMAL request none of whose packets
+    # came is sent again (the very same datagrams) up to `request_repeats` times before its
+    # packets are called lost, and every NORMAL request goes out in as many copies (at most
+    # `request_copies`) as the request loss it measures calls for. The server answers one copy
+    # of a continuation only (its replay table): copies of an answered request get nothing
+    uplink_repair: bool = False
+    request_repeats: int = 2
+    request_copies: int = 3
 
     def __post_init__(self) -> None:
         if not 0 < self.min_rto <= self.initial_rto <= self.max_rto:
@@ -79,6 +88,8 @@ class ClientConfig:
             raise ValueError("tail_probes must be in 0..64 and fin_tries in 1..16")
         if not 2 * self.mss <= self.window <= 1 << 31:
             raise ValueError("window must be in [2 * mss, 2^31] bytes")
+        if not 1 <= self.request_repeats <= 8 or not 1 <= self.request_copies <= 4:
+            raise ValueError("request_repeats must be in 1..8 and request_copies in 1..4")
 
     @property
     def max_islands(self) -> int:
@@ -92,6 +103,29 @@ class _Expect:
     def __init__(self, ranges: list[tuple[int, int]], order: int) -> None:
         self.ranges = ranges
         self.order = order
+
+
+class _Req:
+    """A NORMAL request as sent (uplink repair), kept while its packets are outstanding: a
+    repeat is the very same datagram, so the server plans the very same packets for it."""
+
+    __slots__ = ("segs", "copies", "stamp", "wire", "k", "pkts", "epoch", "answered",
+                 "repeats", "first_repeat", "due", "serial")
+
+    def __init__(self, k: int, plan: pl.Plan, epoch: int, serial: int) -> None:
+        self.segs: list[bytes] = []  # the copies sent (none: not repeatable)
+        self.copies = 0  # how many went out at first
+        self.stamp = 0  # the first copy's clientTimestamp; copy i carries stamp + i
+        # (request, clientState, parent, flags): to make more copies for a repeat
+        self.wire: tuple[Request, int, int, int] | None = None
+        self.k = k
+        self.pkts = [s.pkt for s in plan.slots if s.kind != pl.RETRANSMIT]
+        self.epoch = epoch
+        self.answered = False  # a packet of it arrived: the server had it, a gap is data loss
+        self.repeats = 0
+        self.first_repeat = 0.0
+        self.due = 0.0
+        self.serial = serial
 
 
 class ClientEngine:
@@ -138,6 +172,25 @@ class ClientEngine:
         self._rtx: dict[int, _Expect] = {}
         self._rtx_heap: list[tuple[int, int]] = []
         self._ready: list[tuple[int, int, Continuation]] = []
+        # uplink repair (cfg.uplink_repair): the request each outstanding packet answers, the
+        # packets waiting for a repeated request, and the repeats' deadlines
+        self._repair_on = self.cfg.uplink_repair
+        self._last_segs: list[bytes] = []
+        self._last_wire: tuple[Request, int, int, int] | None = None
+        self._req_of: dict[int, _Req] = {}
+        self._rtx_req_of: dict[int, _Req] = {}
+        self._under_repair: dict[int, _Req] = {}
+        self._repair_heap: list[tuple[float, int, _Req]] = []
+        self._req_serial = 0
+        # whether repeats pay: the share of repeated requests whose packets then came (EWMA
+        # over them); low when the gaps are answers lost on the way
+        self._repair_yield = self.YIELD_START
+        self._repair_skipped = 0
+        # the loss of one request datagram on the way to the server (mean of the first
+        # trials, then an EWMA) and the copies every NORMAL request goes out in now
+        self._copy_loss = 0.0
+        self._copy_trials = 0
+        self._copies = 1
         self._spare: Continuation | None = None
         self._spare_stale = False  # the spare predates the last SLOWSTART: replace it
         self._ss_right = -1  # `right` of the last SLOWSTART
@@ -284,10 +337,14 @@ class ClientEngine:
         return out
 
     def get_timer(self) -> float | None:
-        """The earliest deadline: the reordering window or the retransmission timeout."""
-        if self._reo is not None and (self._timer is None or self._reo < self._timer):
-            return self._reo
-        return self._timer
+        """The earliest deadline: the reordering window, a repeated request's wait or the
+        retransmission timeout."""
+        t = self._timer
+        if self._reo is not None and (t is None or self._reo < t):
+            t = self._reo
+        if self._repair_heap and (t is None or self._repair_heap[0][0] < t):
+            t = self._repair_heap[0][0]
+        return t
 
     # ------------------------------------------------------------------ helpers
     def _event(self, kind: str, now: float, **kw) -> None:
@@ -556,8 +613,14 @@ class ClientEngine:
 
     def _on_packet(self, cont: Continuation, nonce: int, now: float) -> bool:
         pkt = cont.seq
-        if cont.client_timestamp:
-            r = ((int(now * 1000) - cont.client_timestamp) & _U32) / 1000.0
+        req = (self._rtx_req_of if cont.type == MINIMAL else self._req_of).get(pkt)
+        cts = cont.client_timestamp
+        if req is not None:
+            # the copy answered: copy i of a request carries its first copy's stamp + i ms
+            # (all left at once); a repeated request gives no sample (Karn's rule)
+            cts = 0 if req.repeats else req.stamp
+        if cts:
+            r = ((int(now * 1000) - cts) & _U32) / 1000.0
             if r < 1 << 20:
                 self._sample_rtt(r)
         if cont.type == MINIMAL:  # a retransmission: its data counts, its number is not claimed
@@ -565,10 +628,17 @@ class ClientEngine:
             if exp is not None:
                 self._settle(exp)
                 self.counters["rtx_received"] += 1
+            if req is not None:
+                del self._rtx_req_of[pkt]
+                self._answered(req, -1, now, cont.client_timestamp)
             return exp is not None
         exp = self._expected.pop(pkt, None)
         if exp is not None:
             self._settle(exp)
+        if req is not None:
+            del self._req_of[pkt]
+            self._under_repair.pop(pkt, None)
+            self._answered(req, pkt, now, cont.client_timestamp)
         if pkt in self._lost or self._board.contains(pkt):
             self.counters["late_or_dup"] += 1
             return exp is not None
@@ -602,28 +672,223 @@ class ClientEngine:
                 self._missing.add(gs, ge)
 
     def _detect_losses(self, now: float) -> None:
+        if self._req_of:
+            self._start_repairs(now)
         self._declare_below(self._max_rx - self.cfg.dupthresh + 1, now)
 
     def _declare_below(self, bound: int, now: float) -> None:
-        """Declare every expected packet numbered below `bound` lost."""
+        """Declare every expected packet numbered below `bound` lost (not those waiting for a
+        repeated request: their deadline decides)."""
         limit = bound - 1
         heap = self._exp_heap
+        repairing = self._under_repair
         while heap and heap[0] <= limit:
             pkt = heapq.heappop(heap)
-            exp = self._expected.pop(pkt, None)
-            if exp is None:
+            if pkt in repairing:
                 continue
-            self._lost.add(pkt)
-            self.counters["losses"] += 1
-            self._settle(exp)
-            self._event(ev.LOSS_DETECTED, now, pkt=pkt)
+            self._declare(pkt, now)
         rheap = self._rtx_heap
         while rheap and rheap[0][0] <= limit:
             _, pkt = heapq.heappop(rheap)
             exp = self._rtx.pop(pkt, None)
+            self._rtx_req_of.pop(pkt, None)
             if exp is not None:
                 self.counters["rtx_lost"] += 1
                 self._settle(exp)
+
+    def _declare(self, pkt: int, now: float) -> None:
+        exp = self._expected.pop(pkt, None)
+        self._req_of.pop(pkt, None)
+        if exp is None:
+            return
+        self._lost.add(pkt)
+        self.counters["losses"] += 1
+        self._settle(exp)
+        self._event(ev.LOSS_DETECTED, now, pkt=pkt)
+
+    # ------------------------------------------------------------------ uplink repair
+    # (docs/protocol.md §8.8) A lost request leaves a gap in the packets the client predicted,
+    # exactly like a lost answer. The first packet numbered above a gap makes the client send
+    # the request the gap belongs to again, the very same datagram, if none of that request's
+    # packets came: the server either never saw it and answers now with the same packets, or
+    # answered it already and refuses the copy as a replay. The gap's packets then wait about a
+    # round trip (requests past them are held, as for any undecided hole, so nothing new is
+    # sent meanwhile); still missing after the last repeat, they are lost and recovery halves
+    # the window as before. Whether repeats pay is measured (gaps may be lost answers: then
+    # they only delay recovery), and so is the loss of one request datagram: the more there
+    # is, the more copies each request goes out in (at most `request_copies`), so that a
+    # client sending copies of its own accord gains next to nothing.
+    YIELD_START = 0.3  # the repair yield assumed before any repeat
+    YIELD_MIN = 0.25  # repair yield below which gaps are not repeated (but for probes)
+    YIELD_AGAIN = 0.75  # ... below which a repeat that failed is not repeated again
+    YIELD_GAIN = 1 / 8  # EWMA gain: per repeated request, repaired (1) or not (0)
+    REPAIRS_MIN = 8  # requests repaired at once: up to this many, or a quarter of the window
+    PROBE_EVERY = 16  # gaps: with a low yield, one in this many is still repeated
+    # copies per request by the measured loss of one request datagram: c + 1 copies from
+    # COPY_STEPS[c - 1] up (2 from 2 %, 3 from 6 %), back down below 3/4 of the step
+    COPY_STEPS = (0.02, 0.06, 0.15)
+    COPY_GAIN = 1 / 128  # EWMA gain of the loss estimate (after as many trials)
+    COPY_BURST = 256  # datagrams waiting to be sent past which no more copies are added
+    PROBE_PAIR = 16  # sent once, one request in this many still goes out twice (a probe)
+    REPAIR_RTTS = 1.25  # a repeat's packets are waited for this many smoothed RTTs (at least)
+
+    def _start_repairs(self, now: float) -> None:
+        heap = self._exp_heap
+        top = self._max_rx
+        budget = self.cfg.request_repeats
+        expected, req_of, repairing = self._expected, self._req_of, self._under_repair
+        keep = []
+        out: int | None = None
+        while heap and heap[0] < top:
+            pkt = heapq.heappop(heap)
+            if pkt not in expected or pkt in repairing:
+                continue
+            req = req_of.get(pkt)
+            if (req is None or req.answered or req.repeats >= budget or not req.segs
+                    or req.epoch != self.client_state):
+                keep.append(pkt)  # FACK decides, as without repair
+                continue
+            if out is None:
+                out = len({id(r) for r in repairing.values()})  # requests being repaired
+            if self._repair_yield < self.YIELD_MIN or out >= max(self.REPAIRS_MIN,
+                                                                 self.cwnd // 4):
+                # repeats have not been paying (the gaps were lost answers), or a burst of
+                # gaps is already being repaired: one gap in PROBE_EVERY still gets its
+                # repeat, so that a change of the path is noticed
+                if self._repair_skipped < self.PROBE_EVERY - 1:
+                    self._repair_skipped += 1
+                    self.counters["repeats_skipped"] += 1
+                    req.repeats = budget  # decided: this one is not repeated
+                    keep.append(pkt)
+                    continue
+                self._repair_skipped = 0
+            self._repeat(req, now)
+            out += 1
+        for pkt in keep:
+            heapq.heappush(heap, pkt)
+
+    def _repair_wait(self) -> float:
+        """How long a repeated request's packets are waited for: REPAIR_RTTS smoothed round
+        trips, or one and its spread (the queue may be growing), at least 2 ms, at most the
+        RTO."""
+        srtt = self._srtt if self._srtt is not None else self.cfg.initial_rto
+        return min(max(self.REPAIR_RTTS * srtt, srtt + 4 * self._rttvar, 0.002), self.rto)
+
+    def _repeat(self, req: _Req, now: float) -> None:
+        req.repeats += 1
+        if req.repeats == 1:
+            req.first_repeat = now
+        for p in req.pkts:
+            if self._req_of.get(p) is req and p in self._expected:
+                self._under_repair[p] = req
+        # a gap was just seen: at least two copies of the repeat (the first one's bytes)
+        want = min(max(self._copies, 2), self.cfg.request_copies)
+        if len(req.segs) < want and req.wire is not None and self._preds is None:
+            wreq, cs, parent, flags = req.wire
+            c = wreq.cont
+            assert c is not None
+            kept = c.client_state, c.parent, c.client_timestamp
+            c.client_state, c.parent = cs, parent
+            for i in range(len(req.segs), want):
+                c.client_timestamp = (req.stamp + i) & _U32
+                req.segs.append(self._segment(wreq.encode(), req.k, flags))
+            c.client_state, c.parent, c.client_timestamp = kept
+        self._outbox.extend(req.segs)
+        self.counters["repeats"] += 1
+        self.counters["tx"] += len(req.segs)
+        req.due = now + self._repair_wait()
+        heapq.heappush(self._repair_heap, (req.due, req.serial, req))
+        if self.on_event is not None:
+            self._event(ev.REQUEST, now, ack=req.k, req_type=REQ_NORMAL, repeat=req.repeats)
+
+    def _answered(self, req: _Req, pkt: int, now: float, cts: int) -> None:
+        """Packet `pkt` of `req` arrived (-1: its retransmission), echoing clientTimestamp
+        `cts`: the server had the request, so it is not repeated again. The answer's packets
+        leave in order: those numbered below `pkt` still missing were lost on the way (data
+        loss) and go back to loss detection; those above are waited for until the repeat's
+        deadline."""
+        if not req.answered:
+            req.answered = True
+            lost = False
+            if req.repeats:
+                # a repeat's answer cannot come back much sooner than a round trip after it:
+                # an earlier one answers the first copy, which was only late
+                if now - req.first_repeat >= (self._srtt or 0.0) / 2:
+                    lost = True
+                    self.counters["repaired"] += 1
+                    self._repair_yield += (1.0 - self._repair_yield) * self.YIELD_GAIN
+                else:  # neither a success nor a failure
+                    self.counters["repeats_late"] += 1
+            # the loss of one request datagram, from trials that do not depend on whether
+            # gaps are repeated: every copy lost (and a repeat's arrived); with copies, copy
+            # i answered, so the i before it were lost (they left first); a single copy
+            # answered, only while gaps are repeated (else its losses would go unseen)
+            if lost:
+                self._loss_trials(req.copies, True)
+            elif req.repeats:
+                pass  # the first copies were only late
+            elif req.copies > 1:
+                i = (cts - req.stamp) & _U32
+                if i < req.copies:
+                    self._loss_trials(i, True)
+            elif req.copies == 1 and self._repair_yield >= self.YIELD_MIN:
+                self._loss_trials(0, True)
+        for p in req.pkts:
+            if p < pkt and self._under_repair.get(p) is req:
+                del self._under_repair[p]
+                heapq.heappush(self._exp_heap, p)
+
+    def _check_repairs(self, now: float) -> None:
+        """Repeats whose wait is over: repeat again within the budget, else the packets are
+        lost (the rest of an answer that has begun to arrive goes back to FACK)."""
+        rheap = self._repair_heap
+        repairing = self._under_repair
+        while rheap and rheap[0][0] <= now:
+            due, _, req = heapq.heappop(rheap)
+            if due != req.due:
+                continue  # superseded by a later repeat
+            mine = [p for p in req.pkts if repairing.get(p) is req]
+            if not mine:
+                continue
+            if req.answered:
+                for p in mine:
+                    del repairing[p]
+                    heapq.heappush(self._exp_heap, p)
+                continue
+            if (req.repeats < self.cfg.request_repeats and req.epoch == self.client_state
+                    and self.phase == "established"
+                    and self._repair_yield >= self.YIELD_AGAIN):
+                self._repeat(req, now)
+                continue
+            self._repair_yield -= self._repair_yield * self.YIELD_GAIN  # it did not pay
+            for p in mine:
+                del repairing[p]
+                self.counters["repair_failed"] += 1
+                self._declare(p, now)
+
+    def _loss_trials(self, lost: int, then_one: bool) -> None:
+        """Request datagrams seen lost (`lost` of them) and, with `then_one`, one that arrived:
+        update the loss estimate and choose the copies each request goes out in."""
+        for x in [1.0] * lost + ([0.0] if then_one else []):
+            self._copy_trials += 1
+            gain = max(1 / self._copy_trials, self.COPY_GAIN)
+            self._copy_loss += (x - self._copy_loss) * gain
+        cmax = self.cfg.request_copies
+        if cmax < 2 or self._preds is not None:  # (HASHED answers do not echo which copy)
+            return
+        p, c = self._copy_loss, self._copies
+        want = 1 + sum(p >= step for step in self.COPY_STEPS[: cmax - 1])
+        if want < c and p >= 0.75 * self.COPY_STEPS[want - 1]:
+            want = c  # not down yet: hysteresis
+        if want != c:
+            self._copies = want
+            self.counters["copies_up" if want > c else "copies_down"] += 1
+
+    def _clear_repairs(self) -> None:
+        self._req_of.clear()
+        self._rtx_req_of.clear()
+        self._under_repair.clear()
+        self._repair_heap.clear()
 
     # ------------------------------------------------------------------ sending
     def _has_work(self) -> bool:
@@ -661,10 +926,15 @@ class ClientEngine:
             self._request_for(cont, now)
 
     def _pending_below(self, pkt: int) -> bool:
+        """Whether an undecided packet (or one waiting for a repeated request) is numbered
+        below `pkt`."""
         heap = self._exp_heap
         while heap and heap[0] not in self._expected:
             heapq.heappop(heap)
-        return bool(heap) and heap[0] < pkt
+        if heap and heap[0] < pkt:
+            return True
+        repairing = self._under_repair
+        return bool(repairing) and min(repairing) < pkt
 
     def _proof(self, cont: Continuation) -> list[tuple[int, int]]:
         lo = min(cont.tcp_base, cont.seq)
@@ -762,6 +1032,10 @@ class ClientEngine:
             self._probes += 1
             self.counters["tail_probes"] += 1
         newest = max((s.pkt for s in plan.slots if s.kind != pl.RETRANSMIT), default=cont.seq)
+        req = None
+        if self._repair_on and rtype == REQ_NORMAL and plan.slots:
+            self._req_serial += 1
+            req = _Req(cont.seq, plan, self.client_state, self._req_serial)
         for i, s in enumerate(plan.slots):
             rng = [ranges[i]] if i < len(ranges) else []
             table = self._rtx if s.kind == pl.RETRANSMIT else self._expected
@@ -771,9 +1045,16 @@ class ClientEngine:
             if s.kind == pl.RETRANSMIT:
                 self._rtx[s.pkt] = _Expect(rng, newest)
                 heapq.heappush(self._rtx_heap, (newest, s.pkt))
+                if req is not None:
+                    self._rtx_req_of[s.pkt] = req
             else:
                 self._expected[s.pkt] = _Expect(rng, s.pkt)
                 heapq.heappush(self._exp_heap, s.pkt)
+                self._under_repair.pop(s.pkt, None)  # planned anew: this request decides
+                if req is not None:
+                    self._req_of[s.pkt] = req
+                else:
+                    self._req_of.pop(s.pkt, None)
         if plan.slots:
             self.cwnd = plan.cwnd
             self.ssthresh = plan.slots[-1].ssthresh
@@ -787,7 +1068,12 @@ class ClientEngine:
             self.counters["pred." + s.kind] += 1
         if not plan.slots:
             self.counters["pred.terminate"] += 1
+        self._last_segs, self._last_wire = [], None
         self._send_request(rtype, cont, blocks, ranges, now, plan=plan)
+        if req is not None:  # (no copies if an override sent something else: no repeats)
+            req.segs, req.stamp, req.wire = self._last_segs, cont.client_timestamp, \
+                self._last_wire
+            req.copies = len(req.segs)
         if self._timer is None:
             self._arm(now)
 
@@ -807,15 +1093,40 @@ class ClientEngine:
                 self._preds.record(c, plan, rtype == REQ_SLOWSTART)
             payload = (compact_request(payload, c, FLAG_HASHED) if self._compact_ok
                        else flag_request(payload, FLAG_HASHED))
-        self._outbox.append(self._segment(payload, cont.seq, flags))
+        seg = self._segment(payload, cont.seq, flags)
+        self._outbox.append(seg)
         self.counters["requests"] += 1
         self.counters["tx"] += 1
+        if self._repair_on and rtype == REQ_NORMAL:
+            segs = self._last_segs = [seg]
+            self._last_wire = (req, c.client_state, c.parent, flags)
+            n = self._copies
+            if n == 1 and self.cfg.request_copies > 1 and \
+                    self.counters["requests"] % self.PROBE_PAIR == 0:
+                n = 2  # a probe: which copy is answered measures the loss of one
+                self.counters["probe_pairs"] += 1
+            if n > 1 and self._preds is None and len(self._outbox) < self.COPY_BURST:
+                # uplink repair: copies (the server answers one), copy i stamped i ms later
+                # so its answer says which arrived first; none within a long burst (held
+                # requests let go at once), whose copies would overflow the path's queues
+                t0 = c.client_timestamp
+                for i in range(1, n):
+                    c.client_timestamp = (t0 + i) & _U32
+                    segs.append(self._segment(req.encode(), cont.seq, flags))
+                c.client_timestamp = t0
+                self._outbox.extend(segs[1:])
+                self.counters["copies"] += len(segs) - 1
+                self.counters["tx"] += len(segs) - 1
         if self.on_event is not None:
             self._event(ev.REQUEST, now, ack=cont.seq, tcp_base=cont.tcp_base, state=cont.state,
                         req_type=rtype, sacks=[list(b) for b in blocks], ranges=len(ranges))
 
     # ------------------------------------------------------------------ timers
     def handle_timer(self, now: float) -> None:
+        if self._repair_heap and now >= self._repair_heap[0][0]:
+            self._check_repairs(now)
+            self._pump(now)
+            self._update_reo(now)
         if self._reo is not None and now >= self._reo:
             self._reo = None
             self._declare_below(self._max_rx, now)
@@ -915,6 +1226,7 @@ class ClientEngine:
         self._exp_heap.clear()
         self._rtx.clear()
         self._rtx_heap.clear()
+        self._clear_repairs()
         self._ready.clear()
         self._lost.clear()
         self._board.remove_from(right + 1)
