@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import deque
 from itertools import repeat
 
+import pytest
 from helpers_security import (
     SECRET,
     SERVER_IP,
@@ -152,3 +153,29 @@ def test_restart_after_a_flood_continues_the_transfer() -> None:
         dict(before.counters), dict(after.counters))
     assert after.counters["tx"] > 100  # the restarted server served most of the transfer
     assert data == generated_bytes(3, 0, size)
+
+
+def test_user_continuation_keys_are_per_connection() -> None:
+    """The AEAD's 2^32-seal budget is per key: one key per connection (docs §6.2), derived from
+    the secret, so a replica opens what another sealed and no flood exhausts a shared key."""
+    import hashlib
+
+    from trickles_kit.core.seal import UcontBox
+
+    a, b = UcontBox(KeyRing(bytes(range(32)))), UcontBox(KeyRing(bytes(range(32))))
+    blob = a.seal(b"descriptor", 0x1122334455667788)
+    assert b.open(blob, 0x1122334455667788) == b"descriptor"  # a replica, same secret
+    assert b.open(blob, 0x1122334455667789) is None  # bound to its connection
+    # the key itself differs per connection: the blob's ciphertext does not open under the
+    # neighbouring connection's key even with the right associated data
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    root = KeyRing(bytes(range(32))).ucont_key
+    other = AESGCM(hashlib.blake2s((0x1122334455667789).to_bytes(8, "big"), key=root).digest())
+    from cryptography.exceptions import InvalidTag
+
+    with pytest.raises(InvalidTag):
+        other.decrypt(blob[:12], blob[12:], (0x1122334455667788).to_bytes(8, "big"))
+    mine = AESGCM(hashlib.blake2s((0x1122334455667788).to_bytes(8, "big"), key=root).digest())
+    assert mine.decrypt(blob[:12], blob[12:], (0x1122334455667788).to_bytes(8, "big")) \
+        == b"descriptor"

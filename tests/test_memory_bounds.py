@@ -12,9 +12,9 @@ Both run the command line in a subprocess; every flood and wait is bounded by by
 and every process is killed and reaped even when an assertion fails. The assertions are about
 memory only; the rates and the byte counts are printed (-s) for the record, never asserted.
 
-Found while building item 1, pinned as strict xfails (they pass once the client is fixed, and
-then must lose their marker): the client keeps state per packet of an epoch, and a server
-window over 64 packets makes it raise.
+Found while building item 1, pinned as a strict xfail (it passes once the client is fixed, and
+then must lose its marker): the client keeps state per packet of an epoch. (A server window
+over 64 packets made it raise; fixed: a request asks for at most 64 ranges.)
 """
 
 from __future__ import annotations
@@ -411,11 +411,6 @@ def test_client_memory_per_packet_is_bounded_once_its_window_is_full() -> None:
     assert grown < 256 * 1024, f"{grown} bytes for 5,000 packets"
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "core/client.py ClientEngine._launch asks `_assign(len(plan.slots))` ranges, and a request "
-    "carries at most MAX_RANGES (64, wire/messages.py): a continuation whose window exceeds 64 "
-    "packets (startCwnd is the server's to set) makes Request.encode raise ValueError out of "
-    "ClientEngine.receive, ending `trickles fetch`"))
 def test_a_window_over_64_packets_from_the_server_does_not_crash_the_client() -> None:
     from trickles_kit.core.client import ClientConfig, ClientEngine
     from trickles_kit.wire.continuation import FULL1, NORMAL

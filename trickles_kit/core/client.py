@@ -27,6 +27,7 @@ from trickles_kit.wire.continuation import BOOTSTRAP, FULL2, HASHED, MINIMAL, PA
 from trickles_kit.wire.delta import FLAG_HASHED, FLAG_PAIRED, compact_request, flag_request
 from trickles_kit.wire.errors import DecodeError
 from trickles_kit.wire.messages import (
+    MAX_RANGES,
     REQ_FIN,
     REQ_NORMAL,
     REQ_SLOWSTART,
@@ -1025,7 +1026,9 @@ class ClientEngine:
 
     def _launch(self, rtype: int, cont: Continuation, blocks: list[tuple[int, int]],
                 plan: pl.Plan, now: float) -> None:
-        ranges = self._assign(len(plan.slots))
+        # a request carries at most MAX_RANGES ranges: a larger window from the server (its
+        # startCwnd) leaves the extra slots without one rather than failing the encode
+        ranges = self._assign(min(len(plan.slots), MAX_RANGES))
         if ranges:
             self._probes = 0
         elif plan.slots:

@@ -54,25 +54,42 @@ def verify(keys: KeyRing, pseudo: bytes, raw: bytes, epoch: int) -> bool:
 class UcontBox:
     """AES-GCM sealing for user continuations that hold secrets (full 16-byte tag).
 
-    One key per master secret, not per key epoch: a blob is sealed once and must open for its
-    connection's whole life. Its random 96-bit nonces budget 2^32 seals per key (docs §6.2).
+    A blob is sealed once and must open for its connection's whole life, so its key cannot
+    follow the clock's epochs. AES-GCM with random 96-bit nonces is good for 2^32 seals per key
+    (NIST SP 800-38D §8.3); one key per master secret would let a long enough SYN flood exhaust
+    it. Each connection gets its own key instead, BLAKE2s(user continuation key, connId)
+    (docs §6.2): one key seals a handful of blobs, and only their own connection's. The AESGCM
+    objects of recent connections are cached (soft state: a miss only re-derives).
     """
 
+    CACHE = 64  # recent connections: a few kB, full long before a load test measures
+
     def __init__(self, keys: KeyRing, nonce_source: Callable[[int], bytes] = os.urandom) -> None:
-        self._aead = AESGCM(keys.ucont_key)
+        self._root = keys.ucont_key
+        self._aeads: dict[int, AESGCM] = {}
         # random 12-byte nonces; the protocol's test vectors pass a fixed source so that their
         # bytes are reproducible (never do that on a live server: a repeated nonce breaks GCM)
         self._nonce = nonce_source
 
+    def _aead(self, conn_id: int) -> AESGCM:
+        aead = self._aeads.get(conn_id)
+        if aead is None:
+            if len(self._aeads) >= self.CACHE:
+                self._aeads.clear()  # bounded; cheaper than an LRU and as good for a cache
+            key = hashlib.blake2s(conn_id.to_bytes(8, "big"), key=self._root).digest()
+            aead = self._aeads[conn_id] = AESGCM(key)
+        return aead
+
     def seal(self, plaintext: bytes, conn_id: int) -> bytes:
         nonce = self._nonce(12)
-        return nonce + self._aead.encrypt(nonce, plaintext, conn_id.to_bytes(8, "big"))
+        return nonce + self._aead(conn_id).encrypt(nonce, plaintext, conn_id.to_bytes(8, "big"))
 
     def open(self, sealed: bytes, conn_id: int) -> bytes | None:
         """Plaintext, or None when the blob is short, forged or bound to another connection."""
         if len(sealed) < 28:
             return None
         try:
-            return self._aead.decrypt(sealed[:12], sealed[12:], conn_id.to_bytes(8, "big"))
+            return self._aead(conn_id).decrypt(sealed[:12], sealed[12:],
+                                               conn_id.to_bytes(8, "big"))
         except InvalidTag:
             return None
