@@ -65,7 +65,7 @@ def run(quick: bool, out_dir: Path, verbose: bool = False) -> dict:
                       "the transfer (client, server, router, tcpdump; tasks and irq+softirq), "
                       "an upper bound that includes other load on the machine",
            "servers": {"trickles": "trickles serve --transport raw (Python)",
-                       "reno": "python -m trickles_kit.net.tcphttp --cc reno (Python HTTP "
+                       "reno": "python -m trickles_kit.bench.tcphttp --cc reno (Python HTTP "
                                "server over kernel TCP)"},
            "runs": runs, "cpu_s_per_mb": per,
            "trickles_over_tcp": round(per["trickles"] / per["reno"], 2)

@@ -26,6 +26,7 @@ from pathlib import Path
 from trickles_kit.apps.generated import generated_sha256
 from trickles_kit.bench import flows as fl
 from trickles_kit.net.testbed import CLIENT, SERVER, SERVER_ADDR, Testbed, TestbedConfig
+from trickles_kit.viz.report import write_report
 
 PY = sys.executable
 TK_PORT = 8080
@@ -137,7 +138,7 @@ def run_flows(cfg: TestbedConfig, specs: list[FlowSpec], verbose: bool = False,
             for cc in ("reno", "cubic"):
                 if cc in kinds:
                     servers[cc] = tb.popen(SERVER, [
-                        PY, "-m", "trickles_kit.net.tcphttp", "--bind", SERVER_ADDR, "--port",
+                        PY, "-m", "trickles_kit.bench.tcphttp", "--bind", SERVER_ADDR, "--port",
                         str(TCP_PORTS[cc]), "--cc", cc], stdout=subprocess.PIPE,
                         stderr=subprocess.DEVNULL, text=True, env=env)
                     _wait_line(servers[cc], "tcphttp: serving", f"tcphttp {cc}")
@@ -319,8 +320,6 @@ def _figures(figs: list[tuple[str, list[dict]]], path: Path) -> None:
         if fig is not None:
             built[f"run{i}"] = fig
     if built:
-        from trickles_kit.labs.demo import write_report
-
         write_report(path, built, title=path.stem + ": goodput, time-sequence, bytes in flight",
                      notes=["From the router capture; the same analysis for both protocols."])
 

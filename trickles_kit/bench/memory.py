@@ -58,6 +58,7 @@ from trickles_kit.core.replay import ReplayHistory
 from trickles_kit.core.server import ServerConfig
 from trickles_kit.net.fetch import HttpBody
 from trickles_kit.net.runner import ClientHost, Connection
+from trickles_kit.viz.report import write_report
 
 PY = sys.executable
 FULL_LEVELS = [1, 10, 100, 1000, 10000]
@@ -516,8 +517,6 @@ def run(quick: bool, out_dir: Path, verbose: bool = False, levels: Sequence[int]
     res["meta"]["benchmark_wall_s"] = round(time.monotonic() - t0, 1)
     (out_dir / "memory.json").write_text(json.dumps(res, indent=2) + "\n")
     with contextlib.suppress(ImportError):
-        from trickles_kit.labs.demo import write_report
-
         write_report(out_dir / "memory.html", {"memory": figure(res)},
                      title="Server memory against concurrent connections",
                      notes=[res["method"].split("\n\n")[0]])

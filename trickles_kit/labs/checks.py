@@ -80,7 +80,7 @@ def check_transports(answer: Iterable[str]) -> str:
     The truth comes from `trickles doctor`: "raw" (raw IP sockets), "udp" and "sim" (always).
     """
     try:
-        from trickles_kit.doctor import core_ready, run_doctor
+        from trickles_kit.net.doctor import core_ready, run_doctor
 
         _, usable = core_ready(run_doctor())
         truth = set(usable) | {"sim"}

@@ -25,11 +25,11 @@ from pathlib import Path
 from trickles_kit.apps.dynamic import Dechunker, DynSpec, dyn_target
 from trickles_kit.apps.generated import generated_sha256
 from trickles_kit.apps.parallel import PipelineSplitter, build_request, lanes_for
+from trickles_kit.apps.sim import LinkConfig, SimNetwork, Simulator, client_address
 from trickles_kit.apps.web import WebServer
 from trickles_kit.core.client import ClientEngine
 from trickles_kit.core.server import ServerConfig, ServerEngine
 from trickles_kit.labs.checks import _as_int, _no, _ok
-from trickles_kit.net.sim import LinkConfig, SimNetwork, Simulator, client_address
 
 SECRET = bytes(range(32))
 

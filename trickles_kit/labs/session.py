@@ -151,8 +151,8 @@ class LiveSession:
         on_event(e)
 
     def _run_sim(self, on_event: EventCallback) -> None:
+        from trickles_kit.apps.sim import simulate_transfer
         from trickles_kit.net.faults import DropPattern
-        from trickles_kit.net.sim import simulate_transfer
 
         pcap = str(self.workdir / "server.pcap") if self.pcap else None
         r = simulate_transfer(self.size, self.loss, self.seed, pcap=pcap, secret=self.secret,

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from urllib.parse import urlsplit
 
 from trickles_kit.core.client import ClientConfig
+from trickles_kit.net.http import Dechunker  # /dyn: the length is known at the end
 from trickles_kit.net.ip import PROTO_TRICKLES, aton
 from trickles_kit.net.pcap import PcapWriter
 from trickles_kit.net.runner import ClientHost, EventWriter
@@ -102,8 +103,6 @@ class HttpBody:
                 k, _, v = line.partition(":")
                 self.headers[k.strip().lower()] = v.strip()
             if self.headers.get("transfer-encoding", "").lower() == "chunked":
-                from trickles_kit.apps.dynamic import Dechunker  # /dyn: length known at the end
-
                 self.dechunker = Dechunker(self._body)
             elif self.on_length is not None and self.headers.get("content-length", "").isdigit():
                 self.on_length(head_len + int(self.headers["content-length"]))

@@ -72,7 +72,7 @@ def run_trickles(url: str, size: int, seed: int, mark: int | None, local: str | 
 def run_tcp(url: str, size: int, seed: int, mark: int | None, timeout: float,
             io_timeout: float) -> dict:
     """GET over Linux TCP; when the connection dies, reconnect with a Range request."""
-    from trickles_kit.net.tcphttp import fetch
+    from trickles_kit.bench.tcphttp import fetch
 
     parts = urlsplit(url)
     path = parts.path + ("?" + parts.query if parts.query else "")

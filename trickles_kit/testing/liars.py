@@ -65,12 +65,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from trickles_kit.core import plan as pl
-from trickles_kit.core.client import ClientConfig, ClientEngine
-from trickles_kit.core.events import EventSink
-from trickles_kit.core.ranges import RangeSet
-from trickles_kit.core.server import ServerConfig, ServerEngine
-from trickles_kit.net.sim import (
+from trickles_kit.apps.sim import (
     Link,
     LinkConfig,
     SimNetwork,
@@ -78,6 +73,11 @@ from trickles_kit.net.sim import (
     client_address,
     sim_echo_key,
 )
+from trickles_kit.core import plan as pl
+from trickles_kit.core.client import ClientConfig, ClientEngine
+from trickles_kit.core.events import EventSink
+from trickles_kit.core.ranges import RangeSet
+from trickles_kit.core.server import ServerConfig, ServerEngine
 from trickles_kit.wire.continuation import MINIMAL, Continuation
 from trickles_kit.wire.messages import REQ_NORMAL, REQ_SLOWSTART, REQ_SYN, Request, SackBlock
 from trickles_kit.wire.segment import ACK

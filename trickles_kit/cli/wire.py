@@ -10,6 +10,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from trickles_kit.net.argtypes import indices
 from trickles_kit.net.ip import PROTO_TCP, PROTO_TRICKLES
 
 
@@ -47,15 +48,6 @@ def _ip_proto(text: str) -> int:
     return v
 
 
-def _indices(text: str) -> tuple[int, ...]:
-    from trickles_kit.net.faults import parse_indices
-
-    try:
-        return parse_indices(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser(
         "serve", help="serve files over Trickles (HTTP/1.1 GET) on raw sockets or UDP",
@@ -83,7 +75,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="make --drop reproducible: request i of every connection is dropped "
                         "when the i-th draw of a generator seeded with N is below P, so each "
                         "run loses the same requests (SYNs are never dropped)")
-    s.add_argument("--drop-at", type=_indices, default=(), metavar="I,J,...",
+    s.add_argument("--drop-at", type=indices, default=(), metavar="I,J,...",
                    help="also drop exactly these requests of every connection: 0-based "
                         "indices counted after its SYN (request 0 is the first after the "
                         "handshake). E.g. 30 lands once slow start has grown the window to "

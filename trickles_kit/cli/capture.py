@@ -120,7 +120,7 @@ def _fail(cmd: str, err: BaseException | str) -> int:
 def _secret(path: str | None) -> bytes | None:
     if path is None:
         return None
-    from trickles_kit.cli_wire import load_secret
+    from trickles_kit.cli.wire import load_secret
 
     try:
         return load_secret(path, create=False)
