@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from trickles_kit.apps.common import SealedRoute
 from trickles_kit.apps.generated import generated_bytes
+from trickles_kit.apps.http import parse_query
 from trickles_kit.net.http import Dechunker  # noqa: F401 - re-exported: /dyn's framing
 
 if TYPE_CHECKING:
@@ -212,9 +213,7 @@ def _target(request: bytes) -> str | None:
 
 
 def _parse(target: str) -> DynSpec | None:
-    from trickles_kit.apps.web import _query
-
-    args = _query(target.partition("?")[2])
+    args = parse_query(target.partition("?")[2])
     if args is None or set(args) - {"seed", "records", "stop", "reserve"}:
         return None
     try:

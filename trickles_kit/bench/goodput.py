@@ -25,6 +25,7 @@ from pathlib import Path
 
 from trickles_kit.apps.generated import generated_sha256
 from trickles_kit.bench import flows as fl
+from trickles_kit.bench.meta import meta
 from trickles_kit.net.testbed import CLIENT, SERVER, SERVER_ADDR, Testbed, TestbedConfig
 from trickles_kit.viz.report import write_report
 
@@ -213,8 +214,6 @@ def _strip(r: dict) -> dict:
 
 def run(quick: bool, out_dir: Path, verbose: bool = False) -> dict:
     """Goodput at 10/50/100 Mbit/s, 0 and 1 % loss: Trickles, Reno, Cubic, one flow at a time."""
-    from trickles_kit.bench.meta import meta
-
     out_dir.mkdir(parents=True, exist_ok=True)
     secs = SECONDS[quick]
     kinds = ("trickles", "trickles-delta", "reno", "cubic")

@@ -27,7 +27,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from trickles_kit.capture import decode_pcap
 from trickles_kit.core.events import Event
+from trickles_kit.core.keys import KeyRing
+from trickles_kit.core.nonces import NonceGen
+from trickles_kit.core.server import ServerConfig
+from trickles_kit.labs.session import LiveSession
+from trickles_kit.net import privileges
 from trickles_kit.viz.report import write_report
 
 TRANSPORTS = ("auto", "raw", "udp", "sim")
@@ -39,16 +45,14 @@ def choose_transport(requested: str = "auto") -> tuple[str, str | None]:
     """(transport to use, banner message or None). Raw sockets need root or CAP_NET_RAW; UDP on
     127.0.0.1 needs nothing; the simulator needs no sockets at all. A transport that cannot
     work here falls back to the next one, and the message says why."""
-    from trickles_kit.net.privileges import can_open_raw_socket, can_open_udp_socket
-
     if requested not in TRANSPORTS:
         raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}")
     if requested == "sim":
         return "sim", None
-    raw_ok, raw_err = can_open_raw_socket(253)
+    raw_ok, raw_err = privileges.can_open_raw_socket(253)
     if requested in ("auto", "raw") and raw_ok:
         return "raw", None
-    udp_ok, udp_err = can_open_udp_socket()
+    udp_ok, udp_err = privileges.can_open_udp_socket()
     why_not_raw = (f"no raw sockets for this process ({raw_err}); run Jupyter as root or give "
                    "Python CAP_NET_RAW to see the real IP-253 wire")
     if udp_ok:
@@ -116,8 +120,6 @@ def run_tour(size: int = 300_000, transport: str = "auto", loss: float = 0.01, s
     (and passed on to `on_event`, e.g. a dashboard's feed). A failed wire run is retried in the
     simulator, with a banner saying so, so the tour always has something to show. `drop_at`
     and the seeded `loss` make the losses the same in every run (see `LiveSession`)."""
-    from trickles_kit.labs.session import LiveSession
-
     chosen, banner = choose_transport(transport)
     events: list[Event] = []
 
@@ -164,9 +166,6 @@ def nonce_blocks(requests: Iterable[Any], server_events: Iterable[Event] | None 
     """
     nonces = None
     if secret is not None:
-        from trickles_kit.core.keys import KeyRing
-        from trickles_kit.core.nonces import NonceGen
-        from trickles_kit.core.server import ServerConfig
 
         cfg = config or ServerConfig()
         nonces = NonceGen(KeyRing(bytes(secret), cfg.epoch_seconds, cfg.max_seals).nonce_key,
@@ -205,7 +204,6 @@ def run_nonce_rows(run: TourRun, limit: int = 40) -> list[dict[str, int]]:
     """Nonce rows of a tour run: its server pcap decoded, verdicts from its server events."""
     if not run.pcap or not Path(run.pcap).exists():
         return []
-    from trickles_kit.capture import decode_pcap
 
     cap = decode_pcap(run.pcap, events=False)
     return nonce_blocks(cap.packets, run.events, limit=limit)
@@ -282,7 +280,7 @@ async def watch(session: Any, dash: Any, timeout: float = 300.0) -> Any:
 
 def tour_figures(events: Iterable[Event], nonce_rows: Iterable[Mapping[str, int]] = ()) -> dict:
     """The tour's four figures, keyed as FIGURE_ORDER (times from `align_clocks`)."""
-    from trickles_kit.viz import figures as F
+    from trickles_kit.viz import figures as F  # lazy: plotly (lab extra); the tour runs without
 
     evs = align_clocks(events)
     return {

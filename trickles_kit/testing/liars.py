@@ -65,6 +65,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from trickles_kit.apps.generated import Generated, gen_request, generated_bytes
 from trickles_kit.apps.sim import (
     Link,
     LinkConfig,
@@ -740,8 +741,6 @@ def run_client(
     network that much longer after the client finished, so segments still in flight arrive
     (the server counts what it makes of them); goodput is measured at completion either way.
     """
-    from trickles_kit.apps.generated import Generated, gen_request, generated_bytes
-
     sim = Simulator(seed)
     secret = random.Random(seed ^ 0x5EC12E7).randbytes(32)
     gen = Generated()
