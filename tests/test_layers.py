@@ -7,6 +7,7 @@ subpackages is still one-way.
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -88,6 +89,35 @@ def test_no_cycles_between_subpackages() -> None:
     edges = _subpackage_graph()
     assert {"wire", "core", "net", "apps"} <= set(edges) | {"wire"}
     assert _cycle(edges) is None, " -> ".join(_cycle(edges) or [])
+
+
+def _lazy_imports() -> list[tuple[str, int, str]]:
+    """(file, line, text) of every `trickles_kit` import inside a function."""
+    found = []
+    for path in sorted((ROOT / "trickles_kit").rglob("*.py")):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for fn in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, ast.ImportFrom):
+                    names = [node.module or ""] if not node.level else ["trickles_kit"]
+                elif isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                else:
+                    continue
+                if any(n == "trickles_kit" or n.startswith("trickles_kit.") for n in names):
+                    rel = path.relative_to(ROOT).as_posix()
+                    found.append((rel, node.lineno, lines[node.lineno - 1].strip()))
+    return sorted(set(found))
+
+
+def test_few_function_level_imports_each_with_a_reason() -> None:
+    """Imports inside functions hide the graph: at most 10, each says why (`# lazy: ...`)."""
+    lazy = _lazy_imports()
+    assert len(lazy) <= 10, "\n".join(f"{f}:{n}: {t}" for f, n, t in lazy)
+    silent = [f"{f}:{n}: {t}" for f, n, t in lazy if "# lazy:" not in t]
+    assert not silent, "say why with a `# lazy: <reason>` comment:\n" + "\n".join(silent)
 
 
 def test_cycle_finder_finds_one() -> None:
