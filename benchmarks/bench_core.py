@@ -571,7 +571,7 @@ def _peak_rss_kib() -> tuple[int, str]:
 
 def _sim_child(size: int, mode: str) -> dict:
     """Runs in a fresh interpreter so peak RSS and tracemalloc see only this transfer."""
-    from trickles_kit.net.sim import simulate_transfer
+    from trickles_kit.apps.sim import simulate_transfer
 
     gc.collect()
     rss0, src = _peak_rss_kib()

@@ -109,13 +109,13 @@ def load_baseline(path: str):
 
 
 def make_capture(path: Path, packets: int, seed: int) -> dict:
-    from trickles_kit.net.sim import LinkConfig, simulate_transfer
+    from trickles_kit.apps.sim import LinkConfig, simulate_transfer
 
     size = int(packets / PACKETS_PER_MB * 1e6 * 1.03) + 100_000
     t = time.perf_counter()
     r = simulate_transfer(size, seed=seed, pcap=str(path),
                           down=LinkConfig(rate=None, loss=0.002), up=LinkConfig(rate=None))
-    return {"generator": "trickles_kit.net.sim.simulate_transfer (server endpoint pcap tap)",
+    return {"generator": "trickles_kit.apps.sim.simulate_transfer (server endpoint pcap tap)",
             "transfer_bytes": size, "seed": seed, "downlink_loss": 0.002,
             "transfer_ok": r.ok, "retransmissions": r.retransmissions,
             "generate_wall_s": round(time.perf_counter() - t, 2)}

@@ -8,7 +8,7 @@ or not, so a replay of an evicted entry is never answered. The price: an honest 
 continuation as old as the evicted entries is refused too (counted `drop.replay_horizon`; its
 client recovers through its timeout). Two parts, small tables so a run is quick:
 
-1. `server` — end to end, on the simulator's virtual clock (trickles_kit.net.sim): a real
+1. `server` — end to end, on the simulator's virtual clock (trickles_kit.apps.sim): a real
    `ServerEngine` (freshness 120 s) and honest `ClientEngine`s, each fetching `--size` bytes
    of `Generated` over a 10 ms / 100 Mbit/s path losing `--loss` (1 %) each way, new
    transfers starting at random (uniform, independent) times at the rate that gives the load;
@@ -41,17 +41,17 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from trickles_kit.apps.generated import Generated, gen_request, generated_sha256  # noqa: E402
-from trickles_kit.bench.meta import close_meta, meta  # noqa: E402
-from trickles_kit.core.client import ClientEngine  # noqa: E402
-from trickles_kit.core.replay import ReplayHistory  # noqa: E402
-from trickles_kit.core.server import ServerConfig, ServerEngine  # noqa: E402
-from trickles_kit.net.sim import (  # noqa: E402
+from trickles_kit.apps.sim import (  # noqa: E402
     LinkConfig,
     SimNetwork,
     Simulator,
     client_address,
     sim_echo_key,
 )
+from trickles_kit.bench.meta import close_meta, meta  # noqa: E402
+from trickles_kit.core.client import ClientEngine  # noqa: E402
+from trickles_kit.core.replay import ReplayHistory  # noqa: E402
+from trickles_kit.core.server import ServerConfig, ServerEngine  # noqa: E402
 from trickles_kit.wire.messages import REQ_NAMES, decode_request  # noqa: E402
 from trickles_kit.wire.segment import SYN, decode_segment  # noqa: E402
 

@@ -227,7 +227,7 @@ def run_loss(loss: float, cases: list[tuple[str, int, bool | None]], repeats: in
                                str(cfg.initcwnd)],
                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
         _wait_line(tk, "trickles serve:", "trickles serve")
-        tcp = tb.popen(SERVER, [py, "-m", "trickles_kit.net.tcphttp", "--bind", SERVER_ADDR,
+        tcp = tb.popen(SERVER, [py, "-m", "trickles_kit.bench.tcphttp", "--bind", SERVER_ADDR,
                                 "--port", str(TCP_PORT), "--cc", "reno"],
                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
         _wait_line(tcp, "tcphttp: serving", "tcphttp reno")

@@ -34,8 +34,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a plain script without an installed package
     sys.path.insert(0, str(REPO))
 
+from trickles_kit.apps.sim import LinkConfig  # noqa: E402
 from trickles_kit.core.client import ClientEngine  # noqa: E402
-from trickles_kit.net.sim import LinkConfig  # noqa: E402
 from trickles_kit.testing.liars import LIARS, WEAKNESSES, keyed_links, run_client  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -16,9 +16,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from trickles_kit.apps.sim import LinkConfig, simulate_transfer  # noqa: E402
 from trickles_kit.core.server import ServerConfig  # noqa: E402
 from trickles_kit.net.pcap import PcapWriter  # noqa: E402
-from trickles_kit.net.sim import LinkConfig, simulate_transfer  # noqa: E402
 from trickles_kit.testing import scenario  # noqa: E402
 
 FAST = {"rate": None}

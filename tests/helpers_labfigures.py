@@ -3,8 +3,8 @@ the 08 and 09 lab functions return (so figure tests need not run the labs)."""
 
 from __future__ import annotations
 
+from trickles_kit.apps.sim import LinkConfig, simulate_transfer
 from trickles_kit.core.events import Event, EventLog
-from trickles_kit.net.sim import LinkConfig, simulate_transfer
 
 
 def events_with_loss() -> list[Event]:

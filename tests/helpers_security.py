@@ -174,7 +174,7 @@ def run_connection(server: ServerEngine, index: int, now: float, size: int,
     Returns the clock after the last segment; raises AssertionError if the transfer is not
     byte-exact. The client engine is discarded on return.
     """
-    from trickles_kit.net.sim import client_address
+    from trickles_kit.apps.sim import client_address
 
     ip, port = client_address(index)
     client = ClientEngine(ip, port, SERVER_IP, SERVER_PORT, isn=(index * 2654435761) & 0xFFFFFFFF)

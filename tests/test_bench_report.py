@@ -70,7 +70,7 @@ def test_html_report_combines_a_directory(tmp_path: Path) -> None:
 
 
 def test_targets_judged_from_the_committed_full_results() -> None:
-    from trickles_kit.bench.cli import _brief, judge
+    from trickles_kit.cli.bench import _brief, judge
 
     res = report.load(report.RESULTS, "bench_")
     summary = {name: _brief(name, r) for name, r in res.items()}
@@ -81,7 +81,7 @@ def test_targets_judged_from_the_committed_full_results() -> None:
 
 
 def test_judge_reports_a_miss_and_skips_what_did_not_run() -> None:
-    from trickles_kit.bench.cli import judge
+    from trickles_kit.cli.bench import judge
 
     got = judge({"goodput": {"trickles_over_reno": {"10": 0.89, "50": 0.95, "100": 0.8}},
                  "memory": {"trickles_bytes_per_connection": 261.0,

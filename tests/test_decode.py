@@ -23,17 +23,17 @@ from typing import Any
 import pytest
 
 from trickles_kit.apps.generated import Generated, gen_request
+from trickles_kit.apps.sim import LinkConfig, simulate_transfer
 from trickles_kit.capture import PcapError, TruncatedCaptureWarning, decode_pcap, read_pcap
 from trickles_kit.capture import decode as dec
-from trickles_kit.capture.cli_capture import add_capture_parsers
 from trickles_kit.capture.pcapio import write_pcap, write_pcapng
 from trickles_kit.capture.replay import paced, replay_events, replay_packets
+from trickles_kit.cli.capture import add_capture_parsers
 from trickles_kit.core.client import ClientEngine
 from trickles_kit.core.events import Event, EventLog
 from trickles_kit.core.server import ServerEngine
 from trickles_kit.net.ip import build_ipv4, build_udp, parse_ipv4
 from trickles_kit.net.pcap import PcapWriter
-from trickles_kit.net.sim import LinkConfig, simulate_transfer
 from trickles_kit.wire.messages import decode_request, decode_response
 from trickles_kit.wire.segment import checksum, decode_segment, encode_segment
 
@@ -952,8 +952,8 @@ def test_fields_no_server_seals_are_refused_not_planned(tmp_path: Path, small) -
 def test_delta_encoded_requests_decode_and_verify(tmp_path) -> None:
     """Requests with delta flags (pairs, COMPACT) are read as a server with the option reads them:
     no error rows, and the rebuilt continuations' MACs verify with the secret."""
+    from trickles_kit.apps.sim import simulate_transfer
     from trickles_kit.labs.compression import configs
-    from trickles_kit.net.sim import simulate_transfer
 
     secret = bytes(range(32))
     sc, cc = configs("both")

@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 
 from trickles_kit.capture import decode_pcap, read_pcap
-from trickles_kit.capture.cli_capture import write_capture
 from trickles_kit.capture.pcapio import LINKTYPE_EN10MB, MAX_RECORD, PcapReader
 from trickles_kit.cli import main as cli_main
+from trickles_kit.cli.capture import write_capture
 
 ROOT = Path(__file__).resolve().parent.parent
 CAPTURES = sorted((ROOT / "captures").glob("*.pcap"))

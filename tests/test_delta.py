@@ -15,6 +15,7 @@ import socket
 import pytest
 
 from trickles_kit.apps.generated import Generated, gen_request, generated_bytes
+from trickles_kit.apps.sim import LinkConfig, simulate_transfer
 from trickles_kit.core import delta as dl
 from trickles_kit.core import plan as pl
 from trickles_kit.core.cc import cwnd
@@ -24,7 +25,6 @@ from trickles_kit.core.replay import ReplayHistory
 from trickles_kit.core.seal import pseudo_header, verify
 from trickles_kit.core.server import ServerConfig, ServerEngine
 from trickles_kit.labs import compression
-from trickles_kit.net.sim import LinkConfig, simulate_transfer
 from trickles_kit.wire import delta as wd
 from trickles_kit.wire.continuation import (
     BOOTSTRAP,

@@ -18,6 +18,7 @@ except ImportError:  # in CI the lab extras are always installed: fail there, sk
         raise
     pytest.skip("plotly is a lab dependency: make lab-venv", allow_module_level=True)
 
+from trickles_kit.cli import demo as cli_demo  # noqa: E402
 from trickles_kit.core.events import Event  # noqa: E402
 from trickles_kit.labs import demo  # noqa: E402
 
@@ -49,7 +50,7 @@ def test_trickles_demo_writes_reports_demo_html(tmp_path: Path) -> None:
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     if "demo" not in sub.choices:
         pytest.fail("`trickles demo` is not registered: call "
-                    "trickles_kit.labs.demo.add_demo_parser(sub) in trickles_kit/cli.py")
+                    "trickles_kit.cli.demo.add_demo_parser (cli/__init__.py: SUBCOMMANDS)")
     p = subprocess.run([sys.executable, "-m", "trickles_kit.cli", "demo", "--size", "200k"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=300,
                        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
@@ -61,7 +62,7 @@ def test_trickles_demo_writes_reports_demo_html(tmp_path: Path) -> None:
 
 def test_cmd_demo_sim_and_options(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser(prog="trickles")
-    demo.add_demo_parser(parser.add_subparsers(dest="command"))
+    cli_demo.add_demo_parser(parser.add_subparsers(dest="command"))
     out = tmp_path / "deep" / "r.html"
     args = parser.parse_args(["demo", "--out", str(out), "--size", "100k", "--transport", "sim",
                               "--loss", "0.03", "--seed", "2"])

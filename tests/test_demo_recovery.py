@@ -19,6 +19,7 @@ from collections.abc import Callable
 import pytest
 
 from trickles_kit.apps.generated import generated_sha256
+from trickles_kit.cli import demo as cli_demo
 from trickles_kit.core.events import Event
 from trickles_kit.labs import demo
 from trickles_kit.net.faults import TOUR_DROP_AT, tour_drops
@@ -32,7 +33,7 @@ IN_CI = os.environ.get("CI") == "true"
 def demo_defaults() -> argparse.Namespace:
     """`trickles demo`'s own defaults (loss, seed, drop_at), read from its parser."""
     parser = argparse.ArgumentParser(prog="trickles")
-    demo.add_demo_parser(parser.add_subparsers(dest="command"))
+    cli_demo.add_demo_parser(parser.add_subparsers(dest="command"))
     return parser.parse_args(["demo"])
 
 
@@ -166,8 +167,8 @@ def test_parse_indices() -> None:
 
 def test_sim_drop_at_alone_guarantees_a_recovery() -> None:
     """Without random loss the simulator loses nothing; request 30 dropped, it recovers."""
+    from trickles_kit.apps.sim import simulate_transfer
     from trickles_kit.net.faults import DropPattern
-    from trickles_kit.net.sim import simulate_transfer
 
     for seed in range(1, 6):
         clean = simulate_transfer(SIZE, 0.0, seed)

@@ -634,7 +634,7 @@ def test_crafted_and_mutated_segments(tshark: Tshark, tmp_path: Path) -> None:
 
 def test_simulated_lossy_transfer(tshark: Tshark, tmp_path: Path) -> None:
     """A transfer with one lost packet: retransmission, bootstrap, splits, FIN (port 80)."""
-    from trickles_kit.net.sim import LinkConfig, SimNetwork, simulate_transfer
+    from trickles_kit.apps.sim import LinkConfig, SimNetwork, simulate_transfer
 
     pcap = tmp_path / "sim.pcap"
     r = simulate_transfer(150_000, down=LinkConfig(loss_pattern=[30]), up=LinkConfig(),

@@ -35,8 +35,8 @@ from pathlib import Path
 
 import pytest
 
-from trickles_kit import doctor
 from trickles_kit.cli import main
+from trickles_kit.net import doctor
 from trickles_kit.net import privileges as priv
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -251,7 +251,7 @@ _CHILD = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
 import trickles_kit
-from trickles_kit import doctor
+from trickles_kit.net import doctor
 from trickles_kit.net import privileges as p
 out = {"file": trickles_kit.__file__, "root": p.is_root(), "cap": p.has_cap_net_raw(),
        "raw": p.can_open_raw_socket(253)}

@@ -11,9 +11,7 @@ from __future__ import annotations
 import pytest
 
 from trickles_kit.apps.generated import Generated, gen_request, generated_bytes
-from trickles_kit.core.client import ClientEngine
-from trickles_kit.core.server import ServerConfig, ServerEngine
-from trickles_kit.net.sim import (
+from trickles_kit.apps.sim import (
     Link,
     LinkConfig,
     SimNetwork,
@@ -21,6 +19,8 @@ from trickles_kit.net.sim import (
     client_address,
     simulate_transfer,
 )
+from trickles_kit.core.client import ClientEngine
+from trickles_kit.core.server import ServerConfig, ServerEngine
 from trickles_kit.testing.liars import ClientRun, run_client
 
 MB = 1_000_000

@@ -12,8 +12,8 @@ pytest.importorskip("plotly", reason="plotly is a lab dependency: make lab-venv"
 import plotly.graph_objects as go  # noqa: E402
 from helpers_labfigures import events_with_loss, lab_inputs  # noqa: E402
 
+from trickles_kit.apps.sim import LinkConfig, simulate_transfer  # noqa: E402
 from trickles_kit.core.events import Event, EventLog  # noqa: E402
-from trickles_kit.net.sim import LinkConfig, simulate_transfer  # noqa: E402
 from trickles_kit.viz import figures as F  # noqa: E402
 
 

@@ -22,10 +22,10 @@ from helpers_security import (
 )
 
 from trickles_kit.apps.generated import gen_request, generated_bytes
+from trickles_kit.apps.sim import client_address
 from trickles_kit.core.client import ClientEngine
 from trickles_kit.core.keys import KeyRing
 from trickles_kit.core.server import ServerConfig, ServerEngine
-from trickles_kit.net.sim import client_address
 
 EPOCH = 60.0
 LIMIT = 16  # a small seal limit: the old code started a new epoch after this many seals

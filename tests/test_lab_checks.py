@@ -107,7 +107,7 @@ def test_check_mac_fields() -> None:
 
 
 def test_check_transports_and_initial_window(monkeypatch) -> None:
-    from trickles_kit import doctor
+    from trickles_kit.net import doctor
 
     monkeypatch.setattr(doctor, "core_ready", lambda c: (True, ["udp"]))
     assert ok(checks.check_transports({"udp", "sim"}))

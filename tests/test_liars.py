@@ -27,8 +27,8 @@ import random
 
 import pytest
 
+from trickles_kit.apps.sim import LinkConfig, simulate_transfer
 from trickles_kit.core.client import ClientEngine
-from trickles_kit.net.sim import LinkConfig, simulate_transfer
 from trickles_kit.testing.liars import (
     LIARS,
     WEAKNESSES,
@@ -312,7 +312,7 @@ def test_an_honest_client_is_never_refused_under_heavy_loss() -> None:
 
 # ------------------------------------------------------------------------------ liar classes
 def test_liars_refuse_unknown_modes() -> None:
-    from trickles_kit.net.sim import SimNetwork
+    from trickles_kit.apps.sim import SimNetwork
     args = (b"\x0a\x01\x00\x02", 40000, SimNetwork.SERVER_IP, 80)
     with pytest.raises(ValueError):
         HidingLiar(*args, guess="psychic")

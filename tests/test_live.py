@@ -21,12 +21,12 @@ pytest.importorskip("plotly", reason="plotly is a lab dependency: make lab-venv"
 pytest.importorskip("ipywidgets", reason="ipywidgets is a lab dependency: make lab-venv")
 pytest.importorskip("anywidget", reason="the live view is an anywidget: make lab-venv")
 
+from trickles_kit.apps.sim import simulate_transfer  # noqa: E402
 from trickles_kit.capture import decode_pcap  # noqa: E402
 from trickles_kit.core.events import Event, EventLog  # noqa: E402
 from trickles_kit.labs import controls as C  # noqa: E402
 from trickles_kit.labs import session as session_mod  # noqa: E402
 from trickles_kit.labs.session import LiveSession  # noqa: E402
-from trickles_kit.net.sim import simulate_transfer  # noqa: E402
 from trickles_kit.viz import figures as F  # noqa: E402
 from trickles_kit.viz import live as L  # noqa: E402
 from trickles_kit.viz import replay as R  # noqa: E402

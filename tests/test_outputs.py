@@ -51,7 +51,7 @@ def as_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 # --------------------------------------------------------------------------- services demos
 def _services_runs() -> list[tuple[str, bool]]:
-    from trickles_kit.services.cli import CHOICES
+    from trickles_kit.cli.services import CHOICES
 
     return [(s, tcp) for s in CHOICES for tcp in (False, True)
             if not (tcp and s in ("load", "parallel"))]
@@ -120,7 +120,7 @@ class _Stand_in:  # noqa: N801 - plays a trickles_kit.bench.NAME module
 
 @pytest.fixture
 def stand_ins(monkeypatch: pytest.MonkeyPatch) -> None:
-    from trickles_kit.bench import cli as bench_cli
+    from trickles_kit.cli import bench as bench_cli
     from trickles_kit.net import sysdeps
 
     monkeypatch.setattr(bench_cli, "_module", _Stand_in)

@@ -18,11 +18,11 @@ from trickles_kit.apps.parallel import (
     lanes_for,
     split_requests,
 )
+from trickles_kit.apps.sim import LinkConfig
 from trickles_kit.apps.web import WebServer
 from trickles_kit.core.client import ClientEngine
 from trickles_kit.core.server import Minisocket, OutSlot, ServerEngine
 from trickles_kit.labs.optimizations import UdpWebServer, gen_paths, parallel_compare
-from trickles_kit.net.sim import LinkConfig
 
 SIP = socket.inet_aton("10.0.0.1")
 CIP = socket.inet_aton("10.1.0.2")

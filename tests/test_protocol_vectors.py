@@ -1,7 +1,7 @@
 """docs/protocol.md Appendix A: the test vectors are the code's bytes, and they say what the
 document says.
 
-Two checks. (1) The appendix equals what `trickles_kit.core.vectors` computes from the engines,
+Two checks. (1) The appendix equals what `trickles_kit.apps.vectors` computes from the engines,
 byte for byte — and any one changed hex digit anywhere in it is caught. (2) Read independently
 from the document's hex alone: every segment's TCP checksum holds for the vectors' addresses,
 every FULL continuation's MAC verifies under the fixed secret, every packet nonce is p_k and
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from trickles_kit.core import vectors as vec
+from trickles_kit.apps import vectors as vec
 from trickles_kit.core.cc import reno_trace
 from trickles_kit.core.keys import KeyRing
 from trickles_kit.core.nonces import NonceGen

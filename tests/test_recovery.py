@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from trickles_kit.apps.sim import LinkConfig, simulate_transfer
 from trickles_kit.core import events as ev
 from trickles_kit.core.cc import cwnd
 from trickles_kit.core.events import EventLog
 from trickles_kit.core.server import ServerConfig
-from trickles_kit.net.sim import LinkConfig, simulate_transfer
 
 FAST = {"rate": None}  # no bottleneck: the only loss is the one we inject
 

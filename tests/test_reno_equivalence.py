@@ -10,10 +10,10 @@ from collections import defaultdict
 
 import pytest
 
+from trickles_kit.apps.sim import LinkConfig, simulate_transfer
 from trickles_kit.core.cc import RenoStepper
 from trickles_kit.core.events import EventLog
 from trickles_kit.core.server import ServerConfig
-from trickles_kit.net.sim import LinkConfig, simulate_transfer
 
 SIZE = 5_000_000
 TCP_BASE = 1  # the first epoch starts at packet 1; the handshake continuation is packet 0

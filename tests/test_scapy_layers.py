@@ -516,7 +516,7 @@ def test_pcap_writer_records_read_by_rdpcap(tmp_path):
 
 
 def test_simulated_transfer_pcap_dissects_field_for_field(tmp_path):
-    from trickles_kit.net.sim import simulate_transfer
+    from trickles_kit.apps.sim import simulate_transfer
 
     path = str(tmp_path / "sim.pcap")
     assert simulate_transfer(60000, loss=0.05, seed=3, pcap=path).ok

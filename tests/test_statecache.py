@@ -12,10 +12,10 @@ import socket
 import pytest
 
 from trickles_kit.apps.generated import Generated, gen_request
+from trickles_kit.apps.sim import LinkConfig, simulate_transfer
 from trickles_kit.core.client import ClientEngine
 from trickles_kit.core.server import ServerConfig, ServerEngine
 from trickles_kit.core.statecache import DEFAULT_ENTRIES, StateCache, cache_key, default_entries
-from trickles_kit.net.sim import LinkConfig, simulate_transfer
 from trickles_kit.testing.scenario import run_scenario, scenario_paths
 from trickles_kit.wire.segment import decode_segment, encode_segment
 

@@ -18,8 +18,8 @@ import pytest
 
 pytest.importorskip("anywidget", reason="the live view is an anywidget: make lab-venv")
 
+from trickles_kit.apps.sim import simulate_transfer  # noqa: E402
 from trickles_kit.core.events import EventLog  # noqa: E402
-from trickles_kit.net.sim import simulate_transfer  # noqa: E402
 from trickles_kit.viz import live as L  # noqa: E402
 
 JS = Path(L.__file__).with_name("stream.js")

@@ -16,7 +16,7 @@ import pytest
 
 from trickles_kit.apps.generated import Generated, gen_request, generated_bytes
 from trickles_kit.cli import build_parser
-from trickles_kit.cli_wire import shutdown_line
+from trickles_kit.cli.wire import shutdown_line
 from trickles_kit.core.client import ClientEngine
 from trickles_kit.core.events import EventLog
 from trickles_kit.core.server import ServerEngine

@@ -29,15 +29,15 @@ from pathlib import Path
 import pytest
 
 from trickles_kit.apps.generated import Generated, gen_request, generated_bytes
+from trickles_kit.apps.sim import LinkConfig, SimNetwork, Simulator, client_address
 from trickles_kit.apps.web import WebServer
 from trickles_kit.capture.decode import decode_pcap
-from trickles_kit.cli_wire import shutdown_line
+from trickles_kit.cli.wire import shutdown_line
 from trickles_kit.core.client import ClientEngine
 from trickles_kit.core.events import EventLog
 from trickles_kit.core.server import ServerEngine
 from trickles_kit.net.fetch import HttpBody
 from trickles_kit.net.pcap import PcapWriter
-from trickles_kit.net.sim import LinkConfig, SimNetwork, Simulator, client_address
 from trickles_kit.wire.messages import DataChunk, decode_response
 from trickles_kit.wire.segment import ACK, FIN, SYN, checksum, decode_segment
 
@@ -108,7 +108,7 @@ def test_tail_probes_still_find_a_lost_last_packet(tmp_path: Path) -> None:
 def test_a_client_without_the_length_still_completes() -> None:
     """No Content-Length hint: the client asks past the end until FINHINT tells it (the
     behaviour a raw GEN stream gets); the tail rule must not stall it."""
-    from trickles_kit.net.sim import simulate_transfer
+    from trickles_kit.apps.sim import simulate_transfer
 
     for size in (1, 1448, 100_000):
         r = simulate_transfer(size, seed=5)

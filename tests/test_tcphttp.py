@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from trickles_kit.apps.generated import generated_bytes
-from trickles_kit.net.tcphttp import TcpHttpServer, fetch
+from trickles_kit.bench.tcphttp import TcpHttpServer, fetch
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from trickles_kit.net.sim import LinkConfig, simulate_transfer
+from trickles_kit.apps.sim import LinkConfig, simulate_transfer
 
 SEEDS = int(os.environ.get("TRICKLES_SEEDS", "50" if os.environ.get("CI") else "5"))
 SIZES = [0, 1, 1448, 1449, 10_000_000]

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from trickles_kit.apps.sim import simulate_transfer
 from trickles_kit.apps.web import WebServer, http_header
 from trickles_kit.capture.decode import decode_pcap
 from trickles_kit.core.client import ClientConfig
 from trickles_kit.core.server import ServerConfig
-from trickles_kit.net.sim import simulate_transfer
 
 BODY = bytes(range(256)) * 600  # 153,600 bytes
 

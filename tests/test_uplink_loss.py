@@ -15,10 +15,10 @@ from collections import Counter
 
 import pytest
 
+from trickles_kit.apps.sim import LinkConfig, simulate_transfer
 from trickles_kit.core.client import ClientConfig, ClientEngine
 from trickles_kit.core.server import ServerConfig
 from trickles_kit.net.faults import DropPattern
-from trickles_kit.net.sim import LinkConfig, simulate_transfer
 from trickles_kit.testing.liars import keyed_links, run_client
 from trickles_kit.wire.messages import decode_request
 from trickles_kit.wire.segment import decode_segment
@@ -216,7 +216,7 @@ def test_fetch_cli_flag_turns_the_repair_on() -> None:
     client, and the tour's deterministic request drop must still show a recovery)."""
     import argparse
 
-    from trickles_kit import cli_wire
+    from trickles_kit.cli import wire as cli_wire
 
     ap = argparse.ArgumentParser()
     cli_wire.add_parsers(ap.add_subparsers())

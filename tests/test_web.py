@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from trickles_kit.apps.generated import generated_bytes
+from trickles_kit.apps.sim import simulate_transfer
 from trickles_kit.apps.web import WebServer, mark_hex, mark_key, watermark_body
 from trickles_kit.core.client import ClientConfig
 from trickles_kit.core.keys import hkdf
 from trickles_kit.core.seal import UcontBox
 from trickles_kit.core.server import Minisocket, OutSlot, ServerEngine
-from trickles_kit.net.sim import simulate_transfer
 
 SECRET = bytes(range(32))
 CLIENT = (socket.inet_aton("10.1.0.1"), 40000)

@@ -28,12 +28,13 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from trickles_kit.apps.common import SealedRoute
 from trickles_kit.apps.generated import generated_bytes
+from trickles_kit.apps.http import parse_query
+from trickles_kit.net.http import Dechunker  # noqa: F401 - re-exported: /dyn's framing
 
 if TYPE_CHECKING:
     from trickles_kit.apps.web import WebServer
@@ -165,52 +166,6 @@ def fill_reserved(msk: Minisocket, spec: DynSpec, ucont: bytes) -> None:
             slot.finhint = end
 
 
-class Dechunker:
-    """Incremental `Transfer-Encoding: chunked` decoder feeding `sink` the body bytes."""
-
-    def __init__(self, sink: Callable[[bytes], None]) -> None:
-        self.sink = sink
-        self._buf = bytearray()
-        self._left = 0  # body bytes still due in the current chunk
-        self._crlf = False  # a chunk's trailing CRLF is due
-        self.done = False
-
-    def __call__(self, data: bytes) -> None:
-        buf = self._buf
-        buf += data
-        while buf and not self.done:
-            if self._left:
-                n = min(self._left, len(buf))
-                self.sink(bytes(buf[:n]))
-                del buf[:n]
-                self._left -= n
-                if not self._left:
-                    self._crlf = True
-                continue
-            if self._crlf:
-                if len(buf) < 2:
-                    return
-                if buf[:2] != b"\r\n":
-                    raise ValueError("chunked body: a chunk does not end with CRLF")
-                del buf[:2]
-                self._crlf = False
-                continue
-            nl = buf.find(b"\r\n")
-            if nl < 0:
-                if len(buf) > 1024:
-                    raise ValueError("chunked body: chunk-size line too long")
-                return
-            try:
-                size = int(bytes(buf[:nl]).split(b";")[0], 16)
-            except ValueError:
-                raise ValueError("chunked body: bad chunk-size line") from None
-            del buf[: nl + 2]
-            if size == 0:
-                self.done = True  # trailers (none here) and the final CRLF follow
-            else:
-                self._left = size
-
-
 class DynamicRoute(SealedRoute):
     """WebServer route for `/dyn` (see the module docstring)."""
 
@@ -258,9 +213,7 @@ def _target(request: bytes) -> str | None:
 
 
 def _parse(target: str) -> DynSpec | None:
-    from trickles_kit.apps.web import _query
-
-    args = _query(target.partition("?")[2])
+    args = parse_query(target.partition("?")[2])
     if args is None or set(args) - {"seed", "records", "stop", "reserve"}:
         return None
     try:

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from trickles_kit.core.client import ClientConfig
 from trickles_kit.net.aio import MAX_REQUEST, AsyncClientHost
 from trickles_kit.net.ip import PROTO_TCP, PROTO_TRICKLES
+from trickles_kit.net.privileges import PrivilegeError
 
 MAX_HEAD = 64 * 1024
 LINGER = 1.0  # seconds to wait for the client's FIN after the response
@@ -316,10 +317,6 @@ def add_gateway_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
 
 
 def _privilege_errors() -> tuple[type[BaseException], ...]:
-    try:
-        from trickles_kit.net.privileges import PrivilegeError
-    except ImportError:
-        return (PermissionError,)
     return (PrivilegeError, PermissionError)
 
 

@@ -23,9 +23,13 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from trickles_kit.apps.common import SealedRoute
+from trickles_kit.apps.http import Descriptor
+from trickles_kit.net.fetch import fetch, local_address_for, open_transport, parse_url
+from trickles_kit.net.ip import aton
+from trickles_kit.net.runner import ClientHost
 
 if TYPE_CHECKING:
-    from trickles_kit.apps.web import Descriptor, WebServer
+    from trickles_kit.apps.web import WebServer
     from trickles_kit.core.server import Minisocket
 
 MARK = b"\xfeP"
@@ -95,8 +99,6 @@ class ParallelRoute(SealedRoute):
         return b"".join(parts)
 
     def _unpack(self, plain: bytes) -> tuple[int, list[Descriptor]] | None:
-        from trickles_kit.apps.web import Descriptor
-
         if len(plain) < _HEAD.size:
             return None
         tag, bits, n = _HEAD.unpack_from(plain)
@@ -119,8 +121,6 @@ class ParallelRoute(SealedRoute):
         return (bits, descs) if off == len(plain) else None
 
     def __call__(self, msk: Minisocket) -> bool:
-        from trickles_kit.apps.web import Descriptor
-
         web = self.web
         box = web._box
         assert box is not None
@@ -261,9 +261,6 @@ def fetch_parallel(urls: list[str], transport: str = "udp", parallel: bool = Tru
     each), or — `parallel=False` — one connection after another, for comparison."""
     import time
 
-    from trickles_kit.net.fetch import fetch, local_address_for, open_transport, parse_url
-    from trickles_kit.net.ip import aton
-    from trickles_kit.net.runner import ClientHost
 
     if not urls:
         raise ValueError("no URLs")

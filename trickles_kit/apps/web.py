@@ -59,21 +59,32 @@ import mimetypes
 import os
 import re
 import stat
-import struct
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from trickles_kit.apps.common import fill_slots
+from trickles_kit.apps.dynamic import DynamicRoute
 from trickles_kit.apps.generated import generated_bytes
+from trickles_kit.apps.http import (  # noqa: F401 - re-exported: the names web.py always had
+    ERROR_TYPE,
+    KIND_ERROR,
+    KIND_GEN,
+    KIND_MARK,
+    KIND_STATIC,
+    MAX_STREAM,
+    REASONS,
+    Descriptor,
+    error_body,
+    http_header,
+)
+from trickles_kit.apps.http import parse_query as _query
+from trickles_kit.apps.parallel import ParallelRoute
 from trickles_kit.core.keys import hkdf
 from trickles_kit.core.seal import UcontBox
 from trickles_kit.core.server import Minisocket
 
-KIND_STATIC, KIND_GEN, KIND_MARK, KIND_ERROR = 1, 2, 3, 4
-MAX_STREAM = 0xFFFFFFFF  # FINHINT and DATA byte numbers are u32: the stream ends at most here
 MAX_TARGET = 2048
 MAX_ID = 256
 MARK_PERIOD = 1 << 16
@@ -81,19 +92,8 @@ MARK_PREFIX = b"<<TRICKLES-MARK "
 MARK_SUFFIX = b">>"
 MARK_LEN = len(MARK_PREFIX) + 16 + len(MARK_SUFFIX)  # 34
 MARK_INFO = b"trickles-kit watermark"
-ERROR_TYPE = "text/plain; charset=utf-8"
 OCTETS = "application/octet-stream"
 
-REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    414: "URI Too Long",
-    500: "Internal Server Error",
-}
-# kind u8 | status u16 | header_len u16 | body_len u32 | param 8s | ctype_len u8 | ctype | path
-_DESC = struct.Struct("!BHHI8sB")
 _MIME = mimetypes.MimeTypes()  # the built-in table only: identical on every replica
 _ENCODED_TYPES = {"gzip": "application/gzip", "bzip2": "application/x-bzip2",
                   "xz": "application/x-xz", "compress": "application/x-compress",
@@ -105,24 +105,6 @@ _HEX16 = re.compile(r"[0-9a-f]{16}")
 
 
 # ---------------------------------------------------------------------- pure functions
-def http_header(status: int, content_type: str, body_len: int) -> bytes:
-    """The status line and headers (ending with the empty line) of a response."""
-    lines = [
-        f"HTTP/1.1 {status} {REASONS[status]}",
-        f"Content-Length: {body_len}",
-        f"Content-Type: {content_type}",
-        "Connection: close",
-        "X-Trickles: stateless",
-    ]
-    if status == 405:
-        lines.append("Allow: GET")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
-
-
-def error_body(status: int) -> bytes:
-    return f"{status} {REASONS[status]}\n".encode("ascii")
-
-
 def mark_key(master: bytes) -> bytes:
     """The watermark key derived from a server's master secret."""
     return hkdf(master, MARK_INFO, 32)
@@ -168,69 +150,6 @@ def guess_type(path: str) -> str:
     return ctype or OCTETS
 
 
-# ---------------------------------------------------------------------- descriptor
-@dataclass(frozen=True, slots=True)
-class Descriptor:
-    """Everything that determines a response stream; `header` is rendered from the rest."""
-
-    kind: int
-    status: int
-    body_len: int
-    param: bytes  # 8 bytes: the seed (gen), the mark's 8 bytes (mark), zeros otherwise
-    ctype: str
-    path: str  # relative to the root, no leading "/" (static and mark)
-    header: bytes
-
-    @property
-    def size(self) -> int:
-        return len(self.header) + self.body_len
-
-    def pack(self) -> bytes:
-        ct, path = self.ctype.encode("ascii"), self.path.encode("utf-8")
-        return _DESC.pack(self.kind, self.status, len(self.header), self.body_len, self.param,
-                          len(ct)) + ct + path
-
-    @classmethod
-    def make(cls, kind: int, status: int, body_len: int, ctype: str, param: bytes = bytes(8),
-             path: str = "") -> Descriptor:
-        if len(param) != 8:
-            raise ValueError("the descriptor parameter is 8 bytes")
-        return cls(kind, status, body_len, param, ctype, path,
-                   http_header(status, ctype, body_len))
-
-    @classmethod
-    def error(cls, status: int) -> Descriptor:
-        return cls.make(KIND_ERROR, status, len(error_body(status)), ERROR_TYPE)
-
-    @classmethod
-    def unpack(cls, plain: bytes) -> Descriptor | None:
-        """The descriptor in `plain`, or None when it is not one this server could have made."""
-        if len(plain) < _DESC.size:
-            return None
-        kind, status, hlen, blen, param, clen = _DESC.unpack_from(plain)
-        if status not in REASONS or len(plain) < _DESC.size + clen:
-            return None
-        try:
-            ctype = plain[_DESC.size : _DESC.size + clen].decode("ascii")
-            path = plain[_DESC.size + clen :].decode("utf-8")
-        except UnicodeDecodeError:
-            return None
-        if not ctype.isprintable():
-            return None
-        if kind == KIND_ERROR:
-            if blen != len(error_body(status)) or path:
-                return None
-        elif kind in (KIND_STATIC, KIND_MARK):
-            if status != 200 or not path:
-                return None
-        elif kind != KIND_GEN or status != 200 or path:
-            return None
-        d = cls.make(kind, status, blen, ctype, param, path)
-        if len(d.header) != hlen or d.size > MAX_STREAM:
-            return None  # rendered by another version of this code: refuse, never guess
-        return d
-
-
 # ---------------------------------------------------------------------- the handler
 class WebServer:
     """HTTP/1.1 GET over Trickles; bind it to a server with `attach` before use."""
@@ -253,9 +172,6 @@ class WebServer:
         self.counters: Counter[str] = Counter()
         # routes that serve into reserved ranges with SKIPs (apps.dynamic: /dyn; apps.parallel:
         # several pipelined GETs, one reserved slice each); each takes a minisocket or passes
-        from trickles_kit.apps.dynamic import DynamicRoute
-        from trickles_kit.apps.parallel import ParallelRoute
-
         self.routes = [DynamicRoute(self), ParallelRoute(self)]
 
     def attach(self, server) -> WebServer:
@@ -460,17 +376,6 @@ class WebServer:
             return Descriptor.error(404)  # a target name we could not put in a descriptor
         d = Descriptor.make(kind, 200, st.st_size, guess_type(rel), param, rel)
         return d if d.size <= MAX_STREAM else Descriptor.error(500)
-
-
-def _query(query: str) -> dict[str, str] | None:
-    """Query parameters, each at most once; None when malformed or repeated."""
-    try:
-        pairs = parse_qs(query, keep_blank_values=True, errors="strict", max_num_fields=16)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if any(len(v) != 1 for v in pairs.values()):
-        return None
-    return {k: v[0] for k, v in pairs.items()}
 
 
 __all__ = [

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from trickles_kit.bench.goodput import FlowSpec, log, run_flows
+from trickles_kit.bench.meta import meta
 from trickles_kit.net.testbed import TestbedConfig
 
 RATE = 100.0
@@ -25,8 +26,6 @@ KINDS = ("trickles", "reno")
 
 
 def run(quick: bool, out_dir: Path, verbose: bool = False) -> dict:
-    from trickles_kit.bench.meta import meta
-
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     size = SIZES[quick]
@@ -65,7 +64,7 @@ def run(quick: bool, out_dir: Path, verbose: bool = False) -> dict:
                       "the transfer (client, server, router, tcpdump; tasks and irq+softirq), "
                       "an upper bound that includes other load on the machine",
            "servers": {"trickles": "trickles serve --transport raw (Python)",
-                       "reno": "python -m trickles_kit.net.tcphttp --cc reno (Python HTTP "
+                       "reno": "python -m trickles_kit.bench.tcphttp --cc reno (Python HTTP "
                                "server over kernel TCP)"},
            "runs": runs, "cpu_s_per_mb": per,
            "trickles_over_tcp": round(per["trickles"] / per["reno"], 2)

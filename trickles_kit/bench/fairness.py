@@ -13,6 +13,7 @@ from pathlib import Path
 
 from trickles_kit.bench import flows as fl
 from trickles_kit.bench.goodput import FlowSpec, _figures, _median, log, run_flows
+from trickles_kit.bench.meta import meta
 from trickles_kit.net.testbed import TestbedConfig
 
 RATE = 20.0  # Mbit/s: the shared bottleneck
@@ -21,8 +22,6 @@ REPEATS = {True: 1, False: 3}  # medians are reported
 
 
 def run(quick: bool, out_dir: Path, verbose: bool = False) -> dict:
-    from trickles_kit.bench.meta import meta
-
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     mixes = {"1+1": 1, "1+4": 4}

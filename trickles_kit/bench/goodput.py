@@ -25,7 +25,9 @@ from pathlib import Path
 
 from trickles_kit.apps.generated import generated_sha256
 from trickles_kit.bench import flows as fl
+from trickles_kit.bench.meta import meta
 from trickles_kit.net.testbed import CLIENT, SERVER, SERVER_ADDR, Testbed, TestbedConfig
+from trickles_kit.viz.report import write_report
 
 PY = sys.executable
 TK_PORT = 8080
@@ -137,7 +139,7 @@ def run_flows(cfg: TestbedConfig, specs: list[FlowSpec], verbose: bool = False,
             for cc in ("reno", "cubic"):
                 if cc in kinds:
                     servers[cc] = tb.popen(SERVER, [
-                        PY, "-m", "trickles_kit.net.tcphttp", "--bind", SERVER_ADDR, "--port",
+                        PY, "-m", "trickles_kit.bench.tcphttp", "--bind", SERVER_ADDR, "--port",
                         str(TCP_PORTS[cc]), "--cc", cc], stdout=subprocess.PIPE,
                         stderr=subprocess.DEVNULL, text=True, env=env)
                     _wait_line(servers[cc], "tcphttp: serving", f"tcphttp {cc}")
@@ -212,8 +214,6 @@ def _strip(r: dict) -> dict:
 
 def run(quick: bool, out_dir: Path, verbose: bool = False) -> dict:
     """Goodput at 10/50/100 Mbit/s, 0 and 1 % loss: Trickles, Reno, Cubic, one flow at a time."""
-    from trickles_kit.bench.meta import meta
-
     out_dir.mkdir(parents=True, exist_ok=True)
     secs = SECONDS[quick]
     kinds = ("trickles", "trickles-delta", "reno", "cubic")
@@ -319,8 +319,6 @@ def _figures(figs: list[tuple[str, list[dict]]], path: Path) -> None:
         if fig is not None:
             built[f"run{i}"] = fig
     if built:
-        from trickles_kit.labs.demo import write_report
-
         write_report(path, built, title=path.stem + ": goodput, time-sequence, bytes in flight",
                      notes=["From the router capture; the same analysis for both protocols."])
 

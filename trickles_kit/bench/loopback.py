@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from trickles_kit.bench.goodput import log
+from trickles_kit.bench.meta import meta
 
 REPO = Path(__file__).resolve().parents[2]
 QUICK = {"size": 20_000_000, "repeats": 1, "floor_seconds": 1.0}
@@ -36,8 +37,6 @@ def bench_wire():  # -> module
 
 
 def run(quick: bool, out_dir: Path, verbose: bool = False) -> dict:
-    from trickles_kit.bench.meta import meta
-
     out_dir.mkdir(parents=True, exist_ok=True)
     bw = bench_wire()
     t0 = time.monotonic()

@@ -54,10 +54,15 @@ from typing import Any
 
 from trickles_kit.apps.generated import generated_sha256
 from trickles_kit.bench import tcpmany
+from trickles_kit.bench.meta import meta
 from trickles_kit.core.replay import ReplayHistory
 from trickles_kit.core.server import ServerConfig
 from trickles_kit.net.fetch import HttpBody
+from trickles_kit.net.ip import aton
+from trickles_kit.net.raw import RawTransport
 from trickles_kit.net.runner import ClientHost, Connection
+from trickles_kit.net.topology import Topology, list_namespaces
+from trickles_kit.viz.report import write_report
 
 PY = sys.executable
 FULL_LEVELS = [1, 10, 100, 1000, 10000]
@@ -216,8 +221,6 @@ class ParkingHost(ClientHost):
 def trickles_client(server: str, local: str, port: int, n: int, size: int, window: int,
                     timeout: float) -> int:
     """The Trickles side of the protocol `tcpmany.client_main` speaks for TCP."""
-    from trickles_kit.net.ip import aton
-    from trickles_kit.net.raw import RawTransport
 
     if n > 20000:
         raise SystemExit("at most 20,000 connections (the Trickles port space of one host)")
@@ -465,8 +468,6 @@ def _summary(res: dict) -> dict:
 def run(quick: bool, out_dir: Path, verbose: bool = False, levels: Sequence[int] | None = None,
         size: int = OBJECT, argv: Sequence[str] | None = None) -> dict:
     """Run the experiment (root), write `out_dir/memory.json` and `memory.html`; return it."""
-    from trickles_kit.bench.meta import meta
-    from trickles_kit.net.topology import Topology
 
     if os.geteuid() != 0:
         raise PermissionError("the memory experiment needs root (namespaces, raw sockets): "
@@ -508,7 +509,6 @@ def run(quick: bool, out_dir: Path, verbose: bool = False, levels: Sequence[int]
                 res["tcp"].append(_tcp_level(topo, n, size, tmp, timeout))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    from trickles_kit.net.topology import list_namespaces
 
     res["namespaces_left"] = [ns for ns in res.get("namespaces", {}).values()
                               if ns in list_namespaces()]
@@ -516,8 +516,6 @@ def run(quick: bool, out_dir: Path, verbose: bool = False, levels: Sequence[int]
     res["meta"]["benchmark_wall_s"] = round(time.monotonic() - t0, 1)
     (out_dir / "memory.json").write_text(json.dumps(res, indent=2) + "\n")
     with contextlib.suppress(ImportError):
-        from trickles_kit.labs.demo import write_report
-
         write_report(out_dir / "memory.html", {"memory": figure(res)},
                      title="Server memory against concurrent connections",
                      notes=[res["method"].split("\n\n")[0]])

@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import trickles_kit
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -47,7 +49,6 @@ def meta(argv: list[str], mode: str) -> dict:
         crypto = cryptography.__version__
     except ImportError:  # pragma: no cover
         crypto = None
-    import trickles_kit
 
     return {
         "command": shlex.join([os.path.relpath(sys.executable), *argv]),

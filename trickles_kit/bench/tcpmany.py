@@ -1,6 +1,6 @@
 """Linux TCP with thousands of live connections: an event-driven server and client, kernel memory.
 
-`net/tcphttp.py` is threaded — one thread (and stack) per connection — which is fair for a
+`bench/tcphttp.py` is threaded — one thread (and stack) per connection — which is fair for a
 bulk transfer but not for 10,000 concurrent connections. The memory experiment needs what a
 careful TCP server would do: one process, one event loop (asyncio over epoll), a small
 protocol object per connection, HTTP/1.1 keep-alive. It serves `/gen?size=N&seed=S`

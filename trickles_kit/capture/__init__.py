@@ -7,8 +7,8 @@ replay them in time, and record live traffic with tcpdump.
     cap.packets[0], cap.events[:5], cap.errors, cap.events_df()
 
 Modules: `pcapio` (the reader), `decode` (rows, verdicts, events — the rules are in its
-docstring), `replay` (paced iteration), `live` (tcpdump), `cli_capture` (`trickles decode`,
-`trickles replay`, `trickles capture`).
+docstring), `replay` (paced iteration), `live` (tcpdump); the commands `trickles decode`,
+`trickles replay` and `trickles capture` are in cli/capture.py.
 """
 
 from trickles_kit.capture.decode import Capture, PacketRow, decode_pcap, derive_events

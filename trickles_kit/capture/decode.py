@@ -104,7 +104,10 @@ from trickles_kit.core import events as ev
 from trickles_kit.core import plan as pl
 from trickles_kit.core.cc import MAX_CWND
 from trickles_kit.core.events import Event
+from trickles_kit.core.keys import KeyRing
+from trickles_kit.core.nonces import NonceGen
 from trickles_kit.core.replay import slowstart_age_bucket
+from trickles_kit.core.server import ServerConfig
 from trickles_kit.wire.continuation import FULL1, FULL2, FULL_LEN, MINIMAL, MINIMAL_LEN
 from trickles_kit.wire.delta import unpack_request
 from trickles_kit.wire.errors import DecodeError
@@ -367,9 +370,6 @@ class _Verifier:
     """MAC and nonce checks given the master secret."""
 
     def __init__(self, secret: bytes, cfg) -> None:
-        from trickles_kit.core.keys import KeyRing
-        from trickles_kit.core.nonces import NonceGen
-
         self.keys = KeyRing(secret, cfg.epoch_seconds, cfg.max_seals)
         self.nonces = NonceGen(self.keys.nonce_key, cfg.nonce_bits)
         self._hashers: dict[int, object] = {}
@@ -393,8 +393,6 @@ class _Verifier:
 
 
 def _default_config():
-    from trickles_kit.core.server import ServerConfig
-
     return ServerConfig()
 
 

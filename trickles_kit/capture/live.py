@@ -30,6 +30,8 @@ import threading
 import time
 from pathlib import Path
 
+from trickles_kit.net import sysdeps
+
 DEFAULT_FILTER = "ip proto 253 or udp or tcp"
 
 
@@ -66,8 +68,6 @@ class LiveCapture:
     def command(self) -> list[str]:
         exe = self._tcpdump or shutil.which("tcpdump")
         if exe is None:
-            from trickles_kit.net import sysdeps
-
             raise LiveCaptureError(sysdeps.problem(["tcpdump"], "trickles capture")
                                    or "tcpdump not found")
         # --immediate-mode: hand each packet over at once (with the TPACKET_V3 ring, packets of

@@ -14,9 +14,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from trickles_kit.bench import report
+from trickles_kit.bench import memory, report
+from trickles_kit.labs import cleanup
 from trickles_kit.labs.banner import RootBanner
 from trickles_kit.labs.checks import _no, _ok
+from trickles_kit.net import sysdeps
+from trickles_kit.net.privileges import can_create_netns
+from trickles_kit.net.topology import Topology
 
 RESULTS = report.RESULTS
 SMALL_LEVELS = (1, 10, 50)
@@ -170,8 +174,7 @@ def _loopback(lo: dict) -> Any:
 def figures(results: Mapping[str, dict]) -> dict[str, Any]:
     """One plotly figure per experiment present in `results` (repetitions as medians with
     min–max bars; legends above the plot, never over an axis title)."""
-    from trickles_kit.bench import memory
-    from trickles_kit.viz.figures import legend_on_top
+    from trickles_kit.viz.figures import legend_on_top  # lazy: plotly (lab extra), for figures only
 
     draw = {"goodput": _goodput, "fairness": _fairness, "memory": memory.figure,
             "cpu": _cpu, "loopback": _loopback}
@@ -198,9 +201,6 @@ def _note(text: str) -> Any:
 def can_run_live() -> tuple[bool, str]:
     """Whether this kernel may build namespaces and raw sockets (root, the system tools the
     memory experiment runs, namespaces), and how to get there if not."""
-    from trickles_kit.net import sysdeps
-    from trickles_kit.net.privileges import can_create_netns
-    from trickles_kit.net.topology import Topology
 
     instead = "the committed full results are shown instead."
     if os.geteuid() != 0:
@@ -241,8 +241,6 @@ def run_small(out_dir: str | Path | None = None,
     ok, _ = can_run_live()
     if not ok:
         return None
-    from trickles_kit.bench import memory
-    from trickles_kit.labs import cleanup
 
     if out_dir:
         return memory.run(True, Path(out_dir), levels=list(levels),

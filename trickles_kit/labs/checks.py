@@ -19,6 +19,12 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from trickles_kit.capture import decode_pcap
+from trickles_kit.core import plan as pl
+from trickles_kit.core.cc import cwnd
+from trickles_kit.core.server import ServerConfig
+from trickles_kit.net import doctor
+
 OK = "OK"
 NOT_YET = "Not yet"
 
@@ -80,9 +86,7 @@ def check_transports(answer: Iterable[str]) -> str:
     The truth comes from `trickles doctor`: "raw" (raw IP sockets), "udp" and "sim" (always).
     """
     try:
-        from trickles_kit.doctor import core_ready, run_doctor
-
-        _, usable = core_ready(run_doctor())
+        _, usable = doctor.core_ready(doctor.run_doctor())
         truth = set(usable) | {"sim"}
         if isinstance(answer, str):
             answer = [answer]
@@ -116,8 +120,6 @@ def check_initial_window(answer: Any, events: Iterable[Any] | None = None) -> st
             truth = _handshake_window(list(events))
             where = "in this run"
         else:
-            from trickles_kit.core.server import ServerConfig
-
             truth = ServerConfig().initial_cwnd
             where = "with the default server configuration"
     except Exception as e:  # noqa: BLE001
@@ -200,8 +202,6 @@ def check_cwnd(student_fn: Callable[..., int], epochs: Iterable[tuple[int, int, 
     `student_fn(n, tcp_base, start_cwnd, ssthresh)` is checked on several epochs. `n` runs from
     TCPBase - 1 (the ack that opened the epoch) over `acks` acks.
     """
-    from trickles_kit.core.cc import cwnd
-
     if not callable(student_fn):
         return _no(f"pass your function itself (cwnd, not cwnd(...)); got {student_fn!r}")
     arity = _arity(student_fn)
@@ -237,8 +237,6 @@ def split_count(tcp_base: int, start_cwnd: int, ssthresh: int, first_ack: int,
                 last_ack: int) -> int:
     """Splits made by the requests acking first_ack..last_ack of one epoch without loss: the
     normal step emits cwnd(k) - cwnd(k-1) split packets for ack k (core/plan.py)."""
-    from trickles_kit.core.cc import cwnd
-
     if first_ack < tcp_base or last_ack < first_ack:
         raise ValueError("need tcp_base <= first_ack <= last_ack")
     return (cwnd(last_ack, tcp_base, start_cwnd, ssthresh)
@@ -273,8 +271,6 @@ def recovery_plan(tcp_base: int, start_cwnd: int, ssthresh: int, first_loss: int
     """The one deterministic recovery plan for a single loss of packet `first_loss`, as the
     server's own `plan_request` computes it: new_cwnd, last_regular, the new epoch's tcp_base,
     the acks that emit bootstrap packets, and the acks whose trickles terminate."""
-    from trickles_kit.core import plan as pl
-    from trickles_kit.core.cc import cwnd
 
     if first_loss < tcp_base:
         raise ValueError("first_loss must be >= tcp_base")
@@ -377,8 +373,6 @@ def reference_secret(name: str, captures_dir: str | Path | None = None) -> bytes
 
 def reference_capture(name: str, captures_dir: str | Path | None = None, **kw: Any):
     """captures/NAME.pcap decoded with its secret (`capture.decode_pcap`; `kw` passed on)."""
-    from trickles_kit.capture import decode_pcap
-
     d = Path(captures_dir) if captures_dir is not None else CAPTURES_DIR
     return decode_pcap(d / f"{name}.pcap", secret=reference_secret(name, d), **kw)
 

@@ -15,11 +15,11 @@ import os
 import tempfile
 from collections import Counter
 
+from trickles_kit.apps.sim import SimNetwork, simulate_transfer
 from trickles_kit.capture.pcapio import read_pcap
 from trickles_kit.core.client import ClientConfig
 from trickles_kit.core.server import ServerConfig
 from trickles_kit.labs.checks import _no, _ok
-from trickles_kit.net.sim import SimNetwork, simulate_transfer
 from trickles_kit.wire.continuation import TYPE_NAMES
 from trickles_kit.wire.delta import request_cont_len, response_cont_len
 

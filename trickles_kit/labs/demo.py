@@ -19,9 +19,7 @@ draws come from `--seed`, so the same requests are lost in every run (`net.fault
 
 from __future__ import annotations
 
-import argparse
 import html
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -29,7 +27,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from trickles_kit.capture import decode_pcap
 from trickles_kit.core.events import Event
+from trickles_kit.core.keys import KeyRing
+from trickles_kit.core.nonces import NonceGen
+from trickles_kit.core.server import ServerConfig
+from trickles_kit.labs.session import LiveSession
+from trickles_kit.net import privileges
+from trickles_kit.viz.report import write_report
 
 TRANSPORTS = ("auto", "raw", "udp", "sim")
 FIGURE_ORDER = ("cwnd", "trickles", "time_sequence", "nonces")
@@ -40,16 +45,14 @@ def choose_transport(requested: str = "auto") -> tuple[str, str | None]:
     """(transport to use, banner message or None). Raw sockets need root or CAP_NET_RAW; UDP on
     127.0.0.1 needs nothing; the simulator needs no sockets at all. A transport that cannot
     work here falls back to the next one, and the message says why."""
-    from trickles_kit.net.privileges import can_open_raw_socket, can_open_udp_socket
-
     if requested not in TRANSPORTS:
         raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}")
     if requested == "sim":
         return "sim", None
-    raw_ok, raw_err = can_open_raw_socket(253)
+    raw_ok, raw_err = privileges.can_open_raw_socket(253)
     if requested in ("auto", "raw") and raw_ok:
         return "raw", None
-    udp_ok, udp_err = can_open_udp_socket()
+    udp_ok, udp_err = privileges.can_open_udp_socket()
     why_not_raw = (f"no raw sockets for this process ({raw_err}); run Jupyter as root or give "
                    "Python CAP_NET_RAW to see the real IP-253 wire")
     if udp_ok:
@@ -117,8 +120,6 @@ def run_tour(size: int = 300_000, transport: str = "auto", loss: float = 0.01, s
     (and passed on to `on_event`, e.g. a dashboard's feed). A failed wire run is retried in the
     simulator, with a banner saying so, so the tour always has something to show. `drop_at`
     and the seeded `loss` make the losses the same in every run (see `LiveSession`)."""
-    from trickles_kit.labs.session import LiveSession
-
     chosen, banner = choose_transport(transport)
     events: list[Event] = []
 
@@ -165,9 +166,6 @@ def nonce_blocks(requests: Iterable[Any], server_events: Iterable[Event] | None 
     """
     nonces = None
     if secret is not None:
-        from trickles_kit.core.keys import KeyRing
-        from trickles_kit.core.nonces import NonceGen
-        from trickles_kit.core.server import ServerConfig
 
         cfg = config or ServerConfig()
         nonces = NonceGen(KeyRing(bytes(secret), cfg.epoch_seconds, cfg.max_seals).nonce_key,
@@ -206,7 +204,6 @@ def run_nonce_rows(run: TourRun, limit: int = 40) -> list[dict[str, int]]:
     """Nonce rows of a tour run: its server pcap decoded, verdicts from its server events."""
     if not run.pcap or not Path(run.pcap).exists():
         return []
-    from trickles_kit.capture import decode_pcap
 
     cap = decode_pcap(run.pcap, events=False)
     return nonce_blocks(cap.packets, run.events, limit=limit)
@@ -283,7 +280,7 @@ async def watch(session: Any, dash: Any, timeout: float = 300.0) -> Any:
 
 def tour_figures(events: Iterable[Event], nonce_rows: Iterable[Mapping[str, int]] = ()) -> dict:
     """The tour's four figures, keyed as FIGURE_ORDER (times from `align_clocks`)."""
-    from trickles_kit.viz import figures as F
+    from trickles_kit.viz import figures as F  # lazy: plotly (lab extra); the tour runs without
 
     evs = align_clocks(events)
     return {
@@ -292,27 +289,6 @@ def tour_figures(events: Iterable[Event], nonce_rows: Iterable[Mapping[str, int]
         "time_sequence": F.time_sequence_figure(evs),
         "nonces": F.nonce_panel(list(nonce_rows)),
     }
-
-
-def write_report(path: str | Path, figures: Mapping[str, Any], title: str = "Trickles demo",
-                 notes: Iterable[str] = ()) -> Path:
-    """One self-contained HTML file: plotly.js inlined with the first figure only."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    parts = []
-    for i, (name, fig) in enumerate(figures.items()):
-        parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0),
-                                 div_id=f"trickles-{name}", default_height="480px"))
-    para = "".join(f"<p>{html.escape(n)}</p>" for n in notes)
-    doc = ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-           f"<title>{html.escape(title)}</title>"
-           "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}"
-           ".fig{margin-bottom:2em}</style></head><body>"
-           f"<h1>{html.escape(title)}</h1>{para}"
-           + "".join(f"<div class='fig'>{p}</div>" for p in parts)
-           + "</body></html>\n")
-    out.write_text(doc, encoding="utf-8")
-    return out
 
 
 def build_demo(out: str | Path = "reports/demo.html", size: int = 300_000,
@@ -337,51 +313,3 @@ def run_demo(out: str | Path = "reports/demo.html", size: int = 300_000, transpo
              loss: float = 0.01, seed: int = 1, *, drop_at: Iterable[int] | None = None) -> Path:
     """Run the tour headless and write ONE self-contained HTML report; returns its path."""
     return build_demo(out, size, transport, loss, seed, drop_at=drop_at)[0]
-
-
-# ---------------------------------------------------------------------------- CLI
-def add_demo_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from trickles_kit.cli import _probability, _size
-    from trickles_kit.cli_wire import _indices
-
-    d = subparsers.add_parser(
-        "demo", help="run the tour headless and write one self-contained HTML report",
-        description="Run one live Trickles transfer (raw sockets if permitted, else UDP on "
-                    "loopback, else the simulator), then write the tour's four figures "
-                    "(cwnd, trickle tree, time-sequence, nonce checks) to one HTML file that "
-                    "opens offline. The losses are the same in every run: the server drops "
-                    "the requests named by --drop-at and those --seed draws under --loss, so "
-                    "the report always shows splits, a loss, its recovery and terminations "
-                    "(timings still differ from run to run).",
-    )
-    d.add_argument("--out", default="reports/demo.html",
-                   help="HTML file to write (default reports/demo.html)")
-    d.add_argument("--size", type=_size, default=300_000, help="bytes to fetch (default 300k)")
-    d.add_argument("--transport", choices=TRANSPORTS, default="auto",
-                   help="auto (default): raw if permitted, else udp, else sim")
-    d.add_argument("--loss", type=_probability, default=0.01,
-                   help="probability that the server drops a request, drawn from --seed so "
-                        "every run drops the same ones; in the simulator, packet loss in both "
-                        "directions (default 0.01)")
-    d.add_argument("--seed", type=int, default=1,
-                   help="seed of the generated bytes, the drops and the simulator (default 1)")
-    d.add_argument("--drop-at", type=_indices, default=None, metavar="I,J,...",
-                   help="requests the server always drops, 0-based after the handshake "
-                        "(default with --loss > 0: 30, once slow start has grown the window "
-                        "to about 33 packets; needs --size of about 90k or more). '' for none")
-    d.set_defaults(func=cmd_demo)
-    return d
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    try:
-        path, run = build_demo(args.out, size=args.size, transport=args.transport,
-                               loss=args.loss, seed=args.seed, drop_at=args.drop_at)
-    except (OSError, ValueError, RuntimeError) as e:
-        print(f"trickles demo: {e}", file=sys.stderr)
-        return 1
-    if run.banner:
-        print(f"trickles demo: {run.banner}", file=sys.stderr)
-    print(f"trickles demo: {run.summary()}")
-    print(f"trickles demo: wrote {path}")
-    return 0 if run.ok else 1

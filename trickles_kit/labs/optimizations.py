@@ -24,12 +24,15 @@ from pathlib import Path
 
 from trickles_kit.apps.dynamic import Dechunker, DynSpec, dyn_target
 from trickles_kit.apps.generated import generated_sha256
-from trickles_kit.apps.parallel import PipelineSplitter, build_request, lanes_for
+from trickles_kit.apps.parallel import PipelineSplitter, build_request, fetch_parallel, lanes_for
+from trickles_kit.apps.sim import LinkConfig, SimNetwork, Simulator, client_address
 from trickles_kit.apps.web import WebServer
 from trickles_kit.core.client import ClientEngine
 from trickles_kit.core.server import ServerConfig, ServerEngine
 from trickles_kit.labs.checks import _as_int, _no, _ok
-from trickles_kit.net.sim import LinkConfig, SimNetwork, Simulator, client_address
+from trickles_kit.net.ip import aton
+from trickles_kit.net.runner import ServerLoop
+from trickles_kit.net.udp import UdpTransport
 
 SECRET = bytes(range(32))
 
@@ -265,9 +268,6 @@ class UdpWebServer:
         import os
         import threading
 
-        from trickles_kit.net.ip import aton
-        from trickles_kit.net.runner import ServerLoop
-        from trickles_kit.net.udp import UdpTransport
 
         self.tr = UdpTransport("127.0.0.1", 0)
         self.port = self.tr.port
@@ -297,8 +297,6 @@ class UdpWebServer:
 
 def wire_parallel_compare(n: int = 8, size: int = 200_000, timeout: float = 60.0) -> dict:
     """n GETs over UDP loopback: pipelined on one connection vs one connection after another."""
-    from trickles_kit.apps.parallel import fetch_parallel
-
     want = [generated_sha256(size, 100 + i) for i in range(n)]
     with tempfile.TemporaryDirectory() as tmp, UdpWebServer(tmp) as srv:
         urls = [srv.url(p) for p in gen_paths(n, size)]

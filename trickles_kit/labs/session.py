@@ -19,17 +19,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trickles_kit.apps.sim import simulate_transfer
 from trickles_kit.core.events import Event
 from trickles_kit.labs import cleanup as _cleanup
-from trickles_kit.net.faults import tour_drops
+from trickles_kit.net.faults import DropPattern, tour_drops
+from trickles_kit.net.privileges import can_open_raw_socket
 
 EventCallback = Callable[[Event], None]
 
 
 def best_transport() -> str:
     """'raw' when this process may open raw sockets, else 'udp' (the lab's fallback)."""
-    from trickles_kit.net.privileges import can_open_raw_socket
-
     ok, _ = can_open_raw_socket(253)
     return "raw" if ok else "udp"
 
@@ -151,9 +151,6 @@ class LiveSession:
         on_event(e)
 
     def _run_sim(self, on_event: EventCallback) -> None:
-        from trickles_kit.net.faults import DropPattern
-        from trickles_kit.net.sim import simulate_transfer
-
         pcap = str(self.workdir / "server.pcap") if self.pcap else None
         r = simulate_transfer(self.size, self.loss, self.seed, pcap=pcap, secret=self.secret,
                               on_event=lambda e: self._emit(on_event, e),

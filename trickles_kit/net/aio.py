@@ -29,6 +29,7 @@ from typing import Any
 
 from trickles_kit.core.client import ClientConfig
 from trickles_kit.core.events import Event
+from trickles_kit.net.fetch import local_address_for, open_transport
 from trickles_kit.net.ip import PROTO_TRICKLES, aton
 from trickles_kit.net.pcap import PcapWriter
 from trickles_kit.net.runner import ClientHost, Connection
@@ -282,8 +283,6 @@ class AsyncClientHost:
                 ip_proto: int = PROTO_TRICKLES, local_addr: str | None = None,
                 config: ClientConfig | None = None, **kw: Any) -> AsyncClientHost:
         """A host for server `host:port` on a fresh transport it owns (closed by `aclose`)."""
-        from trickles_kit.net.fetch import local_address_for, open_transport
-
         ip = socket.gethostbyname(host)
         tr = open_transport(transport, local_addr or local_address_for(ip), ip_proto)
         peer = (ip, port) if transport == "udp" else None

@@ -15,10 +15,13 @@ from dataclasses import asdict, dataclass
 from urllib.parse import urlsplit
 
 from trickles_kit.core.client import ClientConfig
+from trickles_kit.net.http import Dechunker  # /dyn: the length is known at the end
 from trickles_kit.net.ip import PROTO_TRICKLES, aton
 from trickles_kit.net.pcap import PcapWriter
+from trickles_kit.net.raw import RawTransport
 from trickles_kit.net.runner import ClientHost, EventWriter
 from trickles_kit.net.transport import Transport
+from trickles_kit.net.udp import UdpTransport
 
 DEFAULT_PORT = 8080
 
@@ -53,12 +56,8 @@ def local_address_for(server: str) -> str:
 def open_transport(kind: str, local_ip: str, ip_proto: int = PROTO_TRICKLES) -> Transport:
     """A client or server transport by name: 'udp' (no privileges) or 'raw'."""
     if kind == "udp":
-        from trickles_kit.net.udp import UdpTransport
-
         return UdpTransport(local_ip, 0)
     if kind == "raw":
-        from trickles_kit.net.raw import RawTransport
-
         return RawTransport(local_ip, ip_proto)
     raise ValueError(f"unknown transport {kind!r} (use raw or udp)")
 
@@ -102,8 +101,6 @@ class HttpBody:
                 k, _, v = line.partition(":")
                 self.headers[k.strip().lower()] = v.strip()
             if self.headers.get("transfer-encoding", "").lower() == "chunked":
-                from trickles_kit.apps.dynamic import Dechunker  # /dyn: length known at the end
-
                 self.dechunker = Dechunker(self._body)
             elif self.on_length is not None and self.headers.get("content-length", "").isdigit():
                 self.on_length(head_len + int(self.headers["content-length"]))

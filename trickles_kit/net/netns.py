@@ -14,6 +14,8 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
+from trickles_kit.net import sysdeps
+
 
 class NetnsError(RuntimeError):
     pass
@@ -51,7 +53,6 @@ class NetnsPair:
 
     def __enter__(self) -> NetnsPair:
         v = self.verbose
-        from trickles_kit.net import sysdeps
 
         # before the first namespace: a missing tool is one line, not a half-made pair
         sysdeps.require(["ip", *(["iptables"] if self.suppress_rst else [])], "a namespace pair")

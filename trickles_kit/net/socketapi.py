@@ -33,6 +33,7 @@ from typing import Any
 
 from trickles_kit.core.client import ClientConfig
 from trickles_kit.net.aio import MAX_REQUEST, random_first_port
+from trickles_kit.net.fetch import local_address_for, open_transport, parse_url
 from trickles_kit.net.ip import PROTO_TRICKLES, aton
 from trickles_kit.net.runner import ClientHost, Connection
 from trickles_kit.net.transport import Transport
@@ -203,7 +204,6 @@ class TricklesSocket:
         if not self._request:
             raise OSError(errno.EINVAL, "no request: call sendall(request) before recv(); "
                                         "Trickles sends the request with the SYN")
-        from trickles_kit.net.fetch import local_address_for, open_transport
 
         ip, port = self._server
         self._tr = open_transport(self.transport_name, self.local_addr or local_address_for(ip),
@@ -227,8 +227,6 @@ def get(url: str, transport: str = "udp", ip_proto: int = PROTO_TRICKLES,
     For the web server this is a complete HTTP response, head included. `timeout` bounds each
     wait for data (socket.timeout); a failed connection raises ConnectionError.
     """
-    from trickles_kit.net.fetch import parse_url
-
     host, port, path = parse_url(url)
     request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode()
     out = bytearray()

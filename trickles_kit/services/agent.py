@@ -26,6 +26,9 @@ from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from trickles_kit.apps.generated import generated_bytes
+from trickles_kit.bench import tcphttp
+from trickles_kit.core.client import ClientConfig
+from trickles_kit.net.fetch import fetch
 
 
 def _say(**kw: object) -> None:
@@ -56,9 +59,6 @@ class _Body:
 
 def run_trickles(url: str, size: int, seed: int, mark: int | None, local: str | None,
                  mss: int, timeout: float, events: str | None) -> dict:
-    from trickles_kit.core.client import ClientConfig
-    from trickles_kit.net.fetch import fetch
-
     body = _Body(mark)
     t0 = time.time()
     _say(event="start", t=t0)
@@ -72,8 +72,6 @@ def run_trickles(url: str, size: int, seed: int, mark: int | None, local: str | 
 def run_tcp(url: str, size: int, seed: int, mark: int | None, timeout: float,
             io_timeout: float) -> dict:
     """GET over Linux TCP; when the connection dies, reconnect with a Range request."""
-    from trickles_kit.net.tcphttp import fetch
-
     parts = urlsplit(url)
     path = parts.path + ("?" + parts.query if parts.query else "")
     body = _Body(mark)
@@ -96,7 +94,7 @@ def run_tcp(url: str, size: int, seed: int, mark: int | None, timeout: float,
         start = len(got)
         sink = _Sink()
         try:
-            status, _ = fetch(parts.hostname or "", parts.port or 80, path, start=start,
+            status, _ = tcphttp.fetch(parts.hostname or "", parts.port or 80, path, start=start,
                               timeout=io_timeout, sink=sink)
             break
         except OSError as e:  # ConnectionError, reset, timeout, refused

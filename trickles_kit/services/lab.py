@@ -13,7 +13,11 @@ import html
 import json
 import os
 
+from trickles_kit.net import sysdeps
+from trickles_kit.net.privileges import can_create_netns
 from trickles_kit.services import report
+from trickles_kit.services.replicas import TOOLS
+from trickles_kit.services.scenarios import SCENARIOS
 
 TOPOLOGY = """\
 failover, balance:                    anycast:
@@ -32,9 +36,6 @@ router r, anycast:   10.99.0.1/32 via s1 metric 10, via r2 metric 20; mid-transf
 def live_check() -> tuple[bool, str]:
     """(can the demos run live here?, why not and how to get there): root, the system tools
     and network namespaces, checked before anything is built."""
-    from trickles_kit.net import sysdeps
-    from trickles_kit.net.privileges import can_create_netns
-    from trickles_kit.services.replicas import TOOLS
 
     if os.geteuid() != 0:
         return False, ("the live runs need root (namespaces, routes, raw sockets): start Jupyter "
@@ -103,9 +104,6 @@ def run(scenario: str, kind: str = "trickles", size: int | None = None,
     the committed result too. `live=True`: run live, and a missing tool raises
     `MissingToolError` (one line naming it and the install command). `live=False`: committed.
     """
-    from trickles_kit.net import sysdeps
-    from trickles_kit.services.replicas import TOOLS
-    from trickles_kit.services.scenarios import SCENARIOS
 
     if scenario not in SCENARIOS:
         raise ValueError(f"scenario must be one of {sorted(SCENARIOS)}")

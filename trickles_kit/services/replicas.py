@@ -222,7 +222,7 @@ class ServiceBed:
                         "--mss", str(MSS), "--secret-file", str(secret)]
                 ready = "trickles serve:"
             else:
-                argv = [sys.executable, "-m", "trickles_kit.net.tcphttp", "--bind", SERVICE,
+                argv = [sys.executable, "-m", "trickles_kit.bench.tcphttp", "--bind", SERVICE,
                         "--port", str(PORT)]
                 ready = "tcphttp: serving"
             r.proc = self.topo.popen(r.name, argv, stdout=subprocess.PIPE,

@@ -16,9 +16,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from trickles_kit.apps.generated import generated_sha256
 from trickles_kit.core.client import ClientConfig
 from trickles_kit.services import capture as cap
-from trickles_kit.services.replicas import ServiceBed
+from trickles_kit.services.replicas import CLIENT, MSS, PORT, SERVICE, ServiceBed
 
 
 class AgentError(RuntimeError):
@@ -315,8 +316,6 @@ def run_parallel(kind: str = "trickles", size: int = 250_000, requests: int = 8,
     another through the same router, for the time against sequential requests."""
     import sys
 
-    from trickles_kit.apps.generated import generated_sha256
-    from trickles_kit.services.replicas import CLIENT, MSS, PORT, SERVICE
 
     if kind != "trickles":
         raise ValueError("parallel requests are a Trickles optimization (no --tcp)")

@@ -12,7 +12,7 @@ __all__ = ["Check", "ScenarioError", "ScenarioResult", "parse_scenario", "run_fi
 
 def __getattr__(name: str):
     if name in __all__:
-        from trickles_kit.testing import scenario
+        from trickles_kit.testing import scenario  # lazy: `-m ...testing.scenario` imports once
 
         return getattr(scenario, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -65,12 +65,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from trickles_kit.core import plan as pl
-from trickles_kit.core.client import ClientConfig, ClientEngine
-from trickles_kit.core.events import EventSink
-from trickles_kit.core.ranges import RangeSet
-from trickles_kit.core.server import ServerConfig, ServerEngine
-from trickles_kit.net.sim import (
+from trickles_kit.apps.generated import Generated, gen_request, generated_bytes
+from trickles_kit.apps.sim import (
     Link,
     LinkConfig,
     SimNetwork,
@@ -78,6 +74,11 @@ from trickles_kit.net.sim import (
     client_address,
     sim_echo_key,
 )
+from trickles_kit.core import plan as pl
+from trickles_kit.core.client import ClientConfig, ClientEngine
+from trickles_kit.core.events import EventSink
+from trickles_kit.core.ranges import RangeSet
+from trickles_kit.core.server import ServerConfig, ServerEngine
 from trickles_kit.wire.continuation import MINIMAL, Continuation
 from trickles_kit.wire.messages import REQ_NORMAL, REQ_SLOWSTART, REQ_SYN, Request, SackBlock
 from trickles_kit.wire.segment import ACK
@@ -740,8 +741,6 @@ def run_client(
     network that much longer after the client finished, so segments still in flight arrive
     (the server counts what it makes of them); goodput is measured at completion either way.
     """
-    from trickles_kit.apps.generated import Generated, gen_request, generated_bytes
-
     sim = Simulator(seed)
     secret = random.Random(seed ^ 0x5EC12E7).randbytes(32)
     gen = Generated()

@@ -17,6 +17,9 @@ import ipywidgets as W
 
 from trickles_kit.core import plan as pl
 from trickles_kit.core.events import Event
+from trickles_kit.core.keys import KeyRing
+from trickles_kit.core.nonces import NonceGen
+from trickles_kit.core.server import ServerConfig
 from trickles_kit.viz import figures as F
 from trickles_kit.viz import tables as T
 from trickles_kit.viz.accumulators import as_event
@@ -292,14 +295,10 @@ class StepThrough:
     def __init__(self, events: Iterable[Event | Mapping[str, Any]] = (),
                  packets: Iterable[Any] | None = None, *, secret: bytes | None = None,
                  config: Any = None) -> None:
-        from trickles_kit.core.server import ServerConfig
-
         self.config = config or ServerConfig()
         self.steps = build_steps(events, packets, config=self.config)
         self._nonces = None
         if secret is not None:
-            from trickles_kit.core.keys import KeyRing
-            from trickles_kit.core.nonces import NonceGen
 
             keys = KeyRing(bytes(secret), self.config.epoch_seconds, self.config.max_seals)
             self._nonces = NonceGen(keys.nonce_key, self.config.nonce_bits)

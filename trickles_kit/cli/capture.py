@@ -24,6 +24,11 @@ import warnings
 from collections.abc import Iterable
 from typing import TextIO
 
+from trickles_kit.capture.decode import EVENT_FIELDS, ROW_FIELDS, PacketStream, decode_pcap
+from trickles_kit.capture.live import DEFAULT_FILTER, LiveCapture, LiveCaptureError
+from trickles_kit.capture.pcapio import PcapError, TruncatedCaptureWarning
+from trickles_kit.capture.replay import paced
+from trickles_kit.cli.wire import load_secret
 from trickles_kit.core.events import Event
 from trickles_kit.wire.continuation import STATE_NAMES, TYPE_NAMES
 
@@ -120,7 +125,6 @@ def _fail(cmd: str, err: BaseException | str) -> int:
 def _secret(path: str | None) -> bytes | None:
     if path is None:
         return None
-    from trickles_kit.cli_wire import load_secret
 
     try:
         return load_secret(path, create=False)
@@ -132,8 +136,6 @@ def _secret(path: str | None) -> bytes | None:
 
 def _decode(cmd: str, args: argparse.Namespace, events: bool):
     """(capture, None) or (None, exit status) after printing the one-line error."""
-    from trickles_kit.capture.decode import decode_pcap
-    from trickles_kit.capture.pcapio import PcapError, TruncatedCaptureWarning
 
     try:
         secret = _secret(args.secret_file)
@@ -270,8 +272,6 @@ class PacketWriter:
     table's summary."""
 
     def __init__(self, fmt: str, out: TextIO) -> None:
-        from trickles_kit.capture.decode import ROW_FIELDS
-
         self.fmt, self.out, self.fields = fmt, out, ROW_FIELDS
         self.t0: float | None = None
         if fmt == "table":
@@ -303,8 +303,6 @@ def write_capture(cap, fmt: str, events: bool, out: TextIO) -> None:
     """A decoded `Capture` as `trickles decode` prints it (`fmt`: table, csv or json; its
     events or its packets). `trickles decode` without --events streams the same output
     (`PacketWriter`) instead of decoding the whole capture first."""
-    from trickles_kit.capture.decode import EVENT_FIELDS
-
     if events:
         if fmt == "table":
             write_events_table(cap.events, out)
@@ -348,8 +346,6 @@ def _stream_decode(args: argparse.Namespace) -> int:
     """`trickles decode` of packets: rows are written batch by batch as the capture is read, so
     memory stays bounded however large the capture (`PacketStream`). A corrupt record met on the
     way ends the output there: one line on stderr, status 2."""
-    from trickles_kit.capture.decode import PacketStream
-    from trickles_kit.capture.pcapio import PcapError, TruncatedCaptureWarning
 
     try:
         secret = _secret(args.secret_file)
@@ -379,8 +375,6 @@ def _stream_decode(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from trickles_kit.capture.replay import paced
-
     cap, status = _decode("replay", args, events=not args.packets)
     if cap is None:
         return status
@@ -412,8 +406,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_capture(args: argparse.Namespace) -> int:
     import signal
-
-    from trickles_kit.capture.live import DEFAULT_FILTER, LiveCapture, LiveCaptureError
 
     try:
         lc = LiveCapture(args.interface, args.output,

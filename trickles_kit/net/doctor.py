@@ -1,17 +1,15 @@
-"""`trickles doctor`: what this machine and this process can do, and how to get what is missing.
+"""What this machine and this process can do, and how to get what is missing.
 
 The core (the simulator, `serve`/`fetch` over UDP) needs only Python and `cryptography`; raw
 sockets, namespaces, qdiscs, firewalls, capture tools and the lab packages are optional extras.
 The exit code is 0 when the core works with at least one transport (raw or UDP).
-Only the standard library is imported here.
+Only the standard library is imported here; the command is `trickles doctor` (cli/doctor.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.metadata
 import importlib.util
-import json
 import os
 import sys
 from dataclasses import asdict, dataclass
@@ -165,28 +163,3 @@ def format_checks(checks: list[Check]) -> str:
         if c.hint:
             lines.append(f"      {'':<{width}}  -> {c.hint}")
     return "\n".join(lines)
-
-
-def add_doctor_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    d = subparsers.add_parser(
-        "doctor", help="check privileges, kernel features, tools and Python packages",
-        description="Check what this machine allows (raw sockets, namespaces, qdiscs, "
-                    "firewalls, capture tools, lab packages) and say how to get what is "
-                    "missing. Exit code 0 if the core works with raw sockets or UDP.",
-    )
-    d.add_argument("--json", action="store_true", help="print the checks as JSON")
-    d.set_defaults(func=cmd_doctor)
-    return d
-
-
-def cmd_doctor(args: argparse.Namespace) -> int:
-    checks = run_doctor()
-    ready, _ = core_ready(checks)
-    line = summary(checks)
-    if getattr(args, "json", False):
-        doc = {"ok": ready, "summary": line, "checks": [c.as_dict() for c in checks]}
-        print(json.dumps(doc, indent=2))
-    else:
-        print(format_checks(checks))
-        print(f"trickles doctor: {line}")
-    return 0 if ready else 1

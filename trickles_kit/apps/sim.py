@@ -11,10 +11,12 @@ import hashlib
 import heapq
 import random
 import socket
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from trickles_kit.apps.generated import Generated, gen_request, generated_sha256
 from trickles_kit.core.client import ClientConfig, ClientEngine
 from trickles_kit.core.server import Handler, ServerConfig, ServerEngine
 from trickles_kit.net.ip import PROTO_TRICKLES
@@ -322,10 +324,6 @@ def simulate_transfer(
     (segment, client IP) -> bool drops requests on arrival at the server, as `trickles serve
     --drop-at` does on a real wire (e.g. `net.faults.DropPattern`).
     """
-    import time
-
-    from trickles_kit.apps.generated import Generated, gen_request, generated_sha256
-
     if size < 0:
         raise ValueError("size must be >= 0")
     sim = Simulator(seed)

@@ -8,8 +8,8 @@ continuation (a counter here — never on a live server). One connection fetches
 the handshake, the initial window, one lost packet and its recovery, a blackout that ends in a
 SLOWSTART, and the FIN.
 
-    python -m trickles_kit.core.vectors            # print the appendix block
-    python -m trickles_kit.core.vectors --write docs/protocol.md
+    python -m trickles_kit.apps.vectors            # print the appendix block
+    python -m trickles_kit.apps.vectors --write docs/protocol.md
 """
 
 from __future__ import annotations
@@ -21,9 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from trickles_kit.apps.web import WebServer
 from trickles_kit.core.cc import cwnd
+from trickles_kit.core.client import ClientConfig, ClientEngine
 from trickles_kit.core.keys import KeyRing
 from trickles_kit.core.nonces import NonceGen
+from trickles_kit.core.seal import UcontBox
+from trickles_kit.core.server import ServerConfig, ServerEngine
 from trickles_kit.wire.messages import REQ_NAMES
 
 SECRET = bytes(range(32))
@@ -69,10 +73,6 @@ def _counter_nonces() -> Callable[[int], bytes]:
 
 def run_connection() -> list[Exchange]:
     """Play the vectors' connection on a virtual clock; every server exchange, in order."""
-    from trickles_kit.apps.web import WebServer
-    from trickles_kit.core.client import ClientConfig, ClientEngine
-    from trickles_kit.core.seal import UcontBox
-    from trickles_kit.core.server import ServerConfig, ServerEngine
 
     cip, sip = socket.inet_aton(CLIENT_IP), socket.inet_aton(SERVICE_IP)
     web = WebServer(Path(__file__).resolve().parent)  # /gen reads no file
@@ -228,7 +228,7 @@ def main(argv: list[str]) -> int:
         path.write_text(head + block + rest.split(END, 1)[1])
         return 0
     if argv:
-        print("usage: python -m trickles_kit.core.vectors [--write DOC.md]", file=sys.stderr)
+        print("usage: python -m trickles_kit.apps.vectors [--write DOC.md]", file=sys.stderr)
         return 2
     print(block)
     return 0

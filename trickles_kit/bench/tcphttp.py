@@ -7,7 +7,7 @@ sockets whose congestion control is chosen (`TCP_CONGESTION`, e.g. reno or cubic
 MSS can be pinned.
 The initial window is set by the route (`ip route … initcwnd N`), not here.
 
-    python -m trickles_kit.net.tcphttp --port 8080 --root DIR --cc reno
+    python -m trickles_kit.bench.tcphttp --port 8080 --root DIR --cc reno
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def fetch(host: str, port: int, path: str, start: int = 0, timeout: float = 30.0
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m trickles_kit.net.tcphttp",
+        prog="python -m trickles_kit.bench.tcphttp",
         description="Linux TCP HTTP baseline server (files, /gen?size=N&seed=S).")
     ap.add_argument("--bind", default="0.0.0.0")
     ap.add_argument("--port", type=int, default=8080)

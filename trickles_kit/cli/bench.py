@@ -12,7 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-from trickles_kit.bench.report import EXPERIMENTS
+from trickles_kit.bench import report
+from trickles_kit.bench.report import EXPERIMENTS, write_report
+from trickles_kit.net import sysdeps
+from trickles_kit.net.testbed import TOOLS
 
 
 def add_bench_parser(sub: argparse._SubParsersAction) -> None:
@@ -46,8 +49,6 @@ def _module(name: str):  # -> module with run(quick, out_dir, verbose)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from trickles_kit.bench.report import write_report
-
     out = Path(args.out)
     if args.experiment == "report":
         try:
@@ -68,8 +69,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     names = list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
     testbed = [n for n in names if n != "loopback"]  # loopback needs no namespaces
     if testbed:
-        from trickles_kit.net import sysdeps
-        from trickles_kit.net.testbed import TOOLS
 
         msg = sysdeps.problem(TOOLS, f"trickles bench {' '.join(testbed)}")
         if msg:
@@ -113,8 +112,6 @@ def record(names: list[str], out: Path, results: Path | None = None,
            readme: Path | None = None) -> list[Path]:
     """Copy `out/NAME.json` to the committed `bench_NAME.json` and regenerate the README table
     from them: the only way a run changes the tracked results."""
-    from trickles_kit.bench import report
-
     results = results or report.RESULTS
     written = []
     for name in names:

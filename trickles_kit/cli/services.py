@@ -7,6 +7,11 @@ import json
 import sys
 from pathlib import Path
 
+from trickles_kit.net.topology import TopologyError
+from trickles_kit.services import report
+from trickles_kit.services.cgroup import CgroupError
+from trickles_kit.services.scenarios import SCENARIOS, AgentError
+
 CHOICES = ("failover", "balance", "load", "anycast", "parallel")
 DEFAULT_OUT = "reports/services"  # a user's runs; the committed ones change only with --record
 
@@ -50,10 +55,6 @@ def add_services_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     import os
 
-    from trickles_kit.net.topology import TopologyError
-    from trickles_kit.services import report
-    from trickles_kit.services.cgroup import CgroupError
-    from trickles_kit.services.scenarios import SCENARIOS, AgentError
 
     if args.record and (args.no_save or args.out != Path(DEFAULT_OUT)):
         print("trickles services demo: --record writes benchmarks/results/: no --out or "
@@ -108,8 +109,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from trickles_kit.services import report
-
     if args.check:
         ok = report.check_readme()
         print("README services table is current" if ok else

@@ -10,7 +10,19 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from trickles_kit.net.ip import PROTO_TCP, PROTO_TRICKLES
+from trickles_kit.apps.parallel import fetch_parallel
+from trickles_kit.apps.web import WebServer
+from trickles_kit.core.client import ClientConfig
+from trickles_kit.core.server import ServerConfig, ServerEngine
+from trickles_kit.net.argtypes import indices
+from trickles_kit.net.faults import LossyTransport
+from trickles_kit.net.fetch import fetch, open_transport, parse_url
+from trickles_kit.net.ip import PROTO_TCP, PROTO_TRICKLES, aton
+from trickles_kit.net.pcap import PcapWriter
+from trickles_kit.net.privileges import PrivilegeError
+from trickles_kit.net.rst import RstRuleError, suppress_rsts
+from trickles_kit.net.runner import EventWriter, ServerLoop
+from trickles_kit.net.udp import UdpTransport
 
 
 def load_secret(path: str | None, create: bool = True) -> bytes:
@@ -47,15 +59,6 @@ def _ip_proto(text: str) -> int:
     return v
 
 
-def _indices(text: str) -> tuple[int, ...]:
-    from trickles_kit.net.faults import parse_indices
-
-    try:
-        return parse_indices(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser(
         "serve", help="serve files over Trickles (HTTP/1.1 GET) on raw sockets or UDP",
@@ -83,7 +86,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="make --drop reproducible: request i of every connection is dropped "
                         "when the i-th draw of a generator seeded with N is below P, so each "
                         "run loses the same requests (SYNs are never dropped)")
-    s.add_argument("--drop-at", type=_indices, default=(), metavar="I,J,...",
+    s.add_argument("--drop-at", type=indices, default=(), metavar="I,J,...",
                    help="also drop exactly these requests of every connection: 0-based "
                         "indices counted after its SYN (request 0 is the first after the "
                         "handshake). E.g. 30 lands once slow start has grown the window to "
@@ -153,8 +156,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def _client_config(args: argparse.Namespace):
     """The fetch client's configuration: --mss, --delta and --uplink-repair."""
-    from trickles_kit.core.client import ClientConfig
-
     return ClientConfig(mss=args.mss, paired=args.delta in ("pairs", "both"),
                         hashed=args.delta in ("hash", "both"),
                         uplink_repair=getattr(args, "uplink_repair", False))
@@ -182,14 +183,6 @@ EARLY_DROPS = frozenset(("injected", "syn_shed", "syn_rate"))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from trickles_kit.apps.web import WebServer
-    from trickles_kit.core.server import ServerConfig, ServerEngine
-    from trickles_kit.net.fetch import open_transport
-    from trickles_kit.net.ip import aton
-    from trickles_kit.net.pcap import PcapWriter
-    from trickles_kit.net.privileges import PrivilegeError
-    from trickles_kit.net.runner import EventWriter, ServerLoop
-
     if args.addr in ("0.0.0.0", ""):
         return _fail("serve", ValueError(
             "--addr must be the service's own address (the MAC and checksums name it), "
@@ -207,8 +200,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
             cfg.state_cache = args.state_cache
         cfg.echo_ucont = args.echo_ucont
         if args.transport == "udp":
-            from trickles_kit.net.udp import UdpTransport
-
             tr = UdpTransport(args.addr, args.port)
         else:
             tr = open_transport("raw", args.addr, args.ip_proto)
@@ -222,8 +213,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     web.attach(engine)
     lossy = None
     if args.drop or args.drop_at:
-        from trickles_kit.net.faults import LossyTransport
-
         try:
             tr = lossy = LossyTransport(tr, args.drop, args.drop_seed, drop_at=args.drop_at,
                                         port=args.port)
@@ -247,8 +236,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.transport == "raw":
         where += f" (IP protocol {args.ip_proto})"
     from contextlib import ExitStack
-
-    from trickles_kit.net.rst import RstRuleError, suppress_rsts
 
     stack = ExitStack()
     try:
@@ -276,9 +263,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_fetch(args: argparse.Namespace) -> int:
     from contextlib import ExitStack
 
-    from trickles_kit.net.fetch import fetch, parse_url
-    from trickles_kit.net.privileges import PrivilegeError
-    from trickles_kit.net.rst import RstRuleError, suppress_rsts
 
     if args.more or args.parallel:
         return _fetch_many(args)
@@ -305,8 +289,6 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 def _fetch_many(args: argparse.Namespace) -> int:
     """Several URLs: pipelined in reserved slices (--parallel) or one after another."""
-    from trickles_kit.apps.parallel import fetch_parallel
-    from trickles_kit.net.privileges import PrivilegeError
 
     if args.ip_proto != PROTO_TRICKLES:
         return _fail("fetch", ValueError("several URLs: IP protocol 253 or UDP only"))

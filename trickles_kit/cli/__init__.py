@@ -1,34 +1,33 @@
-"""`trickles` command line. Each subcommand is a thin shell over library functions."""
+"""`trickles` command line: one registry of subcommands, each a thin shell over library code.
+
+Every subcommand's parser lives in this package (wire.py: serve/fetch/...; capture.py:
+decode/replay/capture; ...) except `gateway`, whose parser stays beside the gateway. This is the
+top layer (docs/architecture.md): it may import anything, nothing in the package imports it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from trickles_kit.apps.gateway import add_gateway_parser
+from trickles_kit.apps.sim import LinkConfig, simulate_transfer
+from trickles_kit.cli.bench import add_bench_parser
+from trickles_kit.cli.capture import add_capture_parsers
+from trickles_kit.cli.demo import add_demo_parser
+from trickles_kit.cli.doctor import add_doctor_parser
+from trickles_kit.cli.services import add_services_parser
+from trickles_kit.cli.wire import add_parsers
+from trickles_kit.core.server import ServerConfig
+from trickles_kit.net.argtypes import probability, size
 
-def _probability(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"a probability must be in [0, 1], got {v}")
-    return v
-
-
-def _size(text: str) -> int:
-    """Bytes, with optional k/M/G suffix (powers of 1000): 10M = 10,000,000."""
-    mult = {"k": 10**3, "m": 10**6, "g": 10**9}
-    t = text.strip().lower().rstrip("b")
-    try:
-        v = int(float(t[:-1]) * mult[t[-1]]) if t and t[-1] in mult else int(t)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 1448, 64k, 10M)") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError("size must be >= 0")
-    return v
+# The registry: `trickles --help` lists the subcommands in this order, after `sim`.
+SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], object], ...] = (
+    add_doctor_parser, add_parsers, add_gateway_parser, add_capture_parsers, add_demo_parser,
+    add_services_parser, add_bench_parser,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
             "virtual-time link and print what the protocol did. Loss applies to each direction."
         ),
     )
-    s.add_argument("--size", type=_size, default=1_000_000, help="bytes to fetch (default 1M)")
-    s.add_argument("--loss", type=_probability, default=0.0,
+    s.add_argument("--size", type=size, default=1_000_000, help="bytes to fetch (default 1M)")
+    s.add_argument("--loss", type=probability, default=0.0,
                    help="random loss probability per packet, each direction (default 0)")
     s.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     s.add_argument("--delay", type=float, default=0.010,
@@ -54,35 +53,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rate", type=float, default=100.0,
                    help="bottleneck rate in Mbit/s, 0 = unlimited (default 100)")
     s.add_argument("--queue", type=int, default=1000, help="queue limit in packets (default 1000)")
-    s.add_argument("--reorder", type=_probability, default=0.0,
+    s.add_argument("--reorder", type=probability, default=0.0,
                    help="probability a packet is delayed past its successors")
-    s.add_argument("--duplicate", type=_probability, default=0.0,
+    s.add_argument("--duplicate", type=probability, default=0.0,
                    help="probability a packet is delivered twice")
     s.add_argument("--initial-cwnd", type=int, default=3, help="initial window in packets")
     s.add_argument("--events", metavar="FILE",
                    help="write every protocol event as JSON lines to FILE")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
-    from trickles_kit.apps.gateway import add_gateway_parser
-    from trickles_kit.bench.cli import add_bench_parser
-    from trickles_kit.capture.cli_capture import add_capture_parsers
-    from trickles_kit.cli_wire import add_parsers
-    from trickles_kit.doctor import add_doctor_parser
-    from trickles_kit.labs.demo import add_demo_parser
-    from trickles_kit.services.cli import add_services_parser
-
-    add_doctor_parser(sub)
-    add_parsers(sub)
-    add_gateway_parser(sub)
-    add_capture_parsers(sub)
-    add_demo_parser(sub)
-    add_services_parser(sub)
-    add_bench_parser(sub)
+    for register in SUBCOMMANDS:
+        register(sub)
     return p
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    from trickles_kit.core.server import ServerConfig
-    from trickles_kit.net.sim import LinkConfig, simulate_transfer
 
     try:
         link = {
@@ -126,6 +110,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.error(f"unknown command {args.command}")
     return 2
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,120 @@
+"""HTTP/1.1 response framing of the web app: status lines, error bodies, the sealed
+response descriptor and query parsing.
+
+One module so that the routes (apps/dynamic.py, apps/parallel.py) and the server (apps/web.py)
+share it without importing each other: web.py imports the routes, the routes import this.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from urllib.parse import parse_qs
+
+KIND_STATIC, KIND_GEN, KIND_MARK, KIND_ERROR = 1, 2, 3, 4
+MAX_STREAM = 0xFFFFFFFF  # FINHINT and DATA byte numbers are u32: the stream ends at most here
+ERROR_TYPE = "text/plain; charset=utf-8"
+
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    414: "URI Too Long",
+    500: "Internal Server Error",
+}
+# kind u8 | status u16 | header_len u16 | body_len u32 | param 8s | ctype_len u8 | ctype | path
+_DESC = struct.Struct("!BHHI8sB")
+
+
+# ---------------------------------------------------------------------- pure functions
+def http_header(status: int, content_type: str, body_len: int) -> bytes:
+    """The status line and headers (ending with the empty line) of a response."""
+    lines = [
+        f"HTTP/1.1 {status} {REASONS[status]}",
+        f"Content-Length: {body_len}",
+        f"Content-Type: {content_type}",
+        "Connection: close",
+        "X-Trickles: stateless",
+    ]
+    if status == 405:
+        lines.append("Allow: GET")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+
+
+def error_body(status: int) -> bytes:
+    return f"{status} {REASONS[status]}\n".encode("ascii")
+
+
+# ---------------------------------------------------------------------- descriptor
+@dataclass(frozen=True, slots=True)
+class Descriptor:
+    """Everything that determines a response stream; `header` is rendered from the rest."""
+
+    kind: int
+    status: int
+    body_len: int
+    param: bytes  # 8 bytes: the seed (gen), the mark's 8 bytes (mark), zeros otherwise
+    ctype: str
+    path: str  # relative to the root, no leading "/" (static and mark)
+    header: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.header) + self.body_len
+
+    def pack(self) -> bytes:
+        ct, path = self.ctype.encode("ascii"), self.path.encode("utf-8")
+        return _DESC.pack(self.kind, self.status, len(self.header), self.body_len, self.param,
+                          len(ct)) + ct + path
+
+    @classmethod
+    def make(cls, kind: int, status: int, body_len: int, ctype: str, param: bytes = bytes(8),
+             path: str = "") -> Descriptor:
+        if len(param) != 8:
+            raise ValueError("the descriptor parameter is 8 bytes")
+        return cls(kind, status, body_len, param, ctype, path,
+                   http_header(status, ctype, body_len))
+
+    @classmethod
+    def error(cls, status: int) -> Descriptor:
+        return cls.make(KIND_ERROR, status, len(error_body(status)), ERROR_TYPE)
+
+    @classmethod
+    def unpack(cls, plain: bytes) -> Descriptor | None:
+        """The descriptor in `plain`, or None when it is not one this server could have made."""
+        if len(plain) < _DESC.size:
+            return None
+        kind, status, hlen, blen, param, clen = _DESC.unpack_from(plain)
+        if status not in REASONS or len(plain) < _DESC.size + clen:
+            return None
+        try:
+            ctype = plain[_DESC.size : _DESC.size + clen].decode("ascii")
+            path = plain[_DESC.size + clen :].decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        if not ctype.isprintable():
+            return None
+        if kind == KIND_ERROR:
+            if blen != len(error_body(status)) or path:
+                return None
+        elif kind in (KIND_STATIC, KIND_MARK):
+            if status != 200 or not path:
+                return None
+        elif kind != KIND_GEN or status != 200 or path:
+            return None
+        d = cls.make(kind, status, blen, ctype, param, path)
+        if len(d.header) != hlen or d.size > MAX_STREAM:
+            return None  # rendered by another version of this code: refuse, never guess
+        return d
+
+
+def parse_query(query: str) -> dict[str, str] | None:
+    """Query parameters, each at most once; None when malformed or repeated."""
+    try:
+        pairs = parse_qs(query, keep_blank_values=True, errors="strict", max_num_fields=16)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if any(len(v) != 1 for v in pairs.values()):
+        return None
+    return {k: v[0] for k, v in pairs.items()}
