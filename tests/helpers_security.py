@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from trickles_kit.apps.generated import Generated, gen_request, generated_bytes
@@ -190,3 +191,24 @@ def run_connection(server: ServerEngine, index: int, now: float, size: int,
         raise AssertionError(f"connection {index} failed: phase {client.phase}, "
                              f"{len(data)} of {size} bytes, {dict(client.counters)}")
     return now
+
+
+def drive(client: ClientEngine, answer, dt: float, delay: float = 0.001) -> Iterator[float]:
+    """Run `client` against `answer(segment, now) -> segments`, yielding the time after each
+    round of sends (answers arrive `delay` later); ends when the client has nothing to send
+    and no timer. Bound it with `itertools.islice`."""
+    t = 0.0
+    while True:
+        t += dt
+        out = client.datagrams_to_send()
+        if not out:
+            timer = client.get_timer()
+            if timer is None:
+                return
+            t = max(t, timer)
+            client.handle_timer(t)
+            continue
+        for seg in out:
+            for ans in answer(seg, t):
+                client.receive(ans, t + delay)
+        yield t

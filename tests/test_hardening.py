@@ -15,6 +15,7 @@ import tracemalloc
 from collections.abc import Iterator
 
 import pytest
+from helpers_security import drive
 
 from trickles_kit.apps.generated import Generated, gen_request, generated_sha256
 from trickles_kit.core.client import ClientConfig, ClientEngine
@@ -62,26 +63,6 @@ def pair(size: int) -> tuple[ServerEngine, ClientEngine, EventLog]:
     log = EventLog()
     client = ClientEngine(CIP, CPORT, SIP, SPORT, ClientConfig(), isn=7, on_event=log)
     return server, client, log
-
-
-def drive(client: ClientEngine, answer, dt: float) -> Iterator[float]:
-    """Run `client` against `answer(segment, now) -> segments`, yielding the time after each
-    round of sends; ends when the client has nothing to send and no timer."""
-    t = 0.0
-    while True:
-        t += dt
-        out = client.datagrams_to_send()
-        if not out:
-            timer = client.get_timer()
-            if timer is None:
-                return
-            t = max(t, timer)
-            client.handle_timer(t)
-            continue
-        for seg in out:
-            for ans in answer(seg, t):
-                client.receive(ans, t + 0.001)
-        yield t
 
 
 def shuttle(server: ServerEngine, client: ClientEngine, t: float, inject=None) -> float:

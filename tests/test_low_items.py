@@ -14,9 +14,11 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+from itertools import islice
 from pathlib import Path
 
 import pytest
+from helpers_security import drive
 
 from trickles_kit.apps.generated import Generated, gen_request, generated_bytes, generated_sha256
 from trickles_kit.core.client import ClientConfig, ClientEngine
@@ -212,22 +214,11 @@ def test_client_stops_at_the_length_the_server_stated(extra: str) -> None:
 
     client.connect(0.0, gen_request(size, seed))
     got = bytearray()
-    t = 0.0
-    for _ in range(20000):
+    answer = lambda seg, now: [overshoot(a) for a in server.receive(seg, CIP, now)]  # noqa: E731
+    for _ in islice(drive(client, answer, 0.001), 20000):
+        got += client.read()
         if client.done or client.phase == "failed":
             break
-        t += 0.001
-        out = client.datagrams_to_send()
-        if not out:
-            timer = client.get_timer()
-            assert timer is not None, "the client stalled"
-            t = max(t, timer)
-            client.handle_timer(t)
-            continue
-        for seg in out:
-            for ans in server.receive(seg, CIP, t):
-                client.receive(overshoot(ans), t + 0.001)
-        got += client.read()
     got += client.read()
     assert len(got) <= size, f"{len(got)} bytes delivered for a {size}-byte response"
     assert got == generated_bytes(seed, 0, len(got))

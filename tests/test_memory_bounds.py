@@ -31,9 +31,11 @@ import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from itertools import islice
 from pathlib import Path
 
 import pytest
+from helpers_security import drive
 
 from trickles_kit.wire.continuation import MINIMAL, Continuation
 from trickles_kit.wire.errors import DecodeError
@@ -368,22 +370,17 @@ def _withholding_pair(window: int):
         return encode_segment(sip, cip, seg.src_port, seg.dst_port, seg.seq, seg.ack,
                               seg.flags, payload, seg.trickles_len, seg.window)
 
+    steps = drive(client, lambda seg, now: [cut(a) for a in server.receive(seg, cip, now)],
+                  0.001, delay=0.0005)
+
     def run_until_rx(n: int, t: float) -> float:
-        for _ in range(50 * n):  # bounded: a round sends at least one request or fires a timer
+        # bounded: a round sends at least one request or fires a timer; the clock is the
+        # generator's, `t` only says where the previous call stopped
+        for t in islice(steps, 50 * n):
             if client.counters["rx"] >= n:
                 return t
-            t += 0.001
-            out = client.datagrams_to_send()
-            if not out:
-                timer = client.get_timer()
-                assert timer is not None, "the client stalled"
-                t = max(t, timer)
-                client.handle_timer(t)
-                continue
-            for seg in out:
-                for ans in server.receive(seg, cip, t):
-                    client.receive(cut(ans), t + 0.0005)
-        raise AssertionError(f"only {client.counters['rx']} packets after {50 * n} rounds")
+        raise AssertionError(f"only {client.counters['rx']} packets after {50 * n} rounds "
+                             "(or the client stalled)")
 
     return client, run_until_rx
 
