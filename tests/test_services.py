@@ -148,7 +148,10 @@ def test_balance_splits_one_connection() -> None:
 
     r = run_balance("trickles", size=1_000_000)
     assert r["byte_exact"] and r["handshakes"] == 1
-    assert r["split_within_45_55"], r["split_responses"]
+    assert r["split_within_45_55"], r["split_packets"]
+    shares = r["split_packets"].values()
+    assert len(shares) == 2 and all(0.45 <= s <= 0.55 for s in shares), r["split_packets"]
+    assert len(r["split_responses"]) == 2, r["split_responses"]  # both replicas answered
 
 
 def test_parallel_requests_served_by_both_replicas() -> None:

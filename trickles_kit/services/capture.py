@@ -79,9 +79,9 @@ def responses(pkts: Sequence[Pkt], min_size: int = 1) -> list[Pkt]:
     return [p for p in pkts if not p.to_service and p.size >= min_size]
 
 
-def split(pkts: Sequence[Pkt], to_service: bool = False) -> dict[str, float]:
-    """Fraction of the packets in one direction handled by each replica."""
-    sel = [p for p in pkts if p.to_service == to_service]
+def split(pkts: Sequence[Pkt], to_service: bool | None = False) -> dict[str, float]:
+    """Fraction of the packets in one direction (None: both) handled by each replica."""
+    sel = [p for p in pkts if to_service is None or p.to_service == to_service]
     n = len(sel)
     out: dict[str, float] = {}
     for p in sel:

@@ -78,10 +78,14 @@ def outcome(res: dict) -> str:
                 f"sites served {_yes(res['both_sites_served'])} ({ttl})")
     if sc == "balance":
         sp = " / ".join(f"{k} {v * 100:.1f} %" for k, v in res["split_responses"].items())
+        if res.get("split_packets"):
+            sp = " / ".join(f"{k} {v * 100:.1f} %" for k, v in res["split_packets"].items()) \
+                + f" (responses {sp})"
         fails = res["client"].get("fails") or []
         extra = "" if kind == "trickles" else \
             f"; failed attempts before one got through {sum(f['attempts'] for f in fails)}"
-        return (f"responses {sp}; 45–55 % {_yes(res['split_within_45_55'])}; handshakes "
+        what = "packets" if res.get("split_packets") else "responses"
+        return (f"{what} {sp}; 45–55 % {_yes(res['split_within_45_55'])}; handshakes "
                 f"{res['handshakes']}; byte-exact {_yes(res['byte_exact'])}{extra}")
     if sc == "load":
         q = res["cpu_quota"]["fraction_of_one_cpu"]
