@@ -169,12 +169,19 @@ def test_no_event_lost_10mb_live(big_run):
 
 def test_only_new_points_travel(big_run):
     """Each point crosses the websocket about once: the bytes sent grow with the points, not
-    with points × updates (the FigureWidget resent whole arrays on every update)."""
-    dash, seen, *_ = big_run
+    with points × updates (the FigureWidget resent whole arrays on every update).
+    The 10 MB run's events are drawn in twelve batches, so the number of updates does not depend
+    on how fast this machine ran the transfer (the live run's own tick count does)."""
+    _, seen, *_ = big_run
+    dash = _recording(max_hz=10)
+    step = len(seen) // 12 + 1
+    for i in range(0, len(seen), step):
+        dash.feed_many(seen[i:i + step])
+        dash.flush()
     page = Page(dash)
     points = sum(len(t["x"]) for ts in page.traces.values() for t in ts)
     data = [(c, b) for c, b in dash.view.sent if c["op"] == "data"]
-    assert len(data) >= 5
+    assert len(data) >= 10
     sent_values = sum(len(buf) for _, bufs in data for buf in bufs) // 8
     assert points * 2 <= sent_values <= points * 2 * 1.05 + 2000, (points, sent_values)
     resent = sum(u["from"] < len(page.traces[u["p"]][u["i"]]["x"]) for c, _ in data

@@ -48,9 +48,11 @@ from trickles_kit.viz.accumulators import (
 from trickles_kit.viz.steps import Step, StepThrough, build_steps
 from trickles_kit.viz.stream import (
     PanelSpec,
+    PlotlyRuntime,
     StreamView,
     TraceSender,
     digest,
+    plotly_js_mode,
     plotly_output,
     static_bundle,
     thin,
@@ -103,6 +105,10 @@ class LiveDashboard:
                  view_kind: str = "dashboard") -> None:
         if not 0 < max_hz <= 60:
             raise ValueError("max_hz must be in (0, 60]")
+        if (plotly_js or plotly_js_mode()) == "send":
+            # first: the page evaluates plotly.js while the panels are prepared below, not
+            # after, so the first frame of a transfer started right after is not kept waiting
+            PlotlyRuntime.ensure()
         kinds = tuple(kinds)
         if not kinds or len(set(kinds)) != len(kinds):
             raise ValueError("kinds must be a non-empty list of distinct figure kinds")
