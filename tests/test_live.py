@@ -286,7 +286,6 @@ def test_finish_sends_the_builders_digest_and_the_transfer_span(big_run):
     assert final["digest"] == {k: S.digest(f) for k, f in figs.items()}
     # the page is checked against what the static builders draw from the event log
     assert final["digest"] == {k: S.digest(L.static_figure(k, events)) for k in dash.kinds}
-    assert final["collapse"] is False  # nothing displayed: no static copies to fold into
     packets = [e.t for e in events if e.kind in ("initial", "continue", "split", "retransmit",
                                                  "bootstrap", "request")]
     assert (final["t_first"], final["t_last"]) == (min(packets), max(packets))

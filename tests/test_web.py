@@ -371,3 +371,32 @@ def test_caches_stay_bounded(site) -> None:
     finally:
         w.close()
     assert not w._fds
+
+
+def test_routes_are_passed_in(site) -> None:
+    """An application adds its own route without editing web.py; routes=() serves files only."""
+    seen: list[bytes] = []
+
+    class Echo:
+        def __init__(self, web: WebServer) -> None:
+            self.web = web
+
+        def __call__(self, msk: Minisocket) -> bool:
+            if not msk.request.startswith(b"GET /echo"):
+                return False
+            seen.append(msk.request)
+            msk.drop()
+            return True
+
+    w = WebServer(site, routes=[Echo])
+    w.attach(ServerEngine(SECRET, w, socket.inet_aton("10.0.0.1"), 80))
+    msk = call(w, [(0, 100)], request=get("/echo"))
+    assert seen == [get("/echo")] and msk.dropped
+    msk = call(w, [(0, 100)], request=get("/small.txt"))  # not the route's: the file is served
+    assert len(seen) == 1 and msk.slots[0].data.startswith(b"HTTP/1.1 200")
+    plain = WebServer(site, routes=())
+    plain.attach(ServerEngine(SECRET, plain, socket.inet_aton("10.0.0.1"), 80))
+    assert plain.routes == [] and [type(r).__name__ for r in WebServer(site).routes] == \
+        ["DynamicRoute", "ParallelRoute"]
+    msk = call(plain, [(0, 100)], request=get("/dyn?size=10"))  # no /dyn route: a 404
+    assert msk.slots[0].data.startswith(b"HTTP/1.1 404")

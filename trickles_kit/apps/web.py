@@ -60,7 +60,7 @@ import os
 import re
 import stat
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -151,11 +151,17 @@ def guess_type(path: str) -> str:
 
 
 # ---------------------------------------------------------------------- the handler
+# A route takes a minisocket (returns True: served or dropped it) or passes (False).
+Route = Callable[[Minisocket], bool]
+DEFAULT_ROUTES: tuple[Callable[[WebServer], Route], ...] = (DynamicRoute, ParallelRoute)
+
+
 class WebServer:
     """HTTP/1.1 GET over Trickles; bind it to a server with `attach` before use."""
 
     def __init__(self, root: str | os.PathLike, max_open: int = 32,
-                 cache_entries: int = 1024) -> None:
+                 cache_entries: int = 1024,
+                 routes: Sequence[Callable[[WebServer], Route]] | None = None) -> None:
         self.root = Path(root).resolve()
         if not self.root.is_dir():
             raise ValueError(f"web root {self.root} is not a directory")
@@ -171,8 +177,10 @@ class WebServer:
         self.bad_ucont = 0
         self.counters: Counter[str] = Counter()
         # routes that serve into reserved ranges with SKIPs (apps.dynamic: /dyn; apps.parallel:
-        # several pipelined GETs, one reserved slice each); each takes a minisocket or passes
-        self.routes = [DynamicRoute(self), ParallelRoute(self)]
+        # several pipelined GETs, one reserved slice each); each takes a minisocket or passes.
+        # Passed in, so an application adds its own without editing this file.
+        self.routes: list[Route] = [make(self) for make in
+                                    (DEFAULT_ROUTES if routes is None else routes)]
 
     def attach(self, server) -> WebServer:
         """Take the sealing and watermark keys from `server.keys` (a ServerEngine's KeyRing)."""

@@ -372,22 +372,19 @@ class LiveDashboard:
             data.append(tr)
         return {"data": data, "layout": p.spec.layout}
 
-    def finish(self, collapse: bool = False) -> dict[str, dict[str, Any]]:
+    def finish(self) -> dict[str, dict[str, Any]]:
         """The run is over: draw what is queued, send the static builder's digest (the page
         draws every point and checks its last frame against it) and fill the static copies
-        under the view (saved with the notebook; hidden while the live view shows). With
-        `collapse` the live panels fold into one line after the check."""
+        under the view (saved with the notebook; hidden while the live view shows)."""
         self.flush()
         figs = {k: self.final_figure(k) for k in self.kinds}
         first, last = self.transfer_span()
-        self.view.collapsed_html = f"The live view drew {len(self.events)} events."
         for h, (kind, fig) in zip(self._outputs, figs.items(), strict=False):
             h.update(static_bundle(thin(fig), self.view.uid, kind), raw=True)
         # last: the page starts its full redraw a moment after this, by when the cell's end
         # (sent right after) has reached it
         self.view.push({"op": "final", "digest": {k: digest(f) for k, f in figs.items()},
-                        "events": len(self.events), "t_first": first, "t_last": last,
-                        "collapse": collapse})
+                        "events": len(self.events), "t_first": first, "t_last": last})
         self.final_figures = figs
         return figs
 

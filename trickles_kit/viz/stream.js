@@ -51,7 +51,7 @@ function f64(view) {
 
 function newStore(model) {
   return { model, panels: {}, specKey: null, seq: 0, tHi: null, phase: "waiting",
-           final: null, collapsed: false, views: new Set(), events: 0 };
+           final: null, views: new Set(), events: 0 };
 }
 
 function syncSpec(store) {
@@ -245,22 +245,6 @@ function render({ model, el }) {
   };
   build();
 
-  const applyCollapse = () => {
-    grid.style.display = store.collapsed ? "none" : "";
-    note.style.display = store.collapsed ? "" : "none";
-    if (store.collapsed) {
-      const f = store.final;
-      const verdict = !f ? "" : f.match
-        ? "<b style='color:#2ca02c'>✔ every streamed point equals the event log</b>. "
-        : "<b style='color:#d62728'>✘ the streamed points differ from the event log</b> (" +
-          f.problems.slice(0, 3).join("; ") + "). ";
-      note.innerHTML = verdict + (model.get("collapsed_html") || "") +
-        ' <a href="#" class="trickles-live-expand">show the live panels</a>';
-      const a = note.querySelector("a");
-      if (a) a.onclick = (ev) => { ev.preventDefault(); store.collapsed = false; applyCollapse(); schedule(true); };
-    }
-  };
-
   const drawAll = async (isFinal) => {
     const P = view.Plotly;
     let first = true;
@@ -294,7 +278,7 @@ function render({ model, el }) {
     setTimeout(async () => {
       try {
         if (!view.Plotly) view.Plotly = await waitForPlotly(60000);
-        if (!store.collapsed) await drawAll(isFinal);
+        await drawAll(isFinal);
       } catch (err) {
         note.style.display = "";
         note.textContent = "live view: " + err.message +
@@ -314,9 +298,7 @@ function render({ model, el }) {
     }, wait);
   };
   view.schedule = schedule;
-  view.applyCollapse = applyCollapse;
   view.rebuild = build;
-  applyCollapse();
   root.dataset.phase = store.phase;
   if (store.final) root.dataset.finalMatch = String(store.final.match);
   schedule(store.phase === "final");
@@ -340,9 +322,9 @@ function initialize({ model }) {
     const r = registry();
     if (msg.op === "data") {
       applyData(store, msg, buffers);
-      if (store.phase === "final" || store.collapsed) {  // a replay moved on: live again
-        store.phase = "live"; store.collapsed = false; store.final = null;
-        for (const v of store.views) { v.applyCollapse(); v.showText(); }
+      if (store.phase === "final") {  // a replay moved on: live again
+        store.phase = "live"; store.final = null;
+        for (const v of store.views) v.showText();
       }
       if (store.phase === "waiting") store.phase = "live";
       for (const v of store.views) { v.root.dataset.phase = store.phase; v.schedule(false); }
@@ -351,9 +333,9 @@ function initialize({ model }) {
         for (const tr of panel.traces) { tr.x = []; tr.y = []; tr.text = tr.text ? [] : null; }
         panel.version++;
       }
-      store.tHi = null; store.final = null; store.phase = "waiting"; store.collapsed = false;
+      store.tHi = null; store.final = null; store.phase = "waiting";
       for (const v of store.views) {
-        v.applyCollapse(); delete v.root.dataset.finalMatch; v.showText(); v.schedule(false);
+        delete v.root.dataset.finalMatch; v.showText(); v.schedule(false);
       }
     } else if (msg.op === "mark") {
       r.marks.push(Object.assign({}, msg, { op: undefined, wall: Date.now(), model: uid,
@@ -372,18 +354,12 @@ function initialize({ model }) {
         if (problems.length) v.root.dataset.finalProblems = problems.slice(0, 5).join("; ");
         const done = () => {
           r.marks.push({ wall: Date.now(), model: uid, what: "final-drawn",
-                         match: store.final.match, collapsed: !!msg.collapse });
+                         match: store.final.match });
         };
-        if (msg.collapse) {
-          // the static copies below take the panels' place: drawing every point here as
-          // well would only block the page (the data were checked against the log above)
-          store.collapsed = true; v.applyCollapse(); done();
-        } else {
-          v.afterDraw = done;
-          // the full redraw can wait a moment: the kernel's next messages (the cell's end)
-          // are shown first, and the last live frame already shows the last packet
-          setTimeout(() => v.schedule(true), FINAL_DELAY_MS);
-        }
+        v.afterDraw = done;
+        // the full redraw can wait a moment: the kernel's next messages (the cell's end)
+        // are shown first, and the last live frame already shows the last packet
+        setTimeout(() => v.schedule(true), FINAL_DELAY_MS);
       }
     }
   });

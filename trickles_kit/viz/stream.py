@@ -122,7 +122,6 @@ class StreamView(anywidget.AnyWidget):
     spec = traitlets.Dict().tag(sync=True)
     status_html = traitlets.Unicode("").tag(sync=True)
     banner_html = traitlets.Unicode("").tag(sync=True)
-    collapsed_html = traitlets.Unicode("").tag(sync=True)
     view_kind = traitlets.Unicode("dashboard").tag(sync=True)
     uid = traitlets.Unicode("").tag(sync=True)  # the page's key for this view's store
 
