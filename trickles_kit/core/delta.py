@@ -100,14 +100,16 @@ def plan_paired(k: int, tcp_base: int, start_cwnd: int, ssthresh: int, state: in
         if k + 1 == lr and pair_type(lr, tcp_base, start_cwnd, ssthresh) == PAIR:
             new = max(cwnd(fl, tcp_base, start_cwnd, ssthresh) // 2, 1)
             nb = lr + 1
-            slots.append(pl.Slot(nb + new - 1, pl.BOOT, FULL2, BOOTSTRAP, nb, new, new, fl, nb))
+            slots.append(pl.Slot(pkt=nb + new - 1, kind=pl.BOOT, ctype=FULL2, state=BOOTSTRAP,
+                                 tcp_base=nb, start_cwnd=new, ssthresh=new, first_loss=fl,
+                                 first_bootstrap_seq=nb))
     verdicts = {p.verdict for p in plans}
-    verdict = ("recovery" if "recovery" in verdicts or (slots and fl >= 0)
-               else "normal" if "normal" in verdicts else last.verdict)
+    verdict = (pl.Verdict.RECOVERY if pl.Verdict.RECOVERY in verdicts or (slots and fl >= 0)
+               else pl.Verdict.NORMAL if pl.Verdict.NORMAL in verdicts else last.verdict)
     if not slots:
-        verdict = "terminate"
-    out = pl.Plan(verdict, slots, last.cwnd, last.reason, fl,
-                  any(p.recovery_start for p in plans))
+        verdict = pl.Verdict.TERMINATE
+    out = pl.Plan(verdict=verdict, slots=slots, cwnd=last.cwnd, reason=last.reason,
+                  first_loss=fl, recovery_start=any(p.recovery_start for p in plans))
     return _retype(out)
 
 

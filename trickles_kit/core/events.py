@@ -9,37 +9,52 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
 
-# server side
-SYN = "syn"
-SPLIT = "split"
-CONTINUE = "continue"
-TERMINATE = "terminate"
-RETRANSMIT = "retransmit"
-BOOTSTRAP = "bootstrap"
-INITIAL = "initial"
-RECOVERY_START = "recovery_start"
-SLOWSTART = "slowstart"
-FIN = "fin"
-NONCE_OK = "nonce_ok"
-NONCE_FAIL = "nonce_fail"
-MAC_FAIL = "mac_fail"
-REPLAY_DROP = "replay_drop"
-STALE_DROP = "stale_drop"
-DROP = "drop"  # any other counted drop (decode, bad SACK, beyond window...), reason in detail
-# client side
-TIMEOUT = "timeout"
-RECOVERY_END = "recovery_end"
-LOSS_DETECTED = "loss_detected"
-REQUEST = "request"
-DATA = "data"
-DONE = "done"
 
-KINDS = (
-    SYN, SPLIT, CONTINUE, TERMINATE, RETRANSMIT, BOOTSTRAP, INITIAL, RECOVERY_START, SLOWSTART,
-    FIN, NONCE_OK, NONCE_FAIL, MAC_FAIL, REPLAY_DROP, STALE_DROP, DROP, TIMEOUT, RECOVERY_END,
-    LOSS_DETECTED, REQUEST, DATA, DONE,
-)
+class EventKind(StrEnum):
+    """Every kind of event. A StrEnum: members compare and serialize as their plain names, so
+    JSON lines, Counter keys and `e.kind == "split"` behave as the strings always did."""
+
+    # server side
+    SYN = "syn"
+    SPLIT = "split"
+    CONTINUE = "continue"
+    TERMINATE = "terminate"
+    RETRANSMIT = "retransmit"
+    BOOTSTRAP = "bootstrap"
+    INITIAL = "initial"
+    RECOVERY_START = "recovery_start"
+    SLOWSTART = "slowstart"
+    FIN = "fin"
+    NONCE_OK = "nonce_ok"
+    NONCE_FAIL = "nonce_fail"
+    MAC_FAIL = "mac_fail"
+    REPLAY_DROP = "replay_drop"
+    STALE_DROP = "stale_drop"
+    DROP = "drop"  # any other counted drop (decode, bad SACK, beyond window...), reason in detail
+    # client side
+    TIMEOUT = "timeout"
+    RECOVERY_END = "recovery_end"
+    LOSS_DETECTED = "loss_detected"
+    REQUEST = "request"
+    DATA = "data"
+    DONE = "done"
+
+
+# module-level names: the engines' hot paths read these (a global, not an enum attribute)
+SYN, SPLIT, CONTINUE, TERMINATE = (EventKind.SYN, EventKind.SPLIT, EventKind.CONTINUE,
+                                   EventKind.TERMINATE)
+RETRANSMIT, BOOTSTRAP, INITIAL = EventKind.RETRANSMIT, EventKind.BOOTSTRAP, EventKind.INITIAL
+RECOVERY_START, SLOWSTART, FIN = EventKind.RECOVERY_START, EventKind.SLOWSTART, EventKind.FIN
+NONCE_OK, NONCE_FAIL, MAC_FAIL = EventKind.NONCE_OK, EventKind.NONCE_FAIL, EventKind.MAC_FAIL
+REPLAY_DROP, STALE_DROP, DROP = EventKind.REPLAY_DROP, EventKind.STALE_DROP, EventKind.DROP
+TIMEOUT, RECOVERY_END = EventKind.TIMEOUT, EventKind.RECOVERY_END
+LOSS_DETECTED, REQUEST, DATA, DONE = (EventKind.LOSS_DETECTED, EventKind.REQUEST,
+                                      EventKind.DATA, EventKind.DONE)
+
+KINDS = tuple(EventKind)
 
 
 @dataclass(slots=True)
@@ -62,6 +77,16 @@ class Event:
     @classmethod
     def from_json(cls, line: str) -> Event:
         return cls(**json.loads(line))
+
+    @classmethod
+    def make(cls, kind: str, t: float, side: str, /, **kw: Any) -> Event:
+        """The one constructor the engines and the decoder use: keyword arguments that name a
+        field set it, any other goes into `detail` (so a new detail needs no new field)."""
+        detail = {k: kw.pop(k) for k in [k for k in kw if k not in _FIELDS]}
+        return cls(kind, t, side, detail=detail, **kw)
+
+
+_FIELDS = frozenset(Event.__dataclass_fields__) - {"kind", "t", "side", "detail"}
 
 
 EventSink = Callable[[Event], None]

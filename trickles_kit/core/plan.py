@@ -9,19 +9,47 @@ Covers the normal step (§4.2), the one deterministic recovery plan (§4.3), the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from trickles_kit.core.cc import cwnd
+from trickles_kit.core.events import EventKind
 from trickles_kit.wire.continuation import BOOTSTRAP, FULL1, MINIMAL, NORMAL, RECOVERY
 
-# slot kinds
-CONTINUE, SPLIT, RETRANSMIT = "continue", "split", "retransmit"
-BOOT, INITIAL = "bootstrap", "initial"
+
+class SlotKind(StrEnum):
+    """Why a slot is sent. The server reports each slot with the event of the same kind, so
+    the values are the event kinds' by design (not by coincidence)."""
+
+    CONTINUE = EventKind.CONTINUE.value
+    SPLIT = EventKind.SPLIT.value
+    RETRANSMIT = EventKind.RETRANSMIT.value
+    BOOT = EventKind.BOOTSTRAP.value
+    INITIAL = EventKind.INITIAL.value
+
+
+class Verdict(StrEnum):
+    """What the server makes of a request; `reject` is a counted drop, `terminate` ends the
+    trickle without an answer."""
+
+    NORMAL = "normal"
+    HANDSHAKE = "handshake"
+    RECOVERY = "recovery"
+    SLOWSTART = "slowstart"
+    TERMINATE = "terminate"
+    REJECT = "reject"
+
+
+# module-level names for the hot path (a global read, not an enum attribute)
+CONTINUE, SPLIT, RETRANSMIT = SlotKind.CONTINUE, SlotKind.SPLIT, SlotKind.RETRANSMIT
+BOOT, INITIAL = SlotKind.BOOT, SlotKind.INITIAL
+NORMAL_V, HANDSHAKE_V, RECOVERY_V = Verdict.NORMAL, Verdict.HANDSHAKE, Verdict.RECOVERY
+SLOWSTART_V, TERMINATE_V, REJECT_V = Verdict.SLOWSTART, Verdict.TERMINATE, Verdict.REJECT
 
 MAX_GAP = 20
 SLOWSTART_CWND = 2
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class Slot:
     """One packet the server will emit, with the congestion fields its continuation carries."""
 
@@ -36,9 +64,9 @@ class Slot:
     first_bootstrap_seq: int = 0
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class Plan:
-    verdict: str  # normal | handshake | recovery | slowstart | terminate | reject
+    verdict: Verdict
     slots: list[Slot] = field(default_factory=list)
     cwnd: int = 0
     reason: str = ""
@@ -104,26 +132,28 @@ def plan_request(
         ss = max(cwnd(right, tcp_base, start_cwnd, ssthresh) // 2, SLOWSTART_CWND)
         base = right + 1
         return Plan(
-            "slowstart",
-            [
-                Slot(base + i, INITIAL, FULL1, NORMAL, base, SLOWSTART_CWND, ss)
+            verdict=SLOWSTART_V,
+            slots=[
+                Slot(pkt=base + i, kind=INITIAL, ctype=FULL1, state=NORMAL, tcp_base=base,
+                     start_cwnd=SLOWSTART_CWND, ssthresh=ss)
                 for i in range(SLOWSTART_CWND)
             ],
-            SLOWSTART_CWND,
+            cwnd=SLOWSTART_CWND,
         )
     if state == RECOVERY:
-        return Plan("terminate", reason="recovery continuation")
+        return Plan(verdict=TERMINATE_V, reason="recovery continuation")
     if k == tcp_base - 1:  # the handshake continuation: open the initial window
         return Plan(
-            "handshake",
-            [
-                Slot(tcp_base + i, INITIAL, FULL1, NORMAL, tcp_base, start_cwnd, ssthresh)
+            verdict=HANDSHAKE_V,
+            slots=[
+                Slot(pkt=tcp_base + i, kind=INITIAL, ctype=FULL1, state=NORMAL,
+                     tcp_base=tcp_base, start_cwnd=start_cwnd, ssthresh=ssthresh)
                 for i in range(start_cwnd)
             ],
-            start_cwnd,
+            cwnd=start_cwnd,
         )
     if k < tcp_base:
-        return Plan("reject", reason="ack before epoch")
+        return Plan(verdict=REJECT_V, reason="ack before epoch")
     # the common case first: one block covering [base, k] (or more, all contiguous)
     if (len(blocks) == 1 and blocks[0][0] <= tcp_base and blocks[0][1] >= k) or (
         first_missing(blocks, tcp_base, k) is None
@@ -131,10 +161,12 @@ def plan_request(
         prev = cwnd(k - 1, tcp_base, start_cwnd, ssthresh)
         cur = cwnd(k, tcp_base, start_cwnd, ssthresh)
         first = k + prev
-        slots = [Slot(first, CONTINUE, FULL1, NORMAL, tcp_base, start_cwnd, ssthresh)]
+        slots = [Slot(pkt=first, kind=CONTINUE, ctype=FULL1, state=NORMAL, tcp_base=tcp_base,
+                      start_cwnd=start_cwnd, ssthresh=ssthresh)]
         for i in range(1, cur - prev + 1):
-            slots.append(Slot(first + i, SPLIT, FULL1, NORMAL, tcp_base, start_cwnd, ssthresh))
-        return Plan("normal", slots, cur)
+            slots.append(Slot(pkt=first + i, kind=SPLIT, ctype=FULL1, state=NORMAL,
+                              tcp_base=tcp_base, start_cwnd=start_cwnd, ssthresh=ssthresh))
+        return Plan(verdict=NORMAL_V, slots=slots, cwnd=cur)
     loss = first_missing(blocks, tcp_base, k)
     assert loss is not None
     return _recovery(k, tcp_base, start_cwnd, ssthresh, blocks, loss, max_gap)
@@ -153,15 +185,14 @@ def _recovery(
     new_cwnd = max(orig // 2, 1)
     last_regular = first_loss - 1 + cwnd(first_loss - 1, tcp_base, start_cwnd, ssthresh)
     if k > last_regular:
-        return Plan("reject", reason="ack beyond the window", first_loss=first_loss)
+        return Plan(verdict=REJECT_V, reason="ack beyond the window", first_loss=first_loss)
     base = last_regular + 1
     boot_start = last_regular - new_cwnd + 1
 
     def boot(ack: int) -> Slot:
-        return Slot(
-            base + ack - boot_start, BOOT, FULL1, BOOTSTRAP, base, new_cwnd, new_cwnd, first_loss,
-            base,
-        )
+        return Slot(pkt=base + ack - boot_start, kind=BOOT, ctype=FULL1, state=BOOTSTRAP,
+                    tcp_base=base, start_cwnd=new_cwnd, ssthresh=new_cwnd, first_loss=first_loss,
+                    first_bootstrap_seq=base)
 
     slots: list[Slot] = []
     hole = hole_before(blocks, tcp_base, k)
@@ -171,12 +202,13 @@ def _recovery(
     if hole is not None and hole[1] - hole[0] + 1 <= max_gap:
         for m in range(hole[0], hole[1] + 1):
             slots.append(
-                Slot(m, RETRANSMIT, MINIMAL, RECOVERY, tcp_base, start_cwnd, ssthresh, first_loss,
-                     base)
+                Slot(pkt=m, kind=RETRANSMIT, ctype=MINIMAL, state=RECOVERY, tcp_base=tcp_base,
+                     start_cwnd=start_cwnd, ssthresh=ssthresh, first_loss=first_loss,
+                     first_bootstrap_seq=base)
             )
         for m in range(max(hole[0], boot_start), hole[1] + 1):
             slots.append(boot(m))
     if k >= boot_start:
         slots.append(boot(k))
-    verdict = "recovery" if slots else "terminate"
-    return Plan(verdict, slots, new_cwnd, first_loss=first_loss, recovery_start=starts)
+    return Plan(verdict=RECOVERY_V if slots else TERMINATE_V, slots=slots, cwnd=new_cwnd,
+                first_loss=first_loss, recovery_start=starts)
