@@ -45,6 +45,7 @@ import struct
 import warnings
 from collections import Counter
 from collections.abc import Iterator
+from operator import length_hint
 from typing import NamedTuple
 
 # the formats' constants, errors and link layers (pcapformat), the file window (pcapwindow), the
@@ -332,9 +333,12 @@ class PcapReader:
         y = 0
         try:
             for buf, tss, starts, ends in self._pcap_walk(BATCH, True):
-                for ts, b, e in zip(tss, starts, ends, strict=True):
-                    y += 1
-                    yield ts, buf[b:e]
+                left = iter(tss)  # (zip takes a timestamp per pair: what is left was not yielded)
+                try:
+                    yield from zip(left, map(buf.__getitem__, map(slice, starts, ends)),
+                                   strict=True)
+                finally:
+                    y += len(tss) - length_hint(left)
         finally:
             self.records = y
 

@@ -30,7 +30,8 @@ class PcapngSection:
     def __init__(self) -> None:
         self.e = "<"
         self.u32: struct.Struct | None = None  # None until the first Section Header block
-        self.epb = self.pb = struct.Struct("<I")
+        self.epb = struct.Struct("<IIIII")
+        self.pb = struct.Struct("<HHIIII")
         self.ifaces: list[tuple[int, float, float, int]] = []
         self.last_ts = 0.0
 
