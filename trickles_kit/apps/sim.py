@@ -265,6 +265,21 @@ def client_address(i: int) -> tuple[bytes, int]:
     return socket.inet_aton(f"10.1.{(i // 250) & 255}.{i % 250 + 2}"), 40000 + (i % 20000)
 
 
+def sim_server(seed: int, handler: Handler, config: ServerConfig | None = None,
+               on_event: Callable | None = None, secret: bytes | None = None) -> ServerEngine:
+    """A server engine at the simulated service address; its master secret derived from `seed`
+    unless given, so a run is reproducible. A handler that seals state (one with `attach`, as
+    `Generated` and the web server) is attached to the engine's keys."""
+    if secret is None:
+        secret = random.Random(seed ^ 0x5EC12E7).randbytes(32)
+    server = ServerEngine(secret, handler, SimNetwork.SERVER_IP, SimNetwork.SERVER_PORT, config,
+                          on_event)
+    attach = getattr(handler, "attach", None)
+    if callable(attach):
+        attach(server)
+    return server
+
+
 @dataclass
 class TransferResult:
     ok: bool
@@ -327,23 +342,13 @@ def simulate_transfer(
     if size < 0:
         raise ValueError("size must be >= 0")
     sim = Simulator(seed)
-    if secret is None:
-        secret = random.Random(seed ^ 0x5EC12E7).randbytes(32)
     if handler is None:
-        gen = Generated()
-        server = ServerEngine(secret, gen, SimNetwork.SERVER_IP, SimNetwork.SERVER_PORT,
-                              server_config, on_event)
-        gen.attach(server)
+        handler = Generated()
         request = gen_request(size, seed)
         expected_sha256 = generated_sha256(size, seed)
-    else:
-        if request is None or expected_sha256 is None:
-            raise ValueError("a custom handler needs `request` and `expected_sha256`")
-        server = ServerEngine(secret, handler, SimNetwork.SERVER_IP, SimNetwork.SERVER_PORT,
-                              server_config, on_event)
-        attach = getattr(handler, "attach", None)
-        if callable(attach):  # handlers that seal state use the simulated server's keys
-            attach(server)
+    elif request is None or expected_sha256 is None:
+        raise ValueError("a custom handler needs `request` and `expected_sha256`")
+    server = sim_server(seed, handler, server_config, on_event, secret)
     pw = PcapWriter(pcap) if pcap else None
     net = SimNetwork(sim, server, down or LinkConfig(loss=loss), up or LinkConfig(loss=loss), pw)
     net.server_drop = server_drop

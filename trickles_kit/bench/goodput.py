@@ -125,65 +125,11 @@ def run_flows(cfg: TestbedConfig, specs: list[FlowSpec], verbose: bool = False,
     try:
         with Testbed(cfg, verbose=verbose) as tb:
             res["testbed"] = tb.describe()
-            servers: dict[str, subprocess.Popen] = {}
-            env = _child_env()
-            if kinds & set(TK_KINDS):
-                servers["trickles"] = tb.popen(SERVER, [
-                    PY, "-m", "trickles_kit.cli", "serve", "--root", str(tmp), "--transport",
-                    "raw", "--addr", SERVER_ADDR, "--port", str(TK_PORT), "--mss",
-                    str(TK_MSS), "--initial-cwnd", str(cfg.initcwnd)]
-                    # the option on only when a client asks for it (default wire otherwise)
-                    + (["--delta"] if "trickles-delta" in kinds else []),
-                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-                _wait_line(servers["trickles"], "trickles serve:", "trickles serve")
-            for cc in ("reno", "cubic"):
-                if cc in kinds:
-                    servers[cc] = tb.popen(SERVER, [
-                        PY, "-m", "trickles_kit.bench.tcphttp", "--bind", SERVER_ADDR, "--port",
-                        str(TCP_PORTS[cc]), "--cc", cc], stdout=subprocess.PIPE,
-                        stderr=subprocess.DEVNULL, text=True, env=env)
-                    _wait_line(servers[cc], "tcphttp: serving", f"tcphttp {cc}")
-            cpu0 = {k: proc_cpu_s(p.pid) for k, p in servers.items()}
+            servers = _start_servers(tb, cfg, kinds, tmp)
             pcap = tmp / f"{label}.pcap"
-            cap = tb.capture(pcap)
-            clients = []
-            busy0 = machine_busy_s()
-            t_start = time.monotonic()
-            for i, s in enumerate(specs):
-                out = tmp / f"client{i}.json"
-                with open(out, "w") as o:
-                    clients.append((s, out, tb.popen(CLIENT, _client_argv(s, timeout),
-                                                     stdout=o, stderr=subprocess.STDOUT,
-                                                     env=env)))
-            end = t_start + timeout + 30
-            for _s, _out, p in clients:
-                try:
-                    p.wait(timeout=max(1.0, end - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    p.kill()
-            res["wall_s"] = round(time.monotonic() - t_start, 3)
-            busy1 = machine_busy_s()
-            res["machine_cpu_s"] = {k: round(busy1[k] - busy0[k], 3) for k in busy0}
-            cap.stop()
-            cpu1 = {k: proc_cpu_s(p.pid) for k, p in servers.items()}
-            res["router"] = tb.counters()
+            clients = _run_clients(tb, specs, servers, pcap, tmp, timeout, res)
             ifs = tb.ifindexes()
-            res["server_cpu_s"] = {k: round(cpu1[k] - cpu0[k], 3)
-                                   for k in servers if cpu0[k] is not None and cpu1[k]}
-            for k in servers:
-                if servers[k].poll() is not None:
-                    res.setdefault("server_errors", []).append(f"{k} exited early")
-        apps = []
-        for s, out, p in clients:
-            text = out.read_text()
-            try:
-                j = json.loads(text[text.index("{") : text.rindex("}") + 1])
-            except ValueError:
-                j = {"error": f"exit {p.returncode}: {text[-800:]}"}
-            j["kind"] = s.kind
-            j["byte_exact"] = j.get("sha256") == generated_sha256(s.size, GEN_SEED) and \
-                j.get("bytes") == s.size
-            apps.append(j)
+        apps = [_client_result(s, out, p) for s, out, p in clients]
         res["clients"] = apps
         flows = fl.parse_capture(pcap, SERVER_ADDR, ifs["router_to_server"],
                                  ifs["router_to_client"])
@@ -206,6 +152,80 @@ def run_flows(cfg: TestbedConfig, specs: list[FlowSpec], verbose: bool = False,
     res["_t0"] = t0
     res["all_byte_exact"] = all(a["byte_exact"] for a in apps)
     return res
+
+
+def _start_servers(tb: Testbed, cfg: TestbedConfig, kinds: set[str],
+                   root: Path) -> dict[str, subprocess.Popen]:
+    """The servers the flows need, started in the server namespace, each once it listens."""
+    servers: dict[str, subprocess.Popen] = {}
+    env = _child_env()
+    if kinds & set(TK_KINDS):
+        servers["trickles"] = tb.popen(SERVER, [
+            PY, "-m", "trickles_kit.cli", "serve", "--root", str(root), "--transport",
+            "raw", "--addr", SERVER_ADDR, "--port", str(TK_PORT), "--mss",
+            str(TK_MSS), "--initial-cwnd", str(cfg.initcwnd)]
+            # the option on only when a client asks for it (default wire otherwise)
+            + (["--delta"] if "trickles-delta" in kinds else []),
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        _wait_line(servers["trickles"], "trickles serve:", "trickles serve")
+    for cc in ("reno", "cubic"):
+        if cc in kinds:
+            servers[cc] = tb.popen(SERVER, [
+                PY, "-m", "trickles_kit.bench.tcphttp", "--bind", SERVER_ADDR, "--port",
+                str(TCP_PORTS[cc]), "--cc", cc], stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL, text=True, env=env)
+            _wait_line(servers[cc], "tcphttp: serving", f"tcphttp {cc}")
+    return servers
+
+
+def _run_clients(tb: Testbed, specs: list[FlowSpec], servers: dict[str, subprocess.Popen],
+                 pcap: Path, tmp: Path, timeout: float,
+                 res: dict) -> list[tuple[FlowSpec, Path, subprocess.Popen]]:
+    """Every client at the same moment, captured at the router; the run's CPU, router and
+    server figures go into `res`. (spec, output file, process) of each client."""
+    cpu0 = {k: proc_cpu_s(p.pid) for k, p in servers.items()}
+    cap = tb.capture(pcap)
+    clients = []
+    busy0 = machine_busy_s()
+    t_start = time.monotonic()
+    env = _child_env()
+    for i, s in enumerate(specs):
+        out = tmp / f"client{i}.json"
+        with open(out, "w") as o:
+            clients.append((s, out, tb.popen(CLIENT, _client_argv(s, timeout),
+                                             stdout=o, stderr=subprocess.STDOUT,
+                                             env=env)))
+    end = t_start + timeout + 30
+    for _s, _out, p in clients:
+        try:
+            p.wait(timeout=max(1.0, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+    res["wall_s"] = round(time.monotonic() - t_start, 3)
+    busy1 = machine_busy_s()
+    res["machine_cpu_s"] = {k: round(busy1[k] - busy0[k], 3) for k in busy0}
+    cap.stop()
+    cpu1 = {k: proc_cpu_s(p.pid) for k, p in servers.items()}
+    res["router"] = tb.counters()
+    res["server_cpu_s"] = {k: round(cpu1[k] - cpu0[k], 3)
+                           for k in servers if cpu0[k] is not None and cpu1[k]}
+    for k in servers:
+        if servers[k].poll() is not None:
+            res.setdefault("server_errors", []).append(f"{k} exited early")
+    return clients
+
+
+def _client_result(spec: FlowSpec, out: Path, p: subprocess.Popen) -> dict:
+    """A client's JSON line (or its error), with its kind and whether it got the exact bytes."""
+    text = out.read_text()
+    try:
+        j = json.loads(text[text.index("{") : text.rindex("}") + 1])
+    except ValueError:
+        j = {"error": f"exit {p.returncode}: {text[-800:]}"}
+    j["kind"] = spec.kind
+    j["byte_exact"] = j.get("sha256") == generated_sha256(spec.size, GEN_SEED) and \
+        j.get("bytes") == spec.size
+    return j
 
 
 def _strip(r: dict) -> dict:

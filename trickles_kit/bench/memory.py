@@ -48,19 +48,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from trickles_kit.apps.generated import generated_sha256
 from trickles_kit.bench import tcpmany
 from trickles_kit.bench.meta import meta
+from trickles_kit.bench.parked_client import (
+    SEEDS,
+    ParkingHost,  # noqa: F401 - the client child's; importable from here as before
+    trickles_client,
+)
 from trickles_kit.core.replay import ReplayHistory
 from trickles_kit.core.server import ServerConfig
-from trickles_kit.net.fetch import HttpBody
-from trickles_kit.net.ip import aton
-from trickles_kit.net.raw import RawTransport
-from trickles_kit.net.runner import ClientHost, Connection
 from trickles_kit.net.topology import Topology, list_namespaces
 from trickles_kit.viz.report import write_report
 
@@ -68,7 +68,6 @@ PY = sys.executable
 FULL_LEVELS = [1, 10, 100, 1000, 10000]
 QUICK_LEVELS = [1, 10, 100, 1000, 3000]  # past where the fixed-size soft caches fill
 OBJECT = 16384
-SEEDS = 8
 WINDOW = 256  # connections being opened at once (both protocols: the same pacing)
 CLIENT_ADDR, SERVER_ADDR = "10.203.0.1", "10.203.0.2"
 TRICKLES_PORT, TCP_PORT = 8253, 8080
@@ -174,134 +173,6 @@ def _start(topo: Any, ns: str, argv: list[str], log: Path, name: str) -> _Child:
     finally:
         err.close()
     return _Child(p, name)
-
-
-# ====================================================================== Trickles client child
-class ParkingHost(ClientHost):
-    """A ClientHost whose connections can be parked: their segments are held in the process and
-    their timers stopped, as if the application had stopped reading; `unpark` hands the held
-    segments over in order and restarts the timers."""
-
-    def __init__(self, *a: Any, **kw: Any) -> None:
-        super().__init__(*a, **kw)
-        self.parked: dict[int, tuple[Connection, list]] = {}
-
-    def dispatch(self, batch: list[tuple[bytes, bytes, Any]]) -> None:
-        if self.parked:
-            live = []
-            for item in batch:
-                seg = item[0]
-                held = self.parked.get(int.from_bytes(seg[2:4], "big")) if len(seg) >= 4 else None
-                if held is None:
-                    live.append(item)
-                else:
-                    held[1].append(item)
-            batch = live
-        super().dispatch(batch)
-
-    def park(self, conn: Connection) -> None:
-        port = conn.engine.local_port
-        if self.conns.pop(port, None) is not None:
-            self.parked[port] = (conn, [])
-
-    def unpark(self, k: int) -> int:
-        """Hand `k` parked connections back (oldest first); returns how many."""
-        items = [(p, self.parked.pop(p)) for p in list(self.parked)[:k]]
-        for port, (conn, _) in items:
-            self.conns[port] = conn
-            conn.timer_at = None  # its heap entries were dropped while parked
-        for port, (conn, held) in items:
-            if held:
-                super().dispatch(held)
-            else:
-                self._service(port, conn)
-        return len(items)
-
-
-def trickles_client(server: str, local: str, port: int, n: int, size: int, window: int,
-                    timeout: float) -> int:
-    """The Trickles side of the protocol `tcpmany.client_main` speaks for TCP."""
-
-    if n > 20000:
-        raise SystemExit("at most 20,000 connections (the Trickles port space of one host)")
-    tr = RawTransport(local)
-    host = ParkingHost(tr, aton(server), port)
-    seeds = [1 + i % SEEDS for i in range(n)]
-    bodies: list[HttpBody] = []
-    conns: list[Connection] = []
-    to_park: list[Connection] = []
-
-    def sink_for(i: int) -> Callable[[bytes], None]:
-        def sink(data: bytes) -> None:
-            h = bodies[i]
-            before = h.body_bytes
-            try:
-                h(data)
-            except ValueError:
-                conns[i].engine.phase = "failed"
-                return
-            if before == 0 < h.body_bytes < size:
-                to_park.append(conns[i])
-        return sink
-
-    t0 = time.monotonic()
-    end = t0 + timeout
-    opened = 0
-    while time.monotonic() < end:
-        active = sum(1 for c in host.conns.values() if c.finished is None)
-        while opened < n and active < window:
-            bodies.append(HttpBody(lambda _b: None))
-            conns.append(host.open(f"GET /gen?size={size}&seed={seeds[opened]} HTTP/1.1\r\n"
-                                   f"Host: {server}\r\n\r\n".encode(), sink_for(opened)))
-            opened += 1
-            active += 1
-        if opened == n and not active:
-            break
-        host.step(0.05)
-        for c in to_park:
-            if not c.done and c.engine.phase != "failed":
-                host.park(c)
-        to_park.clear()
-    states: dict[str, int] = {}
-    for c in conns:
-        st = ("parked" if c.engine.local_port in host.parked else
-              "done" if c.done else "failed" if c.failed else "in_progress")
-        states[st] = states.get(st, 0) + 1
-    print(json.dumps({"phase": "parked", "in_time": time.monotonic() < end,
-                      "open_s": round(time.monotonic() - t0, 3), "states": states,
-                      "alive": states.get("parked", 0), "requests_sent": tr.counters["tx"],
-                      "segments_received": tr.counters["rx"],
-                      "held_segments": sum(len(h) for _, h in host.parked.values()),
-                      "body_bytes_read": sum(b.body_bytes for b in bodies)}), flush=True)
-    for line in sys.stdin:
-        cmd = line.strip()
-        if cmd == "resume":
-            t1 = time.monotonic()
-            tx0 = tr.counters["tx"]
-            ok = False
-            end = t1 + timeout
-            while time.monotonic() < end:  # resumed in waves, as they were opened
-                active = sum(1 for c in host.conns.values() if c.finished is None)
-                if host.parked and active < window:
-                    host.unpark(window - active)
-                elif not active:
-                    ok = True
-                    break
-                host.step(0.05)
-            exact = {s: generated_sha256(size, s) for s in set(seeds)}
-            good = sum(1 for i, c in enumerate(conns) if c.done and bodies[i].status == 200
-                       and bodies[i].body_bytes == size
-                       and bodies[i].sha.hexdigest() == exact[seeds[i]])
-            print(json.dumps({"phase": "idle", "in_time": ok,
-                              "resume_s": round(time.monotonic() - t1, 3), "byte_exact": good,
-                              "requests_sent_resume": tr.counters["tx"] - tx0}), flush=True)
-        elif cmd == "close":
-            break
-    host.close(linger=1.0)
-    host.shutdown()
-    tr.close()
-    print(json.dumps({"phase": "closed"}), flush=True)
-    return 0
 
 
 # ====================================================================== one level

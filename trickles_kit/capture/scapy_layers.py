@@ -34,7 +34,6 @@ from __future__ import annotations
 import socket
 
 from scapy.fields import (
-    BitEnumField,
     BitField,
     ByteEnumField,
     ByteField,
@@ -45,31 +44,32 @@ from scapy.fields import (
     PacketField,
     PacketListField,
     ShortField,
-    StrField,
-    StrLenField,
     XIntField,
-    XLongField,
     XShortEnumField,
     XShortField,
-    XStrFixedLenField,
 )
 from scapy.layers.inet import IP, TCP, UDP, TCPOptionsField
 from scapy.packet import Packet, bind_layers, bind_top_down, split_bottom_up
 
-from trickles_kit.wire.continuation import (
-    FULL1,
-    MAC_LEN,
-    MINIMAL,
-    NORMAL,
-    STATE_NAMES,
-    TYPE_NAMES,
+# the fixed parts (continuation, SACK block, range, chunks) live in scapy_elements; their names
+# stay importable from here
+from trickles_kit.capture.scapy_elements import (
+    CHUNK_NAMES,
+    ByteRange,
+    BytesField,
+    BytesLenField,
+    ChunkPad,
+    Continuation,
+    DataChunk,
+    FinHint,
+    SackBlock,
+    SkipChunk,
+    UnknownChunk,
+    chunk_class,
 )
+from trickles_kit.wire.continuation import FULL1, TYPE_NAMES
 from trickles_kit.wire.errors import DecodeError
 from trickles_kit.wire.messages import (
-    CHUNK_DATA,
-    CHUNK_FINHINT,
-    CHUNK_SKIP,
-    DATA_CHUNK_OVERHEAD,
     REQ_NAMES,
     REQ_SYN,
     RESPONSE_HEADER_LEN,
@@ -81,11 +81,11 @@ from trickles_kit.wire.segment import checksum as tcp_checksum
 
 DEFAULT_PORT = 8080  # the service port of `trickles serve` / `fetch`
 CLIENT_PORT = 40000  # default client port when building packets by hand
-CHUNK_NAMES = {CHUNK_DATA: "DATA", CHUNK_SKIP: "SKIP", CHUNK_FINHINT: "FINHINT"}
 TCP_FLAGS = "FSRPAUECN"
 _OPT_PREFIX = bytes((OPT_KIND, 6)) + OPT_EXID.to_bytes(2, "big")
 
 __all__ = [
+    "CHUNK_NAMES",
     "ByteRange",
     "ChunkPad",
     "Continuation",
@@ -106,102 +106,6 @@ __all__ = [
 ]
 
 
-def _short(x: bytes, limit: int = 32) -> str:
-    """repr of bytes, cut after `limit` bytes with the length (1448-byte DATA stays readable)."""
-    if len(x) <= limit + 8:
-        return repr(x)
-    return f"{x[:limit]!r}... ({len(x)} bytes)"
-
-
-class _BytesLenField(StrLenField):
-    def i2repr(self, pkt, x):
-        return _short(bytes(x or b""))
-
-
-class _BytesField(StrField):
-    def i2repr(self, pkt, x):
-        return _short(bytes(x or b""))
-
-
-class _Element(Packet):
-    """A fixed part inside another layer: whatever follows belongs to the enclosing layer."""
-
-    def extract_padding(self, s):
-        return b"", s
-
-
-# ------------------------------------------------------------------ continuation
-def _is_full(pkt) -> bool:
-    return pkt.type != MINIMAL
-
-
-class Continuation(_Element):
-    """Transport continuation: MINIMAL (18 bytes) or FULL1/FULL2 (75 bytes, with the MAC).
-
-    The fields after `clientTimestamp` are ConditionalFields present only when type != MINIMAL.
-    """
-
-    name = "Trickles Continuation"
-    fields_desc = [
-        ByteEnumField("type", FULL1, TYPE_NAMES),
-        IntField("seq", 0),
-        ByteField("firstChild", 0),
-        IntField("clientState", 0),
-        IntField("parent", 0),  # see the module docstring: read with getfieldval("parent")
-        IntField("clientTimestamp", 0),
-        ConditionalField(IntField("timestamp", 0), _is_full),
-        ConditionalField(IntField("mrtt", 0), _is_full),
-        ConditionalField(ByteEnumField("state", NORMAL, STATE_NAMES), _is_full),
-        ConditionalField(IntField("firstLoss", 0), _is_full),
-        ConditionalField(IntField("firstBootstrapSeq", 0), _is_full),
-        ConditionalField(IntField("startCwnd", 0), _is_full),
-        ConditionalField(IntField("ssthresh", 0), _is_full),
-        ConditionalField(IntField("TCPBase", 0), _is_full),
-        ConditionalField(XLongField("connId", 0), _is_full),
-        ConditionalField(IntField("keyEpoch", 0), _is_full),
-        ConditionalField(XStrFixedLenField("mac", b"\0" * MAC_LEN, MAC_LEN), _is_full),
-    ]
-
-    @property
-    def is_full(self) -> bool:
-        return self.type != MINIMAL
-
-    def brief(self) -> str:
-        """`FULL1 NORMAL base=1 ssthresh=16383` or `MINIMAL`."""
-        kind = TYPE_NAMES.get(self.type, f"type{self.type}")
-        if not self.is_full:
-            return kind
-        state = STATE_NAMES.get(self.state, f"state{self.state}")
-        return f"{kind} {state} base={self.TCPBase} ssthresh={self.ssthresh}"
-
-    def mysummary(self):
-        return f"Continuation seq={self.seq} {self.brief()}"
-
-
-# ------------------------------------------------------------------ request
-class SackBlock(_Element):
-    """Claim: packets left..right (inclusive) arrived; nonceSummary = r_left XOR r_(right+1).
-
-    (The protocol calls the third word `summary`; that name is scapy's `Packet.summary()`.)
-    """
-
-    name = "SACK block"
-    fields_desc = [IntField("left", 0), IntField("right", 0), XIntField("nonceSummary", 0)]
-
-    def mysummary(self):
-        return f"SACK {self.left}-{self.right}"
-
-
-class ByteRange(_Element):
-    """The byte range the client wants in one output slot: [start, start + length)."""
-
-    name = "Byte range"
-    fields_desc = [IntField("start", 0), IntField("length", 0)]
-
-    def mysummary(self):
-        return f"bytes [{self.start}, {self.start + self.length})"
-
-
 class TricklesRequest(Packet):
     """Client -> server. SYN requests carry no continuation."""
 
@@ -215,10 +119,10 @@ class TricklesRequest(Packet):
         FieldLenField("numSacks", None, count_of="sacks", fmt="B"),
         PacketListField("sacks", [], SackBlock, count_from=lambda p: p.numSacks),
         FieldLenField("ucont_len", None, length_of="ucont", fmt="H"),
-        _BytesLenField("ucont", b"", length_from=lambda p: p.ucont_len),
+        BytesLenField("ucont", b"", length_from=lambda p: p.ucont_len),
         FieldLenField("nranges", None, count_of="ranges", fmt="B"),
         PacketListField("ranges", [], ByteRange, count_from=lambda p: p.nranges),
-        _BytesField("app", b""),
+        BytesField("app", b""),
     ]
 
     def mysummary(self):
@@ -247,107 +151,6 @@ class TricklesRequest(Packet):
         return " ".join(parts)
 
 
-# ------------------------------------------------------------------ response chunks
-class DataChunk(_Element):
-    name = "DATA chunk"
-    fields_desc = [
-        BitEnumField("type", CHUNK_DATA, 4, CHUNK_NAMES),
-        FlagsField("flags", 0, 4, ["FIN", "f1", "f2", "f3"]),
-        FieldLenField("length", None, length_of="data", fmt="H",
-                      adjust=lambda p, n: n + DATA_CHUNK_OVERHEAD),
-        IntField("byteNum", 0),
-        _BytesLenField("data", b"",
-                       length_from=lambda p: max(p.length - DATA_CHUNK_OVERHEAD, 0)),
-    ]
-
-    def brief(self) -> str:
-        fin = " FIN" if self.flags & 1 else ""
-        return f"data {self.byteNum}+{len(self.data)}{fin}"
-
-    def mysummary(self):
-        return self.brief()
-
-
-class SkipChunk(_Element):
-    name = "SKIP chunk"
-    fields_desc = [
-        BitEnumField("type", CHUNK_SKIP, 4, CHUNK_NAMES),
-        BitField("flags", 0, 4),
-        ShortField("length", 11),
-        IntField("byteNum", 0),
-        IntField("len", 0),
-    ]
-
-    def brief(self) -> str:
-        return f"skip {self.byteNum}+{self.len}"
-
-    def mysummary(self):
-        return self.brief()
-
-
-class FinHint(_Element):
-    name = "FINHINT chunk"
-    fields_desc = [
-        BitEnumField("type", CHUNK_FINHINT, 4, CHUNK_NAMES),
-        BitField("flags", 0, 4),
-        ShortField("length", 7),
-        IntField("byteNum", 0),
-    ]
-
-    def brief(self) -> str:
-        return f"finhint {self.byteNum}"
-
-    def mysummary(self):
-        return self.brief()
-
-
-class ChunkPad(_Element):
-    """A 0 byte between chunks: one byte of padding."""
-
-    name = "pad"
-    fields_desc = [ByteField("pad", 0)]
-
-    def brief(self) -> str:
-        return "pad"
-
-
-class UnknownChunk(_Element):
-    """A chunk of an unknown type, or one whose length does not fit its type."""
-
-    name = "unknown chunk"
-    fields_desc = [
-        BitField("type", 0xF, 4),
-        BitField("flags", 0, 4),
-        FieldLenField("length", None, length_of="body", fmt="H", adjust=lambda p, n: n + 3),
-        _BytesLenField("body", b"", length_from=lambda p: max(p.length - 3, 0)),
-    ]
-
-    def brief(self) -> str:
-        return f"chunk(type={self.type}, length={self.length})"
-
-
-_FIXED_CHUNK_LEN = {CHUNK_SKIP: 11, CHUNK_FINHINT: 7}
-_CHUNK_CLASSES = {CHUNK_DATA: DataChunk, CHUNK_SKIP: SkipChunk, CHUNK_FINHINT: FinHint}
-
-
-def _chunk(m: bytes, _parent=None) -> Packet:
-    """PacketListField class callback: pick the chunk class from the type nibble."""
-    if m[0] == 0:
-        return ChunkPad(m, _parent=_parent)
-    ctype = m[0] >> 4
-    cls = _CHUNK_CLASSES.get(ctype, UnknownChunk)
-    if len(m) < 3:
-        cls = UnknownChunk
-    else:
-        clen = int.from_bytes(m[1:3], "big")
-        fixed = _FIXED_CHUNK_LEN.get(ctype)
-        if (fixed is not None and clen != fixed) or (
-            ctype == CHUNK_DATA and clen < DATA_CHUNK_OVERHEAD
-        ):
-            cls = UnknownChunk
-    return cls(m, _parent=_parent)
-
-
 class TricklesResponse(Packet):
     """Server -> client: header, continuation, user continuation, then chunks to the end."""
 
@@ -358,8 +161,8 @@ class TricklesResponse(Packet):
         ByteField("position", 0),
         FieldLenField("ucont_len", None, length_of="ucont", fmt="H"),
         PacketField("continuation", Continuation(), Continuation),
-        _BytesLenField("ucont", b"", length_from=lambda p: p.ucont_len),
-        PacketListField("chunks", [], _chunk),
+        BytesLenField("ucont", b"", length_from=lambda p: p.ucont_len),
+        PacketListField("chunks", [], chunk_class),
     ]
 
     def header_len(self) -> int:

@@ -60,6 +60,12 @@ def _ip_proto(text: str) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """`serve` and `fetch`."""
+    _add_serve_parser(sub)
+    _add_fetch_parser(sub)
+
+
+def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser(
         "serve", help="serve files over Trickles (HTTP/1.1 GET) on raw sockets or UDP",
         description="A stateless Trickles web server: static files under --root, /gen?size=N&"
@@ -124,6 +130,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "(for comparisons: benchmarks/bench_flood.py)")
     s.set_defaults(func=cmd_serve)
 
+
+def _add_fetch_parser(sub: argparse._SubParsersAction) -> None:
     f = sub.add_parser(
         "fetch", help="fetch a URL from a Trickles server",
         description="Fetch http://HOST:PORT/PATH over Trickles and save the body.",

@@ -156,41 +156,50 @@ def run_failover(kind: str = "trickles", size: int = 3_000_000, rate_mbit: float
     if out["handover"]:
         out["handover"] = {"stall_s": out["handover"]["stall_s"]}
     if kind == "trickles":
-        tos = [e for e in events if e["kind"] == "timeout" and t_kill and e["t"] > t_kill]
-        # the RTO that fired (the event reports the next, doubled one); if none fired — the
-        # responses still queued at the bottleneck clocked requests out along the new route —
-        # the client's RTO floor, the smallest RTO it can have, so the bound is the strictest
-        rto = tos[0]["detail"].get("rto", 0) / 2 if tos else ClientConfig().min_rto
-        # "one RTT": the connection's own smoothed RTT when the timer fired (it includes the
-        # bottleneck's queue); the handshake RTT (an empty path) gives the strict bound
-        srtt = tos[0]["detail"].get("srtt") if tos else None
-        conn_rtt = max(rtt or 0.0, srtt or 0.0) if rtt is not None or srtt else None
-        out["timeout_fired"] = bool(tos)
-        out["rto_s"] = _round(rto)
-        out["srtt_s"] = _round(srtt)
-        out["bound_s"] = _round(rto + conn_rtt) if conn_rtt is not None else None
-        out["strict_bound_s"] = _round(rto + rtt) if rtt is not None else None
-        out["stall_within_bound"] = (out["bound_s"] is not None and out["stall_s"] is not None
-                                     and out["stall_s"] <= out["bound_s"])
-        out["stall_within_strict_bound"] = (out["strict_bound_s"] is not None
-                                            and out["stall_s"] is not None
-                                            and out["stall_s"] <= out["strict_bound_s"])
-        out["no_new_handshake"] = out["handshakes"] == 1
+        out.update(_trickles_failover(out, events, t_kill, rtt))
     else:
-        fails = res.get("fails", [])
-        f = fails[0] if fails else None
-        out["tcp"] = {
-            "what_happened": f["error"] if f else "no failure seen",
-            "detail": f["detail"] if f else None,
-            "failures": len(fails),
-            "failure_noticed_s": _round(f["t"] - t_kill) if f and t_kill else None,
-            "reconnect_attempts": f["attempts"] if f else 0,
-            "recover_s": _round(f["resumed_t"] - t_kill)
-            if f and f["resumed_t"] and t_kill else None,
-            "stall_from_last_byte_s": _round(f["resumed_t"] - f["last_byte_t"])
-            if f and f["resumed_t"] and f["last_byte_t"] else None,
-        }
+        out["tcp"] = _tcp_failover(res.get("fails", []), t_kill)
     return out
+
+
+def _trickles_failover(out: dict, events: list[dict], t_kill: float | None,
+                       rtt: float | None) -> dict:
+    """The Trickles verdicts: the stall against one RTO plus one RTT, no new handshake."""
+    tos = [e for e in events if e["kind"] == "timeout" and t_kill and e["t"] > t_kill]
+    # the RTO that fired (the event reports the next, doubled one); if none fired — the
+    # responses still queued at the bottleneck clocked requests out along the new route —
+    # the client's RTO floor, the smallest RTO it can have, so the bound is the strictest
+    rto = tos[0]["detail"].get("rto", 0) / 2 if tos else ClientConfig().min_rto
+    # "one RTT": the connection's own smoothed RTT when the timer fired (it includes the
+    # bottleneck's queue); the handshake RTT (an empty path) gives the strict bound
+    srtt = tos[0]["detail"].get("srtt") if tos else None
+    conn_rtt = max(rtt or 0.0, srtt or 0.0) if rtt is not None or srtt else None
+    v: dict = {"timeout_fired": bool(tos), "rto_s": _round(rto), "srtt_s": _round(srtt)}
+    v["bound_s"] = _round(rto + conn_rtt) if conn_rtt is not None else None
+    v["strict_bound_s"] = _round(rto + rtt) if rtt is not None else None
+    stall = out["stall_s"]
+    v["stall_within_bound"] = (v["bound_s"] is not None and stall is not None
+                               and stall <= v["bound_s"])
+    v["stall_within_strict_bound"] = (v["strict_bound_s"] is not None and stall is not None
+                                      and stall <= v["strict_bound_s"])
+    v["no_new_handshake"] = out["handshakes"] == 1
+    return v
+
+
+def _tcp_failover(fails: list[dict], t_kill: float | None) -> dict:
+    """What Linux TCP went through: the failure the agent saw and how long resuming took."""
+    f = fails[0] if fails else None
+    return {
+        "what_happened": f["error"] if f else "no failure seen",
+        "detail": f["detail"] if f else None,
+        "failures": len(fails),
+        "failure_noticed_s": _round(f["t"] - t_kill) if f and t_kill else None,
+        "reconnect_attempts": f["attempts"] if f else 0,
+        "recover_s": _round(f["resumed_t"] - t_kill)
+        if f and f["resumed_t"] and t_kill else None,
+        "stall_from_last_byte_s": _round(f["resumed_t"] - f["last_byte_t"])
+        if f and f["resumed_t"] and f["last_byte_t"] else None,
+    }
 
 
 # --------------------------------------------------------------------------- balance

@@ -149,12 +149,34 @@ def _row_dict(r: Any) -> dict:
 
 
 def _steps_from_rows(rows: list[dict], events: Sequence[Event], config: Any) -> list[Step]:
-    reqs = [r for r in rows if r.get("direction") == "request"]
+    steps, pending, syns = _request_steps(rows, getattr(config, "max_gap", pl.MAX_GAP))
+    _pair_responses(rows, pending, syns)
+    by_req: dict[tuple[int, int], list[Event]] = {}
+    for e in events:
+        if e.side == "server" and e.kind in _REQUEST_KINDS:
+            by_req.setdefault((e.conn_id, e.ack), []).append(e)
+    for st in steps:
+        r = st.row
+        assert r is not None
+        if r.get("error") is not None or r.get("req_type") == "SYN":
+            continue
+        t_end = max([x["t"] for x in st.responses], default=st.t) + _EPS
+        st.server = [e for e in by_req.get((st.conn_id, st.ack), ())
+                     if st.t - _EPS <= e.t <= t_end]
+        _verdict_from_plan(st)
+    return steps
+
+
+def _request_steps(rows: list[dict], max_gap: int
+                   ) -> tuple[list[Step], dict[tuple, list[Step]], dict[tuple, list[Step]]]:
+    """A step per captured request, re-planned from its continuation: (steps, the requests
+    awaiting responses by what a response echoes, the SYNs by address quad)."""
     pending: dict[tuple, list[Step]] = {}
     syns: dict[tuple, list[Step]] = {}
     steps: list[Step] = []
-    max_gap = getattr(config, "max_gap", pl.MAX_GAP)
-    for r in reqs:
+    for r in rows:
+        if r.get("direction") != "request":
+            continue
         st = Step(len(steps), r["t"], r.get("conn_id") or 0, r.get("cont_seq")
                   if r.get("cont_seq") is not None else -1, row=r)
         steps.append(st)
@@ -175,6 +197,13 @@ def _steps_from_rows(rows: list[dict], events: Sequence[Event], config: Any) -> 
                                       r.get("req_type") == "SLOWSTART", max_gap)
         if r.get("mac_ok") is not False:
             pending.setdefault(key, []).append(st)
+    return steps, pending, syns
+
+
+def _pair_responses(rows: list[dict], pending: dict[tuple, list[Step]],
+                    syns: dict[tuple, list[Step]]) -> None:
+    """Each response to the latest earlier request whose continuation it echoes (a SYN-ACK to
+    its SYN)."""
     order = {id(r): i for i, r in enumerate(rows)}
     for r in rows:
         if r.get("direction") != "response" or r.get("error") is not None:
@@ -195,42 +224,36 @@ def _steps_from_rows(rows: list[dict], events: Sequence[Event], config: Any) -> 
             if order[id(st.row)] < order[id(r)]:
                 st.responses.append(r)
                 break
-    by_req: dict[tuple[int, int], list[Event]] = {}
-    for e in events:
-        if e.side == "server" and e.kind in _REQUEST_KINDS:
-            by_req.setdefault((e.conn_id, e.ack), []).append(e)
-    for st in steps:
-        r = st.row
-        assert r is not None
-        if r.get("error") is not None or r.get("req_type") == "SYN":
-            continue
-        t_end = max([x["t"] for x in st.responses], default=st.t) + _EPS
-        st.server = [e for e in by_req.get((st.conn_id, st.ack), ())
-                     if st.t - _EPS <= e.t <= t_end]
-        plan = st.plan
-        if r.get("req_type") == "FIN":
-            st.verdict = "fin" if st.responses else "unanswered"
-            st.reason = "the client closes"
-            st.emitted = [(x["seq"], "fin") for x in st.responses]
-            continue
-        assert plan is not None
-        st.cwnd = plan.cwnd
-        kinds = {s.pkt: s.kind for s in plan.slots}
-        st.emitted = [(x["seq"], kinds.get(x["seq"], "?")) for x in st.responses]
-        if st.responses or not plan.slots:
-            st.verdict, st.reason = plan.verdict, plan.reason
-            if plan.recovery_start:
-                st.reason = f"first loss at {plan.first_loss}"
-            continue
-        drops = [e for e in st.server if e.kind in _DROPS]
-        if drops:
-            reason = str(drops[0].detail.get("reason", drops[0].kind))
-            st.verdict = "dropped"
-            st.reason = f"{drops[0].kind}: {reason} (the plan would have been {plan.verdict})"
-        else:
-            st.verdict = "unanswered"
-            st.reason = f"no answer in the capture (the plan: {plan.verdict})"
-    return steps
+
+
+def _verdict_from_plan(st: Step) -> None:
+    """A captured request's verdict: its plan when answered (or when it plans nothing), else
+    why it went unanswered (a server drop, or nothing in the capture)."""
+    r = st.row
+    assert r is not None
+    plan = st.plan
+    if r.get("req_type") == "FIN":
+        st.verdict = "fin" if st.responses else "unanswered"
+        st.reason = "the client closes"
+        st.emitted = [(x["seq"], "fin") for x in st.responses]
+        return
+    assert plan is not None
+    st.cwnd = plan.cwnd
+    kinds = {s.pkt: s.kind for s in plan.slots}
+    st.emitted = [(x["seq"], kinds.get(x["seq"], "?")) for x in st.responses]
+    if st.responses or not plan.slots:
+        st.verdict, st.reason = plan.verdict, plan.reason
+        if plan.recovery_start:
+            st.reason = f"first loss at {plan.first_loss}"
+        return
+    drops = [e for e in st.server if e.kind in _DROPS]
+    if drops:
+        reason = str(drops[0].detail.get("reason", drops[0].kind))
+        st.verdict = "dropped"
+        st.reason = f"{drops[0].kind}: {reason} (the plan would have been {plan.verdict})"
+    else:
+        st.verdict = "unanswered"
+        st.reason = f"no answer in the capture (the plan: {plan.verdict})"
 
 
 def build_steps(events: Iterable[Event | Mapping[str, Any]] = (),
