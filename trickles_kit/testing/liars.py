@@ -39,7 +39,7 @@ marked xfail, and `benchmarks/liars.py`):
 * `SlowstartLiar` asks for SLOWSTART on every continuation. Each such request emits two packets
   whatever the window or the losses, so the window doubles every round trip and never halves;
   with `reuse` it also re-uses each continuation once per SLOWSTART replay bucket (the history
-  keys SLOWSTART by the continuation's age bucket, [0.1 * 2^(i-1), 0.1 * 2^i) s).
+  keys SLOWSTART by the continuation's age bucket, `core.replay.slowstart_age_bucket`).
 * `PhantomHoleLiar` shows each request its *own* fake hole: it leaves the last h packets before
   k out of an otherwise honest proof. The server plans every request alone, so every request
   retransmits its "hole" (up to 20 packets, each filled with whatever bytes the client names)
@@ -78,6 +78,7 @@ from trickles_kit.core import plan as pl
 from trickles_kit.core.client import ClientConfig, ClientEngine
 from trickles_kit.core.events import EventSink
 from trickles_kit.core.ranges import RangeSet
+from trickles_kit.core.replay import slowstart_age_bucket, slowstart_bucket_end
 from trickles_kit.core.server import ServerConfig, ServerEngine
 from trickles_kit.wire.continuation import MINIMAL, Continuation
 from trickles_kit.wire.messages import REQ_NORMAL, REQ_SLOWSTART, REQ_SYN, Request, SackBlock
@@ -427,10 +428,11 @@ class NonceOracleLiar(ClientEngine):
         self.counters["lie.oracle"] += 1
 
     def _age_bucket(self, cont: Continuation, now: float) -> int:
-        """The server's SLOWSTART replay bucket for `cont` when a request sent now arrives."""
+        """The server's SLOWSTART replay bucket for `cont` when a request sent now arrives
+        (the server's own function, at the default bucket unit)."""
         srtt = self._srtt if self._srtt is not None else 0.0
         age_ms = (now + srtt / 2) * 1000 - cont.timestamp
-        return int(max(age_ms, 0.0) / 100).bit_length()
+        return slowstart_age_bucket(max(age_ms, 0.0), ServerConfig.slowstart_bucket * 1000)
 
     def _proof(self, cont: Continuation) -> list[tuple[int, int]]:
         lo = min(cont.tcp_base, cont.seq)
@@ -569,9 +571,9 @@ class SlowstartLiar(_PoolLiar):
     SLOWSTART exists for the client's timeout; the server cannot tell a timeout from a choice,
     so the window doubles every round trip and a loss only costs the one trickle it hits.
     With `reuse` > 0 each continuation is also used again `reuse` times, once per SLOWSTART
-    replay bucket: the history lets one SLOWSTART per continuation per age bucket through,
-    ages [b * 2^(i-1), b * 2^i) with b = `ServerConfig.slowstart_bucket` (0.1 s); it aims at the
-    middle of buckets 1, 2, 3... (ages 0.15 s, 0.3 s, 0.6 s...).
+    replay bucket: the history lets one SLOWSTART per continuation per age bucket through
+    (`core.replay.slowstart_age_bucket`, unit b = `ServerConfig.slowstart_bucket`, 0.1 s); it
+    aims at the middle of buckets 1, 2, 3... (ages 0.15 s, 0.3 s, 0.6 s...).
     """
 
     def __init__(self, *args, reuse: int = 0, bucket: float = 0.1, **kwargs) -> None:
@@ -593,9 +595,16 @@ class SlowstartLiar(_PoolLiar):
             if n < self.reuse:
                 self._uses[key] = n + 1
                 srtt = self._srtt if self._srtt is not None else 0.0
-                age = self.bucket * 1.5 * 2 ** n  # the middle of age bucket n + 1
+                age = _bucket_middle(n + 1, self.bucket)
                 t = cont.timestamp / 1000.0 + age - srtt / 2
                 heapq.heappush(self._later, (max(t, now), key, cont))
+
+
+def _bucket_middle(bucket: int, unit: float) -> float:
+    """The middle (seconds) of the server's SLOWSTART replay age bucket `bucket` >= 1."""
+    unit_ms = unit * 1000
+    start = slowstart_bucket_end(bucket - 1, unit_ms)
+    return (start + slowstart_bucket_end(bucket, unit_ms)) / 2000
 
 
 class PhantomHoleLiar(_PoolLiar):
