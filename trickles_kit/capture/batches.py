@@ -119,8 +119,8 @@ def _decode_batch(tab: _Table, d, tss: list, starts: list, ends: list,
     names = tab.names
     errors = tab.errors
     syn_ports = tab.syn_ports
-    service_port = tab.service_port
-    fixed = service_port is not None
+    # the direction rule's ports: the given service port, else those learned from SYNs
+    ports = syn_ports if tab.service_port is None else {tab.service_port}
     checksums = tab.checksums
     iptcp_unpack = _IPTCP.unpack_from
     fast_request, fast_response = _fast_request, _fast_response
@@ -154,14 +154,12 @@ def _decode_batch(tab: _Table, d, tss: list, starts: list, ends: list,
             tlen = _option_scan(tab, d, p0, end, seglen, hlen, carrier, addrs, index, ts, total)
             if tlen is None:
                 continue
-        if cut:
-            err = "snaplen"
-        elif not checksums:
-            err = None
-        else:
+        err = "snaplen" if cut else None
+        if checksums and not cut:
             if ok is None:
                 ok = _cksum_ok(d, b, p0, end, seglen)
-            err = None if ok else "decode.checksum"
+            if not ok:
+                err = "decode.checksum"
         if flags & SYN:
             # the role, not the flags, says which end is the service: a request carries
             # option value 0, an answer its header length (a client may send SYN|ACK)
@@ -170,15 +168,8 @@ def _decode_batch(tab: _Table, d, tss: list, starts: list, ends: list,
         if nm is None:
             nm = _names(names, addrs)
         src, dst, src_b, dst_b = nm
-        if fixed:
-            by_port = dport == service_port or sport == service_port
-            is_req = dport == service_port if by_port else tlen == 0
-        elif syn_ports:
-            by_port = dport in syn_ports or sport in syn_ports
-            is_req = dport in syn_ports if by_port else tlen == 0
-        else:
-            by_port = False
-            is_req = tlen == 0
+        by_port = dport in ports or sport in ports  # else the payload's shape decides
+        is_req = dport in ports if by_port else tlen == 0
         p = p0 + hlen
         if is_req:
             tail = fast_request(d, p, end, err, src_b, dst_b, sport, dport, tab)

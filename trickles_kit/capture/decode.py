@@ -151,7 +151,7 @@ def decode_pcap(path: str | os.PathLike[str], secret: bytes | None = None,
     if events:
         with no_gc():
             cap.events = derive_events(cap.packets, config=cfg, errors=cap.errors,
-                                       verifier=verifier)
+                                       verifier=verifier, verdicts=cap.verdicts)
         cap.events_derived = True
     return cap
 

@@ -34,7 +34,7 @@ from trickles_kit.wire.continuation import Continuation
 from trickles_kit.wire.messages import REQ_FIN, REQ_NORMAL, REQ_SLOWSTART, REQ_SYN
 from trickles_kit.wire.segment import FIN, SYN
 
-__all__ = ["derive_events", "row_cont", "row_type"]
+__all__ = ["ADMITTED", "UNANSWERED", "derive_events", "row_cont", "row_type"]
 
 _TYPES = {"NORMAL": REQ_NORMAL, "SLOWSTART": REQ_SLOWSTART, "SYN": REQ_SYN, "FIN": REQ_FIN}
 
@@ -133,14 +133,25 @@ class _CaptureView:
         self.history[key] = (row.t, covered(row), True)
 
 
+ADMITTED = "admitted"  # a request verdict: answered, or valid by every check
+UNANSWERED = "unanswered"  # valid by every check the capture can judge, yet not answered
+
+
 def derive_events(rows: list[PacketRow], secret: bytes | None = None, config=None,
-                  errors: Counter | None = None, verifier: Verifier | None = None
-                  ) -> list[Event]:
-    """The engine's events, derived from decoded rows (see `capture.decode`'s docstring)."""
+                  errors: Counter | None = None, verifier: Verifier | None = None,
+                  verdicts: dict[int, str] | None = None) -> list[Event]:
+    """The engine's events, derived from decoded rows (see `capture.decode`'s docstring).
+
+    `verdicts`, when given, receives the verdict on every request row (by its `index`):
+    `ADMITTED`, `UNANSWERED` or the refusal's reason (`core.admission.Reason` values,
+    ``decode.<token>``) — what the server's admission decided, as far as the capture shows.
+    """
     cfg = config if config is not None else default_config()
     if verifier is None and secret is not None:
         verifier = Verifier(bytes(secret), cfg)
     d = _Derivation(cfg, verifier, errors if errors is not None else Counter())
+    if verdicts is not None:
+        d.verdicts = verdicts
     for row in rows:  # pass 1: requests register, responses find their request
         if row.direction == "request":
             d.request(row)
@@ -167,6 +178,7 @@ class _Derivation:
         self.answered_syns: set[int] = set()
         self.reqs: list[Pending | PacketRow] = []
         self.cv = _CaptureView(cfg, verifier)
+        self.verdicts: dict[int, str] = {}
 
     def request(self, row: PacketRow) -> None:
         if row.error is not None or row.req_type == "SYN" or row.flags & SYN:
@@ -237,8 +249,10 @@ class _Derivation:
         else:
             why = frame_reason(bool(row.flags & SYN), row_type(row))
             if why is None and row.index in self.answered_syns:
+                self.verdicts[row.index] = ADMITTED
                 return
-            reason = why or "unanswered"
+            reason = why or UNANSWERED
+        self.verdicts[row.index] = reason
         detail = {"reason": Reason.of(reason)}
         if reason == "unanswered":
             detail["req_type"] = "SYN"
@@ -257,6 +271,7 @@ class _Derivation:
         except Exception as e:  # the engine's catch-all for a failing step
             self._emit(row, ev.DROP, "internal." + type(e).__name__)
             return
+        self.verdicts[row.index] = UNANSWERED if v.reason is None else str(v.reason)
         i = row.index
         plan = v.plan
         judged = self.verifier is not None or v.reason in (Reason.REPLAY, Reason.REPLAY_HORIZON)
@@ -272,10 +287,12 @@ class _Derivation:
         if plan is not None and not plan.slots:
             self.out.append((i, 5, _cont_event(ev.TERMINATE, row, cwnd=plan.cwnd,
                                                first_loss=plan.first_loss)))
+            self.verdicts[i] = ADMITTED  # nothing to send: valid, and silent
             return
-        self._emit(row, ev.DROP, "unanswered")  # lost after the capture point, or the app
+        self._emit(row, ev.DROP, UNANSWERED)  # lost after the capture point, or the app
 
     def _emit(self, row: PacketRow, kind: str, reason: str, **extra) -> None:
+        self.verdicts[row.index] = str(reason)
         self.out.append((row.index, 2, _cont_event(kind, row, reason=reason, **extra)))
 
     def _answered(self, entry: Pending, row: PacketRow) -> None:
@@ -285,6 +302,7 @@ class _Derivation:
             self.errors["answered_bad_nonce"] += 1
         self.cv.answered(row)
         i = row.index
+        self.verdicts[i] = ADMITTED
         if row.sacks:
             self.out.append((i, 1, _nonce_ok(row)))
         plan = entry.plan

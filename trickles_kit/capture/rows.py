@@ -111,6 +111,8 @@ class Capture:
         self._flat: list | None = None
         self._ragged: tuple[list, list] = ([], [])
         self.events: list[Event] = events if events is not None else []
+        # request row index -> the admission verdict the events say (`capture.events`)
+        self.verdicts: dict[int, str] = {}
         self.errors: Counter = errors if errors is not None else Counter()
         self.format = format
         self.linktypes: set = linktypes if linktypes is not None else set()
