@@ -407,6 +407,7 @@ class ServerEngine:
         c = Continuation(MINIMAL, cont.seq, 1, cont.client_state, cont.parent,
                          cont.client_timestamp)
         reply.flags = FIN | ACK
+        reply.ucont = b""  # the FIN answer never echoes the user continuation
         self.counters["tx"] += 1
         return [self._segment(reply, cont.seq, c.encode(), 0, OutSlot(cont.seq, 0, None), 0)]
 
