@@ -80,14 +80,18 @@ def _round(x: float, nd: int = 3) -> float:
     return round(float(x), nd)
 
 
-ENGINE = {"cls": ServerEngine}  # --baseline-server swaps in another engine for a pass
+def _make_server(secret: bytes, engine=ServerEngine, config=ServerConfig, app=Generated):
+    gen = app()
+    srv = engine(secret, gen, SERVER_IP, SERVER_PORT, config(initial_ssthresh=64))
+    gen.attach(srv)
+    return srv, gen
+
+
+ENGINE = {"make": _make_server}  # --baseline-tree swaps in an older engine for a pass
 
 
 def _new_server(secret: bytes = SECRET) -> tuple[ServerEngine, Generated]:
-    gen = Generated()
-    srv = ENGINE["cls"](secret, gen, SERVER_IP, SERVER_PORT, ServerConfig(initial_ssthresh=64))
-    gen.attach(srv)
-    return srv, gen
+    return ENGINE["make"](secret)
 
 
 CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
@@ -485,33 +489,43 @@ def bench_server(opts: dict) -> dict:
     }
 
 
-def load_engine(path: str) -> type:
-    """`ServerEngine` of another server.py (e.g. ``git show HEAD:trickles_kit/core/server.py``),
-    imported beside this one: it runs on this checkout's core modules."""
-    import importlib.util
+def load_tree(root: str):
+    """A server factory of an older checkout (a directory holding its `trickles_kit/`, e.g.
+    ``git archive REV trickles_kit | tar -x -C DIR``): the package is copied under the name
+    `trickles_kit_baseline`, its imports rewritten, and imported beside this one, so that the
+    whole engine — core modules, handler and codec included — is the old one."""
+    import importlib
+    import shutil
+    import tempfile
 
-    spec = importlib.util.spec_from_file_location("trickles_kit.core._baseline_server", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod.ServerEngine
+    tmp = Path(tempfile.mkdtemp(prefix="bench_core_baseline_"))
+    dst = tmp / "trickles_kit_baseline"
+    shutil.copytree(Path(root) / "trickles_kit", dst,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for f in dst.rglob("*.py"):
+        f.write_text(f.read_text().replace("trickles_kit.", "trickles_kit_baseline.")
+                     .replace("from trickles_kit import", "from trickles_kit_baseline import"))
+    sys.path.insert(0, str(tmp))
+    srv = importlib.import_module("trickles_kit_baseline.core.server")
+    app = importlib.import_module("trickles_kit_baseline.apps.generated")
+    return lambda secret: _make_server(secret, srv.ServerEngine, srv.ServerConfig, app.Generated)
 
 
-def compare_engines(pool: list[tuple[bytes, float]], rounds: int, base_cls: type) -> dict:
-    """This checkout's engine against `base_cls` in the same run, rounds interleaved (base,
-    current, base, current...) so that load on the machine hits both alike. Both must accept
-    every pooled request. Best and median of the per-round gc-off CPU means."""
+def compare_engines(pool: list[tuple[bytes, float]], rounds: int, base_make) -> dict:
+    """This checkout's engine against `base_make`'s in the same run, rounds interleaved (base,
+    current, current, base, ...) so that load on the machine and order hit both alike. Both
+    must accept every pooled request. Best and median of the per-round gc-off CPU means."""
     n = len(pool)
     cpu: dict[str, list[float]] = {"baseline": [], "current": []}
     ok = True
-    for _ in range(rounds):
-        for name, cls in (("baseline", base_cls), ("current", ServerEngine)):
-            ENGINE["cls"] = cls
+    order = (("baseline", base_make), ("current", _make_server))
+    for r in range(rounds):
+        for name, make in order if r % 2 == 0 else order[::-1]:  # no side always goes first
+            ENGINE["make"] = make
             try:
                 _dt, dc, good = _batch(pool, False)
             finally:
-                ENGINE["cls"] = ServerEngine
+                ENGINE["make"] = _make_server
             cpu[name].append(dc / n * 1e6)
             ok &= good
     best = {k: min(v) for k, v in cpu.items()}
@@ -829,11 +843,12 @@ def main(argv: list[str] | None = None) -> int:
                          "on a shared machine, or wall time (default: %(default)s); the "
                          "end-to-end figures always report both")
     ap.add_argument("--note", help="free text stored in the JSON (e.g. what changed)")
-    ap.add_argument("--baseline-server", metavar="SERVER.py",
-                    help="also time another core/server.py against this one, interleaved in "
-                         "the same run (e.g. git show HEAD:trickles_kit/core/server.py > F)")
+    ap.add_argument("--baseline-tree", metavar="DIR",
+                    help="also time the server engine of an older checkout against this one, "
+                         "interleaved in the same run: DIR holds its trickles_kit/ (e.g. "
+                         "git archive HEAD trickles_kit | tar -x -C DIR)")
     ap.add_argument("--compare-rounds", type=int, default=10,
-                    help="interleaved rounds of --baseline-server (default: %(default)s)")
+                    help="interleaved rounds of --baseline-tree (default: %(default)s)")
     ap.add_argument("--compare", metavar="OLD.json",
                     help="also print the change of the main figures against an earlier result")
     ap.add_argument("--sim-child", type=int, help=argparse.SUPPRESS)
@@ -860,11 +875,11 @@ def main(argv: list[str] | None = None) -> int:
     if "server" in sections:
         print("[1/3] server engine per request ...", file=sys.stderr, flush=True)
         res["server_per_request"] = bench_server(opts)
-        if a.baseline_server:
+        if a.baseline_tree:
             pool, _ = build_pool(opts["pool"])
             res["server_per_request"]["same_run_baseline"] = {
-                "baseline": a.baseline_server,
-                **compare_engines(pool, a.compare_rounds, load_engine(a.baseline_server))}
+                "baseline": a.baseline_tree,
+                **compare_engines(pool, a.compare_rounds, load_tree(a.baseline_tree))}
     if "cwnd" in sections:
         print("[2/3] cwnd ...", file=sys.stderr, flush=True)
         res["cwnd"] = bench_cwnd(opts)

@@ -19,7 +19,7 @@ from trickles_kit.wire.continuation import FULL1, Continuation
 from trickles_kit.wire.messages import REQ_FIN, REQ_NORMAL, REQ_SLOWSTART, REQ_SYN
 
 CFG = ServerConfig()
-NOW = 100.0
+NOW = 1000.0
 
 
 def cont(**kw) -> Continuation:
@@ -73,7 +73,7 @@ def test_checks_run_in_the_server_order_and_stop_at_the_first_refusal() -> None:
     assert v.reason is Reason.BAD_CONT
     v = admit(REQ_NORMAL, cont(timestamp=0), sacks, NOW, CFG, Recorder().view)
     assert v.reason is Reason.STALE and v.kind == ev.STALE_DROP
-    v = admit(REQ_NORMAL, cont(timestamp=int(NOW * 1000) + 60_000), [], NOW, CFG, View())
+    v = admit(REQ_NORMAL, cont(timestamp=int(NOW * 1000) + 60_000), sacks, NOW, CFG, View())
     assert v.reason is None  # no MAC verdict: an unauthenticated timestamp is not judged
     v = admit(REQ_NORMAL, cont(), [(1, 11, 99)], NOW, CFG, Recorder().view)
     assert v.reason is Reason.SACK_SHAPE  # a block past k

@@ -20,10 +20,11 @@ None, or answers None, leaves its stage unjudged (a capture decoded without the 
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from trickles_kit.core import delta as dl
 from trickles_kit.core import events as ev
@@ -34,11 +35,12 @@ from trickles_kit.wire.continuation import Continuation
 from trickles_kit.wire.messages import REQ_FIN, REQ_SLOWSTART, REQ_SYN
 
 __all__ = ["Reason", "Rules", "Verdict", "View", "admit", "bad_cont", "check_sacks",
-           "event_kind", "frame_reason", "plan_of", "replay_key", "sealed_at", "SACK_REACH"]
+           "event_kind", "frame_reason", "plan_of", "replay_key", "SACK_REACH"]
 
 U32 = 0xFFFFFFFF
 SEQ_LIMIT = U32 - 4 * MAX_CWND  # packet numbers never wrap within a connection
 SACK_REACH = 8192  # a SACK block may start at most this many packets below TCPBase
+_U64 = struct.Struct("!Q").unpack_from  # the replay key's first 8 MAC bytes
 
 
 class Reason(StrEnum):
@@ -117,9 +119,11 @@ class View:
     seen: Callable[[int, float, float, Any], Reason | None] | None = None
 
 
-@dataclass(slots=True)
-class Verdict:
-    """The outcome of `admit`: admitted (`reason` None) or refused, and what the checks found."""
+class Verdict(NamedTuple):
+    """The outcome of `admit`: admitted (`reason` None) or refused, and what the checks found.
+
+    A tuple: `admit` builds it with ``tuple.__new__`` (a third of a dataclass's cost, on the
+    server's per-request path)."""
 
     reason: Reason | str | None = None
     age: int = 0  # the continuation's age on `now`'s clock, ms, u32 (>= 2^31: from the future)
@@ -183,14 +187,7 @@ def replay_key(mac: bytes, rtype: int, age: int, bucket_s: float) -> int:
     tag = rtype
     if rtype in (REQ_SLOWSTART, REQ_FIN):
         tag |= (slowstart_age_bucket(age, bucket_s * 1000) & 0xFFFFFF) << 8
-    return int.from_bytes(mac[:8], "big") ^ (tag << 32)
-
-
-def sealed_at(now_ms: int, age: int) -> float:
-    """When the continuation was sealed, in whole milliseconds as sealed (`now - age/1000`
-    would carry now's sub-millisecond fraction and could put a replay one tick above the
-    horizon its own eviction set)."""
-    return (now_ms - (age - (1 << 32) if age >= 1 << 31 else age)) / 1000
+    return _U64(mac)[0] ^ (tag << 32)
 
 
 def plan_of(rtype: int, c: Continuation, blocks: list[tuple[int, int]], rules: Rules) -> Plan:
@@ -204,44 +201,52 @@ def plan_reason(plan: Plan) -> Reason | str:
 
 
 def admit(rtype: int, c: Continuation, sacks: Sequence[tuple[int, int, int]], now: float,
-          rules: Rules, view: View, token: Any = None, plan: Plan | None = None) -> Verdict:
+          rules: Rules, view: View, token: Any = None, plan: Plan | None = None,
+          _new=tuple.__new__) -> Verdict:
     """Run the ordered checks on a decoded non-SYN request (see the module docstring).
 
     `c` is its FULL continuation, `sacks` its (left, right, summary) blocks, `now` the server's
     clock in seconds. `plan`, when given, is `plan_of` computed already by the caller.
     """
-    epoch_ok = view.epoch_ok
-    if epoch_ok is not None and epoch_ok(c.key_epoch, now) is False:
-        return Verdict(Reason.KEY_EPOCH)
-    mac = view.mac_ok(c, token) if view.mac_ok is not None else None
+    hook = view.epoch_ok
+    if hook is not None and hook(c.key_epoch, now) is False:
+        return _new(Verdict, (Reason.KEY_EPOCH, 0, None, None, 0))
+    hook = view.mac_ok
+    mac = hook(c, token) if hook is not None else None
     if mac is False:
-        return Verdict(Reason.MAC)
+        return _new(Verdict, (Reason.MAC, 0, None, None, 0))
     if bad_cont(c):
-        return Verdict(Reason.BAD_CONT)
+        return _new(Verdict, (Reason.BAD_CONT, 0, None, None, 0))
     now_ms = int(now * 1000)
     age = (now_ms - c.timestamp) & U32
     if mac is not None:  # an unauthenticated timestamp says nothing: not judged
         if age >= 1 << 31:
             if (1 << 32) - age > rules.future_skew * 1000:
-                return Verdict(Reason.FUTURE, age)
+                return _new(Verdict, (Reason.FUTURE, age, None, None, 0))
         elif age > rules.freshness * 1000:
-            return Verdict(Reason.STALE, age)
+            return _new(Verdict, (Reason.STALE, age, None, None, 0))
     blocks, why = check_sacks(c, sacks, rules.max_sacks, view.summary)
     if why is not None:
-        return Verdict(why, age)
+        return _new(Verdict, (why, age, None, None, 0))
     if rtype == REQ_SLOWSTART and age < rules.slowstart_min_age * 1000:
         # a timeout fires at least one minimum RTO after the newest packet arrived: a younger
         # continuation is a client choosing SLOWSTART to skip a window halving
-        return Verdict(Reason.EARLY_SLOWSTART, age, blocks)
+        return _new(Verdict, (Reason.EARLY_SLOWSTART, age, blocks, None, 0))
     key = replay_key(c.mac, rtype, age, rules.slowstart_bucket)
-    if view.seen is not None:
-        why = view.seen(key, now, sealed_at(now_ms, age), token)
+    hook = view.seen
+    if hook is not None:
+        # sealed when, in whole milliseconds as sealed: `now - age/1000` would carry now's
+        # sub-millisecond fraction and could put a replay one tick above the horizon its own
+        # eviction set
+        why = hook(key, now, (now_ms - (age - (1 << 32) if age >= 1 << 31 else age)) / 1000,
+                   token)
         if why is not None:
-            return Verdict(why, age, blocks, None, key)
+            return _new(Verdict, (why, age, blocks, None, key))
     if rtype == REQ_FIN:
-        return Verdict(None, age, blocks, None, key)
-    if plan is None:
-        plan = plan_of(rtype, c, blocks, rules)  # type: ignore[arg-type]
+        return _new(Verdict, (None, age, blocks, None, key))
+    if plan is None:  # plan_of, inlined: this is the server's per-request path
+        plan = dl.plan_for(c.type, c.seq, c.tcp_base, c.start_cwnd, c.ssthresh, c.state,
+                           blocks, rtype == REQ_SLOWSTART, rules.max_gap)  # type: ignore
     if plan.verdict == "reject":
-        return Verdict(plan_reason(plan), age, blocks, plan, key)
-    return Verdict(None, age, blocks, plan, key)
+        return _new(Verdict, (plan_reason(plan), age, blocks, plan, key))
+    return _new(Verdict, (None, age, blocks, plan, key))

@@ -14,8 +14,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from hmac import compare_digest
+from typing import NamedTuple
 
-from trickles_kit.core import delta as dl
 from trickles_kit.core import events as ev
 from trickles_kit.core import plan as pl
 from trickles_kit.core.admission import Reason, View, admit, frame_reason
@@ -139,20 +139,19 @@ class Minisocket:
 Handler = Callable[[Minisocket], None]
 
 
-class _Reply:
-    """Where one request's answers go and what they echo: the output context of `_segment`."""
+class _Reply(NamedTuple):
+    """Where one request's answers go and what they echo: the output context of `_segment`
+    (a tuple, built with ``tuple.__new__``: it is made once per request)."""
 
-    __slots__ = ("cip", "cport", "pseudo", "ucont", "ack", "flags", "siblings")
+    cip: bytes
+    cport: int
+    ucont: bytes  # the user continuation the request carried (echoed with echo_ucont)
+    ack: int
+    flags: int
+    siblings: int  # packets answering the request
 
-    def __init__(self, cip: bytes, cport: int, pseudo: bytes, ucont: bytes, ack: int,
-                 flags: int = ACK) -> None:
-        self.cip = cip
-        self.cport = cport
-        self.pseudo = pseudo  # the MAC's pseudo-header (client and service addresses)
-        self.ucont = ucont  # the user continuation the request carried
-        self.ack = ack
-        self.flags = flags
-        self.siblings = 1
+
+_new = tuple.__new__
 
 
 class ServerEngine:
@@ -172,7 +171,7 @@ class ServerEngine:
         self.cfg = config or ServerConfig()
         self.keys = KeyRing(secret, self.cfg.epoch_seconds, self.cfg.max_seals)
         self.nonces = NonceGen(self.keys.nonce_key, self.cfg.nonce_bits)
-        self.replay = ReplayHistory(self.cfg.freshness, self.cfg.replay_entries)
+        self._replay = ReplayHistory(self.cfg.freshness, self.cfg.replay_entries)
         self.state_cache = StateCache(self.cfg.state_cache) if self.cfg.state_cache > 0 else None
         self.handler = handler
         self.service_ip = service_ip
@@ -180,9 +179,22 @@ class ServerEngine:
         self.on_event = on_event
         self.counters: Counter[str] = Counter()
         self.last_error: str | None = None
-        # what admission needs beyond the request: this server's keys, nonces and history
-        self._view = View(self.keys.accepts, self._mac_ok, self.nonces.range_summary,
-                          self._seen)
+        self._view = self._hooks()
+
+    def _hooks(self) -> View:
+        """What admission needs beyond the request: this server's keys, nonces and history."""
+        return View(self.keys.accepts, self._mac_ok, self.nonces.range_summary,
+                    self._replay.seen)
+
+    @property
+    def replay(self) -> ReplayHistory:
+        """The replay history (soft state: a test or an operator may swap in a fresh one)."""
+        return self._replay
+
+    @replay.setter
+    def replay(self, table: ReplayHistory) -> None:
+        self._replay = table
+        self._view = self._hooks()
 
     # ------------------------------------------------------------------ admission hooks
     def _mac_ok(self, cont: Continuation, token: tuple[bytes, bytes]) -> bool:
@@ -200,15 +212,6 @@ class ServerEngine:
             return False
         sc.add(ckey)
         return True
-
-    def _seen(self, key: int, now: float, sealed: float, token: object) -> Reason | None:
-        replay = self.replay
-        refused = replay.refused
-        if replay.check_and_add(key, now, sealed):
-            return None
-        # at or below a row's horizon (the table overflowed): maybe never seen, but it cannot
-        # be told from a replay of an evicted entry, so it is refused (docs §11.2)
-        return Reason.REPLAY_HORIZON if replay.refused > refused else Reason.REPLAY
 
     # ------------------------------------------------------------------ helpers
     def _event(self, kind: str, now: float, cont: Continuation | None = None, **kw) -> None:
@@ -257,10 +260,10 @@ class ServerEngine:
         except Exception as e:  # a decoder bug must not take the server down either
             return self._drop("internal." + type(e).__name__, now)
         try:
-            why = frame_reason(bool(seg.flags & SYN), req.type)
-            if why is not None:
-                return self._drop(why, now)
-            if req.type == REQ_SYN:
+            if seg.flags & SYN or req.type == REQ_SYN:  # a handshake, if the frame agrees
+                why = frame_reason(bool(seg.flags & SYN), req.type)
+                if why is not None:
+                    return self._drop(why, now)
                 return self._syn(req, client_ip, seg.src_port, seg.seq, len(segment), now,
                                  dflags)
             return self._request(req, client_ip, seg.src_port, seg.seq, now, dflags)
@@ -298,9 +301,9 @@ class ServerEngine:
         self._event(ev.SYN, now, cont, pkt=base - 1, cwnd=cfg.initial_cwnd)
         if msk.dropped:
             return self._drop(Reason.APP_DROP, now, cont=cont)
-        reply = _Reply(cip, cport, pseudo_header(cip, cport, self.service_ip, self.service_port),
-                       b"", 0, SYN | ACK)
-        out = self._seal_one(cont, reply, slot)
+        pseudo = pseudo_header(cip, cport, self.service_ip, self.service_port)
+        reply = _new(_Reply, (cip, cport, b"", 0, SYN | ACK, 1))
+        out = self._seal_one(cont, pseudo, reply, slot)
         limit = cfg.amplification * in_len
         if len(out) > limit and (slot.data or slot.finhint is not None or slot.skips):
             # anti-amplification: an unvalidated address gets the handshake but not the data
@@ -308,7 +311,7 @@ class ServerEngine:
             self._event(ev.DROP, now, cont, reason="amplification_trim", pkt=base - 1,
                         bytes=len(slot.data), limit=limit)
             slot.data, slot.fin, slot.finhint, slot.skips = b"", False, None, []
-            out = self._seal_one(cont, reply, slot)
+            out = self._seal_one(cont, pseudo, reply, slot)
         if len(out) > limit:  # the client must pad its SYN; we never amplify more than 3x
             return self._drop(Reason.AMPLIFICATION, now, cont=cont)
         self.counters["tx"] += 1
@@ -322,19 +325,18 @@ class ServerEngine:
         assert cont is not None  # decode_request guarantees a FULL continuation
         pseudo = pseudo_header(cip, cport, self.service_ip, self.service_port)
         v = admit(req.type, cont, req.sacks, now, self.cfg, self._view, (pseudo, req.cont_raw))
+        reason, age, blocks, plan, _ = v
         counters = self.counters
-        if v.blocks is not None and req.sacks:
+        if blocks is not None and req.sacks:
             counters["nonce_ok"] += 1
             if self.on_event is not None:
-                self._event(ev.NONCE_OK, now, cont, blocks=[list(b) for b in v.blocks])
-        if v.reason is not None:
-            if v.reason is Reason.NONCE:
+                self._event(ev.NONCE_OK, now, cont, blocks=[list(b) for b in blocks])
+        if reason is not None:
+            if reason is Reason.NONCE:
                 counters["nonce_fail"] += 1
-            return self._drop(v.reason, now, v.kind, cont)
-        reply = _Reply(cip, cport, pseudo, req.ucont, cont.seq)
+            return self._drop(reason, now, v.kind, cont)
         if req.type == REQ_FIN:
-            return self._fin(req, cont, reply, now)
-        plan = v.plan
+            return self._fin(req, cont, cip, cport, now)
         assert plan is not None  # admitted non-FIN requests carry their plan
         if not plan.slots:
             counters["terminate"] += 1
@@ -356,23 +358,29 @@ class ServerEngine:
         if plan.verdict == "slowstart":
             counters["slowstart"] += 1
             self._event(ev.SLOWSTART, now, cont, cwnd=plan.cwnd, new_ssthresh=pslots[0].ssthresh)
-        return self._seal(cont, plan, slots, v.age, req.type, reply, now, dflags)
+        reply = _new(_Reply, (cip, cport, req.ucont, cont.seq, ACK, len(pslots)))
+        return self._seal(cont, plan, slots, age, req.type, pseudo, reply, now, dflags)
 
     def _seal(self, cont: Continuation, plan: pl.Plan, slots: list[OutSlot], age: int,
-              rtype: int, reply: _Reply, now: float, dflags: int) -> list[bytes]:
+              rtype: int, pseudo: bytes, reply: _Reply, now: float,
+              dflags: int) -> list[bytes]:
         """One sealed segment per planned slot, each continuation under the current epoch."""
         keys = self.keys
         epoch = keys.sealing_epoch(now)
         keyed = keys.mac_hasher(epoch)
-        pseudo = reply.pseudo
         ts = int(now * 1000) & _U32
-        mrtt = dl.next_mrtt(cont.mrtt, age, rtype == REQ_SLOWSTART)  # server-side RTT, x8 ms
+        # server-side RTT estimate (x8, ms): `core.delta.next_mrtt`, which the client replays,
+        # inlined on this per-request path
+        sample = age if age < 1 << 31 else 0
+        mrtt = cont.mrtt
+        mrtt = (sample * 8 if rtype == REQ_SLOWSTART or mrtt == 0
+                else mrtt - (mrtt >> 3) + sample) & _U32
         cs, parent, cts, cid = cont.client_state, cont.parent, cont.client_timestamp, cont.conn_id
         counters = self.counters
         on_event = self.on_event
         packet_nonce = self.nonces.packet_nonce
         pslots = plan.slots
-        reply.siblings = n = len(pslots)
+        n = len(pslots)
         out = []
         for i in range(n):
             s = pslots[i]
@@ -398,24 +406,23 @@ class ServerEngine:
         counters["tx"] += n
         return out
 
-    def _fin(self, req: Request, cont: Continuation, reply: _Reply, now: float) -> list[bytes]:
+    def _fin(self, req: Request, cont: Continuation, cip: bytes, cport: int,
+             now: float) -> list[bytes]:
         self.counters["fin"] += 1
-        msk = Minisocket("FIN", (reply.cip, reply.cport), cont.conn_id, req.app, req.ucont, [],
-                         [], now)
+        msk = Minisocket("FIN", (cip, cport), cont.conn_id, req.app, req.ucont, [], [], now)
         self.handler(msk)
         self._event(ev.FIN, now, cont, pkt=cont.seq)
         c = Continuation(MINIMAL, cont.seq, 1, cont.client_state, cont.parent,
                          cont.client_timestamp)
-        reply.flags = FIN | ACK
-        reply.ucont = b""  # the FIN answer never echoes the user continuation
+        reply = _new(_Reply, (cip, cport, b"", cont.seq, FIN | ACK, 1))  # echoes no ucont
         self.counters["tx"] += 1
         return [self._segment(reply, cont.seq, c.encode(), 0, OutSlot(cont.seq, 0, None), 0)]
 
     # ------------------------------------------------------------------ output
-    def _seal_one(self, c: Continuation, reply: _Reply, slot: OutSlot) -> bytes:
+    def _seal_one(self, c: Continuation, pseudo: bytes, reply: _Reply, slot: OutSlot) -> bytes:
         """Seal a FULL `c` (the handshake's) and build its segment — the slow, general path."""
         body = c.body()
-        cbytes = body + mac_with(self.keys.mac_hasher(c.key_epoch), reply.pseudo, body)
+        cbytes = body + mac_with(self.keys.mac_hasher(c.key_epoch), pseudo, body)
         nonce = self.nonces.packet_nonce(c.conn_id, c.tcp_base, c.seq)
         return self._segment(reply, c.seq, cbytes, nonce, slot, 0)
 
@@ -423,9 +430,10 @@ class ServerEngine:
                  position: int) -> bytes:
         """The segment answering `reply`'s request: packet `pkt` carrying `cbytes` and what
         the handler put in `slot`."""
+        cip, cport, req_ucont, ack, flags, siblings = reply
         ucont = slot.ucont
-        if ucont is None or ucont == reply.ucont:  # the client holds it already (it sent it)
-            ucont = reply.ucont if self.cfg.echo_ucont else b""
+        if ucont is None or ucont == req_ucont:  # the client holds it already (it sent it)
+            ucont = req_ucont if self.cfg.echo_ucont else b""
         chunks = b""
         if slot.data or slot.fin:
             chunks = encode_data_chunk(slot.byte_num, slot.data, slot.fin)
@@ -433,11 +441,12 @@ class ServerEngine:
             chunks += b"".join(_SKIP.pack(0x30, 11, s, n) for s, n in slot.skips)
         if slot.finhint is not None:
             chunks += _FINHINT.pack(0x40, 7, slot.finhint)
-        flags = reply.flags | FIN if slot.fin else reply.flags
-        payload = encode_response(nonce, reply.siblings, position, cbytes, ucont, chunks)
+        if slot.fin:
+            flags |= FIN
+        payload = encode_response(nonce, siblings, position, cbytes, ucont, chunks)
         return encode_segment(
-            self.service_ip, reply.cip, self.service_port, reply.cport, pkt, reply.ack, flags,
-            payload, RESPONSE_HEADER_LEN + len(cbytes) + len(ucont),
+            self.service_ip, cip, self.service_port, cport, pkt, ack, flags, payload,
+            RESPONSE_HEADER_LEN + len(cbytes) + len(ucont),
         )
 
 
