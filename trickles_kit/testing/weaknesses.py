@@ -20,6 +20,7 @@ from trickles_kit.wire.messages import REQ_NORMAL, REQ_SLOWSTART, Request, SackB
 from trickles_kit.wire.segment import ACK
 
 _U32 = 0xFFFFFFFF
+_BUCKET_MS = ServerConfig().slowstart_bucket * 1000  # the server's default SLOWSTART age unit
 
 
 def blocks_of(claimed: RangeSet, lo: int, hi: int, max_sacks: int) -> list[tuple[int, int]]:
@@ -143,7 +144,7 @@ class NonceOracleLiar(ClientEngine):
         (the server's own function, at the default bucket unit)."""
         srtt = self._srtt if self._srtt is not None else 0.0
         age_ms = (now + srtt / 2) * 1000 - cont.timestamp
-        return slowstart_age_bucket(max(age_ms, 0.0), ServerConfig.slowstart_bucket * 1000)
+        return slowstart_age_bucket(max(age_ms, 0.0), _BUCKET_MS)
 
     def _proof(self, cont: Continuation) -> list[tuple[int, int]]:
         lo = min(cont.tcp_base, cont.seq)
