@@ -183,8 +183,7 @@ class ServerEngine:
 
     def _hooks(self) -> View:
         """What admission needs beyond the request: this server's keys, nonces and history."""
-        return View(self.keys.accepts, self._mac_ok, self.nonces.range_summary,
-                    self._replay.seen)
+        return View(self._epoch_ok, self._mac_ok, self.nonces.range_summary, self._replay.seen)
 
     @property
     def replay(self) -> ReplayHistory:
@@ -197,6 +196,9 @@ class ServerEngine:
         self._view = self._hooks()
 
     # ------------------------------------------------------------------ admission hooks
+    def _epoch_ok(self, epoch: int, now: float) -> bool:
+        return self.keys.accepts(epoch, now)  # looked up per call: instrumentable, swappable
+
     def _mac_ok(self, cont: Continuation, token: tuple[bytes, bytes]) -> bool:
         pseudo, raw = token
         sc = self.state_cache
