@@ -32,6 +32,7 @@ if str(REPO) not in sys.path:  # run as a plain script without an installed pack
 from trickles_kit.apps.generated import Generated, gen_request  # noqa: E402
 from trickles_kit.bench.meta import close_meta, meta  # noqa: E402
 from trickles_kit.core import plan as pl  # noqa: E402
+from trickles_kit.core.admission import replay_key  # noqa: E402
 from trickles_kit.core.cc import RenoStepper, cwnd  # noqa: E402
 from trickles_kit.core.client import ClientEngine  # noqa: E402
 from trickles_kit.core.nonces import NonceGen  # noqa: E402
@@ -47,7 +48,6 @@ from trickles_kit.wire import continuation as _cont_mod  # noqa: E402
 from trickles_kit.wire.continuation import Continuation  # noqa: E402
 from trickles_kit.wire.messages import (  # noqa: E402
     REQ_NORMAL,
-    REQ_SLOWSTART,
     RESPONSE_HEADER_LEN,
     DataChunk,
     decode_request,
@@ -80,11 +80,18 @@ def _round(x: float, nd: int = 3) -> float:
     return round(float(x), nd)
 
 
-def _new_server(secret: bytes = SECRET) -> tuple[ServerEngine, Generated]:
-    gen = Generated()
-    srv = ServerEngine(secret, gen, SERVER_IP, SERVER_PORT, ServerConfig(initial_ssthresh=64))
+def _make_server(secret: bytes, engine=ServerEngine, config=ServerConfig, app=Generated):
+    gen = app()
+    srv = engine(secret, gen, SERVER_IP, SERVER_PORT, config(initial_ssthresh=64))
     gen.attach(srv)
     return srv, gen
+
+
+ENGINE = {"make": _make_server}  # --baseline-tree swaps in an older engine for a pass
+
+
+def _new_server(secret: bytes = SECRET) -> tuple[ServerEngine, Generated]:
+    return ENGINE["make"](secret)
 
 
 CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
@@ -308,12 +315,11 @@ def stages(pool: list[tuple[bytes, float]], outs: list[bytes], sample: int,
     blocks = [[(b.left, b.right) for b in r.sacks] for r in reqs]
     nblocks = sum(len(b) for b in blocks)
 
-    # the replay key exactly as ServerEngine._request builds it
+    # the replay key exactly as the server builds it: the admission module's own function
+    # (a copy here drifted once and overflowed the table's 64-bit keys)
     def rkey(r, t):
-        c, tag = r.cont, r.type
-        if r.type == REQ_SLOWSTART:
-            tag |= (int(t // cfg.slowstart_bucket) & 0xFFFFFF) << 8
-        return (((((c.conn_id << 32) | c.seq) << 32) | c.timestamp) << 40) | (c.type << 32) | tag
+        age = (int(t * 1000) - r.cont.timestamp) & 0xFFFFFFFF
+        return replay_key(r.cont.mac, r.type, age, cfg.slowstart_bucket)
 
     names = {
         "decode_segment": decode_segment, "decode_request": decode_request, "verify": verify,
@@ -480,6 +486,61 @@ def bench_server(opts: dict) -> dict:
         "meets_target_median": e2e["median_us"] <= TARGET_US_PER_REQUEST,
         "speedup_needed_for_target_mean": _round(e2e["mean_us"] / TARGET_US_PER_REQUEST, 3),
         "speedup_needed_for_target_median": _round(e2e["median_us"] / TARGET_US_PER_REQUEST, 3),
+    }
+
+
+def load_tree(root: str):
+    """A server factory of an older checkout (a directory holding its `trickles_kit/`, e.g.
+    ``git archive REV trickles_kit | tar -x -C DIR``): the package is copied under the name
+    `trickles_kit_baseline`, its imports rewritten, and imported beside this one, so that the
+    whole engine — core modules, handler and codec included — is the old one."""
+    import importlib
+    import shutil
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_core_baseline_"))
+    dst = tmp / "trickles_kit_baseline"
+    shutil.copytree(Path(root) / "trickles_kit", dst,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for f in dst.rglob("*.py"):
+        f.write_text(f.read_text().replace("trickles_kit.", "trickles_kit_baseline.")
+                     .replace("from trickles_kit import", "from trickles_kit_baseline import"))
+    sys.path.insert(0, str(tmp))
+    srv = importlib.import_module("trickles_kit_baseline.core.server")
+    app = importlib.import_module("trickles_kit_baseline.apps.generated")
+    return lambda secret: _make_server(secret, srv.ServerEngine, srv.ServerConfig, app.Generated)
+
+
+def compare_engines(pool: list[tuple[bytes, float]], rounds: int, base_make) -> dict:
+    """This checkout's engine against `base_make`'s in the same run, rounds interleaved (base,
+    current, current, base, ...) so that load on the machine and order hit both alike. Both
+    must accept every pooled request. Best and median of the per-round gc-off CPU means."""
+    n = len(pool)
+    cpu: dict[str, list[float]] = {"baseline": [], "current": []}
+    ok = True
+    order = (("baseline", base_make), ("current", _make_server))
+    for r in range(rounds):
+        for name, make in order if r % 2 == 0 else order[::-1]:  # no side always goes first
+            ENGINE["make"] = make
+            try:
+                _dt, dc, good = _batch(pool, False)
+            finally:
+                ENGINE["make"] = _make_server
+            cpu[name].append(dc / n * 1e6)
+            ok &= good
+    best = {k: min(v) for k, v in cpu.items()}
+    med = {k: statistics.median(v) for k, v in cpu.items()}
+    return {
+        "unit": "CPU microseconds per request, gc off, best / median of the rounds",
+        "baseline_best_us": _round(best["baseline"]),
+        "current_best_us": _round(best["current"]),
+        "baseline_median_us": _round(med["baseline"]),
+        "current_median_us": _round(med["current"]),
+        "change_best": _round(best["current"] / best["baseline"] - 1, 4),
+        "change_median": _round(med["current"] / med["baseline"] - 1, 4),
+        "rounds": {k: [_round(x) for x in v] for k, v in cpu.items()},
+        "requests_per_round": n,
+        "all_accepted": ok,
     }
 
 
@@ -685,6 +746,12 @@ def _table(res: dict) -> str:
                  f"{s['meets_target_median']} (speed-up needed: "
                  f"{s['speedup_needed_for_target_mean']}x on the mean, "
                  f"{s['speedup_needed_for_target_median']}x on the median)")
+    b = s.get("same_run_baseline") if s else None
+    if b:
+        L.append(f"   same run vs {b['baseline']}: best {b['baseline_best_us']:.2f} -> "
+                 f"{b['current_best_us']:.2f} µs ({b['change_best']:+.1%}), median "
+                 f"{b['baseline_median_us']:.2f} -> {b['current_median_us']:.2f} µs "
+                 f"({b['change_median']:+.1%}); all accepted {b['all_accepted']}")
     c = res.get("cwnd")
     if c:
         cf = c["closed_form_vs_stepping_n_10_6"]
@@ -776,6 +843,12 @@ def main(argv: list[str] | None = None) -> int:
                          "on a shared machine, or wall time (default: %(default)s); the "
                          "end-to-end figures always report both")
     ap.add_argument("--note", help="free text stored in the JSON (e.g. what changed)")
+    ap.add_argument("--baseline-tree", metavar="DIR",
+                    help="also time the server engine of an older checkout against this one, "
+                         "interleaved in the same run: DIR holds its trickles_kit/ (e.g. "
+                         "git archive HEAD trickles_kit | tar -x -C DIR)")
+    ap.add_argument("--compare-rounds", type=int, default=10,
+                    help="interleaved rounds of --baseline-tree (default: %(default)s)")
     ap.add_argument("--compare", metavar="OLD.json",
                     help="also print the change of the main figures against an earlier result")
     ap.add_argument("--sim-child", type=int, help=argparse.SUPPRESS)
@@ -802,6 +875,11 @@ def main(argv: list[str] | None = None) -> int:
     if "server" in sections:
         print("[1/3] server engine per request ...", file=sys.stderr, flush=True)
         res["server_per_request"] = bench_server(opts)
+        if a.baseline_tree:
+            pool, _ = build_pool(opts["pool"])
+            res["server_per_request"]["same_run_baseline"] = {
+                "baseline": a.baseline_tree,
+                **compare_engines(pool, a.compare_rounds, load_tree(a.baseline_tree))}
     if "cwnd" in sections:
         print("[2/3] cwnd ...", file=sys.stderr, flush=True)
         res["cwnd"] = bench_cwnd(opts)

@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", help="keep the generated capture at this path")
     ap.add_argument("--keep-ether", action="store_true",
                     help="keep the Ethernet copy (NAME_ether.pcap) next to the capture")
-    ap.add_argument("--repeat", type=int, default=3, help="runs per figure; best is kept")
+    ap.add_argument("--repeat", type=int, default=None,
+                    help="runs per figure; best is kept (default 3; --quick: 1)")
     ap.add_argument("--scapy-packets", type=int, default=0,
                     help="iterate only this many packets with scapy (0 = the whole capture)")
     ap.add_argument("--quick", action="store_true", help="40k packets, 1 repeat")
@@ -166,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="what --baseline is, stored in the JSON (e.g. its git revision)")
     args = ap.parse_args(argv)
     if args.quick:
-        args.packets, args.repeat = 40_000, 1
+        args.packets = 40_000
+    if args.repeat is None:
+        args.repeat = 1 if args.quick else 3
     t_start = time.perf_counter()
     load0 = os.getloadavg()
     tmpdir = None
@@ -215,9 +218,17 @@ def main(argv: list[str] | None = None) -> int:
             step("baseline_fast_path", lambda: len(base.decode_pcap(path, events=False).packets))
             step("baseline_fast_path_no_checksums", lambda: len(
                 base.decode_pcap(path, events=False, checksums=False).packets))
+            if hasattr(base.Capture, "n_packets"):  # a flat-table decoder: the same figure
+                step("baseline_fast_path_table",
+                     lambda: base.decode_pcap(path, events=False).n_packets)
         step("with_events", lambda: decode_pcap(path).n_packets)
         if secret is not None:
             step("with_events_and_secret", lambda: decode_pcap(path, secret=secret).n_packets)
+        if args.baseline:
+            step("baseline_with_events", lambda: len(base.decode_pcap(path).packets))
+            if secret is not None:
+                step("baseline_with_events_and_secret",
+                     lambda: len(base.decode_pcap(path, secret=secret).packets))
 
         datagrams = [d for _, d in read_pcap(path).datagrams()]
 
@@ -280,11 +291,18 @@ def main(argv: list[str] | None = None) -> int:
                 if k in results:
                     ratios[f"{k}_vs_scapy"] = round(results[k]["packets_per_s_cpu"] / sc, 2)
         if "baseline_fast_path" in results:
-            for k in ("fast_path", "fast_path_no_checksums", "fast_path_rows"):
-                b = results["baseline_fast_path" + k[len("fast_path"):]] if k != "fast_path_rows" \
-                    else results["baseline_fast_path"]
-                ratios[f"{k}_vs_baseline"] = round(
-                    results[k]["packets_per_s_cpu"] / b["packets_per_s_cpu"], 2)
+            # fast_path against the baseline's table when it has one (else its rows: older
+            # decoders built them always), fast_path_rows against its rows
+            pairs = {"fast_path": results.get("baseline_fast_path_table",
+                                              results["baseline_fast_path"]),
+                     "fast_path_no_checksums": results["baseline_fast_path_no_checksums"],
+                     "fast_path_rows": results["baseline_fast_path"],
+                     "with_events": results.get("baseline_with_events"),
+                     "with_events_and_secret": results.get("baseline_with_events_and_secret")}
+            for k, b in pairs.items():
+                if b is not None and k in results:
+                    ratios[f"{k}_vs_baseline"] = round(
+                        results[k]["packets_per_s_cpu"] / b["packets_per_s_cpu"], 3)
         size = path.stat().st_size
     finally:
         if tmpdir is not None:

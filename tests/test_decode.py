@@ -24,7 +24,14 @@ import pytest
 
 from trickles_kit.apps.generated import Generated, gen_request
 from trickles_kit.apps.sim import LinkConfig, simulate_transfer
-from trickles_kit.capture import PcapError, TruncatedCaptureWarning, decode_pcap, read_pcap
+from trickles_kit.capture import (
+    PcapError,
+    TruncatedCaptureWarning,
+    batches,
+    decode_pcap,
+    parse,
+    read_pcap,
+)
 from trickles_kit.capture import decode as dec
 from trickles_kit.capture.pcapio import write_pcap, write_pcapng
 from trickles_kit.capture.replay import paced, replay_events, replay_packets
@@ -551,7 +558,7 @@ def test_fast_path_equals_the_codec(sims) -> None:
     for name in ("dup_reorder", "burst_timeout"):
         path, _, secret = sims[name]
         cap = decode_pcap(path, secret=secret, events=False)
-        verifier = dec._Verifier(secret, dec._default_config())
+        verifier = parse.Verifier(secret, parse.default_config())
         recs = list(read_pcap(path))
         for row in cap.packets:
             d = recs[row.index].data
@@ -561,10 +568,10 @@ def test_fast_path_equals_the_codec(sims) -> None:
                     row.carrier, row.length, seg.seq, seg.ack, seg.flags, seg.window,
                     seg.trickles_len)
             if row.direction == "request":
-                ref = dec._row_from_request(head, decode_request(seg.payload), None, ip.src,
+                ref = parse.row_from_request(head, decode_request(seg.payload), None, ip.src,
                                             ip.dst, verifier)
             else:
-                ref = dec._row_from_response(head, decode_response(seg.payload), d,
+                ref = parse.row_from_response(head, decode_response(seg.payload), d,
                                              len(d) - len(seg.payload), None, ip.src, ip.dst,
                                              verifier)
             assert row.as_dict() == ref.as_dict()
@@ -837,7 +844,7 @@ def test_checksum_batches_equal_the_codec(tmp_path: Path, small, monkeypatch) ->
     the pure-Python sums, and the codec's own check agree row by row."""
     _, frames, _ = small
     frames, bad = _damaged(frames * 2, random.Random(4))
-    assert len(frames) > 2 * dec.MIN_NUMPY
+    assert len(frames) > 2 * batches.MIN_NUMPY
     raw, ng = tmp_path / "bad.pcap", tmp_path / "bad.pcapng"
     write_pcap(raw, frames)
     write_pcapng(ng, frames)
@@ -845,9 +852,9 @@ def test_checksum_batches_equal_the_codec(tmp_path: Path, small, monkeypatch) ->
     for mode in ("numpy", "python", "no_numpy"):
         with monkeypatch.context() as m:
             if mode == "python":
-                m.setattr(dec, "MIN_NUMPY", 10**9)
+                m.setattr(batches, "MIN_NUMPY", 10**9)
             elif mode == "no_numpy":
-                m.setattr(dec, "_NUMPY", [None])
+                m.setattr(batches, "_NUMPY", [None])
             for p in (raw, ng):
                 cap = decode_pcap(p, events=False)
                 runs[mode, p.suffix] = ([r.as_dict() for r in cap.packets], cap.errors)

@@ -7,7 +7,8 @@ replay them in time, and record live traffic with tcpdump.
     cap.packets[0], cap.events[:5], cap.errors, cap.events_df()
 
 Modules: `pcapio` (the reader), `decode` (rows, verdicts, events — the rules are in its
-docstring), `replay` (paced iteration), `live` (tcpdump); the commands `trickles decode`,
+docstring; the work is in `rows`, `batches`, `parse` and `events`), `replay` (paced
+iteration), `live` (tcpdump); the commands `trickles decode`,
 `trickles replay` and `trickles capture` are in cli/capture.py.
 """
 

@@ -47,8 +47,13 @@ class NonceGen:
         return self._block(conn_id, base, j >> 2)[j & 3] & self._mask
 
     def packet_nonce(self, conn_id: int, base: int, k: int) -> int:
-        """p_k of a packet whose continuation carries TCPBase `base`."""
-        return self.range_summary(conn_id, base, k, k)
+        """p_k of a packet whose continuation carries TCPBase `base`: r_k ^ r_(k+1), as
+        `range_summary(conn_id, base, k, k)` (inlined: once per packet sent)."""
+        cache = self._cache
+        j = k + 1
+        a = cache.get((conn_id, base, k >> 2)) or self._block(conn_id, base, k >> 2)
+        b = cache.get((conn_id, base, j >> 2)) or self._block(conn_id, base, j >> 2)
+        return (a[k & 3] ^ b[j & 3]) & self._mask
 
     def range_summary(self, conn_id: int, base: int, left: int, right: int) -> int:
         """r_left ^ r_(right+1) in epoch `base`, straight from the block cache (hot path)."""

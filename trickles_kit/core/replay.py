@@ -55,7 +55,7 @@ class ReplayHistory:
     """
 
     __slots__ = ("freshness", "max_entries", "width", "_nb", "_keys", "_stamps", "_horizon",
-                 "_count", "_hkey", "_base", "evicted", "refused")
+                 "_count", "_hkey", "_keyed", "_base", "evicted", "refused")
 
     ENTRY_BYTES = 12  # an 8-byte key and a 4-byte seal stamp per slot, allocated up front
     WAYS = 16  # slots per row: at 50 % load a row overflows about once in 10^5
@@ -75,6 +75,8 @@ class ReplayHistory:
         self._stamps = array("I", bytes(4 * self.max_entries))  # 0 marks an empty slot
         self._horizon = array("I", bytes(4 * self._nb))
         self._hkey = hash_key if hash_key is not None else os.urandom(16)
+        # keyed once: a copy per key is a third cheaper than keying BLAKE2b anew (same digest)
+        self._keyed = hashlib.blake2b(key=self._hkey, digest_size=8)
         self._base: float | None = None  # the tick origin, set by the first call
         self._count = 0  # slots ever filled (the table never shrinks)
         self.evicted = 0  # fresh entries pushed out early (each raised a horizon)
@@ -88,13 +90,24 @@ class ReplayHistory:
 
     def row(self, key: int) -> int:
         """The row of `key`: a keyed hash, so nobody without the table's key can aim a row."""
-        h = hashlib.blake2b(key.to_bytes(8, "little"), key=self._hkey, digest_size=8).digest()
-        return int.from_bytes(h, "little") % self._nb
+        h = self._keyed.copy()
+        h.update(key.to_bytes(8, "little"))
+        return int.from_bytes(h.digest(), "little") % self._nb
 
     def _tick(self, t: float) -> int:
         if self._base is None:  # leave room below for continuations sealed before the start
             self._base = t - 2 * self.freshness - 10.0
         return min(max(int((t - self._base) / self.TICK) + 1, 1), 0xFFFFFFFF)
+
+    def seen(self, key: int, now: float, sealed: float, token: object = None) -> str | None:
+        """`check_and_add` as admission's replay hook (`core.admission.View.seen`): None when
+        `key` is new (recorded), else "replay", or "replay_horizon" when it was sealed at or
+        below its row's horizon (the table overflowed: maybe never seen, but it cannot be told
+        from a replay of an evicted entry, so it is refused; docs §11.2)."""
+        refused = self.refused
+        if self.check_and_add(key, now, sealed):
+            return None
+        return "replay_horizon" if self.refused > refused else "replay"
 
     def check_and_add(self, key: int, now: float, sealed: float | None = None) -> bool:
         """True if `key` is new (and records it); False if it may have been seen before.
@@ -103,7 +116,9 @@ class ReplayHistory:
         means: recorded within the freshness limit, or sealed at or before the row's horizon.
         """
         w = self.WAYS
-        r = self.row(key)
+        h = self._keyed.copy()  # self.row(key), inlined: this runs once per request
+        h.update(key.to_bytes(8, "little"))
+        r = int.from_bytes(h.digest(), "little") % self._nb
         b = r * w
         stamps = self._stamps
         cur = self._tick(now)

@@ -14,14 +14,14 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from hmac import compare_digest
+from typing import NamedTuple
 
-from trickles_kit.core import delta as dl
 from trickles_kit.core import events as ev
 from trickles_kit.core import plan as pl
-from trickles_kit.core.cc import MAX_CWND
+from trickles_kit.core.admission import Reason, View, admit, frame_reason
 from trickles_kit.core.keys import KeyRing
 from trickles_kit.core.nonces import NonceGen
-from trickles_kit.core.replay import ReplayHistory, slowstart_age_bucket
+from trickles_kit.core.replay import ReplayHistory
 from trickles_kit.core.seal import mac_with, pseudo_header
 from trickles_kit.core.statecache import StateCache, default_entries
 from trickles_kit.wire.continuation import (
@@ -50,7 +50,6 @@ from trickles_kit.wire.messages import (
 from trickles_kit.wire.segment import ACK, FIN, SYN, decode_segment, encode_segment
 
 _U32 = 0xFFFFFFFF
-_SEQ_LIMIT = _U32 - 4 * MAX_CWND  # packet numbers never wrap within a connection
 _FINHINT = struct.Struct("!BHI")
 _SKIP = struct.Struct("!BHII")
 INITIAL_SSTHRESH = 0x3FFF
@@ -140,6 +139,21 @@ class Minisocket:
 Handler = Callable[[Minisocket], None]
 
 
+class _Reply(NamedTuple):
+    """Where one request's answers go and what they echo: the output context of `_segment`
+    (a tuple, built with ``tuple.__new__``: it is made once per request)."""
+
+    cip: bytes
+    cport: int
+    ucont: bytes  # the user continuation the request carried (echoed with echo_ucont)
+    ack: int
+    flags: int
+    siblings: int  # packets answering the request
+
+
+_new = tuple.__new__
+
+
 class ServerEngine:
     """Answers Trickles requests statelessly. `receive` returns the segments to send back."""
 
@@ -157,7 +171,7 @@ class ServerEngine:
         self.cfg = config or ServerConfig()
         self.keys = KeyRing(secret, self.cfg.epoch_seconds, self.cfg.max_seals)
         self.nonces = NonceGen(self.keys.nonce_key, self.cfg.nonce_bits)
-        self.replay = ReplayHistory(self.cfg.freshness, self.cfg.replay_entries)
+        self._replay = ReplayHistory(self.cfg.freshness, self.cfg.replay_entries)
         self.state_cache = StateCache(self.cfg.state_cache) if self.cfg.state_cache > 0 else None
         self.handler = handler
         self.service_ip = service_ip
@@ -165,6 +179,41 @@ class ServerEngine:
         self.on_event = on_event
         self.counters: Counter[str] = Counter()
         self.last_error: str | None = None
+        self._view = self._hooks()
+
+    def _hooks(self) -> View:
+        """What admission needs beyond the request: this server's keys, nonces and history."""
+        return View(self._epoch_ok, self._mac_ok, self.nonces.range_summary, self._replay.seen)
+
+    @property
+    def replay(self) -> ReplayHistory:
+        """The replay history (soft state: a test or an operator may swap in a fresh one)."""
+        return self._replay
+
+    @replay.setter
+    def replay(self, table: ReplayHistory) -> None:
+        self._replay = table
+        self._view = self._hooks()
+
+    # ------------------------------------------------------------------ admission hooks
+    def _epoch_ok(self, epoch: int, now: float) -> bool:
+        return self.keys.accepts(epoch, now)  # looked up per call: instrumentable, swappable
+
+    def _mac_ok(self, cont: Continuation, token: tuple[bytes, bytes]) -> bool:
+        pseudo, raw = token
+        sc = self.state_cache
+        if sc is None:
+            return compare_digest(mac_with(self.keys.mac_hasher(cont.key_epoch), pseudo, raw),
+                                  raw[59:])
+        # a hit: these exact MAC-covered bytes (and MAC) verified before
+        ckey = pseudo + raw[0:6] + raw[18:]
+        if sc.lookup(ckey):
+            return True
+        if not compare_digest(mac_with(self.keys.mac_hasher(cont.key_epoch), pseudo, raw),
+                              raw[59:]):
+            return False
+        sc.add(ckey)
+        return True
 
     # ------------------------------------------------------------------ helpers
     def _event(self, kind: str, now: float, cont: Continuation | None = None, **kw) -> None:
@@ -201,7 +250,7 @@ class ServerEngine:
         try:
             seg = decode_segment(segment, client_ip, self.service_ip)
             if seg.dst_port != self.service_port:
-                return self._drop("port", now)
+                return self._drop(Reason.PORT, now)
             payload = seg.payload
             dflags = 0
             if payload and payload[0] & 0xC0:  # delta-encoding flags (wire.delta)
@@ -213,13 +262,12 @@ class ServerEngine:
         except Exception as e:  # a decoder bug must not take the server down either
             return self._drop("internal." + type(e).__name__, now)
         try:
-            if seg.flags & SYN:
-                if req.type != REQ_SYN:
-                    return self._drop("syn_type", now)
+            if seg.flags & SYN or req.type == REQ_SYN:  # a handshake, if the frame agrees
+                why = frame_reason(bool(seg.flags & SYN), req.type)
+                if why is not None:
+                    return self._drop(why, now)
                 return self._syn(req, client_ip, seg.src_port, seg.seq, len(segment), now,
                                  dflags)
-            if req.type == REQ_SYN:
-                return self._drop("syn_flag", now)
             return self._request(req, client_ip, seg.src_port, seg.seq, now, dflags)
         except Exception as e:  # a handler bug must not take the server down
             self.counters["handler_error"] += 1
@@ -254,9 +302,10 @@ class ServerEngine:
         self.handler(msk)
         self._event(ev.SYN, now, cont, pkt=base - 1, cwnd=cfg.initial_cwnd)
         if msk.dropped:
-            return self._drop("app_drop", now, cont=cont)
+            return self._drop(Reason.APP_DROP, now, cont=cont)
         pseudo = pseudo_header(cip, cport, self.service_ip, self.service_port)
-        out = self._emit_one(cont, slot, 1, 0, pseudo, b"", cip, cport, SYN | ACK, 0)
+        reply = _new(_Reply, (cip, cport, b"", 0, SYN | ACK, 1))
+        out = self._seal_one(cont, pseudo, reply, slot)
         limit = cfg.amplification * in_len
         if len(out) > limit and (slot.data or slot.finhint is not None or slot.skips):
             # anti-amplification: an unvalidated address gets the handshake but not the data
@@ -264,113 +313,76 @@ class ServerEngine:
             self._event(ev.DROP, now, cont, reason="amplification_trim", pkt=base - 1,
                         bytes=len(slot.data), limit=limit)
             slot.data, slot.fin, slot.finhint, slot.skips = b"", False, None, []
-            out = self._emit_one(cont, slot, 1, 0, pseudo, b"", cip, cport, SYN | ACK, 0)
+            out = self._seal_one(cont, pseudo, reply, slot)
         if len(out) > limit:  # the client must pad its SYN; we never amplify more than 3x
-            return self._drop("amplification", now, cont=cont)
+            return self._drop(Reason.AMPLIFICATION, now, cont=cont)
         self.counters["tx"] += 1
         return [out]
 
     # ------------------------------------------------------------------ requests
     def _request(self, req: Request, cip: bytes, cport: int, rseq: int,
                  now: float, dflags: int = 0) -> list[bytes]:
-        cfg = self.cfg
+        """admit -> plan -> seal: `core.admission` decides, this method only acts on it."""
         cont = req.cont
         assert cont is not None  # decode_request guarantees a FULL continuation
-        keys = self.keys
         pseudo = pseudo_header(cip, cport, self.service_ip, self.service_port)
-        epoch_in = cont.key_epoch
-        if not keys.accepts(epoch_in, now):
-            return self._drop("key_epoch", now, ev.MAC_FAIL, cont)
-        raw = req.cont_raw
-        sc = self.state_cache
-        ckey = None
-        # a hit: these exact MAC-covered bytes (and MAC) passed both checks below before
-        if sc is None or not sc.lookup(ckey := pseudo + raw[0:6] + raw[18:]):
-            if not compare_digest(mac_with(keys.mac_hasher(epoch_in), pseudo, raw), raw[59:]):
-                return self._drop("mac", now, ev.MAC_FAIL, cont)
-            # a genuine seal of fields this server never produces (another build, a leaked
-            # key): refuse rather than compute a window from them
-            c0 = cont.start_cwnd
-            if not 1 <= c0 <= cont.ssthresh or c0 > MAX_CWND or cont.seq > _SEQ_LIMIT or (
-                cont.seq == cont.tcp_base - 1 and c0 > 64
-            ):
-                return self._drop("bad_cont", now, cont=cont)
-            if ckey is not None:
-                sc.add(ckey)  # type: ignore[union-attr]
-        now_ms = int(now * 1000)
-        age = (now_ms - cont.timestamp) & _U32
-        if age >= 1 << 31:  # from the future
-            if (1 << 32) - age > cfg.future_skew * 1000:
-                return self._drop("future", now, ev.STALE_DROP, cont)
-        elif age > cfg.freshness * 1000:
-            return self._drop("stale", now, ev.STALE_DROP, cont)
-        blocks = self._check_sacks(req.sacks, cont, now)
-        if blocks is None:
-            return []
-        rtype = req.type
-        tag = rtype
-        if rtype == REQ_SLOWSTART and age < cfg.slowstart_min_age * 1000:
-            # a timeout fires at least one minimum RTO after the newest packet arrived: a
-            # younger continuation is a client choosing SLOWSTART to skip a window halving
-            return self._drop("early_slowstart", now, cont=cont)
-        if rtype in (REQ_SLOWSTART, REQ_FIN):
-            # an honest client times out with backed-off RTOs, so the ages of its continuation
-            # at successive SLOWSTARTs fall in distinct buckets (see slowstart_age_bucket); a
-            # FIN is retried on the same continuation (after the last byte no new one comes),
-            # so its retries are told apart the same way: one FIN answer per age bucket
-            tag |= (slowstart_age_bucket(age, cfg.slowstart_bucket * 1000) & 0xFFFFFF) << 8
-        k = cont.seq
-        cid = cont.conn_id
-        # one use per sealed continuation: its verified MAC names it (connId, packet number,
-        # timestamp, type, epoch...) in 64 unforgeable bits; the tag adds the request type
-        key = int.from_bytes(raw[59:67], "big") ^ (tag << 32)
-        # whole milliseconds, as sealed: `now - age/1000` would carry now's sub-millisecond
-        # fraction and could put a replay one tick above the horizon its own eviction set
-        sealed = (now_ms - (age - (1 << 32) if age >= 1 << 31 else age)) / 1000
-        refused = self.replay.refused
-        if not self.replay.check_and_add(key, now, sealed):
-            # at or below a row's horizon (the table overflowed): maybe never seen, but it
-            # cannot be told from a replay of an evicted entry, so it is refused (docs §11.2)
-            why = "replay_horizon" if self.replay.refused > refused else "replay"
-            return self._drop(why, now, ev.REPLAY_DROP, cont)
-        if rtype == REQ_FIN:
-            return self._fin(req, cont, cip, cport, pseudo, now)
-        plan = dl.plan_for(cont.type, k, cont.tcp_base, cont.start_cwnd, cont.ssthresh,
-                           cont.state, blocks, rtype == REQ_SLOWSTART, cfg.max_gap)
-        pslots = plan.slots
+        v = admit(req.type, cont, req.sacks, now, self.cfg, self._view, (pseudo, req.cont_raw))
+        reason, age, blocks, plan, _ = v
         counters = self.counters
-        if not pslots:
-            if plan.verdict == "reject":
-                return self._drop("plan." + plan.reason.replace(" ", "_"), now, cont=cont)
+        if blocks is not None and req.sacks:
+            counters["nonce_ok"] += 1
+            if self.on_event is not None:
+                self._event(ev.NONCE_OK, now, cont, blocks=[list(b) for b in blocks])
+        if reason is not None:
+            if reason is Reason.NONCE:
+                counters["nonce_fail"] += 1
+            return self._drop(reason, now, v.kind, cont)
+        if req.type == REQ_FIN:
+            return self._fin(req, cont, cip, cport, now)
+        assert plan is not None  # admitted non-FIN requests carry their plan
+        if not plan.slots:
             counters["terminate"] += 1
             self._event(ev.TERMINATE, now, cont, cwnd=plan.cwnd, first_loss=plan.first_loss)
             return []
-        # server-side RTT estimate (mrtt is x8, ms)
-        sample = age if age < 1 << 31 else 0
-        mrtt = cont.mrtt
-        mrtt = (sample * 8 if rtype == REQ_SLOWSTART or mrtt == 0
-                else mrtt - (mrtt >> 3) + sample) & _U32
         ranges = req.ranges
         nr = len(ranges)
-        mss = cfg.mss
+        mss = self.cfg.mss
+        pslots = plan.slots
         slots = [OutSlot(s.pkt, mss, ranges[i] if i < nr else None) for i, s in enumerate(pslots)]
-        msk = Minisocket("REQUEST", (cip, cport), cid, req.app, req.ucont, ranges, slots, now)
+        msk = Minisocket("REQUEST", (cip, cport), cont.conn_id, req.app, req.ucont, ranges, slots,
+                         now)
         self.handler(msk)
         if msk.dropped:
-            return self._drop("app_drop", now, cont=cont)
+            return self._drop(Reason.APP_DROP, now, cont=cont)
         if plan.recovery_start:
             counters["recovery"] += 1
             self._event(ev.RECOVERY_START, now, cont, cwnd=plan.cwnd, first_loss=plan.first_loss)
         if plan.verdict == "slowstart":
             counters["slowstart"] += 1
             self._event(ev.SLOWSTART, now, cont, cwnd=plan.cwnd, new_ssthresh=pslots[0].ssthresh)
+        reply = _new(_Reply, (cip, cport, req.ucont, cont.seq, ACK, len(pslots)))
+        return self._seal(cont, plan, slots, age, req.type, pseudo, reply, now, dflags)
+
+    def _seal(self, cont: Continuation, plan: pl.Plan, slots: list[OutSlot], age: int,
+              rtype: int, pseudo: bytes, reply: _Reply, now: float,
+              dflags: int) -> list[bytes]:
+        """One sealed segment per planned slot, each continuation under the current epoch."""
+        keys = self.keys
         epoch = keys.sealing_epoch(now)
         keyed = keys.mac_hasher(epoch)
-        n = len(slots)
-        ts = now_ms & _U32
-        cs, parent, cts = cont.client_state, cont.parent, cont.client_timestamp
-        ucont = req.ucont
+        ts = int(now * 1000) & _U32
+        # server-side RTT estimate (x8, ms): `core.delta.next_mrtt`, which the client replays,
+        # inlined on this per-request path
+        sample = age if age < 1 << 31 else 0
+        mrtt = cont.mrtt
+        mrtt = (sample * 8 if rtype == REQ_SLOWSTART or mrtt == 0
+                else mrtt - (mrtt >> 3) + sample) & _U32
+        cs, parent, cts, cid = cont.client_state, cont.parent, cont.client_timestamp, cont.conn_id
+        counters = self.counters
         on_event = self.on_event
+        packet_nonce = self.nonces.packet_nonce
+        pslots = plan.slots
+        n = len(pslots)
         out = []
         for i in range(n):
             s = pslots[i]
@@ -384,45 +396,19 @@ class ServerEngine:
                 cbytes = body + mac_with(keyed, pseudo, body)
                 if dflags & FLAG_HASHED:  # the client rebuilds the rest from its prediction
                     cbytes = pack_hashed(parent, ts, epoch, cbytes[59:])
-            out.append(self._encode(cid, pkt, s.tcp_base, cbytes, slots[i], n, i, ucont, cip,
-                                    cport, ACK, k))
+            # a retransmission (MINIMAL) carries nonce 0: it can never be claimed in a proof,
+            # so a client cannot hide the loss it was sent to repair (its nonce stays secret);
+            # PAIR and HASHED packets are regular ones: real nonces, claimable
+            nonce = packet_nonce(cid, s.tcp_base, pkt) if cbytes[0] != MINIMAL else 0
+            out.append(self._segment(reply, pkt, cbytes, nonce, slots[i], i))
             counters[s.kind] += 1
             if on_event is not None:
-                on_event(ev.Event(s.kind, now, "server", cid, pkt, k, plan.cwnd, s.ssthresh,
-                                  s.tcp_base, s.state))
+                on_event(ev.Event(s.kind, now, "server", cid, pkt, cont.seq, plan.cwnd,
+                                  s.ssthresh, s.tcp_base, s.state))
         counters["tx"] += n
         return out
 
-    def _check_sacks(self, sacks: list, cont: Continuation,
-                     now: float) -> list[tuple[int, int]] | None:
-        """Shape and nonces of the SACK blocks; the (left, right) pairs, or None (dropped)."""
-        if len(sacks) > self.cfg.max_sacks:
-            self._drop("sack_count", now, cont=cont)
-            return None
-        k = cont.seq
-        low = cont.tcp_base - 8192
-        prev = -1
-        blocks = []
-        summary_of = self.nonces.range_summary
-        cid = cont.conn_id
-        base = cont.tcp_base
-        for left, right, summary in sacks:
-            if left <= prev or right < left or right > k or left < low:
-                self._drop("sack_shape", now, cont=cont)
-                return None
-            if summary_of(cid, base, left, right) != summary:
-                self.counters["nonce_fail"] += 1
-                self._drop("nonce", now, ev.NONCE_FAIL, cont)
-                return None
-            prev = right
-            blocks.append((left, right))
-        if sacks:
-            self.counters["nonce_ok"] += 1
-            if self.on_event is not None:
-                self._event(ev.NONCE_OK, now, cont, blocks=[list(b) for b in blocks])
-        return blocks
-
-    def _fin(self, req: Request, cont: Continuation, cip: bytes, cport: int, pseudo: bytes,
+    def _fin(self, req: Request, cont: Continuation, cip: bytes, cport: int,
              now: float) -> list[bytes]:
         self.counters["fin"] += 1
         msk = Minisocket("FIN", (cip, cport), cont.conn_id, req.app, req.ucont, [], [], now)
@@ -430,27 +416,23 @@ class ServerEngine:
         self._event(ev.FIN, now, cont, pkt=cont.seq)
         c = Continuation(MINIMAL, cont.seq, 1, cont.client_state, cont.parent,
                          cont.client_timestamp)
-        slot = OutSlot(cont.seq, 0, None)
+        reply = _new(_Reply, (cip, cport, b"", cont.seq, FIN | ACK, 1))  # echoes no ucont
         self.counters["tx"] += 1
-        return [self._emit_one(c, slot, 1, 0, pseudo, b"", cip, cport, FIN | ACK, cont.seq)]
+        return [self._segment(reply, cont.seq, c.encode(), 0, OutSlot(cont.seq, 0, None), 0)]
 
     # ------------------------------------------------------------------ output
-    def _emit_one(self, c: Continuation, slot: OutSlot, siblings: int, position: int,
-                  pseudo: bytes, req_ucont: bytes, cip: bytes, cport: int, flags: int,
-                  ack: int) -> bytes:
-        """Seal (FULL) or encode (MINIMAL) `c` and build its segment — the slow, general path."""
-        if c.type == MINIMAL:
-            cbytes = c.encode()
-        else:
-            body = c.body()
-            cbytes = body + mac_with(self.keys.mac_hasher(c.key_epoch), pseudo, body)
-        return self._encode(c.conn_id, c.seq, c.tcp_base, cbytes, slot, siblings, position,
-                            req_ucont, cip, cport, flags, ack)
+    def _seal_one(self, c: Continuation, pseudo: bytes, reply: _Reply, slot: OutSlot) -> bytes:
+        """Seal a FULL `c` (the handshake's) and build its segment — the slow, general path."""
+        body = c.body()
+        cbytes = body + mac_with(self.keys.mac_hasher(c.key_epoch), pseudo, body)
+        nonce = self.nonces.packet_nonce(c.conn_id, c.tcp_base, c.seq)
+        return self._segment(reply, c.seq, cbytes, nonce, slot, 0)
 
-    def _encode(self, conn_id: int, pkt: int, base: int, cbytes: bytes, slot: OutSlot,
-                siblings: int,
-                position: int, req_ucont: bytes, cip: bytes, cport: int, flags: int,
-                ack: int) -> bytes:
+    def _segment(self, reply: _Reply, pkt: int, cbytes: bytes, nonce: int, slot: OutSlot,
+                 position: int) -> bytes:
+        """The segment answering `reply`'s request: packet `pkt` carrying `cbytes` and what
+        the handler put in `slot`."""
+        cip, cport, req_ucont, ack, flags, siblings = reply
         ucont = slot.ucont
         if ucont is None or ucont == req_ucont:  # the client holds it already (it sent it)
             ucont = req_ucont if self.cfg.echo_ucont else b""
@@ -463,10 +445,6 @@ class ServerEngine:
             chunks += _FINHINT.pack(0x40, 7, slot.finhint)
         if slot.fin:
             flags |= FIN
-        # a retransmission (MINIMAL) carries nonce 0: it can never be claimed in a proof, so a
-        # client cannot hide the loss it was sent to repair (its original nonce stays secret)
-        nonce = self.nonces.packet_nonce(conn_id, base, pkt) if cbytes[0] != MINIMAL else 0
-        # (PAIR and HASHED packets are regular ones: real nonces, claimable)
         payload = encode_response(nonce, siblings, position, cbytes, ucont, chunks)
         return encode_segment(
             self.service_ip, cip, self.service_port, cport, pkt, ack, flags, payload,

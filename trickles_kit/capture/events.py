@@ -1,0 +1,320 @@
+"""The server's events, derived from a decoded capture's rows (rules: `capture.decode`).
+
+Why this is short: the protocol is not re-stated here. Responses are paired with their requests
+by `core.pairing`; every request is re-planned by `core.admission.plan_of` and, when nothing
+answered it, judged by `core.admission.admit` — the server's own ordered checks — with what the
+capture shows in place of the server's state (`_CaptureView`): the MAC verdicts the decoder
+computed, the key epochs the server was seen sealing, and a replay table rebuilt from the
+capture itself (a capture knows nothing of a server restart, and without the secret it can only
+recognise a replay by its MAC-covered bytes).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from trickles_kit.capture.parse import Verifier, default_config
+from trickles_kit.capture.rows import PacketRow
+from trickles_kit.core import events as ev
+from trickles_kit.core.admission import (
+    U32,
+    Reason,
+    View,
+    admit,
+    bad_cont,
+    check_sacks,
+    frame_reason,
+    plan_of,
+    replay_key,
+)
+from trickles_kit.core.events import Event
+from trickles_kit.core.pairing import Pairing, Pending, request_key, response_key
+from trickles_kit.core.plan import Plan
+from trickles_kit.wire.continuation import Continuation
+from trickles_kit.wire.messages import REQ_FIN, REQ_NORMAL, REQ_SLOWSTART, REQ_SYN
+from trickles_kit.wire.segment import FIN, SYN
+
+__all__ = ["ADMITTED", "UNANSWERED", "derive_events", "row_cont", "row_type"]
+
+_TYPES = {"NORMAL": REQ_NORMAL, "SLOWSTART": REQ_SLOWSTART, "SYN": REQ_SYN, "FIN": REQ_FIN}
+
+
+def row_type(row: PacketRow) -> int:
+    """The request type number of a request row."""
+    return _TYPES.get(row.req_type or "", -1)
+
+
+def row_cont(row: PacketRow) -> Continuation:
+    """The continuation a request row echoes (the row holds its fields in wire order)."""
+    return Continuation(row.cont_type, row.cont_seq, row.first_child, row.client_state,
+                        row.parent, row.client_timestamp, row.timestamp, row.mrtt, row.state,
+                        row.first_loss, row.first_bootstrap_seq, row.start_cwnd, row.ssthresh,
+                        row.tcp_base, row.conn_id, row.key_epoch, row.mac)
+
+
+def covered(row: PacketRow, response: bool = False) -> tuple:
+    """What the MAC covers: the pseudo-header and the server-owned continuation fields."""
+    client = (row.dst, row.src, row.dport, row.sport) if response else (
+        row.src, row.dst, row.sport, row.dport)
+    return (*client, row.cont_type, row.cont_seq,
+            row.first_child, row.timestamp, row.mrtt, row.state, row.first_loss,
+            row.first_bootstrap_seq, row.start_cwnd, row.ssthresh, row.tcp_base, row.conn_id,
+            row.key_epoch)
+
+
+def _cont_event(kind: str, row: PacketRow, **kw) -> Event:
+    e = Event(kind, row.t, "server", row.conn_id or 0, -1, row.cont_seq,
+              0, row.ssthresh or 0, row.tcp_base or 0, row.state or 0)
+    for key, val in kw.items():
+        if key in ("pkt", "cwnd", "ack", "side"):
+            setattr(e, key, val)
+        else:
+            e.detail[key] = val
+    return e
+
+
+def _timeout_event(row: PacketRow, plan: Plan) -> Event:
+    return Event(ev.TIMEOUT, row.t, "client", row.conn_id or 0, row.cont_seq,
+                 detail={"right": plan.slots[0].pkt - 1} if plan.slots else {})
+
+
+def _nonce_ok(row: PacketRow) -> Event:
+    return _cont_event(ev.NONCE_OK, row, blocks=[[lft, rgt] for lft, rgt, _ in row.sacks])
+
+
+class _CaptureView:
+    """The server's state as the capture shows it: admission's `View` for the decoder."""
+
+    def __init__(self, cfg, verifier: Verifier | None) -> None:
+        self.cfg = cfg
+        self.verifier = verifier
+        self.max_epoch = -1  # the newest key epoch the server was seen sealing with
+        self.genuine: dict[bytes, tuple] = {}  # MAC -> covered fields, of server-sent conts
+        # replay key -> (t, covered fields, answered)
+        self.history: dict[int, tuple[float, tuple, bool]] = {}
+        self.inferred = False  # the last refusal was inferred without the secret
+        self.view = View(self.epoch_ok if verifier else None, self.mac_ok,
+                         verifier.nonces.range_summary if verifier else None, self.seen)
+
+    def epoch_ok(self, epoch: int, now: float) -> bool:
+        """Current or previous epoch on the capture's clock; a later one only when the server
+        was seen sealing with it (a server clock ahead of the capture's)."""
+        slot = int(now // self.cfg.epoch_seconds)
+        return not (epoch < slot - 1 or (epoch > slot and epoch > self.max_epoch))
+
+    def mac_ok(self, cont: Continuation, row: PacketRow) -> bool | None:
+        if self.verifier is not None:
+            return row.mac_ok
+        known = self.genuine.get(row.mac)  # type: ignore[arg-type]
+        if known is not None and known != covered(row):
+            self.inferred = True  # a MAC the server sealed over other bytes
+            return False
+        return None
+
+    def seen(self, key: int, now: float, sealed: float, row: PacketRow) -> Reason | None:
+        prev = self.history.get(key)
+        fresh = self.cfg.freshness
+        if prev is not None and now - prev[0] > fresh + fresh / 12:
+            prev = None
+        if prev is None:
+            self.history[key] = (now, covered(row), False)
+            return None
+        if self.verifier is not None or prev[1] == covered(row):
+            return Reason.REPLAY
+        if prev[2]:  # an answered request proved this MAC belongs to other bytes
+            self.inferred = True
+            return Reason.MAC
+        return None
+
+    def answered(self, row: PacketRow) -> None:
+        """An answered request: the server recorded its continuation's use."""
+        age = (int(row.t * 1000) - row.timestamp) & U32  # type: ignore[operator]
+        key = replay_key(row.mac, row_type(row), age, self.cfg.slowstart_bucket)  # type: ignore
+        self.history[key] = (row.t, covered(row), True)
+
+
+ADMITTED = "admitted"  # a request verdict: answered, or valid by every check
+UNANSWERED = "unanswered"  # valid by every check the capture can judge, yet not answered
+
+
+def derive_events(rows: list[PacketRow], secret: bytes | None = None, config=None,
+                  errors: Counter | None = None, verifier: Verifier | None = None,
+                  verdicts: dict[int, str] | None = None) -> list[Event]:
+    """The engine's events, derived from decoded rows (see `capture.decode`'s docstring).
+
+    `verdicts`, when given, receives the verdict on every request row (by its `index`):
+    `ADMITTED`, `UNANSWERED` or the refusal's reason (`core.admission.Reason` values,
+    ``decode.<token>``) — what the server's admission decided, as far as the capture shows.
+    """
+    cfg = config if config is not None else default_config()
+    if verifier is None and secret is not None:
+        verifier = Verifier(bytes(secret), cfg)
+    d = _Derivation(cfg, verifier, errors if errors is not None else Counter())
+    if verdicts is not None:
+        d.verdicts = verdicts
+    for row in rows:  # pass 1: requests register, responses find their request
+        if row.direction == "request":
+            d.request(row)
+        elif row.error is None:
+            d.response(row)
+    for entry in d.reqs:  # pass 2: each request in capture order: what the engine did with it
+        if isinstance(entry, Pending):
+            d.judge(entry)
+        else:
+            d.judge_frame(entry)
+    d.out.sort(key=lambda x: (x[0], x[1]))
+    return [e for _, _, e in d.out]
+
+
+class _Derivation:
+    """The state of one `derive_events` run."""
+
+    def __init__(self, cfg, verifier: Verifier | None, errors: Counter) -> None:
+        self.cfg = cfg
+        self.verifier = verifier
+        self.errors = errors
+        self.out: list[tuple[int, int, Event]] = []  # (capture index, order within it, event)
+        self.pairing = Pairing()
+        self.answered_syns: set[int] = set()
+        self.reqs: list[Pending | PacketRow] = []
+        self.cv = _CaptureView(cfg, verifier)
+        self.verdicts: dict[int, str] = {}
+
+    def request(self, row: PacketRow) -> None:
+        if row.error is not None or row.req_type == "SYN" or row.flags & SYN:
+            self.reqs.append(row)
+            if row.error is None and row.req_type == "SYN" and row.flags & SYN:
+                self.pairing.add_syn(row.src, row.sport, row.dst, row.dport, row)
+            return
+        rtype = row_type(row)
+        cont = row_cont(row)
+        plan = plan_error = None
+        if rtype != REQ_FIN and bad_cont(cont):
+            # fields no server seals: admission refuses them before planning; planning them
+            # could ask for billions of slots (a corrupt capture's start_cwnd)
+            plan_error = Reason.BAD_CONT
+        elif rtype != REQ_FIN:
+            blocks, why = check_sacks(cont, row.sacks or (), self.cfg.max_sacks, None)
+            if why is None:
+                try:
+                    plan = plan_of(rtype, cont, blocks, self.cfg)  # type: ignore[arg-type]
+                except Exception as e:  # impossible fields (never sealed by a server)
+                    plan_error = "internal." + type(e).__name__
+        entry = Pending(row, row.index, row.cont_seq, rtype == REQ_FIN,  # type: ignore[arg-type]
+                        row.mac_ok is False, plan, plan_error)
+        self.reqs.append(entry)
+        self.pairing.add(request_key(row.src, row.sport, row.dst, row.dport, row.cont_seq,
+                                     row.client_state, row.parent, row.client_timestamp), entry)
+
+    def response(self, row: PacketRow) -> None:
+        cv = self.cv
+        if row.key_epoch is not None:
+            cv.max_epoch = max(cv.max_epoch, row.key_epoch)
+            # a continuation the server emitted is genuine: remember what its MAC covers
+            cv.genuine[row.mac] = covered(row, response=True)  # type: ignore[index]
+        if row.flags & SYN:  # the SYN-ACK carries the handshake continuation: the syn event
+            syn = self.pairing.answer_syn(row.src, row.sport, row.dst, row.dport)
+            if syn is not None:
+                self.answered_syns.add(syn.index)
+            else:
+                self.errors["orphan_synack"] += 1
+            self.out.append((row.index, 0, Event(
+                ev.SYN, row.t, "server", row.conn_id or 0, row.seq, row.cont_seq or 0,
+                row.start_cwnd or 0, row.ssthresh or 0, row.tcp_base or 0, row.state or 0)))
+            return
+        key = response_key(row.src, row.sport, row.dst, row.dport, row.ack, row.client_state,
+                           row.parent, row.client_timestamp)
+        hit, slot, note = self.pairing.answer(key, row.index, row.seq, row.position,
+                                              bool(row.flags & FIN))
+        if note is not None:
+            self.errors[note] += 1
+        if hit is None:
+            return
+        req = hit.item
+        if hit.plan is None:  # the FIN answer
+            self.out.append((req.index, 5, _cont_event(ev.FIN, req, pkt=req.cont_seq)))
+            return
+        s = hit.plan.slots[slot]
+        self.out.append((row.index, 0, Event(s.kind, row.t, "server", req.conn_id or 0, s.pkt,
+                                             req.cont_seq, hit.plan.cwnd, s.ssthresh,
+                                             s.tcp_base, s.state)))
+
+    def judge_frame(self, row: PacketRow) -> None:
+        """Decode failures, SYN/type mismatches and SYNs: the frame stage."""
+        if row.error is not None:
+            if row.error == "snaplen":
+                self.errors["unjudged_snaplen"] += 1
+                return
+            reason: str = row.error
+        else:
+            why = frame_reason(bool(row.flags & SYN), row_type(row))
+            if why is None and row.index in self.answered_syns:
+                self.verdicts[row.index] = ADMITTED
+                return
+            reason = why or UNANSWERED
+        self.verdicts[row.index] = reason
+        detail = {"reason": Reason.of(reason)}
+        if reason == "unanswered":
+            detail["req_type"] = "SYN"
+        self.out.append((row.index, 1, Event(ev.DROP, row.t, "server", detail=detail)))
+
+    def judge(self, entry: Pending) -> None:
+        row = entry.item
+        if entry.answered:
+            self._answered(entry, row)
+            return
+        cv = self.cv
+        cv.inferred = False
+        try:
+            v = admit(row_type(row), row_cont(row), row.sacks or (), row.t, self.cfg, cv.view,
+                      row, entry.plan)
+        except Exception as e:  # the engine's catch-all for a failing step
+            self._emit(row, ev.DROP, "internal." + type(e).__name__)
+            return
+        self.verdicts[row.index] = UNANSWERED if v.reason is None else str(v.reason)
+        i = row.index
+        plan = v.plan
+        judged = self.verifier is not None or v.reason in (Reason.REPLAY, Reason.REPLAY_HORIZON)
+        if v.blocks is not None and row.sacks and (
+                judged or (plan is not None and not plan.slots)):
+            self.out.append((i, 1, _nonce_ok(row)))
+        if v.reason is not None:
+            extra = {"inferred": True} if cv.inferred else {}
+            self._emit(row, v.kind, v.reason, **extra)
+            return
+        if row_type(row) == REQ_SLOWSTART and plan is not None and plan.slots:
+            self.out.append((i, 0, _timeout_event(row, plan)))
+        if plan is not None and not plan.slots:
+            self.out.append((i, 5, _cont_event(ev.TERMINATE, row, cwnd=plan.cwnd,
+                                               first_loss=plan.first_loss)))
+            self.verdicts[i] = ADMITTED  # nothing to send: valid, and silent
+            return
+        self._emit(row, ev.DROP, UNANSWERED)  # lost after the capture point, or the app
+
+    def _emit(self, row: PacketRow, kind: str, reason: str, **extra) -> None:
+        self.verdicts[row.index] = str(reason)
+        self.out.append((row.index, 2, _cont_event(kind, row, reason=reason, **extra)))
+
+    def _answered(self, entry: Pending, row: PacketRow) -> None:
+        if row.mac_ok is False:
+            self.errors["answered_bad_mac"] += 1
+        if row.nonce_ok is False:
+            self.errors["answered_bad_nonce"] += 1
+        self.cv.answered(row)
+        i = row.index
+        self.verdicts[i] = ADMITTED
+        if row.sacks:
+            self.out.append((i, 1, _nonce_ok(row)))
+        plan = entry.plan
+        if plan is None:
+            return  # FIN: its event came with the answer
+        if row_type(row) == REQ_SLOWSTART:
+            self.out.append((i, 0, _timeout_event(row, plan)))
+        if plan.recovery_start:
+            self.out.append((i, 3, _cont_event(ev.RECOVERY_START, row, cwnd=plan.cwnd,
+                                               first_loss=plan.first_loss)))
+        if plan.verdict == "slowstart":
+            self.out.append((i, 4, _cont_event(ev.SLOWSTART, row, cwnd=plan.cwnd,
+                                               new_ssthresh=plan.slots[0].ssthresh)))
+        if entry.answered < len(entry.filled):
+            self.errors["partly_answered"] += 1
