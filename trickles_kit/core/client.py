@@ -255,29 +255,15 @@ class ClientEngine(RequestSending, OlderNames):
         self.counters["drop." + reason] += 1
         self._event(ev.DROP, now, reason=reason, **kw)
 
-    def _owned(self, now: float) -> tuple[int, int, int]:
-        """(clientState, parent, clientTimestamp) to send now (core.request_builder)."""
-        return self.build.owned(self.client_state, self.counters["requests"], now)
-
     def _echo_epoch(self, cont: Continuation) -> int | None:
         """The timeout epoch whose token `cont` echoes, or None (not an answer to us)."""
-        return self.build.echo_epoch(cont)
+        b = self.build
+        if b.hashed:
+            return b.tokens.get(cont.client_state)
+        return b.tokens.get(cont.client_state << 32 | cont.parent)
 
     def _arm(self, now: float) -> None:
         self._timer = now + min(self.rtt.rto * self._backoff, self.cfg.max_rto)
-
-    def _send_syn(self, now: float) -> None:
-        cfg = self.cfg
-        ranges = [(0, cfg.mss)] if cfg.syn_data and self._request_bytes else []
-        app = self._request_bytes if cfg.syn_data else b""
-        self._syn_time = now
-        if ranges:
-            self._syn_range = ranges[0]
-            self.picker.next_new = max(self.picker.next_new, ranges[0][1])
-            self.stream.ask(*ranges[0])
-        self._outbox.append(self.build.syn(self._owned(now), ranges, app, cfg.mss))
-        self.counters["tx"] += 1
-        self._arm(now)
 
     # ------------------------------------------------------------------ receive
     def receive(self, segment: bytes, now: float) -> None:
@@ -292,22 +278,39 @@ class ClientEngine(RequestSending, OlderNames):
         except DecodeError as e:
             self._drop("decode." + e.reason, now)
             return
-        cont = self._answer_cont(resp.cont, seg.seq, resp.position, now)
-        if cont is None or not self._accept_cont(cont, seg.flags, seg.seq, now):
+        cont = resp.cont
+        if cont.type == HASHED:  # rebuild it from what we predicted for that request
+            cont = self._rebuild(cont, seg.seq, resp.position, now)
+            if cont is None:
+                return
+        epoch = self._echo_epoch(cont)
+        if epoch is None:  # no echo of our token: off-path injection (or a confused server)
+            self._drop("echo", now, pkt=seg.seq)
+            return
+        cont.client_state = epoch  # from here on, the internal timeout epoch
+        if (self.phase == Phase.SYN_SENT or cont.conn_id != self.conn_id) and \
+                not self._accept_cont(cont, seg.flags, seg.seq, now):
             return
         if self.phase in _QUIET:
             return
-        if seg.flags & FIN and self.phase == Phase.FIN_SENT and not resp.chunks:  # FIN answer
+        chunks = resp.chunks
+        if seg.flags & FIN and self.phase == Phase.FIN_SENT and not chunks:  # the FIN answer
             self.phase = Phase.CLOSED
             self._timer = None
             self.counters["fin_answered"] += 1
             return
-        own = self._own_ranges(cont, seg.flags)
-        stated = self.stream.stated_total(resp.chunks) if resp.chunks else None
-        if stated is not None and not self.stream.set_total(stated):
-            self._protocol_error("total_below_delivered", now, pkt=seg.seq, total=stated)
-            return
-        progress = self._take(resp.chunks, own, now)
+        progress = False
+        if chunks:
+            stream = self.stream
+            got = stream.take(chunks, self._own_ranges(cont, seg.flags))
+            if got is None:  # it states a length below the bytes delivered: cannot be
+                self._protocol_error("total_below_delivered", now, pkt=seg.seq)
+                return
+            if got:
+                progress = True
+                n = stream.deliver_in_order()
+                if n and self.on_event is not None:
+                    self._event(ev.DATA, now, bytes=n, offset=stream.deliver)
         if seg.flags & SYN and self._syn_range is not None:
             # the SYN asked for these bytes; an answer trimmed by anti-amplification lacks them
             for s, e in self.stream.received.gaps(*self._syn_range):
@@ -323,28 +326,23 @@ class ClientEngine(RequestSending, OlderNames):
             self._backoff = 1
             self._timeouts_in_row = 0
             self._arm(now)
-        self._check_done(now)
+        if self.stream.total is not None:
+            self._check_done(now)
         self._pump(now)
         self._update_reo(now)
 
-    def _answer_cont(self, cont: Continuation, pkt: int, position: int,
-                     now: float) -> Continuation | None:
-        """The answer's continuation with its timeout epoch in clientState, if it echoes one
-        of our tokens (else None: off-path injection, or a confused server; counted)."""
-        if cont.type == HASHED:  # rebuild it from what we predicted for that request
-            preds = self.build.preds
-            cont = None if preds is None else preds.rebuild(cont, pkt, position, self.conn_id)
-            if cont is None:  # not an answer to a request we made: nothing in it is trusted
-                self.counters["delta_unknown"] += 1
-                self._drop("echo", now, pkt=pkt)
-                return None
-            self.build.compact_ok = True
-        epoch = self._echo_epoch(cont)
-        if epoch is None:
+    def _rebuild(self, cont: Continuation, pkt: int, position: int,
+                 now: float) -> Continuation | None:
+        """The FULL continuation a HASHED answer stands for, from what we predicted for the
+        request it answers (None, counted: not an answer to a request we made)."""
+        preds = self.build.preds
+        full = None if preds is None else preds.rebuild(cont, pkt, position, self.conn_id)
+        if full is None:  # nothing in it is trusted
+            self.counters["delta_unknown"] += 1
             self._drop("echo", now, pkt=pkt)
             return None
-        cont.client_state = epoch  # from here on, the internal timeout epoch
-        return cont
+        self.build.compact_ok = True
+        return full
 
     def _accept_cont(self, cont: Continuation, flags: int, pkt: int, now: float) -> bool:
         """The handshake answer opens the connection; later ones must be of the same one."""
@@ -368,7 +366,13 @@ class ClientEngine(RequestSending, OlderNames):
             return [self._syn_range]
         if cont.client_state != self.client_state:
             return None
-        return self.loss.accept_of(cont.seq, cont.type == MINIMAL, self.score.lost)
+        if cont.type == MINIMAL:
+            exp = self.loss.rtx.get(cont.seq)
+        else:
+            exp = self.loss.expected.get(cont.seq)
+            if exp is None:  # one declared lost may still come
+                return self.score.lost.get(cont.seq)
+        return exp.accept if exp is not None else None
 
     def _protocol_error(self, reason: str, now: float, **kw) -> None:
         """The server broke the protocol in a way the client cannot repair: a counted drop
@@ -378,15 +382,6 @@ class ClientEngine(RequestSending, OlderNames):
         self.phase = Phase.FAILED
         self._timer = self._reo = None
         self.repair.clear()
-
-    def _take(self, chunks: list, own: Ranges | None, now: float) -> bool:
-        stream = self.stream
-        if not chunks or not stream.take(chunks, own):
-            return False
-        n = stream.deliver_in_order()
-        if n and self.on_event is not None:
-            self._event(ev.DATA, now, bytes=n, offset=stream.deliver)
-        return True
 
     def _check_done(self, now: float) -> None:
         if self.phase == Phase.ESTABLISHED and self.stream.done:

@@ -33,6 +33,9 @@ if TYPE_CHECKING:  # (types only)
     from trickles_kit.core.uplink_repair import UplinkRepair
 
 
+_U32 = 0xFFFFFFFF
+
+
 class RequestSending:
     if TYPE_CHECKING:
         cfg: ClientConfig
@@ -62,7 +65,8 @@ class RequestSending:
 
         @property
         def done(self) -> bool: ...
-        def _owned(self, now: float) -> tuple[int, int, int]: ...
+        _syn_time: float
+        _syn_range: tuple[int, int] | None
         def _arm(self, now: float) -> None: ...
         def _event(self, kind: str, now: float, **kw) -> None: ...
 
@@ -115,7 +119,7 @@ class RequestSending:
                 plan: pl.Plan, now: float) -> None:
         # a request carries at most MAX_RANGES ranges: a larger window from the server (its
         # startCwnd) leaves the extra slots without one rather than failing the encode
-        ranges = self._assign(min(len(plan.slots), MAX_RANGES))
+        ranges = self.picker.assign(min(len(plan.slots), MAX_RANGES))
         if ranges:
             self._probes = 0
         elif plan.slots:
@@ -124,7 +128,10 @@ class RequestSending:
         req = None
         if self._repair_on and rtype == REQ_NORMAL and plan.slots:
             req = self.repair.new_request(cont.seq, plan, self.client_state)
-        self._expect(plan, ranges, req, cont.seq)
+        for old in self.loss.expect(plan, ranges, cont.seq):  # the bytes asked of a first
+            self.stream.settle(old.ranges)  # plan of the same number must not be forgotten
+        if self._repair_on:
+            self.repair.note(plan, req)
         if plan.slots:
             self.cwnd = plan.cwnd
             self.ssthresh = plan.slots[-1].ssthresh
@@ -147,13 +154,6 @@ class RequestSending:
         if self._timer is None:
             self._arm(now)
 
-    def _expect(self, plan: pl.Plan, ranges: Ranges, req: object, seq: int) -> None:
-        """Note the packets `plan` will make and the bytes each is to carry."""
-        for old in self.loss.expect(plan, ranges, seq):  # the bytes asked of a first plan of
-            self.stream.settle(old.ranges)  # the same number must not be forgotten
-        if self._repair_on:
-            self.repair.note(plan, req)
-
     def _send_request(self, rtype: int, cont: Continuation, blocks: list[tuple[int, int]],
                       ranges: Ranges, now: float, flags: int = ACK,
                       plan: pl.Plan | None = None) -> None:
@@ -164,7 +164,9 @@ class RequestSending:
         sacks = [SackBlock(lft, rgt, self._summary(lft, rgt)) for lft, rgt in blocks]
         app = self._request_bytes if not self.ucont else b""
         req = Request(rtype, c, sacks, self.ucont, ranges, app)
-        seg = self.build.segment(self.build.payload(req, rtype, plan), cont.seq, flags)
+        build = self.build
+        payload = req.encode() if build.preds is None else build.payload(req, rtype, plan)
+        seg = build.segment(payload, cont.seq, flags)
         self._outbox.append(seg)
         self.counters["requests"] += 1
         self.counters["tx"] += 1
@@ -178,8 +180,36 @@ class RequestSending:
 
     def _pending_below(self, pkt: int) -> bool:
         """Whether an undecided packet (or one waiting for a repeated request) is numbered
-        below `pkt`."""
-        return self.loss.pending_below(pkt, self.repair.under_repair)
+        below `pkt` (core.loss.LossDetector.pending_below, inline: it runs per packet)."""
+        loss = self.loss
+        heap = loss.heap
+        while heap and heap[0] not in loss.expected:
+            heapq.heappop(heap)
+        if heap and heap[0] < pkt:
+            return True
+        repairing = self.repair.under_repair
+        return bool(repairing) and min(repairing) < pkt
+
+    def _owned(self, now: float) -> tuple[int, int, int]:
+        """(clientState, parent, clientTimestamp) to send now: the epoch's echo token (its high
+        half and the request counter with HASHED answers, which echo only `parent`), the clock."""
+        b = self.build
+        tok = b.token(self.client_state)
+        parent = self.counters["requests"] & _U32 if b.hashed else tok & _U32
+        return tok >> 32, parent, int(now * 1000) & _U32
+
+    def _send_syn(self, now: float) -> None:
+        cfg = self.cfg
+        ranges = [(0, cfg.mss)] if cfg.syn_data and self._request_bytes else []
+        app = self._request_bytes if cfg.syn_data else b""
+        self._syn_time = now
+        if ranges:
+            self._syn_range = ranges[0]
+            self.picker.next_new = max(self.picker.next_new, ranges[0][1])
+            self.stream.ask(*ranges[0])
+        self._outbox.append(self.build.syn(self._owned(now), ranges, app, cfg.mss))
+        self.counters["tx"] += 1
+        self._arm(now)
 
 
 __all__ = ["RequestSending"]

@@ -83,17 +83,6 @@ class LossDetector:
             out.append((pkt, self.rtx.pop(pkt, None)))
         return out
 
-    def accept_of(self, pkt: int, minimal: bool, lost: dict[int, Ranges]) -> Ranges | None:
-        """The bytes the answer numbered `pkt` may carry (its slot's; a packet declared lost
-        still may, `lost` says which): None if no slot of ours is known for it."""
-        if minimal:
-            exp = self.rtx.get(pkt)
-        else:
-            exp = self.expected.get(pkt)
-            if exp is None:
-                return lost.get(pkt)
-        return exp.accept if exp is not None else None
-
     def pending_below(self, pkt: int, waiting: dict[int, object]) -> bool:
         """Whether an undecided packet (or one `waiting` for a repeated request) is numbered
         below `pkt`."""

@@ -113,25 +113,26 @@ class Reassembly:
             del self._piece_end[start + len(piece)]
             self.held -= len(piece)
 
-    def stated_total(self, chunks: list) -> int | None:
-        """The least length a packet's chunks state (FINHINT, or a DATA chunk with FIN)."""
-        out = None
-        for c in chunks:
-            if isinstance(c, FinHint):
-                t = c.byte_num
-            elif isinstance(c, DataChunk) and c.fin:
-                t = c.byte_num + len(c.data)
-            else:
-                continue
-            if out is None or t < out:
-                out = t
-        return out
-
     # ------------------------------------------------------------------ taking chunks
-    def take(self, chunks: list, own: Ranges | None) -> bool:
+    def take(self, chunks: list, own: Ranges | None) -> bool | None:
         """Keep the bytes we asked for (within the window), below the stream's length; with
         `own`, only those inside the ranges the packet's own slot asked for. Whether any new
-        byte arrived. (Call `set_total` with the packet's stated length first.)"""
+        byte arrived; None, and nothing taken, if the packet states a length (FINHINT, a DATA
+        chunk with FIN: applied before its data) below the bytes already delivered."""
+        stated = None
+        for c in chunks:
+            if isinstance(c, DataChunk):
+                if not c.fin:
+                    continue
+                t = c.byte_num + len(c.data)
+            elif isinstance(c, FinHint):
+                t = c.byte_num
+            else:
+                continue
+            if stated is None or t < stated:
+                stated = t
+        if stated is not None and not self.set_total(stated):
+            return None
         got = False
         received = self.received
         cap = self.max_islands
@@ -142,7 +143,11 @@ class Reassembly:
                 end = start + len(c.data)
                 spans = self.want.clip(start, end)
                 if own is not None and spans:
-                    spans = _within(spans, own)
+                    if len(own) == 1 and len(spans) == 1:  # (the common case, inline)
+                        lo, hi = max(spans[0][0], own[0][0]), min(spans[0][1], own[0][1])
+                        spans = [(lo, hi)] if lo < hi else []
+                    else:
+                        spans = _within(spans, own)
                 took = False
                 for s, e in spans:
                     if len(received) >= cap and not received.contains(s - 1):

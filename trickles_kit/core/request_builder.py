@@ -12,7 +12,6 @@ import hashlib
 
 from trickles_kit.core import delta as dl
 from trickles_kit.core import plan as pl
-from trickles_kit.wire.continuation import Continuation
 from trickles_kit.wire.delta import FLAG_HASHED, FLAG_PAIRED, compact_request, flag_request
 from trickles_kit.wire.messages import REQ_SLOWSTART, REQ_SYN, Request
 from trickles_kit.wire.segment import SYN, encode_segment
@@ -24,7 +23,7 @@ class RequestBuilder:
     ECHO_EPOCHS = 16  # timeout epochs whose late packets are still recognised (data only)
 
     __slots__ = ("local_ip", "local_port", "server_ip", "server_port", "seq", "paired",
-                 "hashed", "preds", "compact_ok", "_key", "_tokens")
+                 "hashed", "preds", "compact_ok", "_key", "tokens")
 
     def __init__(self, local_ip: bytes, local_port: int, server_ip: bytes, server_port: int,
                  isn: int, echo_key: bytes, paired: bool, hashed: bool) -> None:
@@ -36,7 +35,10 @@ class RequestBuilder:
         self.preds = dl.Predictions() if hashed else None
         self.compact_ok = False  # the server sent a HASHED answer: it expands COMPACT ones
         self._key = echo_key
-        self._tokens: dict[int, int] = {}  # wire token -> epoch, the last ECHO_EPOCHS epochs
+        # wire token -> epoch, for the last ECHO_EPOCHS epochs: the whole 64 bits (clientState
+        # and parent), or with HASHED answers, which echo only `parent`, its high half (the
+        # engine's `_owned` sends it in clientState, `_echo_epoch` looks answers up here)
+        self.tokens: dict[int, int] = {}
         self.add_token(0)
 
     # ------------------------------------------------------------------ echo tokens
@@ -46,24 +48,11 @@ class RequestBuilder:
 
     def add_token(self, epoch: int) -> None:
         tok = self.token(epoch)
-        self._tokens[tok >> 32 if self.hashed else tok] = epoch
+        self.tokens[tok >> 32 if self.hashed else tok] = epoch
         old = epoch - self.ECHO_EPOCHS
         if old >= 0:
             t = self.token(old)
-            self._tokens.pop(t >> 32 if self.hashed else t, None)
-
-    def owned(self, epoch: int, requests: int, now: float) -> tuple[int, int, int]:
-        """(clientState, parent, clientTimestamp) to send: the epoch's echo token (its high
-        half and the request counter with HASHED answers, which echo only `parent`), the clock."""
-        tok = self.token(epoch)
-        parent = requests & _U32 if self.hashed else tok & _U32
-        return tok >> 32, parent, int(now * 1000) & _U32
-
-    def echo_epoch(self, cont: Continuation) -> int | None:
-        """The timeout epoch whose token `cont` echoes, or None (not an answer to us)."""
-        if self.hashed:
-            return self._tokens.get(cont.client_state)
-        return self._tokens.get(cont.client_state << 32 | cont.parent)
+            self.tokens.pop(t >> 32 if self.hashed else t, None)
 
     # ------------------------------------------------------------------ bytes
     def segment(self, payload: bytes, ack: int, flags: int) -> bytes:
