@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from trickles_kit.apps.generated import Generated, gen_request, generated_sha256
 from trickles_kit.core.client import ClientConfig, ClientEngine
+from trickles_kit.core.phase import Phase
 from trickles_kit.core.server import Handler, ServerConfig, ServerEngine
 from trickles_kit.net.ip import PROTO_TRICKLES
 from trickles_kit.net.pcap import PcapWriter
@@ -249,7 +250,7 @@ class SimNetwork:
         self._service(slot, key)  # type: ignore[arg-type]
 
     def all_finished(self) -> bool:
-        return all(s.engine.done or s.engine.phase in ("failed", "closed")
+        return all(s.engine.done or s.engine.phase in (Phase.FAILED, Phase.CLOSED)
                    for s in self.clients.values())
 
 

@@ -26,6 +26,7 @@ from trickles_kit.core.cc import cwnd
 from trickles_kit.core.client import ClientConfig, ClientEngine
 from trickles_kit.core.keys import KeyRing
 from trickles_kit.core.nonces import NonceGen
+from trickles_kit.core.phase import Phase
 from trickles_kit.core.seal import UcontBox
 from trickles_kit.core.server import ServerConfig, ServerEngine
 from trickles_kit.wire.messages import REQ_NAMES
@@ -129,13 +130,13 @@ def run_connection() -> list[Exchange]:
             closing = True
             client.close(t)
             flush(t)
-        if closing and client.phase == "closed":
+        if closing and client.phase == Phase.CLOSED:
             break
         if not queue and client.get_timer() is not None:
             timer = client.get_timer()
             client.handle_timer(timer)
             flush(timer)
-    if not closing or client.phase != "closed":
+    if not closing or client.phase != Phase.CLOSED:
         raise RuntimeError("the vectors' connection did not complete")
     return out
 

@@ -29,6 +29,7 @@ from typing import Any
 
 from trickles_kit.core.client import ClientConfig
 from trickles_kit.core.events import Event
+from trickles_kit.core.phase import Phase
 from trickles_kit.net.fetch import local_address_for, open_transport
 from trickles_kit.net.ip import PROTO_TRICKLES, aton
 from trickles_kit.net.pcap import PcapWriter
@@ -119,7 +120,7 @@ class AsyncResponse:
 
     @property
     def failed(self) -> bool:
-        return self.engine.phase == "failed"
+        return self.engine.phase == Phase.FAILED
 
     @property
     def at_eof(self) -> bool:
@@ -361,12 +362,12 @@ class AsyncClientHost:
             conn = resp._conn
             assert conn is not None
             if resp._closing:
-                if conn.engine.phase != "fin_sent":
+                if conn.engine.phase != Phase.FIN_SENT:
                     self._forget(port)
                 continue
             if conn.finished is not None:
                 resp._finish()
-                if conn.engine.phase == "failed":
+                if conn.engine.phase == Phase.FAILED:
                     self._forget(port)
             resp._wake()
         self._rearm()
@@ -406,7 +407,7 @@ class AsyncClientHost:
             return
         conn.engine.close(self._h.clock())
         self._h._service(port, conn)
-        if conn.engine.phase == "fin_sent":
+        if conn.engine.phase == Phase.FIN_SENT:
             resp._closing = True  # forgotten when the FIN is answered or given up
         else:
             self._forget(port)

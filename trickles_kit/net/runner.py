@@ -20,6 +20,7 @@ from typing import Any, TextIO
 
 from trickles_kit.core.client import ClientConfig, ClientEngine
 from trickles_kit.core.events import Event
+from trickles_kit.core.phase import Phase
 from trickles_kit.core.server import ServerEngine
 from trickles_kit.net.pcap import PcapWriter
 from trickles_kit.net.transport import Transport
@@ -404,7 +405,7 @@ class Connection:
 
     @property
     def failed(self) -> bool:
-        return self.engine.phase == "failed"
+        return self.engine.phase == Phase.FAILED
 
 
 class ClientHost:
@@ -469,7 +470,7 @@ class ClientHost:
                 if self.pcap is not None:
                     self.pcap.log(now, tr.local_ip, self.server_ip, seg, tr.ip_proto,
                                   tr.udp_ports(self.peer, True))
-        if conn.finished is None and (eng.done or eng.phase == "failed") and not eng.unread:
+        if conn.finished is None and (eng.done or eng.phase == Phase.FAILED) and not eng.unread:
             conn.finished = self.clock()
         t = eng.get_timer()
         if t is not None and (conn.timer_at is None or t < conn.timer_at):
@@ -554,7 +555,7 @@ class ClientHost:
             c.engine.close(self.clock())
             self._service(c.engine.local_port, c)
         end = self.clock() + linger
-        while self.clock() < end and any(c.engine.phase == "fin_sent" for c in targets):
+        while self.clock() < end and any(c.engine.phase == Phase.FIN_SENT for c in targets):
             self.step(0.02)
         for c in targets:
             self.conns.pop(c.engine.local_port, None)

@@ -32,6 +32,7 @@ import time
 from typing import Any
 
 from trickles_kit.core.client import ClientConfig
+from trickles_kit.core.phase import Phase
 from trickles_kit.net.aio import MAX_REQUEST, random_first_port
 from trickles_kit.net.fetch import local_address_for, open_transport, parse_url
 from trickles_kit.net.ip import PROTO_TRICKLES, aton
@@ -153,7 +154,7 @@ class TricklesSocket:
         self._closed = True
         host, conn = self._host, self._conn
         try:
-            live = conn is not None and conn.engine.phase not in ("failed", "closed")
+            live = conn is not None and conn.engine.phase not in (Phase.FAILED, Phase.CLOSED)
             if host is not None and conn is not None and live:
                 with contextlib.suppress(OSError):
                     host.close(conn, self.linger)

@@ -1,0 +1,171 @@
+"""The client engine's cost per packet received, alone (no server, no simulator in the timing).
+
+A transfer from a `Generated` server over a lossy, jittery virtual link is run once (with this
+checkout) to record every input the client got (segments, timer calls, reads); the recorded
+inputs are then replayed into fresh clients (same ISN and echo key, so they act exactly alike)
+and only that is timed. The digest of everything the client sent is printed too: two packages
+that behave the same give the same digest for the same inputs.
+
+    python benchmarks/bench_client.py                  # this checkout
+    python benchmarks/bench_client.py --against DIR    # and another checkout (DIR holds
+                                                       # trickles_kit/), alternating runs
+
+Writes JSON (--out) with the command that made it. Measures only: nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import heapq
+import json
+import os
+import pickle
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CIP, SIP = bytes((10, 1, 0, 2)), bytes((10, 0, 0, 1))
+KEY = bytes(range(16))
+
+
+def record(size: int, loss: float, seed: int) -> tuple[list[tuple], dict]:
+    """Run one transfer; the client's inputs in order, and a summary."""
+    from trickles_kit.apps.generated import Generated, gen_request
+    from trickles_kit.core.client import ClientConfig, ClientEngine
+    from trickles_kit.core.server import ServerConfig, ServerEngine
+
+    gen = Generated()
+    server = ServerEngine(bytes(32), gen, SIP, 80, ServerConfig())
+    gen.attach(server)
+    client = ClientEngine(CIP, 40000, SIP, 80, ClientConfig(), isn=9, echo_key=KEY)
+    rng = random.Random(seed)
+    trace: list[tuple] = []
+    queue: list[tuple[float, int, bytes]] = []
+    n = 0
+    t = 0.0
+    client.connect(t, gen_request(size, seed))
+    while not client.done and client.phase not in ("failed", "closed") and t < 600:
+        for seg in client.datagrams_to_send():
+            for ans in server.receive(seg, CIP, t + 0.005):
+                if rng.random() < loss:
+                    continue
+                n += 1
+                heapq.heappush(queue, (t + 0.010 + rng.random() * 0.002, n, ans))
+        timer = client.get_timer()
+        if queue and (timer is None or queue[0][0] <= timer):
+            t, _, ans = heapq.heappop(queue)
+            client.receive(ans, t)
+            trace.append(("rx", t, ans))
+        elif timer is not None:
+            t = max(t, timer)
+            client.handle_timer(t)
+            trace.append(("timer", t, b""))
+        else:
+            break
+        if client.unread:
+            client.read()
+            trace.append(("read", t, b""))
+    return trace, {"ok": client.done, "rx": client.counters["rx"],
+                   "losses": client.counters["losses"], "timeouts": client.counters["timeouts"]}
+
+
+def replay(trace: list[tuple], size: int, seed: int, digest: bool) -> tuple[float, str]:
+    """CPU seconds to feed `trace` to a fresh client, and (with `digest`) what it sent."""
+    from trickles_kit.apps.generated import gen_request
+    from trickles_kit.core.client import ClientConfig, ClientEngine
+
+    client = ClientEngine(CIP, 40000, SIP, 80, ClientConfig(), isn=9, echo_key=KEY)
+    h = hashlib.sha256()
+    t0 = time.process_time()
+    client.connect(0.0, gen_request(size, seed))
+    receive, handle_timer, read = client.receive, client.handle_timer, client.read
+    out = client.datagrams_to_send
+    for kind, t, seg in trace:
+        if kind == "rx":
+            receive(seg, t)
+        elif kind == "timer":
+            handle_timer(t)
+        else:
+            read()
+        sent = out()
+        if digest:
+            for s in sent:
+                h.update(s)
+    return time.process_time() - t0, h.hexdigest()
+
+
+def child(trace_file: str, size: int, seed: int, reps: int) -> dict:
+    with open(trace_file, "rb") as f:
+        trace, summary = pickle.load(f)
+    _, dig = replay(trace, size, seed, True)
+    times = [replay(trace, size, seed, False)[0] for _ in range(reps)]
+    rx = sum(1 for k, _, _ in trace if k == "rx")
+    import trickles_kit
+
+    return {"package": str(Path(trickles_kit.__file__).parent.parent), "summary": summary,
+            "inputs": len(trace), "packets": rx, "sent_sha256": dig,
+            "us_per_packet_min": round(min(times) / rx * 1e6, 3),
+            "us_per_packet_all": [round(x / rx * 1e6, 3) for x in times]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", type=int, default=20_000_000)
+    ap.add_argument("--loss", type=float, default=0.01, help="answer loss (default 1 %%)")
+    ap.add_argument("--seed", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5, help="timed replays per process")
+    ap.add_argument("--rounds", type=int, default=3, help="processes per checkout, alternating")
+    ap.add_argument("--against", help="another checkout (a directory holding trickles_kit/)")
+    ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks" / "client.json"))
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--record-to", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.record_to:
+        with open(a.record_to, "wb") as f:
+            pickle.dump(record(a.size, a.loss, a.seed), f)
+        return 0
+    if a.child:
+        print(json.dumps(child(a.child, a.size, a.seed, a.reps)))
+        return 0
+    roots = {"this": str(REPO)}
+    if a.against:
+        roots["against"] = str(Path(a.against).resolve())
+    runs: dict[str, list[dict]] = {k: [] for k in roots}
+    args = [f"--size={a.size}", f"--loss={a.loss}", f"--seed={a.seed}", f"--reps={a.reps}"]
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = str(Path(tmp) / "trace.pickle")
+        subprocess.run([sys.executable, __file__, "--record-to", trace, *args], check=True,
+                       env={**os.environ, "PYTHONPATH": roots["this"]})
+        for _ in range(a.rounds):
+            for name, root in roots.items():
+                env = {**os.environ, "PYTHONPATH": root}
+                p = subprocess.run([sys.executable, __file__, "--child", trace, *args],
+                                   env=env, capture_output=True, text=True, check=True)
+                runs[name].append(json.loads(p.stdout.strip().splitlines()[-1]))
+    res = {"command": " ".join([Path(sys.argv[0]).name, *argv]), "options": vars(a),
+           "method": "CPU time (process_time) to replay one recorded transfer's client inputs "
+                     "into a fresh ClientEngine; per packet received; min over replays and "
+                     "processes", "runs": runs}
+    for name, rs in runs.items():
+        res[name] = {"us_per_packet": min(r["us_per_packet_min"] for r in rs),
+                     "sent_sha256": sorted({r["sent_sha256"] for r in rs}),
+                     "packets": rs[0]["packets"], "summary": rs[0]["summary"]}
+        print(f"{name}: {res[name]['us_per_packet']} us/packet over {rs[0]['packets']} packets"
+              f" (sent digest {res[name]['sent_sha256'][0][:16]}, {rs[0]['summary']})")
+    if a.against:
+        ratio = res["this"]["us_per_packet"] / res["against"]["us_per_packet"]
+        res["ratio_this_over_against"] = round(ratio, 4)
+        print(f"this / against = {ratio:.3f}")
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

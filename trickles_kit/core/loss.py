@@ -1,0 +1,106 @@
+"""The packets the client's requests will make, and when one is lost (FACK, PROTOCOL §8.3).
+
+The client runs the server's planning function on every request it sends, so it knows each
+packet number to come and the bytes it is to carry. A regular packet is lost once one
+`dupthresh` numbers above it has arrived; a retransmission once a packet above the newest of
+its request has. Kept apart from the engine (as aioquic keeps its packet recovery) so the
+engine only says what arrived and acts on what was declared.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Container
+
+from trickles_kit.core import plan as pl
+from trickles_kit.core.reassembly import Ranges
+
+
+class Expect:
+    """A packet a request of ours will make: the bytes its slot names (`ranges`), the bytes
+    its answer may carry (`accept`: those, and any an earlier plan of the same number named),
+    the order FACK decides it in, and the TCPBase its continuation will carry."""
+
+    __slots__ = ("ranges", "order", "base", "accept")
+
+    def __init__(self, ranges: Ranges, order: int, base: int) -> None:
+        self.ranges = ranges
+        self.order = order
+        self.base = base
+        self.accept = ranges
+
+
+class LossDetector:
+    __slots__ = ("expected", "heap", "rtx", "rtx_heap")
+
+    def __init__(self) -> None:
+        self.expected: dict[int, Expect] = {}  # regular packets awaited, by number
+        self.heap: list[int] = []  # their numbers (lazily cleaned: check `expected`)
+        self.rtx: dict[int, Expect] = {}  # retransmissions awaited, by number
+        self.rtx_heap: list[tuple[int, int]] = []  # (newest number of the request, number)
+
+    def expect(self, plan: pl.Plan, ranges: Ranges, seq: int) -> list[Expect]:
+        """Note the packets `plan` will make, slot i carrying ranges[i]; the expectations they
+        replace (a number planned twice, e.g. two proofs showed the same hole)."""
+        newest = max((s.pkt for s in plan.slots if s.kind != pl.RETRANSMIT), default=seq)
+        replaced = []
+        for i, s in enumerate(plan.slots):
+            rng = [ranges[i]] if i < len(ranges) else []
+            rtx = s.kind == pl.RETRANSMIT
+            exp = Expect(rng, newest if rtx else s.pkt, s.tcp_base)
+            table = self.rtx if rtx else self.expected
+            old = table.get(s.pkt)
+            if old is not None:  # its bytes may still come with it
+                exp.accept = rng + old.accept
+                replaced.append(old)
+            table[s.pkt] = exp
+            if rtx:
+                heapq.heappush(self.rtx_heap, (newest, s.pkt))
+            else:
+                heapq.heappush(self.heap, s.pkt)
+        return replaced
+
+    def due_below(self, bound: int, waiting: Container[int]) -> list[int]:
+        """Regular packets numbered below `bound` that are now to be declared lost (not those
+        `waiting` for a repeated request: their deadline decides)."""
+        limit = bound - 1
+        heap = self.heap
+        out = []
+        while heap and heap[0] <= limit:
+            pkt = heapq.heappop(heap)
+            if pkt not in waiting:
+                out.append(pkt)
+        return out
+
+    def rtx_lost_below(self, bound: int) -> list[tuple[int, Expect | None]]:
+        """Retransmissions whose request's newest packet is numbered below `bound`: lost
+        (None: one that had arrived, or was planned anew)."""
+        limit = bound - 1
+        rheap = self.rtx_heap
+        out = []
+        while rheap and rheap[0][0] <= limit:
+            _, pkt = heapq.heappop(rheap)
+            out.append((pkt, self.rtx.pop(pkt, None)))
+        return out
+
+    def pending_below(self, pkt: int, waiting: dict[int, object]) -> bool:
+        """Whether an undecided packet (or one `waiting` for a repeated request) is numbered
+        below `pkt`."""
+        heap = self.heap
+        while heap and heap[0] not in self.expected:
+            heapq.heappop(heap)
+        if heap and heap[0] < pkt:
+            return True
+        return bool(waiting) and min(waiting) < pkt
+
+    def outstanding(self) -> list[Expect]:
+        return list(self.expected.values()) + list(self.rtx.values())
+
+    def clear(self) -> None:
+        self.expected.clear()
+        self.heap.clear()
+        self.rtx.clear()
+        self.rtx_heap.clear()
+
+
+__all__ = ["Expect", "LossDetector"]
