@@ -34,6 +34,7 @@ MAC-covered continuation bytes (offsets 0..5 and 18..74).
     .venv/bin/python benchmarks/fuzz_campaign.py --executions 1000000 --forgery 1000000
     .venv/bin/python benchmarks/fuzz_campaign.py --seconds 60 --harness engine_keyed
     .venv/bin/python benchmarks/fuzz_campaign.py --forgery 1000000 --executions 0
+    .venv/bin/python benchmarks/fuzz_campaign.py --quick   # every harness briefly: a smoke run
 """
 
 from __future__ import annotations
@@ -1514,6 +1515,12 @@ WEIGHTS = {"decode_segment": 0.06, "decode_segment_addr": 0.06, "decode_request"
            "engine_raw": 0.25, "engine_keyed": 0.38, "engine_keyed_any": 0.02}
 
 
+FULL_EXECUTIONS = 1_000_000
+# --quick: every harness runs (each gets its share, at least one execution) and the forgery
+# check runs, in seconds; a smoke run that keeps the script working, not a campaign
+QUICK_EXECUTIONS, QUICK_FORGERY = 4_000, 2_000
+
+
 def campaign(executions: int, seconds: float | None, harnesses: list[str], seed: int,
              trace_every: int, log=print) -> dict:
     cov = LineCoverage()
@@ -1542,11 +1549,16 @@ def _git(*args: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--executions", type=int, default=1_000_000,
-                    help="fuzz executions in total, shared by the harnesses (0: none)")
+    ap.add_argument("--executions", type=int, default=None,
+                    help="fuzz executions in total, shared by the harnesses (0: none; default "
+                         f"{FULL_EXECUTIONS:,}, quick {QUICK_EXECUTIONS:,})")
     ap.add_argument("--seconds", type=float, default=None,
                     help="time cap in total, shared the same way (whichever comes first)")
-    ap.add_argument("--forgery", type=int, default=0, help="forgery mutations (0: skip)")
+    ap.add_argument("--forgery", type=int, default=None,
+                    help=f"forgery mutations (0: skip; default 0, quick {QUICK_FORGERY:,})")
+    ap.add_argument("--quick", action="store_true",
+                    help="a smoke run: every harness and the forgery check, a few seconds "
+                         "(finds little; CI runs it so the script keeps working)")
     ap.add_argument("--harness", action="append", choices=HARNESSES,
                     help="only these harnesses (repeatable; default all)")
     ap.add_argument("--seed", type=int, default=1)
@@ -1559,6 +1571,10 @@ def main(argv: list[str] | None = None) -> int:
                     const=str(REPO / "benchmarks" / "results" / "fuzz_campaign.json"),
                     help="refresh the committed benchmarks/results/fuzz_campaign.json")
     a = ap.parse_args(argv)
+    if a.executions is None:
+        a.executions = QUICK_EXECUTIONS if a.quick else FULL_EXECUTIONS
+    if a.forgery is None:
+        a.forgery = QUICK_FORGERY if a.quick else 0
     harnesses = a.harness or list(HARNESSES)
     t0 = time.time()
     load0 = os.getloadavg()
@@ -1567,6 +1583,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": " ".join(shlex.quote(x) for x in [
                 ".venv/bin/python", "benchmarks/fuzz_campaign.py", *(argv or sys.argv[1:])]),
             "date_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "mode": "quick" if a.quick else "full",
             "python": sys.version.split()[0], "platform": platform.platform(),
             "cpu_count": os.cpu_count(), "loadavg_at_start": load0,
             "git_commit": _git("rev-parse", "HEAD"),
