@@ -32,7 +32,7 @@ CPU time (the process's own time: less sensitive to other load on a shared machi
 time. It measures and records; it never asserts. Run from the repository root:
 
     .venv/bin/python benchmarks/bench_decode.py                 # full run
-    .venv/bin/python benchmarks/bench_decode.py --quick         # 40k packets, 1 repeat
+    .venv/bin/python benchmarks/bench_decode.py --quick         # 4k packets, 1 repeat: a smoke run
     .venv/bin/python benchmarks/bench_decode.py --capture X.pcap  # an existing capture
     .venv/bin/python benchmarks/bench_decode.py --baseline /tmp/decode_old.py  # before/after
 """
@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3, help="runs per figure; best is kept")
     ap.add_argument("--scapy-packets", type=int, default=0,
                     help="iterate only this many packets with scapy (0 = the whole capture)")
-    ap.add_argument("--quick", action="store_true", help="40k packets, 1 repeat")
+    ap.add_argument("--quick", action="store_true",
+                    help="4,000 packets, 1 repeat: a smoke run (every step, a few seconds)")
     ap.add_argument("--seed", type=int, default=11)
     # a run writes to reports/ (git-ignored); the committed result changes only with --record
     ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks" / "decode.json"),
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="what --baseline is, stored in the JSON (e.g. its git revision)")
     args = ap.parse_args(argv)
     if args.quick:
-        args.packets, args.repeat = 40_000, 1
+        args.packets, args.repeat = 4_000, 1
     t_start = time.perf_counter()
     load0 = os.getloadavg()
     tmpdir = None
