@@ -97,7 +97,7 @@ def test_benchmark_quick_mode_runs(script: Path, tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     p = subprocess.run([sys.executable, os.path.relpath(script, REPO), "--quick", "--out",
                         str(out)], cwd=REPO, env=env, capture_output=True, text=True,
-                       timeout=600)
+                       timeout=300)
     tail = f"stdout:\n{p.stdout[-3000:]}\nstderr:\n{p.stderr[-5000:]}"
     assert p.returncode == 0, tail
     assert out.exists(), f"{script.name} wrote no {out.name}\n{tail}"
