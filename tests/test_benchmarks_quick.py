@@ -36,11 +36,12 @@ ROOT_ONLY = {"bench_wire.py": "raw IP sockets", "storms.py": "raw sockets and na
 TOOLS = {"storms.py": ("ip", "iptables"), "bench_uplink_loss.py": TESTBED_TOOLS}
 BROWSER = {"bench_notebooks.py"}
 # wall seconds of each quick run in this module under `nice -n 19 ... -n 2` on a 2-core machine
-# at load 7-9 (other jobs running); only the order of the parameters uses it, see _scripts
-COST = {"bench_core.py": 79, "bench_notebooks.py": 75, "storms.py": 37, "bench_flood.py": 30,
-        "bench_wire.py": 19, "bench_uplink_loss.py": 14, "bench_parallel.py": 13,
-        "fuzz_campaign.py": 10, "bench_cache.py": 9, "bench_decode.py": 7, "liars.py": 7,
-        "bench_replay_horizon.py": 5, "bench_delta.py": 4}
+# at load 9-10 (other jobs running; about half that on a quiet one); only the order of the
+# parameters uses it, see _scripts
+COST = {"bench_notebooks.py": 104, "bench_core.py": 97, "storms.py": 40, "bench_flood.py": 34,
+        "bench_wire.py": 23, "bench_uplink_loss.py": 14, "bench_cache.py": 10,
+        "bench_parallel.py": 10, "liars.py": 10, "bench_decode.py": 9, "fuzz_campaign.py": 9,
+        "bench_replay_horizon.py": 9, "bench_delta.py": 6}
 
 
 def results_status() -> list[str]:
