@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--big-runs", type=int, default=3, help="runs of 01 with --big-size")
     ap.add_argument("--big-size", type=int, default=20_000_000, help="bytes (default 20 MB)")
     ap.add_argument("--quick", action="store_true",
-                    help="one run of 01 and one of 05, no big run: a smoke run (~1 min)")
+                    help="one run of 01 and one of 05, no big run, plotly.js start-up once: "
+                         "a smoke run (~1 min)")
     ap.add_argument("--out", type=Path,
                     default=ROOT / "reports" / "benchmarks" / "notebooks_live.json")
     ap.add_argument("--record", action="store_true",
@@ -141,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
                 from trickles_kit.viz.plotly_bundle import bundle_path
                 full = Path(plotly.__file__).with_name("package_data") / "plotly.min.js"
                 basic = bundle_path()
-                startup = {"full": plotly_startup_ms(browser, full),
-                           "basic": plotly_startup_ms(browser, basic) if basic else None,
+                reps = 1 if args.quick else 3
+                startup = {"full": plotly_startup_ms(browser, full, reps),
+                           "basic": plotly_startup_ms(browser, basic, reps) if basic else None,
                            "views_use": "basic" if basic else "full"}
                 total = 2 * args.runs + args.big_runs
                 done = 0
