@@ -31,6 +31,7 @@ from trickles_kit.net.testbed import TOOLS as TESTBED_TOOLS
 BENCHMARKS = REPO / "benchmarks"
 # scripts that cannot run in CI, with the reason (none today)
 EXCLUDED: dict[str, str] = {}
+# what each root-only script does with it: need_root says "<script> (<this>) needs root"
 ROOT_ONLY = {"bench_wire.py": "raw IP sockets", "storms.py": "raw sockets and namespaces",
              "bench_uplink_loss.py": "network namespaces and raw sockets"}
 TOOLS = {"storms.py": ("ip", "iptables"), "bench_uplink_loss.py": TESTBED_TOOLS}
@@ -87,7 +88,7 @@ def _errors(doc: object, where: str = "") -> list[str]:
 
 def _needs(name: str) -> None:
     if name in ROOT_ONLY:
-        need_root(ROOT_ONLY[name])
+        need_root(f"{name} ({ROOT_ONLY[name]})")
     for tool in TOOLS.get(name, ()):
         need_tool(tool)
     if name in BROWSER:
@@ -99,10 +100,13 @@ def _needs(name: str) -> None:
 @pytest.mark.e2e
 @pytest.mark.parametrize("script", _scripts(), ids=lambda p: p.stem)
 def test_benchmark_quick_mode_runs(script: Path, tmp_path: Path) -> None:
+    """`SCRIPT --quick --out TMP` as a user runs it: exit 0, a JSON naming its command and
+    recording no error, the committed results untouched."""
     _needs(script.name)
     out = tmp_path / f"{script.stem}.json"
     before = results_status()
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    path = [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))  # this checkout's trickles_kit
     p = subprocess.run([sys.executable, os.path.relpath(script, REPO), "--quick", "--out",
                         str(out)], cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=300)
