@@ -32,7 +32,7 @@ CPU time (the process's own time: less sensitive to other load on a shared machi
 time. It measures and records; it never asserts. Run from the repository root:
 
     .venv/bin/python benchmarks/bench_decode.py                 # full run
-    .venv/bin/python benchmarks/bench_decode.py --quick         # 40k packets, 1 repeat
+    .venv/bin/python benchmarks/bench_decode.py --quick         # 4k packets, 1 repeat: a smoke run
     .venv/bin/python benchmarks/bench_decode.py --capture X.pcap  # an existing capture
     .venv/bin/python benchmarks/bench_decode.py --baseline /tmp/decode_old.py  # before/after
 """
@@ -143,8 +143,9 @@ def secret_of(seed: int) -> bytes:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--packets", type=int, default=200_000,
-                    help="minimum packets in the generated capture (default 200000)")
+    ap.add_argument("--packets", type=int, default=None,
+                    help="minimum packets in the generated capture (default 200000; "
+                         "--quick: 4000)")
     ap.add_argument("--capture", help="measure this capture instead of generating one")
     ap.add_argument("--keep", help="keep the generated capture at this path")
     ap.add_argument("--keep-ether", action="store_true",
@@ -153,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="runs per figure; best is kept (default 3; --quick: 1)")
     ap.add_argument("--scapy-packets", type=int, default=0,
                     help="iterate only this many packets with scapy (0 = the whole capture)")
-    ap.add_argument("--quick", action="store_true", help="40k packets, 1 repeat")
+    ap.add_argument("--quick", action="store_true",
+                    help="4,000 packets, 1 repeat: a smoke run (every step, a few seconds)")
     ap.add_argument("--seed", type=int, default=11)
     # a run writes to reports/ (git-ignored); the committed result changes only with --record
     ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks" / "decode.json"),
@@ -166,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline-label", default="",
                     help="what --baseline is, stored in the JSON (e.g. its git revision)")
     args = ap.parse_args(argv)
-    if args.quick:
-        args.packets = 40_000
+    if args.packets is None:
+        args.packets = 4_000 if args.quick else 200_000
     if args.repeat is None:
         args.repeat = 1 if args.quick else 3
     t_start = time.perf_counter()

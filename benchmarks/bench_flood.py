@@ -364,14 +364,16 @@ def run_mode(mode: str, a: argparse.Namespace, tmp: Path, want_sha: str) -> dict
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="15 s floods, 2 unloaded fetches")
-    ap.add_argument("--flood-seconds", type=float, help="default 60 (quick 15)")
+    ap.add_argument("--quick", action="store_true",
+                    help="3 s floods, 1 unloaded fetch before and after: a smoke run")
+    ap.add_argument("--flood-seconds", type=float, help="default 60 (quick 3)")
     ap.add_argument("--syn-pps", type=int, default=SYN_PPS, help="flood SYNs a second")
     ap.add_argument("--req-pps", type=int, default=REQ_PPS,
                     help="replayed valid requests a second")
     ap.add_argument("--syn-rate", type=float, help="`serve --syn-rate` in mode on (default: "
                                                    "the server's)")
-    ap.add_argument("--unloaded", type=int, help="unloaded fetches per mode (3, quick 2)")
+    ap.add_argument("--unloaded", type=int,
+                    help="unloaded fetches per mode, before and after its flood (3, quick 1)")
     ap.add_argument("--modes", default="off,on", help="off (no SYN priority), on, or both")
     ap.add_argument("--flood-sched", choices=("nice", "idle"), default="nice",
                     help="the flooder's scheduling: nice 19 (default; under `nice -n 19` the "
@@ -395,9 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.flood_child:
         return flood_child(a)
     if a.flood_seconds is None:
-        a.flood_seconds = 15.0 if a.quick else 60.0
+        a.flood_seconds = 3.0 if a.quick else 60.0
     if a.unloaded is None:
-        a.unloaded = 2 if a.quick else 3
+        a.unloaded = 1 if a.quick else 3
     if not 1 <= a.flood_seconds <= 600:
         raise SystemExit("--flood-seconds must be in [1, 600]")
     modes = [m for m in a.modes.split(",") if m]

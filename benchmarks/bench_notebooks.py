@@ -22,7 +22,7 @@ floor under `tab_stall_ms`, paid once per page.
 It measures and records; it never asserts. From the repository root:
 
     .venv/bin/python benchmarks/bench_notebooks.py            # 20 + 20 runs, 3 big: ~10 min
-    .venv/bin/python benchmarks/bench_notebooks.py --quick    # 2 + 2 runs, one 5 MB run
+    .venv/bin/python benchmarks/bench_notebooks.py --quick    # 1 + 1 runs, no big run: a smoke run
     .venv/bin/python benchmarks/bench_notebooks.py --record   # → benchmarks/results/
 
 The result goes to reports/benchmarks/notebooks_live.json (or --out); --record writes the committed
@@ -111,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=20, help="Run All runs of 01 and of 05")
     ap.add_argument("--big-runs", type=int, default=3, help="runs of 01 with --big-size")
     ap.add_argument("--big-size", type=int, default=20_000_000, help="bytes (default 20 MB)")
-    ap.add_argument("--quick", action="store_true", help="2 runs each, one 5 MB run")
+    ap.add_argument("--quick", action="store_true",
+                    help="one run of 01 and one of 05, no big run, plotly.js start-up once: "
+                         "a smoke run (~1 min)")
     ap.add_argument("--out", type=Path,
                     default=ROOT / "reports" / "benchmarks" / "notebooks_live.json")
     ap.add_argument("--record", action="store_true",
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--note", help="a note stored with the result")
     args = ap.parse_args(argv)
     if args.quick:
-        args.runs, args.big_runs, args.big_size = 2, 1, 5_000_000
+        args.runs, args.big_runs = 1, 0
     out = ROOT / "benchmarks" / "results" / "notebooks_live.json" if args.record else args.out
     from playwright.sync_api import sync_playwright
 
@@ -140,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
                 from trickles_kit.viz.plotly_bundle import bundle_path
                 full = Path(plotly.__file__).with_name("package_data") / "plotly.min.js"
                 basic = bundle_path()
-                startup = {"full": plotly_startup_ms(browser, full),
-                           "basic": plotly_startup_ms(browser, basic) if basic else None,
+                reps = 1 if args.quick else 3
+                startup = {"full": plotly_startup_ms(browser, full, reps),
+                           "basic": plotly_startup_ms(browser, basic, reps) if basic else None,
                            "views_use": "basic" if basic else "full"}
                 total = 2 * args.runs + args.big_runs
                 done = 0

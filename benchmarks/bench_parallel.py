@@ -35,7 +35,8 @@ from trickles_kit.labs.optimizations import (  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="smaller responses, fewer repeats")
+    ap.add_argument("--quick", action="store_true",
+                    help="100 kB responses, one run of each: a smoke run (a few seconds)")
     # a run writes to reports/ (git-ignored); the committed result changes only with --record
     ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks" / "parallel.json"),
                     help="JSON output path (default: %(default)s)")
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="refresh the committed benchmarks/results/parallel.json")
     a = ap.parse_args(argv)
     size = 100_000 if a.quick else 250_000
-    repeats = 2 if a.quick else 5
+    repeats = 1 if a.quick else 5
     t0 = time.perf_counter()
     sim = []
     for replicas in (1, 2):

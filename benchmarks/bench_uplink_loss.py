@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -45,8 +46,9 @@ TK_PORT, TCP_PORT = 8080, 8001
 GEN_SEED = 1
 LOSSES = (0.0, 0.01, 0.05, 0.10)
 RATE_MBIT = 100.0
-SECONDS = {True: 3.0, False: 5.0}  # time cap per run (quick, full)
+SECONDS = {True: 1.0, False: 5.0}  # time cap per run (quick, full)
 REPEATS = {True: 1, False: 5}  # runs per cell; the median is reported
+QUICK_LOSSES = (0.10,)  # quick: the row the target is about, every case once: a smoke run
 # (kind, copies, mitigation on)
 TK_CASES = (("trickles", 1, True), ("trickles-dup2", 2, True), ("trickles-dup3", 3, True),
             ("trickles", 1, False), ("trickles-dup2", 2, False), ("trickles-dup3", 3, False))
@@ -212,46 +214,49 @@ def run_loss(loss: float, cases: list[tuple[str, int, bool | None]], repeats: in
     rows = []
     cfg = TestbedConfig(rate_mbit=RATE_MBIT)
     tmp = Path(tempfile.mkdtemp(prefix="tk-uplink-"))
-    os.chmod(tmp, 0o755)
-    with Testbed(cfg, verbose=verbose) as tb:
-        if loss > 0:  # the request path: packets from the client, before the router forwards
-            tb.topo.iptables(ROUTER, "-A", "FORWARD", "-i", tb.devs["router_to_client"],
-                             "-m", "statistic", "--mode", "random", "--probability",
-                             f"{loss:.6f}", "-j", "DROP")
-        desc = tb.describe()
-        desc["loss"] = (f"iptables statistic random {loss} on router FORWARD from the client "
-                        f"(request/ACK direction); data direction clean") if loss else "none"
-        tk = tb.popen(SERVER, [py, "-m", "trickles_kit.cli", "serve", "--root", str(tmp),
-                               "--transport", "raw", "--addr", SERVER_ADDR, "--port",
-                               str(TK_PORT), "--mss", str(TK_MSS), "--initial-cwnd",
-                               str(cfg.initcwnd)],
-                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-        _wait_line(tk, "trickles serve:", "trickles serve")
-        tcp = tb.popen(SERVER, [py, "-m", "trickles_kit.bench.tcphttp", "--bind", SERVER_ADDR,
-                                "--port", str(TCP_PORT), "--cc", "reno"],
-                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-        _wait_line(tcp, "tcphttp: serving", "tcphttp reno")
-        for rep in range(repeats):
-            for kind, copies, mitig in cases:
-                if kind == "tcp-reno":
-                    argv = [py, me, "client", "tcp", SERVER_ADDR, str(TCP_PORT), path,
-                            "--seconds", str(cap)]
-                else:
-                    argv = [py, me, "client", "trickles", SERVER_ADDR, str(TK_PORT), path,
-                            "--seconds", str(cap), "--copies", str(copies),
-                            "--repair" if mitig else "--no-repair"]
-                r = _run_client(tb, argv, env, cap)
-                secs = r.get("seconds")
-                gp = round(r["bytes"] * 8 / secs / 1e6, 3) if secs and r.get("bytes") else 0.0
-                row = {"loss": loss, "kind": kind, "copies": copies, "mitigation": mitig,
-                       "repeat": rep, "goodput_mbit": gp, **r}
-                rows.append(row)
-                print(f"  loss {loss:.0%} {kind:<14} mitigation "
-                      f"{'-' if mitig is None else 'on ' if mitig else 'off'} "
-                      f"{gp:8.2f} Mbit/s  {r.get('bytes', 0) / 1e6:6.1f} MB "
-                      f"{'done' if r.get('finished') else 'capped'} "
-                      f"{json.dumps(r.get('counters', {}))}", file=sys.stderr, flush=True)
-        rows.append({"loss": loss, "testbed": desc})
+    try:  # the served directory (empty: /gen needs no files) goes on every exit path
+        os.chmod(tmp, 0o755)
+        with Testbed(cfg, verbose=verbose) as tb:
+            if loss > 0:  # the request path: packets from the client, before the router forwards
+                tb.topo.iptables(ROUTER, "-A", "FORWARD", "-i", tb.devs["router_to_client"],
+                                 "-m", "statistic", "--mode", "random", "--probability",
+                                 f"{loss:.6f}", "-j", "DROP")
+            desc = tb.describe()
+            desc["loss"] = (f"iptables statistic random {loss} on router FORWARD from the client "
+                            f"(request/ACK direction); data direction clean") if loss else "none"
+            tk = tb.popen(SERVER, [py, "-m", "trickles_kit.cli", "serve", "--root", str(tmp),
+                                   "--transport", "raw", "--addr", SERVER_ADDR, "--port",
+                                   str(TK_PORT), "--mss", str(TK_MSS), "--initial-cwnd",
+                                   str(cfg.initcwnd)],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+            _wait_line(tk, "trickles serve:", "trickles serve")
+            tcp = tb.popen(SERVER, [py, "-m", "trickles_kit.bench.tcphttp", "--bind", SERVER_ADDR,
+                                    "--port", str(TCP_PORT), "--cc", "reno"],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+            _wait_line(tcp, "tcphttp: serving", "tcphttp reno")
+            for rep in range(repeats):
+                for kind, copies, mitig in cases:
+                    if kind == "tcp-reno":
+                        argv = [py, me, "client", "tcp", SERVER_ADDR, str(TCP_PORT), path,
+                                "--seconds", str(cap)]
+                    else:
+                        argv = [py, me, "client", "trickles", SERVER_ADDR, str(TK_PORT), path,
+                                "--seconds", str(cap), "--copies", str(copies),
+                                "--repair" if mitig else "--no-repair"]
+                    r = _run_client(tb, argv, env, cap)
+                    secs = r.get("seconds")
+                    gp = round(r["bytes"] * 8 / secs / 1e6, 3) if secs and r.get("bytes") else 0.0
+                    row = {"loss": loss, "kind": kind, "copies": copies, "mitigation": mitig,
+                           "repeat": rep, "goodput_mbit": gp, **r}
+                    rows.append(row)
+                    print(f"  loss {loss:.0%} {kind:<14} mitigation "
+                          f"{'-' if mitig is None else 'on ' if mitig else 'off'} "
+                          f"{gp:8.2f} Mbit/s  {r.get('bytes', 0) / 1e6:6.1f} MB "
+                          f"{'done' if r.get('finished') else 'capped'} "
+                          f"{json.dumps(r.get('counters', {}))}", file=sys.stderr, flush=True)
+            rows.append({"loss": loss, "testbed": desc})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return rows
 
 
@@ -312,9 +317,13 @@ def main(argv: list[str] | None = None) -> int:
         return client_main(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true",
-                    help=f"{SECONDS[True]:g} s per run, one run per cell (about 2-3 minutes)")
-    ap.add_argument("--losses", default=",".join(f"{x:g}" for x in LOSSES),
-                    help="request-path loss rates (default %(default)s)")
+                    help=f"{SECONDS[True]:g} s per run, one run per cell, loss "
+                         f"{','.join(f'{x:g}' for x in QUICK_LOSSES)} only: a smoke run "
+                         "(about 20 s)")
+    ap.add_argument("--losses", default=None,
+                    help="request-path loss rates (default "
+                         f"{','.join(f'{x:g}' for x in LOSSES)}; quick "
+                         f"{','.join(f'{x:g}' for x in QUICK_LOSSES)})")
     ap.add_argument("--repeats", type=int, default=None, help="runs per cell (median reported)")
     ap.add_argument("--seconds", type=float, default=None, help="time cap per run")
     ap.add_argument("--no-tcp", action="store_true", help="leave out the TCP rows")
@@ -341,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     cap = a.seconds or SECONDS[a.quick]
     repeats = a.repeats or REPEATS[a.quick]
-    losses = [float(x) for x in a.losses.split(",") if x.strip()]
+    losses = ([float(x) for x in a.losses.split(",") if x.strip()] if a.losses is not None
+              else list(QUICK_LOSSES if a.quick else LOSSES))
     size = int(RATE_MBIT * 1e6 / 8 * cap)  # more than the cap lets anything fetch
     cases: list[tuple[str, int, bool | None]] = list(TK_CASES)
     if not a.no_tcp:

@@ -5,7 +5,7 @@ Measures and records; it never asserts. Needs root (raw IP protocol 253 sockets)
 repository root:
 
     .venv/bin/python benchmarks/bench_wire.py            # full run: 200 MB, 1/100/1000 conns
-    .venv/bin/python benchmarks/bench_wire.py --quick    # 20 MB, 1/10/100 conns
+    .venv/bin/python benchmarks/bench_wire.py --quick    # 5 MB, 1/10 conns: a smoke run
 
 Sections: (1) the Python raw-socket floor (send+recv pairs/s, no protocol), (2) `trickles serve`
 + `trickles fetch` as separate processes (server packets/s, goodput, CPU), (3) Linux TCP on
@@ -64,7 +64,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 FULL = {"size": 200_000_000, "conns": [1, 100, 1000], "floor_seconds": 3.0, "repeats": 3,
         "tcp_repeats": 5, "rss_file": 262_144}
-QUICK = {"size": 20_000_000, "conns": [1, 10, 100], "floor_seconds": 1.0, "repeats": 1,
+# quick: every section once, small, in seconds (CI runs it so the script keeps working)
+QUICK = {"size": 5_000_000, "conns": [1, 10], "floor_seconds": 0.5, "repeats": 1,
          "tcp_repeats": 1, "rss_file": 262_144}
 
 
@@ -1027,14 +1028,15 @@ def main(argv: list[str] | None = None) -> int:
                     "server RSS with many concurrent connections. Needs root. Writes JSON and "
                     "prints a table; measures only: nothing is asserted.")
     ap.add_argument("--quick", action="store_true",
-                    help="20 MB instead of 200 MB, 1/10/100 connections, one repeat")
+                    help="5 MB instead of 200 MB, 1/10 connections, one repeat, 0.5 s "
+                         "floors: a smoke run")
     # a run writes to reports/ (git-ignored); the committed result changes only with --record
     ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks" / "wire.json"),
                     help="JSON output path (default: %(default)s)")
     ap.add_argument("--record", dest="out", action="store_const",
                     const=str(REPO / "benchmarks" / "results" / "wire.json"),
                     help="refresh the committed benchmarks/results/wire.json")
-    ap.add_argument("--size", type=int, help="transfer bytes (default 200e6; quick 20e6)")
+    ap.add_argument("--size", type=int, help="transfer bytes (default 200e6; quick 5e6)")
     ap.add_argument("--conns", help="comma-separated concurrency levels (default 1,100,1000)")
     ap.add_argument("--rss-file", type=int, help="bytes per connection in the RSS section "
                                                  "(default 262144)")

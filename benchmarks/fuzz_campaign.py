@@ -34,6 +34,7 @@ MAC-covered continuation bytes (offsets 0..5 and 18..74).
     .venv/bin/python benchmarks/fuzz_campaign.py --executions 1000000 --forgery 1000000
     .venv/bin/python benchmarks/fuzz_campaign.py --seconds 60 --harness engine_keyed
     .venv/bin/python benchmarks/fuzz_campaign.py --forgery 1000000 --executions 0
+    .venv/bin/python benchmarks/fuzz_campaign.py --quick   # every harness briefly: a smoke run
 """
 
 from __future__ import annotations
@@ -1514,8 +1515,17 @@ WEIGHTS = {"decode_segment": 0.06, "decode_segment_addr": 0.06, "decode_request"
            "engine_raw": 0.25, "engine_keyed": 0.38, "engine_keyed_any": 0.02}
 
 
+FULL_EXECUTIONS = 1_000_000
+# --quick: every harness runs (each gets its share, at least one execution) and the forgery
+# check runs, in seconds; a smoke run that keeps the script working, not a campaign
+QUICK_EXECUTIONS, QUICK_FORGERY = 2_000, 1_000
+# ... and a slow call is a hang only past 10x the campaign's limit, as in tests/test_fuzz.py: a
+# smoke run shares a busy CI machine, where 50 ms is a speed, not a behaviour
+QUICK_CALL_LIMIT_S = 10 * CALL_LIMIT_S
+
+
 def campaign(executions: int, seconds: float | None, harnesses: list[str], seed: int,
-             trace_every: int, log=print) -> dict:
+             trace_every: int, log=print, call_limit: float = CALL_LIMIT_S) -> dict:
     cov = LineCoverage()
     wsum = sum(WEIGHTS[h] for h in harnesses)
     results = {}
@@ -1523,7 +1533,8 @@ def campaign(executions: int, seconds: float | None, harnesses: list[str], seed:
         w = WEIGHTS[name] / wsum
         res = run_harness(name, seconds=seconds * w if seconds else None,
                           max_execs=max(1, int(executions * w)) if executions else None,
-                          seed=seed * 1000 + i, trace_every=trace_every, coverage=cov)
+                          seed=seed * 1000 + i, trace_every=trace_every, coverage=cov,
+                          call_limit=call_limit)
         results[name] = res.to_json()
         log(f"{name:22s} {res.executions:>9,d} execs {res.seconds:7.1f} s "
             f"{res.executions / max(res.seconds, 1e-9):>8,.0f}/s  crashes "
@@ -1542,11 +1553,16 @@ def _git(*args: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--executions", type=int, default=1_000_000,
-                    help="fuzz executions in total, shared by the harnesses (0: none)")
+    ap.add_argument("--executions", type=int, default=None,
+                    help="fuzz executions in total, shared by the harnesses (0: none; default "
+                         f"{FULL_EXECUTIONS:,}, quick {QUICK_EXECUTIONS:,})")
     ap.add_argument("--seconds", type=float, default=None,
                     help="time cap in total, shared the same way (whichever comes first)")
-    ap.add_argument("--forgery", type=int, default=0, help="forgery mutations (0: skip)")
+    ap.add_argument("--forgery", type=int, default=None,
+                    help=f"forgery mutations (0: skip; default 0, quick {QUICK_FORGERY:,})")
+    ap.add_argument("--quick", action="store_true",
+                    help="a smoke run: every harness and the forgery check, a few seconds "
+                         "(finds little; CI runs it so the script keeps working)")
     ap.add_argument("--harness", action="append", choices=HARNESSES,
                     help="only these harnesses (repeatable; default all)")
     ap.add_argument("--seed", type=int, default=1)
@@ -1559,7 +1575,12 @@ def main(argv: list[str] | None = None) -> int:
                     const=str(REPO / "benchmarks" / "results" / "fuzz_campaign.json"),
                     help="refresh the committed benchmarks/results/fuzz_campaign.json")
     a = ap.parse_args(argv)
+    if a.executions is None:
+        a.executions = QUICK_EXECUTIONS if a.quick else FULL_EXECUTIONS
+    if a.forgery is None:
+        a.forgery = QUICK_FORGERY if a.quick else 0
     harnesses = a.harness or list(HARNESSES)
+    call_limit = QUICK_CALL_LIMIT_S if a.quick else CALL_LIMIT_S
     t0 = time.time()
     load0 = os.getloadavg()
     doc: dict = {
@@ -1567,6 +1588,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": " ".join(shlex.quote(x) for x in [
                 ".venv/bin/python", "benchmarks/fuzz_campaign.py", *(argv or sys.argv[1:])]),
             "date_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "mode": "quick" if a.quick else "full",
             "python": sys.version.split()[0], "platform": platform.platform(),
             "cpu_count": os.cpu_count(), "loadavg_at_start": load0,
             "git_commit": _git("rev-parse", "HEAD"),
@@ -1574,13 +1596,14 @@ def main(argv: list[str] | None = None) -> int:
             "fuzzer": "own mutation fuzzer (benchmarks/fuzz_campaign.py): havoc byte mutations "
                       "and structured key-holding mutations; feedback = new outcome or new "
                       "line under sampled sys.settrace",
-            "call_limit_ms": CALL_LIMIT_S * 1000, "watchdog_s": WATCHDOG_S,
+            "call_limit_ms": call_limit * 1000, "watchdog_s": WATCHDOG_S,
             "seed": a.seed, "trace_every": a.trace_every,
             "known_findings": {k: v["what"] for k, v in KNOWN_FINDINGS.items()},
         }
     }
     if a.executions or a.seconds:
-        doc.update(campaign(a.executions, a.seconds, harnesses, a.seed, a.trace_every))
+        doc.update(campaign(a.executions, a.seconds, harnesses, a.seed, a.trace_every,
+                            call_limit=call_limit))
         hs = doc["harnesses"].values()
         doc["totals"] = {
             "executions": sum(h["executions"] for h in hs),

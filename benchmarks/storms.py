@@ -8,7 +8,7 @@ rules measure what crosses the kernel each way. It measures and records; it neve
 Needs root. Run from the repository root:
 
     .venv/bin/python benchmarks/storms.py            # 60 s replay storm, 30 s per flood (~4 min)
-    .venv/bin/python benchmarks/storms.py --quick    # 10 s each (the test durations, ~1.5 min)
+    .venv/bin/python benchmarks/storms.py --quick    # 2 s each: a smoke run (~25 s)
 
 Sections: (1) replay storm: every request of one honest fetch resent verbatim at
 --replay-rate for --replay-seconds; (2) type flip: captured NORMAL requests resent as SLOWSTART,
@@ -127,7 +127,7 @@ def run_flood(www: Path, tmp: Path, kind: str, seconds: float, every: float) -> 
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="10 s per section")
+    ap.add_argument("--quick", action="store_true", help="2 s per section: a smoke run")
     ap.add_argument("--replay-rate", type=float, default=50_000)
     ap.add_argument("--replay-seconds", type=float, default=60.0)
     ap.add_argument("--flip-seconds", type=float, default=20.0)
@@ -151,7 +151,7 @@ def main(argv: list[str]) -> int:
             print(f"{tool} is not installed: run `make sysdeps` (as root)", file=sys.stderr)
             return 2
     if args.quick:
-        args.replay_seconds = args.flip_seconds = args.flood_seconds = 10.0
+        args.replay_seconds = args.flip_seconds = args.flood_seconds = 2.0
     only = set(args.only or ("replay", "flip", "garbage", "syn"))
     result = {"meta": _meta([str(Path(__file__).relative_to(REPO)), *argv],
                             "quick" if args.quick else "full"),
