@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from trickles_kit.bench.goodput import TK_MSS, _child_env, _wait_line  # noqa: E402
+from trickles_kit.bench.goodput import TK_MSS, _wait_line  # noqa: E402
 from trickles_kit.bench.meta import close_meta, meta  # noqa: E402
 
 TK_PORT, TCP_PORT = 8080, 8001
@@ -180,11 +180,11 @@ def client_main(argv: list[str]) -> int:
 
 
 # ------------------------------------------------------------------------------ driver
-def _run_client(tb, argv: list[str], env: dict, cap: float) -> dict:
+def _run_client(tb, argv: list[str], cap: float) -> dict:
     from trickles_kit.net.testbed import CLIENT
 
     p = tb.popen(CLIENT, argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                 env=env)
+                 cwd=REPO)
     try:
         out, _ = p.communicate(timeout=cap + 30)
     except subprocess.TimeoutExpired:
@@ -207,7 +207,6 @@ def run_loss(loss: float, cases: list[tuple[str, int, bool | None]], repeats: in
         TestbedConfig,
     )
 
-    env = _child_env()
     py = sys.executable
     me = str(Path(__file__).resolve())
     path = f"/gen?size={size}&seed={GEN_SEED}"
@@ -228,11 +227,11 @@ def run_loss(loss: float, cases: list[tuple[str, int, bool | None]], repeats: in
                                    "--transport", "raw", "--addr", SERVER_ADDR, "--port",
                                    str(TK_PORT), "--mss", str(TK_MSS), "--initial-cwnd",
                                    str(cfg.initcwnd)],
-                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO)
             _wait_line(tk, "trickles serve:", "trickles serve")
             tcp = tb.popen(SERVER, [py, "-m", "trickles_kit.bench.tcphttp", "--bind", SERVER_ADDR,
                                     "--port", str(TCP_PORT), "--cc", "reno"],
-                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO)
             _wait_line(tcp, "tcphttp: serving", "tcphttp reno")
             for rep in range(repeats):
                 for kind, copies, mitig in cases:
@@ -243,7 +242,7 @@ def run_loss(loss: float, cases: list[tuple[str, int, bool | None]], repeats: in
                         argv = [py, me, "client", "trickles", SERVER_ADDR, str(TK_PORT), path,
                                 "--seconds", str(cap), "--copies", str(copies),
                                 "--repair" if mitig else "--no-repair"]
-                    r = _run_client(tb, argv, env, cap)
+                    r = _run_client(tb, argv, cap)
                     secs = r.get("seconds")
                     gp = round(r["bytes"] * 8 / secs / 1e6, 3) if secs and r.get("bytes") else 0.0
                     row = {"loss": loss, "kind": kind, "copies": copies, "mitigation": mitig,

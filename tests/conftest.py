@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pytest
 
+from trickles_kit.core import statecache
+
 RUN_ENV = "TRICKLES_TEST_RUN"
 # every child process inherits it (xdist workers, servers, kernels, browsers): it marks what is
 # ours among the machine's processes
@@ -217,7 +219,13 @@ def _leak_check_on(config: pytest.Config) -> bool:
 def pytest_configure(config: pytest.Config) -> None:
     """The controller gives the run a temporary directory of its own (TMPDIR, inherited by the
     workers and everything they start), so what is left in it is this run's, whatever else the
-    machine runs meanwhile; pytest's own tmp_path stays in the usual place."""
+    machine runs meanwhile; pytest's own tmp_path stays in the usual place.
+
+    The package reads no environment (its entry points do): the suite, like the `trickles`
+    command, turns TRICKLES_STATE_CACHE into the default cache size, in every process, so
+    `TRICKLES_STATE_CACHE=1 pytest ...` runs the engines with the cache on."""
+    statecache.set_default_entries(statecache.entries_from_text(
+        os.environ.get(statecache.ENV, "")))
     if not _leak_check_on(config):
         return
     system_tmp = tempfile.gettempdir()

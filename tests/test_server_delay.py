@@ -79,3 +79,41 @@ def test_no_delay_sends_at_once_and_bad_delays_are_refused():
     for bad in (-0.01, 11.0):
         with pytest.raises(ValueError, match="delay"):
             ServerLoop(FakeEngine(), tr, delay=bad)
+
+
+# ------------------------------------------------------------------ the client host's clock
+class _QuietTransport(FakeTransport):
+    """A transport whose socket never has anything to read (ClientHost polls it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import socket
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+
+def test_client_host_runs_on_the_clock_it_is_given() -> None:
+    """Connections start, events and pcap rows are stamped and timers fire by the injected
+    clock: nothing in the host reads the wall clock behind it."""
+    from trickles_kit.net.runner import ClientHost
+
+    now = [1000.0]
+    tr, pcap, events = _QuietTransport(), FakePcap(), []
+    host = ClientHost(tr, b"\x7f\x00\x00\x01", 80, pcap=pcap, on_event=events.append,
+                      clock=lambda: now[0])
+    try:
+        conn = host.open(b"GET / HTTP/1.1\r\n\r\n")
+        assert conn.started == 1000.0 and len(tr.sent) == 1  # the SYN
+        assert [t for t, _ in pcap.rows] == [1000.0]
+        assert all(e.t == 1000.0 for e in events)
+        host.step(0)
+        assert len(tr.sent) == 1  # its timer is not due on this clock
+        now[0] += 5.0  # past the SYN's retransmission timeout
+        host.step(0)
+        assert len(tr.sent) == 2 and pcap.rows[-1][0] == 1005.0
+    finally:
+        host.shutdown()
+        tr.sock.close()

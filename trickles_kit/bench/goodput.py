@@ -25,7 +25,7 @@ from pathlib import Path
 
 from trickles_kit.apps.generated import generated_sha256
 from trickles_kit.bench import flows as fl
-from trickles_kit.bench.meta import meta
+from trickles_kit.bench.meta import CHILD_CWD, meta
 from trickles_kit.net.testbed import CLIENT, SERVER, SERVER_ADDR, Testbed, TestbedConfig
 from trickles_kit.viz.report import write_report
 
@@ -82,12 +82,6 @@ def machine_busy_s() -> dict[str, float]:
     except (OSError, ValueError):
         return {"tasks": 0.0, "irq": 0.0}
     return {"tasks": (v[0] + v[1] + v[2]) / CLK_TCK, "irq": (v[5] + v[6]) / CLK_TCK}
-
-
-def _child_env() -> dict:
-    root = str(Path(__file__).resolve().parents[2])
-    pp = os.environ.get("PYTHONPATH")
-    return dict(os.environ, PYTHONPATH=root + (os.pathsep + pp if pp else ""))
 
 
 def _wait_line(p: subprocess.Popen, needle: str, what: str, timeout: float = 20.0) -> None:
@@ -158,7 +152,6 @@ def _start_servers(tb: Testbed, cfg: TestbedConfig, kinds: set[str],
                    root: Path) -> dict[str, subprocess.Popen]:
     """The servers the flows need, started in the server namespace, each once it listens."""
     servers: dict[str, subprocess.Popen] = {}
-    env = _child_env()
     if kinds & set(TK_KINDS):
         servers["trickles"] = tb.popen(SERVER, [
             PY, "-m", "trickles_kit.cli", "serve", "--root", str(root), "--transport",
@@ -166,14 +159,14 @@ def _start_servers(tb: Testbed, cfg: TestbedConfig, kinds: set[str],
             str(TK_MSS), "--initial-cwnd", str(cfg.initcwnd)]
             # the option on only when a client asks for it (default wire otherwise)
             + (["--delta"] if "trickles-delta" in kinds else []),
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=CHILD_CWD)
         _wait_line(servers["trickles"], "trickles serve:", "trickles serve")
     for cc in ("reno", "cubic"):
         if cc in kinds:
             servers[cc] = tb.popen(SERVER, [
                 PY, "-m", "trickles_kit.bench.tcphttp", "--bind", SERVER_ADDR, "--port",
                 str(TCP_PORTS[cc]), "--cc", cc], stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL, text=True, env=env)
+                stderr=subprocess.DEVNULL, text=True, cwd=CHILD_CWD)
             _wait_line(servers[cc], "tcphttp: serving", f"tcphttp {cc}")
     return servers
 
@@ -188,13 +181,12 @@ def _run_clients(tb: Testbed, specs: list[FlowSpec], servers: dict[str, subproce
     clients = []
     busy0 = machine_busy_s()
     t_start = time.monotonic()
-    env = _child_env()
     for i, s in enumerate(specs):
         out = tmp / f"client{i}.json"
         with open(out, "w") as o:
             clients.append((s, out, tb.popen(CLIENT, _client_argv(s, timeout),
                                              stdout=o, stderr=subprocess.STDOUT,
-                                             env=env)))
+                                             cwd=CHILD_CWD)))
     end = t_start + timeout + 30
     for _s, _out, p in clients:
         try:

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from trickles_kit.bench import tcpmany
-from trickles_kit.bench.meta import meta
+from trickles_kit.bench.meta import CHILD_CWD, meta
 from trickles_kit.bench.parked_client import (
     SEEDS,
     ParkingHost,  # noqa: F401 - the client child's; importable from here as before
@@ -159,17 +159,11 @@ class _Child:
                 self.p.wait(5)
 
 
-def _env() -> dict[str, str]:
-    root = str(Path(__file__).resolve().parents[2])
-    pp = os.environ.get("PYTHONPATH")
-    return dict(os.environ, PYTHONPATH=root + (os.pathsep + pp if pp else ""))
-
-
 def _start(topo: Any, ns: str, argv: list[str], log: Path, name: str) -> _Child:
     err = open(log, "w")  # noqa: SIM115 (the child keeps it; closed with the process)
     try:
         p = topo.popen(ns, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-                       text=True, env=_env())
+                       text=True, cwd=CHILD_CWD)
     finally:
         err.close()
     return _Child(p, name)
@@ -184,7 +178,7 @@ def _trickles_level(topo: Any, n: int, size: int, tmp: Path, timeout: float) -> 
         srv = topo.popen("s", [PY, "-m", "trickles_kit.cli", "serve", "--root", str(www),
                                "--transport", "raw", "--addr", SERVER_ADDR, "--port",
                                str(TRICKLES_PORT)], stdout=o, stderr=subprocess.STDOUT,
-                         env=_env())
+                         cwd=CHILD_CWD)
     cli = None
     try:
         end = time.monotonic() + 20

@@ -20,6 +20,10 @@ from pathlib import Path
 import trickles_kit
 
 REPO = Path(__file__).resolve().parents[2]
+# where the experiments start their child processes (`python -m trickles_kit...` in the
+# namespaces): -m puts the working directory first on sys.path, so a child imports this very
+# copy of the package and otherwise inherits the environment as it is (nothing here reads it)
+CHILD_CWD = REPO
 
 
 def _rel(path: str) -> str:

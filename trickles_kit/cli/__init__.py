@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from trickles_kit.apps.gateway import add_gateway_parser
 from trickles_kit.apps.sim import LinkConfig, simulate_transfer
@@ -20,6 +21,7 @@ from trickles_kit.cli.demo import add_demo_parser
 from trickles_kit.cli.doctor import add_doctor_parser
 from trickles_kit.cli.services import add_services_parser
 from trickles_kit.cli.wire import add_parsers
+from trickles_kit.core import statecache
 from trickles_kit.core.server import ServerConfig
 from trickles_kit.net.argtypes import probability, size
 
@@ -97,7 +99,23 @@ def cmd_sim(args: argparse.Namespace) -> int:
     return 0 if r.ok else 1
 
 
+def apply_environment(environ: Mapping[str, str]) -> str | None:
+    """The settings the package takes from the environment, read here and nowhere else:
+    ``TRICKLES_STATE_CACHE`` (the server's verified-continuation cache, off by default; see
+    `core.statecache`). The problem with a value, or None."""
+    try:
+        statecache.set_default_entries(statecache.entries_from_text(
+            environ.get(statecache.ENV, "")))
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    problem = apply_environment(os.environ)
+    if problem is not None:
+        print(f"trickles: {problem}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -26,7 +26,6 @@ continuation — where the replay drop becomes cheaper.
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 
 DEFAULT_ENTRIES = 4096
@@ -90,21 +89,42 @@ class StateCache:
                 "hit_rate": round(self.hits / looked, 4) if looked else 0.0}
 
 
-def default_entries() -> int:
-    """ServerConfig's default: off (0) unless TRICKLES_STATE_CACHE names a size ("1" = default).
+_default = 0  # ServerConfig.state_cache's default: off, unless an entry point says otherwise
 
-    An environment switch so that the whole simulator suite can be run with the cache on
+
+def default_entries() -> int:
+    """ServerConfig's default: off (0) unless `set_default_entries` changed it.
+
+    The package reads no environment: the entry points (the `trickles` command, the scenario
+    runner) and the test suite's conftest turn ``TRICKLES_STATE_CACHE`` into
+    `set_default_entries(entries_from_text(...))`, so a whole suite can run with the cache on
     without touching each test (`TRICKLES_STATE_CACHE=1 pytest tests/test_transfers.py`).
     """
-    text = os.environ.get(ENV, "").strip()
+    return _default
+
+
+def set_default_entries(n: int) -> None:
+    """Set the default cache size of every ServerConfig made from now on (0 = off)."""
+    global _default
+    if n < 0:
+        raise ValueError("a state cache default must be >= 0 entries")
+    _default = n
+
+
+def entries_from_text(text: str, name: str = ENV) -> int:
+    """An entry count as the `name` setting writes it: "" or "0" off, "1" the default size
+    (`DEFAULT_ENTRIES`), N entries."""
+    text = text.strip()
     if not text or text == "0":
         return 0
     try:
         n = int(text)
     except ValueError:
-        raise ValueError(f"{ENV} must be an entry count (0 = off, 1 = default size)") from None
+        raise ValueError(f"{name} must be an entry count (0 = off, 1 = default size)") from None
     if n < 0:
-        raise ValueError(f"{ENV} must be >= 0")
+        raise ValueError(f"{name} must be >= 0")
     return DEFAULT_ENTRIES if n == 1 else n
 
-__all__ = ["DEFAULT_ENTRIES", "StateCache", "cache_key", "default_entries"]
+
+__all__ = ["DEFAULT_ENTRIES", "ENV", "StateCache", "cache_key", "default_entries",
+           "entries_from_text", "set_default_entries"]

@@ -168,7 +168,7 @@ def nonce_blocks(requests: Iterable[Any], server_events: Iterable[Event] | None 
     if secret is not None:
 
         cfg = config or ServerConfig()
-        nonces = NonceGen(KeyRing(bytes(secret), cfg.epoch_seconds, cfg.max_seals).nonce_key,
+        nonces = NonceGen(KeyRing(bytes(secret), cfg.epoch_seconds).nonce_key,
                           cfg.nonce_bits)
     accepted: set[tuple[int, int, tuple]] = set()
     for e in server_events or ():

@@ -25,9 +25,8 @@ from pathlib import Path
 from trickles_kit.apps.dynamic import Dechunker, DynSpec, dyn_target
 from trickles_kit.apps.generated import generated_sha256
 from trickles_kit.apps.parallel import PipelineSplitter, build_request, fetch_parallel, lanes_for
-from trickles_kit.apps.sim import LinkConfig, SimNetwork, Simulator, client_address
+from trickles_kit.apps.sim import LinkConfig, SimNetwork, build_world
 from trickles_kit.apps.web import WebServer
-from trickles_kit.core.client import ClientEngine
 from trickles_kit.core.server import ServerConfig, ServerEngine
 from trickles_kit.labs.checks import _as_int, _no, _ok
 from trickles_kit.net.ip import aton
@@ -92,14 +91,11 @@ def sim_fetch(request: bytes, *, lanes: list[tuple[int, int]] | None = None, rep
     """One connection asking `request` of a simulated WebServer (or replicas); the bytes."""
     with tempfile.TemporaryDirectory() as tmp:
         reps, _ = web_servers(root or tmp, replicas, state_cache)
-        sim = Simulator(seed)
         down = link or LinkConfig(loss=loss)
         up = LinkConfig(delay=down.delay, rate=down.rate, loss=down.loss)
-        net = SimNetwork(sim, reps, down, up)  # type: ignore[arg-type]  # duck-typed server
-        net.keep_data = True
-        ip, port = client_address(0)
-        cl = ClientEngine(ip, port, SimNetwork.SERVER_IP, SimNetwork.SERVER_PORT,
-                          isn=sim.rng.getrandbits(32))
+        world = build_world(seed, reps, request, down=down, up=up,  # type: ignore[arg-type]
+                            keep_data=True)  # (replicas: a duck-typed server)
+        cl, sim = world.client, world.sim
         if lanes:
             cl.set_lanes(lanes)
         arrivals: list[tuple[float, int]] = []
@@ -112,12 +108,9 @@ def sim_fetch(request: bytes, *, lanes: list[tuple[int, int]] | None = None, rep
             return chunk
 
         cl.read = timed_read  # type: ignore[method-assign]
-        net.add_client(cl, request)
-        sim.run(until=time_limit, stop=net.all_finished)
-        slot = net.clients[(ip, port)]
-        secs = slot.done_at if slot.done_at is not None else sim.now
-        return SimFetch(cl.done, bytes(net.data[(ip, port)]), round(secs, 6), reps.served,
-                        dict(reps.counters), dict(cl.counters), arrivals)
+        world.run(time_limit)
+        return SimFetch(cl.done, bytes(world.net.data[world.address]), round(world.seconds(), 6),
+                        reps.served, dict(reps.counters), dict(cl.counters), arrivals)
 
 
 def response_times(data: bytes, arrivals: list[tuple[float, int]],
@@ -229,12 +222,9 @@ def cache_compare(size: int = 300_000, duplicate: float = 0.3, seed: int = 5,
         with tempfile.TemporaryDirectory() as tmp:
             reps, _ = web_servers(tmp, 1, n)
             eng = reps.engines[0]
-            sim = Simulator(seed)
-            net = SimNetwork(sim, eng, LinkConfig(), LinkConfig(duplicate=duplicate))
-            ip, port = client_address(0)
-            cl = ClientEngine(ip, port, SimNetwork.SERVER_IP, SimNetwork.SERVER_PORT,
-                              isn=random.Random(seed).getrandbits(32))
-            net.add_client(cl, f"GET /gen?size={size}&seed=1 HTTP/1.1\r\n\r\n".encode())
+            world = build_world(seed, eng, f"GET /gen?size={size}&seed=1 HTTP/1.1\r\n\r\n"
+                                .encode(), down=LinkConfig(), up=LinkConfig(duplicate=duplicate),
+                                isn=random.Random(seed).getrandbits(32))
             recv = eng.receive
             spent = [0.0]
 
@@ -246,10 +236,11 @@ def cache_compare(size: int = 300_000, duplicate: float = 0.3, seed: int = 5,
                     spent[0] += time.process_time() - t0
 
             eng.receive = timed  # type: ignore[method-assign]
-            sim.run(until=600, stop=net.all_finished)
+            world.run(600)
             c = eng.counters
             sc = eng.state_cache.stats() if eng.state_cache is not None else None
-            out[name] = {"ok": cl.done, "requests": c["rx"], "replay_drops": c["drop.replay"],
+            out[name] = {"ok": world.client.done, "requests": c["rx"],
+                         "replay_drops": c["drop.replay"],
                          "server_cpu_us_per_request": round(spent[0] / max(c["rx"], 1) * 1e6, 2),
                          "cache": sc}
     return out

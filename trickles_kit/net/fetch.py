@@ -11,10 +11,10 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from urllib.parse import urlsplit
 
 from trickles_kit.core.client import ClientConfig
+from trickles_kit.core.transfer_report import TransferReport, goodput_bps
 from trickles_kit.net.http import Dechunker  # /dyn: the length is known at the end
 from trickles_kit.net.ip import PROTO_TRICKLES, aton
 from trickles_kit.net.pcap import PcapWriter
@@ -117,29 +117,7 @@ class HttpBody:
             self.sink(data)
 
 
-@dataclass
-class FetchResult:
-    url: str
-    ok: bool
-    status: int
-    bytes: int
-    sha256: str
-    seconds: float
-    goodput_bps: float
-    retransmissions: int
-    splits: int
-    terminations: int
-    recoveries: int
-    timeouts: int
-    final_cwnd: int
-    phase: str
-    transport: str
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    def summary(self) -> str:
-        return "\n".join(f"{k:>16}: {v}" for k, v in self.as_dict().items())
+FetchResult = TransferReport  # the older name of what fetch returns
 
 
 class _Progress:
@@ -175,7 +153,7 @@ def fetch(url: str, out: str | None = None, transport: str = "udp",
           ip_proto: int = PROTO_TRICKLES, local_ip: str | None = None,
           pcap: str | None = None, events: str | None = None, progress: bool = False,
           timeout: float = 600.0, config: ClientConfig | None = None,
-          sink: Callable[[bytes], None] | None = None) -> FetchResult:
+          sink: Callable[[bytes], None] | None = None) -> TransferReport:
     """Fetch `url` over Trickles and write the body to `out` (or `sink`)."""
     host, port, path = parse_url(url)
     lip = local_ip or local_address_for(host)
@@ -201,19 +179,14 @@ def fetch(url: str, out: str | None = None, transport: str = "udp",
             ch.close(conn)  # a FIN even after a timeout: the server may tell its handler
         finally:
             ch.shutdown()
-        c = eng.counters
         phase = eng.phase if finished else "timed out"
         ok = eng.done and body.in_body and (body.dechunker is None or body.dechunker.done) and (
             "content-length" not in body.headers
             or body.headers["content-length"] == str(body.body_bytes))
-        return FetchResult(
-            url=url, ok=ok, status=body.status, bytes=body.body_bytes,
-            sha256=body.sha.hexdigest(), seconds=round(secs, 4),
-            goodput_bps=round(body.body_bytes * 8 / secs, 1) if secs > 0 else 0.0,
-            retransmissions=c["pred.retransmit"], splits=c["pred.split"],
-            terminations=c["pred.terminate"], recoveries=c["recoveries"],
-            timeouts=c["timeouts"], final_cwnd=eng.cwnd, phase=phase, transport=transport,
-        )
+        return TransferReport.from_client(
+            eng, ok=ok, bytes=body.body_bytes, sha256_received=body.sha.hexdigest(),
+            seconds=round(secs, 4), goodput_bps=goodput_bps(body.body_bytes, secs), phase=phase,
+            url=url, status=body.status, transport=transport)
     finally:
         tr.close()
         if f:

@@ -414,7 +414,7 @@ class ClientHost:
     def __init__(self, transport: Transport, server_ip: bytes, server_port: int,
                  peer: Any = None, config: ClientConfig | None = None,
                  pcap: PcapWriter | None = None, on_event: Callable[[Event], None] | None = None,
-                 first_port: int | None = None) -> None:
+                 first_port: int | None = None, clock: Callable[[], float] = time.time) -> None:
         self.transport = transport
         self.server_ip = server_ip
         self.server_port = server_port
@@ -426,7 +426,9 @@ class ClientHost:
         # a random start, so two hosts sharing a local address rarely pick the same ports
         self._next_port = first_port or 20000 + int.from_bytes(os.urandom(2), "big") % 40000
         self._timers: list[tuple[float, int]] = []
-        self.clock = time.time  # the server's clock too, so live events line up in one timeline
+        # the engines' `now`, event and pcap times: by default the wall clock, the server's
+        # too, so live events line up in one timeline
+        self.clock = clock
         self._sel = selectors.DefaultSelector()
         self._sel.register(transport, selectors.EVENT_READ)
         self.counters: dict[str, int] = {"unknown_port": 0}
@@ -464,7 +466,7 @@ class ClientHost:
                     conn.sink(data)
         out = eng.datagrams_to_send()
         if out:
-            now = time.time()
+            now = self.clock()
             for seg in out:
                 tr.send(seg, self.server_ip, self.peer)
                 if self.pcap is not None:
@@ -518,7 +520,7 @@ class ClientHost:
                 self.counters["unknown_port"] += 1
                 continue
             if pcap is not None:
-                pcap.log(time.time(), src_ip, tr.local_ip, seg, tr.ip_proto,
+                pcap.log(self.clock(), src_ip, tr.local_ip, seg, tr.ip_proto,
                          tr.udp_ports(peer, False))
             conn.engine.receive(seg, self.clock())
             self._service(conn.engine.local_port, conn)

@@ -78,11 +78,14 @@ and range bounds) and 16-bit ports are checked against their width.
 from __future__ import annotations
 
 import gc
+import os
 import sys
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
+from trickles_kit.core.statecache import ENV as STATE_CACHE_ENV
+from trickles_kit.core.statecache import entries_from_text, set_default_entries
 from trickles_kit.net.pcap import PcapWriter
 from trickles_kit.testing.scenario_checks import Check, Emitted, ScenarioResult, Stored
 from trickles_kit.testing.scenario_runner import (
@@ -171,6 +174,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               "  --traceback  let an internal error raise (instead of one line on stderr)\n"
               "Exit status: 0 all passed, 1 checks failed, 2 a script is malformed.")
         return 0
+    try:  # (an entry point: only entry points read settings from the environment)
+        set_default_entries(entries_from_text(os.environ.get(STATE_CACHE_ENV, "")))
+    except ValueError as e:
+        print(f"scenario: {e}", file=sys.stderr)
+        return 2
     verbose = "-v" in args
     explore = "--explore" in args
     traceback = "--traceback" in args

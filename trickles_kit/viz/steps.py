@@ -323,7 +323,7 @@ class StepThrough:
         self._nonces = None
         if secret is not None:
 
-            keys = KeyRing(bytes(secret), self.config.epoch_seconds, self.config.max_seals)
+            keys = KeyRing(bytes(secret), self.config.epoch_seconds)
             self._nonces = NonceGen(keys.nonce_key, self.config.nonce_bits)
         n = len(self.steps)
         self.prev_button = W.Button(description="Prev", icon="step-backward")
