@@ -123,9 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="processes per checkout, alternating")
     ap.add_argument("--against", help="another checkout (a directory holding trickles_kit/)")
     ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks" / "client.json"))
+    ap.add_argument("--quick", action="store_true",
+                    help="a smoke run in seconds: 1 MB, 1 replay, 1 round (CI runs this)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--record-to", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.quick:
+        a.size, a.reps, a.rounds = 1_000_000, 1, 1
     if a.record_to:
         with open(a.record_to, "wb") as f:
             pickle.dump(record(a.size, a.loss, a.seed), f)
