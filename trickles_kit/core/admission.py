@@ -23,12 +23,12 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, NamedTuple, Protocol
 
 from trickles_kit.core import delta as dl
 from trickles_kit.core import events as ev
 from trickles_kit.core.cc import MAX_CWND
+from trickles_kit.core.names import Name
 from trickles_kit.core.plan import Plan
 from trickles_kit.core.replay import slowstart_age_bucket
 from trickles_kit.wire.continuation import Continuation
@@ -43,7 +43,7 @@ SACK_REACH = 8192  # a SACK block may start at most this many packets below TCPB
 _U64 = struct.Struct("!Q").unpack_from  # the replay key's first 8 MAC bytes
 
 
-class Reason(StrEnum):
+class Reason(Name):
     """Why a request is refused: the engine's drop-reason strings (counter `drop.<reason>`)."""
 
     PORT = "port"

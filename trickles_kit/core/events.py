@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from enum import StrEnum
 from typing import Any
 
+from trickles_kit.core.names import Name
 
-class EventKind(StrEnum):
+
+class EventKind(Name):
     """Every kind of event. A StrEnum: members compare and serialize as their plain names, so
     JSON lines, Counter keys and `e.kind == "split"` behave as the strings always did."""
 

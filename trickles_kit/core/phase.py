@@ -5,10 +5,10 @@ A `StrEnum`, so a phase compares equal to its old string and serialises as it (J
 
 from __future__ import annotations
 
-from enum import StrEnum
+from trickles_kit.core.names import Name
 
 
-class Phase(StrEnum):
+class Phase(Name):
     IDLE = "idle"  # not connected yet
     SYN_SENT = "syn_sent"  # the SYN is out, no answer yet
     ESTABLISHED = "established"  # transferring

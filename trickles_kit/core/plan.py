@@ -9,14 +9,14 @@ Covers the normal step (§4.2), the one deterministic recovery plan (§4.3), the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 from trickles_kit.core.cc import cwnd
 from trickles_kit.core.events import EventKind
+from trickles_kit.core.names import Name
 from trickles_kit.wire.continuation import BOOTSTRAP, FULL1, MINIMAL, NORMAL, RECOVERY
 
 
-class SlotKind(StrEnum):
+class SlotKind(Name):
     """Why a slot is sent. The server reports each slot with the event of the same kind, so
     the values are the event kinds' by design (not by coincidence)."""
 
@@ -27,7 +27,7 @@ class SlotKind(StrEnum):
     INITIAL = EventKind.INITIAL.value
 
 
-class Verdict(StrEnum):
+class Verdict(Name):
     """What the server makes of a request; `reject` is a counted drop, `terminate` ends the
     trickle without an answer."""
 
