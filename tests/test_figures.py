@@ -19,7 +19,8 @@ from trickles_kit.viz import figures as F  # noqa: E402
 
 def ev(kind: str, t: float, pkt: int, ack: int, cwnd: int, ssthresh: int = 16383,
        state: int = 0, side: str = "server", **detail) -> Event:
-    return Event(kind, t, side, 7, pkt, ack, cwnd, ssthresh, 1, state, detail)
+    return Event(kind, t, side, conn_id=7, pkt=pkt, ack=ack, cwnd=cwnd, ssthresh=ssthresh,
+                 tcp_base=1, state=state, detail=detail)
 
 
 # a hand-made run: handshake window 1..3, ack 1 continues, ack 2 splits, ack 3 terminates

@@ -63,18 +63,14 @@ def covered(row: PacketRow, response: bool = False) -> tuple:
 
 
 def _cont_event(kind: str, row: PacketRow, **kw) -> Event:
-    e = Event(kind, row.t, "server", row.conn_id or 0, -1, row.cont_seq,
-              0, row.ssthresh or 0, row.tcp_base or 0, row.state or 0)
-    for key, val in kw.items():
-        if key in ("pkt", "cwnd", "ack", "side"):
-            setattr(e, key, val)
-        else:
-            e.detail[key] = val
-    return e
+    """A server event from a request row: the continuation's fields, then `kw` (Event.make)."""
+    return Event.make(kind, row.t, "server", **({
+        "conn_id": row.conn_id or 0, "ack": row.cont_seq, "ssthresh": row.ssthresh or 0,
+        "tcp_base": row.tcp_base or 0, "state": row.state or 0} | kw))
 
 
 def _timeout_event(row: PacketRow, plan: Plan) -> Event:
-    return Event(ev.TIMEOUT, row.t, "client", row.conn_id or 0, row.cont_seq,
+    return Event(ev.TIMEOUT, row.t, "client", conn_id=row.conn_id or 0, pkt=row.cont_seq,
                  detail={"right": plan.slots[0].pkt - 1} if plan.slots else {})
 
 
@@ -219,8 +215,9 @@ class _Derivation:
             else:
                 self.errors["orphan_synack"] += 1
             self.out.append((row.index, 0, Event(
-                ev.SYN, row.t, "server", row.conn_id or 0, row.seq, row.cont_seq or 0,
-                row.start_cwnd or 0, row.ssthresh or 0, row.tcp_base or 0, row.state or 0)))
+                ev.SYN, row.t, "server", conn_id=row.conn_id or 0, pkt=row.seq,
+                ack=row.cont_seq or 0, cwnd=row.start_cwnd or 0, ssthresh=row.ssthresh or 0,
+                tcp_base=row.tcp_base or 0, state=row.state or 0)))
             return
         key = response_key(row.src, row.sport, row.dst, row.dport, row.ack, row.client_state,
                            row.parent, row.client_timestamp)
@@ -235,9 +232,9 @@ class _Derivation:
             self.out.append((req.index, 5, _cont_event(ev.FIN, req, pkt=req.cont_seq)))
             return
         s = hit.plan.slots[slot]
-        self.out.append((row.index, 0, Event(s.kind, row.t, "server", req.conn_id or 0, s.pkt,
-                                             req.cont_seq, hit.plan.cwnd, s.ssthresh,
-                                             s.tcp_base, s.state)))
+        self.out.append((row.index, 0, Event(
+            s.kind, row.t, "server", conn_id=req.conn_id or 0, pkt=s.pkt, ack=req.cont_seq,
+            cwnd=hit.plan.cwnd, ssthresh=s.ssthresh, tcp_base=s.tcp_base, state=s.state)))
 
     def judge_frame(self, row: PacketRow) -> None:
         """Decode failures, SYN/type mismatches and SYNs: the frame stage."""

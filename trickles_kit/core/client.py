@@ -241,13 +241,8 @@ class ClientEngine(RequestSending, OlderNames):
     def _event(self, kind: str, now: float, **kw) -> None:
         if self.on_event is None:
             return
-        e = ev.Event(kind, now, "client", self.conn_id, cwnd=self.cwnd, ssthresh=self.ssthresh)
-        for key, val in kw.items():
-            if hasattr(e, key):
-                setattr(e, key, val)
-            else:
-                e.detail[key] = val
-        self.on_event(e)
+        self.on_event(ev.Event.make(kind, now, "client", **({
+            "conn_id": self.conn_id, "cwnd": self.cwnd, "ssthresh": self.ssthresh} | kw)))
 
     def _drop(self, reason: str, now: float, **kw) -> None:
         """A segment the client refuses: a counter `drop.<reason>` and a `drop` event."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import KW_ONLY, asdict, dataclass, field
 from typing import Any
 
 from trickles_kit.core.names import Name
@@ -63,6 +63,7 @@ class Event:
     kind: str
     t: float
     side: str  # "server" | "client"
+    _: KW_ONLY  # the rest by name: ten ints in a row are too easy to pass in the wrong order
     conn_id: int = 0
     pkt: int = -1
     ack: int = -1
@@ -83,6 +84,7 @@ class Event:
     def make(cls, kind: str, t: float, side: str, /, **kw: Any) -> Event:
         """The one constructor the engines and the decoder use: keyword arguments that name a
         field set it, any other goes into `detail` (so a new detail needs no new field)."""
+        side = kw.pop("side", side)
         detail = {k: kw.pop(k) for k in [k for k in kw if k not in _FIELDS]}
         return cls(kind, t, side, detail=detail, **kw)
 

@@ -219,16 +219,10 @@ class ServerEngine:
     def _event(self, kind: str, now: float, cont: Continuation | None = None, **kw) -> None:
         if self.on_event is None:
             return
-        e = ev.Event(kind, now, "server")
         if cont is not None:
-            e.conn_id, e.ack, e.ssthresh, e.tcp_base, e.state = (
-                cont.conn_id, cont.seq, cont.ssthresh, cont.tcp_base, cont.state)
-        for key, val in kw.items():
-            if hasattr(e, key):
-                setattr(e, key, val)
-            else:
-                e.detail[key] = val
-        self.on_event(e)
+            kw = {"conn_id": cont.conn_id, "ack": cont.seq, "ssthresh": cont.ssthresh,
+                  "tcp_base": cont.tcp_base, "state": cont.state} | kw
+        self.on_event(ev.Event.make(kind, now, "server", **kw))
 
     def note_drop(self, reason: str, now: float) -> None:
         """Count a datagram dropped before it reached `receive` (a runt, another port, a loss
@@ -403,8 +397,9 @@ class ServerEngine:
             out.append(self._segment(reply, pkt, cbytes, nonce, slots[i], i))
             counters[s.kind] += 1
             if on_event is not None:
-                on_event(ev.Event(s.kind, now, "server", cid, pkt, cont.seq, plan.cwnd,
-                                  s.ssthresh, s.tcp_base, s.state))
+                on_event(ev.Event(s.kind, now, "server", conn_id=cid, pkt=pkt, ack=cont.seq,
+                                  cwnd=plan.cwnd, ssthresh=s.ssthresh, tcp_base=s.tcp_base,
+                                  state=s.state))
         counters["tx"] += n
         return out
 

@@ -47,11 +47,12 @@ def static_figure(kind: str, events: Iterable[Event | Mapping[str, Any]],
 
 def prototype_events() -> list[Event]:
     """A tiny run that makes every builder draw every trace it can (for styles only)."""
-    evs = [Event(k, 0.0, "server", 1, i + 1, 0 if i == 0 else i, 2, 10)
-           for i, k in enumerate(F.SLOT_KINDS)]
-    evs += [Event("terminate", 1.0, "server", 1, -1, 1, 2, 10),
-            Event("request", 0.0, "client", 1, -1, 1), Event("timeout", 0.0, "client", 1),
-            Event("data", 0.0, "client", 1, detail={"bytes": 1})]
+    evs = [Event(k, 0.0, "server", conn_id=1, pkt=i + 1, ack=0 if i == 0 else i, cwnd=2,
+                 ssthresh=10) for i, k in enumerate(F.SLOT_KINDS)]
+    evs += [Event("terminate", 1.0, "server", conn_id=1, ack=1, cwnd=2, ssthresh=10),
+            Event("request", 0.0, "client", conn_id=1, ack=1),
+            Event("timeout", 0.0, "client", conn_id=1),
+            Event("data", 0.0, "client", conn_id=1, detail={"bytes": 1})]
     return evs
 
 

@@ -66,7 +66,7 @@ def capture_data_events(packets: Iterable[Any]) -> list[Event]:
         client = (get("dst"), get("dport"))  # not conn_id: a row may lack it (stale MAC...)
         new = _add_range(covered.setdefault(client, []), start, start + int(get("data_len")))
         if new:
-            out.append(Event("data", float(get("t")), "client", get("conn_id") or 0,
+            out.append(Event("data", float(get("t")), "client", conn_id=get("conn_id") or 0,
                              pkt=int(get("seq") or 0), detail={"bytes": new}))
     return out
 
