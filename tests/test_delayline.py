@@ -34,7 +34,13 @@ from trickles_kit.net.delayline import (
     SlowJitter,
     queue_len_for,
 )
-from trickles_kit.net.rttprobe import echo_server, run_probe
+from trickles_kit.net.rttprobe import (
+    PORT,
+    RttPreflightError,
+    echo_server,
+    preflight,
+    run_probe,
+)
 from trickles_kit.net.testbed import ROUTER, Testbed, TestbedConfig
 from trickles_kit.net.topology import list_namespaces
 
@@ -196,6 +202,23 @@ def test_jitter_keeps_order_and_the_mean(bed: Testbed, base_rtt: float) -> None:
     late = [x for x in added if x > 50 + 1.5]
     assert len(late) <= 0.02 * len(added), (late, stats["directions"])
     assert abs(statistics.fmean(added) - 40) <= 3.0
+
+
+def test_preflight_passes_a_right_rtt_and_records_it(bed: Testbed) -> None:
+    line = bed.start_delayline(bed.line_config(15.0))
+    try:
+        rec = preflight(bed, delay_ms=15.0, port=PORT + 1)  # the fixture's echo has PORT
+    finally:
+        line.stop()
+    assert rec["rtt_asked_ms"] == 30.0 and abs(rec["rtt_measured_ms"] - 30.0) <= 1.0
+    assert rec["rtt_n"] == 50 and rec["rtt_probes_lost"] == 0
+
+
+def test_preflight_refuses_a_wrong_rtt_in_one_line(bed: Testbed) -> None:
+    with pytest.raises(RttPreflightError) as e:  # no line runs: the RTT is well under 1 ms
+        preflight(bed, delay_ms=10.0, port=PORT + 1)
+    msg = str(e.value)
+    assert "\n" not in msg and "asked for 20 ms" in msg and "refusing to run" in msg
 
 
 FAILING_LINE = """

@@ -37,6 +37,10 @@ RCVBUF = 4 << 20
 ECHOING = "rttprobe: echoing"
 
 
+class RttPreflightError(RuntimeError):
+    """The idle RTT through the testbed is not what was asked for; str() is one line."""
+
+
 def _socket(rcvbuf: int = RCVBUF) -> socket.socket:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:  # bursts of probes must not overflow the default buffer (root may force it)
@@ -144,12 +148,36 @@ def run_probe(tb: Any, count: int = 50, interval: float = 0.01, wait: float = 2.
     return json.loads(p.stdout)
 
 
-def measure_rtt(tb: Any, count: int = 50, interval: float = 0.01, wait: float = 2.0) -> dict:
+def measure_rtt(tb: Any, count: int = 50, interval: float = 0.01, wait: float = 2.0,
+                port: int = PORT) -> dict:
     """Idle RTT client -> server -> client through the testbed: summary + loss + order."""
-    with echo_server(tb):
-        r = run_probe(tb, count, interval, wait)
+    with echo_server(tb, port=port):
+        r = run_probe(tb, count, interval, wait, port=port)
     return {**summary(r["rtt_ms"]), "sent": r["sent"], "received": r["received"],
             "in_order": r["in_order"]}
+
+
+def preflight(tb: Any, tol_ms: float = 1.0, count: int = 50,
+              delay_ms: float | None = None, port: int = PORT) -> dict:
+    """Measure the idle RTT through testbed `tb` and refuse (RttPreflightError, one line) when
+    its median is not 2 x the one-way delay (`delay_ms`, default the testbed's) within
+    `tol_ms`; else what a result records: RTT asked for and measured."""
+    delay = tb.config.delay_ms if delay_ms is None else delay_ms
+    asked = 2 * delay
+    m = measure_rtt(tb, count=count, interval=0.01, wait=max(1.0, 4 * asked / 1000), port=port)
+    rec = {"rtt_asked_ms": asked, "rtt_measured_ms": m.get("median_ms"),
+           "rtt_mean_ms": m.get("mean_ms"), "rtt_sd_ms": m.get("sd_ms"), "rtt_n": m["n"],
+           "rtt_probes_lost": m["sent"] - m["received"], "rtt_tolerance_ms": tol_ms,
+           "delay_mechanism": tb.describe().get("delay_mechanism")}
+    if m["received"] < 0.9 * m["sent"] or m.get("median_ms") is None:
+        raise RttPreflightError(f"RTT pre-flight: only {m['received']} of {m['sent']} UDP "
+                                f"echoes came back through the testbed; refusing to run")
+    if abs(m["median_ms"] - asked) > tol_ms:
+        raise RttPreflightError(
+            f"RTT pre-flight: asked for {asked:g} ms (2 x {delay:g} ms), measured "
+            f"{m['median_ms']:g} ms (median of {m['n']}, sd {m['sd_ms']:g}), more than "
+            f"{tol_ms:g} ms off; refusing to run (is the machine too busy for the delay line?)")
+    return rec
 
 
 def main(argv: list[str] | None = None) -> int:
