@@ -329,3 +329,39 @@ def test_testbed_delay_undone_after_a_signal(sig: signal.Signals) -> None:
     assert _left(tag) == []
     assert pid == 0 or _gone(pid)
 
+
+
+# ------------------------------------------------------------------------------ the RTT knob
+def test_the_rtt_knob_splits_the_rtt_and_sizes_queues_from_the_bdp() -> None:
+    from trickles_kit.bench.rtt import path_config
+
+    c = path_config(100, 0.01, rtt_ms=200, jitter_ms=5)
+    assert (c.delay_ms, c.jitter_ms, c.loss) == (100, 5, 0.01)
+    assert c.queue_ms == 200  # the bottleneck buffers one BDP
+    assert c.line_queue_len == queue_len_for(100, 210, c.queue_bytes)
+    assert path_config(10, rtt_ms=20).queue_ms == 50  # never below the testbed's default
+    with pytest.raises(ValueError):
+        path_config(10, rtt_ms=10, jitter_ms=6)
+
+
+def test_bench_refuses_the_rtt_knob_where_it_is_not_wired(capsys) -> None:
+    import argparse
+
+    from trickles_kit.cli.bench import _path_kwargs
+
+    ns = argparse.Namespace(rtt=50.0, jitter=0.0)
+    assert _path_kwargs(ns, ["goodput"]) == {"rtt_ms": 50.0, "jitter_ms": 0.0}
+    assert _path_kwargs(ns, ["goodput", "fairness"]) is None
+    assert "only goodput takes them" in capsys.readouterr().err
+    assert _path_kwargs(argparse.Namespace(rtt=0.0, jitter=0.0), ["fairness"]) == {}
+
+
+def test_preflight_path_records_rtt_asked_and_measured() -> None:
+    _need()
+    from trickles_kit.bench.rtt import preflight_path
+
+    rec = preflight_path(20.0, rate_mbit=50)
+    assert rec["rtt_asked_ms"] == 20.0 and abs(rec["rtt_measured_ms"] - 20.0) <= 1.0
+    assert rec["delay_mechanism"] in ("nfqueue", "netem")
+    if rec["delay_mechanism"] == "nfqueue":
+        assert rec["delay_line"]["kernel_dropped"] == 0
