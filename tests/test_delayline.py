@@ -158,8 +158,10 @@ def test_idle_rtt_gains_both_one_way_delays(bed: Testbed, base_rtt: float, there
     line = bed.start_delayline(bed.line_config(there, back_delay_ms=back))
     try:
         r = run_probe(bed, 50)
+        live = bed.counters()["delayline"]  # asked of the running line
     finally:
         stats = line.stop()
+    assert live["to_server"]["packets"] == stats["directions"]["to_server"]["packets"]
     assert r["received"] == 50 and r["in_order"]
     added = statistics.median(r["rtt_ms"]) - base_rtt
     assert abs(added - (there + back)) <= 1.0, (added, stats)

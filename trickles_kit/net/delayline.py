@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -59,7 +59,7 @@ JITTER_PERIOD = 10.0  # knots of the jitter process are this many jitter amplitu
 JITTER_MIN_PERIOD_S = 0.05  # ...and at least 50 ms: slope <= 0.2, so order is kept
 IDLE_WAKE_S = 0.5  # wake this often with nothing held (time limit, stdin)
 DRAIN_MAX = 4096  # messages read per wake-up before releasing again (a flood cannot starve it)
-READY, STOPPED = "delayline: ready ", "delayline: stopped "
+READY, STATS, STOPPED = "delayline: ready ", "delayline: stats ", "delayline: stopped "
 _TAG_RE = re.compile(r"^[A-Za-z0-9_-]{1,28}$")
 
 
@@ -249,8 +249,10 @@ class Line:
                 self._verdict(q.d.queue, q.fifo[-1][1])
                 q.fifo.clear()
 
-    def run(self, stop_fd: int | None, deadline: float) -> str:
-        """Until stdin closes or the deadline passes; returns why it stopped."""
+    def run(self, stop_fd: int | None, deadline: float,
+            on_input: Callable[[], None] | None = None) -> str:
+        """Until stdin closes or the deadline passes; returns why it stopped. A line on stdin
+        calls `on_input` (the controller asking for the counters mid-run)."""
         sock_fd = self.nfq.sock.fileno()
         fds = [sock_fd] + ([stop_fd] if stop_fd is not None else [])
         while True:
@@ -262,8 +264,11 @@ class Line:
             ready, _, _ = select.select(fds, [], [], wait)
             if sock_fd in ready:
                 self.receive()
-            if stop_fd is not None and stop_fd in ready and not os.read(stop_fd, 4096):
-                return "stdin closed"
+            if stop_fd is not None and stop_fd in ready:
+                if not os.read(stop_fd, 4096):
+                    return "stdin closed"
+                if on_input is not None:
+                    on_input()
 
     def stats(self) -> dict:
         return {"directions": {q.d.name: {
@@ -365,7 +370,8 @@ def serve(cfg: LineConfig) -> int:
                                      f"{p.stderr.strip()}")
         _say(READY, {"pid": os.getpid(), "scheduling": sched, "warning": warning})
         stdin = sys.stdin.fileno() if cfg.stop_on_stdin_eof else None
-        stopping["why"] = line.run(stdin, t0 + cfg.max_seconds)
+        stopping["why"] = line.run(stdin, t0 + cfg.max_seconds,
+                                   lambda: _say(STATS, line.stats()))
         code = 0
     except KeyboardInterrupt:
         stopping["why"], code = "SIGINT", 130
@@ -516,6 +522,20 @@ class DelayLine:
             return None
         f = text[text.rindex(")") + 2:].split()
         return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+    def live_stats(self, timeout: float = 3.0) -> dict | None:
+        """The running line's counters (packets, late releases per direction); None if it
+        does not answer in time."""
+        p = self.proc
+        if p is None or p.poll() is not None or p.stdin is None or self.final is not None:
+            return None
+        try:
+            p.stdin.write(b"stats\n")
+            p.stdin.flush()
+        except OSError:
+            return None
+        line = self._read_line(time.monotonic() + timeout)
+        return json.loads(line[len(STATS):]) if line.startswith(STATS) else None
 
     def kernel_counters(self) -> dict[int, dict]:
         """The queues' counters now (read in the line's namespace)."""

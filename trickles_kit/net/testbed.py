@@ -294,6 +294,10 @@ class Testbed:
             out["delayline_kernel_dropped"] = sum(k["kernel_dropped"] for k in kern.values())
             out["delayline_user_dropped"] = sum(k["user_dropped"] for k in kern.values())
             out["delayline_cpu_s"] = self.delayline.cpu_s()
+            live = self.delayline.live_stats() or {}
+            out["delayline"] = {k: {f: d.get(f) for f in ("packets", "late", "late_max_ms",
+                                                          "held_max")}
+                                for k, d in live.get("directions", {}).items()}
         if self.config.loss > 0:
             p = self.sh(ROUTER, ["iptables", "-L", "FORWARD", "-v", "-x", "-n"], check=False)
             for line in p.stdout.splitlines():
