@@ -32,15 +32,16 @@ DELAYS_MS = (10.0, 20.0, 100.0)
 COUNT = {True: 200, False: 1000}
 
 
-def idle(count: int) -> dict:
+def idle(count: int, wrap: list[str]) -> dict:
     out: dict = {}
-    with Testbed(TestbedConfig(rate_mbit=100, queue_ms=50), tag="dlacc") as tb, echo_server(tb):
-        base = run_probe(tb, count, interval=0.01)
+    with Testbed(TestbedConfig(rate_mbit=100, queue_ms=50), tag="dlacc") as tb, \
+            echo_server(tb, wrap=wrap):
+        base = run_probe(tb, count, interval=0.01, wrap=wrap)
         out["no_line"] = summary(base["rtt_ms"])
         for d in DELAYS_MS:
             line = tb.start_delayline(tb.line_config(d))
             t0 = time.monotonic()
-            r = run_probe(tb, count, interval=0.01, wait=max(2.0, 4 * d / 1000))
+            r = run_probe(tb, count, interval=0.01, wait=max(2.0, 4 * d / 1000), wrap=wrap)
             wall = time.monotonic() - t0
             stats = line.stop()
             s = summary(r["rtt_ms"])
@@ -84,13 +85,17 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default="reports/bench/delayline.json")
     ap.add_argument("--no-load", action="store_true", help="idle RTT only")
+    ap.add_argument("--rt-endpoints", action="store_true",
+                    help="run the UDP echo and prober under `chrt -f 5` too, so the spread "
+                         "measured is the line's rather than the endpoints' scheduling")
     a = ap.parse_args()
     t0 = time.monotonic()
     res = {"experiment": "delayline",
-           "meta": meta(["benchmarks/bench_delayline.py"] + (["--quick"] if a.quick else []),
+           "meta": meta(["benchmarks/bench_delayline.py"] + sys.argv[1:],
                         "quick" if a.quick else "full"),
            "method": "UDP echoes 10 ms apart, client -> router (delay line) -> server and back",
-           "idle": idle(COUNT[a.quick])}
+           "endpoints": "SCHED_FIFO 5 (chrt -f 5)" if a.rt_endpoints else "SCHED_OTHER",
+           "idle": idle(COUNT[a.quick], ["chrt", "-f", "5"] if a.rt_endpoints else [])}
     if not a.no_load:
         res["load"] = load(40.0, 50.0, 4.0 if a.quick else 10.0)
     res["wall_s"] = round(time.monotonic() - t0, 1)

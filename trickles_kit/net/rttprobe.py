@@ -23,7 +23,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from trickles_kit.net.delayline import child_env
@@ -122,9 +122,10 @@ def summary(rtt_ms: list[float]) -> dict:
 # ------------------------------------------------------------------------------ in a testbed
 @contextlib.contextmanager
 def echo_server(tb: Any, where: str = SERVER, addr: str = SERVER_ADDR, port: int = PORT,
-                seconds: float = 600.0) -> Iterator[subprocess.Popen]:
-    """A UDP echo in namespace `where` of testbed `tb` (anything with `popen(where, argv)`)."""
-    p = tb.popen(where, [PY, "-m", "trickles_kit.net.rttprobe", "echo", addr, str(port),
+                seconds: float = 600.0, wrap: Sequence[str] = ()) -> Iterator[subprocess.Popen]:
+    """A UDP echo in namespace `where` of testbed `tb` (anything with `popen(where, argv)`);
+    `wrap` runs it under a command (`chrt -f 5`)."""
+    p = tb.popen(where, [*wrap, PY, "-m", "trickles_kit.net.rttprobe", "echo", addr, str(port),
                          "--seconds", str(seconds)],
                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=child_env())
     try:
@@ -140,9 +141,10 @@ def echo_server(tb: Any, where: str = SERVER, addr: str = SERVER_ADDR, port: int
 
 
 def run_probe(tb: Any, count: int = 50, interval: float = 0.01, wait: float = 2.0,
-              where: str = CLIENT, host: str = SERVER_ADDR, port: int = PORT) -> dict:
+              where: str = CLIENT, host: str = SERVER_ADDR, port: int = PORT,
+              wrap: Sequence[str] = ()) -> dict:
     """Run the prober in namespace `where` of `tb` against a running echo server."""
-    argv = [PY, "-m", "trickles_kit.net.rttprobe", "probe", host, str(port), "--count",
+    argv = [*wrap, PY, "-m", "trickles_kit.net.rttprobe", "probe", host, str(port), "--count",
             str(count), "--interval", str(interval), "--wait", str(wait)]
     p = tb.sh(where, argv, timeout=count * interval + wait + 30)
     return json.loads(p.stdout)
