@@ -14,6 +14,7 @@ import contextlib
 import os
 import socket
 import struct
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -103,13 +104,15 @@ class NfQueueSocket:
         self.sock.settimeout(timeout)
         try:
             self.sock.send(nfq_message(msg, queue, attrs, self.seq, NLM_F_REQUEST | NLM_F_ACK))
-            while True:
+            end = time.monotonic() + timeout
+            while time.monotonic() < end:  # packet messages may come first: skip them
                 n = self.sock.recv_into(self.buf)
                 for kind, a, b in parse(self.buf, n):
                     if kind == NLMSG_ERROR and a == self.seq:
                         if b:
                             raise OSError(b, f"nfnetlink_queue queue {queue}: {os.strerror(b)}")
                         return
+            raise TimeoutError(f"nfnetlink_queue queue {queue}: no answer in {timeout} s")
         finally:
             self.sock.setblocking(False)
 
