@@ -359,6 +359,14 @@ def test_the_rtt_knob_splits_the_rtt_and_sizes_queues_from_the_bdp() -> None:
         path_config(10, rtt_ms=10, jitter_ms=6)
 
 
+def test_transfers_are_sized_from_what_a_flow_can_get() -> None:
+    from trickles_kit.bench.rtt import expected_mbit
+
+    assert expected_mbit(50, 0, 0.01) == 50 and expected_mbit(50, 50, 0) == 50
+    assert expected_mbit(50, 50, 0.01) == pytest.approx(1448 * 8 / 0.05 * 12.247 / 1e6, rel=1e-3)
+    assert expected_mbit(10, 10, 0.0001) == 10  # the link, when the bound is above it
+
+
 def test_bench_refuses_the_rtt_knob_where_it_is_not_wired(capsys) -> None:
     import argparse
 

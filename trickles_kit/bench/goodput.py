@@ -26,7 +26,7 @@ from pathlib import Path
 from trickles_kit.apps.generated import generated_sha256
 from trickles_kit.bench import flows as fl
 from trickles_kit.bench.meta import meta
-from trickles_kit.bench.rtt import path_config, preflight_path
+from trickles_kit.bench.rtt import expected_mbit, path_config, preflight_path
 from trickles_kit.net.testbed import CLIENT, SERVER, SERVER_ADDR, Testbed, TestbedConfig
 from trickles_kit.viz.report import write_report
 
@@ -230,7 +230,7 @@ def run(quick: bool, out_dir: Path, verbose: bool = False, rtt_ms: float = 0.0,
     t0 = time.monotonic()
     figs = []
     for i, (rate, loss, rep, kind) in enumerate(todo, 1):
-        size = int(rate * 1e6 / 8 * secs)
+        size = int(expected_mbit(rate, rtt_ms, loss) * 1e6 / 8 * secs)
         cfg = path_config(rate, loss, rtt_ms, jitter_ms)
         log(f"[goodput {i}/{len(todo)}] {kind} {rate} Mbit/s loss {loss:.0%} "
             f"{size / 1e6:.1f} MB ...", True)

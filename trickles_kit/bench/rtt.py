@@ -19,10 +19,12 @@ and raises `RttPreflightError` (one line) when the median is not the RTT asked f
 
 from __future__ import annotations
 
+import math
+
 from trickles_kit.net.rttprobe import RttPreflightError, preflight
 from trickles_kit.net.testbed import Testbed, TestbedConfig
 
-__all__ = ["RttPreflightError", "path_config", "preflight_path"]
+__all__ = ["RttPreflightError", "expected_mbit", "path_config", "preflight_path"]
 
 DEFAULT_QUEUE_MS = 50.0
 
@@ -34,6 +36,16 @@ def path_config(rate_mbit: float, loss: float = 0.0, rtt_ms: float = 0.0,
         raise ValueError(f"--rtt {rtt_ms:g} --jitter {jitter_ms:g}: need 0 <= jitter <= rtt/2")
     return TestbedConfig(rate_mbit=rate_mbit, loss=loss, delay_ms=rtt_ms / 2,
                          jitter_ms=jitter_ms, queue_ms=max(DEFAULT_QUEUE_MS, rtt_ms))
+
+
+def expected_mbit(rate_mbit: float, rtt_ms: float, loss: float, mss: int = 1448) -> float:
+    """What one Reno-like flow can get: the bottleneck rate, or with random loss the Mathis
+    bound MSS/RTT x sqrt(3/2)/sqrt(p), whichever is lower. Transfers are sized from it so a
+    run lasts its target time (at RTT 50 ms and 1 % loss the bound is 2.8 Mbit/s: a transfer
+    sized from a 50 Mbit/s link would outlast the client's timeout)."""
+    if rtt_ms <= 0 or loss <= 0:
+        return rate_mbit
+    return min(rate_mbit, mss * 8 / (rtt_ms / 1000) * math.sqrt(1.5 / loss) / 1e6)
 
 
 def preflight_path(rtt_ms: float, jitter_ms: float = 0.0, rate_mbit: float = 100.0,
