@@ -26,6 +26,7 @@ from pathlib import Path
 from trickles_kit.apps.generated import generated_sha256
 from trickles_kit.bench import flows as fl
 from trickles_kit.bench.meta import CHILD_CWD, meta
+from trickles_kit.bench.rtt import expected_mbit, path_config, preflight_path
 from trickles_kit.net.testbed import CLIENT, SERVER, SERVER_ADDR, Testbed, TestbedConfig
 from trickles_kit.viz.report import write_report
 
@@ -224,9 +225,14 @@ def _strip(r: dict) -> dict:
     return {k: v for k, v in r.items() if not k.startswith("_")}
 
 
-def run(quick: bool, out_dir: Path, verbose: bool = False) -> dict:
-    """Goodput at 10/50/100 Mbit/s, 0 and 1 % loss: Trickles, Reno, Cubic, one flow at a time."""
+def run(quick: bool, out_dir: Path, verbose: bool = False, rtt_ms: float = 0.0,
+        jitter_ms: float = 0.0) -> dict:
+    """Goodput at 10/50/100 Mbit/s, 0 and 1 % loss: Trickles, Reno, Cubic, one flow at a time,
+    through a path of idle RTT `rtt_ms` (`bench.rtt`: checked first, refused if off)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    rtt = preflight_path(rtt_ms, jitter_ms, max(RATES), verbose)
+    if rtt_ms:
+        log(f"[goodput] RTT asked {rtt_ms:g} ms, measured {rtt['rtt_measured_ms']} ms", True)
     secs = SECONDS[quick]
     kinds = ("trickles", "trickles-delta", "reno", "cubic")
     runs = []
@@ -236,8 +242,8 @@ def run(quick: bool, out_dir: Path, verbose: bool = False) -> dict:
     t0 = time.monotonic()
     figs = []
     for i, (rate, loss, rep, kind) in enumerate(todo, 1):
-        size = int(rate * 1e6 / 8 * secs)
-        cfg = TestbedConfig(rate_mbit=rate, loss=loss)
+        size = int(expected_mbit(rate, rtt_ms, loss) * 1e6 / 8 * secs)
+        cfg = path_config(rate, loss, rtt_ms, jitter_ms)
         log(f"[goodput {i}/{len(todo)}] {kind} {rate} Mbit/s loss {loss:.0%} "
             f"{size / 1e6:.1f} MB ...", True)
         try:
@@ -247,7 +253,8 @@ def run(quick: bool, out_dir: Path, verbose: bool = False) -> dict:
                          "error": f"{type(e).__name__}: {e}"})
             continue
         f = r["flows"][0] if r["flows"] else {}
-        row = {"rate_mbit": rate, "loss": loss, "kind": kind, "repeat": rep, "size": size,
+        row = {"rate_mbit": rate, "rtt_ms": rtt_ms, "loss": loss, "kind": kind, "repeat": rep,
+               "size": size,
                "goodput_mbit": f.get("goodput_mbit"),
                "utilisation": round(f["goodput_mbit"] / rate, 4)
                if f.get("goodput_mbit") else None,
@@ -281,7 +288,9 @@ def run(quick: bool, out_dir: Path, verbose: bool = False) -> dict:
                       for rate in DELTA_RATES}
     res = {"experiment": "goodput",
            "meta": meta(["-m", "trickles_kit.cli", "bench", "goodput"]
-                        + (["--quick"] if quick else []), "quick" if quick else "full"),
+                        + (["--quick"] if quick else []) + _rtt_argv(rtt_ms, jitter_ms),
+                        "quick" if quick else "full"),
+           "rtt": rtt,
            "seconds_per_run_target": secs, "repeats": REPEATS[quick], "trickles_mss": TK_MSS,
            "method": "one flow at a time through the testbed bottleneck; goodput = unique "
                      "response bytes delivered past the bottleneck / (first client packet to "
@@ -294,6 +303,11 @@ def run(quick: bool, out_dir: Path, verbose: bool = False) -> dict:
     (out_dir / "goodput.json").write_text(json.dumps(res, indent=1) + "\n")
     _figures(figs, out_dir / "goodput.html")
     return res
+
+
+def _rtt_argv(rtt_ms: float, jitter_ms: float) -> list[str]:
+    return ([f"--rtt={rtt_ms:g}"] if rtt_ms else []) + \
+        ([f"--jitter={jitter_ms:g}"] if jitter_ms else [])
 
 
 def _median(xs: list[float]) -> float | None:

@@ -33,6 +33,12 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--record", action="store_true",
                    help="also refresh the committed results benchmarks/results/bench_NAME.json "
                         "from this (full) run and regenerate the README table from them")
+    b.add_argument("--rtt", type=float, default=0.0, metavar="MS",
+                   help="idle round-trip time of the path (goodput): MS/2 each way, by netem "
+                        "or the NFQUEUE delay line; checked before the runs (refused if off by "
+                        "more than 1 ms); the bottleneck buffers max(50 ms, one RTT) of its rate")
+    b.add_argument("--jitter", type=float, default=0.0, metavar="MS",
+                   help="+- MS on each one-way delay, slowly varying (order kept); with --rtt")
     b.add_argument("-v", "--verbose", action="store_true",
                    help="print every system command and per-run numbers")
     b.set_defaults(func=cmd_bench)
@@ -67,6 +73,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
               "sudo .venv/bin/trickles bench ...", file=sys.stderr)
         return 2
     names = list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
+    path = _path_kwargs(args, names)
+    if path is None:
+        return 2
     testbed = [n for n in names if n != "loopback"]  # loopback needs no namespaces
     if testbed:
 
@@ -82,7 +91,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
         t1 = time.monotonic()
         try:
-            res = _module(name).run(args.quick, out, args.verbose)
+            res = _module(name).run(args.quick, out, args.verbose,
+                                    **(path if name in RTT_EXPERIMENTS else {}))
         except (RuntimeError, OSError, ValueError) as e:
             print(f"trickles bench: {name} failed: {e}", file=sys.stderr)
             failed.append(name)
@@ -106,6 +116,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.record:
         record([n for n in names if n not in failed], out)
     return 1 if failed else 0
+
+
+# the experiments that take the RTT knob so far
+RTT_EXPERIMENTS = ("goodput",)
+
+
+def _path_kwargs(args: argparse.Namespace, names: list[str]) -> dict | None:
+    """--rtt/--jitter for the experiments that take them; None (after one line) if misused."""
+    rtt, jitter = getattr(args, "rtt", 0.0) or 0.0, getattr(args, "jitter", 0.0) or 0.0
+    if not rtt and not jitter:
+        return {}
+    other = [n for n in names if n not in RTT_EXPERIMENTS]
+    msg = (f"--rtt/--jitter: only {', '.join(RTT_EXPERIMENTS)} takes them so far, not "
+           f"{', '.join(other)}" if other else
+           "--rtt and --jitter must be >= 0, with jitter <= rtt/2"
+           if rtt < 0 or jitter < 0 or 2 * jitter > rtt else None)
+    if msg:
+        print(f"trickles bench: {msg}", file=sys.stderr)
+        return None
+    return {"rtt_ms": rtt, "jitter_ms": jitter}
 
 
 def record(names: list[str], out: Path, results: Path | None = None,

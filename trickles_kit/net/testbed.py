@@ -9,8 +9,10 @@
 * **Random loss** is an iptables `statistic --mode random` DROP rule in the router's FORWARD
   chain, on packets coming from the server (the data direction only: lost requests/acks are a
   different experiment).
-* **Delay**: netem when the kernel has it; otherwise none — there is no user-space delay stage,
-  and `describe()` says "none (no netem)", so every result records what really ran.
+* **Delay** (`delay_ms` each way, optional `jitter_ms`): netem when the kernel has it, otherwise
+  the user-space NFQUEUE delay line (`net.delayline`) in the router, started before its FORWARD
+  rules go in (after the loss rule: rules after an NFQUEUE rule are skipped). `describe()` says
+  which ran, so every result records it.
 * Linux TCP's initial window is pinned on the server's route (`initcwnd`, `initrwnd`) to the
   Trickles server's `initial_cwnd` (see `INITCWND_NOTE`).
 * `capture()` runs tcpdump inside the router on `-i any` with the LINUX_SLL2 link type, which
@@ -35,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from trickles_kit.net import sysdeps
+from trickles_kit.net.delayline import DelayLine, Direction, LineConfig, queue_len_for
 from trickles_kit.net.topology import Topology, TopologyError
 
 CLIENT, ROUTER, SERVER = "c", "r", "s"
@@ -76,7 +79,9 @@ class TestbedConfig:
     rate_mbit: float = 10.0
     queue_ms: float = 50.0  # tbf limit, in ms of the rate (at least 20 full packets)
     loss: float = 0.0  # probability of dropping a server->client packet at the router
-    delay_ms: float = 0.0  # each way; needs netem
+    delay_ms: float = 0.0  # each way: netem if the kernel has it, else the NFQUEUE delay line
+    jitter_ms: float = 0.0  # +- around delay_ms, slowly varying (order kept)
+    delay_queue_len: int = 0  # packets the delay line holds per direction; 0 = from the BDP
     symmetric: bool = True  # shape the client->server direction too
     initcwnd: int = 3  # Linux TCP's initial window = the Trickles server's initial_cwnd
     mtu: int = 1500
@@ -86,8 +91,10 @@ class TestbedConfig:
             raise ValueError(f"rate_mbit must be in 0.01..10000, not {self.rate_mbit}")
         if not 0.0 <= self.loss < 1.0:
             raise ValueError(f"loss must be in [0, 1), not {self.loss}")
-        if self.queue_ms <= 0 or self.delay_ms < 0:
-            raise ValueError("queue_ms must be > 0 and delay_ms >= 0")
+        if self.queue_ms <= 0 or self.delay_ms < 0 or self.jitter_ms < 0:
+            raise ValueError("queue_ms must be > 0, delay_ms and jitter_ms >= 0")
+        if self.jitter_ms > self.delay_ms:
+            raise ValueError("jitter_ms must not exceed delay_ms")
         if not 1 <= self.initcwnd <= 64:
             raise ValueError("initcwnd must be in 1..64")
 
@@ -98,6 +105,13 @@ class TestbedConfig:
     @property
     def queue_bytes(self) -> int:
         return max(int(self.rate_bytes_per_s * self.queue_ms / 1000), 20 * (self.mtu + 14))
+
+    @property
+    def line_queue_len(self) -> int:
+        """The delay line's queue per direction: set, or sized from the bandwidth-delay
+        product of the round trip plus the bottleneck's buffer (`delayline.queue_len_for`)."""
+        return self.delay_queue_len or queue_len_for(
+            self.rate_mbit, 2 * (self.delay_ms + self.jitter_ms), self.queue_bytes, self.mtu)
 
     @property
     def burst_bytes(self) -> int:
@@ -140,6 +154,8 @@ class Testbed:
     topo: Topology | None = None
     netem: bool = False
     devs: dict[str, str] = field(default_factory=dict)
+    delayline: DelayLine | None = None
+    delay_stats: dict | None = None  # the delay line's final counters, after close()
 
     def __enter__(self) -> Testbed:
         self.topo = Topology(tag=self.tag or f"b{os.getpid() % 100000}", verbose=self.verbose)
@@ -157,6 +173,9 @@ class Testbed:
         self.close()
 
     def close(self) -> None:
+        # the line first: it reports its counters and removes its rules while the router exists
+        if self.delayline is not None and self.delay_stats is None:
+            self.delay_stats = self.delayline.stop()
         if self.topo is not None:
             self.topo.close()
 
@@ -174,9 +193,6 @@ class Testbed:
         t.route(SERVER, "default", ROUTER_SERVER_ADDR, "initcwnd", str(c.initcwnd),
                 "initrwnd", "64")
         self.netem = c.delay_ms > 0 and netem_available()
-        if c.delay_ms > 0 and not self.netem:
-            raise TopologyError(f"delay {c.delay_ms} ms needs the netem qdisc, which this kernel "
-                                f"lacks (run with delay 0: results then say 'none (no netem)')")
         self._shape(self.devs["router_to_client"])
         if c.symmetric:
             self._shape(self.devs["router_to_server"])
@@ -184,6 +200,29 @@ class Testbed:
             t.iptables(ROUTER, "-A", "FORWARD", "-i", self.devs["router_to_server"], "-m",
                        "statistic", "--mode", "random", "--probability", f"{c.loss:.6f}",
                        "-j", "DROP")
+        if c.delay_ms > 0 and not self.netem:
+            self.start_delayline(self.line_config(c.delay_ms, c.jitter_ms, c.line_queue_len))
+
+    def line_config(self, delay_ms: float, jitter_ms: float = 0.0, queue_len: int = 4096,
+                    back_delay_ms: float | None = None, **kw: object) -> LineConfig:
+        """A delay line for this router: `delay_ms` toward the server, `back_delay_ms`
+        (default the same) toward the client."""
+        assert self.topo is not None
+        back = delay_ms if back_delay_ms is None else back_delay_ms
+        return LineConfig([
+            Direction("to_server", ["-i", self.devs["router_to_client"]], 0, delay_ms, jitter_ms),
+            Direction("to_client", ["-i", self.devs["router_to_server"]], 1, back, jitter_ms)],
+            queue_len=queue_len, tag=f"tkdl{self.topo.tag}", **kw)  # type: ignore[arg-type]
+
+    def start_delayline(self, cfg: LineConfig) -> DelayLine:
+        """Start a delay line in the router (stopped by close(), or by its own stop())."""
+        assert self.topo is not None
+        line = DelayLine(self.topo.ns(ROUTER), cfg, verbose=self.verbose)
+        self.delayline, self.delay_stats = line, None
+        line.start()
+        assert line.proc is not None
+        self.topo.procs.append(line.proc)  # SIGKILLed with the rest if all else fails
+        return line
 
     def _shape(self, dev: str) -> None:
         c, t = self.config, self.topo
@@ -192,7 +231,7 @@ class Testbed:
                str(c.queue_bytes)]
         if self.netem:
             t.tc(ROUTER, "qdisc", "add", "dev", dev, "root", "handle", "1:", "netem", "delay",
-                 f"{c.delay_ms}ms")
+                 f"{c.delay_ms}ms", *([f"{c.jitter_ms}ms", "25%"] if c.jitter_ms else []))
             t.tc(ROUTER, "qdisc", "add", "dev", dev, "parent", "1:1", "handle", "10:", *tbf)
         else:
             t.tc(ROUTER, "qdisc", "add", "dev", dev, "root", *tbf)
@@ -250,6 +289,15 @@ class Testbed:
             if m:
                 out[key] = {"sent_bytes": int(m[1]), "sent_packets": int(m[2]),
                             "queue_drops": int(m[3])}
+        if self.delayline is not None and self.delay_stats is None:
+            kern = self.delayline.kernel_counters()
+            out["delayline_kernel_dropped"] = sum(k["kernel_dropped"] for k in kern.values())
+            out["delayline_user_dropped"] = sum(k["user_dropped"] for k in kern.values())
+            out["delayline_cpu_s"] = self.delayline.cpu_s()
+            live = self.delayline.live_stats() or {}
+            out["delayline"] = {k: {f: d.get(f) for f in ("packets", "late", "late_max_ms",
+                                                          "held_max")}
+                                for k, d in live.get("directions", {}).items()}
         if self.config.loss > 0:
             p = self.sh(ROUTER, ["iptables", "-L", "FORWARD", "-v", "-x", "-n"], check=False)
             for line in p.stdout.splitlines():
@@ -260,8 +308,16 @@ class Testbed:
     def describe(self) -> dict:
         """What ran, for the result JSON (delay says whether netem existed)."""
         c = self.config
-        delay = (f"netem {c.delay_ms} ms each way" if self.netem
-                 else "none (no netem)" if not netem_available() else "none")
+        jit = f" +- {c.jitter_ms} ms" if c.jitter_ms else ""
+        if self.netem:
+            delay, mech = f"netem {c.delay_ms} ms{jit} each way", "netem"
+        elif self.delayline is not None and c.delay_ms > 0:
+            delay, mech = (f"nfqueue delay line {c.delay_ms} ms{jit} each way (user space, "
+                           f"queue {c.line_queue_len} packets, "
+                           f"{self.delayline.ready.get('scheduling', '?')})"), "nfqueue"
+        else:
+            delay = "none (no netem)" if not netem_available() else "none"
+            mech = "none"
         return {
             "topology": f"client {CLIENT_ADDR} - router - server {SERVER_ADDR}, veth, "
                         f"MTU {c.mtu}, offloads off (tso/gso/gro)",
@@ -272,6 +328,7 @@ class Testbed:
             "loss": f"iptables statistic random {c.loss} on router FORWARD from the server "
                     f"(data direction)" if c.loss else "none",
             "delay": delay,
+            "delay_mechanism": mech,
             "initcwnd": c.initcwnd,
             "initcwnd_note": INITCWND_NOTE,
             "capture": f"tcpdump -i any -y LINUX_SLL2 -s {CAPTURE_SNAPLEN} in the router",

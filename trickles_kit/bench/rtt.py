@@ -1,0 +1,75 @@
+"""The RTT knob of `trickles bench`: a path with propagation delay, queues sized from the
+bandwidth-delay product, and a pre-flight that refuses a testbed whose idle RTT is off.
+
+`--rtt MS` is the idle round trip asked for: MS/2 each way, by netem where the kernel has it and
+otherwise by the NFQUEUE delay line in the router (`net.delayline`); `--jitter MS` is +- MS on
+each one-way delay, slowly varying so that order (and the mean) is kept. Queues from the BDP:
+
+* the bottleneck's tbf buffer is max(50 ms, one RTT) of the rate — at least one
+  bandwidth-delay product, what a single Reno flow needs to keep the link busy after it halves
+  its window (the testbed's default 50 ms already is one BDP up to RTT 50 ms);
+* the delay line's queue is 2 x (BDP + that buffer) in 1500-byte packets, at least 1024
+  (`delayline.queue_len_for`): everything a window-limited sender can have in flight, slow
+  start's overshoot included, so the line itself never drops.
+
+Before an experiment, `preflight()` builds the path once, measures the idle RTT with UDP echoes
+and raises `RttPreflightError` (one line) when the median is not the RTT asked for +- 1 ms
+(+ the jitter): a delay line starved of CPU would otherwise make every result quietly wrong.
+"""
+
+from __future__ import annotations
+
+import math
+
+from trickles_kit.net.rttprobe import RttPreflightError, preflight
+from trickles_kit.net.testbed import Testbed, TestbedConfig
+
+__all__ = ["RttPreflightError", "expected_mbit", "path_config", "preflight_path"]
+
+DEFAULT_QUEUE_MS = 50.0
+
+
+def path_config(rate_mbit: float, loss: float = 0.0, rtt_ms: float = 0.0,
+                jitter_ms: float = 0.0) -> TestbedConfig:
+    """The testbed for one run: RTT split evenly between the two ways, queues from the BDP."""
+    if rtt_ms < 0 or jitter_ms < 0 or 2 * jitter_ms > rtt_ms:
+        raise ValueError(f"--rtt {rtt_ms:g} --jitter {jitter_ms:g}: need 0 <= jitter <= rtt/2")
+    return TestbedConfig(rate_mbit=rate_mbit, loss=loss, delay_ms=rtt_ms / 2,
+                         jitter_ms=jitter_ms, queue_ms=max(DEFAULT_QUEUE_MS, rtt_ms))
+
+
+def expected_mbit(rate_mbit: float, rtt_ms: float, loss: float, mss: int = 1448) -> float:
+    """What one Reno-like flow can get: the bottleneck rate, or with random loss the Mathis
+    bound MSS/RTT x sqrt(3/2)/sqrt(p), whichever is lower. Transfers are sized from it so a
+    run lasts its target time (at RTT 50 ms and 1 % loss the bound is 2.8 Mbit/s: a transfer
+    sized from a 50 Mbit/s link would outlast the client's timeout)."""
+    if rtt_ms <= 0 or loss <= 0:
+        return rate_mbit
+    return min(rate_mbit, mss * 8 / (rtt_ms / 1000) * math.sqrt(1.5 / loss) / 1e6)
+
+
+def preflight_path(rtt_ms: float, jitter_ms: float = 0.0, rate_mbit: float = 100.0,
+                   verbose: bool = False) -> dict:
+    """Build the path once and check its idle RTT; what the results record (asked, measured).
+
+    With no delay asked for, nothing is built: the record says so."""
+    if rtt_ms <= 0:
+        return {"rtt_asked_ms": 0.0, "rtt_measured_ms": None,
+                "note": "no delay asked for: the testbed's own RTT (well under 1 ms)"}
+    cfg = path_config(rate_mbit, 0.0, rtt_ms, jitter_ms)
+    with Testbed(cfg, verbose=verbose) as tb:
+        rec = preflight(tb, tol_ms=1.0 + 2 * jitter_ms, count=100 if jitter_ms else 50)
+        rec["testbed_delay"] = tb.describe()["delay"]
+    rec["delay_line"] = _line_summary(tb.delay_stats)
+    return rec
+
+
+def _line_summary(stats: dict | None) -> dict | None:
+    """The delay line's own account of the pre-flight: CPU, lateness, drops."""
+    if not stats:
+        return None
+    dirs = stats.get("directions", {})
+    return {"scheduling": stats.get("scheduling"), "cpu_share": stats.get("cpu_share"),
+            "late": sum(d.get("late", 0) for d in dirs.values()),
+            "late_max_ms": max((d.get("late_max_ms", 0) for d in dirs.values()), default=0),
+            "kernel_dropped": stats.get("kernel_dropped")}
