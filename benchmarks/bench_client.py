@@ -177,7 +177,13 @@ def main(argv: list[str] | None = None) -> int:
         if a.instructions:
             args = [x for x in args if not x.startswith("--reps")]
             counts = {name: instructions(trace, root, args) for name, root in roots.items()}
-    res = {"command": " ".join([Path(sys.argv[0]).name, *argv]), "options": vars(a),
+    for rs in runs.values():  # (no paths of this machine in the record)
+        for r in rs:
+            r.pop("package", None)
+    opts = {**vars(a), "out": Path(a.out).name,
+            "against": Path(a.against).name if a.against else None}
+    shown = [Path(x).name if a.against and x == a.against else x for x in argv]
+    res = {"command": " ".join(["bench_client.py", *shown]), "options": opts,
            "method": "CPU time (process_time) to replay one recorded transfer's client inputs "
                      "into a fresh ClientEngine; per packet received; min over replays and "
                      "processes", "runs": runs}
