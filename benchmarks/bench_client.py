@@ -145,7 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=5, help="timed replays per process")
     ap.add_argument("--rounds", type=int, default=3, help="processes per checkout, alternating")
     ap.add_argument("--against", help="another checkout (a directory holding trickles_kit/)")
-    ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks" / "client.json"))
+    # a run writes to reports/ (git-ignored); the committed result changes only with --record
+    ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks" / "client.json"),
+                    help="JSON output path (default: %(default)s)")
+    ap.add_argument("--record", dest="out", action="store_const",
+                    const=str(REPO / "benchmarks" / "results" / "client.json"),
+                    help="refresh the committed benchmarks/results/client.json")
     ap.add_argument("--instructions", action="store_true",
                     help="also count each checkout's instructions per packet (valgrind)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
