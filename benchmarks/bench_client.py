@@ -9,6 +9,11 @@ that behave the same give the same digest for the same inputs.
     python benchmarks/bench_client.py                  # this checkout
     python benchmarks/bench_client.py --against DIR    # and another checkout (DIR holds
                                                        # trickles_kit/), alternating runs
+    ... --instructions                                 # also count instructions (valgrind)
+
+CPU time on a shared machine varies by several per cent from run to run; `--instructions`
+counts the instructions of one replay under valgrind's cachegrind (one replay minus a run that
+only loads the trace), which does not depend on the machine's load.
 
 Writes JSON (--out) with the command that made it. Measures only: nothing is asserted.
 """
@@ -99,12 +104,30 @@ def replay(trace: list[tuple], size: int, seed: int, digest: bool) -> tuple[floa
     return time.process_time() - t0, h.hexdigest()
 
 
-def child(trace_file: str, size: int, seed: int, reps: int) -> dict:
+def instructions(trace_file: str, root: str, args: list[str]) -> int:
+    """Instructions (valgrind cachegrind) of one replay: a run with one minus one with none."""
+    counts = []
+    for reps in (0, 1):
+        cmd = ["valgrind", "--tool=cachegrind", "--cache-sim=no",
+               "--cachegrind-out-file=/dev/null", sys.executable, __file__, "--child",
+               trace_file, *args, f"--reps={reps}", "--no-digest"]
+        p = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": root}, capture_output=True,
+                           text=True, check=True)
+        line = next(x for x in p.stderr.splitlines() if "I   refs:" in x or "I refs:" in x)
+        counts.append(int(line.split(":")[-1].strip().replace(",", "")))
+    return counts[1] - counts[0]
+
+
+def child(trace_file: str, size: int, seed: int, reps: int, digest: bool = True) -> dict:
+    import trickles_kit.apps.generated  # noqa: F401  (imported in every run alike: the
+    import trickles_kit.core.client  # noqa: F401  instruction count subtracts it)
     with open(trace_file, "rb") as f:
         trace, summary = pickle.load(f)
-    _, dig = replay(trace, size, seed, True)
+    dig = replay(trace, size, seed, True)[1] if digest else ""
     times = [replay(trace, size, seed, False)[0] for _ in range(reps)]
     rx = sum(1 for k, _, _ in trace if k == "rx")
+    if not times:
+        return {"packets": rx}
     import trickles_kit
 
     return {"package": str(Path(trickles_kit.__file__).parent.parent), "summary": summary,
@@ -122,10 +145,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=5, help="timed replays per process")
     ap.add_argument("--rounds", type=int, default=3, help="processes per checkout, alternating")
     ap.add_argument("--against", help="another checkout (a directory holding trickles_kit/)")
-    ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks" / "client.json"))
+    # a run writes to reports/ (git-ignored); the committed result changes only with --record
+    ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks" / "client.json"),
+                    help="JSON output path (default: %(default)s)")
+    ap.add_argument("--record", dest="out", action="store_const",
+                    const=str(REPO / "benchmarks" / "results" / "client.json"),
+                    help="refresh the committed benchmarks/results/client.json")
+    ap.add_argument("--instructions", action="store_true",
+                    help="also count each checkout's instructions per packet (valgrind)")
     ap.add_argument("--quick", action="store_true",
                     help="a smoke run in seconds: 1 MB, 1 replay, 1 round (CI runs this)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--no-digest", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--record-to", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.quick:
@@ -135,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             pickle.dump(record(a.size, a.loss, a.seed), f)
         return 0
     if a.child:
-        print(json.dumps(child(a.child, a.size, a.seed, a.reps)))
+        print(json.dumps(child(a.child, a.size, a.seed, a.reps, not a.no_digest)))
         return 0
     roots = {"this": str(REPO)}
     if a.against:
@@ -152,7 +183,16 @@ def main(argv: list[str] | None = None) -> int:
                 p = subprocess.run([sys.executable, __file__, "--child", trace, *args],
                                    env=env, capture_output=True, text=True, check=True)
                 runs[name].append(json.loads(p.stdout.strip().splitlines()[-1]))
-    res = {"command": " ".join([Path(sys.argv[0]).name, *argv]), "options": vars(a),
+        if a.instructions:
+            args = [x for x in args if not x.startswith("--reps")]
+            counts = {name: instructions(trace, root, args) for name, root in roots.items()}
+    for rs in runs.values():  # (no paths of this machine in the record)
+        for r in rs:
+            r.pop("package", None)
+    opts = {**vars(a), "out": Path(a.out).name,
+            "against": Path(a.against).name if a.against else None}
+    shown = [Path(x).name if a.against and x == a.against else x for x in argv]
+    res = {"command": " ".join(["bench_client.py", *shown]), "options": opts,
            "method": "CPU time (process_time) to replay one recorded transfer's client inputs "
                      "into a fresh ClientEngine; per packet received; min over replays and "
                      "processes", "runs": runs}
@@ -162,10 +202,18 @@ def main(argv: list[str] | None = None) -> int:
                      "packets": rs[0]["packets"], "summary": rs[0]["summary"]}
         print(f"{name}: {res[name]['us_per_packet']} us/packet over {rs[0]['packets']} packets"
               f" (sent digest {res[name]['sent_sha256'][0][:16]}, {rs[0]['summary']})")
+        if a.instructions:
+            per = counts[name] / rs[0]["packets"]
+            res[name]["instructions_per_packet"] = round(per)
+            print(f"{name}: {per:,.0f} instructions/packet (cachegrind, one replay)")
     if a.against:
         ratio = res["this"]["us_per_packet"] / res["against"]["us_per_packet"]
         res["ratio_this_over_against"] = round(ratio, 4)
-        print(f"this / against = {ratio:.3f}")
+        print(f"this / against = {ratio:.3f} (CPU time)")
+        if a.instructions:
+            iratio = counts["this"] / counts["against"]
+            res["instructions_ratio_this_over_against"] = round(iratio, 4)
+            print(f"this / against = {iratio:.4f} (instructions)")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
     return 0
