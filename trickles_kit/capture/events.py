@@ -214,7 +214,8 @@ class _Derivation:
             if row.error is not None:
                 continue
             if row.key_epoch is not None:
-                cv.max_epoch = max(cv.max_epoch, row.key_epoch)
+                if row.key_epoch > cv.max_epoch:
+                    cv.max_epoch = row.key_epoch
                 # a continuation the server emitted is genuine: remember what its MAC covers
                 cv.genuine[row.mac] = covered(row, response=True)  # type: ignore[index]
             if row.flags & SYN:
@@ -318,7 +319,7 @@ class _Derivation:
         plan = entry.plan
         if plan is None:
             return  # FIN: its event came with the answer
-        if row_type(row) == REQ_SLOWSTART:
+        if row.req_type == "SLOWSTART":
             self.out.append((i, 0, _timeout_event(row, plan)))
         if plan.recovery_start:
             self.out.append((i, 3, _cont_event(ev.RECOVERY_START, row, cwnd=plan.cwnd,
