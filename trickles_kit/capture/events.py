@@ -262,7 +262,7 @@ class _Derivation:
                 return
             reason = why or UNANSWERED
         self.verdicts[row.index] = reason
-        detail = {"reason": Reason.of(reason)}
+        detail = {"reason": str(reason)}
         if reason == "unanswered":
             detail["req_type"] = "SYN"
         self.out.append((row.index, 1, Event(ev.DROP, row.t, "server", detail=detail)))
@@ -299,7 +299,8 @@ class _Derivation:
         self._emit(row, ev.DROP, UNANSWERED)  # lost after the capture point, or the app
 
     def _emit(self, row: PacketRow, kind: str, reason: str, **extra) -> None:
-        self.verdicts[row.index] = str(reason)
+        reason = str(reason)  # a `Reason` is its string: events hold plain text, as the engine's
+        self.verdicts[row.index] = reason
         self.out.append((row.index, 2, _cont_event(kind, row, reason=reason, **extra)))
 
     def answered(self, entry: Pending, row: PacketRow) -> None:
