@@ -18,7 +18,9 @@ endpoint, linktype RAW, IP protocol 253; >= 200,000 packets by default), then me
   without the master secret (MAC and nonce verdicts on every packet);
 * `baseline_*` (with ``--baseline FILE``): another decode.py — e.g. the previous one, from
   ``git show REV:trickles_kit/capture/decode.py > /tmp/decode_old.py`` — timed by the same
-  harness in the same run (its ``decode_pcap(events=False).packets``, which built the rows);
+  harness in the same run, its runs alternating with the current decoder's: the table
+  (`baseline_fast_path_table`, when it keeps one), the rows (`baseline_fast_path`, its
+  ``decode_pcap(events=False).packets``) and the events with and without the secret;
 * `codec_only`: the project's codec (net.ip.parse_ipv4 + wire decode_segment +
   decode_request/decode_response) on in-memory datagrams, no rows — a reference point;
 * `fast_path_ethernet`: the fast path on the same datagrams written as linktype EN10MB;
@@ -70,18 +72,34 @@ def _version(mod: str) -> str | None:
         return None
 
 
+def _once(fn) -> tuple[int, float, float]:
+    gc.collect()
+    c0, w0 = time.process_time(), time.perf_counter()
+    count = fn()
+    c1, w1 = time.process_time(), time.perf_counter()
+    return count, c1 - c0, w1 - w0
+
+
 def measure(fn, repeat: int) -> dict:
     """Best-of-`repeat` (and median) CPU and wall seconds of fn() (fn returns a packet count)."""
-    cpus: list[float] = []
-    walls: list[float] = []
-    count = 0
-    for _ in range(repeat):
-        gc.collect()
-        c0, w0 = time.process_time(), time.perf_counter()
-        count = fn()
-        c1, w1 = time.process_time(), time.perf_counter()
-        cpus.append(c1 - c0)
-        walls.append(w1 - w0)
+    runs = [_once(fn) for _ in range(repeat)]
+    return _figures(runs)
+
+
+def measure_pair(fn, base, repeat: int) -> tuple[dict, dict]:
+    """`measure` of fn and of its baseline, their runs alternating (fn, base, base, fn, ...):
+    load on a shared machine comes and goes, and must hit both sides alike."""
+    runs: tuple[list, list] = ([], [])
+    for r in range(repeat):
+        for side in ((0, 1) if r % 2 == 0 else (1, 0)):
+            runs[side].append(_once((fn, base)[side]))
+    return _figures(runs[0]), _figures(runs[1])
+
+
+def _figures(runs: list[tuple[int, float, float]]) -> dict:
+    count = runs[-1][0]
+    cpus = [c for _, c, _ in runs]
+    walls = [w for _, _, w in runs]
     best_cpu, best_wall = min(cpus), min(walls)
     med_cpu = statistics.median(cpus)
     return {
@@ -195,12 +213,19 @@ def main(argv: list[str] | None = None) -> int:
         n_records = sum(1 for _ in read_pcap(path).datagrams())
         results: dict = {}
 
-        def step(name: str, fn) -> None:
+        base = load_baseline(args.baseline) if args.baseline else None
+
+        def step(name: str, fn, base_name: str = "", base_fn=None) -> None:
+            """One figure; with a baseline, its figure too, the runs alternating."""
             print(f"  {name} ...", file=sys.stderr, flush=True)
-            results[name] = measure(fn, args.repeat)
-            r = results[name]
-            print(f"  {name:<28} {r['packets_per_s_cpu']:>10,} pkt/s cpu "
-                  f"{r['packets_per_s_wall']:>10,} pkt/s wall", file=sys.stderr)
+            if base is not None and base_fn is not None:
+                results[name], results[base_name] = measure_pair(fn, base_fn, args.repeat)
+            else:
+                results[name] = measure(fn, args.repeat)
+            for n in (name, base_name) if base_name in results else (name,):
+                r = results[n]
+                print(f"  {n:<28} {r['packets_per_s_cpu']:>10,} pkt/s cpu "
+                      f"{r['packets_per_s_wall']:>10,} pkt/s wall", file=sys.stderr)
 
         # the decoder imports numpy (if installed) on its first large capture: once per
         # process, outside the figures; its cost is recorded here
@@ -209,28 +234,26 @@ def main(argv: list[str] | None = None) -> int:
             import numpy  # noqa: F401
         results_extra = {"numpy_import_cpu_s": round(time.process_time() - t_np, 4)}
         step("read", lambda: sum(1 for _ in read_pcap(path).datagrams()))
-        step("fast_path", lambda: decode_pcap(path, events=False).n_packets)
+        # a flat-table baseline has the same figure as fast_path; an older one built the rows
+        flat = base is not None and hasattr(base.Capture, "n_packets")
+        step("fast_path", lambda: decode_pcap(path, events=False).n_packets,
+             "baseline_fast_path_table", (lambda: base.decode_pcap(path, events=False)
+                                          .n_packets) if flat else None)
         step("fast_path_no_checksums",
              lambda: decode_pcap(path, events=False, checksums=False).n_packets)
-        step("fast_path_rows", lambda: len(decode_pcap(path, events=False).packets))
+        step("fast_path_rows", lambda: len(decode_pcap(path, events=False).packets),
+             "baseline_fast_path", lambda: len(base.decode_pcap(path, events=False).packets))
         if _version("pandas") is not None:
             step("fast_path_df", lambda: len(decode_pcap(path, events=False).packets_df()))
-        if args.baseline:
-            base = load_baseline(args.baseline)
-            step("baseline_fast_path", lambda: len(base.decode_pcap(path, events=False).packets))
+        if base is not None:
             step("baseline_fast_path_no_checksums", lambda: len(
                 base.decode_pcap(path, events=False, checksums=False).packets))
-            if hasattr(base.Capture, "n_packets"):  # a flat-table decoder: the same figure
-                step("baseline_fast_path_table",
-                     lambda: base.decode_pcap(path, events=False).n_packets)
-        step("with_events", lambda: decode_pcap(path).n_packets)
+        step("with_events", lambda: decode_pcap(path).n_packets,
+             "baseline_with_events", lambda: len(base.decode_pcap(path).packets))
         if secret is not None:
-            step("with_events_and_secret", lambda: decode_pcap(path, secret=secret).n_packets)
-        if args.baseline:
-            step("baseline_with_events", lambda: len(base.decode_pcap(path).packets))
-            if secret is not None:
-                step("baseline_with_events_and_secret",
-                     lambda: len(base.decode_pcap(path, secret=secret).packets))
+            step("with_events_and_secret", lambda: decode_pcap(path, secret=secret).n_packets,
+                 "baseline_with_events_and_secret",
+                 lambda: len(base.decode_pcap(path, secret=secret).packets))
 
         datagrams = [d for _, d in read_pcap(path).datagrams()]
 

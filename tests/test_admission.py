@@ -105,23 +105,23 @@ def test_pairing_takes_the_latest_earlier_request_with_a_free_slot() -> None:
     plan = pl.plan_request(3, 1, 3, 64, 0, [(1, 3)])
     pkts = [s.pkt for s in plan.slots]
     pairing = Pairing()
-    key = request_key("c", 1, "s", 80, 3, 1, 2, 3)
     old, new = (Pending(f"r{i}", i, 3, False, False, plan) for i in (0, 5))
     bad = Pending("bad", 6, 3, False, True, plan)
     for p in (old, new, bad):
-        pairing.add(key, p)
-    rkey = response_key("s", 80, "c", 1, 3, 1, 2, 3)
-    assert rkey == key
-    assert pairing.answer(rkey, 7, pkts[0], 0, False) == (new, 0, None)
-    assert pairing.answer(rkey, 7, pkts[0], 0, False) == (old, 0, None)
-    hit = pairing.answer(rkey, 8, pkts[0], 0, False)
+        pairing.add(p, "c", 1, "s", 80, 1, 2, 3)
+    assert request_key("c", 1, "s", 80, 3, 1, 2, 3) == response_key("s", 80, "c", 1, 3, 1, 2, 3)
+    resp = ("s", 80, "c", 1, 3, 1, 2, 3)  # what a response carries back
+    assert pairing.answer(*resp, 7, pkts[0], 0, False) == (new, 0, None)
+    assert pairing.answer(*resp, 7, pkts[0], 0, False) == (old, 0, None)
+    hit = pairing.answer(*resp, 8, pkts[0], 0, False)
     assert hit == (bad, 0, None)  # the MAC-failed one only when no other fits
-    assert pairing.answer(rkey, 9, pkts[0], 0, False) == (None, -1, "duplicate_response")
-    assert pairing.answer(rkey, 4, pkts[1], 0, False)[2] == "position_mismatch"
-    assert pairing.answer(("x",), 1, 1, 0, False) == (None, -1, "orphan_response")
+    assert pairing.answer(*resp, 9, pkts[0], 0, False) == (None, -1, "duplicate_response")
+    assert pairing.answer(*resp, 4, pkts[1], 0, False)[2] == "position_mismatch"
+    assert pairing.answer("s", 80, "c", 1, 3, 9, 9, 9, 1, 1, 0, False) == (
+        None, -1, "orphan_response")  # other client-owned fields: another request's answer
     fin = Pending("fin", 10, 12, True, False, None)
-    pairing.add(key, fin)
-    assert pairing.answer(rkey, 11, 12, 0, True) == (fin, 0, None)
+    pairing.add(fin, "c", 1, "s", 80, 1, 2, 3)
+    assert pairing.answer("s", 80, "c", 1, 12, 1, 2, 3, 11, 12, 0, True) == (fin, 0, None)
     pairing.add_syn("c", 1, "s", 80, "syn")
     assert pairing.answer_syn("s", 80, "c", 1) == "syn" and pairing.answer_syn("s", 80, "c", 1) \
         is None

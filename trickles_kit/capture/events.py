@@ -12,6 +12,7 @@ recognise a replay by its MAC-covered bytes).
 from __future__ import annotations
 
 from collections import Counter
+from operator import itemgetter
 
 from trickles_kit.capture.parse import Verifier, default_config
 from trickles_kit.capture.rows import PacketRow
@@ -28,7 +29,7 @@ from trickles_kit.core.admission import (
     replay_key,
 )
 from trickles_kit.core.events import Event
-from trickles_kit.core.pairing import Pairing, Pending, request_key, response_key
+from trickles_kit.core.pairing import Pairing, Pending
 from trickles_kit.core.plan import Plan
 from trickles_kit.wire.continuation import Continuation
 from trickles_kit.wire.messages import REQ_FIN, REQ_NORMAL, REQ_SLOWSTART, REQ_SYN
@@ -75,7 +76,9 @@ def _timeout_event(row: PacketRow, plan: Plan) -> Event:
 
 
 def _nonce_ok(row: PacketRow) -> Event:
-    return _cont_event(ev.NONCE_OK, row, blocks=[[lft, rgt] for lft, rgt, _ in row.sacks])
+    return Event(ev.NONCE_OK, row.t, "server", conn_id=row.conn_id or 0, ack=row.cont_seq,
+                 ssthresh=row.ssthresh or 0, tcp_base=row.tcp_base or 0, state=row.state or 0,
+                 detail={"blocks": [[lft, rgt] for lft, rgt, _ in row.sacks]})  # type: ignore[union-attr]
 
 
 class _CaptureView:
@@ -122,13 +125,6 @@ class _CaptureView:
             return Reason.MAC
         return None
 
-    def answered(self, row: PacketRow) -> None:
-        """An answered request: the server recorded its continuation's use."""
-        age = (int(row.t * 1000) - row.timestamp) & U32  # type: ignore[operator]
-        key = replay_key(row.mac, row_type(row), age, self.cfg.slowstart_bucket)  # type: ignore
-        self.history[key] = (row.t, covered(row), True)
-
-
 ADMITTED = "admitted"  # a request verdict: answered, or valid by every check
 UNANSWERED = "unanswered"  # valid by every check the capture can judge, yet not answered
 
@@ -148,17 +144,15 @@ def derive_events(rows: list[PacketRow], secret: bytes | None = None, config=Non
     d = _Derivation(cfg, verifier, errors if errors is not None else Counter())
     if verdicts is not None:
         d.verdicts = verdicts
-    for row in rows:  # pass 1: requests register, responses find their request
-        if row.direction == "request":
-            d.request(row)
-        elif row.error is None:
-            d.response(row)
+    d.walk(rows)  # pass 1: requests register, responses find their request
     for entry in d.reqs:  # pass 2: each request in capture order: what the engine did with it
-        if isinstance(entry, Pending):
-            d.judge(entry)
-        else:
+        if type(entry) is not Pending:
             d.judge_frame(entry)
-    d.out.sort(key=lambda x: (x[0], x[1]))
+        elif entry.answered:
+            d.answered(entry, entry.item)
+        else:
+            d.judge(entry)
+    d.out.sort(key=itemgetter(0, 1))  # (capture index, order within it); stable
     return [e for _, _, e in d.out]
 
 
@@ -182,59 +176,75 @@ class _Derivation:
             if row.error is None and row.req_type == "SYN" and row.flags & SYN:
                 self.pairing.add_syn(row.src, row.sport, row.dst, row.dport, row)
             return
-        rtype = row_type(row)
-        cont = row_cont(row)
+        rtype = _TYPES.get(row.req_type, -1)  # type: ignore[arg-type]
+        k, base, c0, ss = row.cont_seq, row.tcp_base, row.start_cwnd, row.ssthresh
         plan = plan_error = None
-        if rtype != REQ_FIN and bad_cont(cont):
+        if rtype != REQ_FIN and bad_cont(k, base, c0, ss):  # type: ignore[arg-type]
             # fields no server seals: admission refuses them before planning; planning them
             # could ask for billions of slots (a corrupt capture's start_cwnd)
             plan_error = Reason.BAD_CONT
         elif rtype != REQ_FIN:
-            blocks, why = check_sacks(cont, row.sacks or (), self.cfg.max_sacks, None)
+            blocks, why = check_sacks(k, base, row.conn_id, row.sacks or (),  # type: ignore
+                                      self.cfg.max_sacks, None)
             if why is None:
                 try:
-                    plan = plan_of(rtype, cont, blocks, self.cfg)  # type: ignore[arg-type]
+                    plan = plan_of(row.cont_type, k, base, c0, ss, row.state,  # type: ignore
+                                   blocks, rtype == REQ_SLOWSTART, self.cfg.max_gap)
                 except Exception as e:  # impossible fields (never sealed by a server)
                     plan_error = "internal." + type(e).__name__
         entry = Pending(row, row.index, row.cont_seq, rtype == REQ_FIN,  # type: ignore[arg-type]
                         row.mac_ok is False, plan, plan_error)
         self.reqs.append(entry)
-        self.pairing.add(request_key(row.src, row.sport, row.dst, row.dport, row.cont_seq,
-                                     row.client_state, row.parent, row.client_timestamp), entry)
+        self.pairing.add(entry, row.src, row.sport, row.dst, row.dport, row.client_state,
+                         row.parent, row.client_timestamp)
 
-    def response(self, row: PacketRow) -> None:
-        cv = self.cv
-        if row.key_epoch is not None:
-            cv.max_epoch = max(cv.max_epoch, row.key_epoch)
-            # a continuation the server emitted is genuine: remember what its MAC covers
-            cv.genuine[row.mac] = covered(row, response=True)  # type: ignore[index]
-        if row.flags & SYN:  # the SYN-ACK carries the handshake continuation: the syn event
-            syn = self.pairing.answer_syn(row.src, row.sport, row.dst, row.dport)
-            if syn is not None:
-                self.answered_syns.add(syn.index)
-            else:
-                self.errors["orphan_synack"] += 1
-            self.out.append((row.index, 0, Event(
-                ev.SYN, row.t, "server", conn_id=row.conn_id or 0, pkt=row.seq,
-                ack=row.cont_seq or 0, cwnd=row.start_cwnd or 0, ssthresh=row.ssthresh or 0,
-                tcp_base=row.tcp_base or 0, state=row.state or 0)))
-            return
-        key = response_key(row.src, row.sport, row.dst, row.dport, row.ack, row.client_state,
-                           row.parent, row.client_timestamp)
-        hit, slot, note = self.pairing.answer(key, row.index, row.seq, row.position,
-                                              bool(row.flags & FIN))
-        if note is not None:
-            self.errors[note] += 1
-        if hit is None:
-            return
-        req = hit.item
-        if hit.plan is None:  # the FIN answer
-            self.out.append((req.index, 5, _cont_event(ev.FIN, req, pkt=req.cont_seq)))
-            return
-        s = hit.plan.slots[slot]
+    def walk(self, rows: list[PacketRow]) -> None:
+        """Pass 1, in capture order: requests register (`request`), each response is paired
+        with its request and gives the event of the plan slot it fills."""
+        cv, out, errors = self.cv, self.out, self.errors
+        answer = self.pairing.answer
+        for row in rows:
+            if row.direction == "request":
+                self.request(row)
+                continue
+            if row.error is not None:
+                continue
+            if row.key_epoch is not None:
+                if row.key_epoch > cv.max_epoch:
+                    cv.max_epoch = row.key_epoch
+                # a continuation the server emitted is genuine: remember what its MAC covers
+                cv.genuine[row.mac] = covered(row, response=True)  # type: ignore[index]
+            if row.flags & SYN:
+                self.synack(row)
+                continue
+            hit, slot, note = answer(
+                row.src, row.sport, row.dst, row.dport, row.ack, row.client_state, row.parent,
+                row.client_timestamp, row.index, row.seq, row.position, bool(row.flags & FIN))
+            if note is not None:
+                errors[note] += 1
+            if hit is None:
+                continue
+            req = hit.item
+            if hit.plan is None:  # the FIN answer
+                out.append((req.index, 5, _cont_event(ev.FIN, req, pkt=req.cont_seq)))
+                continue
+            s = hit.plan.slots[slot]
+            out.append((row.index, 0, Event(
+                s.kind, row.t, "server", conn_id=req.conn_id or 0, pkt=s.pkt,
+                ack=req.cont_seq, cwnd=hit.plan.cwnd, ssthresh=s.ssthresh,
+                tcp_base=s.tcp_base, state=s.state)))
+
+    def synack(self, row: PacketRow) -> None:
+        """The SYN-ACK carries the handshake continuation: the engine's syn event."""
+        syn = self.pairing.answer_syn(row.src, row.sport, row.dst, row.dport)
+        if syn is not None:
+            self.answered_syns.add(syn.index)
+        else:
+            self.errors["orphan_synack"] += 1
         self.out.append((row.index, 0, Event(
-            s.kind, row.t, "server", conn_id=req.conn_id or 0, pkt=s.pkt, ack=req.cont_seq,
-            cwnd=hit.plan.cwnd, ssthresh=s.ssthresh, tcp_base=s.tcp_base, state=s.state)))
+            ev.SYN, row.t, "server", conn_id=row.conn_id or 0, pkt=row.seq,
+            ack=row.cont_seq or 0, cwnd=row.start_cwnd or 0, ssthresh=row.ssthresh or 0,
+            tcp_base=row.tcp_base or 0, state=row.state or 0)))
 
     def judge_frame(self, row: PacketRow) -> None:
         """Decode failures, SYN/type mismatches and SYNs: the frame stage."""
@@ -250,16 +260,14 @@ class _Derivation:
                 return
             reason = why or UNANSWERED
         self.verdicts[row.index] = reason
-        detail = {"reason": Reason.of(reason)}
+        detail = {"reason": str(reason)}
         if reason == "unanswered":
             detail["req_type"] = "SYN"
         self.out.append((row.index, 1, Event(ev.DROP, row.t, "server", detail=detail)))
 
     def judge(self, entry: Pending) -> None:
+        """An unanswered request: `admit` says why (or that it was valid)."""
         row = entry.item
-        if entry.answered:
-            self._answered(entry, row)
-            return
         cv = self.cv
         cv.inferred = False
         try:
@@ -289,15 +297,20 @@ class _Derivation:
         self._emit(row, ev.DROP, UNANSWERED)  # lost after the capture point, or the app
 
     def _emit(self, row: PacketRow, kind: str, reason: str, **extra) -> None:
-        self.verdicts[row.index] = str(reason)
+        reason = str(reason)  # a `Reason` is its string: events hold plain text, as the engine's
+        self.verdicts[row.index] = reason
         self.out.append((row.index, 2, _cont_event(kind, row, reason=reason, **extra)))
 
-    def _answered(self, entry: Pending, row: PacketRow) -> None:
+    def answered(self, entry: Pending, row: PacketRow) -> None:
+        """An answered request: admitted; the server recorded its continuation's use."""
         if row.mac_ok is False:
             self.errors["answered_bad_mac"] += 1
         if row.nonce_ok is False:
             self.errors["answered_bad_nonce"] += 1
-        self.cv.answered(row)
+        age = (int(row.t * 1000) - row.timestamp) & U32  # type: ignore[operator]
+        key = replay_key(row.mac, _TYPES[row.req_type], age,  # type: ignore[arg-type,index]
+                         self.cfg.slowstart_bucket)
+        self.cv.history[key] = (row.t, covered(row), True)
         i = row.index
         self.verdicts[i] = ADMITTED
         if row.sacks:
@@ -305,7 +318,7 @@ class _Derivation:
         plan = entry.plan
         if plan is None:
             return  # FIN: its event came with the answer
-        if row_type(row) == REQ_SLOWSTART:
+        if row.req_type == "SLOWSTART":
             self.out.append((i, 0, _timeout_event(row, plan)))
         if plan.recovery_start:
             self.out.append((i, 3, _cont_event(ev.RECOVERY_START, row, cwnd=plan.cwnd,

@@ -148,25 +148,23 @@ def frame_reason(syn_flag: bool, rtype: int) -> Reason | None:
     return Reason.SYN_FLAG if rtype == REQ_SYN else None
 
 
-def bad_cont(c: Continuation) -> bool:
-    """A (MAC-valid) continuation with fields this server never seals: another build, a leaked
-    key. Refused rather than planned (planning them could ask for billions of slots)."""
-    c0 = c.start_cwnd
-    return (not 1 <= c0 <= c.ssthresh or c0 > MAX_CWND or c.seq > SEQ_LIMIT
-            or (c.seq == c.tcp_base - 1 and c0 > 64))
+def bad_cont(k: int, tcp_base: int, start_cwnd: int, ssthresh: int) -> bool:
+    """A (MAC-valid) continuation (seq `k`) with fields this server never seals: another build,
+    a leaked key. Refused rather than planned (planning them could ask for billions of slots).
+    Scalars, not a Continuation: the decoder asks this of every captured request's fields."""
+    return (not 1 <= start_cwnd <= ssthresh or start_cwnd > MAX_CWND or k > SEQ_LIMIT
+            or (k == tcp_base - 1 and start_cwnd > 64))
 
 
-def check_sacks(c: Continuation, sacks: Sequence[tuple[int, int, int]], max_sacks: int,
-                summary: Callable[[int, int, int, int], int] | None
+def check_sacks(k: int, base: int, cid: int, sacks: Sequence[tuple[int, int, int]],
+                max_sacks: int, summary: Callable[[int, int, int, int], int] | None
                 ) -> tuple[list[tuple[int, int]] | None, Reason | None]:
-    """Count, then shape and nonce block by block: (the (left, right) claims, None) or
-    (None, the reason). Without `summary` the nonces are not judged."""
+    """Count, then shape and nonce block by block, for a continuation with seq `k`, TCPBase
+    `base` and connId `cid`: (the (left, right) claims, None) or (None, the reason). Without
+    `summary` the nonces are not judged."""
     if len(sacks) > max_sacks:
         return None, Reason.SACK_COUNT
-    k = c.seq
-    base = c.tcp_base
     low = base - SACK_REACH
-    cid = c.conn_id
     prev = -1
     blocks = []
     for left, right, s in sacks:
@@ -190,10 +188,10 @@ def replay_key(mac: bytes, rtype: int, age: int, bucket_s: float) -> int:
     return _U64(mac)[0] ^ (tag << 32)
 
 
-def plan_of(rtype: int, c: Continuation, blocks: list[tuple[int, int]], rules: Rules) -> Plan:
-    """The plan stage: what this request makes the server send (`core.delta.plan_for`)."""
-    return dl.plan_for(c.type, c.seq, c.tcp_base, c.start_cwnd, c.ssthresh, c.state, blocks,
-                       rtype == REQ_SLOWSTART, rules.max_gap)
+# The plan stage: what a request makes the server send — `core.delta.plan_for(ctype, k,
+# tcp_base, start_cwnd, ssthresh, state, blocks, slowstart, max_gap)` itself (an alias, so the
+# decoder re-plans every captured request at no extra call).
+plan_of = dl.plan_for
 
 
 def plan_reason(plan: Plan) -> Reason | str:
@@ -215,7 +213,7 @@ def admit(rtype: int, c: Continuation, sacks: Sequence[tuple[int, int, int]], no
     mac = hook(c, token) if hook is not None else None
     if mac is False:
         return _new(Verdict, (Reason.MAC, 0, None, None, 0))
-    if bad_cont(c):
+    if bad_cont(c.seq, c.tcp_base, c.start_cwnd, c.ssthresh):
         return _new(Verdict, (Reason.BAD_CONT, 0, None, None, 0))
     now_ms = int(now * 1000)
     age = (now_ms - c.timestamp) & U32
@@ -225,7 +223,8 @@ def admit(rtype: int, c: Continuation, sacks: Sequence[tuple[int, int, int]], no
                 return _new(Verdict, (Reason.FUTURE, age, None, None, 0))
         elif age > rules.freshness * 1000:
             return _new(Verdict, (Reason.STALE, age, None, None, 0))
-    blocks, why = check_sacks(c, sacks, rules.max_sacks, view.summary)
+    blocks, why = check_sacks(c.seq, c.tcp_base, c.conn_id, sacks, rules.max_sacks,
+                              view.summary)
     if why is not None:
         return _new(Verdict, (why, age, None, None, 0))
     if rtype == REQ_SLOWSTART and age < rules.slowstart_min_age * 1000:
@@ -244,9 +243,9 @@ def admit(rtype: int, c: Continuation, sacks: Sequence[tuple[int, int, int]], no
             return _new(Verdict, (why, age, blocks, None, key))
     if rtype == REQ_FIN:
         return _new(Verdict, (None, age, blocks, None, key))
-    if plan is None:  # plan_of, inlined: this is the server's per-request path
-        plan = dl.plan_for(c.type, c.seq, c.tcp_base, c.start_cwnd, c.ssthresh, c.state,
-                           blocks, rtype == REQ_SLOWSTART, rules.max_gap)  # type: ignore
+    if plan is None:
+        plan = plan_of(c.type, c.seq, c.tcp_base, c.start_cwnd, c.ssthresh, c.state, blocks,
+                       rtype == REQ_SLOWSTART, rules.max_gap)  # type: ignore[arg-type]
     if plan.verdict == "reject":
         return _new(Verdict, (plan_reason(plan), age, blocks, plan, key))
     return _new(Verdict, (None, age, blocks, plan, key))

@@ -64,7 +64,10 @@ class Pairing:
         self.pending: dict[tuple, list[Pending]] = {}
         self.syns: dict[tuple, list[Any]] = {}
 
-    def add(self, key: tuple, req: Pending) -> None:
+    def add(self, req: Pending, src: Hashable, sport: int, dst: Hashable, dport: int,
+            client_state: int, parent: int, client_timestamp: int) -> None:
+        """Register request `req` (its k in `req.k`) sent from (src, sport) to (dst, dport)."""
+        key = (src, sport, dst, dport, req.k, client_state, parent, client_timestamp)
         self.pending.setdefault(key, []).append(req)
 
     def add_syn(self, src: Hashable, sport: int, dst: Hashable, dport: int, item: Any) -> None:
@@ -75,11 +78,15 @@ class Pairing:
         lst = self.syns.get((dst, dport, src, sport))
         return lst.pop() if lst else None
 
-    def answer(self, key: tuple, index: int, seq: int, position: int | None,
-               fin: bool) -> tuple[Pending | None, int, str | None]:
-        """Pair the response at capture `index` carrying packet `seq` (claiming `position`
-        among its siblings; `fin`: its FIN flag) and mark its slot filled."""
-        cands = self.pending.get(key)
+    def answer(self, src: Hashable, sport: int, dst: Hashable, dport: int, ack: int,
+               client_state: int, parent: int, client_timestamp: int, index: int, seq: int,
+               position: int | None, fin: bool) -> tuple[Pending | None, int, str | None]:
+        """Pair the response from (src, sport) to (dst, dport) acknowledging `ack` and echoing
+        the client-owned fields, at capture `index`, carrying packet `seq` (claiming `position`
+        among its siblings; `fin`: its FIN flag), and mark its slot filled."""
+        # its request's key (`response_key`, inlined: this runs for every response)
+        cands = self.pending.get((dst, dport, src, sport, ack, client_state, parent,
+                                  client_timestamp))
         if not cands:
             return None, -1, "orphan_response"
         hit, slot, dup, note = _pick(cands, index, seq, position, fin, False)

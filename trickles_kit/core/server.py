@@ -232,6 +232,7 @@ class ServerEngine:
 
     def _drop(self, reason: str, now: float, kind: str = ev.DROP,
               cont: Continuation | None = None) -> list[bytes]:
+        reason = str(reason)  # a `Reason` is its string: counters and events hold plain text
         self.counters["drop"] += 1
         self.counters["drop." + reason] += 1
         self._event(kind, now, cont, reason=reason)
