@@ -137,7 +137,7 @@ PSEUDO = pseudo_header(CLIENT_IP, CLIENT_PORT, SERVER_IP, SERVER_PORT)
 COVERED = tuple(MAC_COVERED)  # continuation offsets under the MAC: 0..5 and 18..74
 
 # Crashes the fuzzer finds that are understood, reported, and not yet fixed. Each has a strict
-# xfail reproduction in tests/test_fuzz.py: when the bug is fixed that test XPASSes (fails) and
+# xfail reproduction in tests/wire/test_fuzz.py: when the bug is fixed that test XPASSes (fails) and
 # the entry must be deleted here, so a fixed bug can never come back unnoticed.
 KNOWN_FINDINGS: dict[str, dict[str, str]] = {
     # "finhint-u32" (a GEN stream of 2**32 bytes put FINHINT 2**32 in a u32 field) was found by
@@ -1519,7 +1519,7 @@ FULL_EXECUTIONS = 1_000_000
 # --quick: every harness runs (each gets its share, at least one execution) and the forgery
 # check runs, in seconds; a smoke run that keeps the script working, not a campaign
 QUICK_EXECUTIONS, QUICK_FORGERY = 2_000, 1_000
-# ... and a slow call is a hang only past 10x the campaign's limit, as in tests/test_fuzz.py: a
+# ... and a slow call is a hang only past 10x the campaign's limit, as in tests/wire/test_fuzz.py: a
 # smoke run shares a busy CI machine, where 50 ms is a speed, not a behaviour
 QUICK_CALL_LIMIT_S = 10 * CALL_LIMIT_S
 

@@ -4,7 +4,7 @@
 Every client fetches the same generated object from the real ServerEngine in the simulator,
 over the same path: `KeyedLossLink`s decide each packet's fate from its bytes, so the honest
 client and a liar meet the same losses wherever their traffic is the same (see
-tests/test_liars.py). Two paths, each at several loss rates:
+tests/core/test_liars.py). Two paths, each at several loss rates:
 
 * `down`:    100 Mb/s, 10 ms each way; loss on the downlink only; uplink lossless, no rate limit.
 * `two_way`: the same, with the same loss rate on the uplink too.

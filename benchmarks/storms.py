@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Replay storms and floods against a `trickles serve` process: the long versions.
 
-The same machinery as tests/test_storms.py (which it imports), run longer and recorded: the
+The same machinery as tests/net/test_storms.py (which it imports), run longer and recorded: the
 server runs on raw IP protocol 253 at 127.0.0.1 inside a private network namespace, the load
 comes from this process through raw sockets opened in that namespace, and iptables counting
 rules measure what crosses the kernel each way. It measures and records; it never asserts.
@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-for p in (REPO, REPO / "tests"):
+for p in (REPO, REPO / "tests", REPO / "tests" / "net"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
@@ -63,7 +63,7 @@ def run_replay(www: Path, tmp: Path, rate: float, seconds: float, every: float) 
         "what": "every non-SYN request of one honest 200 KB fetch, resent verbatim from the "
                 "client's address",
         "target_rate": rate, "achieved_rate": load["rate"],
-        # the rate tests/test_storms.py once asserted (half the target): recorded, not asserted
+        # the rate tests/net/test_storms.py once asserted (half the target): recorded, not asserted
         "at_least_half_the_target": load["rate"] >= 0.5 * rate, "seconds": load["seconds"],
         "sent": load["sent"], "reached_server_kernel": r["reached_server"],
         "server_processed": r["server_processed"],

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install Debian's chromium for the browser test of the lab (tests/test_browser.py: JupyterLab
+# Install Debian's chromium for the browser test of the lab (tests/labs/test_browser.py: JupyterLab
 # driven by Playwright). Playwright's own browser download (`playwright install`) is never used:
 # the test launches /usr/bin/chromium. Idempotent: nothing happens when chromium is there, and
 # `apt-get update` runs only when something must be installed.

@@ -9,7 +9,7 @@
 #
 # Not root: prints what is missing and the command to run, changes nothing, exits 0.
 # SYSDEPS_SBIN: where else to look for a command (default: the sbin directories, often off a
-# user's PATH); tests/test_sysdeps.py sets it to run the script against a fresh machine's view.
+# user's PATH); tests/net/test_sysdeps.py sets it to run the script against a fresh machine's view.
 set -euo pipefail
 
 SBIN=${SYSDEPS_SBIN-/usr/local/sbin:/usr/sbin:/sbin}

@@ -1,4 +1,4 @@
-"""Helpers for tests/test_security.py: a hand-driven handshake and segment surgery.
+"""Helpers for tests/core/test_security.py: a hand-driven handshake and segment surgery.
 
 No simulator: segments are passed between one ClientEngine and one ServerEngine by hand with a
 manual clock, so a test can capture exact, valid request segments and the server's answers, then

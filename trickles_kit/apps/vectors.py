@@ -1,6 +1,6 @@
 """Test vectors of docs/protocol.md (Appendix A), computed from the engines themselves.
 
-A second implementation checks itself against these bytes; `tests/test_protocol_vectors.py`
+A second implementation checks itself against these bytes; `tests/wire/test_protocol_vectors.py`
 checks that the document and the code agree, byte for byte. Everything is fixed: the master
 secret, the clock, the addresses, the client's ISN and the AES-GCM nonces of the user
 continuation (a counter here — never on a live server). One connection fetches

@@ -3,7 +3,7 @@
 `headline()` picks the numbers the issue asks for from the results (goodput ratio per rate, Jain's
 index, memory slope, CPU per MB, packets/s against the floor); `readme_table()` renders them as
 the Markdown table between the README's `bench-table` markers, from the committed full results
-(`benchmarks/results/bench_*.json`), and `tests/test_bench_report.py` checks the two agree.
+(`benchmarks/results/bench_*.json`), and `tests/bench/test_bench_report.py` checks the two agree.
 """
 
 from __future__ import annotations

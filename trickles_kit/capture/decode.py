@@ -84,7 +84,7 @@ capture time of the packet that carried the event):
 
 ``Capture.verdicts`` holds the verdict on every request row (by its ``index``): ``admitted``
 (answered, or valid by every check and silent), ``unanswered``, or the refusal's reason —
-tests/test_admission_agree.py holds it equal to a real engine's on the same requests.
+tests/capture/test_admission_agree.py holds it equal to a real engine's on the same requests.
 
 For a capture taken at the server endpoint (``ServerLoop``/``SimNetwork`` pcap taps) the
 ``initial`` / ``continue`` / ``split`` / ``retransmit`` / ``bootstrap`` / ``terminate`` events —

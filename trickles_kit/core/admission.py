@@ -1,7 +1,7 @@
 """Admission: the server's ordered checks on one request, written once.
 
 Why one place: the server answers with `admit`, the capture decoder explains with the very same
-function why a request went unanswered, and tests/test_admission_agree.py checks that both reach
+function why a request went unanswered, and tests/capture/test_admission_agree.py checks that both reach
 the same verdict on the same requests. A change to what the server accepts goes here only.
 
 The checks run in this order; the first that fails is the verdict (`Reason`, whose values are the

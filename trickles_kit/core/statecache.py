@@ -98,7 +98,7 @@ def default_entries() -> int:
     The package reads no environment: the entry points (the `trickles` command, the scenario
     runner) and the test suite's conftest turn ``TRICKLES_STATE_CACHE`` into
     `set_default_entries(entries_from_text(...))`, so a whole suite can run with the cache on
-    without touching each test (`TRICKLES_STATE_CACHE=1 pytest tests/test_transfers.py`).
+    without touching each test (`TRICKLES_STATE_CACHE=1 pytest tests/apps/test_transfers.py`).
     """
     return _default
 

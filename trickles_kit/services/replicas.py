@@ -44,7 +44,7 @@ SERVICE = "10.99.0.1"
 PORT = 8080
 CLIENT = "10.70.0.2"
 ROUTER = "10.70.0.1"
-MSS = 1200  # a full Trickles data segment fits a 1500-byte MTU (see tests/test_wire_e2e.py)
+MSS = 1200  # a full Trickles data segment fits a 1500-byte MTU (see tests/net/test_wire_e2e.py)
 MODES = ("failover", "balance", "anycast")
 # every system tool a demo runs (namespaces, sysctls, offloads, bottleneck, balancing, captures)
 TOOLS = ("ip", "sysctl", "ethtool", "tc", "iptables", "tcpdump")

@@ -1,6 +1,6 @@
 """Notebooks the way students run them: JupyterLab + Debian chromium (Playwright), Run All.
 
-Shared by the browser test (tests/test_browser.py) and the benchmark
+Shared by the browser test (tests/labs/test_browser.py) and the benchmark
 (benchmarks/bench_notebooks.py). `Lab` starts an isolated JupyterLab; `run_notebook` opens a
 copy of a notebook, presses Run → Run All Cells, waits for every cell and returns what the page
 saw: kernel websocket bytes, the live views' frame log (stream.js keeps it in

@@ -28,7 +28,7 @@ rewritten for Trickles; the server must detect them (counters `nonce_fail`, `dro
   window or trigger retransmissions. The server has no duplicate-ack logic (retransmissions come
   only from a SACK proof that shows a hole) and the replay history drops the copies.
 
-Three more liars show what this implementation does **not** stop (see `tests/test_liars.py`,
+Three more liars show what this implementation does **not** stop (see `tests/core/test_liars.py`,
 marked xfail, and `benchmarks/liars.py`):
 
 * `NonceOracleLiar` learns the nonce of a lost packet from the server itself: nonces are a

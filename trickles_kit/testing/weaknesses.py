@@ -1,6 +1,6 @@
 """Liars this implementation does not stop — its documented weaknesses (see `testing.liars`).
 
-They run against the real ServerEngine like the caught liars; tests/test_liars.py marks them
+They run against the real ServerEngine like the caught liars; tests/core/test_liars.py marks them
 xfail and benchmarks/liars.py measures what each one gains.
 """
 

@@ -3,7 +3,7 @@
 Why: redrawing every figure from the whole event list costs about 1 s for a 10 MB transfer
 (~27,000 events), far too slow for 10 updates a second. Each accumulator appends the new events
 to its traces as the static builder in `viz.figures` would compute them from the full list (same
-points, same order); `tests/test_live.py` checks that the page ends with the builder's data.
+points, same order); `tests/viz/test_live.py` checks that the page ends with the builder's data.
 """
 
 from __future__ import annotations

@@ -357,7 +357,7 @@ class LiveDashboard:
 
     def final_figure(self, kind: str) -> dict[str, Any]:
         """The panel as a plain plotly figure dict, from its accumulator: the builder's traces
-        (tests/test_live.py proves them equal) without plotly's validation of every point,
+        (tests/viz/test_live.py proves them equal) without plotly's validation of every point,
         which costs seconds on a long run."""
         p = self.panels[kind]
         assert p.spec is not None
