@@ -123,3 +123,14 @@ def test_few_function_level_imports_each_with_a_reason() -> None:
 def test_cycle_finder_finds_one() -> None:
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_tests_live_in_layer_folders() -> None:
+    """tests/ mirrors the package (docs/architecture.md, "Tests, by layer"): no test module at
+    the top, and every folder is a subpackage of trickles_kit or `project`."""
+    tests = ROOT / "tests"
+    assert sorted(p.name for p in tests.glob("test_*.py")) == []
+    layers = {p.name for p in (ROOT / "trickles_kit").iterdir() if (p / "__init__.py").exists()}
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert folders - layers - {"project"} == set(), folders - layers
+    assert all(list(tests.joinpath(f).glob("test_*.py")) for f in folders)
