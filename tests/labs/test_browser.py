@@ -31,7 +31,8 @@ SCREENSHOTS = ROOT / "reports" / "screenshots"
 
 pytestmark = pytest.mark.e2e
 # TRICKLES_BROWSER_REPEAT=N runs the 01 and 05 Run All tests N times each (the flakiness loop:
-# `TRICKLES_BROWSER_REPEAT=20 .venv/bin/python -m pytest tests/labs/test_browser.py -k "tour or replay"`,
+# `TRICKLES_BROWSER_REPEAT=20 .venv/bin/python -m pytest tests/labs/test_browser.py
+# -k "tour or replay"`,
 # or the whole suite with it set, to loop them inside the full suite).
 REPEAT = range(max(1, int(os.environ.get("TRICKLES_BROWSER_REPEAT", "1") or 1)))
 
