@@ -12,8 +12,8 @@ readable while the capture runs (the reader tolerates a cut last record).
 
 On Linux loopback (``-i lo``) tcpdump sees each datagram once: the kernel hands a looped-back
 packet to packet sockets on transmit only, not again on receive (``-i any`` is the same on
-current kernels). `tests/capture/test_decode.py` checks this. The link type on ``lo`` is EN10MB (zero
-MAC addresses); on ``any`` it is LINUX_SLL2 (or LINUX_SLL) — `pcapio` reads all of them.
+current kernels). `tests/capture/test_decode.py` checks this. The link type on ``lo`` is EN10MB
+(zero MAC addresses); on ``any`` it is LINUX_SLL2 (or LINUX_SLL) — `pcapio` reads all of them.
 
 Capturing needs root or CAP_NET_RAW. Run as root, tcpdump would drop to its own user before
 writing (and fail on a directory only root can write); we pass ``-Z root`` to keep it root.
