@@ -3,7 +3,8 @@
 Every capture is deterministic (the seeded simulator or a scripted scenario, both on a virtual
 clock) and is the server endpoint's view, linktype RAW, IP protocol 253. Each comes with its
 master secret (`NAME.secret`, hex) so MAC and nonce verdicts can be checked. `index.json` says
-what each shows and which events it must decode to; `tests/capture/test_captures.py` holds it to that.
+what each shows and which events it must decode to; `tests/capture/test_captures.py` holds it
+to that.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Why one place: the server answers with `admit`, the capture decoder explains with the very same
 function why a request went unanswered, and tests/capture/test_admission_agree.py checks that
-both reach the same verdict on the same requests. A change to what the server accepts goes here only.
+both reach the same verdict on the same requests. A change to what the server accepts goes
+here only.
 
 The checks run in this order; the first that fails is the verdict (`Reason`, whose values are the
 engine's drop-reason strings, so counters, events and JSON are unchanged):
