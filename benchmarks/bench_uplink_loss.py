@@ -78,8 +78,9 @@ class Copies:
 
 
 def _trickles_client(a: argparse.Namespace) -> dict:
+    from trickles_kit.apps.fetch import HttpBody
     from trickles_kit.core.client import ClientConfig
-    from trickles_kit.net.fetch import HttpBody, local_address_for
+    from trickles_kit.net.endpoint import local_address_for
     from trickles_kit.net.ip import PROTO_TRICKLES, aton
     from trickles_kit.net.raw import RawTransport
     from trickles_kit.net.runner import ClientHost

@@ -23,8 +23,9 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from trickles_kit.apps.common import SealedRoute
+from trickles_kit.apps.fetch import fetch
 from trickles_kit.apps.http import Descriptor
-from trickles_kit.net.fetch import fetch, local_address_for, open_transport, parse_url
+from trickles_kit.net.endpoint import local_address_for, open_transport, parse_url
 from trickles_kit.net.ip import aton
 from trickles_kit.net.runner import ClientHost
 
