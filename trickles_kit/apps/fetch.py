@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from trickles_kit.apps.http import parse_response_head
 from trickles_kit.core.client import ClientConfig
 from trickles_kit.core.transfer_report import TransferReport, goodput_bps
 from trickles_kit.net.endpoint import local_address_for, open_transport, parse_url
@@ -42,27 +43,19 @@ class HttpBody:
         self.stream_pos += len(data)
         if not self.in_body:
             self._head += data
-            end = self._head.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self._head) > 65536:
-                    raise ValueError("response header longer than 64 KiB")
+            head = parse_response_head(self._head)
+            if head is None:
                 return
-            head = bytes(self._head[:end]).decode("iso-8859-1").split("\r\n")
-            data = bytes(self._head[end + 4 :])
-            head_len = self.stream_pos - len(self._head) + end + 4
+            data = bytes(self._head[head.size :])
+            head_len = self.stream_pos - len(self._head) + head.size
             self._head.clear()
             self.in_body = True
-            try:
-                self.status = int(head[0].split()[1])
-            except (IndexError, ValueError):
-                raise ValueError(f"not an HTTP response: {head[0]!r}") from None
-            for line in head[1:]:
-                k, _, v = line.partition(":")
-                self.headers[k.strip().lower()] = v.strip()
-            if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            self.status, self.headers = head.status, head.headers
+            length = head.content_length
+            if head.chunked:
                 self.dechunker = Dechunker(self._body)
-            elif self.on_length is not None and self.headers.get("content-length", "").isdigit():
-                self.on_length(head_len + int(self.headers["content-length"]))
+            elif self.on_length is not None and length is not None:
+                self.on_length(head_len + length)
         if data:
             if self.dechunker is not None:
                 self.dechunker(data)

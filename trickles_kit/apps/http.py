@@ -118,3 +118,54 @@ def parse_query(query: str) -> dict[str, str] | None:
     if any(len(v) != 1 for v in pairs.values()):
         return None
     return {k: v[0] for k, v in pairs.items()}
+
+
+# ---------------------------------------------------------------------- response heads
+MAX_HEAD = 65536  # a longer response head is refused, not buffered without end
+
+
+class HeadTooLong(ValueError):
+    """No end of the response head within the limit (a ValueError, like a bad status line)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseHead:
+    """A parsed response head: what every client here (fetch, the pipelined splitter, the TCP
+    baselines, the labs) needs before the body."""
+
+    status: int
+    headers: dict[str, str]  # names lower-cased, values stripped; a repeated name: the last
+    size: int  # bytes of the head, status line to the empty line included
+
+    @property
+    def content_length(self) -> int | None:
+        """The body's length from Content-Length, None when absent or not a number."""
+        v = self.headers.get("content-length", "")
+        return int(v) if v.isdigit() else None
+
+    @property
+    def chunked(self) -> bool:
+        return self.headers.get("transfer-encoding", "").lower() == "chunked"
+
+
+def parse_response_head(buf: bytes | bytearray, start: int = 0,
+                        limit: int = MAX_HEAD) -> ResponseHead | None:
+    """The response head at `buf[start:]`, or None while its empty line has not arrived.
+
+    Raises ValueError when the head is longer than `limit` bytes or its status line has no
+    numeric status (``HTTP/1.1 200 OK``)."""
+    end = buf.find(b"\r\n\r\n", start)
+    if end < 0:
+        if len(buf) - start > limit:
+            raise HeadTooLong(f"response header longer than {limit // 1024} KiB")
+        return None
+    lines = bytes(buf[start:end]).decode("iso-8859-1").split("\r\n")
+    try:
+        status = int(lines[0].split()[1])
+    except (IndexError, ValueError):
+        raise ValueError(f"not an HTTP response: {lines[0]!r}") from None
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return ResponseHead(status, headers, end + 4 - start)
