@@ -12,11 +12,10 @@ import sys
 import time
 from collections.abc import Callable
 
-from trickles_kit.apps.http import parse_response_head
+from trickles_kit.apps.http import Dechunker, parse_response_head
 from trickles_kit.core.client import ClientConfig
 from trickles_kit.core.transfer_report import TransferReport, goodput_bps
 from trickles_kit.net.endpoint import local_address_for, open_transport, parse_url
-from trickles_kit.net.http import Dechunker  # /dyn: the length is known at the end
 from trickles_kit.net.ip import PROTO_TRICKLES, aton
 from trickles_kit.net.pcap import PcapWriter
 from trickles_kit.net.runner import ClientHost, EventWriter

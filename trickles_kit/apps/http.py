@@ -1,5 +1,5 @@
-"""HTTP/1.1 response framing of the web app: status lines, error bodies, the sealed
-response descriptor and query parsing.
+"""HTTP/1.1 framing: the web app's status lines, error bodies, sealed response descriptor and
+query parsing; the clients' response-head parser and chunked-body decoder.
 
 One module so that the routes (apps/dynamic.py, apps/parallel.py) and the server (apps/web.py)
 share it without importing each other: web.py imports the routes, the routes import this.
@@ -8,6 +8,7 @@ share it without importing each other: web.py imports the routes, the routes imp
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
@@ -169,3 +170,50 @@ def parse_response_head(buf: bytes | bytearray, start: int = 0,
         k, _, v = line.partition(":")
         headers[k.strip().lower()] = v.strip()
     return ResponseHead(status, headers, end + 4 - start)
+
+
+# ---------------------------------------------------------------------- chunked bodies
+class Dechunker:
+    """Incremental `Transfer-Encoding: chunked` decoder feeding `sink` the body bytes."""
+
+    def __init__(self, sink: Callable[[bytes], None]) -> None:
+        self.sink = sink
+        self._buf = bytearray()
+        self._left = 0  # body bytes still due in the current chunk
+        self._crlf = False  # a chunk's trailing CRLF is due
+        self.done = False
+
+    def __call__(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        while buf and not self.done:
+            if self._left:
+                n = min(self._left, len(buf))
+                self.sink(bytes(buf[:n]))
+                del buf[:n]
+                self._left -= n
+                if not self._left:
+                    self._crlf = True
+                continue
+            if self._crlf:
+                if len(buf) < 2:
+                    return
+                if buf[:2] != b"\r\n":
+                    raise ValueError("chunked body: a chunk does not end with CRLF")
+                del buf[:2]
+                self._crlf = False
+                continue
+            nl = buf.find(b"\r\n")
+            if nl < 0:
+                if len(buf) > 1024:
+                    raise ValueError("chunked body: chunk-size line too long")
+                return
+            try:
+                size = int(bytes(buf[:nl]).split(b";")[0], 16)
+            except ValueError:
+                raise ValueError("chunked body: bad chunk-size line") from None
+            del buf[: nl + 2]
+            if size == 0:
+                self.done = True  # trailers (none here) and the final CRLF follow
+            else:
+                self._left = size
