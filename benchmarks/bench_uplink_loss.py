@@ -78,8 +78,9 @@ class Copies:
 
 
 def _trickles_client(a: argparse.Namespace) -> dict:
+    from trickles_kit.apps.fetch import HttpBody
     from trickles_kit.core.client import ClientConfig
-    from trickles_kit.net.fetch import HttpBody, local_address_for
+    from trickles_kit.net.endpoint import local_address_for
     from trickles_kit.net.ip import PROTO_TRICKLES, aton
     from trickles_kit.net.raw import RawTransport
     from trickles_kit.net.runner import ClientHost
@@ -121,7 +122,8 @@ def _trickles_client(a: argparse.Namespace) -> dict:
 
 def _tcp_client(a: argparse.Namespace) -> dict:
     import hashlib
-    import re
+
+    from trickles_kit.apps.http import parse_response_head
 
     t0 = time.monotonic()
     h = hashlib.sha256()
@@ -131,17 +133,17 @@ def _tcp_client(a: argparse.Namespace) -> dict:
     with socket.create_connection((a.host, a.port), timeout=a.seconds + 5) as s:
         s.sendall(f"GET {a.path} HTTP/1.1\r\nHost: {a.host}\r\nConnection: close\r\n\r\n"
                   .encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
+        pending, head = bytearray(), None
+        while head is None:
             chunk = s.recv(65536)
             if not chunk:
                 raise ConnectionError("closed before the headers")
             if first is None:
                 first = time.monotonic()
-            head += chunk
-        head, _, rest = head.partition(b"\r\n\r\n")
-        m = re.search(rb"(?i)content-length:\s*(\d+)", head)
-        length = int(m.group(1)) if m else None
+            pending += chunk
+            head = parse_response_head(pending)
+        rest = bytes(pending[head.size :])
+        length = head.content_length
         h.update(rest)
         got = len(rest)
         buf = bytearray(1 << 20)

@@ -41,12 +41,12 @@ if str(REPO) not in sys.path:  # run as a plain script without an installed pack
 
 from bench_core import _meta  # noqa: E402  (benchmarks/ is sys.path[0] for a script)
 
+from trickles_kit.apps.fetch import HttpBody  # noqa: E402
 from trickles_kit.apps.generated import generated_sha256  # noqa: E402
 from trickles_kit.apps.web import OCTETS, http_header  # noqa: E402
 from trickles_kit.bench.meta import close_meta  # noqa: E402
 from trickles_kit.core.replay import ReplayHistory  # noqa: E402
 from trickles_kit.core.server import ServerConfig  # noqa: E402
-from trickles_kit.net.fetch import HttpBody  # noqa: E402
 
 PY = sys.executable
 MSS = 1448
@@ -434,7 +434,7 @@ def _file_sha(path: Path) -> str:
 
 def _startup_cpu(logdir: Path) -> float:
     """CPU seconds of an interpreter importing what `trickles fetch` imports (best of 3)."""
-    argv = [PY, "-c", "import trickles_kit.cli, trickles_kit.net.fetch, trickles_kit.net.raw"]
+    argv = [PY, "-c", "import trickles_kit.cli, trickles_kit.apps.fetch, trickles_kit.net.raw"]
     vals = [_run_child(argv, 60, logdir / "startup.out")[1] for _ in range(3)]
     return min(vals)
 

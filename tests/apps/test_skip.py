@@ -13,10 +13,10 @@ import socket
 import pytest
 
 from trickles_kit.apps.dynamic import MARK, Dechunker, DynSpec, dyn_header, dyn_target
+from trickles_kit.apps.fetch import fetch
 from trickles_kit.apps.web import WebServer
 from trickles_kit.core.server import Minisocket, OutSlot, ServerEngine
 from trickles_kit.labs.optimizations import UdpWebServer, dyn_fetch
-from trickles_kit.net.fetch import fetch
 
 SIP = socket.inet_aton("10.0.0.1")
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from trickles_kit.apps.fetch import HttpBody
 from trickles_kit.apps.generated import Generated, gen_request, generated_bytes
 from trickles_kit.apps.sim import LinkConfig, SimNetwork, Simulator, client_address
 from trickles_kit.apps.web import WebServer
@@ -36,7 +37,6 @@ from trickles_kit.cli.wire import shutdown_line
 from trickles_kit.core.client import ClientEngine
 from trickles_kit.core.events import EventLog
 from trickles_kit.core.server import ServerEngine
-from trickles_kit.net.fetch import HttpBody
 from trickles_kit.net.pcap import PcapWriter
 from trickles_kit.wire.messages import DataChunk, decode_response
 from trickles_kit.wire.segment import ACK, FIN, SYN, checksum, decode_segment
@@ -189,7 +189,7 @@ def _free_udp_port() -> int:
 def test_every_drop_is_an_event_and_the_shutdown_line_adds_up(tmp_path: Path) -> None:
     """`trickles serve --drop-at`: runts, another port, a bad checksum, a garbage request and
     the injected losses each give a `drop` event with a stable reason and a counter."""
-    from trickles_kit.net.fetch import fetch
+    from trickles_kit.apps.fetch import fetch
 
     port = _free_udp_port()
     events = tmp_path / "ev.jsonl"
@@ -326,7 +326,7 @@ def test_3mb_udp_ends_with_a_handful_of_empty_packets(tmp_path: Path) -> None:
     """`fetch` over UDP on loopback (the client reads Content-Length, as any HTTP client)."""
     import threading
 
-    from trickles_kit.net.fetch import fetch
+    from trickles_kit.apps.fetch import fetch
     from trickles_kit.net.ip import aton
     from trickles_kit.net.runner import ServerLoop
     from trickles_kit.net.udp import UdpTransport

@@ -33,8 +33,10 @@ from typing import TYPE_CHECKING
 
 from trickles_kit.apps.common import SealedRoute
 from trickles_kit.apps.generated import generated_bytes
-from trickles_kit.apps.http import parse_query
-from trickles_kit.net.http import Dechunker  # noqa: F401 - re-exported: /dyn's framing
+from trickles_kit.apps.http import (
+    Dechunker,  # noqa: F401 - re-exported: /dyn's framing
+    parse_query,
+)
 
 if TYPE_CHECKING:
     from trickles_kit.apps.web import WebServer

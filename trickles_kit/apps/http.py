@@ -1,5 +1,5 @@
-"""HTTP/1.1 response framing of the web app: status lines, error bodies, the sealed
-response descriptor and query parsing.
+"""HTTP/1.1 framing: the web app's status lines, error bodies, sealed response descriptor and
+query parsing; the clients' response-head parser and chunked-body decoder.
 
 One module so that the routes (apps/dynamic.py, apps/parallel.py) and the server (apps/web.py)
 share it without importing each other: web.py imports the routes, the routes import this.
@@ -8,6 +8,7 @@ share it without importing each other: web.py imports the routes, the routes imp
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
@@ -118,3 +119,101 @@ def parse_query(query: str) -> dict[str, str] | None:
     if any(len(v) != 1 for v in pairs.values()):
         return None
     return {k: v[0] for k, v in pairs.items()}
+
+
+# ---------------------------------------------------------------------- response heads
+MAX_HEAD = 65536  # a longer response head is refused, not buffered without end
+
+
+class HeadTooLong(ValueError):
+    """No end of the response head within the limit (a ValueError, like a bad status line)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseHead:
+    """A parsed response head: what every client here (fetch, the pipelined splitter, the TCP
+    baselines, the labs) needs before the body."""
+
+    status: int
+    headers: dict[str, str]  # names lower-cased, values stripped; a repeated name: the last
+    size: int  # bytes of the head, status line to the empty line included
+
+    @property
+    def content_length(self) -> int | None:
+        """The body's length from Content-Length, None when absent or not a number."""
+        v = self.headers.get("content-length", "")
+        return int(v) if v.isdigit() else None
+
+    @property
+    def chunked(self) -> bool:
+        return self.headers.get("transfer-encoding", "").lower() == "chunked"
+
+
+def parse_response_head(buf: bytes | bytearray, start: int = 0,
+                        limit: int = MAX_HEAD) -> ResponseHead | None:
+    """The response head at `buf[start:]`, or None while its empty line has not arrived.
+
+    Raises ValueError when the head is longer than `limit` bytes or its status line has no
+    numeric status (``HTTP/1.1 200 OK``)."""
+    end = buf.find(b"\r\n\r\n", start)
+    if end < 0:
+        if len(buf) - start > limit:
+            raise HeadTooLong(f"response header longer than {limit // 1024} KiB")
+        return None
+    lines = bytes(buf[start:end]).decode("iso-8859-1").split("\r\n")
+    try:
+        status = int(lines[0].split()[1])
+    except (IndexError, ValueError):
+        raise ValueError(f"not an HTTP response: {lines[0]!r}") from None
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return ResponseHead(status, headers, end + 4 - start)
+
+
+# ---------------------------------------------------------------------- chunked bodies
+class Dechunker:
+    """Incremental `Transfer-Encoding: chunked` decoder feeding `sink` the body bytes."""
+
+    def __init__(self, sink: Callable[[bytes], None]) -> None:
+        self.sink = sink
+        self._buf = bytearray()
+        self._left = 0  # body bytes still due in the current chunk
+        self._crlf = False  # a chunk's trailing CRLF is due
+        self.done = False
+
+    def __call__(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        while buf and not self.done:
+            if self._left:
+                n = min(self._left, len(buf))
+                self.sink(bytes(buf[:n]))
+                del buf[:n]
+                self._left -= n
+                if not self._left:
+                    self._crlf = True
+                continue
+            if self._crlf:
+                if len(buf) < 2:
+                    return
+                if buf[:2] != b"\r\n":
+                    raise ValueError("chunked body: a chunk does not end with CRLF")
+                del buf[:2]
+                self._crlf = False
+                continue
+            nl = buf.find(b"\r\n")
+            if nl < 0:
+                if len(buf) > 1024:
+                    raise ValueError("chunked body: chunk-size line too long")
+                return
+            try:
+                size = int(bytes(buf[:nl]).split(b";")[0], 16)
+            except ValueError:
+                raise ValueError("chunked body: bad chunk-size line") from None
+            del buf[: nl + 2]
+            if size == 0:
+                self.done = True  # trailers (none here) and the final CRLF follow
+            else:
+                self._left = size

@@ -23,8 +23,9 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from trickles_kit.apps.common import SealedRoute
-from trickles_kit.apps.http import Descriptor
-from trickles_kit.net.fetch import fetch, local_address_for, open_transport, parse_url
+from trickles_kit.apps.fetch import fetch
+from trickles_kit.apps.http import Descriptor, parse_response_head
+from trickles_kit.net.endpoint import local_address_for, open_transport, parse_url
 from trickles_kit.net.ip import aton
 from trickles_kit.net.runner import ClientHost
 
@@ -199,21 +200,11 @@ class PipelineSplitter:
         buf += data
         while buf:
             if self._left < 0:
-                end = buf.find(b"\r\n\r\n")
-                if end < 0:
-                    if len(buf) > 65536:
-                        raise ValueError("response header longer than 64 KiB")
+                head = parse_response_head(buf)
+                if head is None:
                     return
-                lines = bytes(buf[:end]).decode("iso-8859-1").split("\r\n")
-                del buf[: end + 4]
-                part = Part()
-                try:
-                    part.status = int(lines[0].split()[1])
-                except (IndexError, ValueError):
-                    raise ValueError(f"not an HTTP response: {lines[0]!r}") from None
-                for line in lines[1:]:
-                    k, _, v = line.partition(":")
-                    part.headers[k.strip().lower()] = v.strip()
+                del buf[: head.size]
+                part = Part(status=head.status, headers=head.headers)
                 if "content-length" not in part.headers:
                     raise ValueError("a pipelined response needs a Content-Length")
                 self.parts.append(part)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from trickles_kit.apps.generated import Generated, gen_request, generated_sha256
 from trickles_kit.core.client import ClientConfig, ClientEngine
+from trickles_kit.core.params import require_same
 from trickles_kit.core.phase import Phase
 from trickles_kit.core.server import Handler, ServerConfig, ServerEngine
 from trickles_kit.core.transfer_report import TransferReport, goodput_bps
@@ -192,6 +193,9 @@ class SimNetwork:
         key = (engine.local_ip, engine.local_port)
         if key in self.clients:
             raise ValueError(f"client {key} already added")
+        server_cfg = getattr(self.server, "cfg", None)  # labs' replicas have none of their own
+        if server_cfg is not None:
+            require_same(server_cfg, engine.cfg)
         self.clients[key] = _ClientSlot(engine, start)
         if self.keep_data:
             self.data[key] = bytearray()

@@ -27,6 +27,7 @@ from trickles_kit.apps.generated import generated_sha256
 from trickles_kit.bench import flows as fl
 from trickles_kit.bench.meta import CHILD_CWD, meta
 from trickles_kit.bench.rtt import expected_mbit, path_config, preflight_path
+from trickles_kit.bench.tcphttp import read_head
 from trickles_kit.net.testbed import CLIENT, SERVER, SERVER_ADDR, Testbed, TestbedConfig
 from trickles_kit.viz.report import write_report
 
@@ -357,15 +358,8 @@ def tcp_fetch(host: str, port: int, path: str, timeout: float) -> dict:
     got = 0
     with socket.create_connection((host, port), timeout=timeout) as s:
         s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = s.recv(65536)
-            if not chunk:
-                raise ConnectionError("closed before the headers")
-            head += chunk
-        head, _, rest = head.partition(b"\r\n\r\n")
-        m = re.search(rb"(?i)content-length:\s*(\d+)", head)
-        length = int(m.group(1)) if m else None
+        head, rest = read_head(s, "closed before the headers")
+        length = head.content_length
         h.update(rest)
         got = len(rest)
         buf = bytearray(1 << 20)

@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from trickles_kit.apps.fetch import HttpBody
 from trickles_kit.apps.generated import generated_sha256
-from trickles_kit.net.fetch import HttpBody
 from trickles_kit.net.ip import aton
 from trickles_kit.net.raw import RawTransport
 from trickles_kit.net.runner import ClientHost, Connection

@@ -23,6 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from trickles_kit.apps.generated import generated_bytes
+from trickles_kit.apps.http import ResponseHead, parse_response_head
 
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
 _GEN = re.compile(r"/gen\?size=(\d+)(?:&seed=(\d+))?$")
@@ -108,6 +109,20 @@ class TcpHttpServer(ThreadingHTTPServer):
         super().server_bind()
 
 
+def read_head(s: socket.socket, closed: str) -> tuple[ResponseHead, bytes]:
+    """The response head on `s` and the body bytes that came with it (ConnectionError
+    `closed` if the peer closes first). The TCP clients of bench/ share it."""
+    got = bytearray()
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise ConnectionError(closed)
+        got += chunk
+        head = parse_response_head(got)
+        if head is not None:
+            return head, bytes(got[head.size :])
+
+
 def fetch(host: str, port: int, path: str, start: int = 0, timeout: float = 30.0,
           sink: bytearray | None = None) -> tuple[int, bytes]:
     """GET `path` from byte `start`; returns (status, body). Raises OSError if the connection dies.
@@ -121,16 +136,8 @@ def fetch(host: str, port: int, path: str, start: int = 0, timeout: float = 30.0
         if start:
             hdr += f"Range: bytes={start}-\r\n"
         s.sendall((hdr + "\r\n").encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = s.recv(65536)
-            if not chunk:
-                raise ConnectionError("connection closed before the headers")
-            head += chunk
-        head, _, rest = head.partition(b"\r\n\r\n")
-        status = int(head.split(b" ", 2)[1])
-        m = re.search(rb"(?i)content-length:\s*(\d+)", head)
-        length = int(m.group(1)) if m else None
+        head, rest = read_head(s, "connection closed before the headers")
+        status, length = head.status, head.content_length
         buf += rest
         got = len(rest)
         while length is None or got < length:

@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from trickles_kit.apps.generated import generated_bytes, generated_sha256
+from trickles_kit.apps.http import HeadTooLong, parse_response_head
 
 MAX_OBJECT = 1 << 20  # the server answers 413 above this: every body is written in one go
 MAX_HEADER = 16384
@@ -197,18 +198,23 @@ class _Client:
             return
         if not self.seen[i]:
             buf = self.head[i] + data
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
+            try:
+                head = parse_response_head(buf, limit=MAX_HEADER)
+            except HeadTooLong:
+                self._fail(i, "header_too_long")
+                return
+            except ValueError:  # a status line without a numeric status
+                self._fail(i, "bad_status")
+                return
+            if head is None:
                 self.head[i] = buf
-                if len(buf) > MAX_HEADER:
-                    self._fail(i, "header_too_long")
                 return
             self.head[i] = b""
             self.seen[i] = True
-            if not buf.startswith(b"HTTP/1.1 200"):
+            if head.status != 200:
                 self._fail(i, "bad_status")
                 return
-            data = buf[end + 4 :]
+            data = buf[head.size :]
         self.body[i] += len(data)
         self.sha[i].update(data)
         if self.body[i] > self.size:

@@ -10,13 +10,14 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from trickles_kit.apps.fetch import fetch
 from trickles_kit.apps.parallel import fetch_parallel
 from trickles_kit.apps.web import WebServer
 from trickles_kit.core.client import ClientConfig
 from trickles_kit.core.server import ServerConfig, ServerEngine
 from trickles_kit.net.argtypes import indices
+from trickles_kit.net.endpoint import open_transport, parse_url
 from trickles_kit.net.faults import LossyTransport
-from trickles_kit.net.fetch import fetch, open_transport, parse_url
 from trickles_kit.net.ip import PROTO_TCP, PROTO_TRICKLES, aton
 from trickles_kit.net.pcap import PcapWriter
 from trickles_kit.net.privileges import PrivilegeError

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trickles_kit.core import plan as pl
+from trickles_kit.core.params import DEFAULT_PARAMS, ProtocolParams, resolve
 
 
 @dataclass(slots=True)
 class ClientConfig:
-    mss: int = 1448  # must match the server's
+    # mss, slowstart_bucket, max_gap: the protocol parameters the server must share
+    # (core.params), read from `params`; given here (the old keywords) they override it
+    mss: int | None = None
     max_sacks: int = 8
     dupthresh: int = 3
     initial_rto: float = 1.0
     min_rto: float = 0.2  # Linux's floor; the original Trickles used 1 s
     max_rto: float = 60.0
     max_timeouts: int = 15  # consecutive unproductive timeouts before giving up
-    # s: the server's SLOWSTART age bucket unit (ServerConfig.slowstart_bucket, the same default)
-    slowstart_bucket: float = 0.1
-    max_gap: int = pl.MAX_GAP
+    slowstart_bucket: float | None = None  # s: the server's SLOWSTART age bucket unit
+    max_gap: int | None = None
     syn_data: bool = True  # send the request bytes (and a padded SYN) in the SYN
     # delta encoding (docs/protocol.md §14.3), used only if the server agrees: delayed-ack
     # pairs (FULL2 + PAIR), and HASHED answers / COMPACT requests
@@ -42,8 +43,10 @@ class ClientConfig:
     uplink_repair: bool = False
     request_repeats: int = 2
     request_copies: int = 3
+    params: ProtocolParams = DEFAULT_PARAMS  # what the server must share (core.params)
 
     def __post_init__(self) -> None:
+        resolve(self)
         if not 0 < self.min_rto <= self.initial_rto <= self.max_rto:
             raise ValueError("need 0 < min_rto <= initial_rto <= max_rto")
         if not 1 <= self.max_sacks <= 64 or self.dupthresh < 1:

@@ -21,6 +21,7 @@ from trickles_kit.core import plan as pl
 from trickles_kit.core.admission import Reason, View, admit, frame_reason
 from trickles_kit.core.keys import KeyRing
 from trickles_kit.core.nonces import NonceGen
+from trickles_kit.core.params import DEFAULT_PARAMS, ProtocolParams, resolve
 from trickles_kit.core.replay import ReplayHistory
 from trickles_kit.core.seal import mac_with, pseudo_header
 from trickles_kit.core.statecache import StateCache, default_entries
@@ -57,11 +58,13 @@ INITIAL_SSTHRESH = 0x3FFF
 
 @dataclass(slots=True)
 class ServerConfig:
-    mss: int = 1448  # data bytes per packet
+    # mss, max_gap, slowstart_bucket: the shared protocol parameters (core.params), read from
+    # `params`; given here (the old keywords) they override it. None = take params' value
+    mss: int | None = None  # data bytes per packet
     initial_cwnd: int = 3
     initial_ssthresh: int = INITIAL_SSTHRESH
     max_sacks: int = 8
-    max_gap: int = pl.MAX_GAP
+    max_gap: int | None = None
     nonce_bits: int = 32
     freshness: float = 120.0  # seconds; older continuations are stale
     future_skew: float = 5.0  # seconds a continuation may be ahead of our clock (replicas)
@@ -74,19 +77,19 @@ class ServerConfig:
     # answer carries a user continuation only when it differs: the client keeps the one it has
     echo_ucont: bool = False
     # s: one SLOWSTART per continuation per age bucket [b * 2^i, b * 2^(i+1))
-    slowstart_bucket: float = 0.1
+    slowstart_bucket: float | None = None
     slowstart_min_age: float = 0.1  # s; half the clients' minimum RTO (0.2 s)
     # entries of the verified-continuation cache (core.statecache); 0 = off, the default
     # unless the TRICKLES_STATE_CACHE environment variable says otherwise
     state_cache: int = field(default_factory=default_entries)
+    params: ProtocolParams = DEFAULT_PARAMS  # what the client must share (core.params)
 
     def __post_init__(self) -> None:
+        resolve(self)
         if not 1 <= self.initial_cwnd <= 64:
             raise ValueError("initial_cwnd must be in 1..64")
         if self.initial_ssthresh < self.initial_cwnd:
             raise ValueError("initial_ssthresh must be >= initial_cwnd")
-        if not 64 <= self.mss <= 65000:
-            raise ValueError("mss must be in 64..65000")
         if not 1 <= self.max_sacks <= 64:
             raise ValueError("max_sacks must be in 1..64")
 

@@ -1,6 +1,6 @@
 """What one transfer did, simulated or over a real wire: one report type for both.
 
-`apps.sim.simulate_transfer` and `net.fetch.fetch` return a `TransferReport`, so a figure means
+`apps.sim.simulate_transfer` and `apps.fetch.fetch` return a `TransferReport`, so a figure means
 the same thing wherever it comes from. The protocol figures are the client's: what its own
 requests made the server do, as the client engine planned each request
 (`ClientEngine.counters["pred.*"]`) — the only view a real client has. A simulated run also

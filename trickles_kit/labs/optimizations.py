@@ -24,6 +24,7 @@ from pathlib import Path
 
 from trickles_kit.apps.dynamic import Dechunker, DynSpec, dyn_target
 from trickles_kit.apps.generated import generated_sha256
+from trickles_kit.apps.http import parse_response_head
 from trickles_kit.apps.parallel import PipelineSplitter, build_request, fetch_parallel, lanes_for
 from trickles_kit.apps.sim import LinkConfig, SimNetwork, build_world
 from trickles_kit.apps.web import WebServer
@@ -132,7 +133,8 @@ def response_times(data: bytes, arrivals: list[tuple[float, int]],
     out: list[dict] = []
     start = 0
     for i, part in enumerate(split.parts):
-        end = data.find(b"\r\n\r\n", start) + 4 + part.bytes
+        head = parse_response_head(data, start)
+        end = start + (head.size if head else 0) + part.bytes
         out.append({"request": i, "start_s": round(offset, 6), "first_byte_s": at(start),
                     "done_s": at(end - 1) if part.complete else None})
         start = end
@@ -147,10 +149,10 @@ def dyn_fetch(seed: int = 3, records: int = 200, stop: int = 0, reserve: int = 4
     target = dyn_target(seed, records, stop, reserve)
     r = sim_fetch(f"GET {target} HTTP/1.1\r\nHost: sim\r\n\r\n".encode(), loss=loss,
                   seed=sim_seed)
-    head, _, rest = r.data.partition(b"\r\n\r\n")
+    head = parse_response_head(r.data)
     body = bytearray()
     dech = Dechunker(body.extend)
-    dech(rest)
+    dech(r.data[head.size :] if head else b"")
     end = spec.stream_end()
     return {
         "ok": r.ok and r.data == spec.delivered() and bytes(body) == spec.body() and dech.done,

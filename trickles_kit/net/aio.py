@@ -30,7 +30,7 @@ from typing import Any
 from trickles_kit.core.client import ClientConfig
 from trickles_kit.core.events import Event
 from trickles_kit.core.phase import Phase
-from trickles_kit.net.fetch import local_address_for, open_transport
+from trickles_kit.net.endpoint import local_address_for, open_transport
 from trickles_kit.net.ip import PROTO_TRICKLES, aton
 from trickles_kit.net.pcap import PcapWriter
 from trickles_kit.net.runner import ClientHost, Connection

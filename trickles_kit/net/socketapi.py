@@ -34,7 +34,7 @@ from typing import Any
 from trickles_kit.core.client import ClientConfig
 from trickles_kit.core.phase import Phase
 from trickles_kit.net.aio import MAX_REQUEST, random_first_port
-from trickles_kit.net.fetch import local_address_for, open_transport, parse_url
+from trickles_kit.net.endpoint import local_address_for, open_transport, parse_url
 from trickles_kit.net.ip import PROTO_TRICKLES, aton
 from trickles_kit.net.runner import ClientHost, Connection
 from trickles_kit.net.transport import Transport

@@ -25,10 +25,10 @@ import time
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
+from trickles_kit.apps.fetch import fetch
 from trickles_kit.apps.generated import generated_bytes
 from trickles_kit.bench import tcphttp
 from trickles_kit.core.client import ClientConfig
-from trickles_kit.net.fetch import fetch
 
 
 def _say(**kw: object) -> None:

@@ -2,64 +2,23 @@
 
 URLs are `http://HOST:PORT/PATH` (or `trickles://...`). The response stream is a whole HTTP/1.1
 response; the body goes to a file or a buffer, and the result reports what the protocol did.
+An application over the transport (net/), so it lives in apps/.
 """
 
 from __future__ import annotations
 
 import hashlib
-import socket
 import sys
 import time
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
+from trickles_kit.apps.http import Dechunker, parse_response_head
 from trickles_kit.core.client import ClientConfig
 from trickles_kit.core.transfer_report import TransferReport, goodput_bps
-from trickles_kit.net.http import Dechunker  # /dyn: the length is known at the end
+from trickles_kit.net.endpoint import local_address_for, open_transport, parse_url
 from trickles_kit.net.ip import PROTO_TRICKLES, aton
 from trickles_kit.net.pcap import PcapWriter
-from trickles_kit.net.raw import RawTransport
 from trickles_kit.net.runner import ClientHost, EventWriter
-from trickles_kit.net.transport import Transport
-from trickles_kit.net.udp import UdpTransport
-
-DEFAULT_PORT = 8080
-
-
-def parse_url(url: str) -> tuple[str, int, str]:
-    """(host, port, path-with-query) of an http:// or trickles:// URL."""
-    parts = urlsplit(url if "://" in url else "http://" + url)
-    if parts.scheme not in ("http", "trickles"):
-        raise ValueError(f"unsupported URL scheme {parts.scheme!r} (use http:// or trickles://)")
-    if not parts.hostname:
-        raise ValueError(f"no host in URL {url!r}")
-    host = socket.gethostbyname(parts.hostname)
-    path = parts.path or "/"
-    if parts.query:
-        path += "?" + parts.query
-    return host, parts.port or DEFAULT_PORT, path
-
-
-def local_address_for(server: str) -> str:
-    """This host's address toward `server`; on loopback a distinct 127.x address, so a raw
-    socket bound to it receives only this client's datagrams."""
-    if server.startswith("127."):
-        return "127.0.0.2" if server != "127.0.0.2" else "127.0.0.3"
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        s.connect((server, 9))
-        return s.getsockname()[0]
-    finally:
-        s.close()
-
-
-def open_transport(kind: str, local_ip: str, ip_proto: int = PROTO_TRICKLES) -> Transport:
-    """A client or server transport by name: 'udp' (no privileges) or 'raw'."""
-    if kind == "udp":
-        return UdpTransport(local_ip, 0)
-    if kind == "raw":
-        return RawTransport(local_ip, ip_proto)
-    raise ValueError(f"unknown transport {kind!r} (use raw or udp)")
 
 
 class HttpBody:
@@ -83,27 +42,19 @@ class HttpBody:
         self.stream_pos += len(data)
         if not self.in_body:
             self._head += data
-            end = self._head.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self._head) > 65536:
-                    raise ValueError("response header longer than 64 KiB")
+            head = parse_response_head(self._head)
+            if head is None:
                 return
-            head = bytes(self._head[:end]).decode("iso-8859-1").split("\r\n")
-            data = bytes(self._head[end + 4 :])
-            head_len = self.stream_pos - len(self._head) + end + 4
+            data = bytes(self._head[head.size :])
+            head_len = self.stream_pos - len(self._head) + head.size
             self._head.clear()
             self.in_body = True
-            try:
-                self.status = int(head[0].split()[1])
-            except (IndexError, ValueError):
-                raise ValueError(f"not an HTTP response: {head[0]!r}") from None
-            for line in head[1:]:
-                k, _, v = line.partition(":")
-                self.headers[k.strip().lower()] = v.strip()
-            if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            self.status, self.headers = head.status, head.headers
+            length = head.content_length
+            if head.chunked:
                 self.dechunker = Dechunker(self._body)
-            elif self.on_length is not None and self.headers.get("content-length", "").isdigit():
-                self.on_length(head_len + int(self.headers["content-length"]))
+            elif self.on_length is not None and length is not None:
+                self.on_length(head_len + length)
         if data:
             if self.dechunker is not None:
                 self.dechunker(data)
