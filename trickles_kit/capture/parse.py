@@ -7,7 +7,6 @@ the server's keys (from the master secret) and checks MACs with `core.seal`, the
 
 from __future__ import annotations
 
-import struct
 from hmac import compare_digest
 
 from trickles_kit.capture.rows import PacketRow
@@ -15,32 +14,57 @@ from trickles_kit.core.keys import KeyRing
 from trickles_kit.core.nonces import NonceGen
 from trickles_kit.core.seal import mac_with
 from trickles_kit.core.server import ServerConfig
-from trickles_kit.wire.continuation import FULL1, FULL2, FULL_LEN, MAC_OFFSET, MINIMAL, MINIMAL_LEN
+from trickles_kit.wire.continuation import (
+    BOOTSTRAP,
+    FULL1,
+    FULL2,
+    FULL_LEN,
+    MAC_OFFSET,
+    MAC_PSEUDO,
+    MINIMAL,
+)
 from trickles_kit.wire.delta import unpack_request
 from trickles_kit.wire.errors import DecodeError
 from trickles_kit.wire.messages import (
+    MAX_RANGES,
+    MAX_SACKS,
+    RANGE,
     REQ_NAMES,
+    REQUEST_CONT_OFFSET,
+    REQUEST_FULL_TYPES,
+    REQUEST_HEAD,
+    REQUEST_HEAD_LEN,
+    REQUEST_STATE_AT,
+    RESPONSE_CONT_OFFSET,
+    RESPONSE_FULL,
+    RESPONSE_FULL_LEN,
+    RESPONSE_MINIMAL,
+    RESPONSE_MINIMAL_LEN,
+    RESPONSE_STATE_AT,
+    SACK_BLOCK,
     DataChunk,
     FinHint,
     Request,
     Response,
     decode_request,
     decode_response,
+    scan_chunks,
 )
+from trickles_kit.wire.segment import TCP_HEAD
 
 __all__ = ["Verifier", "bad_row", "chunks", "request_row", "response_row", "row_from_request",
            "row_from_response"]
 
-_RESP_FULL = struct.Struct("!IBBHBIBIIIIIBIIIIIQI16s")  # response header + FULL continuation
-_RESP_MIN = struct.Struct("!IBBHBIBIII")  # response header + MINIMAL continuation
-_REQ_HEAD = struct.Struct("!BBIBIIIIIBIIIIIQI16sB")  # type + FULL continuation + numSacks
-_PSEUDO = struct.Struct("!4s4sHH")
-_RESP_FULL_LEN = 8 + FULL_LEN
-_RESP_MIN_LEN = 8 + MINIMAL_LEN
-_REQ_HEAD_LEN = _REQ_HEAD.size
-_U32S = struct.Struct("!I")
-_SACK = struct.Struct("!III")
-_RANGE = struct.Struct("!II")
+# the layouts are wire's (`wire.messages`): one definition for the codec and the decoder
+_RESP_FULL = RESPONSE_FULL
+_RESP_MIN = RESPONSE_MINIMAL
+_REQ_HEAD = REQUEST_HEAD
+_PSEUDO = MAC_PSEUDO
+_RESP_FULL_LEN = RESPONSE_FULL_LEN
+_RESP_MIN_LEN = RESPONSE_MINIMAL_LEN
+_REQ_HEAD_LEN = REQUEST_HEAD_LEN
+_SACK = SACK_BLOCK
+_RANGE = RANGE
 
 
 class Verifier:
@@ -71,19 +95,18 @@ def default_config() -> ServerConfig:
 
 
 def bad_row(index, ts, d, p0, end, nm, carrier, total, error) -> PacketRow:
-    seg = bytes(d[p0:end]) + b"\0" * 20
-    sport, dport, seq, ack = struct.unpack_from("!HHII", seg, 0)
-    flags = seg[13]
+    seg = bytes(d[p0:end]) + b"\0" * TCP_HEAD.size
+    sport, dport, seq, ack, _, flags, window = TCP_HEAD.unpack_from(seg, 0)[:7]
     return PacketRow(index, ts, "", nm[0], nm[1], sport, dport, carrier, total,
-                     seq, ack, flags, int.from_bytes(seg[14:16], "big"), 0, error=error)
+                     seq, ack, flags, window, 0, error=error)
 
 
 def response_row(head: tuple, d: bytes, p: int, e: int, err: str | None, src_b: bytes,
                   dst_b: bytes, verifier: Verifier | None) -> PacketRow:
     """Fast path for the common layouts, the codec's decode_response for anything else."""
     n = e - p
-    ctype = d[p + 8] if n > 8 else -1
-    if ctype in (FULL1, FULL2) and n >= _RESP_FULL_LEN and d[p + 34] <= 2:
+    ctype = d[p + RESPONSE_CONT_OFFSET] if n > RESPONSE_CONT_OFFSET else -1
+    if ctype in (FULL1, FULL2) and n >= _RESP_FULL_LEN and d[p + RESPONSE_STATE_AT] <= BOOTSTRAP:
         f = _RESP_FULL.unpack_from(d, p)
         off = p + _RESP_FULL_LEN
         full = True
@@ -104,7 +127,7 @@ def response_row(head: tuple, d: bytes, p: int, e: int, err: str | None, src_b: 
     mac_ok = nonce_ok = None
     if full:
         if verifier is not None:
-            raw = d[p + 8 : p + _RESP_FULL_LEN]
+            raw = d[p + RESPONSE_CONT_OFFSET : p + _RESP_FULL_LEN]
             mac_ok = verifier.mac_ok(_PSEUDO.pack(dst_b, src_b, head[6], head[5]), raw, f[19])
             nonce_ok = verifier.nonces.packet_nonce(f[18], f[17], f[5]) == f[0]
         return PacketRow(*head[:2], "response", *head[3:], None, *f[4:21], f[0], f[1], f[2],
@@ -117,46 +140,10 @@ def response_row(head: tuple, d: bytes, p: int, e: int, err: str | None, src_b: 
 
 
 def chunks(d: bytes, c: int, e: int) -> tuple[int | None, int, bool, int | None, str | None]:
-    """Walk the chunks in d[c:e]: (data_start, data_len, fin, finhint, error)."""
-    ds = fh = err = None
-    dl = 0
-    fin = False
-    while c < e:
-        tf = d[c]
-        if tf == 0:  # one-byte pad
-            c += 1
-            continue
-        if c + 3 > e:
-            err = "decode.truncated"
-            break
-        clen = (d[c + 1] << 8) | d[c + 2]
-        if clen < 3 or c + clen > e:
-            err = "decode.chunk_len"
-            break
-        ct = tf >> 4
-        if ct == 2:
-            if clen < 7:
-                err = "decode.chunk_len"
-                break
-            if ds is None:
-                ds = _U32S.unpack_from(d, c + 3)[0]
-            dl += clen - 7
-            if tf & 1:
-                fin = True
-        elif ct == 3:
-            if clen != 11:
-                err = "decode.chunk_len"
-                break
-        elif ct == 4:
-            if clen != 7:
-                err = "decode.chunk_len"
-                break
-            fh = _U32S.unpack_from(d, c + 3)[0]
-        else:
-            err = "decode.chunk_type"
-            break
-        c += clen
-    return ds, dl, fin, fh, err
+    """Walk the chunks in d[c:e] (`wire.messages.scan_chunks`): (data_start, data_len, fin,
+    finhint, the row's error)."""
+    ds, dl, fin, fh, reason = scan_chunks(d, c, e)
+    return ds, dl, fin, fh, (None if reason is None else "decode." + reason)
 
 
 def _response_row_slow(head, d, p, e, err, src_b, dst_b, verifier) -> PacketRow:
@@ -183,7 +170,7 @@ def row_from_response(head, resp: Response, d, p, err, src_b, dst_b, verifier) -
             row.finhint = ch.byte_num
     if verifier is not None:
         if c.is_full:
-            raw = bytes(d[p + 8 : p + 8 + FULL_LEN])
+            raw = bytes(d[p + RESPONSE_CONT_OFFSET : p + RESPONSE_CONT_OFFSET + FULL_LEN])
             row.mac_ok = verifier.mac_ok(_PSEUDO.pack(dst_b, src_b, head[6], head[5]), raw,
                                          c.key_epoch)
             row.nonce_ok = verifier.nonces.packet_nonce(c.conn_id, c.tcp_base, c.seq) == resp.nonce
@@ -208,14 +195,15 @@ def request_row(head: tuple, d: bytes, p: int, e: int, err: str | None, src_b: b
                  dst_b: bytes, verifier: Verifier | None) -> PacketRow:
     """Fast path for NORMAL / SLOWSTART / FIN with a FULL continuation; the codec otherwise."""
     n = e - p
-    if not (n >= _REQ_HEAD_LEN and d[p] in (0, 1, 3) and d[p + 1] in (FULL1, FULL2)
-            and d[p + 27] <= 2):
+    if not (n >= _REQ_HEAD_LEN and d[p] in REQUEST_FULL_TYPES
+            and d[p + REQUEST_CONT_OFFSET] in (FULL1, FULL2)
+            and d[p + REQUEST_STATE_AT] <= BOOTSTRAP):
         return _request_row_slow(head, d, p, e, err, src_b, dst_b, verifier)
     f = _REQ_HEAD.unpack_from(d, p)
     nsacks = f[18]
     off = p + _REQ_HEAD_LEN
-    end = off + 12 * nsacks
-    if nsacks > 64 or end + 3 > e:
+    end = off + _SACK.size * nsacks
+    if nsacks > MAX_SACKS or end + 3 > e:
         return _request_row_slow(head, d, p, e, err, src_b, dst_b, verifier)
     sacks = list(_SACK.iter_unpack(d[off:end])) if nsacks else []
     ulen = (d[end] << 8) | d[end + 1]
@@ -224,8 +212,8 @@ def request_row(head: tuple, d: bytes, p: int, e: int, err: str | None, src_b: b
         return _request_row_slow(head, d, p, e, err, src_b, dst_b, verifier)
     nr = d[off]
     off += 1
-    end = off + 8 * nr
-    if nr > 64 or end > e:
+    end = off + _RANGE.size * nr
+    if nr > MAX_RANGES or end > e:
         return _request_row_slow(head, d, p, e, err, src_b, dst_b, verifier)
     ranges = []
     if nr:
@@ -236,7 +224,8 @@ def request_row(head: tuple, d: bytes, p: int, e: int, err: str | None, src_b: b
     mac_ok = nonce_ok = None
     if verifier is not None:
         mac_ok = verifier.mac_ok(_PSEUDO.pack(src_b, dst_b, head[5], head[6]),
-                                 d[p + 1 : p + 1 + FULL_LEN], f[16])
+                                 d[p + REQUEST_CONT_OFFSET : p + REQUEST_CONT_OFFSET + FULL_LEN],
+                                 f[16])
         nonce_ok = verifier.sacks_ok(f[15], f[14], sacks)
     return PacketRow(*head[:2], "request", *head[3:], REQ_NAMES[f[0]], *f[1:18], None, None,
                      None, ulen, sacks, ranges, e - end, None, 0, False, None, mac_ok, nonce_ok,
