@@ -2,8 +2,8 @@
 
 Why it looks the way it does: this is where a capture's time goes (a quarter-million packets a
 second is the target). The two shapes of a bulk transfer — a NORMAL/SLOWSTART/FIN request with a
-FULL continuation, a response with one DATA chunk — are read by `wire.flat` (wire's layouts) and
-turned by `_fast_request` / `_fast_response` into tuples extended onto one list; nothing per row
+FULL continuation, a response with one DATA chunk — are decoded by `_fast_request` /
+`_fast_response` straight from the buffer into tuples extended onto one list; nothing per row
 outlives the loop. The SACK blocks and byte ranges of a fast-path request go to two value lists
 (`rows.ragged`), so no per-row container is made either. Everything else (IP options, UDP,
 errors, the other direction when a guess fails) takes the general path of `capture.parse`.
@@ -15,18 +15,33 @@ import gc
 import socket
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from itertools import repeat
+from itertools import chain, repeat
 
-from trickles_kit.capture.parse import Verifier, bad_row, request_row, response_row
+from trickles_kit.capture.parse import Verifier, bad_row, chunks, request_row, response_row
 from trickles_kit.capture.rows import row_getter
-from trickles_kit.wire.continuation import FULL_LEN, MAC_PSEUDO
+from trickles_kit.wire.continuation import FULL1, FULL2, FULL_LEN, MAC_PSEUDO
 from trickles_kit.wire.errors import DecodeError
-from trickles_kit.wire.flat import flat_request, flat_response
 from trickles_kit.wire.messages import (
+    CHUNK_DATA,
+    CHUNK_HEADER_LEN,
+    DATA_CHUNK_OVERHEAD,
+    FLAG_FIN,
+    MAX_RANGES,
+    MAX_SACKS,
+    RANGE,
     REQ_NAMES,
     REQUEST_CONT_OFFSET,
+    REQUEST_FULL_TYPES,
+    REQUEST_HEAD,
+    REQUEST_HEAD_LEN,
+    REQUEST_STATE_AT,
     RESPONSE_CONT_OFFSET,
+    RESPONSE_FULL,
     RESPONSE_FULL_LEN,
+    RESPONSE_STATE_AT,
+    SACK_BLOCK,
+    SACK_BLOCKS,
+    U32,
 )
 from trickles_kit.wire.segment import (
     HEADER_LEN,
@@ -43,15 +58,20 @@ from trickles_kit.wire.segment import (
 
 __all__ = ["MAX_NAMES", "MIN_NUMPY", "decode_batches", "decode_rows"]
 
-# every byte layout and offset below is wire's (`wire.segment`, `wire.messages`, `wire.flat`):
-# bound to local names here, the loop reads them as fast as its own copies
+# every byte layout and offset below is wire's (`wire.segment`, `wire.messages`): bound to
+# local names here, the loop reads them as fast as its own copies. `_fast_request` /
+# `_fast_response` walk the same shapes as `wire.flat` (which `capture.parse` calls) inline:
+# the extra call and tuple per packet cost the loop 4-8 % (measured, checksums off)
 _U32 = 0xFFFFFFFF
 _IP = IPV4_HEAD
 _TCP = TCP_HEAD
 _IPTCP = IPV4_TCP_HEAD
 _PSEUDO = MAC_PSEUDO
+_FULL_TYPES = frozenset((FULL1, FULL2))
 _REQ_NAME = [REQ_NAMES.get(i) for i in range(256)]
+_SACKS_N = [s.unpack_from for s in SACK_BLOCKS]  # n blocks, flat
 _MIN_IPTCP = IPV4_LEN + HEADER_LEN  # the one-unpack layout's length (48)
+_SACK_LEN, _RANGE_LEN = SACK_BLOCK.size, RANGE.size
 _PROTO_NAMES = {1: "icmp", 2: "igmp", 6: "tcp", 17: "udp", 41: "ipv6_in_ip", 47: "gre",
                 50: "esp", 89: "ospf", 132: "sctp"}
 MAX_NAMES = 1 << 16  # cached address pairs (a cache: cleared when full, memory stays bounded)
@@ -203,22 +223,46 @@ def _decode_batch(tab: _Table, d, tss: list, starts: list, ends: list,
 
 
 def _fast_request(d, p: int, end: int, err: str | None, src_b: bytes, dst_b: bytes,
-                  sport: int, dport: int, tab: _Table, _flat=flat_request, _name=_REQ_NAME,
-                  _ct=REQUEST_CONT_OFFSET, _cl=FULL_LEN) -> tuple | None:
+                  sport: int, dport: int, tab: _Table, _head=REQUEST_HEAD.unpack_from,
+                  _types=REQUEST_FULL_TYPES, _full=_FULL_TYPES, _sack=SACK_BLOCK.unpack_from,
+                  _sacks_n=_SACKS_N, _range=RANGE.unpack_from, _name=_REQ_NAME,
+                  _hl=REQUEST_HEAD_LEN, _ct=REQUEST_CONT_OFFSET, _st=REQUEST_STATE_AT,
+                  _sl=_SACK_LEN, _rl=_RANGE_LEN, _ms=MAX_SACKS, _mr=MAX_RANGES,
+                  _cl=FULL_LEN) -> tuple | None:
     """The row after its TCP fields for a NORMAL / SLOWSTART / FIN request with a FULL
-    continuation (`wire.flat.flat_request`), or None: the general path decides."""
-    f = _flat(d, p, end)
-    if f is None:
+    continuation (wire's `REQUEST_HEAD` layout, docs §2), or None: the general path decides."""
+    if not (end - p >= _hl and d[p] in _types and d[p + _ct] in _full and d[p + _st] < 3):
         return None
     (rtype, ctype, cseq, fc, cs, par, cts, sts, mrtt, state, fl, fbs, sc, ss, base, cid, epoch,
-     mac, nsacks, sk, ulen, nr, rk, q) = f
+     mac, nsacks) = _head(d, p)
+    q = p + _hl + _sl * nsacks
+    if nsacks > _ms or q + 3 > end:
+        return None
+    # the blocks' values (L, R, summary, L, ...): see `rows.ragged`
+    sk = _sack(d, p + _hl) if nsacks == 1 else _sacks_n[nsacks](d, p + _hl)
+    ulen = (d[q] << 8) | d[q + 1]
+    o = q + 2 + ulen
+    if o >= end:
+        return None
+    nr = d[o]
+    q = o + 1 + _rl * nr
+    if nr > _mr or q > end:
+        return None
+    if nr == 1:
+        lo, hi = _range(d, o + 1)
+        hi += lo
+        rk: tuple = (lo, hi)
+    else:
+        rk = tuple(chain.from_iterable((x, x + y) for x, y in RANGE.iter_unpack(d[o + 1 : q])))
+        hi = max(rk[1::2]) if nr else 0
+    if hi > 0x100000000:
+        return None
     mac_ok = nonce_ok = None
     verifier = tab.verifier
     if verifier is not None:
         mac_ok = verifier.mac_ok(_PSEUDO.pack(src_b, dst_b, sport, dport),
                                  d[p + _ct : p + _ct + _cl], epoch)
         nonce_ok = verifier.sacks_ok(cid, base, list(zip(*[iter(sk)] * 3, strict=True)))
-    # the blocks' and ranges' values go to the value lists: see `rows.ragged`
     svals, rvals = tab.svals, tab.rvals
     sacks = (len(svals) << 7) | nsacks
     svals.extend(sk)
@@ -233,20 +277,38 @@ def _fast_request(d, p: int, end: int, err: str | None, src_b: bytes, dst_b: byt
 
 
 def _fast_response(d, p: int, end: int, err: str | None, src_b: bytes, dst_b: bytes,
-                   sport: int, dport: int, tab: _Table, by_port: bool, _flat=flat_response,
-                   _ct=RESPONSE_CONT_OFFSET, _rl=RESPONSE_FULL_LEN) -> tuple | None:
-    """The row after its TCP fields for a response with a FULL continuation
-    (`wire.flat.flat_response`), or None: the general path decides."""
-    f = _flat(d, p, end)
-    if f is None:
+                   sport: int, dport: int, tab: _Table, by_port: bool,
+                   _resp=RESPONSE_FULL.unpack_from, _full=_FULL_TYPES, _u32=U32.unpack_from,
+                   _rl=RESPONSE_FULL_LEN, _ct=RESPONSE_CONT_OFFSET, _st=RESPONSE_STATE_AT,
+                   _ch=CHUNK_HEADER_LEN, _dk=CHUNK_DATA, _dh=DATA_CHUNK_OVERHEAD,
+                   _fin=FLAG_FIN) -> tuple | None:
+    """The row after its TCP fields for a response with a FULL continuation (wire's
+    `RESPONSE_FULL` layout; one DATA chunk read inline, other chunks walked), or None: the
+    general path decides."""
+    if not (end - p >= _rl and d[p + _ct] in _full and d[p + _st] < 3):
         return None
     (nonce, sib, pos, ulen, ctype, cseq, fc, cs, par, cts, sts, mrtt, state, fl, fbs, sc, ss,
-     base, cid, epoch, mac, ds, dl, fin, fh, cerr) = f
-    if cerr is not None:
-        if not by_port:
-            return None  # maybe not a response after all: the general path tries both
-        if err is None:
-            err = "decode." + cerr
+     base, cid, epoch, mac) = _resp(d, p)
+    c = p + _rl + ulen
+    if c > end:
+        return None
+    ds = fh = None
+    dl = 0
+    fin = False
+    if c < end:
+        tf = d[c]
+        clen = (d[c + 1] << 8) | d[c + 2] if c + _ch <= end else 0
+        if tf >> 4 == _dk and c + clen == end and clen >= _dh:  # one DATA chunk
+            ds = _u32(d, c + _ch)[0]
+            dl = clen - _dh
+            fin = bool(tf & _fin)
+        else:
+            ds, dl, fin, fh, cerr = chunks(d, c, end)
+            if cerr is not None:
+                if not by_port:
+                    return None  # maybe not a response after all: the general path tries both
+                if err is None:
+                    err = cerr
     mac_ok = nonce_ok = None
     verifier = tab.verifier
     if verifier is not None:

@@ -25,23 +25,16 @@ from trickles_kit.wire.continuation import (
 )
 from trickles_kit.wire.delta import unpack_request
 from trickles_kit.wire.errors import DecodeError
+from trickles_kit.wire.flat import flat_request
 from trickles_kit.wire.messages import (
-    MAX_RANGES,
-    MAX_SACKS,
-    RANGE,
     REQ_NAMES,
     REQUEST_CONT_OFFSET,
-    REQUEST_FULL_TYPES,
-    REQUEST_HEAD,
-    REQUEST_HEAD_LEN,
-    REQUEST_STATE_AT,
     RESPONSE_CONT_OFFSET,
     RESPONSE_FULL,
     RESPONSE_FULL_LEN,
     RESPONSE_MINIMAL,
     RESPONSE_MINIMAL_LEN,
     RESPONSE_STATE_AT,
-    SACK_BLOCK,
     DataChunk,
     FinHint,
     Request,
@@ -58,13 +51,9 @@ __all__ = ["Verifier", "bad_row", "chunks", "request_row", "response_row", "row_
 # the layouts are wire's (`wire.messages`): one definition for the codec and the decoder
 _RESP_FULL = RESPONSE_FULL
 _RESP_MIN = RESPONSE_MINIMAL
-_REQ_HEAD = REQUEST_HEAD
 _PSEUDO = MAC_PSEUDO
 _RESP_FULL_LEN = RESPONSE_FULL_LEN
 _RESP_MIN_LEN = RESPONSE_MINIMAL_LEN
-_REQ_HEAD_LEN = REQUEST_HEAD_LEN
-_SACK = SACK_BLOCK
-_RANGE = RANGE
 
 
 class Verifier:
@@ -192,35 +181,16 @@ def _fill_cont(row: PacketRow, c) -> None:
 
 
 def request_row(head: tuple, d: bytes, p: int, e: int, err: str | None, src_b: bytes,
-                 dst_b: bytes, verifier: Verifier | None) -> PacketRow:
-    """Fast path for NORMAL / SLOWSTART / FIN with a FULL continuation; the codec otherwise."""
-    n = e - p
-    if not (n >= _REQ_HEAD_LEN and d[p] in REQUEST_FULL_TYPES
-            and d[p + REQUEST_CONT_OFFSET] in (FULL1, FULL2)
-            and d[p + REQUEST_STATE_AT] <= BOOTSTRAP):
+                dst_b: bytes, verifier: Verifier | None) -> PacketRow:
+    """NORMAL / SLOWSTART / FIN with a FULL continuation by `wire.flat.flat_request`; the
+    codec otherwise."""
+    f = flat_request(d, p, e)
+    if f is None:
         return _request_row_slow(head, d, p, e, err, src_b, dst_b, verifier)
-    f = _REQ_HEAD.unpack_from(d, p)
-    nsacks = f[18]
-    off = p + _REQ_HEAD_LEN
-    end = off + _SACK.size * nsacks
-    if nsacks > MAX_SACKS or end + 3 > e:
-        return _request_row_slow(head, d, p, e, err, src_b, dst_b, verifier)
-    sacks = list(_SACK.iter_unpack(d[off:end])) if nsacks else []
-    ulen = (d[end] << 8) | d[end + 1]
-    off = end + 2 + ulen
-    if off >= e:
-        return _request_row_slow(head, d, p, e, err, src_b, dst_b, verifier)
-    nr = d[off]
-    off += 1
-    end = off + _RANGE.size * nr
-    if nr > MAX_RANGES or end > e:
-        return _request_row_slow(head, d, p, e, err, src_b, dst_b, verifier)
-    ranges = []
-    if nr:
-        for start, length in _RANGE.iter_unpack(d[off:end]):
-            if start + length > 0x100000000:
-                return _request_row_slow(head, d, p, e, err, src_b, dst_b, verifier)
-            ranges.append((start, start + length))
+    it = iter(f[19])
+    sacks = list(zip(it, it, it, strict=True))
+    it = iter(f[22])
+    ranges = list(zip(it, it, strict=True))
     mac_ok = nonce_ok = None
     if verifier is not None:
         mac_ok = verifier.mac_ok(_PSEUDO.pack(src_b, dst_b, head[5], head[6]),
@@ -228,8 +198,8 @@ def request_row(head: tuple, d: bytes, p: int, e: int, err: str | None, src_b: b
                                  f[16])
         nonce_ok = verifier.sacks_ok(f[15], f[14], sacks)
     return PacketRow(*head[:2], "request", *head[3:], REQ_NAMES[f[0]], *f[1:18], None, None,
-                     None, ulen, sacks, ranges, e - end, None, 0, False, None, mac_ok, nonce_ok,
-                     err)
+                     None, f[20], sacks, ranges, e - f[23], None, 0, False, None, mac_ok,
+                     nonce_ok, err)
 
 
 def _request_row_slow(head, d, p, e, err, src_b, dst_b, verifier) -> PacketRow:
