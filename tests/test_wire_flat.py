@@ -130,3 +130,28 @@ def test_parse_request_row_by_flat_equals_the_codec_row(rtype, sacks, ranges, ap
     fast = request_row(head, data, 0, len(data), None, b"\n\0\0\1", b"\n\0\0\2", None)
     slow = row_from_request(head, decode_request(data), None, b"\n\0\0\1", b"\n\0\0\2", None)
     assert fast.as_dict() == slow.as_dict()
+
+
+@settings(max_examples=100, deadline=None)
+@given(ucont=st.binary(max_size=8), chunks=st.lists(st.one_of(
+    st.builds(DataChunk, u32, st.binary(max_size=20), st.booleans()),
+    st.builds(SkipChunk, u32, u32), st.builds(FinHint, u32)), max_size=3))
+def test_parse_response_row_by_flat_equals_the_codec_row(ucont, chunks):
+    from trickles_kit.capture.parse import response_row, row_from_response
+    from trickles_kit.wire.messages import decode_response
+
+    data = Response(5, 1, 0, cont(), ucont, chunks).encode()
+    head = (0, 1.0, "", "10.0.0.2", "10.0.0.1", 2000, 1000, "ip253", 100, 1, 2, 0x18, 0, 0)
+    a, b = b"\n\0\0\1", b"\n\0\0\2"
+    fast = response_row(head, data, 0, len(data), None, b, a, None)
+    slow = row_from_response(head, decode_response(data), data, 0, None, b, a, None)
+    assert fast.as_dict() == slow.as_dict()
+
+
+def test_response_row_with_a_cut_user_continuation_keeps_the_continuation():
+    from trickles_kit.capture.parse import response_row
+
+    data = Response(5, 1, 0, cont(), b"0123456789").encode()[:-4]
+    head = (0, 1.0, "", "10.0.0.2", "10.0.0.1", 2000, 1000, "ip253", 100, 1, 2, 0x18, 0, 0)
+    row = response_row(head, data, 0, len(data), None, b"\n\0\0\2", b"\n\0\0\1", None)
+    assert row.error == "decode.truncated" and row.cont_seq == 7 and row.ucont_len == 10

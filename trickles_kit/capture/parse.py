@@ -15,9 +15,6 @@ from trickles_kit.core.nonces import NonceGen
 from trickles_kit.core.seal import mac_with
 from trickles_kit.core.server import ServerConfig
 from trickles_kit.wire.continuation import (
-    BOOTSTRAP,
-    FULL1,
-    FULL2,
     FULL_LEN,
     MAC_OFFSET,
     MAC_PSEUDO,
@@ -25,16 +22,14 @@ from trickles_kit.wire.continuation import (
 )
 from trickles_kit.wire.delta import unpack_request
 from trickles_kit.wire.errors import DecodeError
-from trickles_kit.wire.flat import flat_request
+from trickles_kit.wire.flat import flat_request, flat_response
 from trickles_kit.wire.messages import (
     REQ_NAMES,
     REQUEST_CONT_OFFSET,
     RESPONSE_CONT_OFFSET,
-    RESPONSE_FULL,
     RESPONSE_FULL_LEN,
     RESPONSE_MINIMAL,
     RESPONSE_MINIMAL_LEN,
-    RESPONSE_STATE_AT,
     DataChunk,
     FinHint,
     Request,
@@ -49,10 +44,8 @@ __all__ = ["Verifier", "bad_row", "chunks", "request_row", "response_row", "row_
            "row_from_response"]
 
 # the layouts are wire's (`wire.messages`): one definition for the codec and the decoder
-_RESP_FULL = RESPONSE_FULL
 _RESP_MIN = RESPONSE_MINIMAL
 _PSEUDO = MAC_PSEUDO
-_RESP_FULL_LEN = RESPONSE_FULL_LEN
 _RESP_MIN_LEN = RESPONSE_MINIMAL_LEN
 
 
@@ -91,36 +84,34 @@ def bad_row(index, ts, d, p0, end, nm, carrier, total, error) -> PacketRow:
 
 
 def response_row(head: tuple, d: bytes, p: int, e: int, err: str | None, src_b: bytes,
-                  dst_b: bytes, verifier: Verifier | None) -> PacketRow:
-    """Fast path for the common layouts, the codec's decode_response for anything else."""
+                 dst_b: bytes, verifier: Verifier | None) -> PacketRow:
+    """A FULL continuation by `wire.flat.flat_response`, a MINIMAL one by wire's
+    `RESPONSE_MINIMAL`, the codec's decode_response for anything else."""
+    f = flat_response(d, p, e)
+    if f is not None:
+        ds, dl, fin, fh, reason = f[21:]
+        if err is None and reason is not None:
+            err = "decode." + reason
+        mac_ok = nonce_ok = None
+        if verifier is not None:
+            raw = d[p + RESPONSE_CONT_OFFSET : p + RESPONSE_FULL_LEN]
+            mac_ok = verifier.mac_ok(_PSEUDO.pack(dst_b, src_b, head[6], head[5]), raw, f[19])
+            nonce_ok = verifier.nonces.packet_nonce(f[18], f[17], f[5]) == f[0]
+        return PacketRow(*head[:2], "response", *head[3:], None, *f[4:21], f[0], f[1], f[2],
+                         f[3], None, None, None, ds, dl, fin, fh, mac_ok, nonce_ok, err)
     n = e - p
-    ctype = d[p + RESPONSE_CONT_OFFSET] if n > RESPONSE_CONT_OFFSET else -1
-    if ctype in (FULL1, FULL2) and n >= _RESP_FULL_LEN and d[p + RESPONSE_STATE_AT] <= BOOTSTRAP:
-        f = _RESP_FULL.unpack_from(d, p)
-        off = p + _RESP_FULL_LEN
-        full = True
-    elif ctype == MINIMAL and n >= _RESP_MIN_LEN:
-        f = _RESP_MIN.unpack_from(d, p)
-        off = p + _RESP_MIN_LEN
-        full = False
-    else:
+    if not (n >= _RESP_MIN_LEN and d[p + RESPONSE_CONT_OFFSET] == MINIMAL):
         return _response_row_slow(head, d, p, e, err, src_b, dst_b, verifier)
+    f = _RESP_MIN.unpack_from(d, p)
     ulen = f[3]
-    c = off + ulen
+    c = p + _RESP_MIN_LEN + ulen
     if c > e:
         ds, dl, fin, fh, cerr = None, 0, False, None, "decode.truncated"
     else:
         ds, dl, fin, fh, cerr = chunks(d, c, e)
     if err is None:
         err = cerr
-    mac_ok = nonce_ok = None
-    if full:
-        if verifier is not None:
-            raw = d[p + RESPONSE_CONT_OFFSET : p + _RESP_FULL_LEN]
-            mac_ok = verifier.mac_ok(_PSEUDO.pack(dst_b, src_b, head[6], head[5]), raw, f[19])
-            nonce_ok = verifier.nonces.packet_nonce(f[18], f[17], f[5]) == f[0]
-        return PacketRow(*head[:2], "response", *head[3:], None, *f[4:21], f[0], f[1], f[2],
-                         ulen, None, None, None, ds, dl, fin, fh, mac_ok, nonce_ok, err)
+    nonce_ok = None
     if verifier is not None:
         nonce_ok = f[0] == 0
     return PacketRow(*head[:2], "response", *head[3:], None, *f[4:10], None, None, None, None,

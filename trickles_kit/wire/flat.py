@@ -90,13 +90,14 @@ def flat_response(d, p: int, end: int, _resp=RESPONSE_FULL.unpack_from, _full=_F
     """A response with a FULL continuation in d[p:end], flat: `RESPONSE_FULL`'s 21 fields
     (nonce, numSiblings, position, ucont_len, the continuation's 17), then what its chunks
     say — first DATA byteNum, DATA bytes, FIN, FINHINT byteNum and the DecodeError reason of
-    a bad chunk (`scan_chunks`) or None. None for any other shape."""
+    a bad chunk (`scan_chunks`; "truncated" when the user continuation runs past the end) or
+    None. None for any other shape."""
     if not (end - p >= _rl and d[p + _ct] in _full and d[p + _st] <= _b):
         return None
     head = _resp(d, p)
     c = p + _rl + head[3]
-    if c > end:
-        return None
+    if c > end:  # the user continuation runs past the end
+        return head + (None, 0, False, None, "truncated")
     if c == end:
         return head + (None, 0, False, None, None)
     tf = d[c]
