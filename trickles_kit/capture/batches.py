@@ -13,34 +13,65 @@ from __future__ import annotations
 
 import gc
 import socket
-import struct
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from itertools import chain, repeat
 
 from trickles_kit.capture.parse import Verifier, bad_row, chunks, request_row, response_row
 from trickles_kit.capture.rows import row_getter
-from trickles_kit.wire.continuation import FULL1, FULL2
+from trickles_kit.wire.continuation import FULL1, FULL2, FULL_LEN, MAC_PSEUDO
 from trickles_kit.wire.errors import DecodeError
-from trickles_kit.wire.messages import REQ_NAMES
-from trickles_kit.wire.segment import SYN, decode_segment
+from trickles_kit.wire.messages import (
+    CHUNK_DATA,
+    CHUNK_HEADER_LEN,
+    DATA_CHUNK_OVERHEAD,
+    FLAG_FIN,
+    MAX_RANGES,
+    MAX_SACKS,
+    RANGE,
+    REQ_NAMES,
+    REQUEST_CONT_OFFSET,
+    REQUEST_FULL_TYPES,
+    REQUEST_HEAD,
+    REQUEST_HEAD_LEN,
+    REQUEST_STATE_AT,
+    RESPONSE_CONT_OFFSET,
+    RESPONSE_FULL,
+    RESPONSE_FULL_LEN,
+    RESPONSE_STATE_AT,
+    SACK_BLOCK,
+    SACK_BLOCKS,
+    U32,
+)
+from trickles_kit.wire.segment import (
+    HEADER_LEN,
+    IPV4_HEAD,
+    IPV4_LEN,
+    IPV4_TCP_HEAD,
+    OPT_EXID,
+    OPT_KIND,
+    SYN,
+    TCP_HEAD,
+    UDP_LEN,
+    decode_segment,
+)
 
 __all__ = ["MAX_NAMES", "MIN_NUMPY", "decode_batches", "decode_rows"]
 
+# every byte layout and offset below is wire's (`wire.segment`, `wire.messages`): bound to
+# local names here, the loop reads them as fast as its own copies. `_fast_request` /
+# `_fast_response` walk the same shapes as `wire.flat` (which `capture.parse` calls) inline:
+# the extra call and tuple per packet cost the loop 4-8 % (measured, checksums off)
 _U32 = 0xFFFFFFFF
-_IP = struct.Struct("!BxHxxHxBxxQ")  # vihl, total, frag, proto, both addresses
-_TCP = struct.Struct("!HHIIBBHxxxxBBHH")  # the header + the first option's kind/len/ExID/value
-_IPTCP = struct.Struct("!xxHxxHxBxxQHHIIBBHxxxxBBHH")  # both, for IP without options
-_RESP_FULL = struct.Struct("!IBBHBIBIIIIIBIIIIIQI16s")  # response header + FULL continuation
-_REQ_HEAD = struct.Struct("!BBIBIIIIIBIIIIIQI16sB")  # type + FULL continuation + numSacks
-_SACK = struct.Struct("!III")
-_RANGE = struct.Struct("!II")
-_U32S = struct.Struct("!I")
-_PSEUDO = struct.Struct("!4s4sHH")
-_FAST_REQ_TYPES = frozenset((0, 1, 3))  # NORMAL, SLOWSTART, FIN: a FULL continuation follows
+_IP = IPV4_HEAD
+_TCP = TCP_HEAD
+_IPTCP = IPV4_TCP_HEAD
+_PSEUDO = MAC_PSEUDO
 _FULL_TYPES = frozenset((FULL1, FULL2))
 _REQ_NAME = [REQ_NAMES.get(i) for i in range(256)]
-_SACKS_N = [struct.Struct(f"!{3 * i}I").unpack_from for i in range(65)]  # n blocks, flat
+_SACKS_N = [s.unpack_from for s in SACK_BLOCKS]  # n blocks, flat
+_MIN_IPTCP = IPV4_LEN + HEADER_LEN  # the one-unpack layout's length (48)
+_SACK_LEN, _RANGE_LEN = SACK_BLOCK.size, RANGE.size
 _PROTO_NAMES = {1: "icmp", 2: "igmp", 6: "tcp", 17: "udp", 41: "ipv6_in_ip", 47: "gre",
                 50: "esp", 89: "ospf", 132: "sctp"}
 MAX_NAMES = 1 << 16  # cached address pairs (a cache: cleared when full, memory stays bounded)
@@ -128,7 +159,7 @@ def _decode_batch(tab: _Table, d, tss: list, starts: list, ends: list,
     for ts, b, e, ok in zip(tss, starts, ends, verdicts or repeat(None), strict=False):
         index += 1
         n = e - b
-        if n >= 48 and d[b] == 0x45 and d[b + 9] != 17:
+        if n >= _MIN_IPTCP and d[b] == 0x45 and d[b + 9] != 17:
             # no IP options, raw IP 253 / TCP: IP and TCP headers in one unpack
             (total, frag, proto, addrs, sport, dport, seq, ack, offb, flags, win, okind,
              olen, exid, tlen) = iptcp_unpack(d, b)
@@ -138,9 +169,9 @@ def _decode_batch(tab: _Table, d, tss: list, starts: list, ends: list,
                     proto, f"proto_{proto}"))] += 1
                 continue
             carrier = "ip253" if proto == 253 else "tcp"
-            p0 = b + 20
+            p0 = b + IPV4_LEN
             cut = total > n
-            end = e if cut or total < 20 else b + total
+            end = e if cut or total < IPV4_LEN else b + total
         else:
             h = _other_headers(tab, d, b, e, index, ts)
             if h is None:
@@ -150,7 +181,8 @@ def _decode_batch(tab: _Table, d, tss: list, starts: list, ends: list,
             ok = None  # (the batch verdicts assume the common layout)
         seglen = end - p0
         hlen = (offb >> 4) << 2
-        if not (okind == 253 and olen == 6 and exid == 0x544B and 28 <= hlen <= seglen):
+        if not (okind == OPT_KIND and olen == 6 and exid == OPT_EXID
+                and HEADER_LEN <= hlen <= seglen):
             tlen = _option_scan(tab, d, p0, end, seglen, hlen, carrier, addrs, index, ts, total)
             if tlen is None:
                 continue
@@ -191,42 +223,45 @@ def _decode_batch(tab: _Table, d, tss: list, starts: list, ends: list,
 
 
 def _fast_request(d, p: int, end: int, err: str | None, src_b: bytes, dst_b: bytes,
-                  sport: int, dport: int, tab: _Table, _head=_REQ_HEAD.unpack_from,
-                  _types=_FAST_REQ_TYPES, _full=_FULL_TYPES, _sack=_SACK.unpack_from,
-                  _sacks_n=_SACKS_N, _range=_RANGE.unpack_from, _name=_REQ_NAME) -> tuple | None:
+                  sport: int, dport: int, tab: _Table, _head=REQUEST_HEAD.unpack_from,
+                  _types=REQUEST_FULL_TYPES, _full=_FULL_TYPES, _sack=SACK_BLOCK.unpack_from,
+                  _sacks_n=_SACKS_N, _range=RANGE.unpack_from, _name=_REQ_NAME,
+                  _hl=REQUEST_HEAD_LEN, _ct=REQUEST_CONT_OFFSET, _st=REQUEST_STATE_AT,
+                  _sl=_SACK_LEN, _rl=_RANGE_LEN, _ms=MAX_SACKS, _mr=MAX_RANGES,
+                  _cl=FULL_LEN) -> tuple | None:
     """The row after its TCP fields for a NORMAL / SLOWSTART / FIN request with a FULL
-    continuation (the codec's layout, docs §2), or None: the general path decides."""
-    if not (end - p >= 77 and d[p] in _types and d[p + 1] in _full and d[p + 27] < 3):
+    continuation (wire's `REQUEST_HEAD` layout, docs §2), or None: the general path decides."""
+    if not (end - p >= _hl and d[p] in _types and d[p + _ct] in _full and d[p + _st] < 3):
         return None
     (rtype, ctype, cseq, fc, cs, par, cts, sts, mrtt, state, fl, fbs, sc, ss, base, cid, epoch,
      mac, nsacks) = _head(d, p)
-    q = p + 77 + 12 * nsacks
-    if nsacks > 64 or q + 3 > end:
+    q = p + _hl + _sl * nsacks
+    if nsacks > _ms or q + 3 > end:
         return None
     # the blocks' values (L, R, summary, L, ...): see `rows.ragged`
-    sk = _sack(d, p + 77) if nsacks == 1 else _sacks_n[nsacks](d, p + 77)
+    sk = _sack(d, p + _hl) if nsacks == 1 else _sacks_n[nsacks](d, p + _hl)
     ulen = (d[q] << 8) | d[q + 1]
     o = q + 2 + ulen
     if o >= end:
         return None
     nr = d[o]
-    q = o + 1 + 8 * nr
-    if nr > 64 or q > end:
+    q = o + 1 + _rl * nr
+    if nr > _mr or q > end:
         return None
     if nr == 1:
         lo, hi = _range(d, o + 1)
         hi += lo
         rk: tuple = (lo, hi)
     else:
-        rk = tuple(chain.from_iterable((x, x + y) for x, y in _RANGE.iter_unpack(d[o + 1 : q])))
+        rk = tuple(chain.from_iterable((x, x + y) for x, y in RANGE.iter_unpack(d[o + 1 : q])))
         hi = max(rk[1::2]) if nr else 0
     if hi > 0x100000000:
         return None
     mac_ok = nonce_ok = None
     verifier = tab.verifier
     if verifier is not None:
-        mac_ok = verifier.mac_ok(_PSEUDO.pack(src_b, dst_b, sport, dport), d[p + 1 : p + 76],
-                                 epoch)
+        mac_ok = verifier.mac_ok(_PSEUDO.pack(src_b, dst_b, sport, dport),
+                                 d[p + _ct : p + _ct + _cl], epoch)
         nonce_ok = verifier.sacks_ok(cid, base, list(zip(*[iter(sk)] * 3, strict=True)))
     svals, rvals = tab.svals, tab.rvals
     sacks = (len(svals) << 7) | nsacks
@@ -243,15 +278,18 @@ def _fast_request(d, p: int, end: int, err: str | None, src_b: bytes, dst_b: byt
 
 def _fast_response(d, p: int, end: int, err: str | None, src_b: bytes, dst_b: bytes,
                    sport: int, dport: int, tab: _Table, by_port: bool,
-                   _resp=_RESP_FULL.unpack_from, _full=_FULL_TYPES,
-                   _u32=_U32S.unpack_from) -> tuple | None:
-    """The row after its TCP fields for a response with a FULL continuation (one DATA chunk
-    read inline, other chunks walked), or None: the general path decides."""
-    if not (end - p >= 83 and d[p + 8] in _full and d[p + 34] < 3):
+                   _resp=RESPONSE_FULL.unpack_from, _full=_FULL_TYPES, _u32=U32.unpack_from,
+                   _rl=RESPONSE_FULL_LEN, _ct=RESPONSE_CONT_OFFSET, _st=RESPONSE_STATE_AT,
+                   _ch=CHUNK_HEADER_LEN, _dk=CHUNK_DATA, _dh=DATA_CHUNK_OVERHEAD,
+                   _fin=FLAG_FIN) -> tuple | None:
+    """The row after its TCP fields for a response with a FULL continuation (wire's
+    `RESPONSE_FULL` layout; one DATA chunk read inline, other chunks walked), or None: the
+    general path decides."""
+    if not (end - p >= _rl and d[p + _ct] in _full and d[p + _st] < 3):
         return None
     (nonce, sib, pos, ulen, ctype, cseq, fc, cs, par, cts, sts, mrtt, state, fl, fbs, sc, ss,
      base, cid, epoch, mac) = _resp(d, p)
-    c = p + 83 + ulen
+    c = p + _rl + ulen
     if c > end:
         return None
     ds = fh = None
@@ -259,11 +297,11 @@ def _fast_response(d, p: int, end: int, err: str | None, src_b: bytes, dst_b: by
     fin = False
     if c < end:
         tf = d[c]
-        clen = (d[c + 1] << 8) | d[c + 2] if c + 3 <= end else 0
-        if tf >> 4 == 2 and c + clen == end and clen >= 7:  # one DATA chunk
-            ds = _u32(d, c + 3)[0]
-            dl = clen - 7
-            fin = bool(tf & 1)
+        clen = (d[c + 1] << 8) | d[c + 2] if c + _ch <= end else 0
+        if tf >> 4 == _dk and c + clen == end and clen >= _dh:  # one DATA chunk
+            ds = _u32(d, c + _ch)[0]
+            dl = clen - _dh
+            fin = bool(tf & _fin)
         else:
             ds, dl, fin, fh, cerr = chunks(d, c, end)
             if cerr is not None:
@@ -274,7 +312,7 @@ def _fast_response(d, p: int, end: int, err: str | None, src_b: bytes, dst_b: by
     mac_ok = nonce_ok = None
     verifier = tab.verifier
     if verifier is not None:
-        mac_ok = verifier.mac_ok(_PSEUDO.pack(dst_b, src_b, dport, sport), d[p + 8 : p + 83],
+        mac_ok = verifier.mac_ok(_PSEUDO.pack(dst_b, src_b, dport, sport), d[p + _ct : p + _rl],
                                  epoch)
         nonce_ok = verifier.nonces.packet_nonce(cid, base, cseq) == nonce
     if err is not None:
@@ -307,18 +345,18 @@ def _other_headers(tab: _Table, d, b: int, e: int, index: int, ts: float) -> tup
     None when the datagram is not Trickles (counted) or is a flagged row (appended)."""
     errors = tab.errors
     n = e - b
-    if n < 20:
+    if n < IPV4_LEN:
         return _skip(errors, "ip_short")
     vihl, total, frag, proto, addrs = _IP.unpack_from(d, b)
     ihl = (vihl & 15) << 2
-    if vihl >> 4 != 4 or ihl < 20 or ihl > n:
+    if vihl >> 4 != 4 or ihl < IPV4_LEN or ihl > n:
         return _skip(errors, "ip_header")
     if frag & 0x3FFF:
         return _skip(errors, "fragment")
     if proto == 253:
         carrier, p0 = "ip253", b + ihl
     elif proto == 17:
-        carrier, p0 = "udp", b + ihl + 8
+        carrier, p0 = "udp", b + ihl + UDP_LEN
     elif proto == 6:
         carrier, p0 = "tcp", b + ihl
     else:

@@ -7,7 +7,6 @@ the server's keys (from the master secret) and checks MACs with `core.seal`, the
 
 from __future__ import annotations
 
-import struct
 from hmac import compare_digest
 
 from trickles_kit.capture.rows import PacketRow
@@ -15,32 +14,39 @@ from trickles_kit.core.keys import KeyRing
 from trickles_kit.core.nonces import NonceGen
 from trickles_kit.core.seal import mac_with
 from trickles_kit.core.server import ServerConfig
-from trickles_kit.wire.continuation import FULL1, FULL2, FULL_LEN, MAC_OFFSET, MINIMAL, MINIMAL_LEN
+from trickles_kit.wire.continuation import (
+    FULL_LEN,
+    MAC_OFFSET,
+    MAC_PSEUDO,
+    MINIMAL,
+)
 from trickles_kit.wire.delta import unpack_request
 from trickles_kit.wire.errors import DecodeError
+from trickles_kit.wire.flat import flat_request, flat_response
 from trickles_kit.wire.messages import (
     REQ_NAMES,
+    REQUEST_CONT_OFFSET,
+    RESPONSE_CONT_OFFSET,
+    RESPONSE_FULL_LEN,
+    RESPONSE_MINIMAL,
+    RESPONSE_MINIMAL_LEN,
     DataChunk,
     FinHint,
     Request,
     Response,
     decode_request,
     decode_response,
+    scan_chunks,
 )
+from trickles_kit.wire.segment import TCP_HEAD
 
 __all__ = ["Verifier", "bad_row", "chunks", "request_row", "response_row", "row_from_request",
            "row_from_response"]
 
-_RESP_FULL = struct.Struct("!IBBHBIBIIIIIBIIIIIQI16s")  # response header + FULL continuation
-_RESP_MIN = struct.Struct("!IBBHBIBIII")  # response header + MINIMAL continuation
-_REQ_HEAD = struct.Struct("!BBIBIIIIIBIIIIIQI16sB")  # type + FULL continuation + numSacks
-_PSEUDO = struct.Struct("!4s4sHH")
-_RESP_FULL_LEN = 8 + FULL_LEN
-_RESP_MIN_LEN = 8 + MINIMAL_LEN
-_REQ_HEAD_LEN = _REQ_HEAD.size
-_U32S = struct.Struct("!I")
-_SACK = struct.Struct("!III")
-_RANGE = struct.Struct("!II")
+# the layouts are wire's (`wire.messages`): one definition for the codec and the decoder
+_RESP_MIN = RESPONSE_MINIMAL
+_PSEUDO = MAC_PSEUDO
+_RESP_MIN_LEN = RESPONSE_MINIMAL_LEN
 
 
 class Verifier:
@@ -71,44 +77,41 @@ def default_config() -> ServerConfig:
 
 
 def bad_row(index, ts, d, p0, end, nm, carrier, total, error) -> PacketRow:
-    seg = bytes(d[p0:end]) + b"\0" * 20
-    sport, dport, seq, ack = struct.unpack_from("!HHII", seg, 0)
-    flags = seg[13]
+    seg = bytes(d[p0:end]) + b"\0" * TCP_HEAD.size
+    sport, dport, seq, ack, _, flags, window = TCP_HEAD.unpack_from(seg, 0)[:7]
     return PacketRow(index, ts, "", nm[0], nm[1], sport, dport, carrier, total,
-                     seq, ack, flags, int.from_bytes(seg[14:16], "big"), 0, error=error)
+                     seq, ack, flags, window, 0, error=error)
 
 
 def response_row(head: tuple, d: bytes, p: int, e: int, err: str | None, src_b: bytes,
-                  dst_b: bytes, verifier: Verifier | None) -> PacketRow:
-    """Fast path for the common layouts, the codec's decode_response for anything else."""
+                 dst_b: bytes, verifier: Verifier | None) -> PacketRow:
+    """A FULL continuation by `wire.flat.flat_response`, a MINIMAL one by wire's
+    `RESPONSE_MINIMAL`, the codec's decode_response for anything else."""
+    f = flat_response(d, p, e)
+    if f is not None:
+        ds, dl, fin, fh, reason = f[21:]
+        if err is None and reason is not None:
+            err = "decode." + reason
+        mac_ok = nonce_ok = None
+        if verifier is not None:
+            raw = d[p + RESPONSE_CONT_OFFSET : p + RESPONSE_FULL_LEN]
+            mac_ok = verifier.mac_ok(_PSEUDO.pack(dst_b, src_b, head[6], head[5]), raw, f[19])
+            nonce_ok = verifier.nonces.packet_nonce(f[18], f[17], f[5]) == f[0]
+        return PacketRow(*head[:2], "response", *head[3:], None, *f[4:21], f[0], f[1], f[2],
+                         f[3], None, None, None, ds, dl, fin, fh, mac_ok, nonce_ok, err)
     n = e - p
-    ctype = d[p + 8] if n > 8 else -1
-    if ctype in (FULL1, FULL2) and n >= _RESP_FULL_LEN and d[p + 34] <= 2:
-        f = _RESP_FULL.unpack_from(d, p)
-        off = p + _RESP_FULL_LEN
-        full = True
-    elif ctype == MINIMAL and n >= _RESP_MIN_LEN:
-        f = _RESP_MIN.unpack_from(d, p)
-        off = p + _RESP_MIN_LEN
-        full = False
-    else:
+    if not (n >= _RESP_MIN_LEN and d[p + RESPONSE_CONT_OFFSET] == MINIMAL):
         return _response_row_slow(head, d, p, e, err, src_b, dst_b, verifier)
+    f = _RESP_MIN.unpack_from(d, p)
     ulen = f[3]
-    c = off + ulen
+    c = p + _RESP_MIN_LEN + ulen
     if c > e:
         ds, dl, fin, fh, cerr = None, 0, False, None, "decode.truncated"
     else:
         ds, dl, fin, fh, cerr = chunks(d, c, e)
     if err is None:
         err = cerr
-    mac_ok = nonce_ok = None
-    if full:
-        if verifier is not None:
-            raw = d[p + 8 : p + _RESP_FULL_LEN]
-            mac_ok = verifier.mac_ok(_PSEUDO.pack(dst_b, src_b, head[6], head[5]), raw, f[19])
-            nonce_ok = verifier.nonces.packet_nonce(f[18], f[17], f[5]) == f[0]
-        return PacketRow(*head[:2], "response", *head[3:], None, *f[4:21], f[0], f[1], f[2],
-                         ulen, None, None, None, ds, dl, fin, fh, mac_ok, nonce_ok, err)
+    nonce_ok = None
     if verifier is not None:
         nonce_ok = f[0] == 0
     return PacketRow(*head[:2], "response", *head[3:], None, *f[4:10], None, None, None, None,
@@ -117,46 +120,10 @@ def response_row(head: tuple, d: bytes, p: int, e: int, err: str | None, src_b: 
 
 
 def chunks(d: bytes, c: int, e: int) -> tuple[int | None, int, bool, int | None, str | None]:
-    """Walk the chunks in d[c:e]: (data_start, data_len, fin, finhint, error)."""
-    ds = fh = err = None
-    dl = 0
-    fin = False
-    while c < e:
-        tf = d[c]
-        if tf == 0:  # one-byte pad
-            c += 1
-            continue
-        if c + 3 > e:
-            err = "decode.truncated"
-            break
-        clen = (d[c + 1] << 8) | d[c + 2]
-        if clen < 3 or c + clen > e:
-            err = "decode.chunk_len"
-            break
-        ct = tf >> 4
-        if ct == 2:
-            if clen < 7:
-                err = "decode.chunk_len"
-                break
-            if ds is None:
-                ds = _U32S.unpack_from(d, c + 3)[0]
-            dl += clen - 7
-            if tf & 1:
-                fin = True
-        elif ct == 3:
-            if clen != 11:
-                err = "decode.chunk_len"
-                break
-        elif ct == 4:
-            if clen != 7:
-                err = "decode.chunk_len"
-                break
-            fh = _U32S.unpack_from(d, c + 3)[0]
-        else:
-            err = "decode.chunk_type"
-            break
-        c += clen
-    return ds, dl, fin, fh, err
+    """Walk the chunks in d[c:e] (`wire.messages.scan_chunks`): (data_start, data_len, fin,
+    finhint, the row's error)."""
+    ds, dl, fin, fh, reason = scan_chunks(d, c, e)
+    return ds, dl, fin, fh, (None if reason is None else "decode." + reason)
 
 
 def _response_row_slow(head, d, p, e, err, src_b, dst_b, verifier) -> PacketRow:
@@ -183,7 +150,7 @@ def row_from_response(head, resp: Response, d, p, err, src_b, dst_b, verifier) -
             row.finhint = ch.byte_num
     if verifier is not None:
         if c.is_full:
-            raw = bytes(d[p + 8 : p + 8 + FULL_LEN])
+            raw = bytes(d[p + RESPONSE_CONT_OFFSET : p + RESPONSE_CONT_OFFSET + FULL_LEN])
             row.mac_ok = verifier.mac_ok(_PSEUDO.pack(dst_b, src_b, head[6], head[5]), raw,
                                          c.key_epoch)
             row.nonce_ok = verifier.nonces.packet_nonce(c.conn_id, c.tcp_base, c.seq) == resp.nonce
@@ -205,42 +172,25 @@ def _fill_cont(row: PacketRow, c) -> None:
 
 
 def request_row(head: tuple, d: bytes, p: int, e: int, err: str | None, src_b: bytes,
-                 dst_b: bytes, verifier: Verifier | None) -> PacketRow:
-    """Fast path for NORMAL / SLOWSTART / FIN with a FULL continuation; the codec otherwise."""
-    n = e - p
-    if not (n >= _REQ_HEAD_LEN and d[p] in (0, 1, 3) and d[p + 1] in (FULL1, FULL2)
-            and d[p + 27] <= 2):
+                dst_b: bytes, verifier: Verifier | None) -> PacketRow:
+    """NORMAL / SLOWSTART / FIN with a FULL continuation by `wire.flat.flat_request`; the
+    codec otherwise."""
+    f = flat_request(d, p, e)
+    if f is None:
         return _request_row_slow(head, d, p, e, err, src_b, dst_b, verifier)
-    f = _REQ_HEAD.unpack_from(d, p)
-    nsacks = f[18]
-    off = p + _REQ_HEAD_LEN
-    end = off + 12 * nsacks
-    if nsacks > 64 or end + 3 > e:
-        return _request_row_slow(head, d, p, e, err, src_b, dst_b, verifier)
-    sacks = list(_SACK.iter_unpack(d[off:end])) if nsacks else []
-    ulen = (d[end] << 8) | d[end + 1]
-    off = end + 2 + ulen
-    if off >= e:
-        return _request_row_slow(head, d, p, e, err, src_b, dst_b, verifier)
-    nr = d[off]
-    off += 1
-    end = off + 8 * nr
-    if nr > 64 or end > e:
-        return _request_row_slow(head, d, p, e, err, src_b, dst_b, verifier)
-    ranges = []
-    if nr:
-        for start, length in _RANGE.iter_unpack(d[off:end]):
-            if start + length > 0x100000000:
-                return _request_row_slow(head, d, p, e, err, src_b, dst_b, verifier)
-            ranges.append((start, start + length))
+    it = iter(f[19])
+    sacks = list(zip(it, it, it, strict=True))
+    it = iter(f[22])
+    ranges = list(zip(it, it, strict=True))
     mac_ok = nonce_ok = None
     if verifier is not None:
         mac_ok = verifier.mac_ok(_PSEUDO.pack(src_b, dst_b, head[5], head[6]),
-                                 d[p + 1 : p + 1 + FULL_LEN], f[16])
+                                 d[p + REQUEST_CONT_OFFSET : p + REQUEST_CONT_OFFSET + FULL_LEN],
+                                 f[16])
         nonce_ok = verifier.sacks_ok(f[15], f[14], sacks)
     return PacketRow(*head[:2], "request", *head[3:], REQ_NAMES[f[0]], *f[1:18], None, None,
-                     None, ulen, sacks, ranges, e - end, None, 0, False, None, mac_ok, nonce_ok,
-                     err)
+                     None, f[20], sacks, ranges, e - f[23], None, 0, False, None, mac_ok,
+                     nonce_ok, err)
 
 
 def _request_row_slow(head, d, p, e, err, src_b, dst_b, verifier) -> PacketRow:

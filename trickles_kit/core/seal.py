@@ -14,16 +14,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import struct
 from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from trickles_kit.core.keys import KeyRing
-from trickles_kit.wire.continuation import MAC_LEN, MAC_OFFSET
+from trickles_kit.wire.continuation import MAC_LEN, MAC_OFFSET, MAC_PSEUDO
 
-_PSEUDO = struct.Struct("!4s4sHH")
+_PSEUDO = MAC_PSEUDO
 
 
 def pseudo_header(

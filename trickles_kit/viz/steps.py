@@ -19,6 +19,7 @@ from trickles_kit.core import plan as pl
 from trickles_kit.core.events import Event
 from trickles_kit.core.keys import KeyRing
 from trickles_kit.core.nonces import NonceGen
+from trickles_kit.core.pairing import Pairing, request_key, response_key
 from trickles_kit.core.server import ServerConfig
 from trickles_kit.viz import figures as F
 from trickles_kit.viz import tables as T
@@ -149,8 +150,8 @@ def _row_dict(r: Any) -> dict:
 
 
 def _steps_from_rows(rows: list[dict], events: Sequence[Event], config: Any) -> list[Step]:
-    steps, pending, syns = _request_steps(rows, getattr(config, "max_gap", pl.MAX_GAP))
-    _pair_responses(rows, pending, syns)
+    steps, pending, handshakes = _request_steps(rows, getattr(config, "max_gap", pl.MAX_GAP))
+    _pair_responses(rows, pending, handshakes)
     by_req: dict[tuple[int, int], list[Event]] = {}
     for e in events:
         if e.side == "server" and e.kind in _REQUEST_KINDS:
@@ -168,11 +169,12 @@ def _steps_from_rows(rows: list[dict], events: Sequence[Event], config: Any) -> 
 
 
 def _request_steps(rows: list[dict], max_gap: int
-                   ) -> tuple[list[Step], dict[tuple, list[Step]], dict[tuple, list[Step]]]:
+                   ) -> tuple[list[Step], dict[tuple, list[Step]], Pairing]:
     """A step per captured request, re-planned from its continuation: (steps, the requests
-    awaiting responses by what a response echoes, the SYNs by address quad)."""
+    awaiting responses by `core.pairing.request_key` — the decoder's rule —, the SYNs awaiting
+    their SYN-ACK in a `Pairing`)."""
     pending: dict[tuple, list[Step]] = {}
-    syns: dict[tuple, list[Step]] = {}
+    handshakes = Pairing()
     steps: list[Step] = []
     for r in rows:
         if r.get("direction") != "request":
@@ -180,15 +182,15 @@ def _request_steps(rows: list[dict], max_gap: int
         st = Step(len(steps), r["t"], r.get("conn_id") or 0, r.get("cont_seq")
                   if r.get("cont_seq") is not None else -1, row=r)
         steps.append(st)
-        quad = (r["src"], r["sport"], r["dst"], r["dport"])
         if r.get("error") is not None:
             st.verdict, st.reason = "dropped", f"drop: {r['error']}"
             continue
         if r.get("req_type") == "SYN":
-            syns.setdefault(quad, []).append(st)
+            handshakes.add_syn(r["src"], r["sport"], r["dst"], r["dport"], st)
             st.verdict, st.reason = "handshake", "SYN: no SYN-ACK seen"
             continue
-        key = (*quad, r["cont_seq"], r["client_state"], r["parent"], r["client_timestamp"])
+        key = request_key(r["src"], r["sport"], r["dst"], r["dport"], r["cont_seq"],
+                          r["client_state"], r["parent"], r["client_timestamp"])
         if r.get("req_type") != "FIN":
             sacks = r.get("sacks") or []
             blocks = [(lft, rgt) for lft, rgt, _ in sacks]
@@ -197,29 +199,28 @@ def _request_steps(rows: list[dict], max_gap: int
                                       r.get("req_type") == "SLOWSTART", max_gap)
         if r.get("mac_ok") is not False:
             pending.setdefault(key, []).append(st)
-    return steps, pending, syns
+    return steps, pending, handshakes
 
 
 def _pair_responses(rows: list[dict], pending: dict[tuple, list[Step]],
-                    syns: dict[tuple, list[Step]]) -> None:
+                    handshakes: Pairing) -> None:
     """Each response to the latest earlier request whose continuation it echoes (a SYN-ACK to
-    its SYN)."""
+    its SYN), by the keys of `core.pairing`. Unlike the decoder, no plan slots are filled: the
+    step shows every response its request got, a duplicate too."""
     order = {id(r): i for i, r in enumerate(rows)}
     for r in rows:
         if r.get("direction") != "response" or r.get("error") is not None:
             continue
-        quad = (r["dst"], r["dport"], r["src"], r["sport"])
         if r.get("flags", 0) & 2:  # SYN-ACK
-            lst = syns.get(quad)
-            if lst:
-                st = lst.pop()
+            st = handshakes.answer_syn(r["src"], r["sport"], r["dst"], r["dport"])
+            if st is not None:
                 st.responses.append(r)
                 st.reason = "SYN: the handshake continuation"
                 st.emitted = [(r["seq"], "syn-ack")]
                 st.cwnd = r.get("start_cwnd")
             continue
-        key = (*quad, r["ack"], r.get("client_state"), r.get("parent"),
-               r.get("client_timestamp"))
+        key = response_key(r["src"], r["sport"], r["dst"], r["dport"], r["ack"],
+                           r.get("client_state"), r.get("parent"), r.get("client_timestamp"))
         for st in reversed(pending.get(key, [])):
             if order[id(st.row)] < order[id(r)]:
                 st.responses.append(r)

@@ -51,10 +51,19 @@ MAC_LEN = 16
 MAC_OFFSET = 59
 SERVER_BLOCK = slice(18, 59)  # server-owned fields after the client-owned ones
 
-_MIN = struct.Struct("!BIBIII")
-_FULL = struct.Struct("!BIBIIIIIBIIIIIQI16s")
-_BODY = struct.Struct("!BIBIIIIIBIIIIIQI")  # FULL without the MAC
+STATE_OFFSET = 26  # the `state` byte: readers check it (<= BOOTSTRAP) before a one-unpack read
+# the fields in wire order (no byte-order prefix): the message layouts of `wire.messages` and the
+# capture decoder's fast path are built from these, so a field changes here only
+MINIMAL_FORMAT = "BIBIII"
+BODY_FORMAT = "BIBIIIIIBIIIIIQI"  # FULL without the MAC
+FULL_FORMAT = BODY_FORMAT + f"{MAC_LEN}s"
+
+_MIN = struct.Struct("!" + MINIMAL_FORMAT)
+_FULL = struct.Struct("!" + FULL_FORMAT)
+_BODY = struct.Struct("!" + BODY_FORMAT)
 _HASHED = struct.Struct("!BHIB16s")  # type, parent16, timestamp, epoch8, MAC
+# the MAC's pseudo-header (core.seal): client address, service address, client port, service port
+MAC_PSEUDO = struct.Struct("!4s4sHH")
 
 
 @dataclass(slots=True)

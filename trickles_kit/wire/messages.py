@@ -24,8 +24,12 @@ from trickles_kit.wire.continuation import (
     BOOTSTRAP,
     FULL1,
     FULL2,
+    FULL_FORMAT,
     FULL_LEN,
     MINIMAL,
+    MINIMAL_FORMAT,
+    MINIMAL_LEN,
+    STATE_OFFSET,
     Continuation,
     decode_continuation,
     encoded_len,
@@ -44,11 +48,31 @@ FLAG_FIN = 0x1
 RESPONSE_HEADER_LEN = 8
 DATA_CHUNK_OVERHEAD = 7
 
-_RESP_HDR = struct.Struct("!IBBH")
-_HEAD = struct.Struct("!BBIBIIIIIBIIIIIQI16sB")  # request type + FULL continuation + numSacks
-_HEAD_LEN = _HEAD.size
-_SACK = struct.Struct("!III")
-_RANGE = struct.Struct("!II")
+# Named layouts and offsets: the codec below and the capture decoder's fast path
+# (`capture.batches`, `capture.parse`) read the same objects, so a field changes here only.
+_RESP_HDR_FORMAT = "IBBH"  # nonce, numSiblings, position, ucont_len
+RESPONSE_CONT_OFFSET = RESPONSE_HEADER_LEN  # the continuation follows the response header
+RESPONSE_STATE_AT = RESPONSE_CONT_OFFSET + STATE_OFFSET  # its state byte (34)
+RESPONSE_FULL = struct.Struct("!" + _RESP_HDR_FORMAT + FULL_FORMAT)  # header + FULL cont
+RESPONSE_MINIMAL = struct.Struct("!" + _RESP_HDR_FORMAT + MINIMAL_FORMAT)  # header + MINIMAL
+RESPONSE_FULL_LEN = RESPONSE_HEADER_LEN + FULL_LEN  # 83
+RESPONSE_MINIMAL_LEN = RESPONSE_HEADER_LEN + MINIMAL_LEN
+REQUEST_CONT_OFFSET = 1  # after the type byte
+REQUEST_STATE_AT = REQUEST_CONT_OFFSET + STATE_OFFSET  # 27
+REQUEST_HEAD = struct.Struct("!B" + FULL_FORMAT + "B")  # type + FULL continuation + numSacks
+REQUEST_HEAD_LEN = REQUEST_HEAD.size  # 77
+REQUEST_FULL_TYPES = frozenset((REQ_NORMAL, REQ_SLOWSTART, REQ_FIN))  # REQUEST_HEAD applies
+SACK_BLOCK = struct.Struct("!III")  # left, right, summary
+SACK_BLOCKS = [struct.Struct(f"!{3 * i}I") for i in range(MAX_SACKS + 1)]  # n blocks, flat
+RANGE = struct.Struct("!II")  # start, length
+CHUNK_HEADER_LEN = 3  # type<<4 | flags u8, length u16 (header included)
+U32 = struct.Struct("!I")  # a chunk's byteNum, after its header
+
+_RESP_HDR = struct.Struct("!" + _RESP_HDR_FORMAT)
+_HEAD = REQUEST_HEAD
+_HEAD_LEN = REQUEST_HEAD_LEN
+_SACK = SACK_BLOCK
+_RANGE = RANGE
 _CHUNK_HDR = struct.Struct("!BH")
 _DATA_HDR = struct.Struct("!BHI")
 _SKIP = struct.Struct("!BHII")
@@ -132,7 +156,8 @@ def decode_request(data: bytes) -> Request:
     cont = None
     raw = b""
     if rtype != REQ_SYN:
-        if n >= _HEAD_LEN and data[1] in (FULL1, FULL2) and data[27] <= BOOTSTRAP:
+        if (n >= _HEAD_LEN and data[REQUEST_CONT_OFFSET] in (FULL1, FULL2)
+                and data[REQUEST_STATE_AT] <= BOOTSTRAP):
             f = _HEAD.unpack_from(data, 0)  # the common case in one unpack
             cont = Continuation(*f[1:18])
             nsacks = f[18]
@@ -268,7 +293,7 @@ def decode_chunks(data: bytes, off: int = 0) -> list[Chunk]:
         if ctype == CHUNK_DATA:
             if clen < DATA_CHUNK_OVERHEAD:
                 raise DecodeError("chunk_len", "DATA chunk")
-            (bn,) = struct.unpack_from("!I", data, off + 3)
+            (bn,) = U32.unpack_from(data, off + CHUNK_HEADER_LEN)
             chunks.append(DataChunk(bn, bytes(data[off + 7 : off + clen]), bool(flags & FLAG_FIN)))
         elif ctype == CHUNK_SKIP:
             if clen != 11:
@@ -284,3 +309,48 @@ def decode_chunks(data: bytes, off: int = 0) -> list[Chunk]:
             raise DecodeError("chunk_type", f"chunk type {ctype}")
         off += clen
     return chunks
+
+
+def scan_chunks(d, c: int, e: int) -> tuple[int | None, int, bool, int | None, str | None]:
+    """Walk the chunks in d[c:e] without building them (the capture decoder's rows):
+    (first DATA byteNum, DATA bytes, FIN seen, FINHINT byteNum, the DecodeError reason that
+    `decode_chunks` would raise, or None)."""
+    ds = fh = err = None
+    dl = 0
+    fin = False
+    while c < e:
+        tf = d[c]
+        if tf == 0:  # one-byte pad
+            c += 1
+            continue
+        if c + CHUNK_HEADER_LEN > e:
+            err = "truncated"
+            break
+        clen = (d[c + 1] << 8) | d[c + 2]
+        if clen < CHUNK_HEADER_LEN or c + clen > e:
+            err = "chunk_len"
+            break
+        ct = tf >> 4
+        if ct == CHUNK_DATA:
+            if clen < DATA_CHUNK_OVERHEAD:
+                err = "chunk_len"
+                break
+            if ds is None:
+                ds = U32.unpack_from(d, c + CHUNK_HEADER_LEN)[0]
+            dl += clen - DATA_CHUNK_OVERHEAD
+            if tf & FLAG_FIN:
+                fin = True
+        elif ct == CHUNK_SKIP:
+            if clen != _SKIP.size:
+                err = "chunk_len"
+                break
+        elif ct == CHUNK_FINHINT:
+            if clen != _FINHINT.size:
+                err = "chunk_len"
+                break
+            fh = U32.unpack_from(d, c + CHUNK_HEADER_LEN)[0]
+        else:
+            err = "chunk_type"
+            break
+        c += clen
+    return ds, dl, fin, fh, err

@@ -21,6 +21,14 @@ _DATA_OFFSET_BYTE = (HEADER_LEN // 4) << 4
 _HDR = struct.Struct("!HHIIBBHHHBBHHBB")
 _OPT_PREFIX = bytes((OPT_KIND, 6)) + OPT_EXID.to_bytes(2, "big")
 _PSEUDO = struct.Struct("!4s4sBBH")
+# Layouts a capture reader applies to a whole datagram (the decoder's hot loop reads these):
+_TCP_FORMAT = "HHIIBBHxxxxBBHH"  # ports, seq, ack, offset, flags, window; first option's kind,
+#                                  length, ExID and value (the Trickles option in our layout)
+IPV4_HEAD = struct.Struct("!BxHxxHxBxxQ")  # version/IHL, total, frag, protocol, both addresses
+TCP_HEAD = struct.Struct("!" + _TCP_FORMAT)
+IPV4_TCP_HEAD = struct.Struct("!xxHxxHxBxxQ" + _TCP_FORMAT)  # both, for IPv4 without options
+IPV4_LEN = 20
+UDP_LEN = 8
 _MAX_U32 = 0xFFFFFFFF
 
 
