@@ -83,7 +83,12 @@ def load(rtt_ms: float, rate: float, seconds: float) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default="reports/bench/delayline.json")
+    # a run writes to reports/ (git-ignored); the committed result changes only with --record
+    ap.add_argument("--out", default="reports/bench/delayline.json",
+                    help="JSON output path (default: %(default)s)")
+    ap.add_argument("--record", dest="out", action="store_const",
+                    const="benchmarks/results/delayline.json",
+                    help="refresh the committed benchmarks/results/delayline.json")
     ap.add_argument("--no-load", action="store_true", help="idle RTT only")
     ap.add_argument("--rt-endpoints", action="store_true",
                     help="run the UDP echo and prober under `chrt -f 5` too, so the spread "
