@@ -207,13 +207,12 @@ def run_once(workers: int, opts: dict, secret: bytes, secret_file: str, root: st
         t0 = time.time()
         for pid in pids:
             os.kill(pid, signal.SIGCONT)
-        prev = -1
-        while True:  # the generator sleeps while the workers drain their queues
-            time.sleep(0.05)
+        prev, still = -1, 0
+        while still < 4:  # the generator sleeps while the workers drain their queues: done
+            time.sleep(0.05)  # when theirs are empty and no answer came for 4 polls
             tab = udp_table({port} | gports)
             held = sum(q for p_ in gports for q, _ in tab[p_])
-            if all(q == 0 for q, _ in tab[port]) and held == prev:
-                break
+            still = still + 1 if all(q == 0 for q, _ in tab[port]) and held == prev else 0
             prev = held
         cpu1 = {pid: cpu_s(pid) for pid in pids}
         c4 = _gen_cpu()
@@ -237,6 +236,8 @@ def run_once(workers: int, opts: dict, secret: bytes, secret_file: str, root: st
         "generator_socket_drops": gen_drops,
         "server": srv,
         "answers_received": answers,
+        # every answer the server sent was counted here (else the figures are not trusted)
+        "complete": answers == srv["packets"] and srv["requests"] == len(corpus),
         "span_s": round(span, 4) if span else None,
         "first_answer_after_s": round(first - t0, 4) if first else None,
         "requests_per_s": round(srv["requests"] / span, 1) if span else None,

@@ -229,17 +229,12 @@ class WorkerGroup:
             for j, tr in enumerate(self.transports):
                 if j != k:
                     tr.close()
-            stop_now: list[bool] = []
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda *_: stop_now.append(True))
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            _die_with_parent(parent)
+            _die_with_parent(parent)  # (a SIGTERM now waits, blocked, for the handler below)
             loop, finish = build(k, self.transports[k])
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: loop.stop())
             signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
-            if stop_now:
-                loop.stop()
             try:
                 loop.run(duration)
             finally:
