@@ -114,6 +114,28 @@ def cpu_s(pid: int) -> float:
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def idle_fraction(seconds: float = 1.0) -> float:
+    """The machine's idle share over `seconds` (/proc/stat): other load competes for the cores,
+    and a ratio measured without two idle cores says nothing about the workers."""
+    def sample() -> tuple[int, int]:
+        f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return f[3] + f[4], sum(f[:8])
+
+    i0, t0 = sample()
+    time.sleep(seconds)
+    i1, t1 = sample()
+    return (i1 - i0) / max(1, t1 - t0)
+
+
+def wait_idle(want: float, limit: float) -> tuple[float, float]:
+    """Wait (up to `limit` s) until the machine is at least `want` idle; (idle, waited s)."""
+    t0 = time.monotonic()
+    idle = idle_fraction()
+    while idle < want and time.monotonic() - t0 < limit:
+        idle = idle_fraction()
+    return idle, time.monotonic() - t0
+
+
 def _gen_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -182,6 +204,7 @@ def _stop(p: subprocess.Popen) -> dict:
 
 def run_once(workers: int, opts: dict, secret: bytes, secret_file: str, root: str) -> dict:
     """One measurement: build, preload, release, wait, count."""
+    idle, waited = wait_idle(opts["wait_idle"], opts["wait_max"])
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((IP, 0))
         port = s.getsockname()[1]
@@ -243,6 +266,12 @@ def run_once(workers: int, opts: dict, secret: bytes, secret_file: str, root: st
         "requests_per_s": round(srv["requests"] / span, 1) if span else None,
         "answers_per_s": round(answers / span, 1) if span else None,
         "worker_cpu_s": round(sum(cpu1[x] - cpu0[x] for x in pids), 3),
+        # cores the workers actually got during the window (2 workers on an idle 2-core
+        # machine: close to 2; much less means other load took them)
+        "worker_cores_used": round(sum(cpu1[x] - cpu0[x] for x in pids) / span, 2)
+        if span else None,
+        "machine_idle_before": round(idle, 3),
+        "waited_for_idle_s": round(waited, 1),
         "generator_cpu_s": {"build_corpus": round(c1 - c0, 3), "preload": round(c3 - c2, 3),
                             "during_measurement": round(c4 - c3, 3),
                             "read_answers": round(c5 - c4, 3)},
@@ -255,6 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="3k requests, 1 repeat: seconds")
     ap.add_argument("--requests", type=int, help="requests per run")
     ap.add_argument("--reps", type=int, help="runs per configuration (median)")
+    ap.add_argument("--wait-idle", type=float, default=0.0, metavar="F",
+                    help="before each run wait until the machine is at least F idle (0..1)")
+    ap.add_argument("--wait-max", type=float, default=120.0, metavar="S",
+                    help="wait at most S seconds for --wait-idle (then run anyway)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "workers.json"))
     ap.add_argument("--note")
     a = ap.parse_args(argv)
@@ -263,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     for k in ("requests", "reps"):
         if getattr(a, k):
             opts[k] = getattr(a, k)
+    opts["wait_idle"], opts["wait_max"] = a.wait_idle, a.wait_max
     mode = "quick" if a.quick else "full"
     t_start = time.perf_counter()
     res: dict = {"meta": meta([os.path.relpath(__file__), *argv], mode), "options": opts}
@@ -279,7 +313,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"rep {rep} workers {w}: {r['requests_per_s']} requests/s "
                       f"({r['server']['requests']} requests in {r['span_s']} s; "
                       f"per worker {r['server']['requests_per_worker']}; generator CPU while "
-                      f"measured {r['generator_cpu_s']['during_measurement']} s)", flush=True)
+                      f"measured {r['generator_cpu_s']['during_measurement']} s; workers got "
+                      f"{r['worker_cores_used']} cores; machine idle before "
+                      f"{r['machine_idle_before']})", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     med = {w: statistics.median(r["requests_per_s"] or 0.0 for r in rs) for w, rs in runs.items()}
