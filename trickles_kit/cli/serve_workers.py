@@ -17,6 +17,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from trickles_kit.apps.web import WebServer
+from trickles_kit.cli.wire import _fail, load_secret, shutdown_line
 from trickles_kit.core.server import ServerConfig, ServerEngine
 from trickles_kit.net.faults import LossyTransport
 from trickles_kit.net.ip import PROTO_TCP, aton
@@ -104,8 +105,6 @@ def _check(args: argparse.Namespace) -> None:
 
 def cmd_serve_workers(args: argparse.Namespace) -> int:
     """Run `trickles serve` as N workers until SIGINT/SIGTERM or --duration."""
-    from trickles_kit.cli.wire import _fail, load_secret, shutdown_line
-
     try:
         _check(args)
         secret = load_secret(args.secret_file)

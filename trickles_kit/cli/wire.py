@@ -191,7 +191,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "--addr must be the service's own address (the MAC and checksums name it), "
             "not 0.0.0.0"))
     if args.workers != 1:
-        from trickles_kit.cli.serve_workers import cmd_serve_workers
+        from trickles_kit.cli.serve_workers import cmd_serve_workers  # lazy: it imports us
         return cmd_serve_workers(args)
     try:
         secret = load_secret(args.secret_file)
