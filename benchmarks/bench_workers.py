@@ -250,6 +250,7 @@ def run_once(workers: int, opts: dict, secret: bytes, secret_file: str, root: st
                 os.kill(pid, signal.SIGCONT)
     srv = _stop(p)
     span = (last - t0) if last is not None else None
+    wcpu = sum(cpu1[x] - cpu0[x] for x in pids)
     return {
         "workers": workers,
         "corpus_requests": len(corpus),
@@ -270,6 +271,8 @@ def run_once(workers: int, opts: dict, secret: bytes, secret_file: str, root: st
         # machine: close to 2; much less means other load took them)
         "worker_cores_used": round(sum(cpu1[x] - cpu0[x] for x in pids) / span, 2)
         if span else None,
+        # the workers' cost per request, whatever share of the cores other load left them
+        "requests_per_worker_cpu_s": round(srv["requests"] / wcpu, 1) if wcpu else None,
         "machine_idle_before": round(idle, 3),
         "waited_for_idle_s": round(waited, 1),
         "generator_cpu_s": {"build_corpus": round(c1 - c0, 3), "preload": round(c3 - c2, 3),
@@ -320,12 +323,23 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     med = {w: statistics.median(r["requests_per_s"] or 0.0 for r in rs) for w, rs in runs.items()}
     ratio = med["2"] / med["1"] if med["1"] else None
+    per_cpu = {w: statistics.median(r["requests_per_worker_cpu_s"] or 0.0 for r in rs)
+               for w, rs in runs.items()}
+    cores = {w: statistics.median(r["worker_cores_used"] or 0.0 for r in rs)
+             for w, rs in runs.items()}
     res["runs"] = runs
     res["summary"] = {
         "requests_per_s_median": med,
         "ratio_2_over_1": round(ratio, 3) if ratio else None,
         "target_ratio": TARGET_RATIO,
         "target_met": bool(ratio and ratio >= TARGET_RATIO),
+        # not the target's figure: the cost side. Requests per worker CPU-second (2 workers /
+        # 1 worker: 1.0 = no overhead from sharding) and the cores the workers got (median):
+        # with fewer than 2 cores free, the ratio above cannot show the scaling
+        "requests_per_worker_cpu_s_median": per_cpu,
+        "cpu_efficiency_2_over_1": round(per_cpu["2"] / per_cpu["1"], 3) if per_cpu["1"]
+        else None,
+        "worker_cores_used_median": cores,
         "how_the_generator_is_kept_out": (
             "corpus built and sent while the workers are SIGSTOPped; during the measured window "
             "the generator only sleeps and polls /proc/net/udp every 50 ms; answers are read "
