@@ -259,7 +259,9 @@ def test_replay_from_another_udp_port_reaches_the_same_worker(www: Path,
                 s.bind(("127.0.0.1", 0))
                 s.sendto(reqs[-1], ("127.0.0.1", port))
                 s.sendto(reqs[len(reqs) // 2], ("127.0.0.1", port))
-            time.sleep(0.5)
+            # a barrier: worker 1 answers its socket in order, so once this later fetch
+            # (port 30003, worker 1's too) is done, the replays before it were handled
+            fetch("udp", port, ["/small.txt"], 30003)
             for s in replayers:
                 s.setblocking(False)
                 with pytest.raises(BlockingIOError):
