@@ -287,3 +287,12 @@ def test_bad_worker_count_is_clear() -> None:
                                      "--workers", "0"), capture_output=True, text=True,
                        timeout=60, cwd=REPO)
     assert p.returncode == 2 and "--workers must be >= 1" in p.stderr
+
+
+def test_a_worker_that_cannot_start_fails_the_serve(tmp_path: Path) -> None:
+    p = subprocess.run(trickles_argv("serve", "--root", ".", "--transport", "udp", "--port",
+                                     "0", "--workers", "2", "--events",
+                                     str(tmp_path / "missing" / "ev.jsonl")),
+                       capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert p.returncode == 2 and "did not start" in p.stderr, p.stderr
+    assert "trickles serve:" not in p.stdout, "no ready line for a server that is not ready"

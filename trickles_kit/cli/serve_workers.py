@@ -125,7 +125,7 @@ def cmd_serve_workers(args: argparse.Namespace) -> int:
               f"(pids {' '.join(map(str, pids))}) sharded by Trickles source port", flush=True)
         exits = group.wait(lambda msg: print(f"trickles serve: {msg}", file=sys.stderr,
                                              flush=True))
-    except RstRuleError as e:
+    except (RstRuleError, RuntimeError) as e:
         return _fail("serve", e)
     finally:
         group.close()

@@ -44,6 +44,7 @@ import contextlib
 import ctypes
 import json
 import os
+import select
 import signal
 import struct
 import time
@@ -61,6 +62,7 @@ SO_ATTACH_FILTER = 26
 SO_ATTACH_REUSEPORT_CBPF = 51
 PR_SET_PDEATHSIG = 1
 ACCEPT = 0xFFFFFFFF  # a socket filter's "keep the whole datagram"
+READY = b"R"  # a worker's first byte on its pipe; its counters (JSON) follow when it stops
 
 # classic BPF opcodes (linux/filter.h)
 LD_H_ABS, LD_H_IND, LDX_B_MSH, LD_MEM, ST = 0x28, 0x48, 0xB1, 0x60, 0x02
@@ -206,7 +208,8 @@ class WorkerGroup:
         self.live = list(range(self.n))
 
     def start(self, build: Build, duration: float | None = None) -> list[int]:
-        """Fork the workers (each runs `build(k, transport)`'s loop); returns their pids."""
+        """Fork the workers (each runs `build(k, transport)`'s loop); returns their pids once
+        every one is ready (a worker that dies first raises RuntimeError: `close` the group)."""
         signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)  # handled in `wait`, not by handlers
         me = os.getpid()
         for k in range(self.n):
@@ -217,6 +220,10 @@ class WorkerGroup:
                 self._child(k, build, duration, w, me)
             os.close(w)
             self.pids[k], self._pipes[k] = pid, r
+        for k in range(self.n):  # ready = every worker built its loop (and sized its buffer)
+            fd = self._pipes[k]
+            if not select.select([fd], [], [], 60.0)[0] or os.read(fd, 1) != READY:
+                raise RuntimeError(f"worker {k} (pid {self.pids[k]}) did not start")
         return [self.pids[k] for k in range(self.n)]
 
     def _child(self, k: int, build: Build, duration: float | None, wfd: int,
@@ -234,6 +241,7 @@ class WorkerGroup:
             loop, finish = build(k, self.transports[k])
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: loop.stop())
+            os.write(wfd, READY)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
             try:
                 loop.run(duration)
