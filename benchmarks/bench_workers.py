@@ -58,7 +58,7 @@ from trickles_kit.core.server import ServerConfig, ServerEngine  # noqa: E402
 IP = "127.0.0.1"
 FIRST_PORT = 30000
 SO_TIMESTAMPNS = 35  # also the SCM type of its control message
-GEN_SOCKETS = 8
+GEN_SOCKETS = 64  # many clients: answers do not queue on a few sockets shared by both workers
 GEN_RCVBUF = 64 << 20  # per generator socket (root may force it): holds every answer
 TARGET_RATIO = 1.6
 FULL = {"requests": 16000, "conns": 64, "reps": 3}
