@@ -129,6 +129,9 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--no-syn-priority", action="store_true",
                    help="the old receive loop: arrival order, SYNs beyond 64 a batch shed "
                         "(for comparisons: benchmarks/bench_flood.py)")
+    s.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="serve from N processes sharing only the secret, sharded by Trickles "
+                        "source port; a worker's death moves its share to the others")
     s.set_defaults(func=cmd_serve)
 
 
@@ -196,6 +199,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _fail("serve", ValueError(
             "--addr must be the service's own address (the MAC and checksums name it), "
             "not 0.0.0.0"))
+    if args.workers != 1:
+        from trickles_kit.cli.serve_workers import cmd_serve_workers  # lazy: it imports us
+        return cmd_serve_workers(args)
     try:
         secret = load_secret(args.secret_file)
         web = WebServer(args.root)

@@ -14,8 +14,11 @@ class UdpTransport(Transport):
     name = "udp"
     ip_proto = PROTO_UDP
 
-    def __init__(self, local_ip: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, local_ip: str = "127.0.0.1", port: int = 0,
+                 reuse_port: bool = False) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        if reuse_port:  # one of a group sharing the port (net.workers shards it)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             sock.bind((local_ip, port))
         except OSError as e:
