@@ -293,7 +293,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="before each run wait until the machine is at least F idle (0..1)")
     ap.add_argument("--wait-max", type=float, default=120.0, metavar="S",
                     help="wait at most S seconds for --wait-idle (then run anyway)")
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "workers.json"))
+    # a run writes to reports/ (git-ignored); the committed result changes only with --record
+    ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks" / "workers.json"),
+                    help="JSON output path (default: %(default)s)")
+    ap.add_argument("--record", dest="out", action="store_const",
+                    const=str(REPO / "benchmarks" / "results" / "workers.json"),
+                    help="refresh the committed benchmarks/results/workers.json")
     ap.add_argument("--note")
     a = ap.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv

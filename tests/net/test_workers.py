@@ -21,9 +21,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from trickles_kit.net.fetch import HttpBody
 from wire_helpers import REPO, free_port, need_root, trickles_argv
 
+from trickles_kit.apps.fetch import HttpBody
 from trickles_kit.net.ip import aton
 from trickles_kit.net.raw import RawTransport
 from trickles_kit.net.runner import ClientHost
