@@ -16,8 +16,15 @@ from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from pathlib import Path
 
-from trickles_kit.apps.web import WebServer
-from trickles_kit.cli.wire import _fail, load_secret, shutdown_line
+from trickles_kit.cli.wire import (
+    _fail,
+    listen_desc,
+    load_secret,
+    serve_app,
+    serve_config,
+    shutdown_line,
+    syn_options,
+)
 from trickles_kit.core.server import ServerConfig, ServerEngine
 from trickles_kit.net.faults import LossyTransport
 from trickles_kit.net.ip import PROTO_TCP, aton
@@ -35,29 +42,6 @@ def per_worker(path: str, k: int) -> str:
     return str(p.with_name(f"{p.stem}.w{k}{p.suffix}"))
 
 
-def _web(args: argparse.Namespace) -> WebServer:
-    web = WebServer(args.root)
-    web.routes = [r for r in web.routes if not (
-        (args.no_dyn and type(r).__name__ == "DynamicRoute")
-        or (args.no_parallel and type(r).__name__ == "ParallelRoute"))]
-    return web
-
-
-def _config(args: argparse.Namespace) -> ServerConfig:
-    cfg = ServerConfig(initial_cwnd=args.initial_cwnd, mss=args.mss, delta=args.delta)
-    if args.state_cache is not None:
-        if args.state_cache < 0:
-            raise ValueError("--state-cache must be >= 0")
-        cfg.state_cache = args.state_cache
-    cfg.echo_ucont = args.echo_ucont
-    return cfg
-
-
-def _syn(args: argparse.Namespace) -> dict[str, float]:
-    return {k: v for k, v in (("syn_rate", args.syn_rate), ("syn_burst", args.syn_burst),
-                              ("syn_share", args.syn_share)) if v is not None}
-
-
 def _builder(args: argparse.Namespace, secret: bytes, cfg: ServerConfig
              ) -> Callable[[int, Transport], tuple[ServerLoop, Callable[[], Mapping[str, int]]]]:
     """What each worker runs after the fork: its own app, engine and loop on its socket."""
@@ -65,7 +49,7 @@ def _builder(args: argparse.Namespace, secret: bytes, cfg: ServerConfig
     def build(k: int, tr: Transport) -> tuple[ServerLoop, Callable[[], Mapping[str, int]]]:
         ew = EventWriter(per_worker(args.events, k)) if args.events else None
         pw = PcapWriter(per_worker(args.pcap, k)) if args.pcap else None
-        web = _web(args)
+        web = serve_app(args)
         engine = ServerEngine(secret, web, aton(args.addr), args.port, cfg, ew)
         web.attach(engine)
         if args.drop or args.drop_at:
@@ -74,7 +58,7 @@ def _builder(args: argparse.Namespace, secret: bytes, cfg: ServerConfig
             lossy.on_drop = lambda _seg, _ip: engine.note_drop("injected", time.time())
             tr = lossy  # type: ignore[assignment]
         loop = ServerLoop(engine, tr, pw, delay=args.delay,
-                          priority=not args.no_syn_priority, **_syn(args))
+                          priority=not args.no_syn_priority, **syn_options(args))
 
         def finish() -> Mapping[str, int]:
             for f in (ew, pw):
@@ -96,7 +80,7 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError("--workers must be >= 1")
     if not 0.0 <= args.delay <= 10.0:
         raise ValueError(f"delay must be in [0, 10] seconds, got {args.delay}")
-    syn = _syn(args)
+    syn = syn_options(args)
     SynBucket(syn.get("syn_rate", 1.0), int(syn.get("syn_burst", 1)), syn.get("syn_share", 0.0))
     if args.drop or args.drop_at:
         LossyTransport(None, args.drop, args.drop_seed,  # type: ignore[arg-type]
@@ -108,14 +92,12 @@ def cmd_serve_workers(args: argparse.Namespace) -> int:
     try:
         _check(args)
         secret = load_secret(args.secret_file)
-        _web(args)  # a bad --root fails here, once
-        cfg = _config(args)
+        serve_app(args)  # a bad --root fails here, once
+        cfg = serve_config(args)
         group = WorkerGroup(args.workers, args.transport, args.addr, args.port, args.ip_proto)
     except (PrivilegeError, OSError, ValueError) as e:
         return _fail("serve", e)
-    where = f"{args.transport}:{args.addr}:{group.port}"
-    if args.transport == "raw":
-        where += f" (IP protocol {args.ip_proto})"
+    where = listen_desc(args, group.port)
     stack = ExitStack()
     try:
         if args.transport == "raw" and args.ip_proto == PROTO_TCP:

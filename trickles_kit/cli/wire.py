@@ -7,12 +7,15 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Mapping
+from contextlib import ExitStack
 from pathlib import Path
 
+from trickles_kit.apps.dynamic import DynamicRoute
 from trickles_kit.apps.fetch import fetch
-from trickles_kit.apps.parallel import fetch_parallel
-from trickles_kit.apps.web import WebServer
+from trickles_kit.apps.parallel import ParallelRoute, fetch_parallel
+from trickles_kit.apps.web import DEFAULT_ROUTES, WebServer
 from trickles_kit.core.client import ClientConfig
 from trickles_kit.core.server import ServerConfig, ServerEngine
 from trickles_kit.net.argtypes import indices
@@ -194,6 +197,37 @@ def shutdown_line(c: Mapping[str, int]) -> str:
 EARLY_DROPS = frozenset(("injected", "syn_shed", "syn_rate"))
 
 
+def serve_app(args: argparse.Namespace) -> WebServer:
+    """The web app `serve` runs, its routes chosen by --no-dyn / --no-parallel."""
+    off = {DynamicRoute} if args.no_dyn else set()
+    if args.no_parallel:
+        off.add(ParallelRoute)
+    return WebServer(args.root, routes=[r for r in DEFAULT_ROUTES if r not in off])
+
+
+def serve_config(args: argparse.Namespace) -> ServerConfig:
+    """`serve`'s ServerConfig from its options (a bad --state-cache is a ValueError)."""
+    cfg = ServerConfig(initial_cwnd=args.initial_cwnd, mss=args.mss, delta=args.delta)
+    if args.state_cache is not None:
+        if args.state_cache < 0:
+            raise ValueError("--state-cache must be >= 0")
+        cfg.state_cache = args.state_cache
+    cfg.echo_ucont = args.echo_ucont
+    return cfg
+
+
+def syn_options(args: argparse.Namespace) -> dict[str, float]:
+    """The SYN bucket options given on the command line (the rest keep ServerLoop's defaults)."""
+    return {k: v for k, v in (("syn_rate", args.syn_rate), ("syn_burst", args.syn_burst),
+                              ("syn_share", args.syn_share)) if v is not None}
+
+
+def listen_desc(args: argparse.Namespace, port: int) -> str:
+    """Where `serve` listens, as its ready line says it."""
+    where = f"{args.transport}:{args.addr}:{port}"
+    return where + (f" (IP protocol {args.ip_proto})" if args.transport == "raw" else "")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     if args.addr in ("0.0.0.0", ""):
         return _fail("serve", ValueError(
@@ -204,16 +238,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return cmd_serve_workers(args)
     try:
         secret = load_secret(args.secret_file)
-        web = WebServer(args.root)
-        web.routes = [r for r in web.routes if not (
-            (args.no_dyn and type(r).__name__ == "DynamicRoute")
-            or (args.no_parallel and type(r).__name__ == "ParallelRoute"))]
-        cfg = ServerConfig(initial_cwnd=args.initial_cwnd, mss=args.mss, delta=args.delta)
-        if args.state_cache is not None:
-            if args.state_cache < 0:
-                raise ValueError("--state-cache must be >= 0")
-            cfg.state_cache = args.state_cache
-        cfg.echo_ucont = args.echo_ucont
+        web = serve_app(args)
+        cfg = serve_config(args)
         if args.transport == "udp":
             tr = UdpTransport(args.addr, args.port)
         else:
@@ -234,24 +260,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except ValueError as e:
             tr.close()
             return _fail("serve", e)
-        import time
-
         lossy.on_drop = lambda _seg, _ip: engine.note_drop("injected", time.time())
     try:
-        syn = {k: v for k, v in (("syn_rate", args.syn_rate), ("syn_burst", args.syn_burst),
-                                 ("syn_share", args.syn_share)) if v is not None}
         loop = ServerLoop(engine, tr, pw, delay=args.delay, priority=not args.no_syn_priority,
-                          **syn)
+                          **syn_options(args))
     except ValueError as e:
         tr.close()
         return _fail("serve", e)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: loop.stop())
-    where = f"{args.transport}:{args.addr}:{args.port}"
-    if args.transport == "raw":
-        where += f" (IP protocol {args.ip_proto})"
-    from contextlib import ExitStack
-
+    where = listen_desc(args, args.port)
     stack = ExitStack()
     try:
         if args.transport == "raw" and args.ip_proto == PROTO_TCP:

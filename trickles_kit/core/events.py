@@ -84,12 +84,12 @@ class Event:
     def make(cls, kind: str, t: float, side: str, /, **kw: Any) -> Event:
         """The one constructor the engines and the decoder use: keyword arguments that name a
         field set it, any other goes into `detail` (so a new detail needs no new field)."""
-        side = kw.pop("side", side)
-        detail = {k: kw.pop(k) for k in [k for k in kw if k not in _FIELDS]}
-        return cls(kind, t, side, detail=detail, **kw)
+        fields = {k: v for k, v in kw.items() if k in _FIELDS}
+        detail = {k: v for k, v in kw.items() if k not in _FIELDS}
+        return cls(kind, t, fields.pop("side", side), detail=detail, **fields)
 
 
-_FIELDS = frozenset(Event.__dataclass_fields__) - {"kind", "t", "side", "detail"}
+_FIELDS = frozenset(Event.__dataclass_fields__) - {"kind", "t", "detail"}  # side: an override
 
 
 EventSink = Callable[[Event], None]
