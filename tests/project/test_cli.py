@@ -57,3 +57,19 @@ def test_bad_arguments_are_clear(args: list[str], message: str, capsys) -> None:
 def test_help_lists_sim(capsys) -> None:
     assert main([]) == 2
     assert "sim" in capsys.readouterr().out
+
+
+def test_serve_route_options_choose_the_routes(tmp_path) -> None:
+    """--no-dyn / --no-parallel build the web app without those routes (serve and --workers)."""
+    import argparse
+
+    from trickles_kit.cli.wire import serve_app
+
+    def names(no_dyn: bool, no_parallel: bool) -> list[str]:
+        app = serve_app(argparse.Namespace(root=tmp_path, no_dyn=no_dyn, no_parallel=no_parallel))
+        return [type(r).__name__ for r in app.routes]
+
+    assert names(False, False) == ["DynamicRoute", "ParallelRoute"]
+    assert names(True, False) == ["ParallelRoute"]
+    assert names(False, True) == ["DynamicRoute"]
+    assert names(True, True) == []
