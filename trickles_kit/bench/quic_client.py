@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from aioquic.asyncio import QuicConnectionProtocol, connect
-from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.h3.connection import H3Connection
 from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic.events import ConnectionTerminated, QuicEvent
 
@@ -164,7 +164,7 @@ async def agent(host: str, port: int, size: int, seed: int, mark: int | None,
                                        max(0.1, deadline - time.monotonic()))
                 status = g.status
                 c.close()
-        except (OSError, ConnectionError, TimeoutError, asyncio.TimeoutError) as e:
+        except (OSError, ConnectionError, TimeoutError) as e:
             now = time.time()
             if not fails or fails[-1]["resumed_t"] is not None:
                 fails.append({"t": now, "bytes": len(got), "error": type(e).__name__,
