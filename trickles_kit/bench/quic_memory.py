@@ -27,7 +27,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from trickles_kit.bench.memory import proc_status, settle, slope
 from trickles_kit.bench.meta import CHILD_CWD

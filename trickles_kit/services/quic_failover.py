@@ -31,7 +31,10 @@ import time
 
 from trickles_kit.bench.meta import CHILD_CWD
 from trickles_kit.services.replicas import SERVICE, ServiceBed
-from trickles_kit.services.scenarios import _follow  # the same agent protocol (JSON lines)
+from trickles_kit.services.scenarios import (  # the same agent protocol (JSON lines)
+    _follow,
+    run_failover,
+)
 
 QUIC_PORT = 8443
 VARIANTS = {"watchdog": {"io_timeout": 3.0, "idle_timeout": 30.0},
@@ -121,3 +124,36 @@ def run_quic_failover(variant: str = "watchdog", size: int = 3_000_000,
         if f and f["resumed_t"] and f["last_byte_t"] else None,
         "standby_counters": standby,
     }
+
+
+def compare(quick: bool = False, verbose: bool = False) -> dict:
+    """QUIC's failover variants beside Trickles' and TCP's, in the same replica set; the
+    summary `trickles bench quic` records (quick: the watchdog variant only)."""
+    variants = ["watchdog"] if quick else list(VARIANTS)
+    out: dict = {"quic": {}, "rate_mbit": 40.0, "size": 3_000_000,
+                 "method": (__doc__ or "").split("\n\n", 1)[1].strip()}
+    for v in variants:
+        try:
+            out["quic"][v] = run_quic_failover(v, verbose=verbose)
+        except (RuntimeError, OSError, ValueError) as e:
+            out["quic"][v] = {"error": f"{type(e).__name__}: {e}"}
+    for kind in ("trickles", "tcp"):
+        try:
+            r = run_failover(kind, verbose=verbose)
+        except (RuntimeError, OSError, ValueError) as e:
+            out[kind] = {"error": f"{type(e).__name__}: {e}"}
+            continue
+        keep = ("byte_exact", "stall_s", "seconds", "handshakes", "health_check", "tcp",
+                "timeout_fired", "rto_s", "bound_s", "stall_within_bound", "no_new_handshake")
+        out[kind] = {k: r[k] for k in keep if k in r}
+    q = out["quic"].get("watchdog", {})
+    tcp = out.get("tcp", {}).get("tcp", {})
+    out["summary"] = {
+        "trickles_stall_s": out.get("trickles", {}).get("stall_s"),
+        "tcp_recover_s": tcp.get("recover_s"),
+        "tcp_stall_from_last_byte_s": tcp.get("stall_from_last_byte_s"),
+        "quic_watchdog_recover_s": q.get("recover_s"),
+        "quic_watchdog_stall_from_last_byte_s": q.get("stall_from_last_byte_s"),
+        "quic_idle_timeout_recover_s": out["quic"].get("idle_timeout", {}).get("recover_s"),
+    }
+    return out
