@@ -6,12 +6,13 @@ Trickles and Linux TCP (Reno) measured in the same run:
 
 * **goodput** through the `goodput` testbed (client - router - server, tbf bottleneck, the
   NFQUEUE delay line for `--rtt`, checked by the pre-flight first), one flow at a time,
-  interleaved within each repeat. Goodput here is the client's: body bytes x 8 / (request start,
-  handshake included, to the last byte), the same for the three (QUIC's packets are encrypted,
-  so the router capture cannot count its body bytes); Trickles' and Reno's capture figure is
-  recorded beside it.
-* **cpu** per MB at 100 Mbit/s, no delay: the server process's utime + stime, and the whole
-  machine's busy time against an idle baseline (`syscpu`: softirq included).
+  interleaved within each repeat, every flow by the same `flow()`. Goodput here is the
+  client's: body bytes x 8 / (request start, handshake included, to the last byte), the same
+  for the three (QUIC's packets are encrypted, so a router capture cannot count its body
+  bytes; `trickles bench goodput` has the capture figures of Trickles and Reno).
+* **cpu** per MB at 100 Mbit/s, no delay: the server process's utime + stime, and beside it
+  the same plus the kernel's network work (softirq, irq, ksoftirqd) against an idle baseline
+  (`syscpu`), the client's CPU and the whole machine's.
 * **memory** per live connection: `quic_memory` (QUIC) and `memory` (Trickles, TCP) at the
   same levels, fresh servers per level.
 * **failover** (when given a runner: `services.quic_failover.compare`, one layer up): a QUIC
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -35,7 +37,14 @@ from importlib.metadata import version
 from pathlib import Path
 
 from trickles_kit.bench import memory, quic_memory, syscpu
-from trickles_kit.bench.goodput import FlowSpec, _wait_line, log, run_flows
+from trickles_kit.bench.goodput import (  # the Trickles and Reno ends of its testbed
+    FlowSpec,
+    _client_argv,
+    _client_result,
+    _start_servers,
+    _wait_line,
+    log,
+)
 from trickles_kit.bench.meta import CHILD_CWD, meta
 from trickles_kit.bench.quic_server import PORT as QUIC_PORT
 from trickles_kit.bench.rtt import expected_mbit, path_config, preflight_path
@@ -48,66 +57,90 @@ REPEATS = {True: 1, False: 3}
 CPU_RATE = 100.0
 CPU_BYTES = {True: 5_000_000, False: 30_000_000}
 BASELINE_S = {True: 1.0, False: 2.0}
-MEMORY_LEVELS = {True: [1, 10, 100], False: [1, 10, 100, 300, 1000]}
+# QUIC's levels stay small (a handshake costs ms of Python at both ends); Trickles' and TCP's
+# are `bench memory`'s own: past where Trickles' fixed-size soft caches fill (its docstring)
+QUIC_LEVELS = {True: [1, 10, 100, 300], False: [1, 10, 100, 300, 1000]}
 MEMORY_SHARE = 0.05  # the target: Trickles' bytes per connection under 5 % of QUIC's
 
 
-def quic_flow(cfg: TestbedConfig, size: int, timeout: float, verbose: bool = False,
-              baseline_s: float = 0.0) -> dict:
-    """One HTTP/3 transfer through a fresh testbed: the client's JSON, CPU, router counters."""
-    with Testbed(cfg, verbose=verbose, tag=f"q{int(time.time() * 10) % 100000}") as tb:
-        srv = tb.popen(SERVER, [sys.executable, "-m", "trickles_kit.bench.quic_server",
-                                "--bind", SERVER_ADDR, "--port", str(QUIC_PORT)],
-                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                       cwd=CHILD_CWD)
-        _wait_line(srv, "quic_server: serving", "quic_server")
-        meter = syscpu.Meter()
-        if baseline_s:
-            meter.baseline(baseline_s)
-        meter.start([srv.pid])
-        cli = tb.popen(CLIENT, [sys.executable, "-m", "trickles_kit.bench.quic_client",
-                                "fetch", SERVER_ADDR, "--port", str(QUIC_PORT), "--size",
-                                str(size), "--timeout", str(timeout)],
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                       cwd=CHILD_CWD)
-        try:
-            out, err = cli.communicate(timeout=timeout + 30)
-        except subprocess.TimeoutExpired:
-            cli.kill()
-            out, err = cli.communicate()
-        meter.stop()
-        router = tb.counters()
-        srv.terminate()
-        desc = tb.describe()
+def _server(tb: Testbed, kind: str, cfg: TestbedConfig, root: Path) -> subprocess.Popen:
+    """The server of `kind` in the server namespace, once it listens."""
+    if kind != "quic":
+        return _start_servers(tb, cfg, {kind}, root)[kind]
+    srv = tb.popen(SERVER, [sys.executable, "-m", "trickles_kit.bench.quic_server", "--bind",
+                            SERVER_ADDR, "--port", str(QUIC_PORT)], stdout=subprocess.PIPE,
+                   stderr=subprocess.DEVNULL, text=True, cwd=CHILD_CWD)
+    _wait_line(srv, "quic_server: serving", "quic_server")
+    return srv
+
+
+def _client(tb: Testbed, kind: str, size: int, timeout: float, out: Path
+            ) -> tuple[subprocess.Popen, float | None]:
+    """Run the client of `kind` to its end (killed after `timeout` + 30 s); its process and
+    its CPU seconds from the kernel's rusage (reaped here, start-up included)."""
+    argv = ([sys.executable, "-m", "trickles_kit.bench.quic_client", "fetch", SERVER_ADDR,
+             "--port", str(QUIC_PORT), "--size", str(size), "--timeout", str(timeout)]
+            if kind == "quic" else _client_argv(FlowSpec(kind, size), timeout))
+    with open(out, "w") as o:
+        p = tb.popen(CLIENT, argv, stdout=o, stderr=subprocess.STDOUT, cwd=CHILD_CWD)
+    end = time.monotonic() + timeout + 30
+    while True:
+        pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+        if pid:
+            p.returncode = os.waitstatus_to_exitcode(status)
+            return p, ru.ru_utime + ru.ru_stime
+        if time.monotonic() > end:
+            p.kill()
+            p.wait()
+            return p, None
+        time.sleep(0.02)
+
+
+def _result(kind: str, size: int, out: Path, p: subprocess.Popen) -> dict:
+    if kind != "quic":
+        c = _client_result(FlowSpec(kind, size), out, p)
+        if kind == "trickles":  # its fetch reports bits per second
+            c["goodput_mbit"] = round(c.get("goodput_bps", 0) / 1e6, 4) or None
+        return c
+    text = out.read_text()
     try:
-        j = json.loads(out.strip().splitlines()[-1])
+        c = json.loads(text.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        j = {"ok": False, "error": f"exit {cli.returncode}: {(out + err)[-800:]}"}
-    j["byte_exact"] = bool(j.get("sha_ok")) and j.get("bytes") == size
-    return {"client": j, "system": meter.report(size), "router": router, "testbed": desc}
+        c = {"ok": False, "error": f"exit {p.returncode}: {text[-800:]}"}
+    c["byte_exact"] = bool(c.get("sha_ok")) and c.get("bytes") == size
+    return c
 
 
-def _tk_tcp_flow(kind: str, cfg: TestbedConfig, size: int, verbose: bool,
-                 baseline_s: float) -> dict:
-    """The same measurement for Trickles or Reno (through `goodput.run_flows`)."""
-    base = syscpu.Meter().baseline(baseline_s) if baseline_s else None
-    r = run_flows(cfg, [FlowSpec(kind, size)], verbose, f"quic_cmp_{kind}", series=False)
-    c = r["clients"][0]
-    app = c.get("goodput_mbit") if kind != "trickles" else \
-        round(c.get("goodput_bps", 0) / 1e6, 4) or None
-    f = r["flows"][0] if r["flows"] else {}
-    cpu = (r.get("server_cpu_s") or {}).get(kind)
-    return {"client": {**c, "goodput_mbit": app}, "capture_goodput_mbit": f.get("goodput_mbit"),
-            "system": syscpu.from_flows(base, r, cpu, size), "router": r.get("router"),
-            "testbed": r["testbed"]}
+def flow(kind: str, cfg: TestbedConfig, size: int, verbose: bool = False,
+         baseline_s: float = 0.0) -> dict:
+    """One transfer of `size` generated bytes by `kind` (trickles, reno, quic) through a fresh
+    testbed, measured the same way for all three: the client's goodput and byte check, the
+    server's and the client's CPU, the kernel's (`syscpu`), the router's counters."""
+    timeout = max(60.0, 8 * size * 8 / (cfg.rate_mbit * 1e6) + 30)
+    tmp = Path(tempfile.mkdtemp(prefix="tk-bench-quic-"))
+    os.chmod(tmp, 0o755)
+    try:
+        with Testbed(cfg, verbose=verbose, tag=f"quic{os.getpid() % 10000}{kind[0]}") as tb:
+            srv = _server(tb, kind, cfg, tmp)
+            meter = syscpu.Meter()
+            if baseline_s:
+                meter.baseline(baseline_s)
+            meter.start([srv.pid])
+            p, client_s = _client(tb, kind, size, timeout, tmp / "client.out")
+            meter.stop(client_s)
+            router = tb.counters()
+            alive = srv.poll() is None
+            desc = tb.describe()
+        c = _result(kind, size, tmp / "client.out", p)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"client": c, "system": meter.report(size), "router": router,
+            "server_alive_at_end": alive, "testbed": desc}
 
 
 def _one(kind: str, cfg: TestbedConfig, size: int, verbose: bool, baseline_s: float) -> dict:
-    timeout = max(60.0, 8 * size * 8 / (cfg.rate_mbit * 1e6) + 30)
     try:
-        if kind == "quic":
-            return quic_flow(cfg, size, timeout, verbose, baseline_s)
-        return _tk_tcp_flow(kind, cfg, size, verbose, baseline_s)
+        return flow(kind, cfg, size, verbose, baseline_s)
     except (RuntimeError, OSError, ValueError) as e:
         return {"error": f"{type(e).__name__}: {e}"}
 
@@ -133,7 +166,6 @@ def goodput(quick: bool, rtts: Sequence[float], jitter_ms: float = 0.0,
             c = r.get("client", {})
             runs.append({"rtt_ms": rtt, "rate_mbit": rate, "kind": kind, "repeat": rep,
                          "size": size, "goodput_mbit": c.get("goodput_mbit"),
-                         "capture_goodput_mbit": r.get("capture_goodput_mbit"),
                          "byte_exact": c.get("byte_exact"),
                          "server_cpu_s": r.get("system", {}).get("server_process_s"),
                          "delay": (r.get("testbed") or {}).get("delay"),
@@ -175,15 +207,16 @@ def cpu(quick: bool, verbose: bool = False) -> dict:
 
 def mem(quick: bool, out_dir: Path, verbose: bool = False) -> dict:
     """Bytes per live connection: QUIC, and Trickles and TCP at the same levels."""
-    levels = MEMORY_LEVELS[quick]
-    q = quic_memory.run(quick, levels, verbose)
+    levels = memory.QUICK_LEVELS if quick else memory.FULL_LEVELS
+    q = quic_memory.run(quick, QUIC_LEVELS[quick], verbose)
     with tempfile.TemporaryDirectory(prefix="tk-quic-mem-") as d:
         m = memory.run(quick, Path(d), verbose, levels=levels,
                        argv=["-m", "trickles_kit.bench.memory", "run", "--levels",
                              ",".join(map(str, levels))])
     s = m["summary"]
     tk, qb = s.get("trickles_bytes_per_connection"), q.get("quic_bytes_per_connection")
-    return {"levels": levels, "quic": q, "trickles_tcp_summary": s,
+    return {"levels": {"quic": QUIC_LEVELS[quick], "trickles_tcp": levels}, "quic": q,
+            "trickles_tcp_summary": s,
             "bytes_per_connection": {"trickles": tk, "quic": qb,
                                      "tcp": s.get("tcp_bytes_per_connection")},
             "trickles_share_of_quic": round(tk / qb, 5) if tk is not None and qb else None,

@@ -16,6 +16,7 @@ from trickles_kit.bench import report
 from trickles_kit.bench.report import EXPERIMENTS, write_report
 from trickles_kit.net import sysdeps
 from trickles_kit.net.testbed import TOOLS
+from trickles_kit.services import quic_failover
 
 
 def add_bench_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +26,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
                     "bottleneck, random loss, captures at the router. Each experiment writes "
                     "OUT/NAME.json (+ NAME.html figures); `report` combines them. Needs root "
                     "(namespaces, raw sockets), except `report`.")
-    b.add_argument("experiment", choices=(*EXPERIMENTS, "all", "report"))
+    # quic: the QUIC (aioquic HTTP/3) baseline, bench/quic.py (not part of `all` yet)
+    b.add_argument("experiment", choices=(*EXPERIMENTS, "quic", "all", "report"))
     b.add_argument("--quick", action="store_true",
                    help="short runs (all of them: under 10 minutes)")
     b.add_argument("--out", default="reports/bench", help="output directory (default "
@@ -92,7 +94,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         t1 = time.monotonic()
         try:
             res = _module(name).run(args.quick, out, args.verbose,
-                                    **(path if name in RTT_EXPERIMENTS else {}))
+                                    **(path if name in RTT_EXPERIMENTS else {}),
+                                    # its failover demo lives a layer up, in services/
+                                    **({"failover": quic_failover.compare}
+                                       if name == "quic" else {}))
         except (RuntimeError, OSError, ValueError) as e:
             print(f"trickles bench: {name} failed: {e}", file=sys.stderr)
             failed.append(name)
@@ -119,7 +124,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 # the experiments that take the RTT knob so far
-RTT_EXPERIMENTS = ("goodput",)
+RTT_EXPERIMENTS = ("goodput", "quic")
 
 
 def _path_kwargs(args: argparse.Namespace, names: list[str]) -> dict | None:
@@ -181,6 +186,7 @@ def judge(summary: dict) -> list[dict]:
         out.append({"target": f"Trickles server memory ~ 0 bytes per connection (under "
                               f"{MEMORY_SHARE:.0%} of TCP's {tcp} B)", "got": tk,
                     "met": tk <= MEMORY_SHARE * tcp})
+    out.extend((summary.get("quic") or {}).get("targets", []))
     return out
 
 
@@ -195,6 +201,9 @@ def _brief(name: str, res: dict) -> dict:
                                       "tcp_bytes_per_connection")}
     if name == "cpu":
         return {"cpu_s_per_mb": res.get("cpu_s_per_mb")}
+    if name == "quic":
+        return {"targets": res.get("targets"), "memory": (res.get("memory") or {}).get(
+            "bytes_per_connection"), "goodput": (res.get("goodput") or {}).get("table")}
     if name == "loopback":
         return {k: res.get(k) for k in ("server_packets_per_s", "floor_pairs_per_s",
                                         "server_over_floor")}
