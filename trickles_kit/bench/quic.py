@@ -58,8 +58,9 @@ CPU_RATE = 100.0
 CPU_BYTES = {True: 5_000_000, False: 30_000_000}
 BASELINE_S = {True: 1.0, False: 2.0}
 # QUIC's levels stay small (a handshake costs ms of Python at both ends); Trickles' and TCP's
-# are `bench memory`'s own: past where Trickles' fixed-size soft caches fill (its docstring)
+# reach past where Trickles' fixed-size soft caches fill (`bench.memory`'s docstring)
 QUIC_LEVELS = {True: [1, 10, 100, 300], False: [1, 10, 100, 300, 1000]}
+TK_LEVELS = {True: [1, 10, 100, 1000], False: memory.FULL_LEVELS}
 MEMORY_SHARE = 0.05  # the target: Trickles' bytes per connection under 5 % of QUIC's
 
 
@@ -207,7 +208,7 @@ def cpu(quick: bool, verbose: bool = False) -> dict:
 
 def mem(quick: bool, out_dir: Path, verbose: bool = False) -> dict:
     """Bytes per live connection: QUIC, and Trickles and TCP at the same levels."""
-    levels = memory.QUICK_LEVELS if quick else memory.FULL_LEVELS
+    levels = TK_LEVELS[quick]
     q = quic_memory.run(quick, QUIC_LEVELS[quick], verbose)
     with tempfile.TemporaryDirectory(prefix="tk-quic-mem-") as d:
         m = memory.run(quick, Path(d), verbose, levels=levels,
