@@ -47,7 +47,12 @@ from trickles_kit.bench.goodput import (  # the Trickles and Reno ends of its te
 )
 from trickles_kit.bench.meta import CHILD_CWD, meta
 from trickles_kit.bench.quic_server import PORT as QUIC_PORT
-from trickles_kit.bench.rtt import expected_mbit, path_config, preflight_path
+from trickles_kit.bench.rtt import (
+    RttPreflightError,
+    expected_mbit,
+    path_config,
+    preflight_path,
+)
 from trickles_kit.net.testbed import CLIENT, SERVER, SERVER_ADDR, Testbed, TestbedConfig
 
 KINDS = ("trickles", "reno", "quic")
@@ -156,7 +161,12 @@ def goodput(quick: bool, rtts: Sequence[float], jitter_ms: float = 0.0,
     """Goodput of the three at each RTT and rate, 0 % loss, median of the repeats."""
     runs, preflights = [], {}
     for rtt in rtts:
-        preflights[f"{rtt:g}"] = preflight_path(rtt, jitter_ms, max(RATES[quick]), verbose)
+        try:  # a path that fails its pre-flight is recorded and skipped, not measured wrong
+            preflights[f"{rtt:g}"] = preflight_path(rtt, jitter_ms, max(RATES[quick]), verbose)
+        except RttPreflightError as e:
+            preflights[f"{rtt:g}"] = {"rtt_asked_ms": rtt, "refused": str(e)}
+            log(f"[quic goodput] RTT {rtt:g} ms refused by the pre-flight: {e}", True)
+            continue
         todo = [(rate, rep, k) for rate in RATES[quick] for rep in range(REPEATS[quick])
                 for k in KINDS]
         for i, (rate, rep, kind) in enumerate(todo, 1):
