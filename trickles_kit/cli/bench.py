@@ -200,7 +200,9 @@ def _brief(name: str, res: dict) -> dict:
         return {k: s.get(k) for k in ("trickles_bytes_per_connection",
                                       "tcp_bytes_per_connection")}
     if name == "cpu":
-        return {"cpu_s_per_mb": res.get("cpu_s_per_mb")}
+        sys_cpu = res.get("system_cpu_s_per_mb") or {}
+        return {"cpu_s_per_mb": res.get("cpu_s_per_mb"), "with_kernel_s_per_mb": {
+            k: v.get("server_plus_kernel_s") for k, v in sys_cpu.items()}}
     if name == "quic":
         return {"targets": res.get("targets"), "memory": (res.get("memory") or {}).get(
             "bytes_per_connection"), "goodput": (res.get("goodput") or {}).get("table")}
