@@ -15,12 +15,10 @@ from wire_helpers import IN_CI, free_port, need_root, need_tool
 if not IN_CI:
     pytest.importorskip("aioquic", reason="aioquic is missing: make lab-venv (the quic extra)")
 
-from aioquic.asyncio import connect, serve  # noqa: E402
-
 from trickles_kit.apps.generated import generated_bytes, generated_sha256  # noqa: E402
 from trickles_kit.bench import quic  # noqa: E402
 from trickles_kit.bench.quic_client import H3Client  # noqa: E402
-from trickles_kit.bench.quic_server import H3Server, configuration  # noqa: E402
+from trickles_kit.bench.quic_server import H3Server, configuration, connect, serve  # noqa: E402
 from trickles_kit.net.testbed import TestbedConfig  # noqa: E402
 
 SIZE = 300_000

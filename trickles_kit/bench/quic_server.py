@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import json
 import os
@@ -31,6 +32,7 @@ import re
 import signal
 import ssl
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -40,9 +42,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 try:  # the `quic` extra (pyproject): aioquic from PyPI
-    from aioquic.asyncio import QuicConnectionProtocol, serve
+    # pyOpenSSL (an aioquic dependency) warns about DSA on a newer cryptography: import it
+    # quietly first (if a later aioquic drops it, nothing is lost)
+    with warnings.catch_warnings(), contextlib.suppress(ImportError):
+        warnings.filterwarnings("ignore", "DSA is deprecated")
+        import OpenSSL.crypto  # noqa: F401
+    from aioquic.asyncio import QuicConnectionProtocol, connect, serve
     from aioquic.h3.connection import H3_ALPN, H3Connection
-    from aioquic.h3.events import HeadersReceived
+    from aioquic.h3.events import DataReceived, HeadersReceived
     from aioquic.quic.configuration import QuicConfiguration
     from aioquic.quic.events import ConnectionTerminated, ProtocolNegotiated, QuicEvent
 except ImportError as e:  # pragma: no cover - the message says what to install
@@ -50,6 +57,9 @@ except ImportError as e:  # pragma: no cover - the message says what to install
                       "(make lab-venv installs it)") from e
 
 from trickles_kit.apps.generated import generated_bytes
+
+__all__ = ["ConnectionTerminated", "DataReceived", "H3Connection", "H3Server", "HeadersReceived",
+           "QuicConnectionProtocol", "QuicEvent", "configuration", "connect", "serve"]
 
 PORT = 8443
 DATAGRAM = 1472  # UDP payload of a 1500-byte IPv4 packet
