@@ -17,7 +17,7 @@ from pathlib import Path
 
 from trickles_kit.bench.goodput import FlowSpec, log, run_flows
 from trickles_kit.bench.meta import meta
-from trickles_kit.net.testbed import TestbedConfig
+from trickles_kit.bench.rtt import path_config, preflight_path, rtt_argv
 
 RATE = 100.0
 SIZES = {True: 10_000_000, False: 50_000_000}
@@ -25,8 +25,11 @@ REPEATS = {True: 1, False: 3}
 KINDS = ("trickles", "reno")
 
 
-def run(quick: bool, out_dir: Path, verbose: bool = False) -> dict:
+def run(quick: bool, out_dir: Path, verbose: bool = False, rtt_ms: float = 0.0,
+        jitter_ms: float = 0.0) -> dict:
+    """The transfers through a path of idle RTT `rtt_ms` (`bench.rtt`: checked first)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    rtt = preflight_path(rtt_ms, jitter_ms, RATE, verbose)
     t0 = time.monotonic()
     size = SIZES[quick]
     runs = []
@@ -34,7 +37,8 @@ def run(quick: bool, out_dir: Path, verbose: bool = False) -> dict:
     for n, (kind, i) in enumerate(todo, 1):
         log(f"[cpu {n}/{len(todo)}] {kind} {size / 1e6:.0f} MB at {RATE} Mbit/s ...", True)
         try:
-            r = run_flows(TestbedConfig(rate_mbit=RATE), [FlowSpec(kind, size)], verbose,
+            r = run_flows(path_config(RATE, 0.0, rtt_ms, jitter_ms), [FlowSpec(kind, size)],
+                          verbose,
                           f"cpu_{kind}_{i}", series=False)
         except (RuntimeError, OSError, ValueError) as e:
             runs.append({"kind": kind, "error": f"{type(e).__name__}: {e}"})
@@ -55,8 +59,9 @@ def run(quick: bool, out_dir: Path, verbose: bool = False) -> dict:
         per[kind] = v[len(v) // 2] if v else None
     res = {"experiment": "cpu",
            "meta": meta(["-m", "trickles_kit.cli", "bench", "cpu"]
-                        + (["--quick"] if quick else []), "quick" if quick else "full"),
-           "rate_mbit": RATE, "bytes": size,
+                        + (["--quick"] if quick else []) + rtt_argv(rtt_ms, jitter_ms),
+                        "quick" if quick else "full"),
+           "rtt": rtt, "rate_mbit": RATE, "bytes": size,
            "counted": "server process utime+stime (/proc/PID/stat, all threads) during the "
                       "transfer; Linux TCP: includes kernel time in its system calls, not "
                       "softirq time outside the process (a lower bound); Trickles: the whole "

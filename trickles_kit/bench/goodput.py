@@ -26,7 +26,7 @@ from pathlib import Path
 from trickles_kit.apps.generated import generated_sha256
 from trickles_kit.bench import flows as fl
 from trickles_kit.bench.meta import CHILD_CWD, meta
-from trickles_kit.bench.rtt import expected_mbit, path_config, preflight_path
+from trickles_kit.bench.rtt import expected_mbit, path_config, preflight_path, rtt_argv
 from trickles_kit.bench.tcphttp import read_head
 from trickles_kit.net.testbed import CLIENT, SERVER, SERVER_ADDR, Testbed, TestbedConfig
 from trickles_kit.viz.report import write_report
@@ -289,7 +289,7 @@ def run(quick: bool, out_dir: Path, verbose: bool = False, rtt_ms: float = 0.0,
                       for rate in DELTA_RATES}
     res = {"experiment": "goodput",
            "meta": meta(["-m", "trickles_kit.cli", "bench", "goodput"]
-                        + (["--quick"] if quick else []) + _rtt_argv(rtt_ms, jitter_ms),
+                        + (["--quick"] if quick else []) + rtt_argv(rtt_ms, jitter_ms),
                         "quick" if quick else "full"),
            "rtt": rtt,
            "seconds_per_run_target": secs, "repeats": REPEATS[quick], "trickles_mss": TK_MSS,
@@ -304,11 +304,6 @@ def run(quick: bool, out_dir: Path, verbose: bool = False, rtt_ms: float = 0.0,
     (out_dir / "goodput.json").write_text(json.dumps(res, indent=1) + "\n")
     _figures(figs, out_dir / "goodput.html")
     return res
-
-
-def _rtt_argv(rtt_ms: float, jitter_ms: float) -> list[str]:
-    return ([f"--rtt={rtt_ms:g}"] if rtt_ms else []) + \
-        ([f"--jitter={jitter_ms:g}"] if jitter_ms else [])
 
 
 def _median(xs: list[float]) -> float | None:

@@ -34,7 +34,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
                    help="also refresh the committed results benchmarks/results/bench_NAME.json "
                         "from this (full) run and regenerate the README table from them")
     b.add_argument("--rtt", type=float, default=0.0, metavar="MS",
-                   help="idle round-trip time of the path (goodput): MS/2 each way, by netem "
+                   help="idle round-trip time of the path (every experiment but loopback): "
+                        "MS/2 each way, by netem "
                         "or the NFQUEUE delay line; checked before the runs (refused if off by "
                         "more than 1 ms); the bottleneck buffers max(50 ms, one RTT) of its rate")
     b.add_argument("--jitter", type=float, default=0.0, metavar="MS",
@@ -91,6 +92,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
         t1 = time.monotonic()
         try:
+            # under `all`, loopback (no path) runs as it is; the others get the RTT
             res = _module(name).run(args.quick, out, args.verbose,
                                     **(path if name in RTT_EXPERIMENTS else {}))
         except (RuntimeError, OSError, ValueError) as e:
@@ -118,8 +120,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-# the experiments that take the RTT knob so far
-RTT_EXPERIMENTS = ("goodput",)
+# the experiments that take the RTT knob: every one with a path between two namespaces
+# (loopback measures the server alone on loopback: no path, nothing to delay)
+RTT_EXPERIMENTS = ("goodput", "fairness", "cpu", "memory")
 
 
 def _path_kwargs(args: argparse.Namespace, names: list[str]) -> dict | None:
@@ -127,9 +130,9 @@ def _path_kwargs(args: argparse.Namespace, names: list[str]) -> dict | None:
     rtt, jitter = getattr(args, "rtt", 0.0) or 0.0, getattr(args, "jitter", 0.0) or 0.0
     if not rtt and not jitter:
         return {}
-    other = [n for n in names if n not in RTT_EXPERIMENTS]
-    msg = (f"--rtt/--jitter: only {', '.join(RTT_EXPERIMENTS)} takes them so far, not "
-           f"{', '.join(other)}" if other else
+    other = [n for n in names if n not in RTT_EXPERIMENTS and len(names) == 1]
+    msg = (f"--rtt/--jitter: {', '.join(other)} has no path to delay (it measures the server "
+           f"alone on loopback); {', '.join(RTT_EXPERIMENTS)} take them" if other else
            "--rtt and --jitter must be >= 0, with jitter <= rtt/2"
            if rtt < 0 or jitter < 0 or 2 * jitter > rtt else None)
     if msg:
