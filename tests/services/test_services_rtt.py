@@ -108,3 +108,22 @@ def test_preflight_refuses_a_path_that_is_not_the_rtt_asked() -> None:
     # the line's rules went with it (the namespace is gone; nothing is left in this one)
     rules = subprocess.run(["iptables", "-S", "FORWARD"], capture_output=True, text=True).stdout
     assert f"tkdl{tag}" not in rules and ns_r not in _namespaces()
+
+
+def test_failover_against_rtt_rows_and_figure() -> None:
+    from trickles_kit.services import lab
+
+    res = [{"scenario": "failover", "kind": "trickles", "stall_s": 0.07, "bound_s": 0.26,
+            "handshakes": 1, "rtt": {"rtt_asked_ms": 50.0, "rtt_measured_ms": 50.6}},
+           {"scenario": "failover", "kind": "trickles", "stall_s": 0.2, "bound_s": 0.21,
+            "handshakes": 1},
+           {"scenario": "failover", "kind": "tcp", "tcp": {"recover_s": 0.27},
+            "handshakes": 2, "rtt": {"rtt_asked_ms": 50.0, "rtt_measured_ms": 50.5}},
+           {"scenario": "balance", "kind": "trickles"}]
+    rows = lab.failover_vs_rtt(res)
+    assert [(r["kind"], r["rtt_ms"], r["stall_s"]) for r in rows] == [
+        ("tcp", 50.0, 0.27), ("trickles", 0.0, 0.2), ("trickles", 50.0, 0.07)]
+    fig = lab.failover_rtt_figure(rows)
+    assert [list(t.y) for t in fig.data] == [[200.0, 70.0], [270.0], [210.0, 260.0]]
+    # the committed results load, whatever RTTs they hold
+    assert all(r["kind"] in ("trickles", "tcp") for r in lab.failover_vs_rtt())
