@@ -51,3 +51,30 @@ def test_host_delay_on_a_direct_link() -> None:
         # the line stopped with the block: its rule is gone, its counters recorded
         assert "NFQUEUE" not in topo.sh("c", ["iptables", "-S", "OUTPUT"]).stdout
         assert rec["delay_line"]["kernel_dropped"] == 0
+
+
+def test_rtt_targets_and_where_a_delayed_run_is_recorded(tmp_path) -> None:
+    import json
+
+    from trickles_kit.cli.bench import _brief, judge, record
+
+    res = {"rtt": {"rtt_asked_ms": 50.0, "rtt_measured_ms": 50.4}, "table": [],
+           "ratio_trickles_over_reno_per_rate": {"10": 0.95},
+           "ratios": {"10mbit_loss0": {"trickles_over_reno": 0.95},
+                      "10mbit_loss0.01": {"trickles_over_reno": 0.85},
+                      "100mbit_loss0": {"trickles_over_reno": 0.3}}}
+    brief = _brief("goodput_rtt50", res)
+    assert brief["rtt_ms"] == 50.0 and brief["ratios"]["10mbit_loss0"] == 0.95
+    got = {t["target"]: t["met"] for t in judge({"goodput_rtt50": brief})}
+    assert got == {"goodput Trickles/Reno >= 0.93 at RTT 50 ms, 10 Mbit/s, 0% loss": True,
+                   "goodput Trickles/Reno >= 0.9 at RTT 50 ms, 10 Mbit/s, 1% loss": False}
+    assert "rtt_ms" not in _brief("goodput", {"ratio_trickles_over_reno_per_rate": {}})
+    # `goodput --rtt 50 --record` must not replace the no-delay bench_goodput.json
+    out, results = tmp_path / "out", tmp_path / "results"
+    out.mkdir()
+    results.mkdir()
+    (out / "goodput.json").write_text(json.dumps(res))
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- bench-table:start -->\n<!-- bench-table:end -->\n")
+    assert [p.name for p in record(["goodput"], out, results, readme)] == [
+        "bench_goodput_rtt50.json"]

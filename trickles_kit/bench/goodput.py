@@ -227,9 +227,10 @@ def _strip(r: dict) -> dict:
 
 
 def run(quick: bool, out_dir: Path, verbose: bool = False, rtt_ms: float = 0.0,
-        jitter_ms: float = 0.0) -> dict:
+        jitter_ms: float = 0.0, stem: str = "goodput") -> dict:
     """Goodput at 10/50/100 Mbit/s, 0 and 1 % loss: Trickles, Reno, Cubic, one flow at a time,
-    through a path of idle RTT `rtt_ms` (`bench.rtt`: checked first, refused if off)."""
+    through a path of idle RTT `rtt_ms` (`bench.rtt`: checked first, refused if off); written
+    to `out_dir/STEM.json` (`trickles bench all`'s RTT grid: goodput_rttMS)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rtt = preflight_path(rtt_ms, jitter_ms, max(RATES), verbose)
     if rtt_ms:
@@ -301,8 +302,8 @@ def run(quick: bool, out_dir: Path, verbose: bool = False, rtt_ms: float = 0.0,
            "ratio_trickles_delta_over_reno_per_rate": per_rate_delta,
            "target": "Trickles/Reno >= 0.9 at 10 and 50 Mbit/s (0 % loss)",
            "wall_s": round(time.monotonic() - t0, 1)}
-    (out_dir / "goodput.json").write_text(json.dumps(res, indent=1) + "\n")
-    _figures(figs, out_dir / "goodput.html")
+    (out_dir / f"{stem}.json").write_text(json.dumps(res, indent=1) + "\n")
+    _figures(figs, out_dir / f"{stem}.html")
     return res
 
 

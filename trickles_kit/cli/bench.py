@@ -77,6 +77,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     path = _path_kwargs(args, names)
     if path is None:
         return 2
+    if args.experiment == "all" and not args.quick and not path:
+        # the full run adds goodput through each RTT of the grid (goodput_rttMS)
+        names += [f"goodput_rtt{r:g}" for r in RTT_GRID]
     testbed = [n for n in names if n != "loopback"]  # loopback needs no namespaces
     if testbed:
 
@@ -93,8 +96,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         t1 = time.monotonic()
         try:
             # under `all`, loopback (no path) runs as it is; the others get the RTT
-            res = _module(name).run(args.quick, out, args.verbose,
-                                    **(path if name in RTT_EXPERIMENTS else {}))
+            res = _run_one(name, args, out, path)
         except (RuntimeError, OSError, ValueError) as e:
             print(f"trickles bench: {name} failed: {e}", file=sys.stderr)
             failed.append(name)
@@ -118,6 +120,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.record:
         record([n for n in names if n not in failed], out)
     return 1 if failed else 0
+
+
+# RTTs (ms) a full `trickles bench all` measures goodput at, besides the experiments' own
+# (no delay): issue #15's grid
+RTT_GRID = (20.0, 50.0, 100.0, 200.0)
+
+
+def _run_one(name: str, args: argparse.Namespace, out: Path, path: dict) -> dict:
+    """One experiment; `goodput_rttMS` is goodput through a path of that RTT."""
+    if name.startswith("goodput_rtt"):
+        return _module("goodput").run(args.quick, out, args.verbose,
+                                      rtt_ms=float(name[len("goodput_rtt"):]), stem=name)
+    # under `all`, loopback (no path) runs as it is; the others get the RTT
+    return _module(name).run(args.quick, out, args.verbose,
+                             **(path if name in RTT_EXPERIMENTS else {}))
 
 
 # the experiments that take the RTT knob: every one with a path between two namespaces
@@ -150,7 +167,10 @@ def record(names: list[str], out: Path, results: Path | None = None,
     for name in names:
         src = out / f"{name}.json"
         if src.exists():
-            dst = results / f"bench_{name}.json"
+            # a run through a delay never replaces the no-delay result: bench_NAME_rttMS.json
+            rtt = (json.loads(src.read_text()).get("rtt") or {}).get("rtt_asked_ms") or 0.0
+            tail = f"_rtt{rtt:g}" if rtt and "_rtt" not in name else ""
+            dst = results / f"bench_{name}{tail}.json"
             shutil.copyfile(src, dst)
             written.append(dst)
             print(f"trickles bench: recorded {os.path.relpath(dst)}", file=sys.stderr)
@@ -174,6 +194,7 @@ def judge(summary: dict) -> list[dict]:
             got = ratios[rate]
             out.append({"target": f"goodput Trickles/Reno >= 0.9 at {rate} Mbit/s, 0 % loss",
                         "got": got, "met": got is not None and got >= 0.9})
+    out += _rtt_targets(summary)
     jain = (summary.get("fairness") or {}).get("jain_1_1")
     if "fairness" in summary and "error" not in summary["fairness"]:
         out.append({"target": "Jain's index >= 0.9 for 1 Trickles + 1 Reno", "got": jain,
@@ -187,9 +208,32 @@ def judge(summary: dict) -> list[dict]:
     return out
 
 
+def _rtt_targets(summary: dict) -> list[dict]:
+    """Issue #15's: Trickles/Reno >= 0.93 at every RTT <= 100 ms and rate <= 50 Mbit/s with
+    0 % loss, >= 0.90 with 1 % loss (runs through a delay: goodput --rtt, or the grid)."""
+    out = []
+    for name, s in summary.items():
+        rtt = (s or {}).get("rtt_ms")
+        if not name.startswith("goodput") or not rtt or rtt > 100:
+            continue
+        for key, got in sorted((s.get("ratios") or {}).items()):
+            rate, loss = key.split("mbit_loss")
+            if float(rate) > 50:
+                continue
+            want = 0.93 if float(loss) == 0 else 0.90
+            out.append({"target": f"goodput Trickles/Reno >= {want} at RTT {rtt:g} ms, {rate} "
+                                  f"Mbit/s, {float(loss):.0%} loss", "got": got,
+                        "met": got is not None and got >= want})
+    return out
+
+
 def _brief(name: str, res: dict) -> dict:
-    if name == "goodput":
-        return {"trickles_over_reno": res.get("ratio_trickles_over_reno_per_rate")}
+    if name.startswith("goodput"):
+        rtt = (res.get("rtt") or {}).get("rtt_asked_ms") or 0.0
+        return {"trickles_over_reno": res.get("ratio_trickles_over_reno_per_rate"),
+                **({"rtt_ms": rtt, "rtt_measured_ms": res["rtt"].get("rtt_measured_ms"),
+                    "ratios": {k: v.get("trickles_over_reno")
+                               for k, v in (res.get("ratios") or {}).items()}} if rtt else {})}
     if name == "fairness":
         return {"jain_1_1": res.get("jain_1_1"), "jain_1_4": res.get("jain_1_4")}
     if name == "memory":
