@@ -33,3 +33,12 @@ def test_goodput_vs_rtt_reads_every_rtt(tmp_path: Path) -> None:
     assert {t.name for t in fig.data} == {"trickles 10 Mbit/s", "reno 10 Mbit/s"}
     assert list(fig.data[1].x) == [0.0, 50.0] and list(fig.data[1].y) == [0.9, 0.7]
     assert benchmark.goodput_vs_rtt(tmp_path / "none") == []
+    # no full run through a delay: the quick runs, RTT 0 included, never mixed with full ones
+    quick = tmp_path / "quick"
+    quick.mkdir()
+    (quick / "bench_goodput.json").write_text(json.dumps(_goodput(None, [9.0], [9.5])))
+    for rtt, g in ((0, 8.0), (100, 5.0)):
+        (quick / f"wan_goodput_rtt{rtt}_quick.json").write_text(
+            json.dumps(_goodput(float(rtt), [g], [9.0])))
+    rows = [r for r in benchmark.goodput_vs_rtt(quick) if r["kind"] == "trickles"]
+    assert [(r["rtt_ms"], r["goodput_mbit"]) for r in rows] == [(0.0, 8.0), (100.0, 5.0)]

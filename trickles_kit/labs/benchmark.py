@@ -174,11 +174,15 @@ def _loopback(lo: dict) -> Any:
 
 def goodput_vs_rtt(directory: str | Path = RESULTS) -> list[dict[str, Any]]:
     """Goodput against the path's RTT: one record per (RTT, rate, loss, kind) from the
-    goodput results of `directory` — `bench_goodput.json` (no delay) and every
-    `bench_goodput_rttMS.json` (`trickles bench goodput --rtt MS`); the median of each cell's
-    runs, as a share of the bottleneck rate too."""
+    goodput results of `directory` — the full runs `bench_goodput.json` (no delay) and
+    `bench_goodput_rttMS.json` (`trickles bench all`'s RTT grid, --record); while there are
+    none through a delay, the quick runs `wan_goodput_rttMS_quick.json` (RTT 0 included),
+    so one figure never mixes full and quick runs. The median of each cell's runs, as a share
+    of the bottleneck rate too."""
     d = Path(directory)
-    files = sorted(d.glob("bench_goodput.json")) + sorted(d.glob("bench_goodput_rtt*.json"))
+    files = sorted(d.glob("bench_goodput_rtt*.json"))
+    files = (sorted(d.glob("bench_goodput.json")) + files if files
+             else sorted(d.glob("wan_goodput_rtt*_quick.json")))
     rows = []
     for f in files:
         g = json.loads(f.read_text())
