@@ -89,7 +89,7 @@ def test_failover_tcp_with_rtt_resets_and_resumes() -> None:
     _root()
     from trickles_kit.services.scenarios import run_failover
 
-    r = run_failover("tcp", size=1_500_000, rate_mbit=40, rtt_ms=RTT)
+    r = run_failover("tcp", size=3_000_000, rate_mbit=40, rtt_ms=RTT)
     assert r["byte_exact"] and r["handshakes"] >= 2, r.get("tcp")
     assert abs(r["rtt"]["rtt_measured_ms"] - RTT) <= 1.0
     # resuming costs at least a new handshake and the Range request's round trip
