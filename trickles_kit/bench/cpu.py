@@ -22,7 +22,7 @@ from pathlib import Path
 from trickles_kit.bench import syscpu
 from trickles_kit.bench.goodput import FlowSpec, log, run_flows
 from trickles_kit.bench.meta import meta
-from trickles_kit.net.testbed import TestbedConfig
+from trickles_kit.bench.rtt import path_config, preflight_path, rtt_argv
 
 RATE = 100.0
 SIZES = {True: 10_000_000, False: 50_000_000}
@@ -31,8 +31,11 @@ KINDS = ("trickles", "reno")
 BASELINE_S = {True: 1.0, False: 2.0}  # idle machine measured before each run (syscpu)
 
 
-def run(quick: bool, out_dir: Path, verbose: bool = False) -> dict:
+def run(quick: bool, out_dir: Path, verbose: bool = False, rtt_ms: float = 0.0,
+        jitter_ms: float = 0.0) -> dict:
+    """The transfers through a path of idle RTT `rtt_ms` (`bench.rtt`: checked first)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    rtt = preflight_path(rtt_ms, jitter_ms, RATE, verbose)
     t0 = time.monotonic()
     size = SIZES[quick]
     runs = []
@@ -41,7 +44,8 @@ def run(quick: bool, out_dir: Path, verbose: bool = False) -> dict:
         log(f"[cpu {n}/{len(todo)}] {kind} {size / 1e6:.0f} MB at {RATE} Mbit/s ...", True)
         base = syscpu.Meter().baseline(BASELINE_S[quick])
         try:
-            r = run_flows(TestbedConfig(rate_mbit=RATE), [FlowSpec(kind, size)], verbose,
+            r = run_flows(path_config(RATE, 0.0, rtt_ms, jitter_ms), [FlowSpec(kind, size)],
+                          verbose,
                           f"cpu_{kind}_{i}", series=False)
         except (RuntimeError, OSError, ValueError) as e:
             runs.append({"kind": kind, "error": f"{type(e).__name__}: {e}"})
@@ -64,8 +68,9 @@ def run(quick: bool, out_dir: Path, verbose: bool = False) -> dict:
     system = syscpu.medians_per_mb(runs, KINDS)
     res = {"experiment": "cpu",
            "meta": meta(["-m", "trickles_kit.cli", "bench", "cpu"]
-                        + (["--quick"] if quick else []), "quick" if quick else "full"),
-           "rate_mbit": RATE, "bytes": size,
+                        + (["--quick"] if quick else []) + rtt_argv(rtt_ms, jitter_ms),
+                        "quick" if quick else "full"),
+           "rtt": rtt, "rate_mbit": RATE, "bytes": size,
            "counted": "server process utime+stime (/proc/PID/stat, all threads) during the "
                       "transfer; Linux TCP: includes kernel time in its system calls, not "
                       "softirq time outside the process (a lower bound); Trickles: the whole "

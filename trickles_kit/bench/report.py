@@ -95,18 +95,57 @@ def headline(res: dict[str, dict]) -> list[tuple[str, str, str, str]]:
 
 
 def readme_table(results_dir: Path = RESULTS) -> str:
-    """The README's headline table, generated from `results_dir/bench_*.json`."""
+    """The README's headline table, generated from `results_dir/bench_*.json`: each row with
+    the RTT its experiment ran at; then the goodput rows of the runs through a delay
+    (`bench_goodput_rttMS.json`, `trickles bench goodput --rtt MS`) at the rates and losses
+    the targets name."""
     res = load(results_dir, "bench_")
-    lines = ["| measure | Trickles | Linux TCP | ratio / note |", "|---|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in headline(res)]
+    lines = ["| measure | RTT | Trickles | Linux TCP | ratio / note |", "|---|---|---|---|---|"]
+    for name in EXPERIMENTS:
+        if name in res:
+            rtt = rtt_words(res[name], name)
+            lines += [f"| {a} | {rtt} | {b} | {c} | {d} |" for a, b, c, d in
+                      headline({name: res[name]})]
+    for g in rtt_results(results_dir):
+        rtt = rtt_words(g, "goodput")
+        lines += [f"| {a} | {rtt} | {b} | {c} | {d} |" for a, b, c, d in
+                  headline({"goodput": g}) if _target_cell(a)]
     dates = sorted({r["meta"]["date_utc"][:10] for r in res.values() if "meta" in r})
     machine = next((r["meta"]["machine"] for r in res.values() if "meta" in r), {})
     lines.append("")
     lines.append(f"Full runs of `trickles bench` ({', '.join(dates) or 'no results'}; "
                  f"{machine.get('cpu_model', '?')}, {machine.get('cpu_count', '?')} CPUs); "
                  f"files `benchmarks/results/bench_*.json`. Delay: "
-                 f"{_delay(res)}.")
+                 f"{_delay(res)}." + (" Rows with an RTT: `trickles bench goodput --rtt MS` "
+                                      "(`bench_goodput_rttMS.json`; its mode in the RTT column)."
+                                      if rtt_results(results_dir) else ""))
     return "\n".join(lines)
+
+
+def rtt_results(results_dir: Path = RESULTS) -> list[dict]:
+    """The committed goodput runs through a delay, by RTT."""
+    runs = [json.loads(p.read_text()) for p in Path(results_dir).glob("bench_goodput_rtt*.json")]
+    return sorted(runs, key=lambda r: (r.get("rtt") or {}).get("rtt_asked_ms") or 0.0)
+
+
+def _target_cell(measure: str) -> bool:
+    """Rows of the cells the targets name (10 and 50 Mbit/s, Trickles' own wire)."""
+    return ("delta" not in measure and
+            any(measure.startswith(f"goodput, {r} Mbit/s") for r in (10, 50)))
+
+
+def rtt_words(r: dict, name: str = "") -> str:
+    """The RTT an experiment ran at: "0" (no delay), "–" (loopback: no path), or asked
+    (measured) with the run's mode when it was not a full run."""
+    if name == "loopback":
+        return "–"
+    rtt = r.get("rtt") or {}
+    asked = rtt.get("rtt_asked_ms") or 0.0
+    if not asked:
+        return "0"
+    mode = (r.get("meta") or {}).get("mode")
+    tail = f"; {mode}" if mode and mode != "full" else ""
+    return f"{asked:g} ms ({rtt.get('rtt_measured_ms')}{tail})"
 
 
 def _delay(res: dict[str, dict]) -> str:
