@@ -20,7 +20,7 @@ def _args(rtt: float, jitter: float = 0.0) -> argparse.Namespace:
 
 
 def test_which_experiments_take_the_rtt(capsys: pytest.CaptureFixture[str]) -> None:
-    assert set(RTT_EXPERIMENTS) == {"goodput", "fairness", "cpu", "memory"}
+    assert set(RTT_EXPERIMENTS) == {"goodput", "fairness", "cpu", "memory", "quic"}
     assert _path_kwargs(_args(0.0), ["loopback"]) == {}
     assert _path_kwargs(_args(50.0, 5.0), ["cpu"]) == {"rtt_ms": 50.0, "jitter_ms": 5.0}
     # `all`: loopback runs as it is, the others get the RTT

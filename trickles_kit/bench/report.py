@@ -94,6 +94,39 @@ def headline(res: dict[str, dict]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def quic_rows(q: dict) -> list[tuple[str, str, str, str, str]]:
+    """(measure, RTT, Trickles, Linux TCP, QUIC and ratio) rows of a QUIC baseline run
+    (`benchmarks/bench_quic.py`, `trickles bench quic`): the third baseline of issue #15."""
+    rows = []
+    for r in q.get("goodput", {}).get("table", []):
+        rows.append((f"goodput with QUIC, {r['rate_mbit']} Mbit/s, client-measured "
+                     "(Mbit/s, median)", f"{r['rtt_ms']:g} ms", _f(r.get("trickles")),
+                     f"Reno {_f(r.get('reno'))}",
+                     f"QUIC {_f(r.get('quic'))}; Trickles/QUIC "
+                     f"{_f(r.get('trickles_over_quic'))}"))
+    per = q.get("cpu", {}).get("per_mb", {})
+    if per:
+        t, tcp, qu = (per.get(k, {}) for k in ("trickles", "reno", "quic"))
+        rows.append(("server CPU per MB incl. the kernel's network work (s)", "none",
+                     _f(t.get("server_plus_kernel_s"), "{:.4f}"),
+                     _f(tcp.get("server_plus_kernel_s"), "{:.4f}"),
+                     f"QUIC {_f(qu.get('server_plus_kernel_s'), '{:.4f}')}"))
+    mem = q.get("memory", {}).get("bytes_per_connection", {})
+    if mem:
+        rows.append(("server memory per connection vs QUIC (bytes)", "none",
+                     _f(mem.get("trickles"), "{:.0f}"), _f(mem.get("tcp"), "{:.0f}"),
+                     f"QUIC {_f(mem.get('quic'), '{:,.0f}')}"))
+    return rows
+
+
+def _quic_result(results_dir: Path) -> dict | None:
+    for name in ("bench_quic.json", "quic_baseline.json"):
+        p = Path(results_dir) / name
+        if p.exists():
+            return json.loads(p.read_text())
+    return None
+
+
 def readme_table(results_dir: Path = RESULTS) -> str:
     """The README's headline table, generated from `results_dir/bench_*.json`: each row with
     the RTT its experiment ran at; then the goodput rows of the runs through a delay
@@ -110,6 +143,9 @@ def readme_table(results_dir: Path = RESULTS) -> str:
         rtt = rtt_words(g, "goodput")
         lines += [f"| {a} | {rtt} | {b} | {c} | {d} |" for a, b, c, d in
                   headline({"goodput": g}) if _target_cell(a)]
+    q = _quic_result(results_dir)
+    if q:
+        lines += ["| " + " | ".join(row) + " |" for row in quic_rows(q)]
     dates = sorted({r["meta"]["date_utc"][:10] for r in res.values() if "meta" in r})
     machine = next((r["meta"]["machine"] for r in res.values() if "meta" in r), {})
     lines.append("")

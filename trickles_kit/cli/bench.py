@@ -26,7 +26,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
                     "bottleneck, random loss, captures at the router. Each experiment writes "
                     "OUT/NAME.json (+ NAME.html figures); `report` combines them. Needs root "
                     "(namespaces, raw sockets), except `report`.")
-    # quic: the QUIC (aioquic HTTP/3) baseline, bench/quic.py (not part of `all` yet)
+    # quic: the QUIC (aioquic HTTP/3) baseline, bench/quic.py (in a full `all`)
     b.add_argument("experiment", choices=(*EXPERIMENTS, "quic", "all", "report"))
     b.add_argument("--quick", action="store_true",
                    help="short runs (all of them: under 10 minutes)")
@@ -82,6 +82,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.experiment == "all" and not args.quick and not path:
         # the full run adds goodput through each RTT of the grid (goodput_rttMS)
         names += [f"goodput_rtt{r:g}" for r in RTT_GRID]
+        names.append("quic")  # the third baseline, at the experiments' RTTs
     testbed = [n for n in names if n != "loopback"]  # loopback needs no namespaces
     if testbed:
 
@@ -134,6 +135,8 @@ def _run_one(name: str, args: argparse.Namespace, out: Path, path: dict) -> dict
     if name.startswith("goodput_rtt"):
         return _module("goodput").run(args.quick, out, args.verbose,
                                       rtt_ms=float(name[len("goodput_rtt"):]), stem=name)
+    if name == "quic" and args.experiment == "all":  # the grid, as goodput_rttMS has it
+        path = {**path, "rtts": (path.get("rtt_ms", 0.0), *RTT_GRID[:3])}
     # under `all`, loopback (no path) runs as it is; the others get the RTT
     return _module(name).run(args.quick, out, args.verbose,
                              **(path if name in RTT_EXPERIMENTS else {}),
