@@ -88,10 +88,11 @@ __all__ = [
     "LINKTYPE_LOOP", "LINKTYPE_NULL", "LINKTYPE_RAW", "LINKTYPE_RAW_BSD12", "LINKTYPE_RAW_BSD14",
     "MAGIC_NS", "MAGIC_US", "MAX_BLOCK", "MAX_INTERFACES", "MAX_RECORD", "PCAPNG_BOM",
     "PCAPNG_EPB", "PCAPNG_IDB", "PCAPNG_PB", "PCAPNG_SHB", "PCAPNG_SPB", "SUPPORTED_LINKTYPES",
-    "WINDOW", "PcapError", "PcapReader", "Record", "TruncatedCaptureWarning", "read_pcap",
+    "BIG_WINDOW", "WINDOW", "PcapError", "PcapReader", "Record", "TruncatedCaptureWarning", "read_pcap",
     "strip_link", "write_pcap", "write_pcapng",
 ]
 _PACKET_BLOCKS = (PCAPNG_EPB, PCAPNG_SPB, PCAPNG_PB)
+BIG_WINDOW = 1 << 24  # bytes per window of `offset_batches` (16 MiB: ~20k records of a bulk run)
 
 
 class Record(NamedTuple):
@@ -301,8 +302,53 @@ class PcapReader:
         finally:
             self.frames = n
 
-    def _past_window(self, win: FileWindow, off: int, n: int, need: int, incl: int
-                     ) -> tuple[bytes, int, int] | None:
+    def offset_batches(self, window: int = BIG_WINDOW) -> Iterator[tuple[bytes, list[int]]]:
+        """Classic pcap only: ``(buf, offsets)`` per window of about `window` bytes, offsets
+        being those of the record headers in `buf` (every record, IPv4 or not).
+
+        The walk of a columnar decoder (`capture.columnar`): one unpack per record here, the
+        times, lengths and the IPv4 test read from the buffer for all records at once. Memory
+        is one window. Oversized records, truncation and corrupt lengths as `_pcap_walk`."""
+        if self.format != "pcap":
+            raise PcapError("offset_batches reads classic pcap only")
+        win = self._window()
+        buf = win.buf
+        u32 = struct.Struct(self._endian + "I").unpack_from
+        limit = max(self.snaplen, MAX_RECORD)
+        off, n = 24, 0
+        try:
+            while True:
+                size = len(buf)
+                offs: list[int] = []
+                add = offs.append
+                while True:
+                    if off + 16 > size:
+                        need, incl = 16, -1
+                        break
+                    incl = u32(buf, off + 8)[0]
+                    end = off + 16 + incl
+                    if end > size or incl > MAX_RECORD:
+                        need = 16 + incl
+                        break
+                    add(off)
+                    off = end
+                if incl > limit:
+                    raise PcapError(
+                        f"corrupt pcap: record {n + len(offs)} at offset {win.base + off} "
+                        f"claims {incl} captured bytes (snapshot length {self.snaplen})")
+                n += len(offs)
+                if offs:
+                    self.frames = n
+                    yield buf, offs
+                more = self._past_window(win, off, n, need, incl, window)
+                if more is None:
+                    return
+                buf, off, n = more
+        finally:
+            self.frames = n
+
+    def _past_window(self, win: FileWindow, off: int, n: int, need: int, incl: int,
+                     want: int = 0) -> tuple[bytes, int, int] | None:
         """A classic-pcap walk met the end of its window (`need` bytes wanted at `off`: a
         record header when `incl` < 0, else a record of `incl` bytes), or a record over
         `MAX_RECORD`, skipped unread: (window, offset, records so far) to go on, or None at
@@ -316,7 +362,7 @@ class PcapReader:
                 return None
             self.skipped["oversized"] += 1
             return moved[0], moved[1], n + 1
-        buf = win.fill(off, need)
+        buf = win.fill(off, max(need, want))  # (`want`: a larger window for a columnar walk)
         if len(buf) < need:
             if buf:  # (empty: the end of the file, between two records)
                 if incl < 0 or len(buf) < 16:
