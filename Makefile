@@ -41,7 +41,7 @@ $(VPY):
 	fi
 
 # (Re)install only when pyproject.toml changes. `lab-venv` (what test, lab and demo use) installs
-# the dev and lab extras in one pip run straight from the bare venv and marks both stamps, so a
+# the dev, lab and parquet extras in one pip run straight from the bare venv and marks both stamps, so a
 # fresh `make test` installs once.
 $(STAMP): pyproject.toml | $(VPY)
 	$(VPY) -m pip install -q --upgrade pip
@@ -58,7 +58,7 @@ $(VENV)/.plotly-basic: $(LABSTAMP)
 
 $(LABSTAMP): pyproject.toml | $(VPY)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -e '.[dev,lab]'
+	$(VPY) -m pip install -e '.[dev,lab,parquet]'
 	touch $(STAMP) $@
 
 # The main job: JupyterLab at the tour (127.0.0.1 only; the URL with its token is printed).

@@ -17,7 +17,7 @@ import numpy as np
 from trickles_kit.capture.columns import KINDS, PacketColumns, arrow_or_none
 from trickles_kit.capture.rows import PANDAS_HINT, ROW_FIELDS
 
-__all__ = ["HEX_PAIRS", "arrow_table", "packets_frame"]
+__all__ = ["HEX_PAIRS", "hex_arrow", "packets_frame"]
 
 # byte -> its two hex digits as one little-endian uint16 (one gather makes a MAC's 32 chars)
 HEX_PAIRS = np.array([int.from_bytes(f"{i:02x}".encode(), "little") for i in range(256)],
@@ -56,7 +56,7 @@ def _series_values(pd, pa, pc: PacketColumns, f: str):
         return _hex_text(pd, pa, v, m)
     if kind in ("list3", "list2"):
         if pa is not None:
-            return pd.arrays.ArrowExtensionArray(_arrow_list(pa, pc, f))
+            return pd.arrays.ArrowExtensionArray(arrow_list(pa, pc, f))
         return pd.array(_py_lists(pc, f), dtype=object)
     if m is None or not m.any():
         return v
@@ -69,15 +69,8 @@ def _series_values(pd, pa, pc: PacketColumns, f: str):
 
 def _hex_text(pd, pa, mac: np.ndarray, mask: np.ndarray | None):
     """The MACs as hex text (what `packets_df` has always shown), None where there is none."""
-    n = len(mac)
     if pa is not None:
-        digits = HEX_PAIRS[mac]  # (n, 16) uint16: 32 ASCII bytes a row
-        offsets = np.arange(0, 32 * n + 1, 32, dtype=np.int64)
-        valid = None if mask is None or not mask.any() else pa.py_buffer(
-            np.packbits(~mask, bitorder="little"))
-        arr = pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(digits),
-                                               valid)
-        return pd.arrays.ArrowExtensionArray(arr.cast(pa.string()))
+        return pd.arrays.ArrowExtensionArray(hex_arrow(pa, mac, mask))
     raw = mac.tobytes()
     out = [raw[i:i + 16].hex() for i in range(0, len(raw), 16)]
     if mask is not None:
@@ -86,7 +79,19 @@ def _hex_text(pd, pa, mac: np.ndarray, mask: np.ndarray | None):
     return pd.array(out, dtype=object)
 
 
-def _arrow_list(pa, pc: PacketColumns, f: str):
+def hex_arrow(pa, mac: np.ndarray, mask: np.ndarray | None):
+    """An Arrow string array of the MACs' hex text, made from one gather (no str per row)."""
+    n = len(mac)
+    digits = HEX_PAIRS[mac]  # (n, 16) uint16: 32 ASCII bytes a row
+    big = 32 * n >= 1 << 31
+    offsets = np.arange(0, 32 * n + 1, 32, dtype=np.int64 if big else np.int32)
+    valid = None if mask is None or not mask.any() else pa.py_buffer(
+        np.packbits(~mask, bitorder="little"))
+    kind = pa.LargeStringArray if big else pa.StringArray
+    return kind.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(digits), valid)
+
+
+def arrow_list(pa, pc: PacketColumns, f: str):
     """list<struct<...>> of a list column, from its offsets and values (no copy per row)."""
     vals = pc.lists[f]
     names = _LIST_NAMES[f]
@@ -107,30 +112,3 @@ def _py_lists(pc: PacketColumns, f: str) -> list:
         for i in np.flatnonzero(m).tolist():
             out[i] = None
     return out
-
-
-def arrow_table(pc: PacketColumns, extra: dict | None = None):
-    """A pyarrow Table of `pc` (the Parquet schema of docs/analysis.md); `extra` adds constant
-    columns (e.g. the run's name). Needs pyarrow."""
-    pa = arrow_or_none()
-    if pa is None:
-        raise ImportError("pyarrow is needed for Arrow/Parquet: pip install pyarrow "
-                          "(or pip install -e '.[parquet]')")
-    pd = _pandas()
-    arrays = []
-    for f in ROW_FIELDS:
-        v = _series_values(pd, pa, pc, f)
-        if isinstance(v, pd.arrays.ArrowExtensionArray):
-            arrays.append(v._pa_array.combine_chunks())
-        elif isinstance(v, pd.Categorical):
-            arrays.append(pa.DictionaryArray.from_arrays(
-                pa.array(v.codes, mask=v.codes < 0), pa.array(list(v.categories),
-                                                               pa.string())))
-        elif isinstance(v, np.ndarray):
-            arrays.append(pa.array(v))
-        else:
-            arrays.append(pa.array(v))
-    table = pa.Table.from_arrays(arrays, names=list(ROW_FIELDS))
-    for name, value in (extra or {}).items():
-        table = table.append_column(name, pa.array([value] * pc.n, pa.string()).dictionary_encode())
-    return table

@@ -88,8 +88,8 @@ __all__ = [
     "LINKTYPE_LOOP", "LINKTYPE_NULL", "LINKTYPE_RAW", "LINKTYPE_RAW_BSD12", "LINKTYPE_RAW_BSD14",
     "MAGIC_NS", "MAGIC_US", "MAX_BLOCK", "MAX_INTERFACES", "MAX_RECORD", "PCAPNG_BOM",
     "PCAPNG_EPB", "PCAPNG_IDB", "PCAPNG_PB", "PCAPNG_SHB", "PCAPNG_SPB", "SUPPORTED_LINKTYPES",
-    "BIG_WINDOW", "WINDOW", "PcapError", "PcapReader", "Record", "TruncatedCaptureWarning", "read_pcap",
-    "strip_link", "write_pcap", "write_pcapng",
+    "BIG_WINDOW", "WINDOW", "PcapError", "PcapReader", "Record", "TruncatedCaptureWarning",
+    "read_pcap", "strip_link", "write_pcap", "write_pcapng",
 ]
 _PACKET_BLOCKS = (PCAPNG_EPB, PCAPNG_SPB, PCAPNG_PB)
 BIG_WINDOW = 1 << 24  # bytes per window of `offset_batches` (16 MiB: ~20k records of a bulk run)
