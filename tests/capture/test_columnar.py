@@ -32,7 +32,7 @@ def need(module: str):
     except ImportError:
         if IN_CI:
             pytest.fail(f"{module} is missing (make lab-venv installs it)")
-        pytest.skip(f"{module} is not installed")
+        pytest.skip(f"{module} missing: make lab-venv installs it")
 
 
 def _secret(name: str) -> bytes:

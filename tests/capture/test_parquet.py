@@ -30,7 +30,7 @@ def need(module: str):
     except ImportError:
         if IN_CI:
             pytest.fail(f"{module} is missing (make lab-venv installs the parquet extra)")
-        pytest.skip(f"{module} is not installed")
+        pytest.skip(f"{module} missing: make lab-venv installs it")
 
 
 def _decode_to(out: Path, name: str, *extra: str) -> int:
