@@ -134,10 +134,9 @@ def scan_batch(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, ts: np.ndar
     p = starts + _P
     req_cols, rq = _requests(u8, G, head, vec & is_req, p, end)
     resp_cols, rs = _responses(u8, G, head, vec & ~is_req, p, end)
-    pos = np.concatenate([rq, rs])
-    order = np.argsort(pos, kind="stable")
-    cols = PacketColumns.concat([req_cols, resp_cols]).take(order)
-    pos = pos[order]
+    pos = np.sort(np.concatenate([rq, rs]))
+    cols = PacketColumns.interleave([req_cols, resp_cols],
+                                    [np.searchsorted(pos, rq), np.searchsorted(pos, rs)])
     _fill_head(cols, head, pos, ts, total)
     taken = np.zeros(len(starts), bool)
     taken[pos] = True

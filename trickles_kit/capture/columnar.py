@@ -130,8 +130,11 @@ class ColumnDecoder:
             ports = before | {p for _, p in new[:j]}
             parts.append(self._rows(buf, ts, starts, ends, sub, ports, False))
         self.ports |= {p for _, p in new}
-        cols = PacketColumns.concat(parts)
-        return cols.take(np.argsort(cols.data["index"], kind="stable"))
+        if len(parts) == 1:
+            return scan.cols
+        pos = np.sort(np.concatenate([p.data["index"] for p in parts]))
+        return PacketColumns.interleave(parts, [np.searchsorted(pos, p.data["index"])
+                                                for p in parts])
 
     def _directions(self, head, ok, syns, new: list) -> tuple[np.ndarray, np.ndarray]:
         """(request?, decided by port?) per datagram: `capture.decode`'s direction rule, the
@@ -203,7 +206,7 @@ class ColumnDecoder:
 
 def _raw_batches(reader) -> Iterator[tuple[bytes, np.ndarray, np.ndarray, np.ndarray]]:
     """A classic pcap of raw IP: (window, times, starts, ends) of its IPv4 datagrams per window,
-    the record headers read with numpy (`PcapReader.offset_batches`)."""
+    the record headers read with numpy (`PcapReader.mapped_batches`)."""
     e = reader._endian
     dt = np.dtype({"names": ["sec", "frac", "incl"], "formats": [e + "u4"] * 3,
                    "offsets": [0, 4, 8], "itemsize": 16})
@@ -211,7 +214,7 @@ def _raw_batches(reader) -> Iterator[tuple[bytes, np.ndarray, np.ndarray, np.nda
     skipped: Counter = reader.skipped
     y = 0
     try:
-        for buf, offs in reader.offset_batches(BIG_WINDOW):
+        for buf, offs in reader.mapped_batches(BIG_WINDOW):
             u8 = np.frombuffer(buf, np.uint8)
             o = np.array(offs, np.int64)
             h = np.lib.stride_tricks.sliding_window_view(u8, 16)[o].view(dt)[:, 0]

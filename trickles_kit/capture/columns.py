@@ -175,6 +175,44 @@ class PacketColumns:
         mask = {f: m[order] for f, m in self.mask.items()}
         return PacketColumns(len(order), data, mask, self.cats, lists)
 
+    @classmethod
+    def interleave(cls, parts: Sequence[PacketColumns], slots: Sequence[np.ndarray]
+                   ) -> PacketColumns:
+        """One table whose row ``slots[j][i]`` is row i of ``parts[j]`` (the slots of all parts
+        together being 0..n-1): `concat` and `take` in one copy."""
+        pairs = [(p, s) for p, s in zip(parts, slots, strict=True) if p.n]
+        if len(pairs) == 1:
+            return pairs[0][0]
+        if not pairs:
+            return cls.empty()
+        parts = [p for p, _ in pairs]
+        n = sum(p.n for p in parts)
+        vocab: list[str] = []
+        for p in parts:
+            vocab += [e for e in p.cats["error"] if e not in vocab]
+        data: dict = {}
+        mask: dict = {}
+        lists: dict = {}
+        for f, kind in KINDS.items():
+            if kind.rstrip("?") in _WIDTH:
+                data[f], lists[f] = _interleave_ragged(pairs, f, n)
+            else:
+                first = parts[0].data[f]
+                out = np.empty((n, *first.shape[1:]), first.dtype)
+                for p, s in pairs:
+                    out[s] = (_recode(p.data[f], p.cats[f], vocab) if f == "error"
+                              else p.data[f])
+                data[f] = out
+            if kind.endswith("?"):
+                m = np.zeros(n, bool)
+                for p, s in pairs:
+                    pm = p.mask.get(f)
+                    if pm is not None:
+                        m[s] = pm
+                mask[f] = m
+        cats = {fld: list(v) for fld, v in CATS.items()} | {"error": vocab}
+        return cls(n, data, mask, cats, lists)
+
     def to_pandas(self):
         """A pandas DataFrame, `ROW_FIELDS` columns, built from the arrays (see `frames`)."""
         from trickles_kit.capture.frames import packets_frame  # (frames imports this module)
@@ -223,6 +261,24 @@ def _concat_ragged(offs: list, vals: list) -> tuple[np.ndarray, np.ndarray]:
         shift += int(o[-1] - o[0])
     values = np.concatenate([v[o[0]:o[-1]] for o, v in zip(offs, vals, strict=True)])
     return np.concatenate(out), values
+
+
+def _interleave_ragged(pairs: list, f: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    counts = np.zeros(n, np.int64)
+    for p, s in pairs:
+        counts[s] = np.diff(p.data[f])
+    off = np.zeros(n + 1, np.int64)
+    np.cumsum(counts, out=off[1:])
+    width = pairs[0][0].lists[f].shape[1]
+    values = np.empty((int(off[-1]), width), np.int64)
+    for p, s in pairs:
+        c = np.diff(p.data[f])
+        if not c.sum():
+            continue
+        start = p.data[f][0]
+        dest = np.repeat(off[s] - (p.data[f][:-1] - start), c) + np.arange(int(c.sum()))
+        values[dest] = p.lists[f][start:start + int(c.sum())]
+    return off, values
 
 
 def _take_ragged(off: np.ndarray, vals: np.ndarray, order: np.ndarray

@@ -39,6 +39,7 @@ A pipe is read in order and can be walked once.
 
 from __future__ import annotations
 
+import mmap
 import os
 import stat
 import struct
@@ -346,6 +347,60 @@ class PcapReader:
                 buf, off, n = more
         finally:
             self.frames = n
+
+    def mapped_batches(self, span: int = BIG_WINDOW) -> Iterator[tuple[bytes, list[int]]]:
+        """`offset_batches` over the file mapped whole (a regular file; otherwise the windows of
+        `offset_batches`): no copy of the bytes at all, and the pages behind each batch are
+        dropped (`MADV_DONTNEED`), so what stays resident is about `span` bytes."""
+        if self.size is None or self.format != "pcap" or not hasattr(mmap, "MADV_DONTNEED"):
+            yield from self.offset_batches(span)
+            return
+        size = self.size
+        mm = mmap.mmap(self._f.fileno(), 0, access=mmap.ACCESS_READ)
+        u32 = struct.Struct(self._endian + "I").unpack_from
+        off, n, done = 24, 0, 0
+        try:
+            while off < size:
+                stop = min(off + span, size)
+                offs: list[int] = []
+                add = offs.append
+                while off < stop and off + 16 <= size:
+                    incl = u32(mm, off + 8)[0]
+                    end = off + 16 + incl
+                    if end > size or incl > MAX_RECORD:
+                        break
+                    add(off)
+                    off = end
+                n += len(offs)
+                if offs:
+                    self.frames = n
+                    yield mm, offs
+                cut = off & ~(mmap.PAGESIZE - 1)
+                if cut > done:
+                    mm.madvise(mmap.MADV_DONTNEED, done, cut - done)
+                    done = cut
+                if off < stop and off < size:
+                    off, n = self._mapped_problem(mm, off, n, size, u32)
+        finally:
+            self.frames = n
+
+    def _mapped_problem(self, mm, off: int, n: int, size: int, u32) -> tuple[int, int]:
+        """A mapped walk met a record that does not fit: skipped (oversized), or the end of
+        the walk (a truncation noted; returns an offset at the file's end). The messages are
+        `_pcap_walk`'s."""
+        left = size - off
+        if left < 16:
+            self._truncate(f"record {n} header at offset {off} is cut short")
+            return size, n
+        incl = u32(mm, off + 8)[0]
+        if incl > max(self.snaplen, MAX_RECORD):
+            raise PcapError(f"corrupt pcap: record {n} at offset {off} claims {incl} captured "
+                            f"bytes (snapshot length {self.snaplen})")
+        if off + 16 + incl > size:
+            self._truncate(f"record {n} at offset {off} needs {incl} bytes, {left - 16} remain")
+            return size, n
+        self.skipped["oversized"] += 1  # (incl > MAX_RECORD: no datagram is this large)
+        return off + 16 + incl, n + 1
 
     def _past_window(self, win: FileWindow, off: int, n: int, need: int, incl: int,
                      want: int = 0) -> tuple[bytes, int, int] | None:
