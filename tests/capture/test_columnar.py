@@ -19,6 +19,7 @@ import pytest
 from trickles_kit.apps.sim import LinkConfig, simulate_transfer
 from trickles_kit.capture import columnar
 from trickles_kit.capture.decode import decode_pcap
+from trickles_kit.capture.pcapio import PcapError
 from trickles_kit.capture.rows import ROW_FIELDS
 
 CAPS = Path(__file__).resolve().parents[2] / "captures"
@@ -154,3 +155,47 @@ def test_packets_df_equals_the_row_table(lossy, arrow, monkeypatch) -> None:
         got = [_plain(v) for v in df[f].astype(object).tolist()]
         assert got == a[f], f
     assert isinstance(df["src"].dtype, pd.CategoricalDtype)
+
+
+def _records(data: bytes) -> list[int]:
+    """Record offsets of a little-endian classic pcap."""
+    offs, o = [], 24
+    while o + 16 <= len(data):
+        offs.append(o)
+        o += 16 + int.from_bytes(data[o + 8:o + 12], "little")
+    return offs
+
+
+def test_corrupt_truncated_and_oversized_records_as_the_row_decoder(lossy, tmp_path) -> None:
+    """Checksum failures (a flipped byte: odd and even offsets, headers and payloads), a
+    capture cut inside its last record, an oversized record: the same rows, flags and notes."""
+    path, secret = lossy
+    data = bytearray(path.read_bytes())
+    offs = _records(bytes(data))
+    for k, o in enumerate(offs[5::37]):
+        incl = int.from_bytes(data[o + 8:o + 12], "little")
+        data[o + 16 + 20 + (k * 7) % max(incl - 20, 1)] ^= 0x40
+    bad = tmp_path / "bad.pcap"
+    bad.write_bytes(bytes(data))
+    assert_same(bad)
+    assert decode_pcap(bad, events=False).errors["flagged.decode.checksum"] > 50
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(bytes(data[: offs[-3] + 30]))
+    with pytest.warns(Warning):
+        assert_same(cut)
+    big = tmp_path / "oversized.pcap"
+    o = offs[len(offs) // 2]
+    huge = (300_000).to_bytes(4, "little")
+    body = (bytes(data[24:o]) + bytes(data[o:o + 8]) + huge + huge + bytes(300_000)
+            + bytes(data[o:]))
+    big.write_bytes(bytes(data[:16]) + (1 << 20).to_bytes(4, "little") + bytes(data[20:24])
+                    + body)
+    assert_same(big)
+    assert decode_pcap(big, events=False).errors["not_trickles.oversized"] == 1
+    corrupt = tmp_path / "corrupt.pcap"  # the same record over the snapshot length: an error
+    corrupt.write_bytes(bytes(data[:24]) + body)
+    with pytest.raises(PcapError) as old:
+        decode_pcap(corrupt, events=False)
+    with pytest.raises(PcapError) as new:
+        columnar.decode_columns(corrupt, events=False)
+    assert str(new.value) == str(old.value)

@@ -113,9 +113,10 @@ def header_stage(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray):
 
 
 def scan_batch(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, ts: np.ndarray,
-               cksum: np.ndarray | None, is_req_of, strict: bool) -> Scan | None:
+               cksum: bool, is_req_of, strict: bool) -> Scan | None:
     """Decode the datagrams u8[starts[i]:ends[i]] (`ts` their times) that have the two bulk
-    shapes; `cksum` the checksum verdicts (None: not checked); ``is_req_of(head, ok, syns)``
+    shapes; `cksum`: verify TCP checksums (a failure is left to the row decoder, which flags
+    it); ``is_req_of(head, ok, syns)``
     the direction rule's verdicts (request?, decided by port?). None when `strict` (ports are
     being learned) and a datagram might be a Trickles segment of another layout: its SYN could
     teach a port, so the caller decodes the whole batch in order."""
@@ -128,9 +129,9 @@ def scan_batch(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, ts: np.ndar
     syns = list(zip(sp.tolist(), syn_port.tolist(), strict=True))
     is_req, _ = is_req_of(head, ok, syns)
     vec = ok & ~syn
-    if cksum is not None:
-        vec &= cksum
     end = starts + total
+    if cksum:
+        vec &= checksums_ok(u8, starts, end, vec)
     p = starts + _P
     req_cols, rq = _requests(u8, G, head, vec & is_req, p, end)
     resp_cols, rs = _responses(u8, G, head, vec & ~is_req, p, end)
@@ -143,6 +144,42 @@ def scan_batch(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, ts: np.ndar
     rest = np.flatnonzero(~taken)
     raw = G[pos] if pos.size else G[:0]
     return Scan(cols, pos, rest, syns, head, raw)
+
+
+def checksums_ok(u8: np.ndarray, starts: np.ndarray, end: np.ndarray, sel: np.ndarray
+                 ) -> np.ndarray:
+    """The TCP checksum verdicts of the datagrams `sel` (IPv4 without options: the sum runs
+    over the addresses and the segment, u8[start + 12:end], pseudo-header protocol 6) — the
+    codec's rule, as `batches._cksum_ok` / `_batch_checksums` compute it, in one pass.
+
+    Why one pass: the sum of 16-bit words mod 0xFFFF only depends on each byte's weight, 1 or
+    256 (256 * 256 = 1 mod 0xFFFF). Summing the little-endian words of the even-aligned span
+    [a, z) around [s, e) (one ``add.reduceat`` for every segment of the batch, whatever its
+    alignment) gives even bytes weight 1 and odd ones 256; less the byte before s (s odd) and
+    the byte at e (e odd) that span adds, it is the big-endian sum times 256 (s even) or
+    itself (s odd): an odd length's pad byte comes out right either way."""
+    out = np.zeros(len(starts), bool)
+    # (a datagram at the very end of the buffer is left to the row decoder: reduceat needs a
+    # word past the last span)
+    idx = np.flatnonzero(sel & (((end[:] + 1) & ~1) + 2 <= len(u8)))
+    if not len(idx):
+        return out
+    s = starts[idx] + 12
+    e = end[idx]
+    a = s & ~1
+    z = (e + 1) & ~1
+    words = np.frombuffer(u8, dtype="<u2", count=(int(z[-1]) + 2) >> 1)
+    marks = np.empty(2 * len(idx), np.int64)
+    marks[0::2] = a >> 1
+    marks[1::2] = z >> 1
+    t = np.add.reduceat(words, marks, dtype=np.uint32)[0::2].astype(np.int64)
+    t -= np.where(s & 1, u8[np.maximum(s - 1, 0)], 0)
+    t -= np.where(e & 1, u8[np.minimum(e, len(u8) - 1)].astype(np.int64) << 8, 0)
+    t %= 0xFFFF
+    t = np.where(s & 1, t, t * 256)
+    seglen = e - starts[idx] - 20
+    out[idx] = (t + 6 + seglen) % 0xFFFF == 0
+    return out
 
 
 def _fill_head(cols: PacketColumns, head, pos: np.ndarray, ts: np.ndarray,

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from trickles_kit.capture.batches import MIN_NUMPY, _batch_checksums, decode_batches
+from trickles_kit.capture.batches import MIN_NUMPY, decode_batches
 from trickles_kit.capture.colscan import scan_batch, verify
 from trickles_kit.capture.columns import PacketColumns
 from trickles_kit.capture.decode import _finish, _make_verifier, _note_wrong_secret
@@ -110,11 +110,8 @@ class ColumnDecoder:
 
     def _vector(self, buf, ts, starts, ends) -> PacketColumns:
         u8 = np.frombuffer(buf, np.uint8)
-        cksum = None
-        if self.checksums:
-            cksum = np.array(_batch_checksums(buf, starts.tolist(), ends.tolist()), bool)
         new: list[tuple[int, int]] = []
-        scan = scan_batch(u8, starts, ends, ts, cksum,
+        scan = scan_batch(u8, starts, ends, ts, self.checksums,
                           lambda head, ok, syns: self._directions(head, ok, syns, new),
                           strict=self.service_port is None)
         if scan is None:  # a datagram whose layout the vector pass cannot place: all rows
