@@ -67,23 +67,25 @@ _FULL = np.array([FULL1, FULL2])
 
 
 class Scan:
-    """What `scan_batch` found: the vector rows (`cols`, positions `pos` in the batch), the
-    positions left to the row decoder (`rest`), and the SYN ports in batch order (`syns`:
-    (position, port) for each datagram with our layout and the SYN flag)."""
+    """What `scan_batch` found: the vector rows (`parts`: requests, responses; each row's
+    `index` its position in the batch; `raws` their fixed bytes), the positions left to the
+    row decoder (`rest`), and the SYN ports in batch order (`syns`: (position, port) for each
+    datagram with our layout and the SYN flag)."""
 
-    __slots__ = ("cols", "pos", "rest", "syns", "head", "raw")
+    __slots__ = ("parts", "raws", "rest", "syns")
 
-    def __init__(self, cols, pos, rest, syns, head, raw) -> None:
-        self.cols, self.pos, self.rest, self.syns, self.head, self.raw = (
-            cols, pos, rest, syns, head, raw)
+    def __init__(self, parts, raws, rest, syns) -> None:
+        self.parts, self.raws, self.rest, self.syns = parts, raws, rest, syns
 
 
 def _be(u8: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
-    """Big-endian unsigned integers of `width` bytes at `pos` (int64)."""
-    out = u8[pos].astype(np.int64)
-    for k in range(1, width):
-        out = (out << 8) | u8[pos + k]
-    return out
+    """Big-endian unsigned integers of `width` (1, 2 or 4) bytes at `pos` (int64; a position
+    too close to the end reads the last `width` bytes: callers mask those rows out)."""
+    if len(u8) < width:
+        return np.zeros(len(pos), np.int64)
+    sw = np.lib.stride_tricks.sliding_window_view(u8, width)
+    rows = sw[np.minimum(pos, len(u8) - width)]  # (k, width) bytes, one copy
+    return rows.view(f">u{width}")[:, 0].astype(np.int64)
 
 
 def header_stage(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray):
@@ -135,15 +137,12 @@ def scan_batch(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, ts: np.ndar
     p = starts + _P
     req_cols, rq = _requests(u8, G, head, vec & is_req, p, end)
     resp_cols, rs = _responses(u8, G, head, vec & ~is_req, p, end)
-    pos = np.sort(np.concatenate([rq, rs]))
-    cols = PacketColumns.interleave([req_cols, resp_cols],
-                                    [np.searchsorted(pos, rq), np.searchsorted(pos, rs)])
-    _fill_head(cols, head, pos, ts, total)
     taken = np.zeros(len(starts), bool)
-    taken[pos] = True
+    for cols, pos in ((req_cols, rq), (resp_cols, rs)):
+        _fill_head(cols, head, pos, ts, total)
+        taken[pos] = True
     rest = np.flatnonzero(~taken)
-    raw = G[pos] if pos.size else G[:0]
-    return Scan(cols, pos, rest, syns, head, raw)
+    return Scan([req_cols, resp_cols], [G[rq], G[rs]], rest, syns)
 
 
 def checksums_ok(u8: np.ndarray, starts: np.ndarray, end: np.ndarray, sel: np.ndarray
