@@ -55,6 +55,7 @@ if str(REPO) not in sys.path:
 
 from trickles_kit.bench.meta import meta as _meta  # noqa: E402
 from trickles_kit.capture.columnar import _raw_batches, decode_columns  # noqa: E402
+from trickles_kit.capture.columns import arrow_or_none  # noqa: E402
 from trickles_kit.capture.decode import decode_pcap  # noqa: E402
 from trickles_kit.capture.pcapio import read_pcap  # noqa: E402
 
@@ -269,8 +270,11 @@ def layers(path: Path, secret: bytes, repeat: int, tmp: Path) -> dict:
                          "fast_path_no_checksums": lambda: col(checksums=False),
                          "row_fast_path": lambda: decode_pcap(path, events=False).n_packets},
                         repeat)
-    res |= measure_group({"rows": col_rows, "packets_df": col_df, "row_packets_df": row_df,
-                          "parquet_write": parquet}, repeat)
+    group = {"rows": col_rows, "packets_df": col_df, "row_packets_df": row_df}
+    if arrow_or_none() is not None:
+        group["parquet_write"] = parquet
+    res |= measure_group(group, repeat)
+    res.setdefault("parquet_write", {"skipped": "pyarrow is not installed (the parquet extra)"})
     res |= measure_group({"events_df": col_events, "row_events_df": row_events}, repeat)
     res |= measure_group({"events_df_secret": lambda: col_events(secret),
                           "row_events_df_secret": lambda: row_events(secret)}, max(1, repeat - 1))
