@@ -215,7 +215,7 @@ class PacketColumns:
 
     def to_pandas(self):
         """A pandas DataFrame, `ROW_FIELDS` columns, built from the arrays (see `frames`)."""
-        from trickles_kit.capture.frames import packets_frame  # (frames imports this module)
+        from trickles_kit.capture.frames import packets_frame  # lazy: frames imports this module
 
         return packets_frame(self)
 

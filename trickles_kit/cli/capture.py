@@ -387,7 +387,7 @@ def _stream_decode(args: argparse.Namespace) -> int:
 
 def _parquet_decode(args: argparse.Namespace) -> int:
     """`--format parquet`: the tables as Parquet files under --output (`capture.parquet`)."""
-    from trickles_kit.capture import parquet  # (pyarrow is optional: imported on demand)
+    from trickles_kit.capture import parquet  # lazy: numpy/pyarrow only for Parquet
 
     if not args.output:
         return _fail("decode", "--format parquet needs --output DIR")
