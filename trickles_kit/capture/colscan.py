@@ -167,10 +167,11 @@ def checksums_ok(u8: np.ndarray, starts: np.ndarray, end: np.ndarray, sel: np.nd
     e = end[idx]
     a = s & ~1
     z = (e + 1) & ~1
-    words = np.frombuffer(u8, dtype="<u2", count=(int(z[-1]) + 2) >> 1)
+    base = int(a[0])  # the batch's part of the buffer only (reduceat casts all it is given)
+    words = np.frombuffer(u8, dtype="<u2", offset=base, count=(int(z[-1]) + 2 - base) >> 1)
     marks = np.empty(2 * len(idx), np.int64)
-    marks[0::2] = a >> 1
-    marks[1::2] = z >> 1
+    marks[0::2] = (a - base) >> 1
+    marks[1::2] = (z - base) >> 1
     t = np.add.reduceat(words, marks, dtype=np.uint32)[0::2].astype(np.int64)
     t -= np.where(s & 1, u8[np.maximum(s - 1, 0)], 0)
     t -= np.where(e & 1, u8[np.minimum(e, len(u8) - 1)].astype(np.int64) << 8, 0)
