@@ -63,7 +63,6 @@ _REQ_DT = _dtype([("rtype", "u1", _P)]
 _RESP_DT = _dtype([("nonce", ">u4", _P), ("siblings", "u1", _P + 4), ("position", "u1", _P + 5),
                    ("ucont_len", ">u2", _P + 6)]
                   + [(f, t, _P + RESPONSE_CONT_OFFSET + o) for f, t, o in _CONT])
-_FULL = np.array([FULL1, FULL2])
 
 
 class Scan:
@@ -105,12 +104,17 @@ def header_stage(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray):
     ok = (room & (head["b0"] == 0x45) & ~frag & ((proto == 253) | (proto == 6))
           & (head["okind"] == OPT_KIND) & (head["olen"] == 6) & (head["exid"] == OPT_EXID)
           & ((head["offb"] >> 4) == HEADER_LEN // 4) & (total <= n) & (total >= _P))
-    b0 = u8[np.minimum(starts, size - 1)] if size else np.zeros(len(starts), np.uint8)
-    pr = u8[np.minimum(starts + 9, size - 1)] if size else b0
-    fr = _be(u8, np.minimum(starts + 6, max(size - 2, 0)), 2) & 0x3FFF if size else b0
+    # cannot be Trickles: the header fields from G where it holds them, else read here
+    b0, pr, fr = head["b0"].copy(), proto.copy(), frag.copy()
+    out = np.flatnonzero(~room)
+    if len(out) and size:
+        at = starts[out]
+        b0[out] = u8[np.minimum(at, size - 1)]
+        pr[out] = u8[np.minimum(at + 9, size - 1)]
+        fr[out] = (_be(u8, np.minimum(at + 6, max(size - 2, 0)), 2) & 0x3FFF) != 0
     ihl = (b0 & 15).astype(np.int64) << 2
-    harmless = ((n < 20) | (b0 >> 4 != 4) | (ihl < 20) | (ihl > n) | (fr != 0)
-                | ~np.isin(pr, (6, 17, 253)))
+    harmless = ((n < 20) | (b0 >> 4 != 4) | (ihl < 20) | (ihl > n) | fr
+                | ((pr != 6) & (pr != 17) & (pr != 253)))
     return G, head, ok, harmless, total
 
 
@@ -185,15 +189,14 @@ def checksums_ok(u8: np.ndarray, starts: np.ndarray, end: np.ndarray, sel: np.nd
 def _fill_head(cols: PacketColumns, head, pos: np.ndarray, ts: np.ndarray,
                total: np.ndarray) -> None:
     """The IP / TCP fields of the vector rows (positions `pos`, in order)."""
-    h = head[pos]
     d = cols.data
     d["index"] = pos.astype(np.int64)  # (the caller adds the batch's first record index)
     d["t"] = ts[pos]
-    d["carrier"] = np.where(h["proto"] == 253, 0, 1).astype(np.int16)
+    d["carrier"] = np.where(head["proto"][pos] == 253, 0, 1).astype(np.int16)
     d["length"] = total[pos]
     for f in ("src", "dst", "sport", "dport", "seq", "ack", "flags", "window"):
-        d[f] = h[f].astype(np.dtype(KINDS[f].replace("addr", "u4")))
-    d["trickles_len"] = h["tlen"].astype(np.uint16)
+        d[f] = head[f][pos].astype(np.dtype(KINDS[f].replace("addr", "u4")))
+    d["trickles_len"] = head["tlen"][pos].astype(np.uint16)
 
 
 def _base(k: int, fields: dict) -> tuple[dict, dict]:
@@ -219,12 +222,13 @@ def _base(k: int, fields: dict) -> tuple[dict, dict]:
     return data, mask
 
 
-def _cont_fields(v, out: dict) -> None:
+def _cont_fields(v, at: np.ndarray, out: dict) -> None:
+    """The continuation's fields of rows `at` of the structured view `v`."""
     for f, _, _ in _CONT:
         if f == "mac":
-            out[f] = np.ascontiguousarray(v[f]).view(np.uint8).reshape(-1, 16)
+            out[f] = np.ascontiguousarray(v[f][at]).view(np.uint8).reshape(-1, 16)
         else:
-            out[f] = v[f].astype(np.dtype(KINDS[f].rstrip("?")))
+            out[f] = v[f][at].astype(np.dtype(KINDS[f].rstrip("?")))
 
 
 def _requests(u8, G, head, sel, p, end) -> tuple[PacketColumns, np.ndarray]:
@@ -232,11 +236,12 @@ def _requests(u8, G, head, sel, p, end) -> tuple[PacketColumns, np.ndarray]:
     conditions): their columns and positions."""
     size = len(u8)
     idx = np.flatnonzero(sel)
-    v = G[idx].view(_REQ_DT)[:, 0]
+    v = G.view(_REQ_DT)[:, 0]  # (fields are read at the rows they are needed for)
     p, end = p[idx], end[idx]
-    ns = v["nsacks"].astype(np.int64)
-    good = ((end - p >= REQUEST_HEAD_LEN) & (v["rtype"] != 2) & (v["rtype"] <= 3)
-            & np.isin(v["cont_type"], _FULL) & (v["state"] < 3) & (ns <= MAX_SACKS))
+    ns = v["nsacks"][idx].astype(np.int64)
+    rtype, ctype = v["rtype"][idx], v["cont_type"][idx]
+    good = ((end - p >= REQUEST_HEAD_LEN) & (rtype != 2) & (rtype <= 3)
+            & ((ctype == FULL1) | (ctype == FULL2)) & (v["state"][idx] < 3) & (ns <= MAX_SACKS))
     q = p + REQUEST_HEAD_LEN + _SL * ns
     good &= q + 3 <= end
     qc = np.where(good, q, 0)
@@ -255,13 +260,13 @@ def _requests(u8, G, head, sel, p, end) -> tuple[PacketColumns, np.ndarray]:
         np.maximum.at(top, np.repeat(np.arange(len(idx)), nr), hi)
     good &= top <= 0x100000000
     keep = np.flatnonzero(good)
-    v, ns, nr, ulen = v[keep], ns[keep], nr[keep], ulen[keep]
+    ns, nr, ulen = ns[keep], nr[keep], ulen[keep]
     s_off, sv = _sacks(u8, p[keep] + REQUEST_HEAD_LEN, ns)
     r_off2, rv = _sub_ragged(r_off, np.stack([lo, hi], axis=1), keep)
-    fields: dict = {"req_type": v["rtype"].astype(np.int16), "ucont_len": ulen.astype(np.uint16),
+    fields: dict = {"req_type": rtype[keep].astype(np.int16), "ucont_len": ulen.astype(np.uint16),
                     "sacks": s_off, "ranges": r_off2, "app_len": end[keep] - q2[keep],
                     "direction": np.zeros(len(keep), np.int16)}
-    _cont_fields(v, fields)
+    _cont_fields(v, idx[keep], fields)
     data, mask = _base(len(keep), fields)
     for f in ("req_type", "ucont_len", "app_len", "sacks", "ranges", *[c[0] for c in _CONT]):
         mask[f] = np.zeros(len(keep), bool)
@@ -273,12 +278,13 @@ def _responses(u8, G, head, sel, p, end) -> tuple[PacketColumns, np.ndarray]:
     (`batches._fast_response`'s inline case): their columns and positions."""
     size = len(u8)
     idx = np.flatnonzero(sel)
-    v = G[idx].view(_RESP_DT)[:, 0]
+    v = G.view(_RESP_DT)[:, 0]  # (fields are read at the rows they are needed for)
     p, end = p[idx], end[idx]
-    ulen = v["ucont_len"].astype(np.int64)
+    ulen = v["ucont_len"][idx].astype(np.int64)
+    ctype = v["cont_type"][idx]
     c = p + RESPONSE_FULL_LEN + ulen
-    good = ((end - p >= RESPONSE_FULL_LEN) & np.isin(v["cont_type"], _FULL) & (v["state"] < 3)
-            & (c <= end))
+    good = ((end - p >= RESPONSE_FULL_LEN) & ((ctype == FULL1) | (ctype == FULL2))
+            & (v["state"][idx] < 3) & (c <= end))
     chunk = good & (c < end) & (c + CHUNK_HEADER_LEN <= end)
     cc = np.where(chunk, c, 0)
     tf = u8[np.minimum(cc, size - 1)].astype(np.int64)
@@ -288,15 +294,16 @@ def _responses(u8, G, head, sel, p, end) -> tuple[PacketColumns, np.ndarray]:
     keep = np.flatnonzero(good)
     one = one[keep]
     ds = _be(u8, np.where(one, cc[keep] + CHUNK_HEADER_LEN, 0), 4)
-    v = v[keep]
+    at = idx[keep]
     fields: dict = {
-        "nonce": v["nonce"].astype(np.uint32), "siblings": v["siblings"].astype(np.uint8),
-        "position": v["position"].astype(np.uint8), "ucont_len": v["ucont_len"].astype(np.uint16),
+        "nonce": v["nonce"][at].astype(np.uint32), "siblings": v["siblings"][at].astype(np.uint8),
+        "position": v["position"][at].astype(np.uint8),
+        "ucont_len": ulen[keep].astype(np.uint16),
         "data_start": ds.astype(np.uint32), "data_len": np.where(one, clen[keep] - 7, 0),
         "fin": one & ((tf[keep] & FLAG_FIN) != 0),
         "direction": np.ones(len(keep), np.int16),
     }
-    _cont_fields(v, fields)
+    _cont_fields(v, at, fields)
     data, mask = _base(len(keep), fields)
     for f in ("nonce", "siblings", "position", "ucont_len", *[c[0] for c in _CONT]):
         mask[f] = np.zeros(len(keep), bool)
