@@ -82,9 +82,11 @@ def _be(u8: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
     too close to the end reads the last `width` bytes: callers mask those rows out)."""
     if len(u8) < width:
         return np.zeros(len(pos), np.int64)
-    sw = np.lib.stride_tricks.sliding_window_view(u8, width)
-    rows = sw[np.minimum(pos, len(u8) - width)]  # (k, width) bytes, one copy
-    return rows.view(f">u{width}")[:, 0].astype(np.int64)
+    at = np.minimum(pos, len(u8) - width)
+    if width == 1:
+        return u8[at].astype(np.int64)
+    rows = u8[(at[:, None] + np.arange(width)).ravel()]  # one flat gather: (k * width) bytes
+    return rows.view(f">u{width}").astype(np.int64)
 
 
 def header_stage(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray):
