@@ -12,10 +12,13 @@ implementation of those rules (`capture.columnar` merges both).
 
 from __future__ import annotations
 
+import re
+import struct
+
 import numpy as np
 
 from trickles_kit.capture.columns import KINDS, PacketColumns
-from trickles_kit.wire.continuation import FULL1, FULL2, FULL_LEN, MAC_PSEUDO
+from trickles_kit.wire.continuation import FULL1, FULL2, FULL_FORMAT, FULL_LEN, MAC_PSEUDO
 from trickles_kit.wire.messages import (
     CHUNK_DATA,
     CHUNK_HEADER_LEN,
@@ -23,31 +26,50 @@ from trickles_kit.wire.messages import (
     FLAG_FIN,
     MAX_RANGES,
     MAX_SACKS,
+    RANGE,
     REQUEST_CONT_OFFSET,
+    REQUEST_HEAD,
     REQUEST_HEAD_LEN,
     RESPONSE_CONT_OFFSET,
+    RESPONSE_FULL,
     RESPONSE_FULL_LEN,
+    SACK_BLOCK,
 )
-from trickles_kit.wire.segment import HEADER_LEN, OPT_EXID, OPT_KIND, SYN
+from trickles_kit.wire.segment import HEADER_LEN, IPV4_TCP_HEAD, OPT_EXID, OPT_KIND, SYN
 
 __all__ = ["WIDTH", "Scan", "scan_batch"]
 
 _P = 20 + HEADER_LEN  # the payload of a datagram without IP options, our option layout (48)
 WIDTH = _P + RESPONSE_FULL_LEN  # bytes read per datagram at fixed offsets (131)
-_SL, _RL = 12, 8  # a SACK block, a range
-_CONT = [  # the FULL continuation's fields: (name, format, offset in the continuation)
-    ("cont_type", "u1", 0), ("cont_seq", ">u4", 1), ("first_child", "u1", 5),
-    ("client_state", ">u4", 6), ("parent", ">u4", 10), ("client_timestamp", ">u4", 14),
-    ("timestamp", ">u4", 18), ("mrtt", ">u4", 22), ("state", "u1", 26),
-    ("first_loss", ">u4", 27), ("first_bootstrap_seq", ">u4", 31), ("start_cwnd", ">u4", 35),
-    ("ssthresh", ">u4", 39), ("tcp_base", ">u4", 43), ("conn_id", ">u8", 47),
-    ("key_epoch", ">u4", 55), ("mac", "V16", 59),
-]
-_HEAD = [("b0", "u1", 0), ("total", ">u2", 2), ("frag", ">u2", 6), ("proto", "u1", 9),
-         ("src", ">u4", 12), ("dst", ">u4", 16), ("sport", ">u2", 20), ("dport", ">u2", 22),
-         ("seq", ">u4", 24), ("ack", ">u4", 28), ("offb", "u1", 32), ("flags", "u1", 33),
-         ("window", ">u2", 34), ("okind", "u1", 40), ("olen", "u1", 41), ("exid", ">u2", 42),
-         ("tlen", ">u2", 44)]
+_SL, _RL = SACK_BLOCK.size, RANGE.size
+_NP = {"B": "u1", "H": ">u2", "I": ">u4", "Q": ">u8", "16s": "V16"}
+
+
+def layout(st: struct.Struct, names: list[str], at: int = 0) -> list[tuple[str, str, int]]:
+    """(name, numpy format, offset + `at`) of each field of wire's `st`, pad bytes skipped:
+    the offsets are wire's, never written down here."""
+    out, off = [], 0
+    fields = iter(names)
+    for tok in re.findall(r"\d*[a-zA-Z]", st.format.lstrip("!<>=@")):
+        if tok != "x":
+            out.append((next(fields), _NP[tok], off + at))
+        off += struct.calcsize("!" + tok)
+    assert off == st.size and next(fields, None) is None, st.format
+    return out
+
+
+_CONT_NAMES = ["cont_type", "cont_seq", "first_child", "client_state", "parent",
+               "client_timestamp", "timestamp", "mrtt", "state", "first_loss",
+               "first_bootstrap_seq", "start_cwnd", "ssthresh", "tcp_base", "conn_id",
+               "key_epoch", "mac"]
+_CONT = layout(struct.Struct("!" + FULL_FORMAT), _CONT_NAMES)
+# IPv4 without options + TCP (wire's one-unpack layout), the address pair read as two fields
+_IPTCP = layout(IPV4_TCP_HEAD, ["total", "frag", "proto", "addrs", "sport", "dport", "seq",
+                                "ack", "offb", "flags", "window", "okind", "olen", "exid",
+                                "tlen"])
+_ADDRS = next(o for f, _, o in _IPTCP if f == "addrs")
+_HEAD = ([("b0", "u1", 0)] + [x for x in _IPTCP if x[0] != "addrs"]
+         + [("src", ">u4", _ADDRS), ("dst", ">u4", _ADDRS + 4)])
 
 
 def _dtype(fields: list) -> np.dtype:
@@ -57,12 +79,9 @@ def _dtype(fields: list) -> np.dtype:
 
 
 _HEAD_DT = _dtype(_HEAD)
-_REQ_DT = _dtype([("rtype", "u1", _P)]
-                 + [(f, t, _P + REQUEST_CONT_OFFSET + o) for f, t, o in _CONT]
-                 + [("nsacks", "u1", _P + REQUEST_HEAD_LEN - 1)])
-_RESP_DT = _dtype([("nonce", ">u4", _P), ("siblings", "u1", _P + 4), ("position", "u1", _P + 5),
-                   ("ucont_len", ">u2", _P + 6)]
-                  + [(f, t, _P + RESPONSE_CONT_OFFSET + o) for f, t, o in _CONT])
+_REQ_DT = _dtype(layout(REQUEST_HEAD, ["rtype", *_CONT_NAMES, "nsacks"], _P))
+_RESP_DT = _dtype(layout(RESPONSE_FULL, ["nonce", "siblings", "position", "ucont_len",
+                                         *_CONT_NAMES], _P))
 
 
 class Scan:
