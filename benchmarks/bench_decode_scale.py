@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     doc["targets"] = targets(doc)
-    out = {"meta": _meta(sys.argv[1:] if argv is None else argv, "decode_scale")} | doc
+    given = sys.argv[1:] if argv is None else argv
+    out = {"meta": _meta([os.path.relpath(__file__), *given], "decode_scale")} | doc
     out["meta"] |= {"benchmark_wall_s": round(time.perf_counter() - t_start, 1),
                     "loadavg_at_start": list(load0), "loadavg_at_end": list(os.getloadavg()),
                     "note": args.note}
