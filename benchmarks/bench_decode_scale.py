@@ -24,8 +24,8 @@ process; best of --repeat, median recorded; columnar and row-decoder runs altern
   root).
 
 `memory`: a --big-gb GB capture (default 2; built the same way) decoded in a child process by
-``trickles decode --format parquet`` (packets streamed into Parquet): its peak RSS
-(``ru_maxrss``) and wall time, and DuckDB's count of the rows written. It measures and
+``trickles decode --format parquet`` (packets streamed into Parquet): its peak RSS (VmHWM)
+and wall time, and DuckDB's count of the rows written. It measures and
 records; it never asserts. From the repository root:
 
     .venv/bin/python benchmarks/bench_decode_scale.py --quick     # a smoke run (seconds)
@@ -353,11 +353,13 @@ def memory(template: Path, tmp: Path, gb: float) -> dict:
     big = tmp / "big.pcap"
     info = repeat_capture(template, big, size=int(gb * 1e9))
     out = tmp / "bigpq"
-    code = ("import resource, sys, time; from trickles_kit.cli import main;"
+    # the peak is the child's VmHWM (its own address space): ru_maxrss would also count the
+    # pages of this process the child was forked with, before its exec
+    code = ("import re, sys, time; from trickles_kit.cli import main;"
             " t = time.perf_counter();"
             " rc = main(['decode', sys.argv[1], '--format', 'parquet', '-o', sys.argv[2]]);"
-            " print(rc, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,"
-            " time.perf_counter() - t)")
+            " hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1];"
+            " print(rc, hwm, time.perf_counter() - t)")
     p = subprocess.run([sys.executable, "-c", code, str(big), str(out)], capture_output=True,
                        text=True, cwd=REPO, timeout=3600,
                        env=dict(os.environ, PYTHONPATH=os.pathsep.join(
