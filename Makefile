@@ -41,8 +41,8 @@ $(VPY):
 	fi
 
 # (Re)install only when pyproject.toml changes. `lab-venv` (what test, lab and demo use) installs
-# the dev, lab and quic extras (quic: aioquic, the QUIC baseline tests/bench runs) in one pip run
-# straight from the bare venv and marks both stamps, so a
+# the dev, lab, quic and parquet extras (quic: aioquic, the QUIC baseline; parquet: pyarrow and
+# duckdb for decoded captures) in one pip run straight from the bare venv and marks both stamps, so a
 # fresh `make test` installs once.
 $(STAMP): pyproject.toml | $(VPY)
 	$(VPY) -m pip install -q --upgrade pip
@@ -59,7 +59,7 @@ $(VENV)/.plotly-basic: $(LABSTAMP)
 
 $(LABSTAMP): pyproject.toml | $(VPY)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -e '.[dev,lab,quic]'
+	$(VPY) -m pip install -e '.[dev,lab,quic,parquet]'
 	touch $(STAMP) $@
 
 # The main job: JupyterLab at the tour (127.0.0.1 only; the URL with its token is printed).

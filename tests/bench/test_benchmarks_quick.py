@@ -45,7 +45,7 @@ COST = {"bench_quic.py": 123, "bench_notebooks.py": 104, "bench_core.py": 97, "s
         "bench_flood.py": 34,
         "bench_wire.py": 23, "bench_uplink_loss.py": 14, "bench_cache.py": 10,
         "bench_parallel.py": 10, "liars.py": 10, "bench_decode.py": 9, "fuzz_campaign.py": 9,
-        "bench_replay_horizon.py": 9, "bench_delta.py": 6}
+        "bench_replay_horizon.py": 9, "bench_delta.py": 6, "bench_decode_scale.py": 20}
 
 
 def results_status() -> list[str]:
