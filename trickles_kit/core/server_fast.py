@@ -51,6 +51,7 @@ if TYPE_CHECKING:  # (types only)
 _U32 = 0xFFFFFFFF
 _HEAD = REQUEST_HEAD.unpack_from
 _RANGES = RANGE.iter_unpack
+_RANGE1 = RANGE.unpack_from
 _SACK1 = struct.Struct("!IIIH").unpack_from  # one SACK block, then the ucont length
 _RESP_HDR = struct.Struct("!IBBH").pack
 _SKIP = struct.Struct("!BHII").pack
@@ -113,11 +114,17 @@ class FastRequests:
             rend = uend + 1 + 8 * nr
             if nr > 64 or rend > n:
                 return self.receive_slow(segment, client_ip, now)
-            ranges = []
-            for start, length in _RANGES(p[uend + 1:rend]) if nr else ():
+            if nr == 1:  # (the common case)
+                start, length = _RANGE1(p, uend + 1)
                 if start + length > _U32 + 1:
                     return self.receive_slow(segment, client_ip, now)
-                ranges.append((start, start + length))
+                ranges = [(start, start + length)]
+            else:
+                ranges = []
+                for start, length in _RANGES(p[uend + 1:rend]) if nr else ():
+                    if start + length > _U32 + 1:
+                        return self.receive_slow(segment, client_ip, now)
+                    ranges.append((start, start + length))
             cport = seg.src_port
             pseudo = _PSEUDO(client_ip, self.service_ip, cport, self.service_port)
             covered = pseudo + p[1:7] + p[19:60]
@@ -139,8 +146,10 @@ class FastRequests:
         counters["rx"] += 1
         try:
             counters["nonce_ok"] += 1
-            why = self._replay.seen(_KEY(mac)[0], now, (now_ms - age) / 1000, None)
-            if why is not None:
+            table = self._replay  # its `seen` hook, inlined
+            refused = table.refused
+            if not table.check_and_add(_KEY(mac)[0], now, (now_ms - age) / 1000):
+                why = "replay_horizon" if table.refused > refused else "replay"
                 return self._drop(why, now, event_kind(why))
             # `cc.cwnd` of k - 1 and of k, inlined (both >= base - 1: no range check needed)
             a = base + ssthresh - start_cwnd
