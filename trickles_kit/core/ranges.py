@@ -136,6 +136,12 @@ class RangeSet:
             i += 1
         return out
 
+    def ends_by(self, x: int) -> bool:
+        """Nothing in the set at or above `x` (the client's common case: new bytes, new
+        packet numbers, past everything seen)."""
+        ends = self._ends
+        return not ends or ends[-1] <= x
+
     def first(self) -> tuple[int, int] | None:
         return (self._starts[0], self._ends[0]) if self._starts else None
 
