@@ -91,12 +91,12 @@ class FastRequests:
             if (seg.dst_port != self.service_port or seg.flags & SYN or n < REQUEST_HEAD_LEN + 15
                     or p[0] or p[1] != FULL1 or p[27] > 2 or p[76] != 1):
                 return self.receive_slow(segment, client_ip, now)
-            (_, _, k, _, cs, parent, cts, ts, mrtt, state, _, _, start_cwnd, ssthresh, base, cid,
-             epoch, mac, _) = _HEAD(p, 0)
+            f = _HEAD(p, 0)
+            k, state, start_cwnd, ssthresh, base, cid, epoch = (f[2], f[9], f[12], f[13], f[14],
+                                                                  f[15], f[16])
             left, right, summary, ulen = _SACK1(p, REQUEST_HEAD_LEN)
             cfg = self.cfg
-            now_ms = int(now * 1000)
-            age = (now_ms - ts) & _U32
+            age = (int(now * 1000) - f[7]) & _U32
             # the plan's shape (the normal step) and admission's stages short of the replay table,
             # pure: a request any of them would refuse or plan otherwise takes the general path
             if (state == RECOVERY or k < base or right != k or left > base
@@ -106,8 +106,7 @@ class FastRequests:
                     or not self.keys.accepts(epoch, now)
                     or self.nonces.range_summary(cid, base, left, right) != summary):
                 return self.receive_slow(segment, client_ip, now)
-            off = REQUEST_HEAD_LEN + 14
-            uend = off + ulen
+            uend = REQUEST_HEAD_LEN + 14 + ulen
             if uend >= n:
                 return self.receive_slow(segment, client_ip, now)
             nr = p[uend]
@@ -128,6 +127,7 @@ class FastRequests:
             cport = seg.src_port
             pseudo = _PSEUDO(client_ip, self.service_ip, cport, self.service_port)
             covered = pseudo + p[1:7] + p[19:60]
+            mac = f[17]
             sc = self.state_cache
             if sc is not None and covered + mac in sc:
                 sc.lookup(covered + mac)  # (refreshes it and counts the hit, as admission's hook)
@@ -142,86 +142,101 @@ class FastRequests:
         except Exception:
             return self.receive_slow(segment, client_ip, now)
         # committed: from here on this request is this path's
+        return self._answer(f, p, client_ip, cport, pseudo, ranges, uend, rend, age, now)
+
+    def _answer(self, f: tuple, p: bytes, cip: bytes, cport: int, pseudo: bytes,
+                ranges: list[tuple[int, int]], uend: int, rend: int, age: int,
+                now: float) -> list[bytes]:
+        """The replay stage, the handler and the seal of an admitted-so-far request (`f`: its
+        fields as `REQUEST_HEAD` unpacks them, `p` its payload)."""
         counters = self.counters
         counters["rx"] += 1
         try:
             counters["nonce_ok"] += 1
             table = self._replay  # its `seen` hook, inlined
             refused = table.refused
-            if not table.check_and_add(_KEY(mac)[0], now, (now_ms - age) / 1000):
+            if not table.check_and_add(_KEY(f[17])[0], now, (int(now * 1000) - age) / 1000):
                 why = "replay_horizon" if table.refused > refused else "replay"
                 return self._drop(why, now, event_kind(why))
-            # `cc.cwnd` of k - 1 and of k, inlined (both >= base - 1: no range check needed)
-            a = base + ssthresh - start_cwnd
-            if k - 1 < a:
-                prev = start_cwnd + (k - 1 - base if k - 1 > base else 0)
-            else:
-                prev = (1 + isqrt(1 + 4 * (ssthresh * ssthresh - ssthresh + 2 * (k - 1 - a)))
-                        ) // 2
-            if k < a:
-                cur = start_cwnd + k - base
-            else:
-                cur = (1 + isqrt(1 + 4 * (ssthresh * ssthresh - ssthresh + 2 * (k - a)))) // 2
-            if prev > MAX_CWND:
-                prev = MAX_CWND
-            if cur > MAX_CWND:
-                cur = MAX_CWND
+            k = f[2]
+            prev, cur = _windows(k, f[14], f[12], f[13])
             first = k + prev
             count = cur - prev + 1
             nranges = len(ranges)
-            mss = cfg.mss  # type: ignore[attr-defined]
+            mss = self.cfg.mss  # type: ignore[attr-defined]
             slots = [OutSlot(first + i, mss, ranges[i] if i < nranges else None)
                      for i in range(count)]
-            ucont = p[off:uend]
-            msk = Minisocket("REQUEST", (client_ip, cport), cid, p[rend:], ucont, ranges,
-                             slots, now)
+            ucont = p[REQUEST_HEAD_LEN + 14:uend]
+            msk = Minisocket("REQUEST", (cip, cport), f[15], p[rend:], ucont, ranges, slots,
+                             now)
             self.handler(msk)  # type: ignore[operator]
             if msk.dropped:
                 return self._drop(Reason.APP_DROP, now)
-            # the seal (`ServerEngine._seal` and `_segment` for the normal step's slots)
-            keys = self.keys
-            sealing = keys.sealing_epoch(now)
-            keyed = keys.mac_hasher(sealing)
-            ts_now = now_ms & _U32
-            mrtt = (age * 8 if mrtt == 0 else mrtt - (mrtt >> 3) + age) & _U32
-            packet_nonce = self.nonces.packet_nonce
-            sip, sport = self.service_ip, self.service_port
-            echo = ucont if cfg.echo_ucont else b""  # type: ignore[attr-defined]
-            out = []
-            for i in range(count):
-                pkt = first + i
-                body = pack_body(FULL1, pkt, i == 0, cs, parent, cts, ts_now, mrtt, NORMAL, 0,
-                                 0, start_cwnd, ssthresh, base, cid, sealing)
-                h = keyed.copy()
-                h.update(pseudo + body[0:6] + body[18:59])
-                cbytes = body + h.digest()
-                slot = slots[i]
-                u = slot.ucont
-                if u is None or u == ucont:  # the client holds it already (it sent it)
-                    u = echo
-                flags = ACK
-                chunks = b""
-                if slot.data or slot.fin:
-                    chunks = encode_data_chunk(slot.byte_num, slot.data, slot.fin)
-                    if slot.fin:
-                        flags = ACK | FIN
-                if slot.skips:
-                    chunks += b"".join(_SKIP(0x30, 11, s, m) for s, m in slot.skips)
-                if slot.finhint is not None:
-                    chunks += _FINHINT(0x40, 7, slot.finhint)
-                if len(u) > 0xFFFF:
-                    raise ValueError("user continuation longer than 65535 bytes")
-                payload = b"".join((_RESP_HDR(packet_nonce(cid, base, pkt), count, i, len(u)),
-                                    cbytes, u, chunks))
-                out.append(encode_segment(sip, client_ip, sport, cport, pkt, k, flags, payload,
-                                          RESPONSE_HEADER_LEN + 75 + len(u)))
-                counters[CONTINUE if i == 0 else SPLIT] += 1
-            counters["tx"] += count
-            return out
+            return self._seal_fast(f, slots, first, count, cip, cport, pseudo, ucont, age, now)
         except Exception as e:  # a handler bug must not take the server down
             counters["handler_error"] += 1
             self.last_error = traceback.format_exc()  # kept for `trickles serve` to report
             return self._drop("internal." + type(e).__name__, now)
 
+    def _seal_fast(self, f: tuple, slots: list[OutSlot], first: int, count: int, cip: bytes,
+                   cport: int, pseudo: bytes, ucont: bytes, age: int,
+                   now: float) -> list[bytes]:
+        """`ServerEngine._seal` and `_segment` for the normal step's slots."""
+        (_, _, k, _, cs, parent, cts, _, mrtt, _, _, _, start_cwnd, ssthresh, base, cid, _, _,
+         _) = f
+        keys = self.keys
+        sealing = keys.sealing_epoch(now)
+        keyed = keys.mac_hasher(sealing)
+        ts_now = int(now * 1000) & _U32
+        mrtt = (age * 8 if mrtt == 0 else mrtt - (mrtt >> 3) + age) & _U32
+        packet_nonce = self.nonces.packet_nonce
+        sip, sport = self.service_ip, self.service_port
+        echo = ucont if self.cfg.echo_ucont else b""  # type: ignore[attr-defined]
+        counters = self.counters
+        out = []
+        for i in range(count):
+            pkt = first + i
+            body = pack_body(FULL1, pkt, i == 0, cs, parent, cts, ts_now, mrtt, NORMAL, 0, 0,
+                             start_cwnd, ssthresh, base, cid, sealing)
+            h = keyed.copy()
+            h.update(pseudo + body[0:6] + body[18:59])
+            cbytes = body + h.digest()
+            slot = slots[i]
+            u = slot.ucont
+            if u is None or u == ucont:  # the client holds it already (it sent it)
+                u = echo
+            flags = ACK
+            chunks = b""
+            if slot.data or slot.fin:
+                chunks = encode_data_chunk(slot.byte_num, slot.data, slot.fin)
+                if slot.fin:
+                    flags = ACK | FIN
+            if slot.skips:
+                chunks += b"".join(_SKIP(0x30, 11, s, m) for s, m in slot.skips)
+            if slot.finhint is not None:
+                chunks += _FINHINT(0x40, 7, slot.finhint)
+            if len(u) > 0xFFFF:
+                raise ValueError("user continuation longer than 65535 bytes")
+            payload = b"".join((_RESP_HDR(packet_nonce(cid, base, pkt), count, i, len(u)),
+                                cbytes, u, chunks))
+            out.append(encode_segment(sip, cip, sport, cport, pkt, k, flags, payload,
+                                      RESPONSE_HEADER_LEN + 75 + len(u)))
+            counters[CONTINUE if i == 0 else SPLIT] += 1
+        counters["tx"] += count
+        return out
+
+
+def _windows(k: int, base: int, start_cwnd: int, ssthresh: int) -> tuple[int, int]:
+    """(`cc.cwnd` of k - 1, of k), inlined in one call (k >= base: no range check needed)."""
+    a = base + ssthresh - start_cwnd
+    if k - 1 < a:
+        prev = start_cwnd + (k - 1 - base if k - 1 > base else 0)
+    else:
+        prev = (1 + isqrt(1 + 4 * (ssthresh * ssthresh - ssthresh + 2 * (k - 1 - a)))) // 2
+    if k < a:
+        cur = start_cwnd + k - base
+    else:
+        cur = (1 + isqrt(1 + 4 * (ssthresh * ssthresh - ssthresh + 2 * (k - a)))) // 2
+    return (prev if prev < MAX_CWND else MAX_CWND, cur if cur < MAX_CWND else MAX_CWND)
 
 __all__ = ["FastRequests"]
