@@ -50,9 +50,8 @@ class RawTransport(Transport):
                 n = recv_into(view)
             except (BlockingIOError, InterruptedError):
                 break
-            data = bytes(view[:n])  # one right-sized copy, not a 64 KiB buffer per datagram
-            try:
-                ip = parse_ipv4(data)
+            try:  # read in place: the payload is the one (right-sized) copy
+                ip = parse_ipv4(view[:n])
             except DecodeError:
                 self.counters["drop.ip"] += 1
                 continue
