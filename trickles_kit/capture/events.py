@@ -104,8 +104,12 @@ class _CaptureView:
         # replay key -> (t, covered fields, answered)
         self.history: dict[int, tuple[float, tuple, bool]] = {}
         self.inferred = False  # the last refusal was inferred without the secret
-        self.view = View(self.epoch_ok if verifier else None, self.mac_ok,
-                         verifier.nonces.range_summary if verifier else None, self.seen)
+
+    def view(self) -> View:
+        """Admission's hooks: this view's bound methods. Not kept on the view itself: that
+        cycle would leave its tables (two entries a request) to a full GC pass to free."""
+        return View(self.epoch_ok if self.verifier else None, self.mac_ok,
+                    self.verifier.nonces.range_summary if self.verifier else None, self.seen)
 
     def epoch_ok(self, epoch: int, now: float) -> bool:
         """Current or previous epoch on the capture's clock; a later one only when the server
@@ -180,6 +184,7 @@ class _Derivation:
         self.answered_syns: set[int] = set()
         self.reqs: list[Pending | PacketRow] = []
         self.cv = _CaptureView(cfg, verifier)
+        self.view = self.cv.view()
         self.verdicts: dict[int, str] = {}
 
     def request(self, row: PacketRow) -> None:
@@ -282,7 +287,7 @@ class _Derivation:
         cv = self.cv
         cv.inferred = False
         try:
-            v = admit(row_type(row), row_cont(row), row.sacks or (), row.t, self.cfg, cv.view,
+            v = admit(row_type(row), row_cont(row), row.sacks or (), row.t, self.cfg, self.view,
                       row, entry.plan)
         except Exception as e:  # the engine's catch-all for a failing step
             self._emit(row, ev.DROP, "internal." + type(e).__name__)
