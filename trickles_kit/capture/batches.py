@@ -21,7 +21,7 @@ from trickles_kit.capture.parse import Verifier, bad_row, request_row, response_
 from trickles_kit.capture.rows import row_getter
 from trickles_kit.wire.continuation import FULL_LEN, MAC_PSEUDO
 from trickles_kit.wire.errors import DecodeError
-from trickles_kit.wire.flat import flat_request, flat_response
+from trickles_kit.wire.flat import request_parts, response_parts
 from trickles_kit.wire.messages import (
     REQ_NAMES,
     REQUEST_CONT_OFFSET,
@@ -121,7 +121,8 @@ def decode_batches(spans: Iterable[tuple], service_port: int | None,
 
 
 def _decode_batch(tab: _Table, d, tss: list, starts: list, ends: list,
-                  verdicts: list[bool] | None, index: int) -> tuple[int, int]:
+                  verdicts: list[bool] | None, index: int, _iptcp=_IPTCP.unpack_from,
+                  _req=request_parts, _resp=response_parts, _name=_REQ_NAME) -> tuple[int, int]:
     """One batch into the table: (the last record index, datagrams that were not Trickles).
 
     The common layout (IPv4 without options, raw IP 253 or TCP, our encoder's option) is read
@@ -131,7 +132,6 @@ def _decode_batch(tab: _Table, d, tss: list, starts: list, ends: list,
     errors, syn_ports, checksums, verifier = tab.errors, tab.syn_ports, tab.checksums, tab.verifier
     # the direction rule's ports: the given service port, else those learned from SYNs
     ports = syn_ports if tab.service_port is None else {tab.service_port}
-    iptcp_unpack, req_name = _IPTCP.unpack_from, _REQ_NAME
     not_trickles = 0
     for ts, b, e, ok in zip(tss, starts, ends, verdicts or repeat(None), strict=False):
         index += 1
@@ -139,7 +139,7 @@ def _decode_batch(tab: _Table, d, tss: list, starts: list, ends: list,
         if n >= _MIN_IPTCP and d[b] == 0x45 and d[b + 9] != 17:
             # no IP options, raw IP 253 / TCP: IP and TCP headers in one unpack
             (total, frag, proto, addrs, sport, dport, seq, ack, offb, flags, win, okind,
-             olen, exid, tlen) = iptcp_unpack(d, b)
+             olen, exid, tlen) = _iptcp(d, b)
             if frag & 0x3FFF or (proto != 253 and proto != 6):
                 not_trickles += _not_trickles(errors, frag, proto)
                 continue
@@ -172,26 +172,26 @@ def _decode_batch(tab: _Table, d, tss: list, starts: list, ends: list,
         by_port = dport in ports or sport in ports  # else the payload's shape decides
         is_req = dport in ports if by_port else tlen == 0
         p = p0 + hlen
-        f = flat_request(d, p, end) if is_req else flat_response(d, p, end)
-        if f is not None and (is_req or f[25] is None or by_port):
+        f = _req(d, p, end) if is_req else _resp(d, p, end)
+        if f is not None and (is_req or f[5] is None or by_port):
             mac_ok = nonce_ok = None
-            if verifier is not None or err is not None or not is_req and f[25] is not None:
+            if verifier is not None or err is not None or not is_req and f[5] is not None:
                 err, mac_ok, nonce_ok = _verdicts(tab, f, is_req, err, d, p, nm, sport, dport)
             if is_req:  # the SACK blocks and ranges to the value lists (`rows.ragged`)
-                (rtype, ctype, cseq, fc, cs, par, cts, sts, mrtt, state, fl, fbs, sc, ss, base,
-                 cid, epoch, mac, nsacks, sk, ulen, nr, rk, q) = f
+                ((rtype, ctype, cseq, fc, cs, par, cts, sts, mrtt, state, fl, fbs, sc, ss, base,
+                  cid, epoch, mac, nsacks), sk, ulen, nr, rk, q) = f
                 sacks = (len(svals) << 7) | nsacks
                 svals.extend(sk)
                 ranges = (len(rvals) << 7) | nr
                 rvals.extend(rk)
                 extend((index, ts, "request", nm[0], nm[1], sport, dport, carrier, total, seq,
-                        ack, flags, win, tlen, req_name[rtype], ctype, cseq, fc, cs, par, cts,
+                        ack, flags, win, tlen, _name[rtype], ctype, cseq, fc, cs, par, cts,
                         sts, mrtt, state, fl, fbs, sc, ss, base, cid, epoch, mac, None, None,
                         None, ulen, sacks, ranges, end - q, None, 0, False, None, mac_ok,
                         nonce_ok, err))
             else:
-                (nonce, sib, pos, ulen, ctype, cseq, fc, cs, par, cts, sts, mrtt, state, fl,
-                 fbs, sc, ss, base, cid, epoch, mac, ds, dl, fin, fh, _) = f
+                ((nonce, sib, pos, ulen, ctype, cseq, fc, cs, par, cts, sts, mrtt, state, fl,
+                  fbs, sc, ss, base, cid, epoch, mac), ds, dl, fin, fh, _) = f
                 extend((index, ts, "response", nm[0], nm[1], sport, dport, carrier, total, seq,
                         ack, flags, win, tlen, None, ctype, cseq, fc, cs, par, cts, sts, mrtt,
                         state, fl, fbs, sc, ss, base, cid, epoch, mac, nonce, sib, pos, ulen,
@@ -205,22 +205,22 @@ def _decode_batch(tab: _Table, d, tss: list, starts: list, ends: list,
 def _verdicts(tab: _Table, f: tuple, is_req: bool, err: str | None, d, p: int, nm: tuple,
               sport: int, dport: int) -> tuple[str | None, bool | None, bool | None]:
     """A fast-path row's error (a bad chunk's, when nothing came before) and MAC / nonce
-    verdicts (with the secret), from `wire.flat`'s fields `f`; a flagged row counted."""
-    if not is_req and f[25] is not None and err is None:
-        err = "decode." + f[25]
+    verdicts (with the secret), from `wire.flat`'s parts `f`; a flagged row counted."""
+    if not is_req and f[5] is not None and err is None:
+        err = "decode." + f[5]
     mac_ok = nonce_ok = None
     verifier = tab.verifier
     if verifier is not None:
-        src_b, dst_b = nm[2], nm[3]
+        src_b, dst_b, h = nm[2], nm[3], f[0]
         if is_req:
             c = p + REQUEST_CONT_OFFSET
             mac_ok = verifier.mac_ok(_PSEUDO.pack(src_b, dst_b, sport, dport), d[c : c + FULL_LEN],
-                                     f[16])
-            nonce_ok = verifier.sacks_ok(f[15], f[14], list(zip(*[iter(f[19])] * 3, strict=True)))
+                                     h[16])
+            nonce_ok = verifier.sacks_ok(h[15], h[14], list(zip(*[iter(f[1])] * 3, strict=True)))
         else:
             mac_ok = verifier.mac_ok(_PSEUDO.pack(dst_b, src_b, dport, sport),
-                                     d[p + RESPONSE_CONT_OFFSET : p + RESPONSE_FULL_LEN], f[19])
-            nonce_ok = verifier.nonces.packet_nonce(f[18], f[17], f[5]) == f[0]
+                                     d[p + RESPONSE_CONT_OFFSET : p + RESPONSE_FULL_LEN], h[19])
+            nonce_ok = verifier.nonces.packet_nonce(h[18], h[17], h[5]) == h[0]
     if err is not None:
         tab.errors["flagged"] += 1
         tab.errors["flagged." + err] += 1
