@@ -4,9 +4,10 @@ Why it looks the way it does: this is where a capture's time goes (a quarter-mil
 second is the target). The two shapes of a bulk transfer — a NORMAL/SLOWSTART/FIN request with a
 FULL continuation, a response with one DATA chunk — are read by `wire.flat.request_parts` /
 `response_parts` (the loop's one call a packet) and each row extended onto one list as one
-tuple; nothing per row outlives the loop. The SACK blocks and byte ranges of a fast-path request go to two value lists
-(`rows.ragged`), so no per-row container is made either. Everything else (IP options, UDP,
-errors, the other direction when a guess fails) takes the general path of `capture.parse`.
+tuple; nothing per row outlives the loop. The SACK blocks and byte ranges of a fast-path
+request go to two value lists (`rows.ragged`), so no per-row container is made either.
+Everything else (IP options, UDP, errors, the other direction when a guess fails) takes the
+general path of `capture.parse`.
 """
 
 from __future__ import annotations
