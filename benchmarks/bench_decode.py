@@ -21,6 +21,13 @@ endpoint, linktype RAW, IP protocol 253; >= 200,000 packets by default), then me
   harness in the same run, its runs alternating with the current decoder's: the table
   (`baseline_fast_path_table`, when it keeps one), the rows (`baseline_fast_path`, its
   ``decode_pcap(events=False).packets``) and the events with and without the secret;
+* `same_run_baseline` (with ``--baseline-tree REV``): the whole package of an older revision
+  (``git archive REV trickles_kit``, imported beside this one as `trickles_kit_baseline`) against
+  this one on the same capture, layer by layer — `fast_path`, `fast_path_rows`, `fast_path_df`,
+  `with_events`, `with_events_and_secret` — in interleaved rounds (baseline, current, current,
+  baseline, ...) after one untimed run of each, medians and the ratio current/baseline in
+  packets per CPU second. Only this comparison is measured then (``--record`` writes
+  benchmarks/results/decode_redesign.json);
 * `codec_only`: the project's codec (net.ip.parse_ipv4 + wire decode_segment +
   decode_request/decode_response) on in-memory datagrams, no rows — a reference point;
 * `fast_path_ethernet`: the fast path on the same datagrams written as linktype EN10MB;
@@ -37,6 +44,7 @@ time. It measures and records; it never asserts. Run from the repository root:
     .venv/bin/python benchmarks/bench_decode.py --quick         # 4k packets, 1 repeat: a smoke run
     .venv/bin/python benchmarks/bench_decode.py --capture X.pcap  # an existing capture
     .venv/bin/python benchmarks/bench_decode.py --baseline /tmp/decode_old.py  # before/after
+    .venv/bin/python benchmarks/bench_decode.py --baseline-tree de00ccf  # whole tree, layers
 """
 
 from __future__ import annotations
@@ -126,6 +134,125 @@ def load_baseline(path: str):
     return mod
 
 
+def load_tree(rev: str):
+    """The `trickles_kit.capture` of git revision `rev`, importable beside this checkout's: its
+    whole package is read from ``git archive`` and written under the name
+    `trickles_kit_baseline` with every import of `trickles_kit` renamed, so that the decoder,
+    its codec and every module it calls are the old ones."""
+    import importlib
+    import io
+    import re
+    import subprocess
+    import tarfile
+
+    tar = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", rev, "trickles_kit"],
+                         capture_output=True, check=True, timeout=120).stdout
+    root = Path(tempfile.mkdtemp(prefix="bench_decode_baseline_"))
+    rename = re.compile(r"\btrickles_kit\b")
+    with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
+        for m in tf.getmembers():
+            src = tf.extractfile(m) if m.isfile() else None
+            if src is None:
+                continue
+            dst = root / rename.sub("trickles_kit_baseline", m.name)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            data = src.read()
+            if m.name.endswith(".py"):
+                data = rename.sub("trickles_kit_baseline", data.decode()).encode()
+            dst.write_bytes(data)
+    sys.path.insert(0, str(root))
+    return importlib.import_module("trickles_kit_baseline.capture")
+
+
+def _layers(mod, path: Path, secret: bytes | None) -> dict:
+    """The figures `compare_tree` times, for one package's `capture` module `mod`: each
+    function decodes `path` and returns the packet count (the same calls on both sides)."""
+    dp = mod.decode_pcap
+    out = {"fast_path": lambda: dp(path, events=False).n_packets,
+           "fast_path_rows": lambda: len(dp(path, events=False).packets)}
+    if _version("pandas") is not None:
+        out["fast_path_df"] = lambda: len(dp(path, events=False).packets_df())
+    out["with_events"] = lambda: dp(path).n_packets
+    if secret is not None:
+        out["with_events_and_secret"] = lambda: dp(path, secret=secret).n_packets
+    return out
+
+
+def compare_tree(base, path: Path, secret: bytes | None, rounds: int) -> dict:
+    """Each layer of the baseline package's decoder (`base`, from `load_tree`) against this
+    checkout's on one capture: `rounds` rounds, the two sides' runs adjacent and their order
+    alternating (baseline first in even rounds), so load on a shared machine and warm caches
+    hit both alike. Medians (and best) of packets per CPU second; ratio = current / baseline."""
+    from trickles_kit import capture as current
+
+    sides = {"baseline": _layers(base, path, secret), "current": _layers(current, path, secret)}
+    cpu: dict = {layer: {"baseline": [], "current": []} for layer in sides["current"]}
+    count: dict = {}
+    for per_side in sides.values():  # one untimed run each: imports (numpy, pandas), caches
+        for fn in per_side.values():
+            fn()
+    for r in range(rounds):
+        for layer, per in cpu.items():
+            for side in ("baseline", "current") if r % 2 == 0 else ("current", "baseline"):
+                n, c, _w = _once(sides[side][layer])
+                count.setdefault(layer, {})[side] = n
+                per[side].append(c)
+            print(f"  round {r + 1}/{rounds} {layer:<24} baseline {per['baseline'][-1]:.3f} s"
+                  f"  current {per['current'][-1]:.3f} s", file=sys.stderr, flush=True)
+    out = {}
+    for layer, per in cpu.items():
+        n = count[layer]["current"]
+        med = {s: statistics.median(v) for s, v in per.items()}
+        best = {s: min(v) for s, v in per.items()}
+        out[layer] = {
+            "packets": count[layer],
+            "baseline_pps_median": round(n / med["baseline"]),
+            "current_pps_median": round(n / med["current"]),
+            "ratio_median": round(med["baseline"] / med["current"], 3),
+            "baseline_pps_best": round(n / best["baseline"]),
+            "current_pps_best": round(n / best["current"]),
+            "ratio_best": round(best["baseline"] / best["current"], 3),
+            "cpu_s": {s: [round(x, 4) for x in v] for s, v in per.items()},
+        }
+    return out
+
+
+def write_compare(args, path: Path, secret: bytes | None, gen_info: dict, t_start: float,
+                  load0: tuple) -> int:
+    """The --baseline-tree run: `compare_tree`'s figures and how they were made, to args.out."""
+    base = load_tree(args.baseline_tree)
+    print(f"baseline {args.baseline_tree} against this checkout, {args.compare_rounds} "
+          f"interleaved rounds ...", file=sys.stderr)
+    res = compare_tree(base, path, secret, args.compare_rounds)
+    meta = _meta([sys.argv[0], *sys.argv[1:]], "decode_redesign")
+    meta["machine"]["loadavg_at_start"] = [round(x, 2) for x in load0]
+    meta["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    meta["packages"].update(numpy=_version("numpy"), pandas=_version("pandas"))
+    meta["benchmark_wall_s"] = round(time.perf_counter() - t_start, 1)
+    meta["note"] = args.note
+    out = {
+        "meta": meta,
+        "baseline": args.baseline_tree,
+        "capture": {"path": str(path) if (args.capture or args.keep) else "(temporary)",
+                    "records": sum(1 for _ in read_pcap(path).datagrams()),
+                    "bytes": path.stat().st_size, **gen_info},
+        "unit": "packets per CPU second (process time) of each layer; median and best of the "
+                "rounds; ratio = current / baseline (above 1: the current decoder is faster)",
+        "rounds": args.compare_rounds,
+        "order": "per layer and round the two sides run back to back, baseline first in even "
+                 "rounds, current first in odd ones",
+        "same_run_baseline": res,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    for layer, r in res.items():
+        print(f"{layer:<24} baseline {r['baseline_pps_median']:>9,} current "
+              f"{r['current_pps_median']:>9,} pkt/s (median)  x{r['ratio_median']:.3f} "
+              f"(best x{r['ratio_best']:.3f})")
+    print(f"written: {args.out}", file=sys.stderr)
+    return 0
+
+
 def make_capture(path: Path, packets: int, seed: int) -> dict:
     from trickles_kit.apps.sim import LinkConfig, simulate_transfer
 
@@ -178,14 +305,26 @@ def main(argv: list[str] | None = None) -> int:
     # a run writes to reports/ (git-ignored); the committed result changes only with --record
     ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks" / "decode.json"),
                     help="JSON output path (default: %(default)s)")
-    ap.add_argument("--record", dest="out", action="store_const",
-                    const=str(REPO / "benchmarks" / "results" / "decode.json"),
-                    help="refresh the committed benchmarks/results/decode.json")
+    ap.add_argument("--record", action="store_true",
+                    help="refresh the committed benchmarks/results/decode.json "
+                         "(decode_redesign.json with --baseline-tree)")
     ap.add_argument("--note", default="", help="free text stored in the JSON")
     ap.add_argument("--baseline", help="another decode.py to time the same way (before/after)")
     ap.add_argument("--baseline-label", default="",
                     help="what --baseline is, stored in the JSON (e.g. its git revision)")
+    ap.add_argument("--baseline-tree", metavar="REV",
+                    help="only compare this checkout's decoder, layer by layer, with the whole "
+                         "package at git revision REV (e.g. de00ccf), interleaved in one run")
+    ap.add_argument("--compare-rounds", type=int, default=None,
+                    help="interleaved rounds of --baseline-tree (default 7; --quick: 1)")
     args = ap.parse_args(argv)
+    name = "decode_redesign.json" if args.baseline_tree else "decode.json"
+    if args.record:
+        args.out = str(REPO / "benchmarks" / "results" / name)
+    elif args.out == ap.get_default("out"):
+        args.out = str(Path(args.out).with_name(name))
+    if args.compare_rounds is None:
+        args.compare_rounds = 1 if args.quick else 7
     if args.packets is None:
         args.packets = 4_000 if args.quick else 200_000
     if args.repeat is None:
@@ -209,6 +348,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"generating a capture of >= {args.packets:,} packets ...", file=sys.stderr)
         gen_info = make_capture(path, args.packets, args.seed)
         secret = secret_of(args.seed)
+        if args.keep:  # found again by --capture
+            path.with_suffix(".secret").write_text(secret.hex() + "\n")
+    if args.baseline_tree:
+        try:
+            return write_compare(args, path, secret, gen_info, t_start, load0)
+        finally:
+            if tmpdir is not None:
+                tmpdir.cleanup()
     try:
         n_records = sum(1 for _ in read_pcap(path).datagrams())
         results: dict = {}

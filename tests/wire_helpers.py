@@ -7,12 +7,13 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,26 @@ def private_netns(tag: str) -> Iterator[list[str]]:
 
 def nobody_argv(argv: list[str]) -> list[str]:
     return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
+
+
+def signal_child(code: str, sig: signal.Signals, timeout: float,
+                 before: Callable[[], None] | None = None) -> tuple[int, int]:
+    """Run ``python -c code`` until it prints ``ready N``, call `before` (a check while it
+    holds what it set up), send it `sig` and wait up to `timeout` s for its end (killed
+    otherwise): (its return code, N). What the tests of clean-up on a signal share."""
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        assert line.startswith("ready"), (line, child.stderr.read() if child.stderr else "")
+        n = int(line.split()[1])
+        if before is not None:
+            before()
+        child.send_signal(sig)
+        child.wait(timeout=timeout)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    return child.returncode, n

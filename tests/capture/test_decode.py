@@ -186,6 +186,17 @@ def drain(engine: ServerEngine, quiet: float = 0.3, limit: float = 5.0) -> None:
         time.sleep(0.02)
 
 
+def _stop(host, loop, th: threading.Thread, *closing) -> None:
+    """A loopback transfer's end: the client host, the server loop and its thread, then each
+    of `closing` (pcap writers, transports; None for one not made) closed."""
+    host.shutdown()
+    loop.stop()
+    th.join(5)
+    for c in closing:
+        if c is not None:
+            c.close()
+
+
 def udp_transfer(tmp_path: Path, size: int, lossy: bool, client_pcap: bool = False
                  ) -> tuple[Path, EventLog, bytes, int, dict]:
     """A real transfer over UDP on 127.0.0.1: ServerLoop (pcap tap + event log) in a thread."""
@@ -216,13 +227,7 @@ def udp_transfer(tmp_path: Path, size: int, lossy: bool, client_pcap: bool = Fal
         host.close(conn)
         drain(engine)
     finally:
-        host.shutdown()
-        loop.stop()
-        th.join(5)
-        pw.close()
-        if cpw is not None:
-            cpw.close()
-        ctr.close()
+        _stop(host, loop, th, pw, cpw, ctr)
         inner.close()
     info = {"lost_in": getattr(tr, "lost_in", 0), "lost_out": getattr(tr, "lost_out", 0)}
     return path, log, secret, port, info
@@ -777,12 +782,7 @@ def test_live_capture_of_a_real_transfer(tmp_path: Path) -> None:
             host.close(conn)  # FIN, and let the server read everything still in flight
             drain(engine)
         finally:
-            host.shutdown()
-            loop.stop()
-            th.join(5)
-            pw.close()
-            ctr.close()
-            tr.close()
+            _stop(host, loop, th, pw, ctr, tr)
     assert lc.linktype == "EN10MB"
     mine = decode_pcap(tmp_path / "server.pcap", secret=secret)
     cap = decode_pcap(live, secret=secret)

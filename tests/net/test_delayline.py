@@ -17,14 +17,13 @@ import random
 import signal
 import statistics
 import struct
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from wire_helpers import REPO, need_root, need_tool
+from wire_helpers import REPO, need_root, need_tool, signal_child
 
 from trickles_kit.net import nfqueue as nq
 from trickles_kit.net.delayline import (
@@ -327,20 +326,8 @@ with Testbed(TestbedConfig(rate_mbit=50, delay_ms=10), tag={tag!r}) as tb:
 def test_testbed_delay_undone_after_a_signal(sig: signal.Signals) -> None:
     _need()
     tag = _tag(f"G{sig.value}")
-    child = subprocess.Popen([sys.executable, "-c", CHILD.format(repo=str(REPO), tag=tag)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout is not None
-        line = child.stdout.readline()
-        assert line.startswith("ready"), (line, child.stderr.read() if child.stderr else "")
-        pid = int(line.split()[1])
-        child.send_signal(sig)
-        child.wait(timeout=30)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-    assert child.returncode != 0
+    rc, pid = signal_child(CHILD.format(repo=str(REPO), tag=tag), sig, 30)
+    assert rc != 0
     assert _left(tag) == []
     assert pid == 0 or _gone(pid)
 

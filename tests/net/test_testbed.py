@@ -9,12 +9,11 @@ from __future__ import annotations
 import signal
 import struct
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from wire_helpers import REPO, need_root, need_tool
+from wire_helpers import REPO, need_root, need_tool, signal_child
 
 from trickles_kit.bench import flows as fl
 from trickles_kit.net.testbed import (
@@ -230,21 +229,12 @@ with Testbed(TestbedConfig(rate_mbit=5, loss=0.02), tag={tag!r}) as tb:
 def test_signal_leaves_nothing(sig: signal.Signals) -> None:
     _need()
     tag = f"S{sig.value}{int(time.time() * 1000) % 10000}"
-    child = subprocess.Popen([sys.executable, "-c", CHILD.format(repo=str(REPO), tag=tag)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout is not None
-        line = child.stdout.readline()
-        assert line.startswith("ready"), (line, child.stderr.read() if child.stderr else "")
-        sleeper = int(line.split()[1])
+
+    def set_up() -> None:
         assert len(_left(tag)[0]) == 3
-        child.send_signal(sig)
-        child.wait(timeout=20)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-    assert child.returncode != 0
+
+    rc, sleeper = signal_child(CHILD.format(repo=str(REPO), tag=tag), sig, 20, set_up)
+    assert rc != 0
     assert _left(tag) == ([], "")
     assert not Path(f"/proc/{sleeper}").exists() or \
         "Z" in Path(f"/proc/{sleeper}/stat").read_text().split()[2]

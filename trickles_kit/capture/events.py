@@ -63,6 +63,18 @@ def covered(row: PacketRow, response: bool = False) -> tuple:
             row.key_epoch)
 
 
+def _event(kind: str, t: float, side: str, conn_id: int, pkt: int, ack: int, cwnd: int,
+           ssthresh: int, tcp_base: int, state: int, detail: dict, _new=object.__new__,
+           _cls=Event, _init=Event.__init__) -> Event:
+    """An `Event` from all its fields in order: the decoder makes one per response and per
+    SACKed request. Calling the class with keywords (Event is keyword-only) builds a dict of
+    them for every event (type.__call__ -> __init__), twice the cost of this direct call."""
+    e = _new(_cls)
+    _init(e, kind, t, side, conn_id=conn_id, pkt=pkt, ack=ack, cwnd=cwnd, ssthresh=ssthresh,
+          tcp_base=tcp_base, state=state, detail=detail)
+    return e
+
+
 def _cont_event(kind: str, row: PacketRow, **kw) -> Event:
     """A server event from a request row: the continuation's fields, then `kw` (Event.make)."""
     return Event.make(kind, row.t, "server", **({
@@ -71,14 +83,14 @@ def _cont_event(kind: str, row: PacketRow, **kw) -> Event:
 
 
 def _timeout_event(row: PacketRow, plan: Plan) -> Event:
-    return Event(ev.TIMEOUT, row.t, "client", conn_id=row.conn_id or 0, pkt=row.cont_seq,
-                 detail={"right": plan.slots[0].pkt - 1} if plan.slots else {})
+    return _event(ev.TIMEOUT, row.t, "client", row.conn_id or 0, row.cont_seq, -1, 0, 0, 0, 0,
+                  {"right": plan.slots[0].pkt - 1} if plan.slots else {})  # type: ignore[arg-type]
 
 
 def _nonce_ok(row: PacketRow) -> Event:
-    return Event(ev.NONCE_OK, row.t, "server", conn_id=row.conn_id or 0, ack=row.cont_seq,
-                 ssthresh=row.ssthresh or 0, tcp_base=row.tcp_base or 0, state=row.state or 0,
-                 detail={"blocks": [[lft, rgt] for lft, rgt, _ in row.sacks]})  # type: ignore[union-attr]
+    return _event(ev.NONCE_OK, row.t, "server", row.conn_id or 0, -1, row.cont_seq,  # type: ignore[arg-type]
+                  0, row.ssthresh or 0, row.tcp_base or 0, row.state or 0,
+                  {"blocks": [[lft, rgt] for lft, rgt, _ in row.sacks]})  # type: ignore[union-attr]
 
 
 class _CaptureView:
@@ -92,8 +104,12 @@ class _CaptureView:
         # replay key -> (t, covered fields, answered)
         self.history: dict[int, tuple[float, tuple, bool]] = {}
         self.inferred = False  # the last refusal was inferred without the secret
-        self.view = View(self.epoch_ok if verifier else None, self.mac_ok,
-                         verifier.nonces.range_summary if verifier else None, self.seen)
+
+    def view(self) -> View:
+        """Admission's hooks: this view's bound methods. Not kept on the view itself: that
+        cycle would leave its tables (two entries a request) to a full GC pass to free."""
+        return View(self.epoch_ok if self.verifier else None, self.mac_ok,
+                    self.verifier.nonces.range_summary if self.verifier else None, self.seen)
 
     def epoch_ok(self, epoch: int, now: float) -> bool:
         """Current or previous epoch on the capture's clock; a later one only when the server
@@ -168,6 +184,7 @@ class _Derivation:
         self.answered_syns: set[int] = set()
         self.reqs: list[Pending | PacketRow] = []
         self.cv = _CaptureView(cfg, verifier)
+        self.view = self.cv.view()
         self.verdicts: dict[int, str] = {}
 
     def request(self, row: PacketRow) -> None:
@@ -229,10 +246,9 @@ class _Derivation:
                 out.append((req.index, 5, _cont_event(ev.FIN, req, pkt=req.cont_seq)))
                 continue
             s = hit.plan.slots[slot]
-            out.append((row.index, 0, Event(
-                s.kind, row.t, "server", conn_id=req.conn_id or 0, pkt=s.pkt,
-                ack=req.cont_seq, cwnd=hit.plan.cwnd, ssthresh=s.ssthresh,
-                tcp_base=s.tcp_base, state=s.state)))
+            out.append((row.index, 0, _event(s.kind, row.t, "server", req.conn_id or 0, s.pkt,
+                                             req.cont_seq, hit.plan.cwnd, s.ssthresh,
+                                             s.tcp_base, s.state, {})))
 
     def synack(self, row: PacketRow) -> None:
         """The SYN-ACK carries the handshake continuation: the engine's syn event."""
@@ -271,7 +287,7 @@ class _Derivation:
         cv = self.cv
         cv.inferred = False
         try:
-            v = admit(row_type(row), row_cont(row), row.sacks or (), row.t, self.cfg, cv.view,
+            v = admit(row_type(row), row_cont(row), row.sacks or (), row.t, self.cfg, self.view,
                       row, entry.plan)
         except Exception as e:  # the engine's catch-all for a failing step
             self._emit(row, ev.DROP, "internal." + type(e).__name__)

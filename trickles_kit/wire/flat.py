@@ -35,73 +35,91 @@ from trickles_kit.wire.messages import (
     scan_chunks,
 )
 
-__all__ = ["flat_request", "flat_response"]
+__all__ = ["flat_request", "flat_response", "request_parts", "response_parts"]
 
+# module globals, not default arguments: a call copies every default (16 of them doubled the
+# cost of a call the capture decoder makes per packet)
 _FULL_TYPES = frozenset((FULL1, FULL2))
+_REQ_TYPES = REQUEST_FULL_TYPES
+_HEAD = REQUEST_HEAD.unpack_from
+_HEAD_LEN, _REQ_CONT, _REQ_STATE = REQUEST_HEAD_LEN, REQUEST_CONT_OFFSET, REQUEST_STATE_AT
 _SACKS_N = [s.unpack_from for s in SACK_BLOCKS]
 _ONE_SACK = SACK_BLOCK.unpack_from
+_RANGE = RANGE.unpack_from
+_RANGES = RANGE.iter_unpack
 _SACK_LEN, _RANGE_LEN = SACK_BLOCK.size, RANGE.size
+_RESP = RESPONSE_FULL.unpack_from
+_RESP_LEN, _RESP_CONT, _RESP_STATE = RESPONSE_FULL_LEN, RESPONSE_CONT_OFFSET, RESPONSE_STATE_AT
+_U32 = U32.unpack_from
 _U32_END = 0x100000000
 
 
-def flat_request(d, p: int, end: int, _head=REQUEST_HEAD.unpack_from, _types=REQUEST_FULL_TYPES,
-                 _full=_FULL_TYPES, _hl=REQUEST_HEAD_LEN, _ct=REQUEST_CONT_OFFSET,
-                 _st=REQUEST_STATE_AT, _one=_ONE_SACK, _sacks_n=_SACKS_N,
-                 _range=RANGE.unpack_from, _b=BOOTSTRAP, _sl=_SACK_LEN, _rl=_RANGE_LEN,
-                 _ms=MAX_SACKS, _mr=MAX_RANGES) -> tuple | None:
-    """A NORMAL / SLOWSTART / FIN request with a FULL continuation in d[p:end], flat:
-    `REQUEST_HEAD`'s 19 fields (type, the continuation's 17, numSacks), then the SACK blocks'
-    values (L, R, summary, L, ...), ucont_len, the range count, the ranges' values
-    (start, end, start, ...) and where the application bytes begin. None for any other shape.
-    """
-    if not (end - p >= _hl and d[p] in _types and d[p + _ct] in _full
-            and d[p + _st] <= _b):
+def request_parts(d, p: int, end: int) -> tuple | None:
+    """A NORMAL / SLOWSTART / FIN request with a FULL continuation in d[p:end] as
+    (`REQUEST_HEAD`'s 19 fields — type, the continuation's 17, numSacks —, the SACK blocks'
+    values (L, R, summary, L, ...), ucont_len, the range count, the ranges' values (start,
+    end, start, ...), where the application bytes begin). None for any other shape.
+    Six items, the head as unpacked: no tuple is copied (`flat_request` joins them)."""
+    if not (end - p >= _HEAD_LEN and d[p] in _REQ_TYPES and d[p + _REQ_CONT] in _FULL_TYPES
+            and d[p + _REQ_STATE] <= BOOTSTRAP):
         return None
-    head = _head(d, p)
+    head = _HEAD(d, p)
     nsacks = head[18]
-    q = p + _hl + _sl * nsacks
-    if nsacks > _ms or q + 3 > end:
+    q = p + _HEAD_LEN + _SACK_LEN * nsacks
+    if nsacks > MAX_SACKS or q + 3 > end:
         return None
-    sk = _one(d, p + _hl) if nsacks == 1 else _sacks_n[nsacks](d, p + _hl)
+    sk = _ONE_SACK(d, p + _HEAD_LEN) if nsacks == 1 else _SACKS_N[nsacks](d, p + _HEAD_LEN)
     ulen = (d[q] << 8) | d[q + 1]
     o = q + 2 + ulen
     if o >= end:
         return None
     nr = d[o]
-    q = o + 1 + _rl * nr
-    if nr > _mr or q > end:
+    q = o + 1 + _RANGE_LEN * nr
+    if nr > MAX_RANGES or q > end:
         return None
     if nr == 1:
-        lo, hi = _range(d, o + 1)
+        lo, hi = _RANGE(d, o + 1)
         hi += lo
         rk: tuple = (lo, hi)
     else:
-        rk = tuple(chain.from_iterable((x, x + y) for x, y in RANGE.iter_unpack(d[o + 1 : q])))
+        rk = tuple(chain.from_iterable((x, x + y) for x, y in _RANGES(d[o + 1 : q])))
         hi = max(rk[1::2]) if nr else 0
     if hi > _U32_END:
         return None
-    return head + (sk, ulen, nr, rk, q)
+    return head, sk, ulen, nr, rk, q
 
 
-def flat_response(d, p: int, end: int, _resp=RESPONSE_FULL.unpack_from, _full=_FULL_TYPES,
-                  _rl=RESPONSE_FULL_LEN, _ct=RESPONSE_CONT_OFFSET, _st=RESPONSE_STATE_AT,
-                  _u32=U32.unpack_from, _b=BOOTSTRAP, _ch=CHUNK_HEADER_LEN, _dk=CHUNK_DATA,
-                  _dh=DATA_CHUNK_OVERHEAD, _fin=FLAG_FIN) -> tuple | None:
-    """A response with a FULL continuation in d[p:end], flat: `RESPONSE_FULL`'s 21 fields
-    (nonce, numSiblings, position, ucont_len, the continuation's 17), then what its chunks
-    say — first DATA byteNum, DATA bytes, FIN, FINHINT byteNum and the DecodeError reason of
-    a bad chunk (`scan_chunks`; "truncated" when the user continuation runs past the end) or
-    None. None for any other shape."""
-    if not (end - p >= _rl and d[p + _ct] in _full and d[p + _st] <= _b):
+def flat_request(d, p: int, end: int) -> tuple | None:
+    """`request_parts` as one flat tuple: the head's 19 fields, then the other five."""
+    f = request_parts(d, p, end)
+    return None if f is None else f[0] + f[1:]
+
+
+def response_parts(d, p: int, end: int) -> tuple | None:
+    """A response with a FULL continuation in d[p:end] as (`RESPONSE_FULL`'s 21 fields —
+    nonce, numSiblings, position, ucont_len, the continuation's 17 —, then what its chunks
+    say: first DATA byteNum, DATA bytes, FIN, FINHINT byteNum and the DecodeError reason of a
+    bad chunk (`scan_chunks`; "truncated" when the user continuation runs past the end) or
+    None). None for any other shape. Six items, the head as unpacked (`flat_response` joins
+    them)."""
+    if not (end - p >= _RESP_LEN and d[p + _RESP_CONT] in _FULL_TYPES
+            and d[p + _RESP_STATE] <= BOOTSTRAP):
         return None
-    head = _resp(d, p)
-    c = p + _rl + head[3]
+    head = _RESP(d, p)
+    c = p + _RESP_LEN + head[3]
     if c > end:  # the user continuation runs past the end
-        return head + (None, 0, False, None, "truncated")
+        return head, None, 0, False, None, "truncated"
     if c == end:
-        return head + (None, 0, False, None, None)
+        return head, None, 0, False, None, None
     tf = d[c]
-    clen = (d[c + 1] << 8) | d[c + 2] if c + _ch <= end else 0
-    if tf >> 4 == _dk and c + clen == end and clen >= _dh:  # one DATA chunk
-        return head + (_u32(d, c + _ch)[0], clen - _dh, bool(tf & _fin), None, None)
-    return head + scan_chunks(d, c, end)
+    clen = (d[c + 1] << 8) | d[c + 2] if c + CHUNK_HEADER_LEN <= end else 0
+    if tf >> 4 == CHUNK_DATA and c + clen == end and clen >= DATA_CHUNK_OVERHEAD:  # one DATA
+        return (head, _U32(d, c + CHUNK_HEADER_LEN)[0], clen - DATA_CHUNK_OVERHEAD,
+                bool(tf & FLAG_FIN), None, None)
+    return (head, *scan_chunks(d, c, end))
+
+
+def flat_response(d, p: int, end: int) -> tuple | None:
+    """`response_parts` as one flat tuple: the head's 21 fields, then the other five."""
+    f = response_parts(d, p, end)
+    return None if f is None else f[0] + f[1:]
