@@ -44,7 +44,7 @@ def _load() -> ModuleType | None:
             sys.meta_path.insert(0, _SourceOnly)
         return None
     try:
-        from trickles_kit.native import _speedups
+        from trickles_kit.native import _speedups  # type: ignore[attr-defined]
     except ImportError:  # no compiler when the package was installed: pure Python
         return None
     return _speedups
