@@ -38,10 +38,26 @@ class _SourceOnly:
         return None
 
 
+def _stale_mypyc() -> list[str]:
+    """mypyc modules whose .py changed after they were compiled (an edit since `make native`):
+    their .so would run the old code, so then no mypyc module is used (they call each other
+    directly, as one group)."""
+    stale = []
+    for so in PACKAGE.glob("*/*.so"):
+        py = so.with_name(so.name.split(".")[0] + ".py")
+        if py.exists() and py.stat().st_mtime > so.stat().st_mtime:
+            stale.append(py.relative_to(PACKAGE.parent).as_posix())
+    return stale
+
+
+STALE = _stale_mypyc() if not PURE else []
+
+
 def _load() -> ModuleType | None:
-    if PURE:
+    if PURE or STALE:
         if _SourceOnly not in sys.meta_path:
             sys.meta_path.insert(0, _SourceOnly)
+    if PURE:
         return None
     try:
         from trickles_kit.native import _speedups  # type: ignore[attr-defined]
@@ -69,7 +85,7 @@ def compiled_on_disk() -> list[str]:
     """trickles_kit modules that have a compiled twin on disk (whether or not active)."""
     suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
     out = []
-    for p in PACKAGE.rglob("*"):
+    for p in PACKAGE.glob("*/*"):
         if p.name.endswith(suffixes) and not p.name.startswith("_speedups"):
             rel = p.relative_to(PACKAGE.parent).as_posix()
             out.append(rel.split(".")[0].replace("/", "."))
@@ -82,7 +98,10 @@ def build() -> str:
         return "pure Python (TRICKLES_PURE=1)"
     if speedups is None:
         return "pure Python (no compiled helpers built)"
-    mods = compiled_on_disk()
+    mods = [] if STALE else compiled_on_disk()
+    if STALE:
+        return ("compiled (checksum and batched I/O in C; mypyc: none, "
+                f"{STALE[0]} changed since `make native`)")
     return ("compiled (checksum and batched I/O in C; mypyc: "
             + (", ".join(m.removeprefix("trickles_kit.") for m in mods) if mods else "none")
             + ")")
