@@ -19,6 +19,9 @@ if os.environ.get("TRICKLES_MYPYC") == "1":
 
     with open("trickles_kit/native/mypyc_modules.txt", encoding="utf-8") as f:
         mods = [ln.split("#")[0].strip() for ln in f]
-    ext += mypycify([m for m in mods if m], opt_level="3")
+    # the group's shared library inside the package (trickles_kit/native/), so that a copy of
+    # trickles_kit/ carries it along
+    ext += mypycify([m for m in mods if m], opt_level="3",
+                    group_name="trickles_kit.native.mypyc_group")
 
 setup(ext_modules=ext)

@@ -54,9 +54,8 @@ STALE = _stale_mypyc() if not PURE else []
 
 
 def _load() -> ModuleType | None:
-    if PURE or STALE:
-        if _SourceOnly not in sys.meta_path:
-            sys.meta_path.insert(0, _SourceOnly)
+    if (PURE or STALE) and _SourceOnly not in sys.meta_path:
+        sys.meta_path.insert(0, _SourceOnly)
     if PURE:
         return None
     try:
@@ -76,7 +75,8 @@ def mypyc_modules() -> list[str]:
     out = []
     for name, mod in list(sys.modules.items()):
         f = getattr(mod, "__file__", None) or ""
-        if name.startswith("trickles_kit.") and f.endswith(".so") and "_speedups" not in name:
+        if (name.startswith("trickles_kit.") and f.endswith(".so")
+                and not name.startswith("trickles_kit.native.")):
             out.append(name)
     return sorted(out)
 
@@ -86,7 +86,7 @@ def compiled_on_disk() -> list[str]:
     suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
     out = []
     for p in PACKAGE.glob("*/*"):
-        if p.name.endswith(suffixes) and not p.name.startswith("_speedups"):
+        if p.name.endswith(suffixes) and not p.name.startswith(("_speedups", "mypyc_group")):
             rel = p.relative_to(PACKAGE.parent).as_posix()
             out.append(rel.split(".")[0].replace("/", "."))
     return sorted(out)
