@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 import random
+import shutil
 import subprocess
 import sys
 
@@ -108,3 +109,27 @@ def test_without_trickles_pure_the_compiled_build_is_active() -> None:
     compiled()
     code = "import trickles_kit.wire.segment as s, trickles_kit.native as n; print(n.build())"
     assert _run(code, pure=False).startswith("compiled (checksum and batched I/O in C; mypyc: ")
+
+
+def test_an_edited_module_is_never_run_from_a_stale_mypyc_build(tmp_path) -> None:
+    """Edit a compiled module's .py after `make native`: every module comes from its .py (the
+    mypyc modules call each other directly, so none of them is kept), and doctor says why."""
+    if not native.compiled_on_disk():
+        msg = "no mypyc build here: make native (needs a C compiler and mypy)"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    shutil.copytree(REPO / "trickles_kit", tmp_path / "trickles_kit",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # copy2: times kept
+    name = native.compiled_on_disk()[0]
+    py = tmp_path / (name.replace(".", "/") + ".py")
+    py.write_text(py.read_text() + "\n")  # an edit: newer than its .so
+    code = ("import importlib, trickles_kit.native as n; m = importlib.import_module("
+            f"{name!r}); print(m.__file__.endswith('.py'), n.mypyc_modules(), n.build())")
+    env = {k: v for k, v in os.environ.items() if k != "TRICKLES_PURE"}
+    env["PYTHONPATH"] = str(tmp_path)
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       cwd=tmp_path, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("True [] compiled (checksum and batched I/O in C; mypyc: none, ")
+    assert "changed since `make native`" in p.stdout

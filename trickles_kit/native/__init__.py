@@ -53,19 +53,14 @@ def _stale_mypyc() -> list[str]:
 STALE = _stale_mypyc() if not PURE else []
 
 
-def _load() -> ModuleType | None:
-    if (PURE or STALE) and _SourceOnly not in sys.meta_path:
-        sys.meta_path.insert(0, _SourceOnly)
-    if PURE:
-        return None
+if (PURE or STALE) and _SourceOnly not in sys.meta_path:
+    sys.meta_path.insert(0, _SourceOnly)
+speedups: ModuleType | None = None
+if not PURE:
     try:
-        from trickles_kit.native import _speedups  # type: ignore[attr-defined]
+        from trickles_kit.native import _speedups as speedups  # type: ignore[attr-defined]
     except ImportError:  # no compiler when the package was installed: pure Python
-        return None
-    return _speedups
-
-
-speedups = _load()
+        speedups = None
 recv_many = fallback.recv_many if speedups is None else speedups.recv_many
 send_many = fallback.send_many if speedups is None else speedups.send_many
 
