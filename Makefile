@@ -41,7 +41,8 @@ $(VPY):
 	fi
 
 # (Re)install only when pyproject.toml changes. `lab-venv` (what test, lab and demo use) installs
-# the dev and lab extras in one pip run straight from the bare venv and marks both stamps, so a
+# the dev, lab, quic and parquet extras (quic: aioquic, the QUIC baseline; parquet: pyarrow and
+# duckdb for decoded captures) in one pip run straight from the bare venv and marks both stamps, so a
 # fresh `make test` installs once.
 $(STAMP): pyproject.toml | $(VPY)
 	$(VPY) -m pip install -q --upgrade pip
@@ -58,7 +59,7 @@ $(VENV)/.plotly-basic: $(LABSTAMP)
 
 $(LABSTAMP): pyproject.toml | $(VPY)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -e '.[dev,lab]'
+	$(VPY) -m pip install -e '.[dev,lab,quic,parquet]'
 	touch $(STAMP) $@
 
 # The optional compiled build (setup.py says what): `pip install -e` above already builds the C

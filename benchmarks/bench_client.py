@@ -136,6 +136,23 @@ def child(trace_file: str, size: int, seed: int, reps: int, digest: bool = True)
             "us_per_packet_all": [round(x / rx * 1e6, 3) for x in times]}
 
 
+def tree_of(spec: str) -> str:
+    """A directory holding the `trickles_kit/` of `spec`: `spec` itself when it is one, else a
+    git revision of this checkout exported to a temporary directory (`git archive`)."""
+    import io
+    import tarfile
+    import tempfile
+
+    if (Path(spec) / "trickles_kit").is_dir():
+        return spec
+    blob = subprocess.run(["git", "-C", str(REPO), "archive", spec, "trickles_kit"],
+                          capture_output=True, check=True).stdout
+    tmp = tempfile.mkdtemp(prefix="bench_tree_")
+    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+        tar.extractall(tmp, filter="data")
+    return tmp
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -144,13 +161,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--reps", type=int, default=5, help="timed replays per process")
     ap.add_argument("--rounds", type=int, default=3, help="processes per checkout, alternating")
-    ap.add_argument("--against", help="another checkout (a directory holding trickles_kit/)")
+    ap.add_argument("--against", "--baseline-tree", metavar="REV|DIR",
+                    help="another checkout: a git revision of this one, or a directory holding "
+                         "its trickles_kit/ (alternating runs, same recorded trace)")
     # a run writes to reports/ (git-ignored); the committed result changes only with --record
     ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks" / "client.json"),
                     help="JSON output path (default: %(default)s)")
-    ap.add_argument("--record", dest="out", action="store_const",
+    ap.add_argument("--record", dest="out", nargs="?", metavar="NAME",
                     const=str(REPO / "benchmarks" / "results" / "client.json"),
-                    help="refresh the committed benchmarks/results/client.json")
+                    type=lambda name: str(REPO / "benchmarks" / "results" / name),
+                    help="refresh the committed benchmarks/results/client.json (or NAME there)")
     ap.add_argument("--instructions", action="store_true",
                     help="also count each checkout's instructions per packet (valgrind)")
     ap.add_argument("--quick", action="store_true",
@@ -170,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     roots = {"this": str(REPO)}
     if a.against:
-        roots["against"] = str(Path(a.against).resolve())
+        roots["against"] = str(Path(tree_of(a.against)).resolve())
     runs: dict[str, list[dict]] = {k: [] for k in roots}
     args = [f"--size={a.size}", f"--loss={a.loss}", f"--seed={a.seed}", f"--reps={a.reps}"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -195,12 +215,15 @@ def main(argv: list[str] | None = None) -> int:
     res = {"command": " ".join(["bench_client.py", *shown]), "options": opts,
            "method": "CPU time (process_time) to replay one recorded transfer's client inputs "
                      "into a fresh ClientEngine; per packet received; min over replays and "
-                     "processes", "runs": runs}
+                     "processes (median: of every replay)", "runs": runs}
     for name, rs in runs.items():
+        every = sorted(x for r in rs for x in r["us_per_packet_all"])
         res[name] = {"us_per_packet": min(r["us_per_packet_min"] for r in rs),
+                     "us_per_packet_median": round(every[len(every) // 2], 3),
                      "sent_sha256": sorted({r["sent_sha256"] for r in rs}),
                      "packets": rs[0]["packets"], "summary": rs[0]["summary"]}
-        print(f"{name}: {res[name]['us_per_packet']} us/packet over {rs[0]['packets']} packets"
+        print(f"{name}: {res[name]['us_per_packet']} us/packet (median "
+              f"{res[name]['us_per_packet_median']}) over {rs[0]['packets']} packets"
               f" (sent digest {res[name]['sent_sha256'][0][:16]}, {rs[0]['summary']})")
         if a.instructions:
             per = counts[name] / rs[0]["packets"]
@@ -209,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.against:
         ratio = res["this"]["us_per_packet"] / res["against"]["us_per_packet"]
         res["ratio_this_over_against"] = round(ratio, 4)
+        res["median_ratio_this_over_against"] = round(
+            res["this"]["us_per_packet_median"] / res["against"]["us_per_packet_median"], 4)
         print(f"this / against = {ratio:.3f} (CPU time)")
         if a.instructions:
             iratio = counts["this"] / counts["against"]

@@ -489,6 +489,23 @@ def bench_server(opts: dict) -> dict:
     }
 
 
+def tree_of(spec: str) -> str:
+    """A directory holding the `trickles_kit/` of `spec`: `spec` itself when it is one, else a
+    git revision of this checkout exported to a temporary directory (`git archive`)."""
+    import io
+    import tarfile
+    import tempfile
+
+    if (Path(spec) / "trickles_kit").is_dir():
+        return spec
+    blob = subprocess.run(["git", "-C", str(REPO), "archive", spec, "trickles_kit"],
+                          capture_output=True, check=True).stdout
+    tmp = tempfile.mkdtemp(prefix="bench_tree_")
+    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+        tar.extractall(tmp, filter="data")
+    return tmp
+
+
 def load_tree(root: str):
     """A server factory of an older checkout (a directory holding its `trickles_kit/`, e.g.
     ``git archive REV trickles_kit | tar -x -C DIR``): the package is copied under the name
@@ -828,9 +845,10 @@ def main(argv: list[str] | None = None) -> int:
     # a run writes to reports/ (git-ignored); the committed result changes only with --record
     ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks" / "core.json"),
                     help="JSON output path (default: %(default)s)")
-    ap.add_argument("--record", dest="out", action="store_const",
+    ap.add_argument("--record", dest="out", nargs="?", metavar="NAME",
                     const=str(REPO / "benchmarks" / "results" / "core.json"),
-                    help="refresh the committed benchmarks/results/core.json")
+                    type=lambda name: str(REPO / "benchmarks" / "results" / name),
+                    help="refresh the committed benchmarks/results/core.json (or NAME there)")
     ap.add_argument("--pool", type=int, help="requests in the pool (default 50000; quick 5000)")
     ap.add_argument("--rounds", type=int,
                     help="end-to-end rounds, each a batch + a per-call pass (default 5; quick 2)")
@@ -843,10 +861,11 @@ def main(argv: list[str] | None = None) -> int:
                          "on a shared machine, or wall time (default: %(default)s); the "
                          "end-to-end figures always report both")
     ap.add_argument("--note", help="free text stored in the JSON (e.g. what changed)")
-    ap.add_argument("--baseline-tree", metavar="DIR",
+    ap.add_argument("--baseline-tree", metavar="REV|DIR",
                     help="also time the server engine of an older checkout against this one, "
-                         "interleaved in the same run: DIR holds its trickles_kit/ (e.g. "
-                         "git archive HEAD trickles_kit | tar -x -C DIR)")
+                         "interleaved in the same run: a git revision of this checkout, or a "
+                         "DIR holding its trickles_kit/ (e.g. git archive HEAD trickles_kit | "
+                         "tar -x -C DIR)")
     ap.add_argument("--compare-rounds", type=int, default=10,
                     help="interleaved rounds of --baseline-tree (default: %(default)s)")
     ap.add_argument("--compare", metavar="OLD.json",
@@ -879,7 +898,7 @@ def main(argv: list[str] | None = None) -> int:
             pool, _ = build_pool(opts["pool"])
             res["server_per_request"]["same_run_baseline"] = {
                 "baseline": a.baseline_tree,
-                **compare_engines(pool, a.compare_rounds, load_tree(a.baseline_tree))}
+                **compare_engines(pool, a.compare_rounds, load_tree(tree_of(a.baseline_tree)))}
     if "cwnd" in sections:
         print("[2/3] cwnd ...", file=sys.stderr, flush=True)
         res["cwnd"] = bench_cwnd(opts)

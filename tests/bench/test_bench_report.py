@@ -88,3 +88,15 @@ def test_judge_reports_a_miss_and_skips_what_did_not_run() -> None:
                             "tcp_bytes_per_connection": 1705.0}})
     assert [t["met"] for t in got] == [False, True, False]
     assert judge({"fairness": {"error": "no root"}}) == []
+
+
+def test_quic_rows_come_from_a_quic_result(tmp_path: Path) -> None:
+    """The third baseline reaches the README table when its result is there, and only then."""
+    assert "QUIC" not in report.readme_table(tmp_path)
+    q = {"goodput": {"table": [{"rtt_ms": 50.0, "rate_mbit": 10, "trickles": 8.0,
+                                "reno": 9.0, "quic": 8.5, "trickles_over_quic": 0.94}]},
+         "memory": {"bytes_per_connection": {"trickles": 32.0, "tcp": 1709.0, "quic": 99394.5}}}
+    (tmp_path / "bench_quic.json").write_text(json.dumps(q))
+    table = report.readme_table(tmp_path)
+    assert "| 50 ms | 8.00 | Reno 9.00 | QUIC 8.50; Trickles/QUIC 0.94 |" in table
+    assert "| none | 32 | 1709 | QUIC 99,394 |" in table

@@ -33,16 +33,19 @@ BENCHMARKS = REPO / "benchmarks"
 EXCLUDED: dict[str, str] = {}
 # what each root-only script does with it: need_root says "<script> (<this>) needs root"
 ROOT_ONLY = {"bench_wire.py": "raw IP sockets", "storms.py": "raw sockets and namespaces",
-             "bench_uplink_loss.py": "network namespaces and raw sockets"}
-TOOLS = {"storms.py": ("ip", "iptables"), "bench_uplink_loss.py": TESTBED_TOOLS}
+             "bench_uplink_loss.py": "network namespaces and raw sockets",
+             "bench_quic.py": "network namespaces and raw sockets"}
+TOOLS = {"storms.py": ("ip", "iptables"), "bench_uplink_loss.py": TESTBED_TOOLS,
+         "bench_quic.py": TESTBED_TOOLS}
 BROWSER = {"bench_notebooks.py"}
 # wall seconds of each quick run in this module under `nice -n 19 ... -n 2` on a 2-core machine
 # at load 9-10 (other jobs running; about half that on a quiet one); only the order of the
 # parameters uses it, see _scripts
-COST = {"bench_notebooks.py": 104, "bench_core.py": 97, "storms.py": 40, "bench_flood.py": 34,
+COST = {"bench_quic.py": 123, "bench_notebooks.py": 104, "bench_core.py": 97, "storms.py": 40,
+        "bench_flood.py": 34,
         "bench_wire.py": 23, "bench_uplink_loss.py": 14, "bench_cache.py": 10,
         "bench_parallel.py": 10, "liars.py": 10, "bench_decode.py": 9, "fuzz_campaign.py": 9,
-        "bench_replay_horizon.py": 9, "bench_delta.py": 6}
+        "bench_replay_horizon.py": 9, "bench_delta.py": 6, "bench_decode_scale.py": 20}
 
 
 def results_status() -> list[str]:

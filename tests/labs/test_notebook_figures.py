@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
 PLOTLY = "application/vnd.plotly.v1+json"
 RUNS = {  # notebook -> (small parameters, the number of figures it draws)
-    "06-benchmark-vs-linux-tcp": ({"RUN_LIVE": False, "LEVELS": (1, 10)}, 5),
+    "06-benchmark-vs-linux-tcp": ({"RUN_LIVE": False, "LEVELS": (1, 10)}, 6),
     "08-optimizations": ({"SIZE": 40_000, "RECORDS": 60, "N": 4}, 4),
     "09-compressed-continuations": ({"SIZE": 200_000}, 2),
 }

@@ -367,16 +367,17 @@ def test_transfers_are_sized_from_what_a_flow_can_get() -> None:
     assert expected_mbit(10, 10, 0.0001) == 10  # the link, when the bound is above it
 
 
-def test_bench_refuses_the_rtt_knob_where_it_is_not_wired(capsys) -> None:
+def test_bench_refuses_the_rtt_knob_where_there_is_no_path(capsys) -> None:
     import argparse
 
     from trickles_kit.cli.bench import _path_kwargs
 
     ns = argparse.Namespace(rtt=50.0, jitter=0.0)
     assert _path_kwargs(ns, ["goodput"]) == {"rtt_ms": 50.0, "jitter_ms": 0.0}
-    assert _path_kwargs(ns, ["goodput", "fairness"]) is None
-    assert "only goodput takes them" in capsys.readouterr().err
-    assert _path_kwargs(argparse.Namespace(rtt=0.0, jitter=0.0), ["fairness"]) == {}
+    assert _path_kwargs(ns, ["goodput", "fairness"]) == {"rtt_ms": 50.0, "jitter_ms": 0.0}
+    assert _path_kwargs(ns, ["loopback"]) is None  # the server alone on loopback
+    assert "no path to delay" in capsys.readouterr().err
+    assert _path_kwargs(argparse.Namespace(rtt=0.0, jitter=0.0), ["loopback"]) == {}
 
 
 def test_preflight_path_records_rtt_asked_and_measured() -> None:

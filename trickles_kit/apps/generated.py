@@ -11,7 +11,7 @@ import hashlib
 import struct
 from collections import OrderedDict
 
-from trickles_kit.apps.common import fill_slots, request_words
+from trickles_kit.apps.common import request_words
 from trickles_kit.core.seal import UcontBox
 from trickles_kit.core.server import Minisocket, ServerEngine
 
@@ -116,9 +116,22 @@ class Generated:
                 return
             sealed = box.seal(_UC.pack(size, seed), msk.conn_id)
         pat = _pattern(seed)
-
-        def read(s: int, e: int) -> bytes:
-            off = s % PERIOD
-            return pat[off : off + e - s] if e - s <= PERIOD else generated_bytes(seed, s, e)
-
-        fill_slots(msk, size, read, lambda _off: sealed)
+        # `fill_slots(msk, size, read, lambda _off: sealed)` inlined (this runs per request):
+        # the same bytes, FINHINTs and user continuations, without its closures and calls
+        held = msk.ucont
+        for slot in msk.slots:
+            rng = slot.range
+            if rng is None:
+                slot.finhint = size
+                slot.ucont = sealed
+                continue
+            start, end = rng
+            room = slot.budget - len(sealed) if sealed != held else slot.budget
+            end = min(end, size, start + (room if room > 1 else 1))
+            if start < end:
+                off = start % PERIOD
+                slot.fill(start, pat[off : off + end - start] if end - start <= PERIOD
+                          else generated_bytes(seed, start, end), end == size)
+            if end >= size or start >= end:
+                slot.finhint = size
+            slot.ucont = sealed

@@ -27,10 +27,12 @@ mark), content type and file path — that determines every byte of the stream. 
 with AES-GCM bound to the connection id (`core.seal.UcontBox`) and the very same sealed bytes go
 out as the user continuation of every packet; later requests carry it back and the handler
 recomputes any byte range from it. A blob that does not open, or opens to a malformed descriptor,
-drops the minisocket (`msk.drop()`). The blob is opened on every request (AES-GCM, about 1 µs:
-that is what binds it to the connection); the descriptors it opens to are cached by their
-plaintext, so the cache holds one entry per object served, shared by every connection fetching
-it, and the server's memory does not grow with connections. Open file descriptors sit in a small
+drops the minisocket (`msk.drop()`). A blob is opened (AES-GCM: that is what binds it to the
+connection) once per connection: a bounded cache keyed by (connection id, the sealed bytes)
+remembers what it opened to, so a hit means these exact bytes, bound to this connection, opened
+before. The descriptors are cached by their plaintext too, one entry per object served, shared
+by every connection fetching it; both caches are bounded, so the server's memory does not grow
+with connections. Open file descriptors sit in a small
 LRU keyed by path and checked against the file's (device, inode) — soft state that is never
 needed for correctness.
 
@@ -173,6 +175,10 @@ class WebServer:
         # bounded soft state, none of it per connection: descriptor plaintext -> descriptor
         # (one per object served), and path -> (fd, dev, ino)
         self._descs: dict[bytes, Descriptor] = {}
+        # (connId, sealed blob) -> its descriptor: a connection's blob is opened once, not on
+        # every request (AES-GCM was the handler's largest cost, issue 17); bounded, cleared
+        # when full, so a miss only opens again
+        self._opened: dict[tuple[int, bytes], Descriptor] = {}
         self._fds: OrderedDict[str, tuple[int, int, int]] = OrderedDict()
         self.bad_ucont = 0
         self.counters: Counter[str] = Counter()
@@ -206,13 +212,18 @@ class WebServer:
         cid = msk.conn_id
         if msk.ucont:
             sealed = msk.ucont  # passed on unchanged: no re-seal per packet
-            plain = box.open(sealed, cid)
-            if plain is None:
-                d = None
-            elif (d := self._descs.get(plain)) is None:
-                d = Descriptor.unpack(plain)
+            # a hit: these exact sealed bytes, bound to this connId, opened before
+            d = self._opened.get((cid, sealed))
+            if d is None:
+                plain = box.open(sealed, cid)
+                if plain is not None and (d := self._descs.get(plain)) is None:
+                    d = Descriptor.unpack(plain)
+                    if d is not None:
+                        self._remember(plain, d)
                 if d is not None:
-                    self._remember(plain, d)
+                    if len(self._opened) >= self.cache_entries:
+                        self._opened.clear()
+                    self._opened[(cid, sealed)] = d
             if d is None:
                 self.bad_ucont += 1
                 msk.drop()

@@ -14,21 +14,25 @@ from pathlib import Path
 from trickles_kit.bench import flows as fl
 from trickles_kit.bench.goodput import FlowSpec, _figures, _median, log, run_flows
 from trickles_kit.bench.meta import meta
-from trickles_kit.net.testbed import TestbedConfig
+from trickles_kit.bench.rtt import path_config, preflight_path, rtt_argv
 
 RATE = 20.0  # Mbit/s: the shared bottleneck
 SECONDS = {True: 12.0, False: 20.0}  # whole mix; short runs are all slow start
 REPEATS = {True: 1, False: 3}  # medians are reported
 
 
-def run(quick: bool, out_dir: Path, verbose: bool = False) -> dict:
+def run(quick: bool, out_dir: Path, verbose: bool = False, rtt_ms: float = 0.0,
+        jitter_ms: float = 0.0) -> dict:
+    """The mixes through a path of idle RTT `rtt_ms` (`bench.rtt`: checked first)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    rtt = preflight_path(rtt_ms, jitter_ms, RATE, verbose)
     t0 = time.monotonic()
     mixes = {"1+1": 1, "1+4": 4}
     res: dict = {"experiment": "fairness",
                  "meta": meta(["-m", "trickles_kit.cli", "bench", "fairness"]
-                              + (["--quick"] if quick else []), "quick" if quick else "full"),
-                 "rate_mbit": RATE, "repeats": REPEATS[quick], "mixes": {},
+                              + (["--quick"] if quick else []) + rtt_argv(rtt_ms, jitter_ms),
+                              "quick" if quick else "full"),
+                 "rtt": rtt, "rate_mbit": RATE, "repeats": REPEATS[quick], "mixes": {},
                  "method": "1 Trickles + N Reno flows started together, same size each; "
                            "goodput per flow over the window all are active (first 10 % "
                            "skipped), from the router capture; Jain's index over the flows",
@@ -44,7 +48,8 @@ def run(quick: bool, out_dir: Path, verbose: bool = False) -> dict:
             f"{size / 1e6:.1f} MB each ...", True)
         specs = [FlowSpec("trickles", size)] + [FlowSpec("reno", size) for _ in range(n_reno)]
         try:
-            r = run_flows(TestbedConfig(rate_mbit=RATE), specs, verbose, f"fair{name}")
+            r = run_flows(path_config(RATE, 0.0, rtt_ms, jitter_ms), specs, verbose,
+                          f"fair{name}")
         except (RuntimeError, OSError, ValueError) as e:
             runs[name].append({"error": f"{type(e).__name__}: {e}"})
             continue

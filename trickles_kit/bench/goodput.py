@@ -26,7 +26,7 @@ from pathlib import Path
 from trickles_kit.apps.generated import generated_sha256
 from trickles_kit.bench import flows as fl
 from trickles_kit.bench.meta import CHILD_CWD, meta
-from trickles_kit.bench.rtt import expected_mbit, path_config, preflight_path
+from trickles_kit.bench.rtt import expected_mbit, path_config, preflight_path, rtt_argv
 from trickles_kit.bench.tcphttp import read_head
 from trickles_kit.net.testbed import CLIENT, SERVER, SERVER_ADDR, Testbed, TestbedConfig
 from trickles_kit.viz.report import write_report
@@ -227,9 +227,10 @@ def _strip(r: dict) -> dict:
 
 
 def run(quick: bool, out_dir: Path, verbose: bool = False, rtt_ms: float = 0.0,
-        jitter_ms: float = 0.0) -> dict:
+        jitter_ms: float = 0.0, stem: str = "goodput") -> dict:
     """Goodput at 10/50/100 Mbit/s, 0 and 1 % loss: Trickles, Reno, Cubic, one flow at a time,
-    through a path of idle RTT `rtt_ms` (`bench.rtt`: checked first, refused if off)."""
+    through a path of idle RTT `rtt_ms` (`bench.rtt`: checked first, refused if off); written
+    to `out_dir/STEM.json` (`trickles bench all`'s RTT grid: goodput_rttMS)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rtt = preflight_path(rtt_ms, jitter_ms, max(RATES), verbose)
     if rtt_ms:
@@ -289,7 +290,7 @@ def run(quick: bool, out_dir: Path, verbose: bool = False, rtt_ms: float = 0.0,
                       for rate in DELTA_RATES}
     res = {"experiment": "goodput",
            "meta": meta(["-m", "trickles_kit.cli", "bench", "goodput"]
-                        + (["--quick"] if quick else []) + _rtt_argv(rtt_ms, jitter_ms),
+                        + (["--quick"] if quick else []) + rtt_argv(rtt_ms, jitter_ms),
                         "quick" if quick else "full"),
            "rtt": rtt,
            "seconds_per_run_target": secs, "repeats": REPEATS[quick], "trickles_mss": TK_MSS,
@@ -301,14 +302,9 @@ def run(quick: bool, out_dir: Path, verbose: bool = False, rtt_ms: float = 0.0,
            "ratio_trickles_delta_over_reno_per_rate": per_rate_delta,
            "target": "Trickles/Reno >= 0.9 at 10 and 50 Mbit/s (0 % loss)",
            "wall_s": round(time.monotonic() - t0, 1)}
-    (out_dir / "goodput.json").write_text(json.dumps(res, indent=1) + "\n")
-    _figures(figs, out_dir / "goodput.html")
+    (out_dir / f"{stem}.json").write_text(json.dumps(res, indent=1) + "\n")
+    _figures(figs, out_dir / f"{stem}.html")
     return res
-
-
-def _rtt_argv(rtt_ms: float, jitter_ms: float) -> list[str]:
-    return ([f"--rtt={rtt_ms:g}"] if rtt_ms else []) + \
-        ([f"--jitter={jitter_ms:g}"] if jitter_ms else [])
 
 
 def _median(xs: list[float]) -> float | None:

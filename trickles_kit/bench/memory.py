@@ -59,6 +59,7 @@ from trickles_kit.bench.parked_client import (
     ParkingHost,  # noqa: F401 - the client child's; importable from here as before
     trickles_client,
 )
+from trickles_kit.bench.rtt import host_delay, rtt_argv
 from trickles_kit.core.replay import ReplayHistory
 from trickles_kit.core.server import ServerConfig
 from trickles_kit.net.topology import Topology, list_namespaces
@@ -330,8 +331,21 @@ def _summary(res: dict) -> dict:
     }
 
 
+def _levels(res: dict, topo: Any, levels: Sequence[int], size: int, tmp: Path,
+            timeout: float, verbose: bool) -> None:
+    """Each connection count in turn, Trickles then Linux TCP, into `res`."""
+    for n in levels:
+        if verbose:
+            print(f"memory: {n} connection(s): Trickles ...", file=sys.stderr)
+        res["trickles"].append(_trickles_level(topo, n, size, tmp, timeout))
+        if verbose:
+            print(f"memory: {n} connection(s): Linux TCP ...", file=sys.stderr)
+        res["tcp"].append(_tcp_level(topo, n, size, tmp, timeout))
+
+
 def run(quick: bool, out_dir: Path, verbose: bool = False, levels: Sequence[int] | None = None,
-        size: int = OBJECT, argv: Sequence[str] | None = None) -> dict:
+        size: int = OBJECT, argv: Sequence[str] | None = None, rtt_ms: float = 0.0,
+        jitter_ms: float = 0.0) -> dict:
     """Run the experiment (root), write `out_dir/memory.json` and `memory.html`; return it."""
 
     if os.geteuid() != 0:
@@ -346,7 +360,8 @@ def run(quick: bool, out_dir: Path, verbose: bool = False, levels: Sequence[int]
         # which under `trickles bench all` names another experiment and an output directory)
         "meta": meta(list(argv) if argv is not None
                      else ["-m", "trickles_kit.cli", "bench", "memory"]
-                     + (["--quick"] if quick else []), "quick" if quick else "full"),
+                     + (["--quick"] if quick else []) + rtt_argv(rtt_ms, jitter_ms),
+                     "quick" if quick else "full"),
         "experiment": "memory",
         "options": {"levels": levels, "object_bytes": size, "seeds": SEEDS,
                     "open_window": WINDOW, "client_addr": CLIENT_ADDR,
@@ -365,13 +380,10 @@ def run(quick: bool, out_dir: Path, verbose: bool = False, levels: Sequence[int]
             topo.sh("s", ["sysctl", "-qw", "net.core.somaxconn=8192"])
             topo.sh("s", ["sysctl", "-qw", "net.ipv4.tcp_max_syn_backlog=8192"])
             res["namespaces"] = dict(topo.namespaces)
-            for n in levels:
-                if verbose:
-                    print(f"memory: {n} connection(s): Trickles ...", file=sys.stderr)
-                res["trickles"].append(_trickles_level(topo, n, size, tmp, timeout))
-                if verbose:
-                    print(f"memory: {n} connection(s): Linux TCP ...", file=sys.stderr)
-                res["tcp"].append(_tcp_level(topo, n, size, tmp, timeout))
+            path = host_delay(topo, rtt_ms, jitter_ms, "c", topo.links[0].dev_a,
+                              ("s", SERVER_ADDR))
+            with path as res["rtt"]:
+                _levels(res, topo, levels, size, tmp, timeout, verbose)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

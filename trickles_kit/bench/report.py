@@ -94,19 +94,94 @@ def headline(res: dict[str, dict]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def quic_rows(q: dict) -> list[tuple[str, str, str, str, str]]:
+    """(measure, RTT, Trickles, Linux TCP, QUIC and ratio) rows of a QUIC baseline run
+    (`benchmarks/bench_quic.py`, `trickles bench quic`): the third baseline of issue #15."""
+    rows = []
+    for r in q.get("goodput", {}).get("table", []):
+        rows.append((f"goodput with QUIC, {r['rate_mbit']} Mbit/s, client-measured "
+                     "(Mbit/s, median)", f"{r['rtt_ms']:g} ms", _f(r.get("trickles")),
+                     f"Reno {_f(r.get('reno'))}",
+                     f"QUIC {_f(r.get('quic'))}; Trickles/QUIC "
+                     f"{_f(r.get('trickles_over_quic'))}"))
+    per = q.get("cpu", {}).get("per_mb", {})
+    if per:
+        t, tcp, qu = (per.get(k, {}) for k in ("trickles", "reno", "quic"))
+        rows.append(("server CPU per MB incl. the kernel's network work (s)", "none",
+                     _f(t.get("server_plus_kernel_s"), "{:.4f}"),
+                     _f(tcp.get("server_plus_kernel_s"), "{:.4f}"),
+                     f"QUIC {_f(qu.get('server_plus_kernel_s'), '{:.4f}')}"))
+    mem = q.get("memory", {}).get("bytes_per_connection", {})
+    if mem:
+        rows.append(("server memory per connection vs QUIC (bytes)", "none",
+                     _f(mem.get("trickles"), "{:.0f}"), _f(mem.get("tcp"), "{:.0f}"),
+                     f"QUIC {_f(mem.get('quic'), '{:,.0f}')}"))
+    return rows
+
+
+def _quic_result(results_dir: Path) -> dict | None:
+    for name in ("bench_quic.json", "quic_baseline.json"):
+        p = Path(results_dir) / name
+        if p.exists():
+            return json.loads(p.read_text())
+    return None
+
+
 def readme_table(results_dir: Path = RESULTS) -> str:
-    """The README's headline table, generated from `results_dir/bench_*.json`."""
+    """The README's headline table, generated from `results_dir/bench_*.json`: each row with
+    the RTT its experiment ran at; then the goodput rows of the runs through a delay
+    (`bench_goodput_rttMS.json`, `trickles bench goodput --rtt MS`) at the rates and losses
+    the targets name."""
     res = load(results_dir, "bench_")
-    lines = ["| measure | Trickles | Linux TCP | ratio / note |", "|---|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in headline(res)]
+    lines = ["| measure | RTT | Trickles | Linux TCP | ratio / note |", "|---|---|---|---|---|"]
+    for name in EXPERIMENTS:
+        if name in res:
+            rtt = rtt_words(res[name], name)
+            lines += [f"| {a} | {rtt} | {b} | {c} | {d} |" for a, b, c, d in
+                      headline({name: res[name]})]
+    for g in rtt_results(results_dir):
+        rtt = rtt_words(g, "goodput")
+        lines += [f"| {a} | {rtt} | {b} | {c} | {d} |" for a, b, c, d in
+                  headline({"goodput": g}) if _target_cell(a)]
+    q = _quic_result(results_dir)
+    if q:
+        lines += ["| " + " | ".join(row) + " |" for row in quic_rows(q)]
     dates = sorted({r["meta"]["date_utc"][:10] for r in res.values() if "meta" in r})
     machine = next((r["meta"]["machine"] for r in res.values() if "meta" in r), {})
     lines.append("")
     lines.append(f"Full runs of `trickles bench` ({', '.join(dates) or 'no results'}; "
                  f"{machine.get('cpu_model', '?')}, {machine.get('cpu_count', '?')} CPUs); "
                  f"files `benchmarks/results/bench_*.json`. Delay: "
-                 f"{_delay(res)}.")
+                 f"{_delay(res)}." + (" Rows with an RTT: `trickles bench goodput --rtt MS` "
+                                      "(`bench_goodput_rttMS.json`; its mode in the RTT column)."
+                                      if rtt_results(results_dir) else ""))
     return "\n".join(lines)
+
+
+def rtt_results(results_dir: Path = RESULTS) -> list[dict]:
+    """The committed goodput runs through a delay, by RTT."""
+    runs = [json.loads(p.read_text()) for p in Path(results_dir).glob("bench_goodput_rtt*.json")]
+    return sorted(runs, key=lambda r: (r.get("rtt") or {}).get("rtt_asked_ms") or 0.0)
+
+
+def _target_cell(measure: str) -> bool:
+    """Rows of the cells the targets name (10 and 50 Mbit/s, Trickles' own wire)."""
+    return ("delta" not in measure and
+            any(measure.startswith(f"goodput, {r} Mbit/s") for r in (10, 50)))
+
+
+def rtt_words(r: dict, name: str = "") -> str:
+    """The RTT an experiment ran at: "0" (no delay), "–" (loopback: no path), or asked
+    (measured) with the run's mode when it was not a full run."""
+    if name == "loopback":
+        return "–"
+    rtt = r.get("rtt") or {}
+    asked = rtt.get("rtt_asked_ms") or 0.0
+    if not asked:
+        return "0"
+    mode = (r.get("meta") or {}).get("mode")
+    tail = f"; {mode}" if mode and mode != "full" else ""
+    return f"{asked:g} ms ({rtt.get('rtt_measured_ms')}{tail})"
 
 
 def _delay(res: dict[str, dict]) -> str:

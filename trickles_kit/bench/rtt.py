@@ -19,12 +19,17 @@ and raises `RttPreflightError` (one line) when the median is not the RTT asked f
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
+from typing import Any
 
+from trickles_kit.net.delayline import DelayLine, Direction, LineConfig
 from trickles_kit.net.rttprobe import RttPreflightError, preflight
 from trickles_kit.net.testbed import Testbed, TestbedConfig
 
-__all__ = ["RttPreflightError", "expected_mbit", "path_config", "preflight_path"]
+__all__ = ["RttPreflightError", "expected_mbit", "host_delay", "path_config", "preflight_path",
+           "rtt_argv"]
 
 DEFAULT_QUEUE_MS = 50.0
 
@@ -36,6 +41,12 @@ def path_config(rate_mbit: float, loss: float = 0.0, rtt_ms: float = 0.0,
         raise ValueError(f"--rtt {rtt_ms:g} --jitter {jitter_ms:g}: need 0 <= jitter <= rtt/2")
     return TestbedConfig(rate_mbit=rate_mbit, loss=loss, delay_ms=rtt_ms / 2,
                          jitter_ms=jitter_ms, queue_ms=max(DEFAULT_QUEUE_MS, rtt_ms))
+
+
+def rtt_argv(rtt_ms: float, jitter_ms: float) -> list[str]:
+    """The options that reproduce a path, for a result's recorded command."""
+    return ([f"--rtt={rtt_ms:g}"] if rtt_ms else []) + \
+        ([f"--jitter={jitter_ms:g}"] if jitter_ms else [])
 
 
 def expected_mbit(rate_mbit: float, rtt_ms: float, loss: float, mss: int = 1448) -> float:
@@ -73,3 +84,31 @@ def _line_summary(stats: dict | None) -> dict | None:
             "late": sum(d.get("late", 0) for d in dirs.values()),
             "late_max_ms": max((d.get("late_max_ms", 0) for d in dirs.values()), default=0),
             "kernel_dropped": stats.get("kernel_dropped")}
+
+
+@contextlib.contextmanager
+def host_delay(topo: Any, rtt_ms: float, jitter_ms: float, client: str, dev: str,
+               server: tuple[str, str], queue_len: int = 1 << 16) -> Iterator[dict]:
+    """The whole RTT on the way out of namespace `client` (its OUTPUT chain, device `dev`), for
+    topologies with no router (bench.memory: client and server on one veth); checked by the
+    pre-flight against `server` (namespace, address). Yields what the result records; the
+    line is stopped (its rules removed) on every exit path. The queue is large: thousands of
+    connections may handshake at once."""
+    if rtt_ms <= 0:
+        yield {"rtt_asked_ms": 0.0, "rtt_measured_ms": None,
+               "note": "no delay asked for: the testbed's own RTT (well under 1 ms)"}
+        return
+    cfg = LineConfig([Direction("out", ["-o", dev], 0, rtt_ms, 2 * jitter_ms)],
+                     queue_len=queue_len, chain="OUTPUT", tag=f"tkdl{topo.tag}"[:28])
+    line = DelayLine(topo.ns(client), cfg)
+    line.start()
+    rec: dict = {}
+    try:
+        rec.update(preflight(
+            topo, tol_ms=1.0 + 2 * jitter_ms, count=100 if jitter_ms else 50,
+            delay_ms=rtt_ms / 2, ends=(client, *server),
+            mechanism=f"nfqueue delay line {rtt_ms:g} ms on the client's way out (queue "
+                      f"{queue_len}, {line.ready.get('scheduling', '?')})"))
+        yield rec
+    finally:
+        rec["delay_line"] = _line_summary(line.stop())

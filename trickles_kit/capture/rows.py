@@ -122,6 +122,7 @@ class Capture:
         self.secret_used = secret_used
         self.events_derived = events_derived
         self._n_streamed: int | None = None  # a PacketStream's count (it keeps no rows)
+        self._cols = None  # a `columns.PacketColumns` table (`capture.columnar`), else None
 
     def __repr__(self) -> str:
         return (f"Capture(path={self.path!r}, packets={self.n_packets}, "
@@ -131,13 +132,26 @@ class Capture:
     def packets(self) -> list[PacketRow]:
         """One `PacketRow` per Trickles segment, in capture order (built on first access)."""
         if self._rows is None:
-            self._rows = rows_of(self._flat or [], *self._ragged)
+            if self._cols is not None:
+                with no_gc():  # (the columns stay the table: `packets_df` reads them)
+                    self._rows = self._cols.rows()
+            else:
+                self._rows = rows_of(self._flat or [], *self._ragged)
             self._flat, self._ragged = None, ([], [])
         return self._rows
 
     @packets.setter
     def packets(self, rows: list[PacketRow]) -> None:
-        self._rows, self._flat, self._ragged = rows, None, ([], [])
+        self._rows, self._flat, self._ragged, self._cols = rows, None, ([], []), None
+
+    def _set_columns(self, cols) -> None:
+        """Back the table with `cols` (a `PacketColumns`): rows built on first access."""
+        self._rows, self._flat, self._ragged, self._cols = None, None, ([], []), cols
+
+    @property
+    def table(self):
+        """The `PacketColumns` of a columnar capture (`capture.columnar`), else None."""
+        return self._cols
 
     def _set_flat(self, flat: list, svals: list, rvals: list) -> None:
         self._rows, self._flat, self._ragged = None, flat, (svals, rvals)
@@ -147,6 +161,8 @@ class Capture:
         """len(packets), without building the rows (for a `PacketStream`: rows streamed)."""
         if self._n_streamed is not None:
             return self._n_streamed
+        if self._cols is not None:
+            return self._cols.n
         return len(self._rows) if self._rows is not None else len(self._flat or ()) // NF
 
     def columns(self) -> dict[str, list]:
@@ -155,6 +171,8 @@ class Capture:
             get = row_getter()
             vals = list(zip(*map(get, self._rows), strict=True)) if self._rows else [()] * NF
             return {f: list(v) for f, v in zip(ROW_FIELDS, vals, strict=True)}
+        if self._cols is not None:
+            return self._cols.to_lists()
         flat = self._flat or []
         cols = {f: flat[i::NF] for i, f in enumerate(ROW_FIELDS)}
         svals, rvals = self._ragged
@@ -169,6 +187,10 @@ class Capture:
         return [r for r in self.packets if r.error is not None]
 
     def packets_df(self):
+        """The packet table as a DataFrame; from the arrays for a columnar capture (categorical
+        strings, nullable integers; see `capture.frames`)."""
+        if self._cols is not None:
+            return self._cols.to_pandas()
         pd = _pandas()
         cols = self.columns()
         n = len(cols["index"])

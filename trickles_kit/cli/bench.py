@@ -16,6 +16,7 @@ from trickles_kit.bench import report
 from trickles_kit.bench.report import EXPERIMENTS, write_report
 from trickles_kit.net import sysdeps
 from trickles_kit.net.testbed import TOOLS
+from trickles_kit.services import quic_failover
 
 
 def add_bench_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +26,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
                     "bottleneck, random loss, captures at the router. Each experiment writes "
                     "OUT/NAME.json (+ NAME.html figures); `report` combines them. Needs root "
                     "(namespaces, raw sockets), except `report`.")
-    b.add_argument("experiment", choices=(*EXPERIMENTS, "all", "report"))
+    # quic: the QUIC (aioquic HTTP/3) baseline, bench/quic.py (in a full `all`)
+    b.add_argument("experiment", choices=(*EXPERIMENTS, "quic", "all", "report"))
     b.add_argument("--quick", action="store_true",
                    help="short runs (all of them: under 10 minutes)")
     b.add_argument("--out", default="reports/bench", help="output directory (default "
@@ -34,7 +36,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
                    help="also refresh the committed results benchmarks/results/bench_NAME.json "
                         "from this (full) run and regenerate the README table from them")
     b.add_argument("--rtt", type=float, default=0.0, metavar="MS",
-                   help="idle round-trip time of the path (goodput): MS/2 each way, by netem "
+                   help="idle round-trip time of the path (every experiment but loopback): "
+                        "MS/2 each way, by netem "
                         "or the NFQUEUE delay line; checked before the runs (refused if off by "
                         "more than 1 ms); the bottleneck buffers max(50 ms, one RTT) of its rate")
     b.add_argument("--jitter", type=float, default=0.0, metavar="MS",
@@ -76,6 +79,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     path = _path_kwargs(args, names)
     if path is None:
         return 2
+    if args.experiment == "all" and not args.quick and not path:
+        # the full run adds goodput through each RTT of the grid (goodput_rttMS)
+        names += [f"goodput_rtt{r:g}" for r in RTT_GRID]
+        names.append("quic")  # the third baseline, at the experiments' RTTs
     testbed = [n for n in names if n != "loopback"]  # loopback needs no namespaces
     if testbed:
 
@@ -91,8 +98,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
         t1 = time.monotonic()
         try:
-            res = _module(name).run(args.quick, out, args.verbose,
-                                    **(path if name in RTT_EXPERIMENTS else {}))
+            # under `all`, loopback (no path) runs as it is; the others get the RTT
+            res = _run_one(name, args, out, path)
         except (RuntimeError, OSError, ValueError) as e:
             print(f"trickles bench: {name} failed: {e}", file=sys.stderr)
             failed.append(name)
@@ -118,8 +125,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-# the experiments that take the RTT knob so far
-RTT_EXPERIMENTS = ("goodput",)
+# RTTs (ms) a full `trickles bench all` measures goodput at, besides the experiments' own
+# (no delay): issue #15's grid
+RTT_GRID = (20.0, 50.0, 100.0, 200.0)
+
+
+def _run_one(name: str, args: argparse.Namespace, out: Path, path: dict) -> dict:
+    """One experiment; `goodput_rttMS` is goodput through a path of that RTT."""
+    if name.startswith("goodput_rtt"):
+        return _module("goodput").run(args.quick, out, args.verbose,
+                                      rtt_ms=float(name[len("goodput_rtt"):]), stem=name)
+    if name == "quic" and args.experiment == "all":  # the grid, as goodput_rttMS has it
+        path = {**path, "rtts": (path.get("rtt_ms", 0.0), *RTT_GRID[:3])}
+    # under `all`, loopback (no path) runs as it is; the others get the RTT
+    return _module(name).run(args.quick, out, args.verbose,
+                             **(path if name in RTT_EXPERIMENTS else {}),
+                             # its failover demo lives a layer up, in services/
+                             **({"failover": quic_failover.compare}
+                                if name == "quic" else {}))
+
+
+# the experiments that take the RTT knob: every one with a path between two namespaces
+# (loopback measures the server alone on loopback: no path, nothing to delay)
+RTT_EXPERIMENTS = ("goodput", "fairness", "cpu", "memory", "quic")
 
 
 def _path_kwargs(args: argparse.Namespace, names: list[str]) -> dict | None:
@@ -127,9 +155,9 @@ def _path_kwargs(args: argparse.Namespace, names: list[str]) -> dict | None:
     rtt, jitter = getattr(args, "rtt", 0.0) or 0.0, getattr(args, "jitter", 0.0) or 0.0
     if not rtt and not jitter:
         return {}
-    other = [n for n in names if n not in RTT_EXPERIMENTS]
-    msg = (f"--rtt/--jitter: only {', '.join(RTT_EXPERIMENTS)} takes them so far, not "
-           f"{', '.join(other)}" if other else
+    other = [n for n in names if n not in RTT_EXPERIMENTS and len(names) == 1]
+    msg = (f"--rtt/--jitter: {', '.join(other)} has no path to delay (it measures the server "
+           f"alone on loopback); {', '.join(RTT_EXPERIMENTS)} take them" if other else
            "--rtt and --jitter must be >= 0, with jitter <= rtt/2"
            if rtt < 0 or jitter < 0 or 2 * jitter > rtt else None)
     if msg:
@@ -147,7 +175,10 @@ def record(names: list[str], out: Path, results: Path | None = None,
     for name in names:
         src = out / f"{name}.json"
         if src.exists():
-            dst = results / f"bench_{name}.json"
+            # a run through a delay never replaces the no-delay result: bench_NAME_rttMS.json
+            rtt = (json.loads(src.read_text()).get("rtt") or {}).get("rtt_asked_ms") or 0.0
+            tail = f"_rtt{rtt:g}" if rtt and "_rtt" not in name else ""
+            dst = results / f"bench_{name}{tail}.json"
             shutil.copyfile(src, dst)
             written.append(dst)
             print(f"trickles bench: recorded {os.path.relpath(dst)}", file=sys.stderr)
@@ -171,6 +202,7 @@ def judge(summary: dict) -> list[dict]:
             got = ratios[rate]
             out.append({"target": f"goodput Trickles/Reno >= 0.9 at {rate} Mbit/s, 0 % loss",
                         "got": got, "met": got is not None and got >= 0.9})
+    out += _rtt_targets(summary)
     jain = (summary.get("fairness") or {}).get("jain_1_1")
     if "fairness" in summary and "error" not in summary["fairness"]:
         out.append({"target": "Jain's index >= 0.9 for 1 Trickles + 1 Reno", "got": jain,
@@ -181,12 +213,36 @@ def judge(summary: dict) -> list[dict]:
         out.append({"target": f"Trickles server memory ~ 0 bytes per connection (under "
                               f"{MEMORY_SHARE:.0%} of TCP's {tcp} B)", "got": tk,
                     "met": tk <= MEMORY_SHARE * tcp})
+    out.extend((summary.get("quic") or {}).get("targets", []))
+    return out
+
+
+def _rtt_targets(summary: dict) -> list[dict]:
+    """Issue #15's: Trickles/Reno >= 0.93 at every RTT <= 100 ms and rate <= 50 Mbit/s with
+    0 % loss, >= 0.90 with 1 % loss (runs through a delay: goodput --rtt, or the grid)."""
+    out = []
+    for name, s in summary.items():
+        rtt = (s or {}).get("rtt_ms")
+        if not name.startswith("goodput") or not rtt or rtt > 100:
+            continue
+        for key, got in sorted((s.get("ratios") or {}).items()):
+            rate, loss = key.split("mbit_loss")
+            if float(rate) > 50:
+                continue
+            want = 0.93 if float(loss) == 0 else 0.90
+            out.append({"target": f"goodput Trickles/Reno >= {want} at RTT {rtt:g} ms, {rate} "
+                                  f"Mbit/s, {float(loss):.0%} loss", "got": got,
+                        "met": got is not None and got >= want})
     return out
 
 
 def _brief(name: str, res: dict) -> dict:
-    if name == "goodput":
-        return {"trickles_over_reno": res.get("ratio_trickles_over_reno_per_rate")}
+    if name.startswith("goodput"):
+        rtt = (res.get("rtt") or {}).get("rtt_asked_ms") or 0.0
+        return {"trickles_over_reno": res.get("ratio_trickles_over_reno_per_rate"),
+                **({"rtt_ms": rtt, "rtt_measured_ms": res["rtt"].get("rtt_measured_ms"),
+                    "ratios": {k: v.get("trickles_over_reno")
+                               for k, v in (res.get("ratios") or {}).items()}} if rtt else {})}
     if name == "fairness":
         return {"jain_1_1": res.get("jain_1_1"), "jain_1_4": res.get("jain_1_4")}
     if name == "memory":
@@ -194,7 +250,12 @@ def _brief(name: str, res: dict) -> dict:
         return {k: s.get(k) for k in ("trickles_bytes_per_connection",
                                       "tcp_bytes_per_connection")}
     if name == "cpu":
-        return {"cpu_s_per_mb": res.get("cpu_s_per_mb")}
+        sys_cpu = res.get("system_cpu_s_per_mb") or {}
+        return {"cpu_s_per_mb": res.get("cpu_s_per_mb"), "with_kernel_s_per_mb": {
+            k: v.get("server_plus_kernel_s") for k, v in sys_cpu.items()}}
+    if name == "quic":
+        return {"targets": res.get("targets"), "memory": (res.get("memory") or {}).get(
+            "bytes_per_connection"), "goodput": (res.get("goodput") or {}).get("table")}
     if name == "loopback":
         return {k: res.get(k) for k in ("server_packets_per_s", "floor_pairs_per_s",
                                         "server_over_floor")}

@@ -7,7 +7,9 @@ Registered by `trickles_kit.cli` through `add_capture_parsers(subparsers)`; ever
 bounded whatever the capture's size, and a corrupt record met on the way ends the output there
 (the one-line error, status 2). With --events, and for `trickles replay`, the packets of the
 whole capture are decoded first (pairing answers with requests needs them all): memory grows
-with the number of Trickles packets, not with the file's size.
+with the number of Trickles packets, not with the file's size. `trickles decode --format parquet
+-o OUT/` writes the packet table (and with --events the events) as Parquet partitioned by run
+(`capture.parquet`; packets streamed chunk by chunk, in bounded memory without --events).
 """
 
 from __future__ import annotations
@@ -80,8 +82,15 @@ def add_capture_parsers(sub: argparse._SubParsersAction) -> None:
                         "tells MAC, nonce and stale drops apart")
     d.add_argument("--service-port", type=_port, metavar="P",
                    help="the Trickles service port (default: learned from the SYNs)")
-    d.add_argument("--format", choices=("table", "csv", "json"), default="table",
-                   help="table (readable, default), csv, or json (one JSON object per line)")
+    d.add_argument("--format", choices=("table", "csv", "json", "parquet"), default="table",
+                   help="table (readable, default), csv, json (one JSON object per line), or "
+                        "parquet (files under --output; needs pyarrow: the parquet extra)")
+    d.add_argument("-o", "--output", metavar="DIR",
+                   help="with --format parquet: the directory to write packets/run=RUN/ "
+                        "(and with --events events/run=RUN/) under")
+    d.add_argument("--run", metavar="NAME",
+                   help="with --format parquet: the run's partition name (default: the "
+                        "capture's file name)")
     d.add_argument("--events", action="store_true", help="print events instead of packets")
     d.add_argument("--no-checksums", action="store_true",
                    help="do not verify TCP checksums (faster on large captures)")
@@ -334,6 +343,8 @@ def _emit(write, out: TextIO) -> int:
 
 # ---------------------------------------------------------------------------- commands
 def cmd_decode(args: argparse.Namespace) -> int:
+    if args.format == "parquet":
+        return _parquet_decode(args)
     if not args.events:
         return _stream_decode(args)
     cap, status = _decode("decode", args, events=True)
@@ -372,6 +383,31 @@ def _stream_decode(args: argparse.Namespace) -> int:
 
     status = _emit(write, sys.stdout)
     return _fail("decode", failed[0]) if failed else status
+
+
+def _parquet_decode(args: argparse.Namespace) -> int:
+    """`--format parquet`: the tables as Parquet files under --output (`capture.parquet`)."""
+    from trickles_kit.capture import parquet  # lazy: numpy/pyarrow only for Parquet
+
+    if not args.output:
+        return _fail("decode", "--format parquet needs --output DIR")
+    if parquet.arrow_or_none() is None:
+        return _fail("decode", parquet.PARQUET_HINT)
+    try:
+        secret = _secret(args.secret_file)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TruncatedCaptureWarning)
+            res = parquet.write_parquet(args.pcap, args.output, secret=secret,
+                                        service_port=args.service_port, run=args.run,
+                                        events=args.events, checksums=not args.no_checksums)
+    except (PcapError, ValueError) as e:
+        return _fail("decode", e)
+    cap = res["capture"]
+    if cap.warning:
+        print(f"trickles decode: warning: {cap.warning}", file=sys.stderr)
+    print(f"{res['packets']} packets" + (f", {res['events']} events" if args.events else "")
+          + " -> " + ", ".join(str(f) for f in res["files"]))
+    return 0
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

@@ -37,6 +37,13 @@ def add_services_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--repeats", type=int, default=3,
                    help="load: 1-vs-2-replica pairs to run; the median pair is reported "
                         "(default 3)")
+    d.add_argument("--rtt", type=float, default=0.0, metavar="MS",
+                   help="idle round-trip time client <-> replicas: MS/2 each way by the "
+                        "NFQUEUE delay line in the router; checked before the run (refused if "
+                        "off by more than 1 ms) and recorded; the bottleneck buffers "
+                        "max(50 ms, one RTT) of its rate")
+    d.add_argument("--jitter", type=float, default=0.0, metavar="MS",
+                   help="+- MS on each one-way delay, slowly varying (order kept); with --rtt")
     d.add_argument("--out", type=Path, default=Path(DEFAULT_OUT),
                    help="results directory (default %(default)s; git-ignored)")
     d.add_argument("--record", action="store_true",
@@ -74,6 +81,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
               "connection: see `demo balance --tcp`)", file=sys.stderr)
         return 2
     kw: dict = {"kind": kind, "verbose": args.verbose}
+    if args.rtt or args.jitter:
+        if args.rtt < 0 or args.jitter < 0 or 2 * args.jitter > args.rtt:
+            print("trickles services demo: --rtt and --jitter must be >= 0, with jitter <= "
+                  "rtt/2", file=sys.stderr)
+            return 2
+        kw.update(rtt_ms=args.rtt, jitter_ms=args.jitter)
     if args.size is not None:
         if args.size <= 0:
             print("trickles services demo: --size must be positive", file=sys.stderr)
@@ -97,6 +110,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         argv = ["-m", "trickles_kit.cli", "services", "demo", args.scenario]
         argv += ["--tcp"] if args.tcp else []
         argv += ["--size", str(args.size)] if args.size else []
+        argv += [f"--rtt={args.rtt:g}"] if args.rtt else []
+        argv += [f"--jitter={args.jitter:g}"] if args.jitter else []
         if args.scenario == "load":
             argv += ["--repeats", str(args.repeats)]
         argv += ["--record"] if args.record else []

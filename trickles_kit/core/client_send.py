@@ -11,6 +11,7 @@ engine runs the server's planning function on it to know the packets it will mak
 from __future__ import annotations
 
 import heapq
+import struct
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -19,8 +20,8 @@ from trickles_kit.core import events as ev
 from trickles_kit.core import plan as pl
 from trickles_kit.core.phase import Phase
 from trickles_kit.core.reassembly import Ranges
-from trickles_kit.wire.continuation import Continuation
-from trickles_kit.wire.messages import MAX_RANGES, REQ_NORMAL, Request, SackBlock
+from trickles_kit.wire.continuation import FULL1, FULL2, FULL_FORMAT, Continuation
+from trickles_kit.wire.messages import MAX_RANGES, MAX_SACKS, REQ_NORMAL, Request, SackBlock
 from trickles_kit.wire.segment import ACK
 
 if TYPE_CHECKING:  # (types only)
@@ -34,6 +35,35 @@ if TYPE_CHECKING:  # (types only)
 
 
 _U32 = 0xFFFFFFFF
+_HEAD = struct.Struct("!B" + FULL_FORMAT + "B").pack  # type, FULL continuation, numSacks
+_SACKS = [struct.Struct(f"!{3 * i}I").pack for i in range(MAX_SACKS + 1)]
+_U16 = struct.Struct("!H").pack
+_RANGE = struct.Struct("!II").pack
+
+
+def encode_request(req: Request) -> bytes:
+    """`req.encode()` for a non-SYN request that is well formed, in fewer steps (it runs per
+    request); anything else (a field the encoder refuses) goes to `Request.encode`, which
+    raises. tests/core/test_fastpath.py checks the two agree."""
+    c = req.cont
+    sacks, ranges, ucont = req.sacks, req.ranges, req.ucont
+    if (c is None or (c.type != FULL1 and c.type != FULL2) or req.type > 3 or req.type == 2
+            or len(sacks) > MAX_SACKS or len(ranges) > MAX_RANGES or len(ucont) > 0xFFFF
+            or len(c.mac) != 16):
+        return req.encode()
+    rparts = []
+    for start, end in ranges:
+        if not 0 <= start <= _U32 or not start <= end <= _U32 + 1 or end - start > _U32:
+            return req.encode()  # (it raises)
+        rparts.append(_RANGE(start, end - start))
+    flat = [x for b in sacks for x in b]
+    return b"".join((
+        _HEAD(req.type, c.type, c.seq, c.first_child, c.client_state, c.parent,
+              c.client_timestamp, c.timestamp, c.mrtt, c.state, c.first_loss,
+              c.first_bootstrap_seq, c.start_cwnd, c.ssthresh, c.tcp_base, c.conn_id,
+              c.key_epoch, c.mac, len(sacks)),
+        _SACKS[len(sacks)](*flat), _U16(len(ucont)), ucont, bytes((len(ranges),)),
+        *rparts, req.app))
 
 
 class RequestSending:
@@ -165,7 +195,7 @@ class RequestSending:
         app = self._request_bytes if not self.ucont else b""
         req = Request(rtype, c, sacks, self.ucont, ranges, app)
         build = self.build
-        payload = req.encode() if build.preds is None else build.payload(req, rtype, plan)
+        payload = encode_request(req) if build.preds is None else build.payload(req, rtype, plan)
         seg = build.segment(payload, cont.seq, flags)
         self._outbox.append(seg)
         self.counters["requests"] += 1

@@ -72,7 +72,10 @@ class RangePicker:
     def unreceived(self, pos: int, stop: int, mss: int) -> tuple[int, int] | None:
         """Up to `mss` bytes from `pos`, jumping over what already arrived (a SKIP covers
         whole reserved ranges past the frontier in one chunk); None when [pos, stop) is done."""
-        got = self.stream.received.clip(pos, stop)  # past the frontier: only SKIPs, a few runs
+        received = self.stream.received
+        if received.ends_by(pos):  # nothing arrived past pos (the common case)
+            return (pos, pos + mss if pos + mss < stop else stop) if pos < stop else None
+        got = received.clip(pos, stop)  # past the frontier: only SKIPs, a few runs
         i = 0
         while i < len(got) and got[i][0] <= pos:
             pos = max(pos, got[i][1])

@@ -37,11 +37,22 @@ class RangeSet:
             return
         starts, ends = self._starts, self._ends
         i = bisect_right(ends, start - 1)  # first range whose end >= start (touching merges)
+        n = len(starts)
+        if i == n or starts[i] > end:  # (the common cases inline: a new run, at the end or
+            starts.insert(i, start)  # between two others)
+            ends.insert(i, end)
+            return
         j = i
-        while j < len(starts) and starts[j] <= end:
-            start = min(start, starts[j])
-            end = max(end, ends[j])
+        while j < n and starts[j] <= end:  # (conditionals, not min/max: this runs per packet)
+            if starts[j] < start:
+                start = starts[j]
+            if ends[j] > end:
+                end = ends[j]
             j += 1
+        if j == i + 1:  # it meets one run: widen it in place
+            starts[i] = start
+            ends[i] = end
+            return
         starts[i:j] = [start]
         ends[i:j] = [end]
 
@@ -82,17 +93,22 @@ class RangeSet:
         """Parts of [start, end) not in the set."""
         out = []
         pos = start
-        i = max(bisect_right(self._starts, start) - 1, 0)
         starts, ends = self._starts, self._ends
-        while pos < end and i < len(starts):
-            if ends[i] <= pos:
+        i = bisect_right(starts, start) - 1
+        if i < 0:
+            i = 0
+        n = len(starts)
+        while pos < end and i < n:
+            e = ends[i]
+            if e <= pos:
                 i += 1
                 continue
-            if starts[i] >= end:
+            s = starts[i]
+            if s >= end:
                 break
-            if starts[i] > pos:
-                out.append((pos, starts[i]))
-            pos = max(pos, ends[i])
+            if s > pos:
+                out.append((pos, s))
+            pos = e  # (e > pos here)
             i += 1
         if pos < end:
             out.append((pos, end))
@@ -101,14 +117,30 @@ class RangeSet:
     def clip(self, start: int, end: int) -> list[tuple[int, int]]:
         """Parts of [start, end) that are in the set."""
         out = []
-        i = max(bisect_right(self._starts, start) - 1, 0)
         starts, ends = self._starts, self._ends
-        while i < len(starts) and starts[i] < end:
-            s, e = max(starts[i], start), min(ends[i], end)
+        i = bisect_right(starts, start) - 1
+        if i < 0:
+            i = 0
+        n = len(starts)
+        while i < n:
+            s = starts[i]
+            if s >= end:
+                break
+            if s < start:
+                s = start
+            e = ends[i]
+            if e > end:
+                e = end
             if s < e:
                 out.append((s, e))
             i += 1
         return out
+
+    def ends_by(self, x: int) -> bool:
+        """Nothing in the set at or above `x` (the client's common case: new bytes, new
+        packet numbers, past everything seen)."""
+        ends = self._ends
+        return not ends or ends[-1] <= x
 
     def first(self) -> tuple[int, int] | None:
         return (self._starts[0], self._ends[0]) if self._starts else None

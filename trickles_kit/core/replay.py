@@ -115,15 +115,25 @@ class ReplayHistory:
         `sealed` is when the continuation was sealed (server clock; defaults to `now`). False
         means: recorded within the freshness limit, or sealed at or before the row's horizon.
         """
-        w = self.WAYS
         h = self._keyed.copy()  # self.row(key), inlined: this runs once per request
         h.update(key.to_bytes(8, "little"))
         r = int.from_bytes(h.digest(), "little") % self._nb
-        b = r * w
+        b = r * self.WAYS
+        tick = self.TICK
         stamps = self._stamps
-        cur = self._tick(now)
-        seal = self._tick(now if sealed is None else sealed)
-        live = cur - int(self.freshness / self.TICK) - 2  # older seals are stale: slot is free
+        base = self._base
+        if base is None:
+            self._tick(now)  # sets the tick origin
+            base = self._base
+        # self._tick(now) and self._tick(sealed), inlined
+        cur = int((now - base) / tick) + 1
+        cur = 1 if cur < 1 else cur if cur < 0xFFFFFFFF else 0xFFFFFFFF
+        if sealed is None:
+            seal = cur
+        else:
+            seal = int((sealed - base) / tick) + 1
+            seal = 1 if seal < 1 else seal if seal < 0xFFFFFFFF else 0xFFFFFFFF
+        live = cur - int(self.freshness / tick) - 2  # older seals are stale: slot is free
         row = self._ROW.unpack_from(self._keys, b * 8)
         if key in row:
             i = b + row.index(key)

@@ -23,7 +23,7 @@ class RequestBuilder:
     ECHO_EPOCHS = 16  # timeout epochs whose late packets are still recognised (data only)
 
     __slots__ = ("local_ip", "local_port", "server_ip", "server_port", "seq", "paired",
-                 "hashed", "preds", "compact_ok", "_key", "tokens")
+                 "hashed", "preds", "compact_ok", "_key", "tokens", "_last")
 
     def __init__(self, local_ip: bytes, local_port: int, server_ip: bytes, server_port: int,
                  isn: int, echo_key: bytes, paired: bool, hashed: bool) -> None:
@@ -39,12 +39,18 @@ class RequestBuilder:
         # and parent), or with HASHED answers, which echo only `parent`, its high half (the
         # engine's `_owned` sends it in clientState, `_echo_epoch` looks answers up here)
         self.tokens: dict[int, int] = {}
+        self._last = (-1, 0)  # (epoch, token): every request of an epoch asks for the same
         self.add_token(0)
 
     # ------------------------------------------------------------------ echo tokens
     def token(self, epoch: int) -> int:
+        last = self._last
+        if last[0] == epoch:
+            return last[1]
         d = hashlib.blake2b(epoch.to_bytes(4, "big"), key=self._key, digest_size=8)
-        return int.from_bytes(d.digest(), "big")
+        tok = int.from_bytes(d.digest(), "big")
+        self._last = (epoch, tok)
+        return tok
 
     def add_token(self, epoch: int) -> None:
         tok = self.token(epoch)

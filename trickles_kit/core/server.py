@@ -20,10 +20,12 @@ from trickles_kit.core import events as ev
 from trickles_kit.core import plan as pl
 from trickles_kit.core.admission import Reason, View, admit, frame_reason
 from trickles_kit.core.keys import KeyRing
+from trickles_kit.core.minisocket import Minisocket, OutSlot
 from trickles_kit.core.nonces import NonceGen
 from trickles_kit.core.params import DEFAULT_PARAMS, ProtocolParams, resolve
 from trickles_kit.core.replay import ReplayHistory
 from trickles_kit.core.seal import mac_with, pseudo_header
+from trickles_kit.core.server_fast import FastRequests
 from trickles_kit.core.statecache import StateCache, default_entries
 from trickles_kit.wire.continuation import (
     FULL1,
@@ -94,51 +96,6 @@ class ServerConfig:
             raise ValueError("max_sacks must be in 1..64")
 
 
-class OutSlot:
-    """One packet the handler may fill: data for `range`, a user continuation, FIN/FINHINT/SKIP."""
-
-    __slots__ = ("pkt", "budget", "range", "byte_num", "data", "fin", "finhint", "skips", "ucont")
-
-    def __init__(self, pkt: int, budget: int, rng: tuple[int, int] | None) -> None:
-        self.pkt = pkt
-        self.budget = budget
-        self.range = rng
-        self.byte_num = 0
-        self.data = b""
-        self.fin = False
-        self.finhint: int | None = None
-        self.skips: list[tuple[int, int]] = []
-        self.ucont: bytes | None = None
-
-    def fill(self, byte_num: int, data: bytes, fin: bool = False) -> None:
-        if len(data) > self.budget:
-            raise ValueError(f"slot budget is {self.budget} bytes, got {len(data)}")
-        self.byte_num, self.data, self.fin = byte_num, data, fin
-
-
-class Minisocket:
-    """The application's view of one valid request. Freed when the handler returns."""
-
-    __slots__ = ("kind", "client", "conn_id", "request", "ucont", "ranges", "slots", "dropped",
-                 "now")
-
-    def __init__(self, kind: str, client: tuple[bytes, int], conn_id: int, request: bytes,
-                 ucont: bytes, ranges: list[tuple[int, int]], slots: list[OutSlot],
-                 now: float) -> None:
-        self.kind = kind  # "SYN" | "REQUEST" | "FIN"
-        self.client = client
-        self.conn_id = conn_id
-        self.request = request
-        self.ucont = ucont
-        self.ranges = ranges
-        self.slots = slots
-        self.dropped = False
-        self.now = now
-
-    def drop(self) -> None:
-        self.dropped = True
-
-
 Handler = Callable[[Minisocket], None]
 
 
@@ -157,8 +114,9 @@ class _Reply(NamedTuple):
 _new = tuple.__new__
 
 
-class ServerEngine:
-    """Answers Trickles requests statelessly. `receive` returns the segments to send back."""
+class ServerEngine(FastRequests):
+    """Answers Trickles requests statelessly. `receive` returns the segments to send back: the
+    fast path (core.server_fast) for the common request, `receive_slow` for everything else."""
 
     def __init__(
         self,
@@ -183,6 +141,8 @@ class ServerEngine:
         self.counters: Counter[str] = Counter()
         self.last_error: str | None = None
         self._view = self._hooks()
+        # False: every request takes `receive_slow` (tests compare the two paths)
+        self.fast_path = True
 
     def _hooks(self) -> View:
         """What admission needs beyond the request: this server's keys, nonces and history."""
@@ -242,8 +202,9 @@ class ServerEngine:
         return []
 
     # ------------------------------------------------------------------ entry point
-    def receive(self, segment: bytes, client_ip: bytes, now: float) -> list[bytes]:
-        """Process one TCP-format segment from `client_ip`; never raises on bad input."""
+    def receive_slow(self, segment: bytes, client_ip: bytes, now: float) -> list[bytes]:
+        """Process one TCP-format segment from `client_ip`; never raises on bad input. The
+        general path: any request, verdicts from `core.admission.admit`."""
         self.counters["rx"] += 1
         try:
             seg = decode_segment(segment, client_ip, self.service_ip)

@@ -8,6 +8,7 @@ says which file is absent) so a partial set of results still teaches something.
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
@@ -171,6 +172,47 @@ def _loopback(lo: dict) -> Any:
     return fig
 
 
+def goodput_vs_rtt(directory: str | Path = RESULTS) -> list[dict[str, Any]]:
+    """Goodput against the path's RTT: one record per (RTT, rate, loss, kind) from the
+    goodput results of `directory` — the full runs `bench_goodput.json` (no delay) and
+    `bench_goodput_rttMS.json` (`trickles bench all`'s RTT grid, --record); while there are
+    none through a delay, the quick runs `wan_goodput_rttMS_quick.json` (RTT 0 included),
+    so one figure never mixes full and quick runs. The median of each cell's runs, as a share
+    of the bottleneck rate too."""
+    d = Path(directory)
+    files = sorted(d.glob("bench_goodput_rtt*.json"))
+    files = (sorted(d.glob("bench_goodput.json")) + files if files
+             else sorted(d.glob("wan_goodput_rtt*_quick.json")))
+    rows = []
+    for f in files:
+        g = json.loads(f.read_text())
+        rtt = (g.get("rtt") or {}).get("rtt_asked_ms") or 0.0
+        for (kind, rate, loss), runs in sorted(goodput_medians(g).items()):
+            med = statistics.median(runs)
+            rows.append({"rtt_ms": rtt, "rate_mbit": rate, "loss": loss, "kind": kind,
+                         "goodput_mbit": round(med, 3), "share_of_rate": round(med / rate, 3),
+                         "runs": len(runs), "mode": (g.get("meta") or {}).get("mode")})
+    return sorted(rows, key=lambda r: (r["kind"], r["rate_mbit"], r["loss"], r["rtt_ms"]))
+
+
+def goodput_rtt_figure(rows: Sequence[Mapping[str, Any]], loss: float = 0.0) -> Any:
+    """Share of the bottleneck against RTT, one line per protocol and rate, at `loss`."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    lines = sorted({(r["kind"], r["rate_mbit"]) for r in rows if r["loss"] == loss})
+    for kind, rate in lines:
+        pts = sorted((r["rtt_ms"], r["share_of_rate"]) for r in rows
+                     if (r["kind"], r["rate_mbit"], r["loss"]) == (kind, rate, loss))
+        fig.add_scatter(x=[x for x, _ in pts], y=[y for _, y in pts], mode="lines+markers",
+                        name=f"{kind} {rate:g} Mbit/s")
+    fig.update_layout(title=f"Goodput against RTT ({loss:.0%} random loss)",
+                      xaxis={"title": "idle RTT of the path (ms)"},
+                      yaxis={"title": "goodput / bottleneck rate", "range": [0, 1.05]},
+                      template="plotly_white")
+    return fig
+
+
 def figures(results: Mapping[str, dict]) -> dict[str, Any]:
     """One plotly figure per experiment present in `results` (repetitions as medians with
     min–max bars; legends above the plot, never over an axis title)."""
@@ -232,8 +274,9 @@ def live_banner(live: bool) -> RootBanner:
 
 
 def run_small(out_dir: str | Path | None = None,
-              levels: Sequence[int] = SMALL_LEVELS) -> dict | None:
+              levels: Sequence[int] = SMALL_LEVELS, rtt_ms: float = 0.0) -> dict | None:
     """A small memory experiment (a few seconds) as root; None when `can_run_live()` says no.
+    `rtt_ms`: the idle RTT of its path (the delay line on the client's way out; 0 = none).
 
     Without `out_dir` its files go to a temporary directory removed before returning (the
     returned dict is the result), or at interpreter exit if the kernel stops mid-run.
@@ -244,10 +287,11 @@ def run_small(out_dir: str | Path | None = None,
 
     if out_dir:
         return memory.run(True, Path(out_dir), levels=list(levels),
-                          argv=["notebook 06: run_small"])
+                          argv=["notebook 06: run_small"], rtt_ms=rtt_ms)
     out = cleanup.make("tk-bench-small-")
     try:
-        return memory.run(True, out, levels=list(levels), argv=["notebook 06: run_small"])
+        return memory.run(True, out, levels=list(levels), argv=["notebook 06: run_small"],
+                          rtt_ms=rtt_ms)
     finally:
         cleanup.remove(out)
 

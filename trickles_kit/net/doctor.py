@@ -20,6 +20,8 @@ from trickles_kit.net import privileges as priv
 SYSDEPS = "make sysdeps (as root; runs scripts/install-system-deps.sh)"
 LAB_PACKAGES = ("jupyterlab", "ipywidgets", "plotly", "anywidget", "scapy", "pandas")
 CORE_PACKAGES = ("cryptography",)
+# Parquet output (`trickles decode --format parquet`, capture.parquet) and reading it with SQL
+PARQUET_PACKAGES = ("pyarrow", "duckdb")
 
 # tool -> (Debian package, what the toolkit uses it for, installed by `make sysdeps`?)
 TOOLS: dict[str, tuple[str, str, bool]] = {
@@ -96,7 +98,7 @@ def _tool(tool: str) -> Check:
                  "" if path else how, "tools")
 
 
-def _package(name: str, core: bool) -> Check:
+def _package(name: str, core: bool, extra: str = "lab") -> Check:
     try:
         found = importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):
@@ -111,8 +113,12 @@ def _package(name: str, core: bool) -> Check:
     if core:
         hint = "make venv (or: pip install -e .)"
     else:
-        hint = "make lab-venv (or: pip install -e '.[lab]')"
-    group = "python (core)" if core else "python (lab)"
+        hint = f"make lab-venv (or: pip install -e '.[{extra}]')"
+    if extra == "parquet" and not found:
+        hint += ("; without it `trickles decode --format parquet` cannot write Parquet "
+                 "(the pandas tables work)" if name == "pyarrow" else
+                 "; it reads the Parquet output with SQL (docs/analysis.md)")
+    group = "python (core)" if core else f"python ({extra})"
     return Check(f"python: {name}", found, detail, "" if found else hint, group)
 
 
@@ -143,6 +149,7 @@ def run_doctor() -> list[Check]:
         _build(),
         *(_package(p, True) for p in CORE_PACKAGES),
         *(_package(p, False) for p in LAB_PACKAGES),
+        *(_package(p, False, "parquet") for p in PARQUET_PACKAGES),
     ]
     return checks
 

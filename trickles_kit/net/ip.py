@@ -18,6 +18,7 @@ PROTO_UDP = 17
 PROTO_TRICKLES = 253  # RFC 3692 experimental
 _IP = struct.Struct("!BBHHHBBH4s4s")
 _UDP = struct.Struct("!HHHH")
+_HEAD = struct.Struct("!BxHxxxxxB2x4s4s").unpack_from  # version/IHL, total, protocol, addresses
 
 
 class IPv4(NamedTuple):
@@ -27,17 +28,21 @@ class IPv4(NamedTuple):
     payload: bytes
 
 
-def parse_ipv4(data: bytes) -> IPv4:
-    """Split an IPv4 datagram (as a raw socket returns it) into addresses and payload."""
+def parse_ipv4(data: bytes | memoryview) -> IPv4:
+    """Split an IPv4 datagram (as a raw socket returns it) into addresses and payload.
+
+    `data` may be a memoryview of the receive buffer: the header is read in place (one unpack)
+    and the payload is the only copy made (issue 17: it was copied out of the buffer, then
+    sliced again)."""
     if len(data) < 20:
         raise DecodeError("ip_short", f"{len(data)} bytes")
-    vihl = data[0]
+    vihl, total, proto, src, dst = _HEAD(data)
     ihl = (vihl & 0xF) * 4
-    if vihl >> 4 != 4 or ihl < 20 or len(data) < ihl:
+    n = len(data)
+    if vihl >> 4 != 4 or ihl < 20 or n < ihl:
         raise DecodeError("ip_header", "not an IPv4 header")
-    total = int.from_bytes(data[2:4], "big")
-    end = total if ihl <= total <= len(data) else len(data)
-    return IPv4(bytes(data[12:16]), bytes(data[16:20]), data[9], bytes(data[ihl:end]))
+    end = total if ihl <= total <= n else n
+    return IPv4(src, dst, proto, bytes(data[ihl:end]))
 
 
 def build_ipv4(src: bytes, dst: bytes, proto: int, payload: bytes, ident: int = 0,

@@ -9,9 +9,10 @@ bound to this endpoint's own address, so the kernel hands it only datagrams addr
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from trickles_kit.native import recv_many
+from trickles_kit.native import recv_many, speedups
 from trickles_kit.net.ip import PROTO_TCP, PROTO_TRICKLES, parse_ipv4
 from trickles_kit.net.privileges import require_raw
 from trickles_kit.net.transport import Transport
@@ -36,6 +37,7 @@ class RawTransport(Transport):
             raise OSError(e.errno, f"cannot bind raw socket to {local_ip}: {e.strerror}") from None
         super().__init__(sock, local_ip)
         self.ip_proto = ip_proto
+        self._view = memoryview(bytearray(65535))
 
     def send(self, segment: bytes, dst_ip: bytes, peer: Any = None) -> bool:
         return self._sendto(segment, (socket.inet_ntoa(dst_ip), 0))
@@ -43,8 +45,7 @@ class RawTransport(Transport):
     def recv_batch(self, limit: int = 256) -> list[tuple[bytes, bytes, Any]]:
         out = []
         local = self.local_ip
-        # one recvmmsg call in the compiled build, a recv loop in pure Python (native/)
-        for data, _, _ in recv_many(self.sock, limit):
+        for data in self._datagrams(limit):
             try:
                 ip = parse_ipv4(data)
             except DecodeError:
@@ -56,6 +57,23 @@ class RawTransport(Transport):
             out.append((ip.payload, ip.src, ip.src))
         self.counters["rx"] += len(out)
         return out
+
+    def _datagrams(self, limit: int) -> Iterable[bytes | memoryview]:
+        """What the socket holds: one recvmmsg call in the compiled build (native/); in pure
+        Python views of one reused buffer, read in place (parse_ipv4 copies only the payload)."""
+        if speedups is not None:
+            return [d for d, _, _ in recv_many(self.sock, limit)]
+        return self._views(limit)
+
+    def _views(self, limit: int) -> Iterator[memoryview]:
+        recv_into = self.sock.recv_into
+        view = self._view
+        for _ in range(limit):
+            try:
+                n = recv_into(view)
+            except (BlockingIOError, InterruptedError):
+                break
+            yield view[:n]
 
     def udp_ports(self, peer: Any, outgoing: bool) -> None:
         return None

@@ -162,27 +162,36 @@ def rt_wrap() -> list[str]:
 
 
 def measure_rtt(tb: Any, count: int = 50, interval: float = 0.01, wait: float = 2.0,
-                port: int = PORT) -> dict:
-    """Idle RTT client -> server -> client through the testbed: summary + loss + order."""
+                port: int = PORT, ends: tuple[str, str, str] = (CLIENT, SERVER, SERVER_ADDR)
+                ) -> dict:
+    """Idle RTT client -> server -> client through the testbed: summary + loss + order.
+    `ends`: (client namespace, server namespace, server address) in `tb` — another topology
+    (services.replicas) names its own."""
     wrap = rt_wrap()
-    with echo_server(tb, port=port, wrap=wrap):
-        r = run_probe(tb, count, interval, wait, port=port, wrap=wrap)
+    cl, sv, addr = ends
+    with echo_server(tb, where=sv, addr=addr, port=port, wrap=wrap):
+        r = run_probe(tb, count, interval, wait, where=cl, host=addr, port=port, wrap=wrap)
     return {**summary(r["rtt_ms"]), "sent": r["sent"], "received": r["received"],
             "in_order": r["in_order"], "probes": "SCHED_FIFO 5" if wrap else "SCHED_OTHER"}
 
 
 def preflight(tb: Any, tol_ms: float = 1.0, count: int = 50,
-              delay_ms: float | None = None, port: int = PORT) -> dict:
+              delay_ms: float | None = None, port: int = PORT,
+              ends: tuple[str, str, str] = (CLIENT, SERVER, SERVER_ADDR),
+              mechanism: str | None = None) -> dict:
     """Measure the idle RTT through testbed `tb` and refuse (RttPreflightError, one line) when
     its median is not 2 x the one-way delay (`delay_ms`, default the testbed's) within
-    `tol_ms`; else what a result records: RTT asked for and measured."""
+    `tol_ms`; else what a result records: RTT asked for and measured. `ends` as for
+    `measure_rtt`; `mechanism` (default: the testbed's own account) names the delay used."""
     delay = tb.config.delay_ms if delay_ms is None else delay_ms
     asked = 2 * delay
-    m = measure_rtt(tb, count=count, interval=0.01, wait=max(1.0, 4 * asked / 1000), port=port)
+    m = measure_rtt(tb, count=count, interval=0.01, wait=max(1.0, 4 * asked / 1000), port=port,
+                    ends=ends)
     rec = {"rtt_asked_ms": asked, "rtt_measured_ms": m.get("median_ms"),
            "rtt_mean_ms": m.get("mean_ms"), "rtt_sd_ms": m.get("sd_ms"), "rtt_n": m["n"],
            "rtt_probes_lost": m["sent"] - m["received"], "rtt_tolerance_ms": tol_ms,
-           "rtt_probes": m["probes"], "delay_mechanism": tb.describe().get("delay_mechanism")}
+           "rtt_probes": m["probes"],
+           "delay_mechanism": mechanism or tb.describe().get("delay_mechanism")}
     if m["received"] < 0.9 * m["sent"] or m.get("median_ms") is None:
         raise RttPreflightError(f"RTT pre-flight: only {m['received']} of {m['sent']} UDP "
                                 f"echoes came back through the testbed; refusing to run")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import socket
 from typing import Any
 
-from trickles_kit.native import recv_many
-from trickles_kit.net.ip import PROTO_UDP
+from trickles_kit.native import recv_many, speedups
+from trickles_kit.net.ip import PROTO_UDP, aton
 from trickles_kit.net.transport import Transport
 
 
@@ -27,15 +27,29 @@ class UdpTransport(Transport):
             raise OSError(e.errno, f"cannot bind UDP {local_ip}:{port}: {e.strerror}") from None
         super().__init__(sock, local_ip)
         self.port = sock.getsockname()[1]
+        self._view = memoryview(bytearray(65535))
 
     def send(self, segment: bytes, dst_ip: bytes, peer: Any) -> bool:
         """`peer` is the (ip, udp_port) to send to."""
         return self._sendto(segment, peer)
 
     def recv_batch(self, limit: int = 256) -> list[tuple[bytes, bytes, Any]]:
-        # one recvmmsg call in the compiled build, a recvfrom loop in pure Python (native/)
-        ntoa = socket.inet_ntoa
-        out = [(data, src, (ntoa(src), port)) for data, src, port in recv_many(self.sock, limit)]
+        if speedups is not None:  # one recvmmsg call (native/)
+            ntoa = socket.inet_ntoa
+            out = [(d, src, (ntoa(src), port)) for d, src, port in recv_many(self.sock, limit)]
+            self.counters["rx"] += len(out)
+            return out
+        out = []
+        recv_into = self.sock.recvfrom_into
+        view = self._view
+        for _ in range(limit):
+            try:
+                n, addr = recv_into(view)
+            except (BlockingIOError, InterruptedError):
+                break
+            except ConnectionRefusedError:  # ICMP from an earlier send; nothing to read
+                continue
+            out.append((bytes(view[:n]), aton(addr[0]), addr))
         self.counters["rx"] += len(out)
         return out
 

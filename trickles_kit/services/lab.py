@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import json
 import os
+from typing import Any
 
 from trickles_kit.net import sysdeps
 from trickles_kit.net.privileges import can_create_netns
@@ -80,25 +81,29 @@ def show_banner(text: str) -> None:
         print(text)
 
 
-def _fallback(scenario: str, kind: str, why: str) -> dict:
-    res = saved(scenario, kind)
+def _fallback(scenario: str, kind: str, why: str, rtt_ms: float = 0.0) -> dict:
+    res = saved(scenario, kind, rtt_ms)
     show_banner(f"Committed result, not a live run — {why}. Showing what "
                 f"`{res['meta']['command']}` recorded.")
     return res
 
 
-def saved(scenario: str, kind: str = "trickles") -> dict:
-    """The committed result of a scenario (what `trickles services demo ... --record` wrote)."""
-    path = report.RESULTS / f"services_{scenario}_{kind}.json"
+def saved(scenario: str, kind: str = "trickles", rtt_ms: float = 0.0) -> dict:
+    """The committed result of a scenario (what `trickles services demo ... --record` wrote),
+    through a path of idle RTT `rtt_ms` (0: no delay)."""
+    path = report.result_path({"scenario": scenario, "kind": kind,
+                               "rtt": {"rtt_asked_ms": rtt_ms}}, report.RESULTS)
     if not path.exists():
         raise FileNotFoundError(f"{path.name}: run `sudo trickles services demo {scenario}"
-                                f"{' --tcp' if kind == 'tcp' else ''} --record` to make it")
+                                f"{' --tcp' if kind == 'tcp' else ''}"
+                                f"{f' --rtt {rtt_ms:g}' if rtt_ms else ''} --record` to make it")
     return json.loads(path.read_text())
 
 
 def run(scenario: str, kind: str = "trickles", size: int | None = None,
-        live: bool | None = None) -> dict:
-    """Run `scenario` now or load its committed result (with a banner saying why).
+        live: bool | None = None, rtt_ms: float = 0.0) -> dict:
+    """Run `scenario` now or load its committed result (with a banner saying why); `rtt_ms`:
+    the idle RTT of the path (the delay line in the router; 0 = none).
 
     `live=None`: live when `live_check()` allows it, and a live run that fails falls back to
     the committed result too. `live=True`: run live, and a missing tool raises
@@ -110,19 +115,21 @@ def run(scenario: str, kind: str = "trickles", size: int | None = None,
     kw: dict = {"kind": kind}
     if size is not None:
         kw["size"] = size
+    if rtt_ms:
+        kw["rtt_ms"] = rtt_ms
     if live is False:
-        return _fallback(scenario, kind, "live=False")
+        return _fallback(scenario, kind, "live=False", rtt_ms)
     if live:
         sysdeps.require(TOOLS, f"the live {scenario} demo")
         return SCENARIOS[scenario](**kw)
     ok, why = live_check()
     if not ok:
-        return _fallback(scenario, kind, why)
+        return _fallback(scenario, kind, why, rtt_ms)
     try:
         return SCENARIOS[scenario](**kw)
     except (RuntimeError, OSError) as e:  # TopologyError, AgentError, a tool that died, ...
         return _fallback(scenario, kind, f"the live run failed ({type(e).__name__}: "
-                                         f"{str(e)[:300]})")
+                                         f"{str(e)[:300]})", rtt_ms)
 
 
 def summary(res: dict) -> str:
@@ -138,3 +145,40 @@ def packets(res: dict):
     import pandas as pd
 
     return pd.DataFrame(res.get("timeline") or [], columns=["t", "replica", "size", "ttl"])
+
+
+def failover_vs_rtt(results: list[dict] | None = None) -> list[dict]:
+    """What a replica's death cost against the path's RTT, from the failover results (the
+    committed ones by default): Trickles' stall at the client and its RTO + RTT bound, TCP's
+    time from the kill to the resumed transfer (reset, reconnect, Range request)."""
+    rows = []
+    for r in results if results is not None else report.load_results():
+        if r.get("scenario") != "failover":
+            continue
+        tcp = r.get("tcp") or {}
+        rows.append({"rtt_ms": report.rtt_asked(r), "kind": r["kind"],
+                     "measured_rtt_ms": (r.get("rtt") or {}).get("rtt_measured_ms"),
+                     "stall_s": r.get("stall_s") if r["kind"] == "trickles"
+                     else tcp.get("recover_s"),
+                     "bound_s": r.get("bound_s"), "handshakes": r.get("handshakes")})
+    return sorted(rows, key=lambda x: (x["kind"], x["rtt_ms"]))
+
+
+def failover_rtt_figure(rows: list[dict]) -> Any:
+    """Failover stall against RTT: Trickles (and its RTO + RTT bound) against TCP's reset and
+    reconnect."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for kind, label in (("trickles", "Trickles: stall at the client"),
+                        ("tcp", "Linux TCP: kill to resumed transfer")):
+        pts = [r for r in rows if r["kind"] == kind and r["stall_s"] is not None]
+        fig.add_scatter(x=[r["rtt_ms"] for r in pts], y=[r["stall_s"] * 1000 for r in pts],
+                        mode="lines+markers", name=label)
+    b = [r for r in rows if r["kind"] == "trickles" and r["bound_s"] is not None]
+    fig.add_scatter(x=[r["rtt_ms"] for r in b], y=[r["bound_s"] * 1000 for r in b],
+                    mode="lines", line={"dash": "dot"}, name="RTO + RTT (the bound)")
+    fig.update_layout(title="Failover against the path's RTT",
+                      xaxis={"title": "idle RTT (ms)"}, yaxis={"title": "ms"},
+                      template="plotly_white")
+    return fig

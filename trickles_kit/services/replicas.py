@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trickles_kit.net import sysdeps
+from trickles_kit.net.delayline import DelayLine, Direction, LineConfig, queue_len_for
+from trickles_kit.net.rttprobe import preflight
 from trickles_kit.net.topology import Topology
 from trickles_kit.services.capture import RouterCapture
 from trickles_kit.services.cgroup import CpuGroup
@@ -104,14 +106,22 @@ class ServiceBed:
 
     def __init__(self, mode: str, kind: str = "trickles", n: int = 2,
                  rate_mbit: float | None = None, cpu_fraction: float | None = None,
-                 verbose: bool = False, tag: str | None = None) -> None:
+                 verbose: bool = False, tag: str | None = None, rtt_ms: float = 0.0,
+                 jitter_ms: float = 0.0) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
         if not 1 <= n <= 8 or (mode != "balance" and n != 2):
             raise ValueError("failover and anycast use 2 replicas; balance 1 to 8")
+        if rtt_ms < 0 or jitter_ms < 0 or 2 * jitter_ms > rtt_ms:
+            raise ValueError(f"rtt {rtt_ms:g} ms, jitter {jitter_ms:g} ms: need "
+                             f"0 <= jitter <= rtt/2")
         self.mode, self.kind, self.n = mode, kind, n
+        self.rtt_ms, self.jitter_ms = rtt_ms, jitter_ms
+        self.delayline: DelayLine | None = None
+        self.rtt: dict = {"rtt_asked_ms": 0.0, "rtt_measured_ms": None,
+                          "note": "no delay asked for: the namespaces' own RTT (well under 1 ms)"}
         self.rate_mbit, self.cpu_fraction, self.verbose = rate_mbit, cpu_fraction, verbose
         self.topo = Topology(tag=tag or str(os.getpid()), verbose=verbose, suppress_rst=False)
         self.replicas: list[Replica] = []
@@ -145,6 +155,10 @@ class ServiceBed:
         if self.capture:
             with contextlib.suppress(Exception):
                 self.capture.stop()
+        if self.delayline is not None and self.delayline.final is None:
+            # before the namespaces go: it removes its rules and reports its counters
+            with contextlib.suppress(Exception):
+                self.rtt["delay_line_final"] = _line_brief(self.delayline.stop())
         self.topo.close()
         for g in self.groups:
             g.close()
@@ -193,9 +207,36 @@ class ServiceBed:
         else:
             t.sh("r", ["ip", "route", "add", f"{SERVICE}/32", "via", r1.addr])
         if self.rate_mbit:
-            # a bottleneck toward the client, so a transfer lasts long enough to act mid-way
+            # a bottleneck toward the client, so a transfer lasts long enough to act mid-way;
+            # its buffer max(50 ms, one RTT) of the rate: at least one bandwidth-delay product
             t.tc("r", "qdisc", "add", "dev", self.client_dev, "root", "tbf", "rate",
-                 f"{self.rate_mbit}mbit", "burst", "32kb", "latency", "50ms")
+                 f"{self.rate_mbit}mbit", "burst", "32kb", "latency",
+                 f"{max(50.0, self.rtt_ms):g}ms")
+        if self.rtt_ms > 0:
+            self._start_delay()
+
+    def _start_delay(self) -> None:
+        """RTT/2 each way in the router (the NFQUEUE delay line, bench.rtt's sizing), then the
+        pre-flight: the idle RTT client -> s1 must be the RTT asked for +- 1 ms (+ jitter),
+        measured before any route is balanced (so every probe reaches s1's echo)."""
+        half, jit, dev = self.rtt_ms / 2, self.jitter_ms, self.client_dev
+        rate = self.rate_mbit or 1000.0  # no bottleneck: size for a fast veth
+        qlen = queue_len_for(rate, self.rtt_ms + 2 * jit, int(rate * 1e6 / 8 * max(
+            0.05, self.rtt_ms / 1000)))
+        cfg = LineConfig([Direction("to_service", ["-i", dev], 0, half, jit),
+                          Direction("to_client", ["-o", dev], 1, half, jit)],
+                         queue_len=qlen, tag=f"tkdl{self.topo.tag}"[:28])
+        self.delayline = DelayLine(self.topo.ns("r"), cfg, verbose=self.verbose)
+        self.delayline.start()
+        assert self.delayline.proc is not None
+        self.topo.procs.append(self.delayline.proc)  # killed with the rest if all else fails
+        rec = preflight(self.topo, tol_ms=1.0 + 2 * jit, count=100 if jit else 50,
+                        delay_ms=half, ends=("c", "s1", SERVICE),
+                        mechanism=f"nfqueue delay line {half:g} ms each way"
+                                  + (f" +- {jit:g} ms" if jit else "")
+                                  + f" (queue {qlen} packets, "
+                                  f"{self.delayline.ready.get('scheduling', '?')})")
+        self.rtt = {**rec, "jitter_ms": jit}
 
     def replica(self, name: str) -> Replica:
         for r in self.replicas:
@@ -320,3 +361,15 @@ class ServiceBed:
             argv += ["--events", events]
         return self.topo.popen("c", argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
+
+
+def _line_brief(stats: dict | None) -> dict | None:
+    """The delay line's own account of a run: CPU, late releases, drops."""
+    if not stats:
+        return None
+    dirs = stats.get("directions", {})
+    return {"scheduling": stats.get("scheduling"), "cpu_share": stats.get("cpu_share"),
+            "packets": sum(d.get("packets", 0) for d in dirs.values()),
+            "late": sum(d.get("late", 0) for d in dirs.values()),
+            "late_max_ms": max((d.get("late_max_ms", 0) for d in dirs.values()), default=0),
+            "kernel_dropped": stats.get("kernel_dropped")}

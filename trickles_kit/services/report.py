@@ -19,7 +19,22 @@ ORDER = ("failover", "balance", "load", "anycast")
 
 
 def result_path(res: dict, out_dir: Path = RESULTS) -> Path:
-    return out_dir / f"services_{res['scenario']}_{res['kind']}.json"
+    """`services_SCENARIO_STACK.json`, with `_rttMS` when a delay was asked for (--rtt)."""
+    asked = rtt_asked(res)
+    tail = f"_rtt{asked:g}" if asked else ""
+    return out_dir / f"services_{res['scenario']}_{res['kind']}{tail}.json"
+
+
+def rtt_asked(res: dict) -> float:
+    return float((res.get("rtt") or {}).get("rtt_asked_ms") or 0.0)
+
+
+def rtt_words(res: dict) -> str:
+    """The path's RTT as asked and as measured by the pre-flight ("—": no delay asked)."""
+    r = res.get("rtt") or {}
+    if not r.get("rtt_asked_ms"):
+        return "—"
+    return f"{r['rtt_asked_ms']:g} ms (measured {r.get('rtt_measured_ms')})"
 
 
 def save(res: dict, argv: list[str], out_dir: Path = RESULTS, figure: bool = True) -> Path:
@@ -37,7 +52,7 @@ def save(res: dict, argv: list[str], out_dir: Path = RESULTS, figure: bool = Tru
 def load_results(out_dir: Path = RESULTS) -> list[dict]:
     rows = [json.loads(p.read_text()) for p in sorted(out_dir.glob("services_*.json"))]
     return sorted(rows, key=lambda r: (ORDER.index(r["scenario"]) if r["scenario"] in ORDER
-                                       else 99, r["kind"] != "trickles"))
+                                       else 99, r["kind"] != "trickles", rtt_asked(r)))
 
 
 # ------------------------------------------------------------------------------- words
@@ -107,14 +122,16 @@ def outcome(res: dict) -> str:
 
 
 def summary(res: dict) -> str:
-    return f"services {res['scenario']} ({res['kind']}): {outcome(res)}"
+    rtt = rtt_words(res)
+    at = "" if rtt == "—" else f", RTT {rtt}"
+    return f"services {res['scenario']} ({res['kind']}{at}): {outcome(res)}"
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| scenario | stack | what happened | file |", "|---|---|---|---|"]
+    lines = ["| scenario | stack | RTT | what happened | file |", "|---|---|---|---|---|"]
     for r in results:
-        name = f"services_{r['scenario']}_{r['kind']}.json"
-        lines.append(f"| {r['scenario']} | {r['kind']} | {outcome(r)} | "
+        name = result_path(r, Path()).name
+        lines.append(f"| {r['scenario']} | {r['kind']} | {rtt_words(r)} | {outcome(r)} | "
                      f"[{name}](benchmarks/results/{name}) |")
     return "\n".join(lines)
 

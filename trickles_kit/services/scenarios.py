@@ -105,11 +105,13 @@ def _round(x: float | None, n: int = 4) -> float | None:
 
 # --------------------------------------------------------------------------- failover
 def run_failover(kind: str = "trickles", size: int = 3_000_000, rate_mbit: float = 40.0,
-                 kill_at: float = 0.4, verbose: bool = False, timeout: float = 60.0) -> dict:
+                 kill_at: float = 0.4, verbose: bool = False, timeout: float = 60.0,
+                 rtt_ms: float = 0.0, jitter_ms: float = 0.0) -> dict:
     """SIGKILL the active replica once `kill_at` of the body arrived; the health check moves
     the route to the standby. Trickles: the transfer just continues; TCP: the agent
     reconnects with a Range request."""
-    with ServiceBed("failover", kind, rate_mbit=rate_mbit, verbose=verbose) as bed:
+    with ServiceBed("failover", kind, rate_mbit=rate_mbit, verbose=verbose, rtt_ms=rtt_ms,
+                    jitter_ms=jitter_ms) as bed:
         bed.start_replicas()
         bed.start_capture()
         hc = bed.start_health_check()
@@ -134,7 +136,7 @@ def run_failover(kind: str = "trickles", size: int = 3_000_000, rate_mbit: float
     rtt = _handshake_rtt(_at_client(pkts))
     out: dict = {
         "scenario": "failover", "kind": kind, "size": size, "rate_mbit": rate_mbit,
-        "kill_at_bytes": killed.get("bytes"), "byte_exact": res["byte_exact"],
+        "rtt": bed.rtt, "kill_at_bytes": killed.get("bytes"), "byte_exact": res["byte_exact"],
         "client": {k: res.get(k) for k in ("ok", "status", "bytes", "timeouts",
                                            "retransmissions", "recoveries")},
         "seconds": _round(res["t_end"] - res["t_start"]),
@@ -204,9 +206,10 @@ def _tcp_failover(fails: list[dict], t_kill: float | None) -> dict:
 
 # --------------------------------------------------------------------------- balance
 def run_balance(kind: str = "trickles", size: int = 2_000_000, verbose: bool = False,
-                timeout: float = 60.0) -> dict:
+                timeout: float = 60.0, rtt_ms: float = 0.0, jitter_ms: float = 0.0) -> dict:
     """One connection through per-packet round robin over two replicas: who served what."""
-    with ServiceBed("balance", kind, n=2, verbose=verbose) as bed:
+    with ServiceBed("balance", kind, n=2, verbose=verbose, rtt_ms=rtt_ms,
+                    jitter_ms=jitter_ms) as bed:
         bed.start_replicas()
         bed.balance()
         bed.start_capture()
@@ -218,7 +221,8 @@ def run_balance(kind: str = "trickles", size: int = 2_000_000, verbose: bool = F
     data = [p for p in sites if p.to_service or p.size > 0]
     resp = cap.split(data, to_service=False)
     out = {
-        "scenario": "balance", "kind": kind, "size": size, "byte_exact": res["byte_exact"],
+        "scenario": "balance", "kind": kind, "size": size, "rtt": bed.rtt,
+        "byte_exact": res["byte_exact"],
         "client": {k: res.get(k) for k in ("ok", "status", "bytes", "timeouts",
                                            "retransmissions", "recoveries", "fails")},
         "seconds": _round(res["t_end"] - res["t_start"]),
@@ -240,7 +244,7 @@ def run_balance(kind: str = "trickles", size: int = 2_000_000, verbose: bool = F
 
 def run_load(kind: str = "trickles", clients: int = 8, size: int = 1_000_000,
              cpu_fraction: float = 0.2, verbose: bool = False, timeout: float = 120.0,
-             repeats: int = 1) -> dict:
+             repeats: int = 1, rtt_ms: float = 0.0, jitter_ms: float = 0.0) -> dict:
     """Aggregate goodput of `clients` concurrent transfers with CPU-capped servers: 1 replica
     vs per-packet balancing over 2, `repeats` times interleaved; the speed-up reported is the
     median pair's (a busy 2-core machine makes single runs vary), with every pair's kept."""
@@ -248,12 +252,14 @@ def run_load(kind: str = "trickles", clients: int = 8, size: int = 1_000_000,
     for _ in range(max(1, repeats)):
         runs = {}
         for n in (1, 2):
-            runs[n] = _load_once(n, kind, clients, size, cpu_fraction, verbose, timeout)
+            runs[n] = _load_once(n, kind, clients, size, cpu_fraction, verbose, timeout,
+                                 (rtt_ms, jitter_ms))
         g1 = runs[1]["goodput_mbit"]
         pairs.append((runs[2]["goodput_mbit"] / g1 if g1 else 0.0, runs))
     ordered = sorted(pairs, key=lambda p: p[0])
     ratio, runs = ordered[(len(ordered) - 1) // 2]
     return {"scenario": "load", "kind": kind, "clients": clients, "size": size,
+            "rtt": runs[1]["rtt"],
             "byte_exact": all(r[1]["byte_exact"] and r[2]["byte_exact"] for _, r in pairs),
             "cpu_quota": {"fraction_of_one_cpu": cpu_fraction, "per": "replica"},
             "one_replica": runs[1], "two_replicas": runs[2], "speedup": _round(ratio, 3),
@@ -262,8 +268,9 @@ def run_load(kind: str = "trickles", clients: int = 8, size: int = 1_000_000,
 
 
 def _load_once(n: int, kind: str, clients: int, size: int, cpu_fraction: float, verbose: bool,
-               timeout: float) -> dict:
-    with ServiceBed("balance", kind, n=2, cpu_fraction=cpu_fraction, verbose=verbose) as bed:
+               timeout: float, path: tuple[float, float] = (0.0, 0.0)) -> dict:
+    with ServiceBed("balance", kind, n=2, cpu_fraction=cpu_fraction, verbose=verbose,
+                    rtt_ms=path[0], jitter_ms=path[1]) as bed:
         bed.start_replicas(["s1"] if n == 1 else None)
         if n == 2:
             bed.balance()
@@ -273,7 +280,7 @@ def _load_once(n: int, kind: str, clients: int, size: int, cpu_fraction: float, 
         results = [_follow(p, None, timeout + 15) for p in ps]
     end = max(r["t_end"] for r in results)
     total = sum(r["bytes"] for r in results)
-    return {"replicas": n, "byte_exact": all(r["byte_exact"] for r in results),
+    return {"replicas": n, "rtt": bed.rtt, "byte_exact": all(r["byte_exact"] for r in results),
             "seconds": _round(end - start_at),
             "goodput_mbit": _round(total * 8 / (end - start_at) / 1e6, 3),
             "per_client_s": [_round(r["t_end"] - r["t_start"], 3) for r in results]}
@@ -281,9 +288,11 @@ def _load_once(n: int, kind: str, clients: int, size: int, cpu_fraction: float, 
 
 # --------------------------------------------------------------------------- anycast
 def run_anycast(kind: str = "trickles", size: int = 3_000_000, rate_mbit: float = 40.0,
-                move_at: float = 0.4, verbose: bool = False, timeout: float = 60.0) -> dict:
+                move_at: float = 0.4, verbose: bool = False, timeout: float = 60.0,
+                rtt_ms: float = 0.0, jitter_ms: float = 0.0) -> dict:
     """Site A (near) withdraws its route mid-transfer; site B (one hop further) takes over."""
-    with ServiceBed("anycast", kind, rate_mbit=rate_mbit, verbose=verbose) as bed:
+    with ServiceBed("anycast", kind, rate_mbit=rate_mbit, verbose=verbose, rtt_ms=rtt_ms,
+                    jitter_ms=jitter_ms) as bed:
         bed.start_replicas()
         bed.start_capture()
         p = bed.agent(size, mark=int(size * move_at), timeout=timeout)
@@ -305,6 +314,7 @@ def run_anycast(kind: str = "trickles", size: int = 3_000_000, rate_mbit: float 
            for name in counts}
     out = {
         "scenario": "anycast", "kind": kind, "size": size, "rate_mbit": rate_mbit,
+        "rtt": bed.rtt,
         "move_at_bytes": moved.get("bytes"), "byte_exact": res["byte_exact"],
         "client": {k: res.get(k) for k in ("ok", "status", "bytes", "timeouts",
                                            "retransmissions", "recoveries", "fails")},
@@ -323,7 +333,8 @@ def run_anycast(kind: str = "trickles", size: int = 3_000_000, rate_mbit: float 
 
 # --------------------------------------------------------------------------- parallel
 def run_parallel(kind: str = "trickles", size: int = 250_000, requests: int = 8,
-                 verbose: bool = False, timeout: float = 60.0) -> dict:
+                 verbose: bool = False, timeout: float = 60.0, rtt_ms: float = 0.0,
+                 jitter_ms: float = 0.0) -> dict:
     """`requests` pipelined GETs on one connection (`trickles fetch --parallel`, one reserved
     slice each) while the router round-robins its packets over two replicas: with no state on
     the servers, both serve one connection's parallel responses. Then the same GETs one after
@@ -337,7 +348,8 @@ def run_parallel(kind: str = "trickles", size: int = 250_000, requests: int = 8,
     want = [generated_sha256(size, k + 1) for k in range(requests)]
     runs: dict[str, dict] = {}
     pkts: list = []
-    with ServiceBed("balance", kind, n=2, verbose=verbose) as bed:
+    with ServiceBed("balance", kind, n=2, verbose=verbose, rtt_ms=rtt_ms,
+                    jitter_ms=jitter_ms) as bed:
         bed.start_replicas()
         bed.balance()
         for mode in ("parallel", "sequential"):
@@ -362,6 +374,7 @@ def run_parallel(kind: str = "trickles", size: int = 250_000, requests: int = 8,
     resp = cap.split(data, to_service=False)
     out = {
         "scenario": "parallel", "kind": kind, "size": size, "requests": requests,
+        "rtt": bed.rtt,
         "byte_exact": runs["parallel"]["byte_exact"] and runs["sequential"]["byte_exact"],
         "parallel": runs["parallel"], "sequential": runs["sequential"],
         "handshakes": cap.handshakes(sites),

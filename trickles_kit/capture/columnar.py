@@ -1,0 +1,260 @@
+"""Columnar decode of a capture: `decode_columns` (a `Capture` backed by `PacketColumns`) and
+`column_batches` (the same table chunk by chunk, in bounded memory).
+
+Why: the researcher's table (`packets_df`), Parquet output and a capture larger than memory all
+want columns, and the fixed offsets of the Trickles header make whole batches decodable with
+numpy (`capture.colscan`). The rules stay where they are: the direction rule's inputs (the
+service port, or the ports learned from SYNs so far) are computed here per batch, every
+datagram the vector pass does not take goes through the row decoder (`capture.batches`) with
+the port set it would have seen there, and events are the row path's (`capture.events` over
+`PacketRow`s built from the columns). Every column equals the row decoder's value
+(tests/capture/test_columnar.py).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterator
+
+import numpy as np
+
+from trickles_kit.capture.batches import MIN_NUMPY, decode_batches
+from trickles_kit.capture.colscan import scan_batch, verify
+from trickles_kit.capture.columns import PacketColumns
+from trickles_kit.capture.decode import _finish, _make_verifier, _note_wrong_secret
+from trickles_kit.capture.events import derive_events
+from trickles_kit.capture.parse import default_config
+from trickles_kit.capture.pcapformat import RAW_LINKTYPES
+from trickles_kit.capture.pcapio import BIG_WINDOW, read_pcap
+from trickles_kit.capture.rows import Capture, no_gc
+
+__all__ = ["ColumnDecoder", "column_batches", "decode_columns"]
+
+_BATCH = 1 << 15  # datagrams per batch of a joined (non-raw or pcapng) capture
+
+
+def decode_columns(path: str | os.PathLike[str], secret: bytes | None = None,
+                   service_port: int | None = None, *, config=None, events: bool = True,
+                   checksums: bool = True) -> Capture:
+    """`decode.decode_pcap` with a columnar packet table: same arguments, same `Capture`
+    (rows, events, errors, verdicts), built from columns; ``packets_df()`` is made from the
+    arrays and `PacketRow`s only on first use of ``packets`` (events use them)."""
+    cfg = config if config is not None else default_config()
+    dec = ColumnDecoder(path, secret, service_port, cfg, checksums)
+    with dec:
+        parts = [p for chunk in dec.parts() for p in chunk]
+    cap = dec.capture
+    # one copy into the table: every batch's vector rows and row-decoder rows in their slots
+    pos = np.sort(np.concatenate([p.data["index"] for p in parts])) if parts else None
+    cap._set_columns(PacketColumns.interleave(
+        parts, [np.searchsorted(pos, p.data["index"]) for p in parts]))
+    if dec.wrong_secret():
+        _note_wrong_secret(cap)
+        dec.verifier = None
+    if events:
+        with no_gc():
+            cap.events = derive_events(cap.packets, config=cfg, errors=cap.errors,
+                                       verifier=dec.verifier, verdicts=cap.verdicts)
+        cap.events_derived = True
+    return cap
+
+
+def column_batches(path: str | os.PathLike[str], secret: bytes | None = None,
+                   service_port: int | None = None, *, config=None,
+                   checksums: bool = True) -> ColumnDecoder:
+    """The packet table of `path` as `PacketColumns` chunks (iterate the result), keeping
+    none: memory is one window of the file and one chunk's columns. ``.capture`` has the
+    errors, ports and warning once the iteration has ended."""
+    cfg = config if config is not None else default_config()
+    return ColumnDecoder(path, secret, service_port, cfg, checksums)
+
+
+class ColumnDecoder:
+    """Iterate for `PacketColumns` chunks in capture order (a context manager)."""
+
+    def __init__(self, path, secret: bytes | None, service_port: int | None, cfg,
+                 checksums: bool) -> None:
+        self.verifier = _make_verifier(secret, cfg)
+        self.service_port = service_port
+        self.checksums = checksums
+        self.reader = read_pcap(path)
+        self.capture = Capture(str(path), format=self.reader.format,
+                               secret_used=self.verifier is not None)
+        self.ports: set[int] = set()
+        self.index = 0  # datagrams so far (the row `index` of the next one)
+        self.mac_seen = self.mac_verified = False
+
+    def __iter__(self) -> Iterator[PacketColumns]:
+        for parts in self.parts():
+            cols = _merge(parts)
+            if cols.n:
+                yield cols
+
+    def parts(self) -> Iterator[list[PacketColumns]]:
+        """Per batch, its pieces: the vector rows and the row decoder's (`index` is each row's
+        record index; together, in index order, they are the batch's rows)."""
+        r = self.reader
+        raw = r.format == "pcap" and r.linktype in RAW_LINKTYPES
+        for buf, ts, starts, ends in (_raw_batches(r) if raw else _joined_batches(r)):
+            yield self.batch(buf, ts, starts, ends)
+        cap = self.capture
+        cap.service_ports = ({self.service_port} if self.service_port is not None
+                             else set(self.ports))
+        _finish(cap, r)
+
+    def batch(self, buf, ts: np.ndarray, starts: np.ndarray, ends: np.ndarray
+              ) -> list[PacketColumns]:
+        """The rows of one batch (datagram i = buf[starts[i]:ends[i]]), in pieces (`parts`)."""
+        k = len(starts)
+        base = self.index
+        self.index += k
+        if k < MIN_NUMPY:
+            parts = [self._rows(buf, ts, starts, ends, np.arange(k), self.ports, True)]
+        else:
+            parts = self._vector(buf, ts, starts, ends)
+        parts = [p for p in parts if p.n]
+        for p in parts:
+            p.data["index"] = p.data["index"] + base
+            self._note_macs(p)
+        return parts
+
+    def _vector(self, buf, ts, starts, ends) -> list[PacketColumns]:
+        u8 = np.frombuffer(buf, np.uint8)
+        new: list[tuple[int, int]] = []
+        scan = scan_batch(u8, starts, ends, ts, self.checksums,
+                          lambda head, ok, syns: self._directions(head, ok, syns, new),
+                          strict=self.service_port is None)
+        if scan is None:  # a datagram whose layout the vector pass cannot place: all rows
+            return [self._rows(buf, ts, starts, ends, np.arange(len(starts)), self.ports, True)]
+        if self.verifier is not None:
+            for cols, raw in zip(scan.parts, scan.raws, strict=True):
+                if cols.n:
+                    verify(cols, raw, self.verifier)
+        parts = list(scan.parts)
+        before = set(self.ports)
+        at = np.array([i for i, _ in new], np.int64)
+        g = np.searchsorted(at, scan.rest, side="right")
+        for j in np.unique(g).tolist():
+            sub = scan.rest[g == j]
+            ports = before | {p for _, p in new[:j]}
+            parts.append(self._rows(buf, ts, starts, ends, sub, ports, False))
+        self.ports |= {p for _, p in new}
+        return parts
+
+    def _directions(self, head, ok, syns, new: list) -> tuple[np.ndarray, np.ndarray]:
+        """(request?, decided by port?) per datagram: `capture.decode`'s direction rule, the
+        learned ports taking effect from the SYN that taught them (`new` receives those)."""
+        dport = head["dport"].astype(np.int64)
+        sport = head["sport"].astype(np.int64)
+        shape_req = head["tlen"] == 0
+        if self.service_port is not None:
+            sp = self.service_port
+            by = (dport == sp) | (sport == sp)
+            return np.where(by, dport == sp, shape_req), by
+        known = sorted(self.ports)
+        dreq = np.isin(dport, known)
+        by = dreq | np.isin(sport, known)
+        seen = set(known)
+        for i, p in syns:
+            if p not in seen:
+                seen.add(p)
+                new.append((i, p))
+        pos = np.arange(len(dport))
+        for i, p in new:
+            after = pos >= i
+            d = after & (dport == p)
+            dreq |= d
+            by |= d | (after & (sport == p))
+        return np.where(by, dreq, shape_req), by
+
+    def _rows(self, buf, ts, starts, ends, sub: np.ndarray, ports: set, learn: bool
+              ) -> PacketColumns:
+        """Datagrams `sub` of the batch through the row decoder (`ports`: the learned service
+        ports they are judged with; kept and grown when `learn`)."""
+        if not len(sub):
+            return PacketColumns.empty()
+        flat: list = []
+        svals: list = []
+        rvals: list = []
+        pset = ports if learn else set(ports)
+        spans = [(buf, ts[sub].tolist(), starts[sub].tolist(), ends[sub].tolist())]
+        with no_gc():
+            for _ in decode_batches(spans, self.service_port, self.verifier,
+                                    self.capture.errors, self.checksums, False, flat, svals,
+                                    rvals, pset):
+                pass
+        cols = PacketColumns.from_flat(flat, svals, rvals)
+        cols.data["index"] = sub[cols.data["index"]]
+        return cols
+
+    def _note_macs(self, cols: PacketColumns) -> None:
+        """Server-sent continuations judged / one verified (the wrong-secret rule)."""
+        if self.verifier is None or self.mac_verified or not cols.n:
+            return
+        resp = (cols.data["direction"] == 1) & ~cols.mask["mac_ok"]
+        if resp.any():
+            self.mac_seen = True
+            self.mac_verified = bool(cols.data["mac_ok"][resp].any())
+
+    def wrong_secret(self) -> bool:
+        return self.mac_seen and not self.mac_verified
+
+    def close(self) -> None:
+        self.reader.close()
+
+    def __enter__(self) -> ColumnDecoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _merge(parts: list[PacketColumns]) -> PacketColumns:
+    """The pieces of a batch as one table in record order."""
+    if len(parts) == 1:
+        return parts[0]
+    if not parts:
+        return PacketColumns.empty()
+    pos = np.sort(np.concatenate([p.data["index"] for p in parts]))
+    return PacketColumns.interleave(parts, [np.searchsorted(pos, p.data["index"])
+                                            for p in parts])
+
+
+def _raw_batches(reader) -> Iterator[tuple[bytes, np.ndarray, np.ndarray, np.ndarray]]:
+    """A classic pcap of raw IP: (window, times, starts, ends) of its IPv4 datagrams per window,
+    the record headers read with numpy (`PcapReader.mapped_batches`)."""
+    e = reader._endian
+    dt = np.dtype({"names": ["sec", "frac", "incl"], "formats": [e + "u4"] * 3,
+                   "offsets": [0, 4, 8], "itemsize": 16})
+    scale = reader._scale
+    skipped: Counter = reader.skipped
+    y = 0
+    try:
+        for buf, offs in reader.mapped_batches(BIG_WINDOW):
+            u8 = np.frombuffer(buf, np.uint8)
+            o = np.array(offs, np.int64)
+            h = np.lib.stride_tricks.sliding_window_view(u8, 16)[o].view(dt)[:, 0]
+            incl = h["incl"].astype(np.int64)
+            starts = o + 16
+            first = u8[np.minimum(starts, len(u8) - 1)] >> 4
+            ip = (incl > 0) & (first == 4)
+            if not ip.all():
+                v6 = int(((incl > 0) & (first == 6)).sum())
+                if v6:
+                    skipped["ipv6"] += v6
+                other = int((~ip).sum()) - v6
+                if other:
+                    skipped["not_ip"] += other
+            ts = h["sec"][ip].astype(np.float64) + h["frac"][ip].astype(np.float64) * scale
+            y += int(ip.sum())
+            yield buf, ts, starts[ip], starts[ip] + incl[ip]
+    finally:
+        reader.records = y
+
+
+def _joined_batches(reader) -> Iterator[tuple[bytes, np.ndarray, np.ndarray, np.ndarray]]:
+    """Any other capture: the reader's joined batches (`PcapReader.spans`)."""
+    for buf, tss, starts, ends in reader.spans(_BATCH):
+        yield (buf, np.array(tss, np.float64), np.array(starts, np.int64),
+               np.array(ends, np.int64))

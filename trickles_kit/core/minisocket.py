@@ -1,0 +1,55 @@
+"""What the server hands an application for one request: the minisocket and its output slots.
+
+A module of their own so that both request paths of the engine (`core.server`'s general one and
+`core.server_fast`'s) build them, and applications import them without the engine.
+"""
+
+from __future__ import annotations
+
+
+class OutSlot:
+    """One packet the handler may fill: data for `range`, a user continuation, FIN/FINHINT/SKIP."""
+
+    __slots__ = ("pkt", "budget", "range", "byte_num", "data", "fin", "finhint", "skips", "ucont")
+
+    def __init__(self, pkt: int, budget: int, rng: tuple[int, int] | None) -> None:
+        self.pkt = pkt
+        self.budget = budget
+        self.range = rng
+        self.byte_num = 0
+        self.data = b""
+        self.fin = False
+        self.finhint: int | None = None
+        self.skips: list[tuple[int, int]] = []
+        self.ucont: bytes | None = None
+
+    def fill(self, byte_num: int, data: bytes, fin: bool = False) -> None:
+        if len(data) > self.budget:
+            raise ValueError(f"slot budget is {self.budget} bytes, got {len(data)}")
+        self.byte_num, self.data, self.fin = byte_num, data, fin
+
+
+class Minisocket:
+    """The application's view of one valid request. Freed when the handler returns."""
+
+    __slots__ = ("kind", "client", "conn_id", "request", "ucont", "ranges", "slots", "dropped",
+                 "now")
+
+    def __init__(self, kind: str, client: tuple[bytes, int], conn_id: int, request: bytes,
+                 ucont: bytes, ranges: list[tuple[int, int]], slots: list[OutSlot],
+                 now: float) -> None:
+        self.kind = kind  # "SYN" | "REQUEST" | "FIN"
+        self.client = client
+        self.conn_id = conn_id
+        self.request = request
+        self.ucont = ucont
+        self.ranges = ranges
+        self.slots = slots
+        self.dropped = False
+        self.now = now
+
+    def drop(self) -> None:
+        self.dropped = True
+
+
+__all__ = ["Minisocket", "OutSlot"]
