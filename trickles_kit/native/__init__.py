@@ -58,7 +58,9 @@ if (PURE or STALE) and _SourceOnly not in sys.meta_path:
 speedups: ModuleType | None = None
 if not PURE:
     try:
-        from trickles_kit.native import _speedups as speedups  # type: ignore[attr-defined]
+        from trickles_kit.native import _speedups  # type: ignore[attr-defined]
+
+        speedups = _speedups
     except ImportError:  # no compiler when the package was installed: pure Python
         speedups = None
 recv_many = fallback.recv_many if speedups is None else speedups.recv_many
