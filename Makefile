@@ -10,7 +10,7 @@ LABSTAMP := $(VENV)/.installed-lab
 # Interpreter used to create the venv: prefer python3.11, fall back to python3.
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3 2>/dev/null)
 
-.PHONY: venv lab-venv lab demo test clean sysdeps
+.PHONY: venv lab-venv lab demo test test-native native clean sysdeps
 
 venv: $(STAMP)
 
@@ -62,6 +62,22 @@ $(LABSTAMP): pyproject.toml | $(VPY)
 	$(VPY) -m pip install -e '.[dev,lab,quic,parquet]'
 	touch $(STAMP) $@
 
+# The optional compiled build (setup.py says what): `pip install -e` above already builds the C
+# helpers when it can; this also compiles trickles_kit/native/mypyc_modules.txt with mypyc (mypy
+# is in the dev extra) and rebuilds after an edit. Without a C compiler it does nothing, quietly:
+# the package is complete in pure Python. TRICKLES_PURE=1 runs pure Python whatever is built;
+# `trickles doctor` says which build is active.
+MYPYC_SRC := $(shell sed 's/\#.*//' trickles_kit/native/mypyc_modules.txt 2>/dev/null)
+native: $(VENV)/.native
+
+$(VENV)/.native: $(LABSTAMP) setup.py trickles_kit/native/speedups.c \
+		trickles_kit/native/mypyc_modules.txt $(MYPYC_SRC)
+	@if command -v cc >/dev/null 2>&1; then \
+	    m=0; if $(VPY) -c 'import mypyc' 2>/dev/null; then m=1; fi; \
+	    if TRICKLES_MYPYC=$$m $(VPY) setup.py -q build_ext --inplace >$(VENV)/native.log 2>&1; \
+	    then find trickles_kit -name '*.so' -exec touch {} +; touch $@; else echo "(no compiled build: pure Python; see $(VENV)/native.log)"; fi; \
+	fi
+
 # The main job: JupyterLab at the tour (127.0.0.1 only; the URL with its token is printed).
 # As root (the live runs of 06 and 07 need it) JupyterLab refuses to start without --allow-root.
 # LAB_ARGS: more JupyterLab options, e.g. make lab LAB_ARGS=--ServerApp.port=8890
@@ -82,10 +98,27 @@ sysdeps:
 	bash scripts/install-system-deps.sh
 	bash scripts/install-browser-deps.sh
 
-test: $(if $(filter no,$(SYSDEPS)),,sysdeps) lab-venv
+# The suite in pure Python (what a machine without a compiler runs, and what the notebooks
+# teach from), then, when the compiled build is there, the wire, core and end-to-end suites
+# again against it (test-native).
+test: $(if $(filter no,$(SYSDEPS)),,sysdeps) lab-venv native
 	$(VENV)/bin/ruff check .
-	$(VPY) -m pytest -n 2
+	TRICKLES_PURE=1 $(VPY) -m pytest -n 2
+	@$(MAKE) --no-print-directory test-native
+
+# the engines, the codec and end-to-end transfers over real sockets (not the storms and
+# worker-kill runs: minutes each, and they add no compiled code path of their own)
+NATIVE_TESTS := tests/wire tests/core tests/net/test_native_io.py tests/net/test_wire_e2e.py \
+	tests/net/test_faults_wire.py tests/apps/test_aio_gateway.py
+test-native: native
+	@if $(VPY) -c 'import sys, trickles_kit.native as n; sys.exit(n.speedups is None)'; then \
+	    $(VPY) -m trickles_kit.cli doctor --json | $(VPY) -c 'import json,sys; print("build:", json.load(sys.stdin)["build"])'; \
+	    $(VPY) -m pytest -n 2 $(NATIVE_TESTS); \
+	elif [ "$${CI:-}" = "true" ]; then \
+	    echo "test-native: CI=true and no compiled build (is cc there?)" >&2; exit 1; \
+	else echo "test-native: no compiled build here (no C compiler): skipped"; fi
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .hypothesis
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	find trickles_kit -name '*.so' -delete; rm -f ./*__mypyc*.so .mypy_cache -r

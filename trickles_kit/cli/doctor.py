@@ -25,7 +25,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     ready, _ = core_ready(checks)
     line = summary(checks)
     if getattr(args, "json", False):
-        doc = {"ok": ready, "summary": line, "checks": [c.as_dict() for c in checks]}
+        build = next(c.detail for c in checks if c.name == "build")
+        doc = {"ok": ready, "summary": line, "build": build,
+               "checks": [c.as_dict() for c in checks]}
         print(json.dumps(doc, indent=2))
     else:
         print(format_checks(checks))

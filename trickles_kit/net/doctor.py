@@ -14,6 +14,7 @@ import os
 import sys
 from dataclasses import asdict, dataclass
 
+from trickles_kit import native
 from trickles_kit.net import privileges as priv
 
 SYSDEPS = "make sysdeps (as root; runs scripts/install-system-deps.sh)"
@@ -121,6 +122,18 @@ def _package(name: str, core: bool, extra: str = "lab") -> Check:
     return Check(f"python: {name}", found, detail, "" if found else hint, group)
 
 
+def _build() -> Check:
+    """Which build this process runs: pure Python, or the compiled helpers (and which modules
+    mypyc compiled). Either is complete; the compiled one is faster per packet."""
+    line = native.build()
+    if native.speedups is None and not native.PURE:
+        hint = ("optional: a C compiler and Python's headers (apt-get install -y gcc "
+                "python3-dev), then: make native")
+    else:
+        hint = ""
+    return Check("build", True, line, hint, "python (core)")
+
+
 def run_doctor() -> list[Check]:
     """Every check, in display order. Side-effect free (see trickles_kit.net.privileges)."""
     checks = [
@@ -133,6 +146,7 @@ def run_doctor() -> list[Check]:
         _firewall("iptables", "iptables"),
         _firewall("nft", "nftables"),
         *(_tool(t) for t in TOOLS),
+        _build(),
         *(_package(p, True) for p in CORE_PACKAGES),
         *(_package(p, False) for p in LAB_PACKAGES),
         *(_package(p, False, "parquet") for p in PARQUET_PACKAGES),

@@ -9,8 +9,10 @@ bound to this endpoint's own address, so the kernel hands it only datagrams addr
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterable, Iterator
 from typing import Any
 
+from trickles_kit.native import recv_many, speedups
 from trickles_kit.net.ip import PROTO_TCP, PROTO_TRICKLES, parse_ipv4
 from trickles_kit.net.privileges import require_raw
 from trickles_kit.net.transport import Transport
@@ -42,16 +44,10 @@ class RawTransport(Transport):
 
     def recv_batch(self, limit: int = 256) -> list[tuple[bytes, bytes, Any]]:
         out = []
-        recv_into = self.sock.recv_into
-        view = self._view
         local = self.local_ip
-        for _ in range(limit):
+        for data in self._datagrams(limit):
             try:
-                n = recv_into(view)
-            except (BlockingIOError, InterruptedError):
-                break
-            try:  # read in place: the payload is the one (right-sized) copy
-                ip = parse_ipv4(view[:n])
+                ip = parse_ipv4(data)
             except DecodeError:
                 self.counters["drop.ip"] += 1
                 continue
@@ -61,6 +57,23 @@ class RawTransport(Transport):
             out.append((ip.payload, ip.src, ip.src))
         self.counters["rx"] += len(out)
         return out
+
+    def _datagrams(self, limit: int) -> Iterable[bytes | memoryview]:
+        """What the socket holds: one recvmmsg call in the compiled build (native/); in pure
+        Python views of one reused buffer, read in place (parse_ipv4 copies only the payload)."""
+        if speedups is not None:
+            return [d for d, _, _ in recv_many(self.sock, limit)]
+        return self._views(limit)
+
+    def _views(self, limit: int) -> Iterator[memoryview]:
+        recv_into = self.sock.recv_into
+        view = self._view
+        for _ in range(limit):
+            try:
+                n = recv_into(view)
+            except (BlockingIOError, InterruptedError):
+                break
+            yield view[:n]
 
     def udp_ports(self, peer: Any, outgoing: bool) -> None:
         return None
