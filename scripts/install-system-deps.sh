@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the Debian packages the test suite uses: capture tools, firewalls, iproute2, curl,
 # setpriv (util-linux), procps, ethtool (testbed offloads off), nodejs (the live view's
-# stream.js is unit-tested in node) and npm (fetches plotly.js's basic bundle for the live views). Idempotent: only missing packages are installed, and
+# stream.js is unit-tested in node), npm (fetches plotly.js's basic bundle for the live views) and
+# gcc (the optional compiled build, trickles_kit/native/, which CI tests too). Idempotent: only missing packages are installed, and
 # `apt-get update` runs only when something must be installed.
 #
 #   scripts/install-system-deps.sh        # as root (CI, or: sudo scripts/install-system-deps.sh)
@@ -27,6 +28,7 @@ WANTED=(
     "ethtool:ethtool"
     "nodejs:node"
     "npm:npm"
+    "gcc:gcc"
 )
 
 say() { echo "install-system-deps: $*"; }
