@@ -228,14 +228,16 @@ class UplinkRepair:
 
     def _overtaken(self, req: SentRequest, now: float) -> None:
         """A repeated request was answered `d` after its repeat: the repeats sent before it
-        still unanswered are given that long again (at least 2 ms) rather than their whole
-        wait. The server answers in the order requests arrive and answers leave in order, so
-        theirs should be here already: a repeat refused as a replay (the first answer was
-        lost) is never answered. Without this a burst of such repeats holds every request
-        above them for srtt + 4 rttvar, which a draining queue makes tens of round trips
-        (issue 15: 160 ms at a 1 ms RTT)."""
-        due = now + max(now - req.resent, 0.002)
-        for r in {id(r): r for r in self.under_repair.values()}.values():
+        still unanswered are given that long again (at least 2 ms, and SRTT/2 since their own
+        repeat) rather than their whole wait. The server answers in the order requests arrive
+        and answers leave in order, so theirs should be here already: a repeat refused as a
+        replay (the first answer was lost) is never answered. Without this a burst of such
+        repeats holds every request above them for srtt + 4 rttvar, which a draining queue
+        makes tens of round trips (issue 15: 160 ms at a 1 ms RTT)."""
+        after = now + max(now - req.resent, 0.002)
+        half = (self.eng.rtt.srtt or 0.0) / 2  # (an answer sooner than this after its repeat
+        for r in {id(r): r for r in self.under_repair.values()}.values():  # was only late)
+            due = max(after, r.resent + half)
             if not r.answered and r.sent < req.sent and r.due > due:
                 r.due = due
                 heapq.heappush(self.heap, (due, r.serial, r))
