@@ -49,12 +49,18 @@ class Scoreboard:
 
     def proof(self, lo: int, seq: int, max_sacks: int) -> list[tuple[int, int]]:
         """The SACK blocks (inclusive) for a continuation acknowledging `seq` whose proof
-        starts at `lo`; at most `max_sacks` (the first ones and the last)."""
+        starts at `lo`; at most `max_sacks`: the first block and the last ones. The first
+        block fixes the first hole (every trickle's recovery plan starts there); the last ones
+        make the hole just below `seq` exact, which is what the server retransmits and
+        bootstraps the new epoch for. Keeping the first ones instead merged the holes of a
+        heavy loss into one wider than `max_gap`: the new epoch's first packets were then never
+        sent, looked lost, and halved the window again (4 halvings after one slow-start
+        overshoot at RTT 50 ms)."""
         blocks = [(s, e - 1) for s, e in self.board.clip(lo, seq + 1)]
         if blocks and blocks[0][0] < self.floor:
             blocks = self._provable(blocks)
         if len(blocks) > max_sacks:
-            blocks = blocks[: max_sacks - 1] + blocks[-1:]
+            blocks = blocks[:1] + blocks[len(blocks) - max_sacks + 1 :]
         return blocks
 
     def _provable(self, blocks: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -36,7 +36,7 @@ class SentRequest:
     same datagram, so the server plans the very same packets for it."""
 
     __slots__ = ("segs", "copies", "stamp", "wire", "k", "pkts", "epoch", "answered",
-                 "repeats", "first_repeat", "due", "serial")
+                 "repeats", "first_repeat", "due", "serial", "sent", "resent")
 
     def __init__(self, k: int, plan: pl.Plan, epoch: int, serial: int) -> None:
         self.segs: list[bytes] = []  # the copies sent (none: not repeatable)
@@ -52,6 +52,8 @@ class SentRequest:
         self.first_repeat = 0.0
         self.due = 0.0
         self.serial = serial
+        self.sent = 0  # the order of its latest repeat among all repeats (UplinkRepair.sent)
+        self.resent = 0.0  # when its latest repeat went out
 
 
 class UplinkRepair:
@@ -78,6 +80,7 @@ class UplinkRepair:
         self.under_repair: dict[int, SentRequest] = {}
         self.heap: list[tuple[float, int, SentRequest]] = []
         self.serial = 0
+        self.sent = 0  # repeats sent so far: the order the server meets them in
         # whether repeats pay: the share of repeated requests whose packets then came (EWMA
         # over them); low when the gaps are answers lost on the way
         self.yield_ = self.YIELD_START
@@ -198,6 +201,8 @@ class UplinkRepair:
                 req.segs.append(eng.build.segment(wreq.encode(), req.k, flags))
             c.client_state, c.parent, c.client_timestamp = kept
         eng._outbox.extend(req.segs)
+        self.sent += 1
+        req.sent, req.resent = self.sent, now
         eng.counters["repeats"] += 1
         eng.counters["tx"] += len(req.segs)
         req.due = now + self.wait()
@@ -214,10 +219,28 @@ class UplinkRepair:
         if not req.answered:
             req.answered = True
             self._learn(req, now, cts)
+            if req.repeats:
+                self._overtaken(req, now)
         for p in req.pkts:
             if p < pkt and self.under_repair.get(p) is req:
                 del self.under_repair[p]
                 heapq.heappush(self.eng.loss.heap, p)
+
+    def _overtaken(self, req: SentRequest, now: float) -> None:
+        """A repeated request was answered `d` after its repeat: the repeats sent before it
+        still unanswered are given that long again (at least 2 ms, and SRTT/2 since their own
+        repeat) rather than their whole wait. The server answers in the order requests arrive
+        and answers leave in order, so theirs should be here already: a repeat refused as a
+        replay (the first answer was lost) is never answered. Without this a burst of such
+        repeats holds every request above them for srtt + 4 rttvar, which a draining queue
+        makes tens of round trips (issue 15: 160 ms at a 1 ms RTT)."""
+        after = now + max(now - req.resent, 0.002)
+        half = (self.eng.rtt.srtt or 0.0) / 2  # (an answer sooner than this after its repeat
+        for r in {id(r): r for r in self.under_repair.values()}.values():  # was only late)
+            due = max(after, r.resent + half)
+            if not r.answered and r.sent < req.sent and r.due > due:
+                r.due = due
+                heapq.heappush(self.heap, (due, r.serial, r))
 
     def _learn(self, req: SentRequest, now: float, cts: int) -> None:
         """What the first answer to `req` says about repeats and about request loss."""

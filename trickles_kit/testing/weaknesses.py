@@ -27,7 +27,7 @@ def blocks_of(claimed: RangeSet, lo: int, hi: int, max_sacks: int) -> list[tuple
     """Inclusive SACK blocks for the claimed numbers in [lo, hi], trimmed as the client does."""
     blocks = [(s, e - 1) for s, e in claimed.clip(lo, hi + 1)]
     if len(blocks) > max_sacks:
-        blocks = blocks[: max_sacks - 1] + blocks[-1:]
+        blocks = blocks[:1] + blocks[len(blocks) - max_sacks + 1 :]
     return blocks
 
 
