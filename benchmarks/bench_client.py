@@ -136,23 +136,6 @@ def child(trace_file: str, size: int, seed: int, reps: int, digest: bool = True)
             "us_per_packet_all": [round(x / rx * 1e6, 3) for x in times]}
 
 
-def tree_of(spec: str) -> str:
-    """A directory holding the `trickles_kit/` of `spec`: `spec` itself when it is one, else a
-    git revision of this checkout exported to a temporary directory (`git archive`)."""
-    import io
-    import tarfile
-    import tempfile
-
-    if (Path(spec) / "trickles_kit").is_dir():
-        return spec
-    blob = subprocess.run(["git", "-C", str(REPO), "archive", spec, "trickles_kit"],
-                          capture_output=True, check=True).stdout
-    tmp = tempfile.mkdtemp(prefix="bench_tree_")
-    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
-        tar.extractall(tmp, filter="data")
-    return tmp
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -190,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     roots = {"this": str(REPO)}
     if a.against:
+        # the revision export is bench_core's; imported here only, so that this parent, whose
+        # children pick their own tree, loads no package of its own before it must
+        from bench_core import tree_of
+
         roots["against"] = str(Path(tree_of(a.against)).resolve())
     runs: dict[str, list[dict]] = {k: [] for k in roots}
     args = [f"--size={a.size}", f"--loss={a.loss}", f"--seed={a.seed}", f"--reps={a.reps}"]

@@ -134,35 +134,6 @@ class PacketColumns:
         cols = self.to_lists()
         return [PacketRow(*vals) for vals in zip(*cols.values(), strict=True)]
 
-    @classmethod
-    def concat(cls, parts: Sequence[PacketColumns]) -> PacketColumns:
-        """One table of `parts`, in order (their error vocabularies merged)."""
-        parts = [p for p in parts if p.n] or [cls.empty()]
-        if len(parts) == 1:
-            return parts[0]
-        n = sum(p.n for p in parts)
-        vocab: list[str] = []
-        for p in parts:
-            vocab += [e for e in p.cats["error"] if e not in vocab]
-        data: dict = {}
-        mask: dict = {}
-        lists: dict = {}
-        for f, kind in KINDS.items():
-            base = kind.rstrip("?")
-            if base in _WIDTH:
-                data[f], lists[f] = _concat_ragged([p.data[f] for p in parts],
-                                                   [p.lists[f] for p in parts])
-            elif f == "error":
-                data[f] = np.concatenate([_recode(p.data[f], p.cats[f], vocab) for p in parts])
-            else:
-                data[f] = np.concatenate([p.data[f] for p in parts])
-            if kind.endswith("?"):
-                data_masks = [p.mask.get(f) for p in parts]
-                mask[f] = np.concatenate([m if m is not None else np.zeros(p.n, bool)
-                                          for m, p in zip(data_masks, parts, strict=True)])
-        cats = {fld: list(v) for fld, v in CATS.items()} | {"error": vocab}
-        return cls(n, data, mask, cats, lists)
-
     def take(self, order: np.ndarray) -> PacketColumns:
         """The rows at `order` (a permutation or selection), lists included."""
         data: dict = {}
@@ -179,7 +150,7 @@ class PacketColumns:
     def interleave(cls, parts: Sequence[PacketColumns], slots: Sequence[np.ndarray]
                    ) -> PacketColumns:
         """One table whose row ``slots[j][i]`` is row i of ``parts[j]`` (the slots of all parts
-        together being 0..n-1): `concat` and `take` in one copy."""
+        together being 0..n-1): the concatenation and a `take` in one copy."""
         pairs = [(p, s) for p, s in zip(parts, slots, strict=True) if p.n]
         if len(pairs) == 1:
             return pairs[0][0]
@@ -251,16 +222,6 @@ def _ragged_of(vals: list, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     values = np.array(flat, np.int64).reshape(-1, width)
     nulls = np.fromiter((v is None for v in vals), bool, len(vals))
     return offsets, values, nulls
-
-
-def _concat_ragged(offs: list, vals: list) -> tuple[np.ndarray, np.ndarray]:
-    shift = 0
-    out = [np.zeros(1, np.int64)]
-    for o in offs:
-        out.append(o[1:] - o[0] + shift)
-        shift += int(o[-1] - o[0])
-    values = np.concatenate([v[o[0]:o[-1]] for o, v in zip(offs, vals, strict=True)])
-    return np.concatenate(out), values
 
 
 def _interleave_ragged(pairs: list, f: str, n: int) -> tuple[np.ndarray, np.ndarray]:
