@@ -211,14 +211,3 @@ def test_client_request_encoder_matches_request_encode(corpus: Corpus) -> None:
             with pytest.raises(ValueError):
                 encode_request(req)
     assert seen > 200
-
-
-def test_inlined_windows_are_cc_cwnd() -> None:
-    from trickles_kit.core.cc import cwnd
-    from trickles_kit.core.server_fast import _windows
-
-    for base in (1, 7, 1000):
-        for c0, ss in ((1, 1), (2, 5), (3, 64), (64, 64), (3, 8191), (5000, 9000)):
-            for k in [*range(base, base + 300), base + 10**6, base + 10**9]:
-                assert _windows(k, base, c0, ss) == (cwnd(k - 1, base, c0, ss),
-                                                     cwnd(k, base, c0, ss))

@@ -25,11 +25,10 @@ import struct
 import traceback
 from collections import Counter
 from hmac import compare_digest
-from math import isqrt
 from typing import TYPE_CHECKING
 
 from trickles_kit.core.admission import SACK_REACH, SEQ_LIMIT, Reason, event_kind
-from trickles_kit.core.cc import MAX_CWND
+from trickles_kit.core.cc import MAX_CWND, cwnd
 from trickles_kit.core.minisocket import Minisocket, OutSlot
 from trickles_kit.core.plan import CONTINUE, SPLIT
 from trickles_kit.wire.continuation import FULL1, MAC_PSEUDO, NORMAL, RECOVERY, pack_body
@@ -159,7 +158,8 @@ class FastRequests:
                 why = "replay_horizon" if table.refused > refused else "replay"
                 return self._drop(why, now, event_kind(why))
             k = f[2]
-            prev, cur = _windows(k, f[14], f[12], f[13])
+            base, c0, ss = f[14], f[12], f[13]  # (k >= base, 1 <= c0 <= ss: checked in receive)
+            prev, cur = cwnd(k - 1, base, c0, ss), cwnd(k, base, c0, ss)
             first = k + prev
             count = cur - prev + 1
             nranges = len(ranges)
@@ -225,18 +225,5 @@ class FastRequests:
         counters["tx"] += count
         return out
 
-
-def _windows(k: int, base: int, start_cwnd: int, ssthresh: int) -> tuple[int, int]:
-    """(`cc.cwnd` of k - 1, of k), inlined in one call (k >= base: no range check needed)."""
-    a = base + ssthresh - start_cwnd
-    if k - 1 < a:
-        prev = start_cwnd + (k - 1 - base if k - 1 > base else 0)
-    else:
-        prev = (1 + isqrt(1 + 4 * (ssthresh * ssthresh - ssthresh + 2 * (k - 1 - a)))) // 2
-    if k < a:
-        cur = start_cwnd + k - base
-    else:
-        cur = (1 + isqrt(1 + 4 * (ssthresh * ssthresh - ssthresh + 2 * (k - a)))) // 2
-    return (prev if prev < MAX_CWND else MAX_CWND, cur if cur < MAX_CWND else MAX_CWND)
 
 __all__ = ["FastRequests"]
