@@ -102,8 +102,19 @@ def test_services_demo_record_refreshes_results_and_table(as_root: Path,
     assert json.loads((results / "services_balance_trickles.json").read_text())["meta"][
         "command"].endswith("--record")
     assert not (as_root / "reports").exists()
+    assert not list(results.glob("*.html"))  # the committed results carry no figure
     assert tracked_status() == before
     assert cli.main(["services", "demo", "balance", "--record", "--out", "x"]) == 2
+
+
+def test_services_figure_draws_each_committed_result(as_root: Path) -> None:
+    """`trickles services figure`: one HTML page per committed result, drawn from its JSON."""
+    pytest.importorskip("plotly")
+    before = tracked_status()
+    assert cli.main(["services", "figure"]) == 0
+    drawn = sorted(p.name for p in (as_root / "reports" / "services").glob("*.html"))
+    assert drawn == sorted(p.with_suffix(".html").name for p in RESULTS.glob("services_*.json"))
+    assert tracked_status() == before
 
 
 # --------------------------------------------------------------------------- trickles bench

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from trickles_kit.bench import report
 from trickles_kit.bench.report import EXPERIMENTS, write_report
+from trickles_kit.cli.pathargs import add_path_arguments, path_problem
 from trickles_kit.net import sysdeps
 from trickles_kit.net.testbed import TOOLS
 from trickles_kit.services import quic_failover
@@ -35,13 +36,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--record", action="store_true",
                    help="also refresh the committed results benchmarks/results/bench_NAME.json "
                         "from this (full) run and regenerate the README table from them")
-    b.add_argument("--rtt", type=float, default=0.0, metavar="MS",
-                   help="idle round-trip time of the path (every experiment but loopback): "
-                        "MS/2 each way, by netem "
-                        "or the NFQUEUE delay line; checked before the runs (refused if off by "
-                        "more than 1 ms); the bottleneck buffers max(50 ms, one RTT) of its rate")
-    b.add_argument("--jitter", type=float, default=0.0, metavar="MS",
-                   help="+- MS on each one-way delay, slowly varying (order kept); with --rtt")
+    add_path_arguments(b, "of the path (every experiment but loopback): MS/2 each way, by "
+                          "netem or the NFQUEUE delay line")
     b.add_argument("-v", "--verbose", action="store_true",
                    help="print every system command and per-run numbers")
     b.set_defaults(func=cmd_bench)
@@ -158,8 +154,7 @@ def _path_kwargs(args: argparse.Namespace, names: list[str]) -> dict | None:
     other = [n for n in names if n not in RTT_EXPERIMENTS and len(names) == 1]
     msg = (f"--rtt/--jitter: {', '.join(other)} has no path to delay (it measures the server "
            f"alone on loopback); {', '.join(RTT_EXPERIMENTS)} take them" if other else
-           "--rtt and --jitter must be >= 0, with jitter <= rtt/2"
-           if rtt < 0 or jitter < 0 or 2 * jitter > rtt else None)
+           path_problem(rtt, jitter))
     if msg:
         print(f"trickles bench: {msg}", file=sys.stderr)
         return None

@@ -1,4 +1,4 @@
-"""`trickles services demo failover|balance|load|anycast [--tcp]` and `trickles services table`."""
+"""`trickles services demo failover|balance|load|anycast|parallel [--tcp]`, `figure` and `table`."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from trickles_kit.cli.pathargs import add_path_arguments, path_problem
 from trickles_kit.net.topology import TopologyError
 from trickles_kit.services import report
 from trickles_kit.services.cgroup import CgroupError
@@ -37,13 +38,8 @@ def add_services_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--repeats", type=int, default=3,
                    help="load: 1-vs-2-replica pairs to run; the median pair is reported "
                         "(default 3)")
-    d.add_argument("--rtt", type=float, default=0.0, metavar="MS",
-                   help="idle round-trip time client <-> replicas: MS/2 each way by the "
-                        "NFQUEUE delay line in the router; checked before the run (refused if "
-                        "off by more than 1 ms) and recorded; the bottleneck buffers "
-                        "max(50 ms, one RTT) of its rate")
-    d.add_argument("--jitter", type=float, default=0.0, metavar="MS",
-                   help="+- MS on each one-way delay, slowly varying (order kept); with --rtt")
+    add_path_arguments(d, "client <-> replicas: MS/2 each way by the NFQUEUE delay line in "
+                          "the router")
     d.add_argument("--out", type=Path, default=Path(DEFAULT_OUT),
                    help="results directory (default %(default)s; git-ignored)")
     d.add_argument("--record", action="store_true",
@@ -53,6 +49,12 @@ def add_services_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--json", action="store_true", help="print the whole result as JSON")
     d.add_argument("-v", "--verbose", action="store_true", help="print every system command")
     d.set_defaults(func=cmd_demo)
+    f = ss.add_parser("figure", help="draw the figures of the committed results (HTML)",
+                      description="One HTML figure per benchmarks/results/services_*.json, "
+                                  "drawn from the JSON (the results carry none).")
+    f.add_argument("--out", type=Path, default=Path(DEFAULT_OUT),
+                   help="directory to write them to (default %(default)s; git-ignored)")
+    f.set_defaults(func=cmd_figure)
     t = ss.add_parser("table", help="regenerate the README table from the result JSON files")
     t.add_argument("--check", action="store_true", help="exit 1 if the README is out of date")
     t.set_defaults(func=cmd_table)
@@ -82,9 +84,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 2
     kw: dict = {"kind": kind, "verbose": args.verbose}
     if args.rtt or args.jitter:
-        if args.rtt < 0 or args.jitter < 0 or 2 * args.jitter > args.rtt:
-            print("trickles services demo: --rtt and --jitter must be >= 0, with jitter <= "
-                  "rtt/2", file=sys.stderr)
+        msg = path_problem(args.rtt, args.jitter)
+        if msg:
+            print(f"trickles services demo: {msg}", file=sys.stderr)
             return 2
         kw.update(rtt_ms=args.rtt, jitter_ms=args.jitter)
     if args.size is not None:
@@ -115,12 +117,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if args.scenario == "load":
             argv += ["--repeats", str(args.repeats)]
         argv += ["--record"] if args.record else []
-        path = report.save(res, argv, report.RESULTS if args.record else args.out)
-        print(f"wrote {os.path.relpath(path)} (+ .html figure)")
+        # the committed results carry no figure: `trickles services figure` draws it from them
+        path = report.save(res, argv, report.RESULTS if args.record else args.out,
+                           figure=not args.record)
+        print(f"wrote {os.path.relpath(path)}" + ("" if args.record else " (+ .html figure)"))
         if args.record:
             changed = report.update_readme(report.README, report.RESULTS)
             print("README services table " + ("updated" if changed else "unchanged"))
     return 0 if res["byte_exact"] else 1
+
+
+def cmd_figure(args: argparse.Namespace) -> int:
+    written = report.write_figures(args.out)
+    if not written:
+        print("trickles services figure: nothing drawn (no results, or plotly is missing)",
+              file=sys.stderr)
+        return 1
+    for p in written:
+        print(f"wrote {p}")
+    return 0
 
 
 def cmd_table(args: argparse.Namespace) -> int:

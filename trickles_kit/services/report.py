@@ -1,8 +1,10 @@
 """Results of the services demos: JSON with metadata, plotly figures, the README table.
 
-Files are `benchmarks/results/services_<scenario>_<stack>.json` (+ `.html` figure); the README
-table between `<!-- services-table:start -->` and `<!-- services-table:end -->` is generated
-from whatever JSON files are there, and `check_readme` says whether it is current.
+Files are `benchmarks/results/services_<scenario>_<stack>.json`; the README table between
+`<!-- services-table:start -->` and `<!-- services-table:end -->` is generated from whatever JSON
+files are there, and `check_readme` says whether it is current. A figure is a function of its
+JSON (`make_figure`), so the committed results carry none: `write_figures` draws them on demand
+into a git-ignored directory (`trickles services figure`), a user's runs get theirs beside them.
 """
 
 from __future__ import annotations
@@ -38,15 +40,36 @@ def rtt_words(res: dict) -> str:
 
 
 def save(res: dict, argv: list[str], out_dir: Path = RESULTS, figure: bool = True) -> Path:
-    """Write `res` with the run's metadata (command, machine, code); the figure next to it."""
+    """Write `res` with the run's metadata (command, machine, code); with `figure`, the figure
+    next to it (never for the committed results: `write_figures` draws those from the JSON)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = result_path(res, out_dir)
     path.write_text(json.dumps({"meta": meta(argv, "services"), **res}, indent=1) + "\n")
     if figure:
-        fig = make_figure(res)
-        if fig is not None:
-            fig.write_html(path.with_suffix(".html"), include_plotlyjs="cdn")
+        write_figure(res, path.with_suffix(".html"))
     return path
+
+
+def write_figure(res: dict, out: Path) -> Path | None:
+    """`make_figure(res)` as an HTML page at `out` (plotly.js from its CDN); None without
+    plotly."""
+    fig = make_figure(res)
+    if fig is None:
+        return None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(out, include_plotlyjs="cdn")
+    return out
+
+
+def write_figures(out_dir: Path, results: Path = RESULTS) -> list[Path]:
+    """The figure of every `services_*.json` in `results`, drawn into `out_dir` (same names,
+    `.html`): the committed results' figures on demand."""
+    written = []
+    for p in sorted(results.glob("services_*.json")):
+        out = write_figure(json.loads(p.read_text()), out_dir / p.with_suffix(".html").name)
+        if out is not None:
+            written.append(out)
+    return written
 
 
 def load_results(out_dir: Path = RESULTS) -> list[dict]:
