@@ -193,11 +193,12 @@ def run_connection(server: ServerEngine, index: int, now: float, size: int,
     return now
 
 
-def drive(client: ClientEngine, answer, dt: float, delay: float = 0.001) -> Iterator[float]:
-    """Run `client` against `answer(segment, now) -> segments`, yielding the time after each
-    round of sends (answers arrive `delay` later); ends when the client has nothing to send
-    and no timer. Bound it with `itertools.islice`."""
-    t = 0.0
+def drive(client: ClientEngine, answer, dt: float, delay: float = 0.001,
+          start: float = 0.0) -> Iterator[float]:
+    """Run `client` against `answer(segment, now) -> segments` from `start`, yielding the time
+    after each round of sends (answers arrive `delay` later); ends when the client has nothing
+    to send and no timer. Bound it with `itertools.islice`."""
+    t = start
     while True:
         t += dt
         out = client.datagrams_to_send()

@@ -1,4 +1,5 @@
-"""Helpers for the real-wire tests: privilege gates, server processes, unprivileged runs."""
+"""Helpers the tests share: privilege, tool and module gates, server processes and their
+memory, unprivileged runs, git status of the tracked results."""
 
 from __future__ import annotations
 
@@ -12,9 +13,13 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
+from importlib import import_module
 from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
 
 import pytest
 
@@ -24,25 +29,45 @@ IN_CI = os.environ.get("CI") == "true"
 MACHINE_PATH = re.compile(r"(?<![\w.:])/(?:work|root|home|usr|opt|srv|mnt)/")
 
 
+def unavailable(msg: str) -> NoReturn:
+    """Skip outside CI; in CI, where the set-up provides every tool, module and privilege, a
+    missing one is a failure."""
+    if IN_CI:
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
 def need_root(what: str) -> None:
     """Skip outside CI without root (saying how to run it); in CI a missing privilege fails."""
-    if os.geteuid() == 0:
-        return
-    msg = f"{what} needs root (or CAP_NET_RAW/CAP_NET_ADMIN): run the suite with sudo"
-    if IN_CI:
-        pytest.fail(msg)
-    pytest.skip(msg)
+    if os.geteuid() != 0:
+        unavailable(f"{what} needs root (or CAP_NET_RAW/CAP_NET_ADMIN): run the suite with sudo")
 
 
-def need_tool(name: str) -> str:
+def need_tool(name: str, hint: str = "run `make sysdeps` (as root) to install it") -> str:
+    """The tool's path, or `unavailable` saying how to get it."""
     path = shutil.which(name)
-    if path:
-        return path
-    msg = f"{name} is not installed: run `make sysdeps` (as root) to install it"
-    if IN_CI:
-        pytest.fail(msg)
-    pytest.skip(msg)
-    raise AssertionError  # unreachable
+    if path is None:
+        unavailable(f"{name} is not installed: {hint}")
+    return path
+
+
+def need_module(name: str, hint: str = "make lab-venv installs it") -> ModuleType:
+    """The module (an optional dependency), or `unavailable` saying how to get it."""
+    try:
+        return import_module(name)
+    except ImportError:
+        unavailable(f"{name} missing: {hint}")
+
+
+def git_status(*paths: str) -> list[str]:
+    """`git status --porcelain -- PATHS` of the checkout: what a run must not have changed."""
+    git = shutil.which("git")
+    if git is None or not (REPO / ".git").exists():
+        unavailable("git and a git checkout are needed to watch the tracked files")
+    p = subprocess.run([git, "status", "--porcelain", "--", *paths], capture_output=True,
+                       text=True, cwd=REPO, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return p.stdout.splitlines()
 
 
 def free_port(kind: int = socket.SOCK_DGRAM) -> int:
@@ -84,13 +109,21 @@ def server_process(argv: list[str], ready: str = "trickles serve:",
             raise AssertionError(f"server did not start: {line!r} {out!r} {err!r}")
         yield p
     finally:
-        if p.poll() is None:
-            p.terminate()
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout=5)
+        stop_process(p)
+
+
+def stop_process(p: subprocess.Popen, kill: bool = False) -> None:
+    """End `p` (SIGTERM, or SIGKILL with `kill`) if it still runs and reap it, its pipes
+    drained; SIGKILL after 10 s."""
+    if p.poll() is None and kill:
+        p.kill()
+    elif p.poll() is None:
+        p.terminate()
+    try:
+        p.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate(timeout=5)
 
 
 def rss_kib(pid: int) -> int:
@@ -98,6 +131,60 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError("no VmRSS")
+
+
+class RssSampler:
+    """Samples a process's RSS (KiB) every `every` seconds in a thread, from `start` (or
+    entering the block) until `stop` (or leaving it): (seconds since `t0`, KiB) pairs."""
+
+    def __init__(self, pid: int, every: float = 0.25) -> None:
+        self.pid, self.every = pid, every
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self.t0 = time.monotonic()
+        self._th = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.samples.append((round(time.monotonic() - self.t0, 2), rss_kib(self.pid)))
+            except (OSError, AssertionError):
+                return  # the process is gone
+            self._stop.wait(self.every)
+
+    def start(self) -> RssSampler:
+        self._th.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._th.join(timeout=5)
+
+    def __enter__(self) -> RssSampler:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def peak(self) -> int:
+        return max((k for _, k in self.samples), default=0)
+
+
+# `python -c PEAK_RSS_DRIVER.format(...) HWM ARGS...`: `main(ARGS)` of a module, its exit
+# status the process's; at exit the process's peak RSS (VmHWM, kB) is written into HWM
+PEAK_RSS_DRIVER = r"""
+import atexit, sys
+def _hwm(path=sys.argv[1]):
+    with open("/proc/self/status") as f:
+        kb = next(int(x.split()[1]) for x in f if x.startswith("VmHWM:"))
+    with open(path, "w") as g:
+        g.write(str(kb))
+atexit.register(_hwm)
+{preload}
+from {module} import main
+sys.exit(main(sys.argv[2:]))
+"""
 
 
 @contextlib.contextmanager

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from wire_helpers import IN_CI, REPO, need_root, need_tool
+from wire_helpers import REPO, git_status, need_root, need_tool
 
 from trickles_kit.net.testbed import TOOLS as TESTBED_TOOLS
 
@@ -50,16 +49,7 @@ COST = {"bench_quic.py": 123, "bench_notebooks.py": 104, "bench_core.py": 97, "s
 
 def results_status() -> list[str]:
     """`git status --porcelain benchmarks/results`: what a quick run must never change."""
-    git = shutil.which("git")
-    if git is None or not (REPO / ".git").exists():
-        msg = "git and a git checkout are needed to watch benchmarks/results"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
-    p = subprocess.run([git, "status", "--porcelain", "--", "benchmarks/results"],
-                       capture_output=True, text=True, cwd=REPO, timeout=60)
-    assert p.returncode == 0, p.stderr
-    return p.stdout.splitlines()
+    return git_status("benchmarks/results")
 
 
 def _scripts() -> list[Path]:

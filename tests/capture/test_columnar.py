@@ -9,12 +9,11 @@ table's values.
 
 from __future__ import annotations
 
-import importlib
 import math
-import os
 from pathlib import Path
 
 import pytest
+from wire_helpers import need_module
 
 from trickles_kit.apps.sim import LinkConfig, simulate_transfer
 from trickles_kit.capture import columnar
@@ -23,17 +22,6 @@ from trickles_kit.capture.pcapio import PcapError
 from trickles_kit.capture.rows import ROW_FIELDS
 
 CAPS = Path(__file__).resolve().parents[2] / "captures"
-IN_CI = os.environ.get("CI") == "true"
-
-
-def need(module: str):
-    """The module, or a skip outside CI (in CI the set-up installs it: a failure)."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        if IN_CI:
-            pytest.fail(f"{module} is missing (make lab-venv installs it)")
-        pytest.skip(f"{module} missing: make lab-venv installs it")
 
 
 def _secret(name: str) -> bytes:
@@ -140,9 +128,9 @@ def _plain(v):
 
 @pytest.mark.parametrize("arrow", [True, False])
 def test_packets_df_equals_the_row_table(lossy, arrow, monkeypatch) -> None:
-    pd = need("pandas")
+    pd = need_module("pandas")
     if arrow:
-        need("pyarrow")
+        need_module("pyarrow")
     else:
         monkeypatch.setattr("trickles_kit.capture.frames.arrow_or_none", lambda: None)
     path, secret = lossy

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from wire_helpers import PEAK_RSS_DRIVER
 
 from trickles_kit.capture import decode_pcap, read_pcap
 from trickles_kit.capture.pcapio import LINKTYPE_EN10MB, MAX_RECORD, PcapReader
@@ -34,22 +35,13 @@ JUNK = 300 << 20  # sparse bytes in each large capture
 BOUND_MIB = 24
 ETH = b"\x02\0\0\0\0\x01\x02\0\0\0\0\x02\x08\x00"  # Ethernet header, IPv4
 
-# atexit: the process's peak RSS into argv[1]; then `trickles` with argv[2:]
-DRIVER = r"""
-import atexit, sys
-def _hwm(path=sys.argv[1]):
-    with open("/proc/self/status") as f:
-        kb = next(int(x.split()[1]) for x in f if x.startswith("VmHWM:"))
-    with open(path, "w") as g:
-        g.write(str(kb))
-atexit.register(_hwm)
+# `trickles` with argv[2:], its peak RSS into argv[1]; numpy imported first: the decoder
+# imports it on a large batch, so both runs compared hold it
+DRIVER = PEAK_RSS_DRIVER.format(module="trickles_kit.cli", preload="""
 try:
-    import numpy  # noqa: F401 - the decoder imports it on a large batch: in both runs
+    import numpy  # noqa: F401
 except ImportError:
-    pass
-from trickles_kit.cli import main
-sys.exit(main(sys.argv[2:]))
-"""
+    pass""")
 
 
 def frames() -> list[tuple[float, bytes]]:

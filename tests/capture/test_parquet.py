@@ -8,11 +8,10 @@ decoder has them. Without pyarrow the command says what Parquet needs, and so do
 from __future__ import annotations
 
 import importlib
-import os
 from collections import Counter
 from pathlib import Path
 
-import pytest
+from wire_helpers import need_module
 
 from trickles_kit.capture import parquet
 from trickles_kit.capture.decode import decode_pcap
@@ -20,17 +19,7 @@ from trickles_kit.cli import main
 from trickles_kit.net import doctor
 
 CAPS = Path(__file__).resolve().parents[2] / "captures"
-IN_CI = os.environ.get("CI") == "true"
 RUNS = ("one_loss", "slowstart_ca")
-
-
-def need(module: str):
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        if IN_CI:
-            pytest.fail(f"{module} is missing (make lab-venv installs the parquet extra)")
-        pytest.skip(f"{module} missing: make lab-venv installs it")
 
 
 def _decode_to(out: Path, name: str, *extra: str) -> int:
@@ -39,8 +28,8 @@ def _decode_to(out: Path, name: str, *extra: str) -> int:
 
 
 def test_duckdb_reads_the_runs(tmp_path, capsys) -> None:
-    need("pyarrow")
-    duckdb = need("duckdb")
+    need_module("pyarrow")
+    duckdb = need_module("duckdb")
     for name in RUNS:
         assert _decode_to(tmp_path, name, "--events") == 0
     assert "packets" in capsys.readouterr().out
@@ -66,7 +55,7 @@ def test_duckdb_reads_the_runs(tmp_path, capsys) -> None:
 
 def test_streamed_packets_equal_the_whole_table(tmp_path) -> None:
     """Without --events the packets are written chunk by chunk: the same table."""
-    pq = need("pyarrow.parquet")
+    pq = need_module("pyarrow.parquet")
     assert _decode_to(tmp_path / "a", "one_loss") == 0
     assert _decode_to(tmp_path / "b", "one_loss", "--events") == 0
     a = pq.read_table(tmp_path / "a" / "packets" / "run=one_loss")

@@ -13,6 +13,7 @@ import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
+from itertools import islice
 
 import pytest
 from helpers_security import drive
@@ -65,25 +66,18 @@ def pair(size: int) -> tuple[ServerEngine, ClientEngine, EventLog]:
     return server, client, log
 
 
-def shuttle(server: ServerEngine, client: ClientEngine, t: float, inject=None) -> float:
-    """Run the pair to completion on a virtual clock (no loss); `inject(t)` before each round."""
-    for _ in range(20000):
-        if client.done:
-            return t
-        t += 0.001
+def shuttle(server: ServerEngine, client: ClientEngine, t: float, inject=None) -> bytes:
+    """Run the pair to completion on a virtual clock (no loss), `inject(t)` and the application
+    reading after each round of sends: all the application read."""
+    got = bytearray(client.read())
+    for now in islice(drive(client, lambda seg, now: server.receive(seg, CIP, now), 0.001,
+                            start=t), 20000):
         if inject is not None:
-            inject(t)
-        out = client.datagrams_to_send()
-        if not out:
-            timer = client.get_timer()
-            assert timer is not None, "the client stalled"
-            t = max(t, timer)
-            client.handle_timer(t)
-            continue
-        for seg in out:
-            for ans in server.receive(seg, CIP, t):
-                client.receive(ans, t + 0.001)
-    raise AssertionError("the transfer did not finish")
+            inject(now)
+        got.extend(client.read())
+        if client.done:
+            return bytes(got + client.read())
+    raise AssertionError("the transfer did not finish (or the client stalled)")
 
 
 # ---------------------------------------------------------------------- item 1: forged answers
@@ -106,7 +100,6 @@ def test_forged_synack_data_finhint_skip_never_reach_the_application() -> None:
     assert client.phase == "syn_sent" and client.read() == b""
     client.receive(synack, 0.003)
     assert client.phase == "established" and client.conn_id == cont0.conn_id
-    got = bytearray(client.read())
     injected = [50]
 
     def inject(t: float) -> None:  # DATA, FINHINT, SKIP on the real connection's ports
@@ -122,12 +115,7 @@ def test_forged_synack_data_finhint_skip_never_reach_the_application() -> None:
             client.receive(forged(c, [chunk], seq=c.seq), t)
             injected[0] += 1
 
-    def reader(t: float) -> None:
-        inject(t)
-        got.extend(client.read())
-
-    shuttle(server, client, 0.004, reader)
-    got.extend(client.read())
+    got = shuttle(server, client, 0.004, inject)
     assert len(got) == size and hashlib.sha256(got).hexdigest() == generated_sha256(size, seed)
     assert injected[0] > 50 + 3 * 10  # forgeries were interleaved with the whole transfer
     assert client.counters["drop.echo"] == injected[0]
@@ -330,14 +318,7 @@ def test_client_stops_at_the_stated_length_and_ignores_unasked_bytes() -> None:
             cont.client_state, cont.parent = cs, parent
             client.receive(forged(cont, [DataChunk(size, b"P" * 1200)]), t)
 
-    got = bytearray()
-
-    def step(t: float) -> None:
-        inject(t)
-        got.extend(client.read())
-
-    shuttle(server, client, 0.001, step)
-    got.extend(client.read())
+    got = shuttle(server, client, 0.001, inject)
     assert len(got) == size and hashlib.sha256(got).hexdigest() == generated_sha256(size, seed)
 
 
@@ -452,24 +433,16 @@ def test_server_counts_horizon_refusals_and_never_answers_a_replay() -> None:
     client = ClientEngine(CIP, CPORT, SIP, SPORT, ClientConfig(), isn=2)
     client.connect(0.0, gen_request(size, 1))
     sent: list[tuple[float, bytes]] = []
-    t = 0.0
-    for _ in range(5000):
+
+    def answer(seg: bytes, now: float) -> list[bytes]:
+        sent.append((now, seg))
+        return server.receive(seg, CIP, now)
+
+    for _ in islice(drive(client, answer, 0.001), 5000):
+        client.read()
         if client.done:
             break
-        t += 0.001
-        out = client.datagrams_to_send()
-        if not out:
-            timer = client.get_timer()
-            if timer is None:
-                break
-            t = max(t, timer)
-            client.handle_timer(t)
-            continue
-        for seg in out:
-            sent.append((t, seg))
-            for ans in server.receive(seg, CIP, t):
-                client.receive(ans, t + 0.001)
-        client.read()
+    t = sent[-1][0]
     requests = [seg for _, seg in sent if seg[13] & SYN == 0]
     assert len(requests) > 2 * 64  # the table (64 entries) overflowed
     drops = server.counters["drop"]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from helpers_security import drive
+from wire_helpers import PEAK_RSS_DRIVER
 
 from trickles_kit.apps.generated import Generated, gen_request, generated_bytes, generated_sha256
 from trickles_kit.core.client import ClientConfig, ClientEngine
@@ -38,18 +39,8 @@ GOOD = """config initial_cwnd=3
 """
 HEAD = '0.000 > syn app="GEN 100000 7"\n<   pkt=0\n'
 
-# atexit: the process's peak RSS into argv[1]; then the scenario runner with argv[2:]
-DRIVER = r"""
-import atexit, sys
-def _hwm(path=sys.argv[1]):
-    with open("/proc/self/status") as f:
-        kb = next(int(x.split()[1]) for x in f if x.startswith("VmHWM:"))
-    with open(path, "w") as g:
-        g.write(str(kb))
-atexit.register(_hwm)
-from trickles_kit.testing.scenario import main
-sys.exit(main(sys.argv[2:]))
-"""
+# the scenario runner with argv[2:], its peak RSS into argv[1]
+DRIVER = PEAK_RSS_DRIVER.format(module="trickles_kit.testing.scenario", preload="")
 
 # (name, script bytes, line of the error, a fragment of the message)
 MALFORMED = [

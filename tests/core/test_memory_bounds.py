@@ -37,6 +37,7 @@ from pathlib import Path
 
 import pytest
 from helpers_security import drive
+from wire_helpers import RssSampler, stop_process
 
 from trickles_kit.wire.continuation import MINIMAL, Continuation
 from trickles_kit.wire.errors import DecodeError
@@ -74,33 +75,6 @@ def rss(pid: int) -> tuple[int, int]:
     return vals["VmRSS"], vals["VmHWM"]
 
 
-class Sampler:
-    """Samples a process's VmRSS every `every` seconds in a thread: (t, rss) pairs."""
-
-    def __init__(self, pid: int, every: float = 0.05) -> None:
-        self.pid, self.every = pid, every
-        self.samples: list[tuple[float, int]] = []
-        self._stop = threading.Event()
-        self.t0 = time.monotonic()
-        self._th = threading.Thread(target=self._run, daemon=True)
-        self._th.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.samples.append((time.monotonic() - self.t0, rss(self.pid)[0]))
-            except (OSError, KeyError):
-                return  # the process is gone
-            self._stop.wait(self.every)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._th.join(5)
-
-    def peak(self) -> int:
-        return max((r for _, r in self.samples), default=0)
-
-
 @contextmanager
 def child(args: list[str], **kw) -> Iterator[subprocess.Popen]:
     """A subprocess that is killed and reaped however the block ends."""
@@ -110,13 +84,7 @@ def child(args: list[str], **kw) -> Iterator[subprocess.Popen]:
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        try:
-            proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc, kill=True)
 
 
 def udp_socket_stats(ip: str, port: int) -> tuple[int, int] | None:
@@ -320,7 +288,7 @@ def test_fetch_rss_bounded_under_a_garbage_flood_from_a_malicious_server(tmp_pat
             assert syn is not None, "no SYN from trickles fetch"
             time.sleep(0.3)  # the SYN is out: start-up is over; what it holds now is idle
             idle = rss(proc.pid)[0]
-            sampler = Sampler(proc.pid)
+            sampler = RssSampler(proc.pid, every=0.05).start()
             try:
                 srv.run(syn, time.monotonic() + FLOOD_SECONDS, FLOOD_BYTES)
                 time.sleep(0.5)  # what the client still had queued
@@ -329,7 +297,7 @@ def test_fetch_rss_bounded_under_a_garbage_flood_from_a_malicious_server(tmp_pat
                 sock = udp_socket_stats(*srv.peer)  # type: ignore[misc]
             finally:
                 sampler.stop()
-            peak = max(sampler.peak(), hwm)
+            peak = max(sampler.peak * 1024, hwm)
             print(f"\nfetch: idle {idle / MB:.1f} MiB, peak {peak / MB:.1f} MiB "
                   f"(+{(peak - idle) / MB:.1f} MiB; VmHWM {hwm / MB:.1f} MiB); in "
                   f"{srv.flood_seconds:.1f} s the server sent {srv.sent_bytes / 1e6:.0f} MB: "
@@ -475,7 +443,7 @@ def test_gateway_rss_bounded_with_a_peer_that_never_reads_and_returns_after(upst
         port = int(line.split("http://127.0.0.1:", 1)[1].split("/", 1)[0])
         time.sleep(0.5)
         base = rss(proc.pid)[0]
-        sampler = Sampler(proc.pid, every=0.1)
+        sampler = RssSampler(proc.pid, every=0.1).start()
         try:
             peer = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # (before connect)
@@ -498,11 +466,11 @@ def test_gateway_rss_bounded_with_a_peer_that_never_reads_and_returns_after(upst
             hwm = rss(proc.pid)[1]
         finally:
             sampler.stop()
-        peak = max(sampler.peak(), hwm)
+        peak = max(sampler.peak * 1024, hwm)
         timeline, next_t = [], 0.0
-        for t, r in sampler.samples:  # one sample a second: (s since the request, MiB above)
+        for t, kib in sampler.samples:  # one a second: (s since the request, MiB above)
             if t >= next_t:
-                timeline.append((round(t - t_open), round((r - base) / MB, 1)))
+                timeline.append((round(t - t_open), round((kib * 1024 - base) / MB, 1)))
                 next_t = t + 1.0
         print(f"\ngateway: baseline {base / MB:.1f} MiB; peak +{(peak - base) / MB:.1f} MiB "
               f"(VmHWM {hwm / MB:.1f} MiB); +{(stalled - base) / MB:.1f} MiB after "

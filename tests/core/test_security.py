@@ -70,6 +70,12 @@ def _kinds(events: list[ev.Event]) -> list[str]:
     return [e.kind for e in events]
 
 
+def _refused_for_key_epoch(out: list[bytes], drops: int, new: list[ev.Event]) -> None:
+    """`_feed`'s result for a continuation sealed under a key that is no longer accepted."""
+    assert out == [] and drops == 1
+    assert _kinds(new) == [ev.MAC_FAIL] and new[0].detail["reason"] == "key_epoch"
+
+
 def _verdicts(events: list[ev.Event]) -> list[str]:
     """Event kinds minus nonce_ok (the SACK proof is checked, and reported, before replay)."""
     return [e.kind for e in events if e.kind != ev.NONCE_OK]
@@ -187,8 +193,7 @@ def test_key_epochs_by_clock(k: int) -> None:
             fresh = [parse_response(o)[1].cont for o in out]
             assert all(x.key_epoch == int((now + shift) // EPOCH) for x in fresh if x.is_full)
         else:
-            assert out == [] and drops == 1
-            assert _kinds(new) == [ev.MAC_FAIL] and new[0].detail["reason"] == "key_epoch"
+            _refused_for_key_epoch(out, drops, new)
 
 
 @pytest.mark.parametrize("k", REQUESTS)
@@ -205,9 +210,7 @@ def test_key_epochs_by_rotation(cap: Capture, k: int) -> None:
                if parse_response(o)[1].cont.is_full)
     replica.keys.rotate()
     fresh_replay(replica)
-    out, drops, new = _feed(replica, seg, now, log=log)
-    assert out == [] and drops == 1
-    assert _kinds(new) == [ev.MAC_FAIL] and new[0].detail["reason"] == "key_epoch"
+    _refused_for_key_epoch(*_feed(replica, seg, now, log=log))
 
 
 # ---------------------------------------------------------------------------------- 3. replay

@@ -47,7 +47,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from wire_helpers import need_root, need_tool, rss_kib, server_process, sha256_file, trickles_argv
+from wire_helpers import (
+    RssSampler,
+    need_root,
+    need_tool,
+    rss_kib,
+    server_process,
+    sha256_file,
+    trickles_argv,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -333,35 +341,6 @@ def syn_pool(n: int, port: int, src: str = FLOOD_IP, path: str = "small.bin",
         e.connect(0.0, req)
         pool.append(e.datagrams_to_send()[0])
     return pool
-
-
-class RssSampler:
-    """Samples a process's RSS (KiB) every `every` seconds in a thread, until stopped."""
-
-    def __init__(self, pid: int, every: float = 0.25) -> None:
-        self.pid, self.every = pid, every
-        self.samples: list[tuple[float, int]] = []
-        self._stop = threading.Event()
-        self._t0 = time.monotonic()
-        self._th = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            with contextlib.suppress(OSError, AssertionError):
-                self.samples.append((round(time.monotonic() - self._t0, 2), rss_kib(self.pid)))
-            self._stop.wait(self.every)
-
-    def __enter__(self) -> RssSampler:
-        self._th.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._th.join(timeout=5)
-
-    @property
-    def peak(self) -> int:
-        return max((k for _, k in self.samples), default=0)
 
 
 @dataclass

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from wire_helpers import REPO, need_root, private_netns
+from wire_helpers import REPO, need_root, need_tool, private_netns
 
 from trickles_kit.net import privileges, sysdeps
 
@@ -107,11 +107,7 @@ def test_no_apt_get_is_said_not_failed(tmp_path: Path) -> None:
 
 def test_make_test_runs_the_set_up_first() -> None:
     """`make test` runs the set-up scripts (as CI does) before pytest; SYSDEPS=no skips them."""
-    make = shutil.which("make")
-    if make is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("make is missing")
-        pytest.skip("make is not installed: apt-get install make")
+    make = need_tool("make", "apt-get install make")
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "SYSDEPS", "MAKEFLAGS")}
     out = subprocess.run([make, "-n", "test"], capture_output=True, text=True, cwd=REPO,
                          env=env, timeout=60).stdout

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from wire_helpers import IN_CI, REPO
+from wire_helpers import REPO, git_status
 
 from trickles_kit import cli
 
@@ -28,17 +28,8 @@ SCRIPTS = sorted(p for p in (REPO / "benchmarks").glob("*.py") if '"--out"' in p
 
 
 def tracked_status() -> list[str]:
-    """`git status --porcelain` of what a run could wrongly touch: the results and the README."""
-    git = shutil.which("git")
-    if git is None or not (REPO / ".git").exists():
-        msg = "git and a git checkout are needed to watch the tracked files"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
-    p = subprocess.run([git, "status", "--porcelain", "--", "benchmarks/results", "README.md"],
-                       capture_output=True, text=True, cwd=REPO, timeout=60)
-    assert p.returncode == 0, p.stderr
-    return p.stdout.splitlines()
+    """What a run could wrongly touch: the results and the README."""
+    return git_status("benchmarks/results", "README.md")
 
 
 @pytest.fixture

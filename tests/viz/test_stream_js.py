@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from wire_helpers import need_tool
 
 pytest.importorskip("anywidget", reason="the live view is an anywidget: make lab-venv")
 
@@ -57,12 +56,7 @@ console.log(JSON.stringify({
 
 
 def _node() -> str:
-    node = shutil.which("node")
-    if node is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("node is missing (CI=true): scripts/install-system-deps.sh installs it")
-        pytest.skip("node is missing: apt-get install nodejs (or make sysdeps as root)")
-    return node
+    return need_tool("node", "apt-get install nodejs (or make sysdeps as root)")
 
 
 def _run(tmp_path: Path, drop: int | None = None) -> dict:
