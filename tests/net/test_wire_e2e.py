@@ -162,22 +162,14 @@ def check_pcap(path: Path, tcp: bool) -> None:
 
 def test_endpoint_pcaps_open_in_tcpdump_and_tshark(www: Path, tmp_path: Path) -> None:
     need_root("raw IP protocol 253")
-    port = 18084
-    with server_process(trickles_argv("serve", "--root", str(www), "--transport", "raw",
-                                      "--port", str(port), "--pcap",
-                                      str(tmp_path / "s.pcap"))):
-        fetch_json(f"http://127.0.0.1:{port}/small.txt", tmp_path / "small", "--transport",
-                   "raw", "--pcap", str(tmp_path / "c.pcap"))
-    for name in ("s.pcap", "c.pcap"):
-        check_pcap(tmp_path / name, tcp=False)
-    port = 18085
-    with server_process(trickles_argv("serve", "--root", str(www), "--transport", "udp",
-                                      "--port", str(port), "--pcap",
-                                      str(tmp_path / "su.pcap"))):
-        fetch_json(f"http://127.0.0.1:{port}/small.txt", tmp_path / "small2", "--transport",
-                   "udp", "--pcap", str(tmp_path / "cu.pcap"))
-    for name in ("su.pcap", "cu.pcap"):
-        check_pcap(tmp_path / name, tcp=False)
+    for transport, port in (("raw", 18084), ("udp", 18085)):
+        srv, cli = tmp_path / f"s-{transport}.pcap", tmp_path / f"c-{transport}.pcap"
+        with server_process(trickles_argv("serve", "--root", str(www), "--transport",
+                                          transport, "--port", str(port), "--pcap", str(srv))):
+            fetch_json(f"http://127.0.0.1:{port}/small.txt", tmp_path / f"small-{transport}",
+                       "--transport", transport, "--pcap", str(cli))
+        for path in (srv, cli):
+            check_pcap(path, tcp=False)
 
 
 def test_server_killed_and_restarted_mid_transfer(www: Path, tmp_path: Path) -> None:

@@ -71,16 +71,18 @@ def preflight_path(rtt_ms: float, jitter_ms: float = 0.0, rate_mbit: float = 100
     with Testbed(cfg, verbose=verbose) as tb:
         rec = preflight(tb, tol_ms=1.0 + 2 * jitter_ms, count=100 if jitter_ms else 50)
         rec["testbed_delay"] = tb.describe()["delay"]
-    rec["delay_line"] = _line_summary(tb.delay_stats)
+    rec["delay_line"] = line_summary(tb.delay_stats)
     return rec
 
 
-def _line_summary(stats: dict | None) -> dict | None:
-    """The delay line's own account of the pre-flight: CPU, lateness, drops."""
+def line_summary(stats: dict | None) -> dict | None:
+    """The delay line's own account of a pre-flight or a run (`DelayLine.stop()`): CPU,
+    packets, late releases, drops; what the benchmarks and the services demos record."""
     if not stats:
         return None
     dirs = stats.get("directions", {})
     return {"scheduling": stats.get("scheduling"), "cpu_share": stats.get("cpu_share"),
+            "packets": sum(d.get("packets", 0) for d in dirs.values()),
             "late": sum(d.get("late", 0) for d in dirs.values()),
             "late_max_ms": max((d.get("late_max_ms", 0) for d in dirs.values()), default=0),
             "kernel_dropped": stats.get("kernel_dropped")}
@@ -111,4 +113,4 @@ def host_delay(topo: Any, rtt_ms: float, jitter_ms: float, client: str, dev: str
                       f"{queue_len}, {line.ready.get('scheduling', '?')})"))
         yield rec
     finally:
-        rec["delay_line"] = _line_summary(line.stop())
+        rec["delay_line"] = line_summary(line.stop())

@@ -132,7 +132,17 @@ class ByteRange(Element):
 
 
 # ------------------------------------------------------------------ response chunks
-class DataChunk(Element):
+class Chunk(Element):
+    """A DATA, SKIP or FINHINT chunk: scapy's one-line summary is its `brief()`."""
+
+    def brief(self) -> str:
+        raise NotImplementedError
+
+    def mysummary(self):
+        return self.brief()
+
+
+class DataChunk(Chunk):
     name = "DATA chunk"
     fields_desc = [
         BitEnumField("type", CHUNK_DATA, 4, CHUNK_NAMES),
@@ -148,11 +158,8 @@ class DataChunk(Element):
         fin = " FIN" if self.flags & 1 else ""
         return f"data {self.byteNum}+{len(self.data)}{fin}"
 
-    def mysummary(self):
-        return self.brief()
 
-
-class SkipChunk(Element):
+class SkipChunk(Chunk):
     name = "SKIP chunk"
     fields_desc = [
         BitEnumField("type", CHUNK_SKIP, 4, CHUNK_NAMES),
@@ -165,11 +172,8 @@ class SkipChunk(Element):
     def brief(self) -> str:
         return f"skip {self.byteNum}+{self.len}"
 
-    def mysummary(self):
-        return self.brief()
 
-
-class FinHint(Element):
+class FinHint(Chunk):
     name = "FINHINT chunk"
     fields_desc = [
         BitEnumField("type", CHUNK_FINHINT, 4, CHUNK_NAMES),
@@ -180,9 +184,6 @@ class FinHint(Element):
 
     def brief(self) -> str:
         return f"finhint {self.byteNum}"
-
-    def mysummary(self):
-        return self.brief()
 
 
 class ChunkPad(Element):

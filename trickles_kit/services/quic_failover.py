@@ -32,7 +32,7 @@ import time
 from trickles_kit.bench.meta import CHILD_CWD
 from trickles_kit.services.replicas import SERVICE, ServiceBed
 from trickles_kit.services.scenarios import (  # the same agent protocol (JSON lines)
-    _follow,
+    follow_killing,
     run_failover,
 )
 
@@ -93,14 +93,7 @@ def run_quic_failover(variant: str = "watchdog", size: int = 3_000_000,
                                  "--idle-timeout", str(v["idle_timeout"])],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            cwd=CHILD_CWD)
-        killed: dict[str, float] = {}
-
-        def on_line(msg: dict) -> None:
-            if msg.get("event") == "mark" and not killed:
-                killed["t"] = bed.kill("s1")
-                killed["bytes"] = msg["bytes"]
-
-        res = _follow(p, on_line, timeout + 15)
+        res, killed = follow_killing(bed, p, timeout + 15)
         standby = _counters(bed, "s2")
     t_kill = killed.get("t")
     f = res["fails"][0] if res.get("fails") else None

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trickles_kit.bench.rtt import line_summary
 from trickles_kit.net import sysdeps
 from trickles_kit.net.delayline import DelayLine, Direction, LineConfig, queue_len_for
 from trickles_kit.net.rttprobe import preflight
@@ -158,7 +159,7 @@ class ServiceBed:
         if self.delayline is not None and self.delayline.final is None:
             # before the namespaces go: it removes its rules and reports its counters
             with contextlib.suppress(Exception):
-                self.rtt["delay_line_final"] = _line_brief(self.delayline.stop())
+                self.rtt["delay_line_final"] = line_summary(self.delayline.stop())
         self.topo.close()
         for g in self.groups:
             g.close()
@@ -361,15 +362,3 @@ class ServiceBed:
             argv += ["--events", events]
         return self.topo.popen("c", argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
-
-
-def _line_brief(stats: dict | None) -> dict | None:
-    """The delay line's own account of a run: CPU, late releases, drops."""
-    if not stats:
-        return None
-    dirs = stats.get("directions", {})
-    return {"scheduling": stats.get("scheduling"), "cpu_share": stats.get("cpu_share"),
-            "packets": sum(d.get("packets", 0) for d in dirs.values()),
-            "late": sum(d.get("late", 0) for d in dirs.values()),
-            "late_max_ms": max((d.get("late_max_ms", 0) for d in dirs.values()), default=0),
-            "kernel_dropped": stats.get("kernel_dropped")}

@@ -64,6 +64,20 @@ def _follow(p: subprocess.Popen, on_line: Callable[[dict], None] | None,
     return done
 
 
+def follow_killing(bed: ServiceBed, p: subprocess.Popen, timeout: float,
+                   replica: str = "s1") -> tuple[dict, dict]:
+    """`_follow` the agent and SIGKILL `replica` at its "mark" line (once): the agent's result
+    and {"t": when it was killed, "bytes": what had arrived} ({} when no mark came)."""
+    killed: dict[str, float] = {}
+
+    def on_line(msg: dict) -> None:
+        if msg.get("event") == "mark" and not killed:
+            killed["t"] = bed.kill(replica)
+            killed["bytes"] = msg["bytes"]
+
+    return _follow(p, on_line, timeout), killed
+
+
 def _events(path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -118,14 +132,7 @@ def run_failover(kind: str = "trickles", size: int = 3_000_000, rate_mbit: float
         ev_path = bed.workdir / "client-events.jsonl"
         p = bed.agent(size, mark=int(size * kill_at), timeout=timeout,
                       events=str(ev_path) if kind == "trickles" else None)
-        killed: dict[str, float] = {}
-
-        def on_line(msg: dict) -> None:
-            if msg.get("event") == "mark" and not killed:
-                killed["t"] = bed.kill("s1")
-                killed["bytes"] = msg["bytes"]
-
-        res = _follow(p, on_line, timeout + 10)
+        res, killed = follow_killing(bed, p, timeout + 10)
         time.sleep(0.1)
         pkts = bed.capture.stop() if bed.capture else []
         events = _events(ev_path)
