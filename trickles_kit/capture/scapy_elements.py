@@ -142,6 +142,15 @@ class Chunk(Element):
         return self.brief()
 
 
+_FIXED_CHUNK_LEN = {CHUNK_SKIP: 11, CHUNK_FINHINT: 7}
+
+
+def _fixed_head(kind: int) -> list:
+    """The chunk header (type 4 bits, flags 4 bits, length 16 bits) of a fixed-length chunk."""
+    return [BitEnumField("type", kind, 4, CHUNK_NAMES), BitField("flags", 0, 4),
+            ShortField("length", _FIXED_CHUNK_LEN[kind])]
+
+
 class DataChunk(Chunk):
     name = "DATA chunk"
     fields_desc = [
@@ -161,13 +170,7 @@ class DataChunk(Chunk):
 
 class SkipChunk(Chunk):
     name = "SKIP chunk"
-    fields_desc = [
-        BitEnumField("type", CHUNK_SKIP, 4, CHUNK_NAMES),
-        BitField("flags", 0, 4),
-        ShortField("length", 11),
-        IntField("byteNum", 0),
-        IntField("len", 0),
-    ]
+    fields_desc = [*_fixed_head(CHUNK_SKIP), IntField("byteNum", 0), IntField("len", 0)]
 
     def brief(self) -> str:
         return f"skip {self.byteNum}+{self.len}"
@@ -175,12 +178,7 @@ class SkipChunk(Chunk):
 
 class FinHint(Chunk):
     name = "FINHINT chunk"
-    fields_desc = [
-        BitEnumField("type", CHUNK_FINHINT, 4, CHUNK_NAMES),
-        BitField("flags", 0, 4),
-        ShortField("length", 7),
-        IntField("byteNum", 0),
-    ]
+    fields_desc = [*_fixed_head(CHUNK_FINHINT), IntField("byteNum", 0)]
 
     def brief(self) -> str:
         return f"finhint {self.byteNum}"
@@ -211,7 +209,6 @@ class UnknownChunk(Element):
         return f"chunk(type={self.type}, length={self.length})"
 
 
-_FIXED_CHUNK_LEN = {CHUNK_SKIP: 11, CHUNK_FINHINT: 7}
 _CHUNK_CLASSES = {CHUNK_DATA: DataChunk, CHUNK_SKIP: SkipChunk, CHUNK_FINHINT: FinHint}
 
 
