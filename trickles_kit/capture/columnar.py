@@ -43,12 +43,9 @@ def decode_columns(path: str | os.PathLike[str], secret: bytes | None = None,
     cfg = config if config is not None else default_config()
     dec = ColumnDecoder(path, secret, service_port, cfg, checksums)
     with dec:
-        parts = [p for chunk in dec.parts() for p in chunk]
+        tables = list(dec)
     cap = dec.capture
-    # one copy into the table: every batch's vector rows and row-decoder rows in their slots
-    pos = np.sort(np.concatenate([p.data["index"] for p in parts])) if parts else None
-    cap._set_columns(PacketColumns.interleave(
-        parts, [np.searchsorted(pos, p.data["index"]) for p in parts]))
+    cap._set_columns(PacketColumns.concat(tables))
     if dec.wrong_secret():
         _note_wrong_secret(cap)
         dec.verifier = None
@@ -86,61 +83,62 @@ class ColumnDecoder:
         self.mac_seen = self.mac_verified = False
 
     def __iter__(self) -> Iterator[PacketColumns]:
-        for parts in self.parts():
-            cols = _merge(parts)
-            if cols.n:
-                yield cols
-
-    def parts(self) -> Iterator[list[PacketColumns]]:
-        """Per batch, its pieces: the vector rows and the row decoder's (`index` is each row's
-        record index; together, in index order, they are the batch's rows)."""
+        """The table of each batch in capture order (`index`: the record numbers)."""
         r = self.reader
         raw = r.format == "pcap" and r.linktype in RAW_LINKTYPES
         for buf, ts, starts, ends in (_raw_batches(r) if raw else _joined_batches(r)):
-            yield self.batch(buf, ts, starts, ends)
+            cols = self.batch(buf, ts, starts, ends)
+            if cols.n:
+                yield cols
         cap = self.capture
         cap.service_ports = ({self.service_port} if self.service_port is not None
                              else set(self.ports))
         _finish(cap, r)
 
     def batch(self, buf, ts: np.ndarray, starts: np.ndarray, ends: np.ndarray
-              ) -> list[PacketColumns]:
-        """The rows of one batch (datagram i = buf[starts[i]:ends[i]]), in pieces (`parts`)."""
+              ) -> PacketColumns:
+        """The rows of one batch (datagram i = buf[starts[i]:ends[i]]) as one table."""
         k = len(starts)
         base = self.index
         self.index += k
         if k < MIN_NUMPY:
-            parts = [self._rows(buf, ts, starts, ends, np.arange(k), self.ports, True)]
+            cols = self._rows(buf, ts, starts, ends, np.arange(k), self.ports, True)
         else:
-            parts = self._vector(buf, ts, starts, ends)
-        parts = [p for p in parts if p.n]
-        for p in parts:
-            p.data["index"] = p.data["index"] + base
-            self._note_macs(p)
-        return parts
+            cols = self._vector(buf, ts, starts, ends)
+        if cols.n:
+            cols.data["index"] += base
+            self._note_macs(cols)
+        return cols
 
-    def _vector(self, buf, ts, starts, ends) -> list[PacketColumns]:
+    def _vector(self, buf, ts, starts, ends) -> PacketColumns:
+        """The vector pass's table of the batch, the row decoder's rows laid over the rows it
+        left (`overlay`), the datagrams neither made a row of dropped."""
         u8 = np.frombuffer(buf, np.uint8)
         new: list[tuple[int, int]] = []
         scan = scan_batch(u8, starts, ends, ts, self.checksums,
                           lambda head, ok, syns: self._directions(head, ok, syns, new),
                           strict=self.service_port is None)
         if scan is None:  # a datagram whose layout the vector pass cannot place: all rows
-            return [self._rows(buf, ts, starts, ends, np.arange(len(starts)), self.ports, True)]
+            return self._rows(buf, ts, starts, ends, np.arange(len(starts)), self.ports, True)
+        cols = scan.cols
         if self.verifier is not None:
-            for cols, raw in zip(scan.parts, scan.raws, strict=True):
-                if cols.n:
-                    verify(cols, raw, self.verifier)
-        parts = list(scan.parts)
-        before = set(self.ports)
-        at = np.array([i for i, _ in new], np.int64)
-        g = np.searchsorted(at, scan.rest, side="right")
-        for j in np.unique(g).tolist():
-            sub = scan.rest[g == j]
-            ports = before | {p for _, p in new[:j]}
-            parts.append(self._rows(buf, ts, starts, ends, sub, ports, False))
+            verify(cols, scan.cont, np.flatnonzero(scan.taken), self.verifier)
+        keep = scan.taken
+        if len(scan.rest):
+            before = set(self.ports)
+            at = np.array([i for i, _ in new], np.int64)
+            g = np.searchsorted(at, scan.rest, side="right")
+            parts = []
+            for j in np.unique(g).tolist():
+                ports = before | {p for _, p in new[:j]}
+                parts.append(self._rows(buf, ts, starts, ends, scan.rest[g == j], ports, False))
+            rest = PacketColumns.concat(parts)  # (groups in order: so are their rows)
+            pos = rest.data["index"]
+            cols.overlay(pos, rest)
+            keep = keep.copy()
+            keep[pos] = True
         self.ports |= {p for _, p in new}
-        return parts
+        return cols if keep.all() else cols.take(np.flatnonzero(keep))
 
     def _directions(self, head, ok, syns, new: list) -> tuple[np.ndarray, np.ndarray]:
         """(request?, decided by port?) per datagram: `capture.decode`'s direction rule, the
@@ -208,17 +206,6 @@ class ColumnDecoder:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _merge(parts: list[PacketColumns]) -> PacketColumns:
-    """The pieces of a batch as one table in record order."""
-    if len(parts) == 1:
-        return parts[0]
-    if not parts:
-        return PacketColumns.empty()
-    pos = np.sort(np.concatenate([p.data["index"] for p in parts]))
-    return PacketColumns.interleave(parts, [np.searchsorted(pos, p.data["index"])
-                                            for p in parts])
 
 
 def _raw_batches(reader) -> Iterator[tuple[bytes, np.ndarray, np.ndarray, np.ndarray]]:
