@@ -18,7 +18,16 @@ import struct
 import numpy as np
 
 from trickles_kit.capture.columns import KINDS, PacketColumns
-from trickles_kit.wire.continuation import FULL1, FULL2, FULL_FORMAT, FULL_LEN, MAC_PSEUDO
+from trickles_kit.wire.continuation import (
+    FULL1,
+    FULL2,
+    FULL_FORMAT,
+    FULL_LEN,
+    MAC_PSEUDO,
+    MINIMAL,
+    MINIMAL_FORMAT,
+    MINIMAL_LEN,
+)
 from trickles_kit.wire.messages import (
     CHUNK_DATA,
     CHUNK_HEADER_LEN,
@@ -33,11 +42,12 @@ from trickles_kit.wire.messages import (
     RESPONSE_CONT_OFFSET,
     RESPONSE_FULL,
     RESPONSE_FULL_LEN,
+    RESPONSE_MINIMAL_LEN,
     SACK_BLOCK,
 )
 from trickles_kit.wire.segment import HEADER_LEN, IPV4_TCP_HEAD, OPT_EXID, OPT_KIND, SYN
 
-__all__ = ["WIDTH", "Scan", "scan_batch"]
+__all__ = ["WIDTH", "Scan", "Scratch", "scan_batch"]
 
 _P = 20 + HEADER_LEN  # the payload of a datagram without IP options, our option layout (48)
 WIDTH = _P + RESPONSE_FULL_LEN  # bytes read per datagram at fixed offsets (131)
@@ -63,6 +73,7 @@ _CONT_NAMES = ["cont_type", "cont_seq", "first_child", "client_state", "parent",
                "first_bootstrap_seq", "start_cwnd", "ssthresh", "tcp_base", "conn_id",
                "key_epoch", "mac"]
 _CONT = layout(struct.Struct("!" + FULL_FORMAT), _CONT_NAMES)
+_MINIMAL_FIELDS = len(struct.Struct("!" + MINIMAL_FORMAT).unpack(bytes(MINIMAL_LEN)))
 # IPv4 without options + TCP (wire's one-unpack layout), the address pair read as two fields
 _IPTCP = layout(IPV4_TCP_HEAD, ["total", "frag", "proto", "addrs", "sport", "dport", "seq",
                                 "ack", "offb", "flags", "window", "okind", "olen", "exid",
@@ -103,10 +114,11 @@ def _be(u8: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
     if len(u8) < width:
         return np.zeros(len(pos), np.int64)
     at = np.minimum(pos, len(u8) - width)
-    if width == 1:
-        return u8[at].astype(np.int64)
-    rows = u8[(at[:, None] + np.arange(width)).ravel()]  # one flat gather: (k * width) bytes
-    return rows.view(f">u{width}").astype(np.int64)
+    out = u8[at].astype(np.int64)
+    for j in range(1, width):  # (a byte gather each: cheaper than one (k, width) gather)
+        out <<= 8
+        out |= u8[at + j]
+    return out
 
 
 def header_stage(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray):
@@ -141,7 +153,8 @@ def header_stage(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray):
 
 
 def scan_batch(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, ts: np.ndarray,
-               cksum: bool, is_req_of, strict: bool) -> Scan | None:
+               cksum: bool, is_req_of, strict: bool, scratch: Scratch | None = None
+               ) -> Scan | None:
     """Decode the datagrams u8[starts[i]:ends[i]] (`ts` their times) that have the two bulk
     shapes; `cksum`: verify TCP checksums (a failure is left to the row decoder, which flags
     it); ``is_req_of(head, ok, syns)`` the direction rule's verdicts (request?, decided by
@@ -162,58 +175,84 @@ def scan_batch(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, ts: np.ndar
     is_req, _ = is_req_of(head, ok, syns)
     vec = ok & ~syn
     if cksum:
-        vec &= checksums_ok(u8, starts, starts + total, vec)
+        vec &= checksums_ok(u8, starts, starts + total, vec, scratch)
     k = len(starts)
     data, mask, lists = _blank(k)
     n = total - _P  # the payload's length (for the rows with our layout)
     rq = _requests(u8, G, vec & is_req, starts + _P, n, data, mask, lists)
-    rs = _responses(u8, G, vec & ~is_req & ~rq, starts + _P, n, data, mask)
+    rs, mini = _responses(u8, G, vec & ~is_req, starts + _P, n, data, mask)
     taken = rq | rs
     cont = _cont_bytes(G, rq)
     _fill_head(data, head, ts, total, rq)
     _cont_fields(cont, data)
-    for f in _CONT_NAMES:
+    for f in _CONT_NAMES[:_MINIMAL_FIELDS]:
         mask[f] = ~taken
+    for f in _CONT_NAMES[_MINIMAL_FIELDS:]:
+        mask[f] = ~taken | mini
     mask["ucont_len"] = ~taken
     cols = PacketColumns(k, data, mask, None, lists)
     return Scan(cols, cont, taken, np.flatnonzero(~taken), syns)
 
 
-def checksums_ok(u8: np.ndarray, starts: np.ndarray, end: np.ndarray, sel: np.ndarray
-                 ) -> np.ndarray:
+class Scratch:
+    """A reusable uint64 buffer: a fresh array of a batch's size per call would cost its
+    page faults every batch."""
+
+    __slots__ = ("buf",)
+
+    def __init__(self) -> None:
+        self.buf = np.zeros(0, np.uint64)
+
+    def get(self, n: int) -> np.ndarray:
+        if len(self.buf) < n:
+            self.buf = np.empty(max(n, 2 * len(self.buf)), np.uint64)
+        return self.buf[:n]
+
+
+_U32 = np.uint64(32)
+_LOW_BYTES = np.array([(1 << (8 * i)) - 1 for i in range(9)], np.uint64)  # i low bytes set
+
+
+def checksums_ok(u8: np.ndarray, starts: np.ndarray, end: np.ndarray, sel: np.ndarray,
+                 scratch: Scratch | None = None) -> np.ndarray:
     """The TCP checksum verdicts of the datagrams `sel` (IPv4 without options: the sum runs
     over the addresses and the segment, u8[start + 12:end], pseudo-header protocol 6) — the
     codec's rule, as `batches._cksum_ok` / `_batch_checksums` compute it, in one pass.
 
-    Why one pass: the sum of 16-bit words mod 0xFFFF only depends on each byte's weight, 1 or
-    256 (65536 = 1 mod 0xFFFF, so a little-endian 32-bit word weighs its bytes 1, 256, 1,
-    256 too). Summing the 32-bit words of the 4-aligned span [a, z) around [s, e) (one
-    ``add.reduceat`` for every segment of the batch, half the words of a 16-bit sum) gives
-    even bytes weight 1 and odd ones 256; less the bytes of [a, s) and [e, z) that span adds,
-    it is the big-endian sum times 256 (s even) or itself (s odd): an odd length's pad byte
-    comes out right either way."""
+    Why 64-bit words: the sum of 16-bit words mod 0xFFFF only depends on each byte's weight,
+    1 or 256 (65536 = 1 mod 0xFFFF, so a little-endian 64-bit word weighs its bytes 1, 256,
+    1, 256... too), and numpy sums uint64 without a cast, four times as fast as 16-bit words
+    into 32 bits. A word's value is lo + hi * 2**32 = lo + hi (mod 0xFFFF); the sums of each
+    segment's words (mod 2**64) and of their high halves (exact) give the exact sum of the
+    low halves. Summing the 8-aligned span [a, z) around [s, e) (one ``add.reduceat`` for
+    every segment of the batch) gives even bytes weight 1 and odd ones 256; less the bytes of
+    [a, s) and [e, z), it is the big-endian sum times 256 (s even) or itself (s odd): an odd
+    length's pad byte comes out right either way."""
     out = np.zeros(len(starts), bool)
     # (a datagram at the very end of the buffer is left to the row decoder: reduceat needs a
     # word past the last span)
-    idx = np.flatnonzero(sel & (((end + 3) & ~3) + 4 <= len(u8)))
+    idx = np.flatnonzero(sel & (((end + 7) & ~7) + 8 <= len(u8)))
     if not len(idx):
         return out
     s = starts[idx] + 12
     e = end[idx]
-    a = s & ~3
-    z = (e + 3) & ~3
-    base = int(a[0])  # the batch's part of the buffer only (reduceat casts all it is given)
-    words = np.frombuffer(u8, dtype="<u4", offset=base, count=(int(z[-1]) + 4 - base) >> 2)
+    a = s & ~7
+    z = (e + 7) & ~7
+    base = int(a[0])  # the batch's part of the buffer only
+    words = np.frombuffer(u8, dtype="<u8", offset=base, count=(int(z[-1]) + 8 - base) >> 3)
     marks = np.empty(2 * len(idx), np.int64)
-    marks[0::2] = (a - base) >> 2
-    marks[1::2] = (z - base) >> 2
-    t = np.add.reduceat(words, marks, dtype=np.uint64)[0::2].astype(np.int64)
-    for d in (1, 2, 3):  # the bytes of the span before s and from e on
-        j = s - d
-        t -= np.where(j >= a, u8[np.maximum(j, 0)].astype(np.int64) << ((j & 1) << 3), 0)
-        j = e + d - 1
-        t -= np.where(j < z, u8[np.minimum(j, len(u8) - 1)].astype(np.int64)
-                      << ((j & 1) << 3), 0)
+    marks[0::2] = (a - base) >> 3
+    marks[1::2] = (z - base) >> 3
+    hi = (scratch or Scratch()).get(len(words))
+    np.right_shift(words, _U32, out=hi)
+    h = np.add.reduceat(hi, marks)[0::2]
+    lo = np.add.reduceat(words, marks)[0::2] - (h << _U32)  # (mod 2**64: exact)
+    # the bytes of the span before s and from e on, from its first and last words (a word's
+    # value is its bytes' weighted sum mod 0xFFFF)
+    first = words[marks[0::2]] & _LOW_BYTES[s - a]
+    last = words[marks[1::2] - 1] & ~_LOW_BYTES[8 - (z - e)]
+    t = ((lo % 0xFFFF) + (h % 0xFFFF) + 2 * 0xFFFF - first % 0xFFFF - last % 0xFFFF
+         ).astype(np.int64)
     t %= 0xFFFF
     t = np.where(s & 1, t, t * 256)
     seglen = e - starts[idx] - 20
@@ -307,18 +346,21 @@ def _requests(u8, G, sel, p, n, d: dict, m: dict, lists: dict) -> np.ndarray:
     return good
 
 
-def _responses(u8, G, sel, p, n, d: dict, m: dict) -> np.ndarray:
-    """Responses with a FULL continuation and no chunk or one DATA chunk filling the rest
-    (`batches._fast_response`'s inline case) among `sel`: their fields into `d` / `m`
-    (``ucont_len`` where they are); returns which rows."""
+def _responses(u8, G, sel, p, n, d: dict, m: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Responses with a FULL or MINIMAL continuation and no chunk or one DATA chunk filling
+    the rest (`batches._fast_response`'s inline case, and `parse.response_row`'s MINIMAL
+    one) among `sel`: their fields into `d` / `m` (``ucont_len`` where they are); returns
+    which rows, and which of them are MINIMAL."""
     size = len(u8)
     v = G.view(_RESP_DT)[:, 0]
     ulen = v["ucont_len"].astype(np.int64)
     ctype = v["cont_type"]
     end = p + n
-    c = p + RESPONSE_FULL_LEN + ulen
-    good = (sel & (n >= RESPONSE_FULL_LEN) & ((ctype == FULL1) | (ctype == FULL2))
-            & (v["state"] < 3) & (c <= end))
+    mini = ctype == MINIMAL  # (the MINIMAL form is the FULL one's prefix)
+    hl = np.where(mini, RESPONSE_MINIMAL_LEN, RESPONSE_FULL_LEN)
+    c = p + hl + ulen
+    good = (sel & (n >= hl) & (c <= end)
+            & (mini | (((ctype == FULL1) | (ctype == FULL2)) & (v["state"] < 3))))
     chunk = good & (c < end) & (c + CHUNK_HEADER_LEN <= end)
     cc = np.where(chunk, c, 0)
     tf = u8[np.minimum(cc, size - 1)]
@@ -337,7 +379,7 @@ def _responses(u8, G, sel, p, n, d: dict, m: dict) -> np.ndarray:
     for f in ("nonce", "siblings", "position"):
         m[f] = nul.copy()
     m["data_start"] = ~one
-    return good
+    return good, mini & good
 
 
 def _ragged_u32(u8, first: np.ndarray, counts: np.ndarray, width: int):
@@ -373,8 +415,10 @@ def verify(cols: PacketColumns, cont: np.ndarray, rows: np.ndarray, verifier) ->
     implementation of both checks)."""
     d = cols.data
     mac_ok, nonce_ok, nonce_null = d["mac_ok"], d["nonce_ok"], cols.mask["nonce_ok"]
-    cols.mask["mac_ok"][rows] = False
+    full = ~cols.mask["mac"]
+    cols.mask["mac_ok"][rows] = ~full[rows]  # (a MINIMAL continuation has no MAC)
     nonce_null[rows] = False
+    full = full.tolist()
     req = (d["direction"] == 0).tolist()
     src, dst = d["src"].tolist(), d["dst"].tolist()
     sport, dport = d["sport"].tolist(), d["dport"].tolist()
@@ -391,6 +435,9 @@ def verify(cols: PacketColumns, cont: np.ndarray, rows: np.ndarray, verifier) ->
             ok = verifier.sacks_ok(cid[i], base[i], sk)
             nonce_null[i] = ok is None
             nonce_ok[i] = bool(ok)
+        elif not full[i]:
+            nonce_ok[i] = nonce[i] == 0  # (`parse.response_row`'s rule for MINIMAL)
+            continue
         else:
             pseudo = MAC_PSEUDO_PACK(b, a, dport[i], sport[i])
             nonce_ok[i] = verifier.nonces.packet_nonce(cid[i], base[i], cseq[i]) == nonce[i]

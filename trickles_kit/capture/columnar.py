@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from trickles_kit.capture.batches import MIN_NUMPY, decode_batches
-from trickles_kit.capture.colscan import scan_batch, verify
+from trickles_kit.capture.colscan import Scratch, scan_batch, verify
 from trickles_kit.capture.columns import PacketColumns
 from trickles_kit.capture.decode import _finish, _make_verifier, _note_wrong_secret
 from trickles_kit.capture.events import derive_events
@@ -81,6 +81,7 @@ class ColumnDecoder:
         self.ports: set[int] = set()
         self.index = 0  # datagrams so far (the row `index` of the next one)
         self.mac_seen = self.mac_verified = False
+        self.scratch = Scratch()
 
     def __iter__(self) -> Iterator[PacketColumns]:
         """The table of each batch in capture order (`index`: the record numbers)."""
@@ -117,7 +118,7 @@ class ColumnDecoder:
         new: list[tuple[int, int]] = []
         scan = scan_batch(u8, starts, ends, ts, self.checksums,
                           lambda head, ok, syns: self._directions(head, ok, syns, new),
-                          strict=self.service_port is None)
+                          strict=self.service_port is None, scratch=self.scratch)
         if scan is None:  # a datagram whose layout the vector pass cannot place: all rows
             return self._rows(buf, ts, starts, ends, np.arange(len(starts)), self.ports, True)
         cols = scan.cols
@@ -233,9 +234,11 @@ def _raw_batches(reader) -> Iterator[tuple[bytes, np.ndarray, np.ndarray, np.nda
                 other = int((~ip).sum()) - v6
                 if other:
                     skipped["not_ip"] += other
-            ts = h["sec"][ip].astype(np.float64) + h["frac"][ip].astype(np.float64) * scale
-            y += int(ip.sum())
-            yield buf, ts, starts[ip], starts[ip] + incl[ip]
+                h, starts, incl = h[ip], starts[ip], incl[ip]
+            ts = h["sec"].astype(np.float64)
+            ts += h["frac"] * scale
+            y += len(starts)
+            yield buf, ts, starts, starts + incl
     finally:
         reader.records = y
 
