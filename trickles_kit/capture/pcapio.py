@@ -364,6 +364,13 @@ class PcapReader:
                 stop = min(off + span, size)
                 offs: list[int] = []
                 add = offs.append
+                safe = min(stop, size - 16 - MAX_RECORD)  # (no record from here can overrun)
+                while off < safe:
+                    incl = u32(mm, off + 8)[0]
+                    if incl > MAX_RECORD:
+                        break
+                    add(off)
+                    off += 16 + incl
                 while off < stop and off + 16 <= size:
                     incl = u32(mm, off + 8)[0]
                     end = off + 16 + incl
