@@ -272,25 +272,38 @@ def _recode(codes: np.ndarray, cats: list, vocab: list) -> np.ndarray:
 
 
 def _py_values(pc: PacketColumns, f: str) -> list:
+    """Column `f` as the row decoder's Python values, built through object arrays (the nulls
+    set in one masked assignment, not one Python store each)."""
     kind = KINDS[f].rstrip("?")
     v = pc.data[f]
+    m = pc.mask.get(f)
+    if m is not None and not m.any():
+        m = None
     if kind == "cat":
-        names = pc.cats[f] + [None]
-        vals = [names[c] for c in v.tolist()]
+        out = np.array(pc.cats[f] + [None], object)[v]
     elif kind == "addr":
-        names = {int(a): socket.inet_ntoa(int(a).to_bytes(4, "big")) for a in np.unique(v)}
-        vals = [names[a] for a in v.tolist()]
+        uniq, inv = np.unique(v, return_inverse=True)
+        out = np.array([socket.inet_ntoa(int(a).to_bytes(4, "big")) for a in uniq.tolist()]
+                       + [None], object)[inv]
     elif kind == "mac":
         raw = v.tobytes()
-        vals = [raw[i:i + 16] for i in range(0, len(raw), 16)]
+        if m is None:
+            return [raw[i:i + 16] for i in range(0, len(raw), 16)]
+        return [None if null else raw[i:i + 16]
+                for i, null in zip(range(0, len(raw), 16), m.tolist(), strict=True)]
     elif kind in _WIDTH:
-        lv = pc.lists[f].tolist()
-        o = v.tolist()
-        vals = [[tuple(x) for x in lv[o[i]:o[i + 1]]] for i in range(pc.n)]
+        return _py_lists(pc, f, m)
     else:
-        vals = v.tolist()
-    m = pc.mask.get(f)
-    if m is not None and m.any():
-        for i in np.flatnonzero(m).tolist():
-            vals[i] = None
-    return vals
+        out = v.astype(object)
+    if m is not None:
+        out[m] = None
+    return out.tolist()
+
+
+def _py_lists(pc: PacketColumns, f: str, m: np.ndarray | None) -> list:
+    """A list column as lists of tuples (None where null), a Python step per row."""
+    lv = list(map(tuple, pc.lists[f].tolist()))
+    o = pc.data[f].tolist()
+    if m is None:  # (a fresh list a row)
+        return [lv[a:b] for a, b in zip(o, o[1:], strict=False)]
+    return [None if null else lv[a:b] for a, b, null in zip(o, o[1:], m.tolist(), strict=False)]
