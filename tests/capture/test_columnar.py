@@ -18,7 +18,7 @@ import pytest
 
 from trickles_kit.apps.sim import LinkConfig, simulate_transfer
 from trickles_kit.capture import columnar
-from trickles_kit.capture.decode import decode_pcap
+from trickles_kit.capture.decode import decode_pcap as _decode_pcap
 from trickles_kit.capture.pcapio import PcapError
 from trickles_kit.capture.rows import ROW_FIELDS
 
@@ -34,6 +34,11 @@ def need(module: str):
         if IN_CI:
             pytest.fail(f"{module} is missing (make lab-venv installs it)")
         pytest.skip(f"{module} missing: make lab-venv installs it")
+
+
+def decode_pcap(*args, **kw):
+    """The row decoder (`decode_pcap`'s default is the columnar path when numpy is there)."""
+    return _decode_pcap(*args, columnar=False, **kw)
 
 
 def _secret(name: str) -> bytes:
@@ -199,3 +204,15 @@ def test_corrupt_truncated_and_oversized_records_as_the_row_decoder(lossy, tmp_p
     with pytest.raises(PcapError) as new:
         columnar.decode_columns(corrupt, events=False)
     assert str(new.value) == str(old.value)
+
+
+def test_decode_pcap_defaults_to_the_columnar_table(lossy) -> None:
+    """With numpy, `decode_pcap` is the columnar path: same rows, events and verdicts."""
+    pytest.importorskip("numpy")
+    path, secret = lossy
+    new = _decode_pcap(path, secret)
+    assert new.table is not None
+    old = decode_pcap(path, secret)
+    assert old.table is None
+    assert new.packets == old.packets and new.events == old.events
+    assert new.verdicts == old.verdicts and new.errors == old.errors

@@ -22,7 +22,12 @@ import numpy as np
 from trickles_kit.capture.batches import MIN_NUMPY, decode_batches
 from trickles_kit.capture.colscan import Scratch, scan_batch, verify
 from trickles_kit.capture.columns import PacketColumns
-from trickles_kit.capture.decode import _finish, _make_verifier, _note_wrong_secret
+from trickles_kit.capture.decode import (
+    _finish,
+    _make_verifier,
+    _note_wrong_secret,
+    _promote_all,
+)
 from trickles_kit.capture.events import derive_events
 from trickles_kit.capture.parse import default_config
 from trickles_kit.capture.pcapformat import RAW_LINKTYPES
@@ -53,6 +58,7 @@ def decode_columns(path: str | os.PathLike[str], secret: bytes | None = None,
         with no_gc():
             cap.events = derive_events(cap.packets, config=cfg, errors=cap.errors,
                                        verifier=dec.verifier, verdicts=cap.verdicts)
+            _promote_all()
         cap.events_derived = True
     return cap
 

@@ -93,6 +93,9 @@ __all__ = [
     "read_pcap", "strip_link", "write_pcap", "write_pcapng",
 ]
 _PACKET_BLOCKS = (PCAPNG_EPB, PCAPNG_SPB, PCAPNG_PB)
+# records per batch of `mapped_batches` at most: a window of empty records would otherwise be
+# a million offsets (and the columnar decoder's arrays of them) at once
+MAX_BATCH_RECORDS = 1 << 16
 BIG_WINDOW = 1 << 24  # bytes per window of `offset_batches` (16 MiB: ~20k records of a bulk run)
 
 
@@ -365,13 +368,20 @@ class PcapReader:
                 offs: list[int] = []
                 add = offs.append
                 safe = min(stop, size - 16 - MAX_RECORD)  # (no record from here can overrun)
-                while off < safe:
+                for _ in range(MAX_BATCH_RECORDS):
+                    if off >= safe:
+                        break
                     incl = u32(mm, off + 8)[0]
                     if incl > MAX_RECORD:
                         break
                     add(off)
                     off += 16 + incl
+                else:
+                    stop = off  # a batch of tiny records is full: the next starts here
                 while off < stop and off + 16 <= size:
+                    if len(offs) >= MAX_BATCH_RECORDS:
+                        stop = off
+                        break
                     incl = u32(mm, off + 8)[0]
                     end = off + 16 + incl
                     if end > size or incl > MAX_RECORD:
