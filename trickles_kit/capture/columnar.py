@@ -227,7 +227,7 @@ def _raw_batches(reader) -> Iterator[tuple[bytes, np.ndarray, np.ndarray, np.nda
     try:
         for buf, offs in reader.mapped_batches(BIG_WINDOW):
             u8 = np.frombuffer(buf, np.uint8)
-            o = np.array(offs, np.int64)
+            o = np.asarray(offs, np.int64)  # (an array('q') of mapped_batches: no copy)
             h = np.lib.stride_tricks.sliding_window_view(u8, 16)[o].view(dt)[:, 0]
             incl = h["incl"].astype(np.int64)
             starts = o + 16

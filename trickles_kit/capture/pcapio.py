@@ -39,13 +39,14 @@ A pipe is read in order and can be walked once.
 
 from __future__ import annotations
 
+import array
 import mmap
 import os
 import stat
 import struct
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from operator import length_hint
 from typing import NamedTuple
 
@@ -351,7 +352,7 @@ class PcapReader:
         finally:
             self.frames = n
 
-    def mapped_batches(self, span: int = BIG_WINDOW) -> Iterator[tuple[bytes, list[int]]]:
+    def mapped_batches(self, span: int = BIG_WINDOW) -> Iterator[tuple[bytes, Sequence[int]]]:
         """`offset_batches` over the file mapped whole (a regular file; otherwise the windows of
         `offset_batches`): no copy of the bytes at all, and the pages behind each batch are
         dropped (`MADV_DONTNEED`), so what stays resident is about `span` bytes."""
@@ -365,7 +366,7 @@ class PcapReader:
         try:
             while off < size:
                 stop = min(off + span, size)
-                offs: list[int] = []
+                offs = array.array("q")  # (numpy takes it without a copy; appends as a list's)
                 add = offs.append
                 safe = min(stop, size - 16 - MAX_RECORD)  # (no record from here can overrun)
                 for _ in range(MAX_BATCH_RECORDS):
