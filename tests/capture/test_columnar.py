@@ -3,8 +3,8 @@
 On every reference capture (captures/), on a lossy simulated run (several batches, the vector
 pass taking most rows) and on a lossy run with delta-encoded continuations, with and without
 the secret and the service port: every column, the errors, the learned ports, the `PacketRow`s
-built on demand, the events and the verdicts; and `packets_df()` from the arrays shows the row
-table's values.
+built on demand, the events and the verdicts (every capture); and `packets_df()` from the
+arrays shows the row table's values.
 """
 
 from __future__ import annotations
@@ -60,11 +60,22 @@ def assert_same(path, secret=None, service_port=None, checksums=True) -> None:
                                                            new.linktypes)
 
 
+def assert_events_same(path, secret=None) -> None:
+    """Events, verdicts and errors of the columnar decode equal the row decoder's."""
+    old = decode_pcap(path, secret)
+    new = columnar.decode_columns(path, secret)
+    assert new.events == old.events
+    assert new.verdicts == old.verdicts
+    assert new.errors == old.errors
+
+
 @pytest.mark.parametrize("name", sorted(p.stem for p in CAPS.glob("*.pcap")))
 def test_reference_captures_equal_the_row_decoder(name: str) -> None:
     path = CAPS / f"{name}.pcap"
     assert_same(path)
     assert_same(path, _secret(name))
+    assert_events_same(path)
+    assert_events_same(path, _secret(name))
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +126,7 @@ def test_delta_continuations_equal_the_row_decoder(delta) -> None:
     path, secret = delta
     assert_same(path)
     assert_same(path, secret)
+    assert_events_same(path, secret)
 
 
 def test_rows_events_and_verdicts_equal(lossy) -> None:
