@@ -122,9 +122,9 @@ def _be(u8: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
 
 
 def header_stage(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray):
-    """(G, head, ok, harmless): the fixed bytes of every datagram, its header view, which
-    datagrams have our common layout (IPv4 without options, IP 253 or TCP, our option,
-    TCP header length 28, whole), and which cannot be Trickles whatever follows."""
+    """(G, head, ok, room, total): the fixed bytes of every datagram, its header view, which
+    datagrams have our common layout (IPv4 without options, IP 253 or TCP, our option, TCP
+    header length 28, whole), which have their fixed bytes in the buffer, the IP lengths."""
     size = len(u8)
     n = ends - starts
     room = (starts + WIDTH <= size) & (n >= _P)
@@ -134,12 +134,21 @@ def header_stage(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray):
     head = G.view(_HEAD_DT)[:, 0]
     total = head["total"].astype(np.int64)
     proto = head["proto"]
-    frag = (head["frag"] & 0x3FFF) != 0
-    ok = (room & (head["b0"] == 0x45) & ~frag & ((proto == 253) | (proto == 6))
+    ok = (room & (head["b0"] == 0x45) & ((head["frag"] & 0x3FFF) == 0)
+          & ((proto == 253) | (proto == 6))
           & (head["okind"] == OPT_KIND) & (head["olen"] == 6) & (head["exid"] == OPT_EXID)
           & ((head["offb"] >> 4) == HEADER_LEN // 4) & (total <= n) & (total >= _P))
-    # cannot be Trickles: the header fields from G where it holds them, else read here
-    b0, pr, fr = head["b0"].copy(), proto.copy(), frag.copy()
+    return G, head, ok, room, total
+
+
+def harmless(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, head, room: np.ndarray
+             ) -> np.ndarray:
+    """Which datagrams cannot be Trickles whatever follows (the header fields from the
+    fixed bytes where they hold them, else read here)."""
+    size = len(u8)
+    n = ends - starts
+    b0, pr = head["b0"].copy(), head["proto"].copy()
+    fr = (head["frag"] & 0x3FFF) != 0
     out = np.flatnonzero(~room)
     if len(out) and size:
         at = starts[out]
@@ -147,9 +156,8 @@ def header_stage(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray):
         pr[out] = u8[np.minimum(at + 9, size - 1)]
         fr[out] = (_be(u8, np.minimum(at + 6, max(size - 2, 0)), 2) & 0x3FFF) != 0
     ihl = (b0 & 15).astype(np.int64) << 2
-    harmless = ((n < 20) | (b0 >> 4 != 4) | (ihl < 20) | (ihl > n) | fr
-                | ((pr != 6) & (pr != 17) & (pr != 253)))
-    return G, head, ok, harmless, total
+    return ((n < 20) | (b0 >> 4 != 4) | (ihl < 20) | (ihl > n) | fr
+            | ((pr != 6) & (pr != 17) & (pr != 253)))
 
 
 def scan_batch(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, ts: np.ndarray,
@@ -165,8 +173,8 @@ def scan_batch(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, ts: np.ndar
     Why whole-batch columns: every column is computed for every datagram of the batch (the
     rows not taken hold garbage the caller overwrites or drops), so the table of a clean batch
     is made without a gather or a scatter per field."""
-    G, head, ok, harmless, total = header_stage(u8, starts, ends)
-    if strict and not (ok | harmless).all():
+    G, head, ok, room, total = header_stage(u8, starts, ends)
+    if strict and not ok.all() and not (ok | harmless(u8, starts, ends, head, room)).all():
         return None
     syn = ok & ((head["flags"] & SYN) != 0)
     sp = np.flatnonzero(syn)
