@@ -3,11 +3,12 @@
 Why: the Trickles header and continuation sit at fixed offsets, so a batch of datagrams is one
 (k, 131)-byte array (a row per datagram, copied out of the mapped window at once) read through a
 numpy structured view; the variable parts (SACK blocks, ranges, the DATA chunk) are found by
-offset arithmetic on whole arrays. Only the two shapes of a bulk transfer are read here — the
-very shapes `capture.batches` reads inline (`_fast_request` / `_fast_response`), with the same
-conditions; every other datagram (SYNs, MINIMAL continuations, checksum failures, IP options,
-UDP, delta-encoded requests...) is marked for the row decoder, which stays the one
-implementation of those rules (`capture.columnar` merges both).
+offset arithmetic on whole arrays. Only the shapes of a bulk transfer are read here — a request
+with a FULL continuation, a response with a FULL or MINIMAL one and at most one DATA chunk, the
+shapes the row decoder reads inline (`batches`, `parse.response_row`), with the same
+conditions; every other datagram (SYNs, checksum failures, IP options, UDP, delta-encoded
+requests...) is marked for the row decoder, which stays the one implementation of those rules
+(`capture.columnar` lays its rows over the batch's table).
 """
 
 from __future__ import annotations
