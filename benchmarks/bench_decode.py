@@ -7,9 +7,10 @@ endpoint, linktype RAW, IP protocol 253; >= 200,000 packets by default), then me
 * `read`: pcapio alone (records -> IPv4 datagrams);
 * `fast_path` — the acceptance figure: ``decode_pcap(path, events=False)``, reading + decoding
   every field of every packet into the capture's packet table, TCP checksums verified (the
-  default). The table is what `Capture.columns()` / `packets_df()` read; no per-packet Python
-  object is made (a fast-path row is one tuple extended into a flat list, SACK blocks and ranges
-  go to two value lists);
+  default). `decode_pcap` is the columnar path when numpy is installed (`capture.columnar`);
+  ``--row-decoder`` times the row decoder (``columnar=False``) instead. The table is what
+  `Capture.columns()` / `packets_df()` read; no per-packet Python object is made (numpy
+  columns; in the row decoder a fast-path row is one tuple extended into a flat list);
 * `fast_path_no_checksums`: the same with ``checksums=False``;
 * `fast_path_rows`: the same plus ``cap.packets``, one `PacketRow` object per packet (built on
   first access; what iterating the rows costs);
@@ -51,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import json
 import os
@@ -315,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline-tree", metavar="REV",
                     help="only compare this checkout's decoder, layer by layer, with the whole "
                          "package at git revision REV (e.g. de00ccf), interleaved in one run")
+    ap.add_argument("--row-decoder", action="store_true",
+                    help="time decode_pcap(columnar=False), the row decoder (default: "
+                         "decode_pcap's default, the columnar path when numpy is installed)")
     ap.add_argument("--compare-rounds", type=int, default=None,
                     help="interleaved rounds of --baseline-tree (default 7; --quick: 1)")
     args = ap.parse_args(argv)
@@ -381,24 +386,26 @@ def main(argv: list[str] | None = None) -> int:
             import numpy  # noqa: F401
         results_extra = {"numpy_import_cpu_s": round(time.process_time() - t_np, 4)}
         step("read", lambda: sum(1 for _ in read_pcap(path).datagrams()))
+        dec = (functools.partial(decode_pcap, columnar=False) if args.row_decoder
+               else decode_pcap)
         # a flat-table baseline has the same figure as fast_path; an older one built the rows
         flat = base is not None and hasattr(base.Capture, "n_packets")
-        step("fast_path", lambda: decode_pcap(path, events=False).n_packets,
+        step("fast_path", lambda: dec(path, events=False).n_packets,
              "baseline_fast_path_table", (lambda: base.decode_pcap(path, events=False)
                                           .n_packets) if flat else None)
         step("fast_path_no_checksums",
-             lambda: decode_pcap(path, events=False, checksums=False).n_packets)
-        step("fast_path_rows", lambda: len(decode_pcap(path, events=False).packets),
+             lambda: dec(path, events=False, checksums=False).n_packets)
+        step("fast_path_rows", lambda: len(dec(path, events=False).packets),
              "baseline_fast_path", lambda: len(base.decode_pcap(path, events=False).packets))
         if _version("pandas") is not None:
-            step("fast_path_df", lambda: len(decode_pcap(path, events=False).packets_df()))
+            step("fast_path_df", lambda: len(dec(path, events=False).packets_df()))
         if base is not None:
             step("baseline_fast_path_no_checksums", lambda: len(
                 base.decode_pcap(path, events=False, checksums=False).packets))
-        step("with_events", lambda: decode_pcap(path).n_packets,
+        step("with_events", lambda: dec(path).n_packets,
              "baseline_with_events", lambda: len(base.decode_pcap(path).packets))
         if secret is not None:
-            step("with_events_and_secret", lambda: decode_pcap(path, secret=secret).n_packets,
+            step("with_events_and_secret", lambda: dec(path, secret=secret).n_packets,
                  "baseline_with_events_and_secret",
                  lambda: len(base.decode_pcap(path, secret=secret).packets))
 
@@ -426,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         # linktype 101 and would yield undissected Raw packets, which is not a fair baseline
         eth = path.with_name(path.stem + "_ether.pcap")
         write_ethernet_copy(path, eth)
-        step("fast_path_ethernet", lambda: decode_pcap(eth, events=False).n_packets)
+        step("fast_path_ethernet", lambda: dec(eth, events=False).n_packets)
         scapy_version = _version("scapy")
         if scapy_version is not None:
             import logging

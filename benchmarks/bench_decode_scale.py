@@ -16,7 +16,8 @@ process; best of --repeat, median recorded; columnar and row-decoder runs altern
 * `events_df`: ``decode_columns(path)`` (events derived) + ``events_df()`` (>= 300,000 pkt/s);
 * `events_df_secret`: the same with the master secret (MAC and nonce verdicts);
 * `parquet_write`: ``capture.parquet.write_parquet(events=False)`` (streamed) to a temp dir;
-* `row_*`: the row decoder (`decode_pcap`) for the same layers (its ``packets_df()``, events);
+* `row_*`: the row decoder (``decode_pcap(columnar=False)``) for the same layers (its
+  ``packets_df()``, events);
 * `scapy_pcapreader_ethernet`: scapy's PcapReader over the first --baseline-packets packets
   written as Ethernet (scapy does not dissect linktype 101);
 * `tshark_fields_lua`: ``tshark -T fields`` with trickles_kit/dissector/trickles.lua (a dozen
@@ -56,7 +57,7 @@ if str(REPO) not in sys.path:
 from trickles_kit.bench.meta import meta as _meta  # noqa: E402
 from trickles_kit.capture.columnar import _raw_batches, decode_columns  # noqa: E402
 from trickles_kit.capture.columns import arrow_or_none  # noqa: E402
-from trickles_kit.capture.decode import decode_pcap  # noqa: E402
+from trickles_kit.capture.decode import decode_pcap as _decode_pcap  # noqa: E402
 from trickles_kit.capture.pcapio import read_pcap  # noqa: E402
 
 PACKETS_PER_MB = 1380  # a 1448-byte-MSS bulk transfer: ~690 data packets + ~690 requests per MB
@@ -64,6 +65,11 @@ TSHARK_FIELDS = ["frame.number", "trickles.seq", "trickles.ack", "trickles.req.t
                  "trickles.cont.type", "trickles.cont.seq", "trickles.cont.tcpbase",
                  "trickles.cont.ssthresh", "trickles.resp.nonce", "trickles.sack.left",
                  "trickles.sack.right", "trickles.data.bytenum", "trickles.data.len"]
+
+
+def decode_pcap(*args, **kw):
+    """The row decoder (`decode_pcap`'s default is the columnar path when numpy is there)."""
+    return _decode_pcap(*args, columnar=False, **kw)
 
 
 def secret_of(seed: int) -> bytes:

@@ -3,8 +3,8 @@
 On every reference capture (captures/), on a lossy simulated run (several batches, the vector
 pass taking most rows) and on a lossy run with delta-encoded continuations, with and without
 the secret and the service port: every column, the errors, the learned ports, the `PacketRow`s
-built on demand, the events and the verdicts; and `packets_df()` from the arrays shows the row
-table's values.
+built on demand, the events and the verdicts (every capture); and `packets_df()` from the
+arrays shows the row table's values.
 """
 
 from __future__ import annotations
@@ -17,11 +17,16 @@ from wire_helpers import need_module
 
 from trickles_kit.apps.sim import LinkConfig, simulate_transfer
 from trickles_kit.capture import columnar
-from trickles_kit.capture.decode import decode_pcap
+from trickles_kit.capture.decode import decode_pcap as _decode_pcap
 from trickles_kit.capture.pcapio import PcapError
 from trickles_kit.capture.rows import ROW_FIELDS
 
 CAPS = Path(__file__).resolve().parents[2] / "captures"
+
+
+def decode_pcap(*args, **kw):
+    """The row decoder (`decode_pcap`'s default is the columnar path when numpy is there)."""
+    return _decode_pcap(*args, columnar=False, **kw)
 
 
 def _secret(name: str) -> bytes:
@@ -43,11 +48,22 @@ def assert_same(path, secret=None, service_port=None, checksums=True) -> None:
                                                            new.linktypes)
 
 
+def assert_events_same(path, secret=None) -> None:
+    """Events, verdicts and errors of the columnar decode equal the row decoder's."""
+    old = decode_pcap(path, secret)
+    new = columnar.decode_columns(path, secret)
+    assert new.events == old.events
+    assert new.verdicts == old.verdicts
+    assert new.errors == old.errors
+
+
 @pytest.mark.parametrize("name", sorted(p.stem for p in CAPS.glob("*.pcap")))
 def test_reference_captures_equal_the_row_decoder(name: str) -> None:
     path = CAPS / f"{name}.pcap"
     assert_same(path)
     assert_same(path, _secret(name))
+    assert_events_same(path)
+    assert_events_same(path, _secret(name))
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +99,7 @@ def test_lossy_run_equals_the_row_decoder(lossy, monkeypatch) -> None:
 
     def counting(*a, **kw):
         s = scan(*a, **kw)
-        taken.append(0 if s is None else sum(c.n for c in s.parts))
+        taken.append(0 if s is None else int(s.taken.sum()))
         return s
 
     monkeypatch.setattr(columnar, "scan_batch", counting)
@@ -98,6 +114,7 @@ def test_delta_continuations_equal_the_row_decoder(delta) -> None:
     path, secret = delta
     assert_same(path)
     assert_same(path, secret)
+    assert_events_same(path, secret)
 
 
 def test_rows_events_and_verdicts_equal(lossy) -> None:
@@ -187,3 +204,15 @@ def test_corrupt_truncated_and_oversized_records_as_the_row_decoder(lossy, tmp_p
     with pytest.raises(PcapError) as new:
         columnar.decode_columns(corrupt, events=False)
     assert str(new.value) == str(old.value)
+
+
+def test_decode_pcap_defaults_to_the_columnar_table(lossy) -> None:
+    """With numpy, `decode_pcap` is the columnar path: same rows, events and verdicts."""
+    pytest.importorskip("numpy")
+    path, secret = lossy
+    new = _decode_pcap(path, secret)
+    assert new.table is not None
+    old = decode_pcap(path, secret)
+    assert old.table is None
+    assert new.packets == old.packets and new.events == old.events
+    assert new.verdicts == old.verdicts and new.errors == old.errors

@@ -3,11 +3,12 @@
 Why: the Trickles header and continuation sit at fixed offsets, so a batch of datagrams is one
 (k, 131)-byte array (a row per datagram, copied out of the mapped window at once) read through a
 numpy structured view; the variable parts (SACK blocks, ranges, the DATA chunk) are found by
-offset arithmetic on whole arrays. Only the two shapes of a bulk transfer are read here — the
-very shapes `capture.batches` reads inline (`_fast_request` / `_fast_response`), with the same
-conditions; every other datagram (SYNs, MINIMAL continuations, checksum failures, IP options,
-UDP, delta-encoded requests...) is marked for the row decoder, which stays the one
-implementation of those rules (`capture.columnar` merges both).
+offset arithmetic on whole arrays. Only the shapes of a bulk transfer are read here — a request
+with a FULL continuation, a response with a FULL or MINIMAL one and at most one DATA chunk, the
+shapes the row decoder reads inline (`batches`, `parse.response_row`), with the same
+conditions; every other datagram (SYNs, checksum failures, IP options, UDP, delta-encoded
+requests...) is marked for the row decoder, which stays the one implementation of those rules
+(`capture.columnar` lays its rows over the batch's table).
 """
 
 from __future__ import annotations
@@ -18,7 +19,16 @@ import struct
 import numpy as np
 
 from trickles_kit.capture.columns import KINDS, PacketColumns
-from trickles_kit.wire.continuation import FULL1, FULL2, FULL_FORMAT, FULL_LEN, MAC_PSEUDO
+from trickles_kit.wire.continuation import (
+    FULL1,
+    FULL2,
+    FULL_FORMAT,
+    FULL_LEN,
+    MAC_PSEUDO,
+    MINIMAL,
+    MINIMAL_FORMAT,
+    MINIMAL_LEN,
+)
 from trickles_kit.wire.messages import (
     CHUNK_DATA,
     CHUNK_HEADER_LEN,
@@ -33,11 +43,12 @@ from trickles_kit.wire.messages import (
     RESPONSE_CONT_OFFSET,
     RESPONSE_FULL,
     RESPONSE_FULL_LEN,
+    RESPONSE_MINIMAL_LEN,
     SACK_BLOCK,
 )
 from trickles_kit.wire.segment import HEADER_LEN, IPV4_TCP_HEAD, OPT_EXID, OPT_KIND, SYN
 
-__all__ = ["WIDTH", "Scan", "scan_batch"]
+__all__ = ["WIDTH", "Scan", "Scratch", "scan_batch"]
 
 _P = 20 + HEADER_LEN  # the payload of a datagram without IP options, our option layout (48)
 WIDTH = _P + RESPONSE_FULL_LEN  # bytes read per datagram at fixed offsets (131)
@@ -63,6 +74,7 @@ _CONT_NAMES = ["cont_type", "cont_seq", "first_child", "client_state", "parent",
                "first_bootstrap_seq", "start_cwnd", "ssthresh", "tcp_base", "conn_id",
                "key_epoch", "mac"]
 _CONT = layout(struct.Struct("!" + FULL_FORMAT), _CONT_NAMES)
+_MINIMAL_FIELDS = len(struct.Struct("!" + MINIMAL_FORMAT).unpack(bytes(MINIMAL_LEN)))
 # IPv4 without options + TCP (wire's one-unpack layout), the address pair read as two fields
 _IPTCP = layout(IPV4_TCP_HEAD, ["total", "frag", "proto", "addrs", "sport", "dport", "seq",
                                 "ack", "offb", "flags", "window", "okind", "olen", "exid",
@@ -85,15 +97,16 @@ _RESP_DT = _dtype(layout(RESPONSE_FULL, ["nonce", "siblings", "position", "ucont
 
 
 class Scan:
-    """What `scan_batch` found: the vector rows (`parts`: requests, responses; each row's
-    `index` its position in the batch; `raws` their fixed bytes), the positions left to the
-    row decoder (`rest`), and the SYN ports in batch order (`syns`: (position, port) for each
-    datagram with our layout and the SYN flag)."""
+    """What `scan_batch` found, over the whole batch (row i = datagram i): `cols`, the columns
+    of the rows the vector pass took (`taken`; the other rows hold no values), `cont`, the
+    (k, FULL_LEN) continuation bytes of every row (for the MAC check), the positions left to
+    the row decoder (`rest`) and the SYN ports in batch order (`syns`: (position, port) for
+    each datagram with our layout and the SYN flag)."""
 
-    __slots__ = ("parts", "raws", "rest", "syns")
+    __slots__ = ("cols", "cont", "taken", "rest", "syns")
 
-    def __init__(self, parts, raws, rest, syns) -> None:
-        self.parts, self.raws, self.rest, self.syns = parts, raws, rest, syns
+    def __init__(self, cols, cont, taken, rest, syns) -> None:
+        self.cols, self.cont, self.taken, self.rest, self.syns = cols, cont, taken, rest, syns
 
 
 def _be(u8: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
@@ -102,16 +115,17 @@ def _be(u8: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
     if len(u8) < width:
         return np.zeros(len(pos), np.int64)
     at = np.minimum(pos, len(u8) - width)
-    if width == 1:
-        return u8[at].astype(np.int64)
-    rows = u8[(at[:, None] + np.arange(width)).ravel()]  # one flat gather: (k * width) bytes
-    return rows.view(f">u{width}").astype(np.int64)
+    out = u8[at].astype(np.int64)
+    for j in range(1, width):  # (a byte gather each: cheaper than one (k, width) gather)
+        out <<= 8
+        out |= u8[at + j]
+    return out
 
 
 def header_stage(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray):
-    """(G, head, ok, harmless): the fixed bytes of every datagram, its header view, which
-    datagrams have our common layout (IPv4 without options, IP 253 or TCP, our option,
-    TCP header length 28, whole), and which cannot be Trickles whatever follows."""
+    """(G, head, ok, room, total): the fixed bytes of every datagram, its header view, which
+    datagrams have our common layout (IPv4 without options, IP 253 or TCP, our option, TCP
+    header length 28, whole), which have their fixed bytes in the buffer, the IP lengths."""
     size = len(u8)
     n = ends - starts
     room = (starts + WIDTH <= size) & (n >= _P)
@@ -121,12 +135,21 @@ def header_stage(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray):
     head = G.view(_HEAD_DT)[:, 0]
     total = head["total"].astype(np.int64)
     proto = head["proto"]
-    frag = (head["frag"] & 0x3FFF) != 0
-    ok = (room & (head["b0"] == 0x45) & ~frag & ((proto == 253) | (proto == 6))
+    ok = (room & (head["b0"] == 0x45) & ((head["frag"] & 0x3FFF) == 0)
+          & ((proto == 253) | (proto == 6))
           & (head["okind"] == OPT_KIND) & (head["olen"] == 6) & (head["exid"] == OPT_EXID)
           & ((head["offb"] >> 4) == HEADER_LEN // 4) & (total <= n) & (total >= _P))
-    # cannot be Trickles: the header fields from G where it holds them, else read here
-    b0, pr, fr = head["b0"].copy(), proto.copy(), frag.copy()
+    return G, head, ok, room, total
+
+
+def harmless(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, head, room: np.ndarray
+             ) -> np.ndarray:
+    """Which datagrams cannot be Trickles whatever follows (the header fields from the
+    fixed bytes where they hold them, else read here)."""
+    size = len(u8)
+    n = ends - starts
+    b0, pr = head["b0"].copy(), head["proto"].copy()
+    fr = (head["frag"] & 0x3FFF) != 0
     out = np.flatnonzero(~room)
     if len(out) and size:
         at = starts[out]
@@ -134,21 +157,25 @@ def header_stage(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray):
         pr[out] = u8[np.minimum(at + 9, size - 1)]
         fr[out] = (_be(u8, np.minimum(at + 6, max(size - 2, 0)), 2) & 0x3FFF) != 0
     ihl = (b0 & 15).astype(np.int64) << 2
-    harmless = ((n < 20) | (b0 >> 4 != 4) | (ihl < 20) | (ihl > n) | fr
-                | ((pr != 6) & (pr != 17) & (pr != 253)))
-    return G, head, ok, harmless, total
+    return ((n < 20) | (b0 >> 4 != 4) | (ihl < 20) | (ihl > n) | fr
+            | ((pr != 6) & (pr != 17) & (pr != 253)))
 
 
 def scan_batch(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, ts: np.ndarray,
-               cksum: bool, is_req_of, strict: bool) -> Scan | None:
+               cksum: bool, is_req_of, strict: bool, scratch: Scratch | None = None
+               ) -> Scan | None:
     """Decode the datagrams u8[starts[i]:ends[i]] (`ts` their times) that have the two bulk
     shapes; `cksum`: verify TCP checksums (a failure is left to the row decoder, which flags
-    it); ``is_req_of(head, ok, syns)``
-    the direction rule's verdicts (request?, decided by port?). None when `strict` (ports are
-    being learned) and a datagram might be a Trickles segment of another layout: its SYN could
-    teach a port, so the caller decodes the whole batch in order."""
-    G, head, ok, harmless, total = header_stage(u8, starts, ends)
-    if strict and not (ok | harmless).all():
+    it); ``is_req_of(head, ok, syns)`` the direction rule's verdicts (request?, decided by
+    port?). None when `strict` (ports are being learned) and a datagram might be a Trickles
+    segment of another layout: its SYN could teach a port, so the caller decodes the whole
+    batch in order.
+
+    Why whole-batch columns: every column is computed for every datagram of the batch (the
+    rows not taken hold garbage the caller overwrites or drops), so the table of a clean batch
+    is made without a gather or a scatter per field."""
+    G, head, ok, room, total = header_stage(u8, starts, ends)
+    if strict and not ok.all() and not (ok | harmless(u8, starts, ends, head, room)).all():
         return None
     syn = ok & ((head["flags"] & SYN) != 0)
     sp = np.flatnonzero(syn)
@@ -156,50 +183,85 @@ def scan_batch(u8: np.ndarray, starts: np.ndarray, ends: np.ndarray, ts: np.ndar
     syns = list(zip(sp.tolist(), syn_port.tolist(), strict=True))
     is_req, _ = is_req_of(head, ok, syns)
     vec = ok & ~syn
-    end = starts + total
     if cksum:
-        vec &= checksums_ok(u8, starts, end, vec)
-    p = starts + _P
-    req_cols, rq = _requests(u8, G, head, vec & is_req, p, end)
-    resp_cols, rs = _responses(u8, G, head, vec & ~is_req, p, end)
-    taken = np.zeros(len(starts), bool)
-    for cols, pos in ((req_cols, rq), (resp_cols, rs)):
-        _fill_head(cols, head, pos, ts, total)
-        taken[pos] = True
-    rest = np.flatnonzero(~taken)
-    return Scan([req_cols, resp_cols], [G[rq], G[rs]], rest, syns)
+        vec &= checksums_ok(u8, starts, starts + total, vec, scratch)
+    k = len(starts)
+    data, mask, lists = _blank(k)
+    n = total - _P  # the payload's length (for the rows with our layout)
+    rq = _requests(u8, G, vec & is_req, starts + _P, n, data, mask, lists)
+    rs, mini = _responses(u8, G, vec & ~is_req, starts + _P, n, data, mask)
+    taken = rq | rs
+    cont = _cont_bytes(G, rq)
+    _fill_head(data, head, ts, total, rq)
+    _cont_fields(cont, data)
+    for f in _CONT_NAMES[:_MINIMAL_FIELDS]:
+        mask[f] = ~taken
+    for f in _CONT_NAMES[_MINIMAL_FIELDS:]:
+        mask[f] = ~taken | mini
+    mask["ucont_len"] = ~taken
+    cols = PacketColumns(k, data, mask, None, lists)
+    return Scan(cols, cont, taken, np.flatnonzero(~taken), syns)
 
 
-def checksums_ok(u8: np.ndarray, starts: np.ndarray, end: np.ndarray, sel: np.ndarray
-                 ) -> np.ndarray:
+class Scratch:
+    """A reusable uint64 buffer: a fresh array of a batch's size per call would cost its
+    page faults every batch."""
+
+    __slots__ = ("buf",)
+
+    def __init__(self) -> None:
+        self.buf = np.zeros(0, np.uint64)
+
+    def get(self, n: int) -> np.ndarray:
+        if len(self.buf) < n:
+            self.buf = np.empty(max(n, 2 * len(self.buf)), np.uint64)
+        return self.buf[:n]
+
+
+_U32 = np.uint64(32)
+_LOW_BYTES = np.array([(1 << (8 * i)) - 1 for i in range(9)], np.uint64)  # i low bytes set
+
+
+def checksums_ok(u8: np.ndarray, starts: np.ndarray, end: np.ndarray, sel: np.ndarray,
+                 scratch: Scratch | None = None) -> np.ndarray:
     """The TCP checksum verdicts of the datagrams `sel` (IPv4 without options: the sum runs
     over the addresses and the segment, u8[start + 12:end], pseudo-header protocol 6) — the
     codec's rule, as `batches._cksum_ok` / `_batch_checksums` compute it, in one pass.
 
-    Why one pass: the sum of 16-bit words mod 0xFFFF only depends on each byte's weight, 1 or
-    256 (256 * 256 = 1 mod 0xFFFF). Summing the little-endian words of the even-aligned span
-    [a, z) around [s, e) (one ``add.reduceat`` for every segment of the batch, whatever its
-    alignment) gives even bytes weight 1 and odd ones 256; less the byte before s (s odd) and
-    the byte at e (e odd) that span adds, it is the big-endian sum times 256 (s even) or
-    itself (s odd): an odd length's pad byte comes out right either way."""
+    Why 64-bit words: the sum of 16-bit words mod 0xFFFF only depends on each byte's weight,
+    1 or 256 (65536 = 1 mod 0xFFFF, so a little-endian 64-bit word weighs its bytes 1, 256,
+    1, 256... too), and numpy sums uint64 without a cast, four times as fast as 16-bit words
+    into 32 bits. A word's value is lo + hi * 2**32 = lo + hi (mod 0xFFFF); the sums of each
+    segment's words (mod 2**64) and of their high halves (exact) give the exact sum of the
+    low halves. Summing the 8-aligned span [a, z) around [s, e) (one ``add.reduceat`` for
+    every segment of the batch) gives even bytes weight 1 and odd ones 256; less the bytes of
+    [a, s) and [e, z), it is the big-endian sum times 256 (s even) or itself (s odd): an odd
+    length's pad byte comes out right either way."""
     out = np.zeros(len(starts), bool)
     # (a datagram at the very end of the buffer is left to the row decoder: reduceat needs a
     # word past the last span)
-    idx = np.flatnonzero(sel & (((end[:] + 1) & ~1) + 2 <= len(u8)))
+    idx = np.flatnonzero(sel & (((end + 7) & ~7) + 8 <= len(u8)))
     if not len(idx):
         return out
     s = starts[idx] + 12
     e = end[idx]
-    a = s & ~1
-    z = (e + 1) & ~1
-    base = int(a[0])  # the batch's part of the buffer only (reduceat casts all it is given)
-    words = np.frombuffer(u8, dtype="<u2", offset=base, count=(int(z[-1]) + 2 - base) >> 1)
+    a = s & ~7
+    z = (e + 7) & ~7
+    base = int(a[0])  # the batch's part of the buffer only
+    words = np.frombuffer(u8, dtype="<u8", offset=base, count=(int(z[-1]) + 8 - base) >> 3)
     marks = np.empty(2 * len(idx), np.int64)
-    marks[0::2] = (a - base) >> 1
-    marks[1::2] = (z - base) >> 1
-    t = np.add.reduceat(words, marks, dtype=np.uint32)[0::2].astype(np.int64)
-    t -= np.where(s & 1, u8[np.maximum(s - 1, 0)], 0)
-    t -= np.where(e & 1, u8[np.minimum(e, len(u8) - 1)].astype(np.int64) << 8, 0)
+    marks[0::2] = (a - base) >> 3
+    marks[1::2] = (z - base) >> 3
+    hi = (scratch or Scratch()).get(len(words))
+    np.right_shift(words, _U32, out=hi)
+    h = np.add.reduceat(hi, marks)[0::2]
+    lo = np.add.reduceat(words, marks)[0::2] - (h << _U32)  # (mod 2**64: exact)
+    # the bytes of the span before s and from e on, from its first and last words (a word's
+    # value is its bytes' weighted sum mod 0xFFFF)
+    first = words[marks[0::2]] & _LOW_BYTES[s - a]
+    last = words[marks[1::2] - 1] & ~_LOW_BYTES[8 - (z - e)]
+    t = ((lo % 0xFFFF) + (h % 0xFFFF) + 2 * 0xFFFF - first % 0xFFFF - last % 0xFFFF
+         ).astype(np.int64)
     t %= 0xFFFF
     t = np.where(s & 1, t, t * 256)
     seglen = e - starts[idx] - 20
@@ -207,62 +269,63 @@ def checksums_ok(u8: np.ndarray, starts: np.ndarray, end: np.ndarray, sel: np.nd
     return out
 
 
-def _fill_head(cols: PacketColumns, head, pos: np.ndarray, ts: np.ndarray,
-               total: np.ndarray) -> None:
-    """The IP / TCP fields of the vector rows (positions `pos`, in order)."""
-    d = cols.data
-    d["index"] = pos.astype(np.int64)  # (the caller adds the batch's first record index)
-    d["t"] = ts[pos]
-    d["carrier"] = np.where(head["proto"][pos] == 253, 0, 1).astype(np.int16)
-    d["length"] = total[pos]
+def _fill_head(d: dict, head, ts: np.ndarray, total: np.ndarray, rq: np.ndarray) -> None:
+    """The IP / TCP fields of every row (the direction: request where `rq`)."""
+    d["index"] = np.arange(len(ts), dtype=np.int64)  # (the caller adds the batch's first)
+    d["t"] = ts
+    d["direction"] = (~rq).astype(np.int16)
+    d["carrier"] = (head["proto"] != 253).astype(np.int16)
+    d["length"] = total
     for f in ("src", "dst", "sport", "dport", "seq", "ack", "flags", "window"):
-        d[f] = head[f][pos].astype(np.dtype(KINDS[f].replace("addr", "u4")))
-    d["trickles_len"] = head["tlen"][pos].astype(np.uint16)
+        d[f] = head[f].astype(np.dtype(KINDS[f].replace("addr", "u4")))
+    d["trickles_len"] = head["tlen"].astype(np.uint16)
 
 
-def _base(k: int, fields: dict) -> tuple[dict, dict]:
-    """Columns of `k` vector rows: the given fields, the header ones to fill, the rest null."""
-    data: dict = {}
-    mask: dict = {}
-    for f, kind in KINDS.items():
-        if f in fields:
-            data[f] = fields[f]
-            continue
-        base = kind.rstrip("?")
-        if base in ("list3", "list2"):
-            data[f] = np.zeros(k + 1, np.int64)
-        elif base == "mac":
-            data[f] = np.zeros((k, 16), np.uint8)
-        elif base in ("cat",):
-            data[f] = np.full(k, -1, np.int16)
-        else:
-            data[f] = np.zeros(k, np.bool_ if base == "b1" else
-                               np.dtype(base.replace("addr", "u4")))
-        if kind.endswith("?"):
-            mask[f] = np.ones(k, bool)
-    return data, mask
+def _blank(k: int) -> tuple[dict, dict, dict]:
+    """(data, mask, lists) of `k` rows: the fields the vector rows never hold, null."""
+    data: dict = {"finhint": np.zeros(k, np.uint32), "error": np.full(k, -1, np.int16),
+                  "mac_ok": np.zeros(k, bool), "nonce_ok": np.zeros(k, bool)}
+    mask: dict = {f: np.ones(k, bool) for f in ("finhint", "error", "mac_ok", "nonce_ok")}
+    return data, mask, {}
 
 
-def _cont_fields(v, at: np.ndarray, out: dict) -> None:
-    """The continuation's fields of rows `at` of the structured view `v`."""
+_CONT_DT = np.dtype({"names": [f for f, _, _ in _CONT], "formats": [t for _, t, _ in _CONT],
+                     "offsets": [o for _, _, o in _CONT], "itemsize": FULL_LEN})
+_MAC_AT = next(o for f, _, o in _CONT if f == "mac")
+_REQ_CONT, _RESP_CONT = _P + REQUEST_CONT_OFFSET, _P + RESPONSE_CONT_OFFSET
+
+
+def _cont_bytes(G: np.ndarray, rq: np.ndarray) -> np.ndarray:
+    """The (k, FULL_LEN) continuation bytes of every row, wherever its message puts them
+    (a request's after its type byte, a response's after its header): one gather."""
+    k = len(G)
+    at = np.arange(k, dtype=np.int64) * WIDTH + np.where(rq, _REQ_CONT, _RESP_CONT)
+    if not k:
+        return np.zeros((0, FULL_LEN), np.uint8)
+    return np.lib.stride_tricks.sliding_window_view(G.reshape(-1), FULL_LEN)[at]
+
+
+def _cont_fields(cont: np.ndarray, out: dict) -> None:
+    """The continuation's fields of every row, from its bytes."""
+    v = cont.view(_CONT_DT)[:, 0] if len(cont) else np.zeros(0, _CONT_DT)
     for f, _, _ in _CONT:
         if f == "mac":
-            out[f] = np.ascontiguousarray(v[f][at]).view(np.uint8).reshape(-1, 16)
+            out[f] = np.ascontiguousarray(cont[:, _MAC_AT:_MAC_AT + 16])
         else:
-            out[f] = v[f][at].astype(np.dtype(KINDS[f].rstrip("?")))
+            out[f] = v[f].astype(np.dtype(KINDS[f].rstrip("?")))
 
 
-def _requests(u8, G, head, sel, p, end) -> tuple[PacketColumns, np.ndarray]:
+def _requests(u8, G, sel, p, n, d: dict, m: dict, lists: dict) -> np.ndarray:
     """NORMAL / SLOWSTART / FIN requests with a FULL continuation (`batches._fast_request`'s
-    conditions): their columns and positions."""
+    conditions) among `sel`: their fields into `d` / `m` / `lists`; returns which rows."""
     size = len(u8)
-    idx = np.flatnonzero(sel)
-    v = G.view(_REQ_DT)[:, 0]  # (fields are read at the rows they are needed for)
-    p, end = p[idx], end[idx]
-    ns = v["nsacks"][idx].astype(np.int64)
-    rtype, ctype = v["rtype"][idx], v["cont_type"][idx]
-    good = ((end - p >= REQUEST_HEAD_LEN) & (rtype != 2) & (rtype <= 3)
-            & ((ctype == FULL1) | (ctype == FULL2)) & (v["state"][idx] < 3) & (ns <= MAX_SACKS))
+    v = G.view(_REQ_DT)[:, 0]
+    ns = v["nsacks"].astype(np.int64)
+    rtype = v["rtype"]
+    ctype = v["cont_type"]
+    end = p + n
+    good = (sel & (n >= REQUEST_HEAD_LEN) & (rtype != 2) & (rtype <= 3)
+            & ((ctype == FULL1) | (ctype == FULL2)) & (v["state"] < 3) & (ns <= MAX_SACKS))
     q = p + REQUEST_HEAD_LEN + _SL * ns
     good &= q + 3 <= end
     qc = np.where(good, q, 0)
@@ -275,63 +338,57 @@ def _requests(u8, G, head, sel, p, end) -> tuple[PacketColumns, np.ndarray]:
     good &= (nr <= MAX_RANGES) & (q2 <= end)
     nr = np.where(good, nr, 0)
     r_off, lo, hi = _ragged_u32(u8, oc + 1, nr, 2)
-    hi = lo + hi
-    top = np.zeros(len(idx), np.int64)
-    if len(hi):
-        np.maximum.at(top, np.repeat(np.arange(len(idx)), nr), hi)
-    good &= top <= 0x100000000
-    keep = np.flatnonzero(good)
-    ns, nr, ulen = ns[keep], nr[keep], ulen[keep]
-    s_off, sv = _sacks(u8, p[keep] + REQUEST_HEAD_LEN, ns)
-    r_off2, rv = _sub_ragged(r_off, np.stack([lo, hi], axis=1), keep)
-    fields: dict = {"req_type": rtype[keep].astype(np.int16), "ucont_len": ulen.astype(np.uint16),
-                    "sacks": s_off, "ranges": r_off2, "app_len": end[keep] - q2[keep],
-                    "direction": np.zeros(len(keep), np.int16)}
-    _cont_fields(v, idx[keep], fields)
-    data, mask = _base(len(keep), fields)
-    for f in ("req_type", "ucont_len", "app_len", "sacks", "ranges", *[c[0] for c in _CONT]):
-        mask[f] = np.zeros(len(keep), bool)
-    return PacketColumns(len(keep), data, mask, None, {"sacks": sv, "ranges": rv}), idx[keep]
+    rv = np.stack([lo, lo + hi], axis=1)
+    over = rv[:, 1] > 0x100000000
+    if over.any():  # a range past 2**32: the row decoder's (it flags it)
+        good[np.repeat(np.arange(len(nr)), nr)[over]] = False
+        r_off, rv = _sub_ragged(r_off, rv, np.flatnonzero(good), len(nr))
+    s_off, sv = _sacks(u8, p + REQUEST_HEAD_LEN, np.where(good, ns, 0))
+    nul = ~good
+    d["req_type"] = np.where(good, rtype.astype(np.int16), np.int16(-1))
+    d["ucont_len"] = ulen.astype(np.uint16)
+    d["app_len"] = end - q2
+    d["sacks"], d["ranges"] = s_off, r_off
+    lists["sacks"], lists["ranges"] = sv, rv
+    for f in ("req_type", "app_len", "sacks", "ranges"):
+        m[f] = nul.copy()  # (one array each: the row decoder's rows are laid over each)
+    return good
 
 
-def _responses(u8, G, head, sel, p, end) -> tuple[PacketColumns, np.ndarray]:
-    """Responses with a FULL continuation and no chunk or one DATA chunk filling the rest
-    (`batches._fast_response`'s inline case): their columns and positions."""
+def _responses(u8, G, sel, p, n, d: dict, m: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Responses with a FULL or MINIMAL continuation and no chunk or one DATA chunk filling
+    the rest (`batches._fast_response`'s inline case, and `parse.response_row`'s MINIMAL
+    one) among `sel`: their fields into `d` / `m` (``ucont_len`` where they are); returns
+    which rows, and which of them are MINIMAL."""
     size = len(u8)
-    idx = np.flatnonzero(sel)
-    v = G.view(_RESP_DT)[:, 0]  # (fields are read at the rows they are needed for)
-    p, end = p[idx], end[idx]
-    ulen = v["ucont_len"][idx].astype(np.int64)
-    ctype = v["cont_type"][idx]
-    c = p + RESPONSE_FULL_LEN + ulen
-    good = ((end - p >= RESPONSE_FULL_LEN) & ((ctype == FULL1) | (ctype == FULL2))
-            & (v["state"][idx] < 3) & (c <= end))
+    v = G.view(_RESP_DT)[:, 0]
+    ulen = v["ucont_len"].astype(np.int64)
+    ctype = v["cont_type"]
+    end = p + n
+    mini = ctype == MINIMAL  # (the MINIMAL form is the FULL one's prefix)
+    hl = np.where(mini, RESPONSE_MINIMAL_LEN, RESPONSE_FULL_LEN)
+    c = p + hl + ulen
+    good = (sel & (n >= hl) & (c <= end)
+            & (mini | (((ctype == FULL1) | (ctype == FULL2)) & (v["state"] < 3))))
     chunk = good & (c < end) & (c + CHUNK_HEADER_LEN <= end)
     cc = np.where(chunk, c, 0)
-    tf = u8[np.minimum(cc, size - 1)].astype(np.int64)
+    tf = u8[np.minimum(cc, size - 1)]
     clen = _be(u8, np.minimum(cc + 1, size - 2), 2)
     one = chunk & (tf >> 4 == CHUNK_DATA) & (cc + clen == end) & (clen >= DATA_CHUNK_OVERHEAD)
     good &= (c == end) | one
-    keep = np.flatnonzero(good)
-    one = one[keep]
-    ds = _be(u8, np.where(one, cc[keep] + CHUNK_HEADER_LEN, 0), 4)
-    at = idx[keep]
-    fields: dict = {
-        "nonce": v["nonce"][at].astype(np.uint32), "siblings": v["siblings"][at].astype(np.uint8),
-        "position": v["position"][at].astype(np.uint8),
-        "ucont_len": ulen[keep].astype(np.uint16),
-        "data_start": ds.astype(np.uint32), "data_len": np.where(one, clen[keep] - 7, 0),
-        "fin": one & ((tf[keep] & FLAG_FIN) != 0),
-        "direction": np.ones(len(keep), np.int16),
-    }
-    _cont_fields(v, at, fields)
-    data, mask = _base(len(keep), fields)
-    for f in ("nonce", "siblings", "position", "ucont_len", *[c[0] for c in _CONT]):
-        mask[f] = np.zeros(len(keep), bool)
-    mask["data_start"] = ~one
-    return PacketColumns(len(keep), data, mask, None, {"sacks": np.zeros((0, 3), np.int64),
-                                                       "ranges": np.zeros((0, 2), np.int64)}
-                         ), idx[keep]
+    one &= good
+    d["nonce"] = v["nonce"].astype(np.uint32)
+    d["siblings"] = v["siblings"].astype(np.uint8)
+    d["position"] = v["position"].astype(np.uint8)
+    d["ucont_len"] = np.where(good, ulen, d["ucont_len"]).astype(np.uint16)
+    d["data_start"] = _be(u8, np.where(one, cc + CHUNK_HEADER_LEN, 0), 4).astype(np.uint32)
+    d["data_len"] = np.where(one, clen - DATA_CHUNK_OVERHEAD, 0)
+    d["fin"] = one & ((tf & FLAG_FIN) != 0)
+    nul = ~good
+    for f in ("nonce", "siblings", "position"):
+        m[f] = nul.copy()
+    m["data_start"] = ~one
+    return good, mini & good
 
 
 def _ragged_u32(u8, first: np.ndarray, counts: np.ndarray, width: int):
@@ -348,26 +405,29 @@ def _sacks(u8, first: np.ndarray, ns: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return off, np.stack([left, right, summ], axis=1)
 
 
-def _sub_ragged(off: np.ndarray, vals: np.ndarray, keep: np.ndarray):
-    starts = off[:-1][keep]
-    counts = off[1:][keep] - starts
-    new = np.zeros(len(keep) + 1, np.int64)
+def _sub_ragged(off: np.ndarray, vals: np.ndarray, keep: np.ndarray, k: int):
+    """The list column of `k` rows with only rows `keep`'s lists (the others empty)."""
+    counts = np.zeros(k, np.int64)
+    counts[keep] = off[1:][keep] - off[:-1][keep]
+    new = np.zeros(k + 1, np.int64)
     np.cumsum(counts, out=new[1:])
-    at = np.repeat(starts - new[:-1], counts) + np.arange(int(new[-1]))
+    at = np.repeat(off[:-1] - new[:-1], counts) + np.arange(int(new[-1]))
     return new, vals[at]
 
 
 MAC_PSEUDO_PACK = MAC_PSEUDO.pack
 
 
-def verify(cols: PacketColumns, raw: np.ndarray, verifier) -> None:
-    """mac_ok / nonce_ok of the vector rows with the secret: the row decoder's `Verifier`, row
-    by row (an HMAC each; the one implementation of both checks)."""
+def verify(cols: PacketColumns, cont: np.ndarray, rows: np.ndarray, verifier) -> None:
+    """mac_ok / nonce_ok of the vector rows `rows` with the secret (`cont`: every row's
+    continuation bytes): the row decoder's `Verifier`, row by row (an HMAC each; the one
+    implementation of both checks)."""
     d = cols.data
-    n = cols.n
-    mac_ok = np.zeros(n, bool)
-    nonce_ok = np.zeros(n, bool)
-    nonce_null = np.zeros(n, bool)
+    mac_ok, nonce_ok, nonce_null = d["mac_ok"], d["nonce_ok"], cols.mask["nonce_ok"]
+    full = ~cols.mask["mac"]
+    cols.mask["mac_ok"][rows] = ~full[rows]  # (a MINIMAL continuation has no MAC)
+    nonce_null[rows] = False
+    full = full.tolist()
     req = (d["direction"] == 0).tolist()
     src, dst = d["src"].tolist(), d["dst"].tolist()
     sport, dport = d["sport"].tolist(), d["dport"].tolist()
@@ -375,23 +435,19 @@ def verify(cols: PacketColumns, raw: np.ndarray, verifier) -> None:
     cseq, nonce = d["cont_seq"].tolist(), d["nonce"].tolist()
     so = d["sacks"].tolist()
     sv = cols.lists["sacks"].tolist()
-    body = raw.tobytes()
-    w = raw.shape[1] if raw.ndim == 2 else 0
-    for i in range(n):
+    body = cont.tobytes()
+    for i in rows.tolist():
         a, b = src[i].to_bytes(4, "big"), dst[i].to_bytes(4, "big")
-        at = i * w + _P
         if req[i]:
             pseudo = MAC_PSEUDO_PACK(a, b, sport[i], dport[i])
-            cont = body[at + REQUEST_CONT_OFFSET: at + REQUEST_CONT_OFFSET + FULL_LEN]
             sk = [tuple(x) for x in sv[so[i]:so[i + 1]]]
             ok = verifier.sacks_ok(cid[i], base[i], sk)
             nonce_null[i] = ok is None
             nonce_ok[i] = bool(ok)
+        elif not full[i]:
+            nonce_ok[i] = nonce[i] == 0  # (`parse.response_row`'s rule for MINIMAL)
+            continue
         else:
             pseudo = MAC_PSEUDO_PACK(b, a, dport[i], sport[i])
-            cont = body[at + RESPONSE_CONT_OFFSET: at + RESPONSE_FULL_LEN]
             nonce_ok[i] = verifier.nonces.packet_nonce(cid[i], base[i], cseq[i]) == nonce[i]
-        mac_ok[i] = verifier.mac_ok(pseudo, cont, epoch[i])
-    d["mac_ok"], d["nonce_ok"] = mac_ok, nonce_ok
-    cols.mask["mac_ok"] = np.zeros(n, bool)
-    cols.mask["nonce_ok"] = nonce_null
+        mac_ok[i] = verifier.mac_ok(pseudo, body[i * FULL_LEN:(i + 1) * FULL_LEN], epoch[i])

@@ -20,9 +20,14 @@ from collections.abc import Iterator
 import numpy as np
 
 from trickles_kit.capture.batches import MIN_NUMPY, decode_batches
-from trickles_kit.capture.colscan import scan_batch, verify
+from trickles_kit.capture.colscan import Scratch, scan_batch, verify
 from trickles_kit.capture.columns import PacketColumns
-from trickles_kit.capture.decode import _finish, _make_verifier, _note_wrong_secret
+from trickles_kit.capture.decode import (
+    _finish,
+    _make_verifier,
+    _note_wrong_secret,
+    _promote_all,
+)
 from trickles_kit.capture.events import derive_events
 from trickles_kit.capture.parse import default_config
 from trickles_kit.capture.pcapformat import RAW_LINKTYPES
@@ -43,12 +48,9 @@ def decode_columns(path: str | os.PathLike[str], secret: bytes | None = None,
     cfg = config if config is not None else default_config()
     dec = ColumnDecoder(path, secret, service_port, cfg, checksums)
     with dec:
-        parts = [p for chunk in dec.parts() for p in chunk]
+        tables = list(dec)
     cap = dec.capture
-    # one copy into the table: every batch's vector rows and row-decoder rows in their slots
-    pos = np.sort(np.concatenate([p.data["index"] for p in parts])) if parts else None
-    cap._set_columns(PacketColumns.interleave(
-        parts, [np.searchsorted(pos, p.data["index"]) for p in parts]))
+    cap._set_columns(PacketColumns.concat(tables))
     if dec.wrong_secret():
         _note_wrong_secret(cap)
         dec.verifier = None
@@ -56,6 +58,7 @@ def decode_columns(path: str | os.PathLike[str], secret: bytes | None = None,
         with no_gc():
             cap.events = derive_events(cap.packets, config=cfg, errors=cap.errors,
                                        verifier=dec.verifier, verdicts=cap.verdicts)
+            _promote_all()
         cap.events_derived = True
     return cap
 
@@ -84,63 +87,65 @@ class ColumnDecoder:
         self.ports: set[int] = set()
         self.index = 0  # datagrams so far (the row `index` of the next one)
         self.mac_seen = self.mac_verified = False
+        self.scratch = Scratch()
 
     def __iter__(self) -> Iterator[PacketColumns]:
-        for parts in self.parts():
-            cols = _merge(parts)
-            if cols.n:
-                yield cols
-
-    def parts(self) -> Iterator[list[PacketColumns]]:
-        """Per batch, its pieces: the vector rows and the row decoder's (`index` is each row's
-        record index; together, in index order, they are the batch's rows)."""
+        """The table of each batch in capture order (`index`: the record numbers)."""
         r = self.reader
         raw = r.format == "pcap" and r.linktype in RAW_LINKTYPES
         for buf, ts, starts, ends in (_raw_batches(r) if raw else _joined_batches(r)):
-            yield self.batch(buf, ts, starts, ends)
+            cols = self.batch(buf, ts, starts, ends)
+            if cols.n:
+                yield cols
         cap = self.capture
         cap.service_ports = ({self.service_port} if self.service_port is not None
                              else set(self.ports))
         _finish(cap, r)
 
     def batch(self, buf, ts: np.ndarray, starts: np.ndarray, ends: np.ndarray
-              ) -> list[PacketColumns]:
-        """The rows of one batch (datagram i = buf[starts[i]:ends[i]]), in pieces (`parts`)."""
+              ) -> PacketColumns:
+        """The rows of one batch (datagram i = buf[starts[i]:ends[i]]) as one table."""
         k = len(starts)
         base = self.index
         self.index += k
         if k < MIN_NUMPY:
-            parts = [self._rows(buf, ts, starts, ends, np.arange(k), self.ports, True)]
+            cols = self._rows(buf, ts, starts, ends, np.arange(k), self.ports, True)
         else:
-            parts = self._vector(buf, ts, starts, ends)
-        parts = [p for p in parts if p.n]
-        for p in parts:
-            p.data["index"] = p.data["index"] + base
-            self._note_macs(p)
-        return parts
+            cols = self._vector(buf, ts, starts, ends)
+        if cols.n:
+            cols.data["index"] += base
+            self._note_macs(cols)
+        return cols
 
-    def _vector(self, buf, ts, starts, ends) -> list[PacketColumns]:
+    def _vector(self, buf, ts, starts, ends) -> PacketColumns:
+        """The vector pass's table of the batch, the row decoder's rows laid over the rows it
+        left (`overlay`), the datagrams neither made a row of dropped."""
         u8 = np.frombuffer(buf, np.uint8)
         new: list[tuple[int, int]] = []
         scan = scan_batch(u8, starts, ends, ts, self.checksums,
                           lambda head, ok, syns: self._directions(head, ok, syns, new),
-                          strict=self.service_port is None)
+                          strict=self.service_port is None, scratch=self.scratch)
         if scan is None:  # a datagram whose layout the vector pass cannot place: all rows
-            return [self._rows(buf, ts, starts, ends, np.arange(len(starts)), self.ports, True)]
+            return self._rows(buf, ts, starts, ends, np.arange(len(starts)), self.ports, True)
+        cols = scan.cols
         if self.verifier is not None:
-            for cols, raw in zip(scan.parts, scan.raws, strict=True):
-                if cols.n:
-                    verify(cols, raw, self.verifier)
-        parts = list(scan.parts)
-        before = set(self.ports)
-        at = np.array([i for i, _ in new], np.int64)
-        g = np.searchsorted(at, scan.rest, side="right")
-        for j in np.unique(g).tolist():
-            sub = scan.rest[g == j]
-            ports = before | {p for _, p in new[:j]}
-            parts.append(self._rows(buf, ts, starts, ends, sub, ports, False))
+            verify(cols, scan.cont, np.flatnonzero(scan.taken), self.verifier)
+        keep = scan.taken
+        if len(scan.rest):
+            before = set(self.ports)
+            at = np.array([i for i, _ in new], np.int64)
+            g = np.searchsorted(at, scan.rest, side="right")
+            parts = []
+            for j in np.unique(g).tolist():
+                ports = before | {p for _, p in new[:j]}
+                parts.append(self._rows(buf, ts, starts, ends, scan.rest[g == j], ports, False))
+            rest = PacketColumns.concat(parts)  # (groups in order: so are their rows)
+            pos = rest.data["index"]
+            cols.overlay(pos, rest)
+            keep = keep.copy()
+            keep[pos] = True
         self.ports |= {p for _, p in new}
-        return parts
+        return cols if keep.all() else cols.take(np.flatnonzero(keep))
 
     def _directions(self, head, ok, syns, new: list) -> tuple[np.ndarray, np.ndarray]:
         """(request?, decided by port?) per datagram: `capture.decode`'s direction rule, the
@@ -210,17 +215,6 @@ class ColumnDecoder:
         self.close()
 
 
-def _merge(parts: list[PacketColumns]) -> PacketColumns:
-    """The pieces of a batch as one table in record order."""
-    if len(parts) == 1:
-        return parts[0]
-    if not parts:
-        return PacketColumns.empty()
-    pos = np.sort(np.concatenate([p.data["index"] for p in parts]))
-    return PacketColumns.interleave(parts, [np.searchsorted(pos, p.data["index"])
-                                            for p in parts])
-
-
 def _raw_batches(reader) -> Iterator[tuple[bytes, np.ndarray, np.ndarray, np.ndarray]]:
     """A classic pcap of raw IP: (window, times, starts, ends) of its IPv4 datagrams per window,
     the record headers read with numpy (`PcapReader.mapped_batches`)."""
@@ -233,7 +227,7 @@ def _raw_batches(reader) -> Iterator[tuple[bytes, np.ndarray, np.ndarray, np.nda
     try:
         for buf, offs in reader.mapped_batches(BIG_WINDOW):
             u8 = np.frombuffer(buf, np.uint8)
-            o = np.array(offs, np.int64)
+            o = np.asarray(offs, np.int64)  # (an array('q') of mapped_batches: no copy)
             h = np.lib.stride_tricks.sliding_window_view(u8, 16)[o].view(dt)[:, 0]
             incl = h["incl"].astype(np.int64)
             starts = o + 16
@@ -246,9 +240,11 @@ def _raw_batches(reader) -> Iterator[tuple[bytes, np.ndarray, np.ndarray, np.nda
                 other = int((~ip).sum()) - v6
                 if other:
                     skipped["not_ip"] += other
-            ts = h["sec"][ip].astype(np.float64) + h["frac"][ip].astype(np.float64) * scale
-            y += int(ip.sum())
-            yield buf, ts, starts[ip], starts[ip] + incl[ip]
+                h, starts, incl = h[ip], starts[ip], incl[ip]
+            ts = h["sec"].astype(np.float64)
+            ts += h["frac"] * scale
+            y += len(starts)
+            yield buf, ts, starts, starts + incl
     finally:
         reader.records = y
 

@@ -147,42 +147,48 @@ class PacketColumns:
         return PacketColumns(len(order), data, mask, self.cats, lists)
 
     @classmethod
-    def interleave(cls, parts: Sequence[PacketColumns], slots: Sequence[np.ndarray]
-                   ) -> PacketColumns:
-        """One table whose row ``slots[j][i]`` is row i of ``parts[j]`` (the slots of all parts
-        together being 0..n-1): the concatenation and a `take` in one copy."""
-        pairs = [(p, s) for p, s in zip(parts, slots, strict=True) if p.n]
-        if len(pairs) == 1:
-            return pairs[0][0]
-        if not pairs:
+    def concat(cls, parts: Sequence[PacketColumns]) -> PacketColumns:
+        """The tables one after the other (one copy; the error vocabularies merged)."""
+        parts = [p for p in parts if p.n]
+        if len(parts) == 1:
+            return parts[0]
+        if not parts:
             return cls.empty()
-        parts = [p for p, _ in pairs]
-        n = sum(p.n for p in parts)
-        vocab: list[str] = []
-        for p in parts:
-            vocab += [e for e in p.cats["error"] if e not in vocab]
+        vocab = _vocab(p.cats["error"] for p in parts)
         data: dict = {}
         mask: dict = {}
         lists: dict = {}
         for f, kind in KINDS.items():
             if kind.rstrip("?") in _WIDTH:
-                data[f], lists[f] = _interleave_ragged(pairs, f, n)
+                shift = np.cumsum([0] + [len(p.lists[f]) for p in parts])
+                data[f] = np.concatenate([p.data[f][:-1] + sh for p, sh in zip(
+                    parts, shift.tolist(), strict=False)] + [shift[-1:]])
+                lists[f] = np.concatenate([p.lists[f] for p in parts])
+            elif f == "error":
+                data[f] = np.concatenate([_recode(p.data[f], p.cats[f], vocab) for p in parts])
             else:
-                first = parts[0].data[f]
-                out = np.empty((n, *first.shape[1:]), first.dtype)
-                for p, s in pairs:
-                    out[s] = (_recode(p.data[f], p.cats[f], vocab) if f == "error"
-                              else p.data[f])
-                data[f] = out
+                data[f] = np.concatenate([p.data[f] for p in parts])
             if kind.endswith("?"):
-                m = np.zeros(n, bool)
-                for p, s in pairs:
-                    pm = p.mask.get(f)
-                    if pm is not None:
-                        m[s] = pm
-                mask[f] = m
+                mask[f] = np.concatenate([p.mask[f] for p in parts])
         cats = {fld: list(v) for fld, v in CATS.items()} | {"error": vocab}
-        return cls(n, data, mask, cats, lists)
+        return cls(sum(p.n for p in parts), data, mask, cats, lists)
+
+    def overlay(self, pos: np.ndarray, part: PacketColumns) -> None:
+        """Rows `pos` (ascending) become `part`'s rows, in place: how the row decoder's rows
+        join a batch's vector table. Rows `pos` must have empty lists here."""
+        if not part.n:
+            return
+        vocab = _vocab([self.cats["error"], part.cats["error"]])
+        for f, kind in KINDS.items():
+            if kind.rstrip("?") in _WIDTH:
+                self.data[f], self.lists[f] = _overlay_ragged(
+                    self.data[f], self.lists[f], pos, part.data[f], part.lists[f])
+            else:
+                self.data[f][pos] = (_recode(part.data[f], part.cats[f], vocab)
+                                     if f == "error" else part.data[f])
+            if kind.endswith("?"):
+                self.mask[f][pos] = part.mask[f]
+        self.cats["error"] = vocab
 
     def to_pandas(self):
         """A pandas DataFrame, `ROW_FIELDS` columns, built from the arrays (see `frames`)."""
@@ -224,22 +230,28 @@ def _ragged_of(vals: list, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return offsets, values, nulls
 
 
-def _interleave_ragged(pairs: list, f: str, n: int) -> tuple[np.ndarray, np.ndarray]:
-    counts = np.zeros(n, np.int64)
-    for p, s in pairs:
-        counts[s] = np.diff(p.data[f])
-    off = np.zeros(n + 1, np.int64)
-    np.cumsum(counts, out=off[1:])
-    width = pairs[0][0].lists[f].shape[1]
-    values = np.empty((int(off[-1]), width), np.int64)
-    for p, s in pairs:
-        c = np.diff(p.data[f])
-        if not c.sum():
-            continue
-        start = p.data[f][0]
-        dest = np.repeat(off[s] - (p.data[f][:-1] - start), c) + np.arange(int(c.sum()))
-        values[dest] = p.lists[f][start:start + int(c.sum())]
-    return off, values
+def _vocab(lists) -> list[str]:
+    out: list[str] = []
+    for names in lists:
+        out += [e for e in names if e not in out]
+    return out
+
+
+def _overlay_ragged(off: np.ndarray, vals: np.ndarray, pos: np.ndarray, poff: np.ndarray,
+                    pvals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    counts = np.diff(off)
+    assert not counts[pos].any()
+    pc = np.diff(poff)
+    counts[pos] = pc
+    new = np.zeros(len(off), np.int64)
+    np.cumsum(counts, out=new[1:])
+    out = np.empty((int(new[-1]), vals.shape[1]), np.int64)
+    m = int(off[-1] - off[0])
+    out[np.repeat(new[:-1] - off[:-1], np.diff(off)) + np.arange(m) + off[0]] = vals[
+        off[0]:off[-1]]
+    pm = int(poff[-1] - poff[0])
+    out[np.repeat(new[pos] - poff[:-1], pc) + np.arange(pm) + poff[0]] = pvals[poff[0]:poff[-1]]
+    return new, out
 
 
 def _take_ragged(off: np.ndarray, vals: np.ndarray, order: np.ndarray
@@ -260,25 +272,38 @@ def _recode(codes: np.ndarray, cats: list, vocab: list) -> np.ndarray:
 
 
 def _py_values(pc: PacketColumns, f: str) -> list:
+    """Column `f` as the row decoder's Python values, built through object arrays (the nulls
+    set in one masked assignment, not one Python store each)."""
     kind = KINDS[f].rstrip("?")
     v = pc.data[f]
+    m = pc.mask.get(f)
+    if m is not None and not m.any():
+        m = None
     if kind == "cat":
-        names = pc.cats[f] + [None]
-        vals = [names[c] for c in v.tolist()]
+        out = np.array(pc.cats[f] + [None], object)[v]
     elif kind == "addr":
-        names = {int(a): socket.inet_ntoa(int(a).to_bytes(4, "big")) for a in np.unique(v)}
-        vals = [names[a] for a in v.tolist()]
+        uniq, inv = np.unique(v, return_inverse=True)
+        out = np.array([socket.inet_ntoa(int(a).to_bytes(4, "big")) for a in uniq.tolist()]
+                       + [None], object)[inv]
     elif kind == "mac":
         raw = v.tobytes()
-        vals = [raw[i:i + 16] for i in range(0, len(raw), 16)]
+        if m is None:
+            return [raw[i:i + 16] for i in range(0, len(raw), 16)]
+        return [None if null else raw[i:i + 16]
+                for i, null in zip(range(0, len(raw), 16), m.tolist(), strict=True)]
     elif kind in _WIDTH:
-        lv = pc.lists[f].tolist()
-        o = v.tolist()
-        vals = [[tuple(x) for x in lv[o[i]:o[i + 1]]] for i in range(pc.n)]
+        return _py_lists(pc, f, m)
     else:
-        vals = v.tolist()
-    m = pc.mask.get(f)
-    if m is not None and m.any():
-        for i in np.flatnonzero(m).tolist():
-            vals[i] = None
-    return vals
+        out = v.astype(object)
+    if m is not None:
+        out[m] = None
+    return out.tolist()
+
+
+def _py_lists(pc: PacketColumns, f: str, m: np.ndarray | None) -> list:
+    """A list column as lists of tuples (None where null), a Python step per row."""
+    lv = list(map(tuple, pc.lists[f].tolist()))
+    o = pc.data[f].tolist()
+    if m is None:  # (a fresh list a row)
+        return [lv[a:b] for a, b in zip(o, o[1:], strict=False)]
+    return [None if null else lv[a:b] for a, b, null in zip(o, o[1:], m.tolist(), strict=False)]

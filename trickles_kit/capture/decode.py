@@ -126,7 +126,8 @@ __all__ = ["Capture", "PacketRow", "PacketStream", "decode_pcap", "derive_events
 
 def decode_pcap(path: str | os.PathLike[str], secret: bytes | None = None,
                 service_port: int | None = None, *, config=None,
-                events: bool = True, checksums: bool = True) -> Capture:
+                events: bool = True, checksums: bool = True,
+                columnar: bool | None = None) -> Capture:
     """Decode `path` (pcap or pcapng). See the module docstring for every rule.
 
     `secret` (the master secret) enables the MAC and nonce verdicts; `service_port` fixes the
@@ -139,7 +140,21 @@ def decode_pcap(path: str | os.PathLike[str], secret: bytes | None = None,
     The capture is read a window at a time (see `pcapio`): memory grows with the Trickles
     packets kept in the table, never with the file's size. `PacketStream` decodes the same rows
     batch by batch without keeping them.
+
+    `columnar`: decode whole batches with numpy into a `PacketColumns` table
+    (`capture.columnar`; the same rows, events and verdicts, tests/capture/test_columnar.py)
+    — the default when numpy is installed; False: the row decoder (`capture.batches`), the
+    one to read to learn the format.
     """
+    if columnar is not False:
+        try:
+            from trickles_kit.capture import columnar as col  # lazy: needs numpy (optional)
+        except ImportError:
+            if columnar:
+                raise
+        else:
+            return col.decode_columns(path, secret, service_port, config=config,
+                                      events=events, checksums=checksums)
     cfg = config if config is not None else default_config()
     verifier = _make_verifier(secret, cfg)
     promote = gc.isenabled()

@@ -100,9 +100,12 @@ class _CaptureView:
         self.cfg = cfg
         self.verifier = verifier
         self.max_epoch = -1  # the newest key epoch the server was seen sealing with
-        self.genuine: dict[bytes, tuple] = {}  # MAC -> covered fields, of server-sent conts
+        # MAC -> the last server-sent row carrying it (what it covers: `covered(row, True)`,
+        # computed only when a request with that MAC is judged)
+        self.genuine: dict[bytes, PacketRow] = {}
         # replay key -> (t, covered fields, answered)
-        self.history: dict[int, tuple[float, tuple, bool]] = {}
+        # (the request row, not its covered fields: those are compared only on a repeat)
+        self.history: dict[int, tuple[float, PacketRow, bool]] = {}
         self.inferred = False  # the last refusal was inferred without the secret
 
     def view(self) -> View:
@@ -121,7 +124,7 @@ class _CaptureView:
         if self.verifier is not None:
             return row.mac_ok
         known = self.genuine.get(row.mac)  # type: ignore[arg-type]
-        if known is not None and known != covered(row):
+        if known is not None and covered(known, response=True) != covered(row):
             self.inferred = True  # a MAC the server sealed over other bytes
             return False
         return None
@@ -132,9 +135,9 @@ class _CaptureView:
         if prev is not None and now - prev[0] > fresh + fresh / 12:
             prev = None
         if prev is None:
-            self.history[key] = (now, covered(row), False)
+            self.history[key] = (now, row, False)
             return None
-        if self.verifier is not None or prev[1] == covered(row):
+        if self.verifier is not None or covered(prev[1]) == covered(row):
             return Reason.REPLAY
         if prev[2]:  # an answered request proved this MAC belongs to other bytes
             self.inferred = True
@@ -230,7 +233,7 @@ class _Derivation:
                 if row.key_epoch > cv.max_epoch:
                     cv.max_epoch = row.key_epoch
                 # a continuation the server emitted is genuine: remember what its MAC covers
-                cv.genuine[row.mac] = covered(row, response=True)  # type: ignore[index]
+                cv.genuine[row.mac] = row  # type: ignore[index]
             if row.flags & SYN:
                 self.synack(row)
                 continue
@@ -326,7 +329,7 @@ class _Derivation:
         age = (int(row.t * 1000) - row.timestamp) & U32  # type: ignore[operator]
         key = replay_key(row.mac, _TYPES[row.req_type], age,  # type: ignore[arg-type,index]
                          self.cfg.slowstart_bucket)
-        self.cv.history[key] = (row.t, covered(row), True)
+        self.cv.history[key] = (row.t, row, True)
         i = row.index
         self.verdicts[i] = ADMITTED
         if row.sacks:

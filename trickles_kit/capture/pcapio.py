@@ -39,13 +39,14 @@ A pipe is read in order and can be walked once.
 
 from __future__ import annotations
 
+import array
 import mmap
 import os
 import stat
 import struct
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from operator import length_hint
 from typing import NamedTuple
 
@@ -93,6 +94,9 @@ __all__ = [
     "read_pcap", "strip_link", "write_pcap", "write_pcapng",
 ]
 _PACKET_BLOCKS = (PCAPNG_EPB, PCAPNG_SPB, PCAPNG_PB)
+# records per batch of `mapped_batches` at most: a window of empty records would otherwise be
+# a million offsets (and the columnar decoder's arrays of them) at once
+MAX_BATCH_RECORDS = 1 << 16
 BIG_WINDOW = 1 << 24  # bytes per window of `offset_batches` (16 MiB: ~20k records of a bulk run)
 
 
@@ -348,7 +352,7 @@ class PcapReader:
         finally:
             self.frames = n
 
-    def mapped_batches(self, span: int = BIG_WINDOW) -> Iterator[tuple[bytes, list[int]]]:
+    def mapped_batches(self, span: int = BIG_WINDOW) -> Iterator[tuple[bytes, Sequence[int]]]:
         """`offset_batches` over the file mapped whole (a regular file; otherwise the windows of
         `offset_batches`): no copy of the bytes at all, and the pages behind each batch are
         dropped (`MADV_DONTNEED`), so what stays resident is about `span` bytes."""
@@ -362,9 +366,23 @@ class PcapReader:
         try:
             while off < size:
                 stop = min(off + span, size)
-                offs: list[int] = []
+                offs = array.array("q")  # (numpy takes it without a copy; appends as a list's)
                 add = offs.append
+                safe = min(stop, size - 16 - MAX_RECORD)  # (no record from here can overrun)
+                for _ in range(MAX_BATCH_RECORDS):
+                    if off >= safe:
+                        break
+                    incl = u32(mm, off + 8)[0]
+                    if incl > MAX_RECORD:
+                        break
+                    add(off)
+                    off += 16 + incl
+                else:
+                    stop = off  # a batch of tiny records is full: the next starts here
                 while off < stop and off + 16 <= size:
+                    if len(offs) >= MAX_BATCH_RECORDS:
+                        stop = off
+                        break
                     incl = u32(mm, off + 8)[0]
                     end = off + 16 + incl
                     if end > size or incl > MAX_RECORD:

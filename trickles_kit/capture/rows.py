@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from itertools import starmap
+from operator import attrgetter
 
 from trickles_kit.core.events import Event
 
@@ -200,10 +201,14 @@ class Capture:
         return pd.DataFrame(cols, columns=list(ROW_FIELDS))
 
     def events_df(self):
+        """The events as a DataFrame, built column by column (a list per field: pandas infers
+        each column once instead of reading a tuple per event)."""
         pd = _pandas()
-        rows = [(e.kind, e.t, e.side, e.conn_id, e.pkt, e.ack, e.cwnd, e.ssthresh, e.tcp_base,
-                 e.state, e.detail) for e in self.events]
-        return pd.DataFrame.from_records(rows, columns=list(EVENT_FIELDS))
+        ev = self.events
+        if not ev:
+            return pd.DataFrame.from_records([], columns=list(EVENT_FIELDS))
+        cols = {f: list(map(attrgetter(f), ev)) for f in EVENT_FIELDS}
+        return pd.DataFrame(cols, columns=list(EVENT_FIELDS))
 
     def summary(self) -> str:
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(self.event_counts().items()))
