@@ -73,6 +73,9 @@ _IN_HDR = struct.Struct("!HHxxxxxxxxBB").unpack_from  # ports, data offset, flag
 _OPT_PREFIX = bytes((OPT_KIND, 6)) + OPT_EXID.to_bytes(2, "big")
 _OFFSET_BYTE = (HEADER_LEN // 4) << 4
 _MIN_LEN = HEADER_LEN + REQUEST_HEAD_LEN + 15  # header, head, one SACK, ucont length, ranges
+# the counters' keys as plain strings (the same keys: a StrEnum member hashes and compares as its
+# value), which a dict looks up on its fast path for exact strings
+_CONTINUE, _SPLIT = str(CONTINUE), str(SPLIT)
 
 
 class FastPath:
@@ -89,6 +92,10 @@ class FastPath:
         self.counters: Counter[str] = eng.counters
         self.sip: bytes = eng.service_ip
         self.sport: int = eng.service_port
+        # the MAC state of the last epoch asked for: an epoch's key never changes (HKDF of the
+        # secret and the epoch), so this saves a call into the key ring on most requests
+        self._h_epoch = -1
+        self._hasher: Any = None
 
     def receive(self, segment: bytes, client_ip: bytes, now: float) -> list[bytes]:
         """Process one TCP-format segment from `client_ip`; never raises on bad input."""
@@ -103,8 +110,7 @@ class FastPath:
             cport, dport, off, tflags = _IN_HDR(segment, 0)
             if (dport != self.sport or off != _OFFSET_BYTE or tflags & SYN
                     or segment[20:24] != _OPT_PREFIX
-                    or (ones_sum(_TCP_PSEUDO(client_ip, sip, 0, 6, n)) + ones_sum(segment))
-                    % 0xFFFF):
+                    or ones_sum(_TCP_PSEUDO(client_ip, sip, 0, 6, n) + segment)):
                 return eng.receive_slow(segment, client_ip, now)
             p = segment[HEADER_LEN:]
             n -= HEADER_LEN
@@ -155,7 +161,7 @@ class FastPath:
             if sc is not None and covered + mac in sc:
                 sc.lookup(covered + mac)  # (refreshes it and counts the hit, as admission's hook)
             else:
-                h = self.keys.mac_hasher(epoch).copy()
+                h = self._mac_state(epoch).copy()
                 h.update(covered)
                 if not compare_digest(h.digest(), mac):
                     return eng.receive_slow(segment, client_ip, now)
@@ -166,6 +172,13 @@ class FastPath:
             return eng.receive_slow(segment, client_ip, now)
         # committed: from here on this request is this path's
         return self._answer(f, p, client_ip, cport, pseudo, ranges, uend, rend, age, now)
+
+    def _mac_state(self, epoch: int) -> Any:
+        """`KeyRing.mac_hasher(epoch)`, remembered for the last epoch asked for."""
+        if epoch != self._h_epoch:
+            self._hasher = self.keys.mac_hasher(epoch)
+            self._h_epoch = epoch
+        return self._hasher
 
     def _answer(self, f: tuple[Any, ...], p: bytes, cip: bytes, cport: int, pseudo: bytes,
                 ranges: list[tuple[int, int]], uend: int, rend: int, age: int,
@@ -191,8 +204,11 @@ class FastPath:
             count = cwnd(k, base, c0, ss) - prev + 1
             nranges = len(ranges)
             mss: int = eng.cfg.mss  # type: ignore[assignment]  # (resolved: never None)
-            slots = [OutSlot(first + i, mss, ranges[i] if i < nranges else None)
-                     for i in range(count)]
+            if count == 1:  # (the common case)
+                slots = [OutSlot(first, mss, ranges[0] if nranges else None)]
+            else:
+                slots = [OutSlot(first + i, mss, ranges[i] if i < nranges else None)
+                         for i in range(count)]
             ucont = p[REQUEST_HEAD_LEN + 14:uend]
             msk = Minisocket("REQUEST", (cip, cport), f[15], p[rend:], ucont, ranges, slots,
                              now)
@@ -219,8 +235,8 @@ class FastPath:
         base: int = f[14]
         cid: int = f[15]
         keys = self.keys
-        sealing = keys.sealing_epoch(now)
-        keyed = keys.mac_hasher(sealing)
+        sealing = keys.current(now)  # (= sealing_epoch)
+        keyed = self._mac_state(sealing)
         ts_now = int(now * 1000) & _U32
         mrtt = (age * 8 if mrtt == 0 else mrtt - (mrtt >> 3) + age) & _U32
         nonces = self.nonces
@@ -259,7 +275,7 @@ class FastPath:
                 tail += _FINHINT(0x40, 7, slot.finhint)
             out.append(_segment(head0, sip, cip, sport, cport, pkt, k, flags, head, data, tail,
                                 RESPONSE_HEADER_LEN + 75 + len(u)))
-            counters[CONTINUE if i == 0 else SPLIT] += 1
+            counters[_CONTINUE if i == 0 else _SPLIT] += 1
         counters["tx"] += count
         return out
 
@@ -276,7 +292,9 @@ def _segment(head0: bytes, sip: bytes, cip: bytes, sport: int, cport: int, seq: 
                    tlen, 1, 1)
     front = head0 + n.to_bytes(2, "big") + hdr + head
     if not len(head) & 1 and not len(data) & 1:
-        s = ones_sum(front) + ones_sum(data) + ones_sum(tail + b"\0" if len(tail) & 1 else tail)
+        s = ones_sum(front) + ones_sum(data)
+        if tail:
+            s += ones_sum(tail + b"\0" if len(tail) & 1 else tail)
     else:
         rest = data + tail
         s = ones_sum(front + rest + b"\0" if (len(head) + len(rest)) & 1 else front + rest)
