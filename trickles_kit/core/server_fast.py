@@ -51,7 +51,7 @@ from trickles_kit.wire.messages import (
 from trickles_kit.wire.segment import ACK, FIN, HEADER_LEN, OPT_EXID, OPT_KIND, SYN, ones_sum
 
 if TYPE_CHECKING:  # (types only: core.server imports this module)
-    from trickles_kit.core.server import ServerEngine
+    from trickles_kit.core.server import ServerConfig, ServerEngine
 
 _U32 = 0xFFFFFFFF
 _HEAD = REQUEST_HEAD.unpack_from
@@ -90,6 +90,7 @@ class FastPath:
         self.keys: KeyRing = eng.keys
         self.nonces: NonceGen = eng.nonces
         self.counters: Counter[str] = eng.counters
+        self.cfg: ServerConfig = eng.cfg  # (its fields are read per request: they may change)
         self.sip: bytes = eng.service_ip
         self.sport: int = eng.service_port
         # the MAC state of the last epoch asked for: an epoch's key never changes (HKDF of the
@@ -125,7 +126,7 @@ class FastPath:
             cid: int = f[15]
             epoch: int = f[16]
             left, right, summary, ulen = _SACK1(p, REQUEST_HEAD_LEN)
-            cfg = eng.cfg
+            cfg = self.cfg
             age: int = (int(now * 1000) - f[7]) & _U32
             # the plan's shape (the normal step) and admission's stages short of the replay table,
             # pure: a request any of them would refuse or plan otherwise takes the general path
@@ -203,7 +204,7 @@ class FastPath:
             first = k + prev
             count = cwnd(k, base, c0, ss) - prev + 1
             nranges = len(ranges)
-            mss: int = eng.cfg.mss  # type: ignore[assignment]  # (resolved: never None)
+            mss: int = self.cfg.mss  # type: ignore[assignment]  # (resolved: never None)
             if count == 1:  # (the common case)
                 slots = [OutSlot(first, mss, ranges[0] if nranges else None)]
             else:
@@ -241,7 +242,7 @@ class FastPath:
         mrtt = (age * 8 if mrtt == 0 else mrtt - (mrtt >> 3) + age) & _U32
         nonces = self.nonces
         sip, sport = self.sip, self.sport
-        echo = ucont if self.eng.cfg.echo_ucont else b""
+        echo = ucont if self.cfg.echo_ucont else b""
         head0 = _TCP_PSEUDO(sip, cip, 0, 6, 0)[:10]  # the pseudo-header but its length
         counters = self.counters
         out = []
