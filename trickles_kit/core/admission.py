@@ -75,7 +75,7 @@ class Reason(Name):
             return text
 
 
-_KINDS = {
+_KINDS: dict[str, str] = {
     Reason.KEY_EPOCH: ev.MAC_FAIL, Reason.MAC: ev.MAC_FAIL,
     Reason.FUTURE: ev.STALE_DROP, Reason.STALE: ev.STALE_DROP,
     Reason.NONCE: ev.NONCE_FAIL,
@@ -85,7 +85,7 @@ _KINDS = {
 
 def event_kind(reason: Reason | str) -> str:
     """The event a refusal is logged as (`drop` unless the reason has its own kind)."""
-    return _KINDS.get(reason, ev.DROP)  # type: ignore[call-overload]
+    return _KINDS.get(reason, ev.DROP)
 
 
 class Rules(Protocol):
@@ -117,7 +117,7 @@ class View:
     epoch_ok: Callable[[int, float], bool | None] | None = None
     mac_ok: Callable[[Continuation, Any], bool | None] | None = None
     summary: Callable[[int, int, int, int], int] | None = None
-    seen: Callable[[int, float, float, Any], Reason | None] | None = None
+    seen: Callable[[int, float, float, Any], Reason | str | None] | None = None
 
 
 class Verdict(NamedTuple):
@@ -207,11 +207,11 @@ def admit(rtype: int, c: Continuation, sacks: Sequence[tuple[int, int, int]], no
     `c` is its FULL continuation, `sacks` its (left, right, summary) blocks, `now` the server's
     clock in seconds. `plan`, when given, is `plan_of` computed already by the caller.
     """
-    hook = view.epoch_ok
-    if hook is not None and hook(c.key_epoch, now) is False:
+    epoch_ok = view.epoch_ok
+    if epoch_ok is not None and epoch_ok(c.key_epoch, now) is False:
         return _new(Verdict, (Reason.KEY_EPOCH, 0, None, None, 0))
-    hook = view.mac_ok
-    mac = hook(c, token) if hook is not None else None
+    mac_ok = view.mac_ok
+    mac = mac_ok(c, token) if mac_ok is not None else None
     if mac is False:
         return _new(Verdict, (Reason.MAC, 0, None, None, 0))
     if bad_cont(c.seq, c.tcp_base, c.start_cwnd, c.ssthresh):
@@ -226,22 +226,22 @@ def admit(rtype: int, c: Continuation, sacks: Sequence[tuple[int, int, int]], no
             return _new(Verdict, (Reason.STALE, age, None, None, 0))
     blocks, why = check_sacks(c.seq, c.tcp_base, c.conn_id, sacks, rules.max_sacks,
                               view.summary)
-    if why is not None:
+    if why is not None or blocks is None:
         return _new(Verdict, (why, age, None, None, 0))
     if rtype == REQ_SLOWSTART and age < rules.slowstart_min_age * 1000:
         # a timeout fires at least one minimum RTO after the newest packet arrived: a younger
         # continuation is a client choosing SLOWSTART to skip a window halving
         return _new(Verdict, (Reason.EARLY_SLOWSTART, age, blocks, None, 0))
     key = replay_key(c.mac, rtype, age, rules.slowstart_bucket)
-    hook = view.seen
-    if hook is not None:
+    seen = view.seen
+    if seen is not None:
         # sealed when, in whole milliseconds as sealed: `now - age/1000` would carry now's
         # sub-millisecond fraction and could put a replay one tick above the horizon its own
         # eviction set
-        why = hook(key, now, (now_ms - (age - (1 << 32) if age >= 1 << 31 else age)) / 1000,
-                   token)
-        if why is not None:
-            return _new(Verdict, (why, age, blocks, None, key))
+        replayed = seen(key, now,
+                        (now_ms - (age - (1 << 32) if age >= 1 << 31 else age)) / 1000, token)
+        if replayed is not None:
+            return _new(Verdict, (replayed, age, blocks, None, key))
     if rtype == REQ_FIN:
         return _new(Verdict, (None, age, blocks, None, key))
     if plan is None:

@@ -68,10 +68,11 @@ class KeyRing:
             self._epoch = slot
         return self._epoch
 
-    # Epoch to seal with now: the current one. Sealing changes nothing, so no amount of
-    # traffic can move the epoch away from what a replica with the same clock computes.
-    # (An alias, not a wrapper: it runs once per request.)
-    sealing_epoch = current
+    def sealing_epoch(self, now: float) -> int:
+        """The epoch to seal with at `now`: the current one. Sealing changes nothing, so no
+        amount of traffic can move the epoch away from what a replica with the same clock
+        computes. (A method, not an alias of `current`: a compiled class body cannot alias.)"""
+        return self.current(now)
 
     def rotate(self) -> int:
         """Start the next epoch now, in this process only (an operator's or a test's action, never

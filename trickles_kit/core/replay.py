@@ -17,6 +17,13 @@ import os
 import struct
 from array import array
 
+# Table geometry, at module level: a compiled (mypyc) class body cannot read its own earlier
+# names, and the per-request path reads module constants faster than class attributes.
+_WAYS = 16  # slots per row: at 50 % load a row overflows about once in 10^5
+_TICK = 0.01  # seal stamps in 10 ms ticks (u32: 497 days from the table's start)
+_ROW = struct.Struct(f"={_WAYS}Q").unpack_from  # native order: reads the arrays in place
+_STAMPS = struct.Struct(f"={_WAYS}I").unpack_from
+
 
 def slowstart_age_bucket(age_ms: float, unit_ms: float = 100.0) -> int:
     """Which SLOWSTART a continuation of this age may still make (one per bucket).
@@ -58,19 +65,17 @@ class ReplayHistory:
                  "_count", "_hkey", "_keyed", "_base", "evicted", "refused")
 
     ENTRY_BYTES = 12  # an 8-byte key and a 4-byte seal stamp per slot, allocated up front
-    WAYS = 16  # slots per row: at 50 % load a row overflows about once in 10^5
-    TICK = 0.01  # seal stamps in 10 ms ticks (u32: 497 days from the table's start)
-    _ROW = struct.Struct(f"={WAYS}Q")  # native order: reads the arrays in place
-    _STAMPS = struct.Struct(f"={WAYS}I")
+    WAYS = _WAYS
+    TICK = _TICK
 
     def __init__(self, freshness: float = 120.0, max_entries: int = 1 << 20,
                  hash_key: bytes | None = None) -> None:
         if freshness <= 0 or max_entries < 1:
             raise ValueError("freshness and max_entries must be positive")
         self.freshness = freshness
-        self._nb = -(-max_entries // self.WAYS)
-        self.max_entries = self._nb * self.WAYS
-        self.width = self.TICK
+        self._nb = -(-max_entries // _WAYS)
+        self.max_entries = self._nb * _WAYS
+        self.width = _TICK
         self._keys = array("Q", bytes(8 * self.max_entries))
         self._stamps = array("I", bytes(4 * self.max_entries))  # 0 marks an empty slot
         self._horizon = array("I", bytes(4 * self._nb))
@@ -94,10 +99,16 @@ class ReplayHistory:
         h.update(key.to_bytes(8, "little"))
         return int.from_bytes(h.digest(), "little") % self._nb
 
+    def _origin(self, t: float) -> float:
+        """The tick origin, set by the first call: room below for continuations sealed before
+        the start."""
+        base = self._base
+        if base is None:
+            base = self._base = t - 2 * self.freshness - 10.0
+        return base
+
     def _tick(self, t: float) -> int:
-        if self._base is None:  # leave room below for continuations sealed before the start
-            self._base = t - 2 * self.freshness - 10.0
-        return min(max(int((t - self._base) / self.TICK) + 1, 1), 0xFFFFFFFF)
+        return min(max(int((t - self._origin(t)) / _TICK) + 1, 1), 0xFFFFFFFF)
 
     def seen(self, key: int, now: float, sealed: float, token: object = None) -> str | None:
         """`check_and_add` as admission's replay hook (`core.admission.View.seen`): None when
@@ -117,14 +128,13 @@ class ReplayHistory:
         """
         h = self._keyed.copy()  # self.row(key), inlined: this runs once per request
         h.update(key.to_bytes(8, "little"))
-        r = int.from_bytes(h.digest(), "little") % self._nb
-        b = r * self.WAYS
-        tick = self.TICK
+        r: int = int.from_bytes(h.digest(), "little") % self._nb
+        b = r * _WAYS
+        tick = _TICK
         stamps = self._stamps
         base = self._base
         if base is None:
-            self._tick(now)  # sets the tick origin
-            base = self._base
+            base = self._origin(now)
         # self._tick(now) and self._tick(sealed), inlined
         cur = int((now - base) / tick) + 1
         cur = 1 if cur < 1 else cur if cur < 0xFFFFFFFF else 0xFFFFFFFF
@@ -134,7 +144,7 @@ class ReplayHistory:
             seal = int((sealed - base) / tick) + 1
             seal = 1 if seal < 1 else seal if seal < 0xFFFFFFFF else 0xFFFFFFFF
         live = cur - int(self.freshness / tick) - 2  # older seals are stale: slot is free
-        row = self._ROW.unpack_from(self._keys, b * 8)
+        row = _ROW(self._keys, b * 8)
         if key in row:
             i = b + row.index(key)
             if stamps[i] and stamps[i] >= live:
@@ -144,7 +154,7 @@ class ReplayHistory:
         if seal <= self._horizon[r]:
             self.refused += 1
             return False
-        st = self._STAMPS.unpack_from(stamps, b * 4)
+        st = _STAMPS(stamps, b * 4)
         oldest = min(st)
         i = b + st.index(oldest)
         if not oldest:
