@@ -185,8 +185,10 @@ def packet_bound(rtype: int, cont: Continuation | None, blocks: list[tuple[int, 
     initial window (startCwnd, <= 64 for sealable ones); a contiguous proof is the normal step,
     k + cwnd(k-1) .. k + cwnd(k), and cwnd grows by at most 1 per ack (slow start +1, congestion
     avoidance holds w for w acks, MAX_CWND cap), so <= 2 (the contract's 5 is looser); otherwise
-    the recovery plan: the hole before k (<= max_gap retransmissions) + one bootstrap per lost
-    packet inside the bootstrap range (<= max_gap) + the bootstrap of k itself.
+    the recovery plan: one bootstrap per packet of the hole before k inside the bootstrap range
+    (<= max_gap) + the bootstrap of k itself, or the retransmission of the first loss + the
+    bootstraps of its hole's packets from the bootstrap range on (the hole starts before that
+    range: <= max_gap in all).
     """
     if rtype in (REQ_SYN, REQ_FIN):
         return 1, "syn/fin"
@@ -203,7 +205,7 @@ def packet_bound(rtype: int, cont: Continuation | None, blocks: list[tuple[int, 
     acks = 2 if cont.type == FULL2 else 1
     if pl.first_missing(blocks, base, k) is None:
         return 2 * acks + (acks - 1), "normal" if acks == 1 else "normal.paired"
-    return (2 * max_gap + 1) * acks + (acks - 1), (
+    return (max_gap + 1) * acks + (acks - 1), (
         "recovery plan" if acks == 1 else "recovery plan.paired")
 
 

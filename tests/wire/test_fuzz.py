@@ -148,7 +148,7 @@ def test_forgery_slice() -> None:
 # --------------------------------------------------------------------------- the oracles
 def test_packet_bound_covers_plan() -> None:
     """packet_bound (derived from core/plan.py) is never exceeded by plan_request over random
-    sealable continuations and proofs, and the recovery bound 2 * max_gap + 1 is reached."""
+    sealable continuations and proofs, and the recovery bound max_gap + 1 is reached."""
     rng = random.Random(3)
     worst: dict[str, int] = {}
     for _ in range(20_000):
@@ -182,7 +182,7 @@ def test_packet_bound_covers_plan() -> None:
     blocks = [(1, first_loss - 1), (first_loss + 1, k - pl.MAX_GAP - 1)]
     plan = pl.plan_request(k, base, c0, c0, NORMAL, blocks)
     cont = Continuation(FULL1, k, 0, 0, 0, 0, 0, 0, NORMAL, 0, 0, c0, c0, base)
-    assert len(plan.slots) == fc.packet_bound(REQ_NORMAL, cont, blocks, pl.MAX_GAP)[0] == 41
+    assert len(plan.slots) == fc.packet_bound(REQ_NORMAL, cont, blocks, pl.MAX_GAP)[0] == 21
 
 
 def test_sealable_accepts_what_the_server_seals() -> None:

@@ -96,9 +96,8 @@ def plan_paired(k: int, tcp_base: int, start_cwnd: int, ssthresh: int, state: in
     if fl >= 0:
         # the last regular packet of the ending epoch, when it is a PAIR packet, has no FULL2
         # partner: the request just before it emits its bootstrap packet
-        lr = fl - 1 + cwnd(fl - 1, tcp_base, start_cwnd, ssthresh)
+        new, lr, _ = pl.recovery_window(fl, tcp_base, start_cwnd, ssthresh)
         if k + 1 == lr and pair_type(lr, tcp_base, start_cwnd, ssthresh) == PAIR:
-            new = max(cwnd(fl, tcp_base, start_cwnd, ssthresh) // 2, 1)
             nb = lr + 1
             slots.append(pl.Slot(pkt=nb + new - 1, kind=pl.BOOT, ctype=FULL2, state=BOOTSTRAP,
                                  tcp_base=nb, start_cwnd=new, ssthresh=new, first_loss=fl,

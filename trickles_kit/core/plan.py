@@ -194,6 +194,16 @@ def plan_request(
     return _recovery(k, tcp_base, start_cwnd, ssthresh, blocks, loss, max_gap)
 
 
+def recovery_window(first_loss: int, tcp_base: int, start_cwnd: int,
+                    ssthresh: int) -> tuple[int, int, int]:
+    """(new_cwnd, last_regular, boot_start) of a recovery from `first_loss` (§7.4): the acks
+    boot_start .. last_regular of the old window each clock out one packet of the new epoch,
+    whose TCPBase is last_regular + 1."""
+    new_cwnd = max(cwnd(first_loss, tcp_base, start_cwnd, ssthresh) // 2, 1)
+    last_regular = first_loss - 1 + cwnd(first_loss - 1, tcp_base, start_cwnd, ssthresh)
+    return new_cwnd, last_regular, last_regular - new_cwnd + 1
+
+
 def _recovery(
     k: int,
     tcp_base: int,
@@ -203,34 +213,29 @@ def _recovery(
     first_loss: int,
     max_gap: int,
 ) -> Plan:
-    orig = cwnd(first_loss, tcp_base, start_cwnd, ssthresh)
-    new_cwnd = max(orig // 2, 1)
-    last_regular = first_loss - 1 + cwnd(first_loss - 1, tcp_base, start_cwnd, ssthresh)
+    """Recovery (§7.4) like TCP's SACK recovery (RFC 6675): one fast retransmission of the
+    first loss, then the halved window — and nothing more — from the old window's last acks.
+    Other lost bytes travel in those bootstrap packets (the client names every slot's bytes,
+    missing ones first): a retransmission per hole on top of new_cwnd bootstrap packets made the
+    recovery round carry ~2x the pipe after an overshoot and halved the window again and again."""
+    new_cwnd, last_regular, boot_start = recovery_window(first_loss, tcp_base, start_cwnd,
+                                                         ssthresh)
     if k > last_regular:
         return Plan(verdict=REJECT_V, reason="ack beyond the window", first_loss=first_loss)
     base = last_regular + 1
-    boot_start = last_regular - new_cwnd + 1
-
-    def boot(ack: int) -> Slot:
-        return Slot(pkt=base + ack - boot_start, kind=BOOT, ctype=FULL1, state=BOOTSTRAP,
-                    tcp_base=base, start_cwnd=new_cwnd, ssthresh=new_cwnd, first_loss=first_loss,
-                    first_bootstrap_seq=base)
-
     slots: list[Slot] = []
     hole = hole_before(blocks, tcp_base, k)
-    starts = False
-    if hole is not None:
-        starts = hole[0] == first_loss
-    if hole is not None and hole[1] - hole[0] + 1 <= max_gap:
-        for m in range(hole[0], hole[1] + 1):
-            slots.append(
-                Slot(pkt=m, kind=RETRANSMIT, ctype=MINIMAL, state=RECOVERY, tcp_base=tcp_base,
-                     start_cwnd=start_cwnd, ssthresh=ssthresh, first_loss=first_loss,
-                     first_bootstrap_seq=base)
-            )
-        for m in range(max(hole[0], boot_start), hole[1] + 1):
-            slots.append(boot(m))
-    if k >= boot_start:
-        slots.append(boot(k))
-    return Plan(verdict=RECOVERY_V if slots else TERMINATE_V, slots=slots, cwnd=new_cwnd,
-                first_loss=first_loss, recovery_start=starts)
+    starts = hole is not None and hole[0] == first_loss
+    if starts:
+        slots.append(_slot(first_loss, RETRANSMIT, MINIMAL, RECOVERY, tcp_base, start_cwnd,
+                           ssthresh, first_loss, base))
+    lo = k  # the acks this request clocks out: its own and those of the hole before it
+    if hole is not None and hole[1] - hole[0] < max_gap:
+        lo = hole[0]
+    if lo < boot_start:
+        lo = boot_start
+    shift = base - boot_start
+    for m in range(lo, k + 1):
+        slots.append(_slot(m + shift, BOOT, FULL1, BOOTSTRAP, base, new_cwnd, new_cwnd,
+                           first_loss, base))
+    return _plan(RECOVERY_V if slots else TERMINATE_V, slots, new_cwnd, "", first_loss, starts)

@@ -51,8 +51,8 @@ class Scoreboard:
         """The SACK blocks (inclusive) for a continuation acknowledging `seq` whose proof
         starts at `lo`; at most `max_sacks`: the first block and the last ones. The first
         block fixes the first hole (every trickle's recovery plan starts there); the last ones
-        make the hole just below `seq` exact, which is what the server retransmits and
-        bootstraps the new epoch for. Keeping the first ones instead merged the holes of a
+        make the hole just below `seq` exact, which is what the server sends the new epoch's
+        bootstrap packets for. Keeping the first ones instead merged the holes of a
         heavy loss into one wider than `max_gap`: the new epoch's first packets were then never
         sent, looked lost, and halved the window again (4 halvings after one slow-start
         overshoot at RTT 50 ms)."""
