@@ -166,9 +166,11 @@ def fetch(kind: str, port: int, paths: list[str], first_port: int, timeout: floa
           sent: list[bytes] | None = None) -> list[bytes]:
     """Fetch `paths` concurrently on Trickles ports first_port, first_port + 1, ..."""
     tr, peer = client(kind, port)
-    if sent is not None:
-        send = tr.send
+    if sent is not None:  # (the client sends in batches; a lone send too)
+        send, send_batch = tr.send, tr.send_batch
         tr.send = lambda seg, ip, pr: sent.append(seg) or send(seg, ip, pr)  # type: ignore
+        tr.send_batch = (  # type: ignore[method-assign]
+            lambda items: sent.extend(seg for seg, _ in items) or send_batch(items))
     bodies: list[bytearray] = [bytearray() for _ in paths]
     try:
         ch = ClientHost(tr, aton("127.0.0.1"), port, peer, first_port=first_port)
