@@ -223,11 +223,12 @@ def _read_answers(socks: list[socket.socket]
     return n, first, last, lasts
 
 
-def _start(workers: int, port: int, root: str, secret_file: str, tree: Path = REPO
-           ) -> tuple[subprocess.Popen, list[int]]:
+def _start(workers: int, port: int, root: str, secret_file: str, tree: Path = REPO,
+           extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, list[int]]:
     """`trickles serve --workers N` from `tree` (a directory holding a trickles_kit/)."""
     argv = [sys.executable, "-m", "trickles_kit.cli", "serve", "--root", root, "--transport",
-            "udp", "--port", str(port), "--secret-file", secret_file, "--workers", str(workers)]
+            "udp", "--port", str(port), "--secret-file", secret_file, "--workers", str(workers),
+            *extra]
     env = dict(os.environ, PYTHONPATH=str(tree))
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          cwd=tree, env=env)
@@ -282,7 +283,7 @@ def _diagnose(workers: int, pids: list[int], t0: float, lasts: list[float | None
 
 
 def run_once(workers: int, opts: dict, secret: bytes, secret_file: str, root: str,
-             tree: Path = REPO) -> dict:
+             tree: Path = REPO, extra: tuple[str, ...] = ()) -> dict:
     """One measurement: build, preload, release, wait, count."""
     idle, waited = wait_idle(opts["wait_idle"], opts["wait_max"])
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -293,7 +294,7 @@ def run_once(workers: int, opts: dict, secret: bytes, secret_file: str, root: st
     corpus = build_corpus(secret, port, opts["requests"], opts["conns"], root)
     build_s = time.perf_counter() - t_build
     c1 = _gen_cpu()
-    p, pids = _start(workers, port, root, secret_file, tree)
+    p, pids = _start(workers, port, root, secret_file, tree, extra)
     socks = _gen_sockets()
     try:
         for pid in pids:
@@ -341,6 +342,7 @@ def run_once(workers: int, opts: dict, secret: bytes, secret_file: str, root: st
     return {
         "workers": workers,
         "tree": "this checkout" if tree == REPO else "baseline",
+        "serve_options": list(extra),
         "corpus_requests": len(corpus),
         "corpus_build_s": round(build_s, 3),
         "server_queue_bytes_at_start": sum(q for q, _ in queued),
@@ -373,12 +375,15 @@ def run_once(workers: int, opts: dict, secret: bytes, secret_file: str, root: st
 
 
 def baseline_tree(spec: str) -> Path:
-    """`spec`'s trickles_kit/ (a directory or a git revision, as bench_core's --baseline-tree)
-    with this checkout's compiled files copied in where their sources are the same: a compiled
-    build against a pure-Python baseline would measure the build, not the change."""
+    """`spec`'s trickles_kit/ (a directory, used as it is, or a git revision, as bench_core's
+    --baseline-tree) with, for a revision, this checkout's compiled files copied in where their
+    sources are the same: a compiled build against a pure-Python baseline would measure the
+    build, not the change."""
     from bench_core import tree_of  # lazy: benchmarks/ on sys.path only when run as a script
 
     tree = Path(tree_of(spec))
+    if tree == Path(spec):  # a directory of the caller's: used as it is
+        return tree
     here, there = REPO / "trickles_kit", tree / "trickles_kit"
 
     def same(rel: str) -> bool:
@@ -447,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline-tree", metavar="REV|DIR",
                     help="also measure this revision (or directory holding a trickles_kit/), "
                          "interleaved with this checkout in the same run")
+    ap.add_argument("--no-pin-too", action="store_true",
+                    help="also measure this checkout with `serve --no-pin` (interleaved)")
     ap.add_argument("--note")
     a = ap.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
@@ -459,20 +466,26 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     res: dict = {"meta": meta([os.path.relpath(__file__), *argv], mode), "options": opts}
     tmp = Path(tempfile.mkdtemp(prefix="tk-bench-workers-"))
+    exported: Path | None = None
     try:
         secret = os.urandom(32)
         (tmp / "secret.hex").write_text(secret.hex() + "\n")
         (tmp / "www").mkdir()
-        trees = [("", REPO)]
+        trees: list[tuple[str, Path, tuple[str, ...]]] = [("", REPO, ())]
+        if a.no_pin_too:
+            trees.insert(0, ("nopin:", REPO, ("--no-pin",)))
         if a.baseline_tree:
-            trees.insert(0, ("base:", baseline_tree(a.baseline_tree)))
+            base = baseline_tree(a.baseline_tree)
+            if not Path(a.baseline_tree, "trickles_kit").is_dir():
+                exported = base  # a revision exported for this run: removed at the end
+            trees.insert(0, ("base:", base, ()))
             res["baseline_tree"] = a.baseline_tree
-        runs: dict[str, list[dict]] = {t + w: [] for t, _ in trees for w in ("1", "2")}
+        runs: dict[str, list[dict]] = {t + w: [] for t, _, _ in trees for w in ("1", "2")}
         for rep in range(opts["reps"]):
             for w in (1, 2):
-                for tag, tree in trees:
+                for tag, tree, extra in trees:
                     r = run_once(w, opts, secret, str(tmp / "secret.hex"), str(tmp / "www"),
-                                 tree)
+                                 tree, extra)
                     runs[tag + str(w)].append(r)
                     waits = [d.get("run_delay_share") for d in r["diagnosis"]["per_worker"]]
                     print(f"rep {rep} {tag or 'this:'}workers {w}: {r['requests_per_s']} "
@@ -484,8 +497,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"before {r['machine_idle_before']})", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        if a.baseline_tree and not Path(a.baseline_tree, "trickles_kit").is_dir():
-            shutil.rmtree(trees[0][1], ignore_errors=True)
+        if exported is not None:
+            shutil.rmtree(exported, ignore_errors=True)
     res["runs"] = runs
     res["summary"] = _summary(runs)
     res["summary"]["how_the_generator_is_kept_out"] = (
@@ -494,6 +507,8 @@ def main(argv: list[str] | None = None) -> int:
         "after, with kernel arrival stamps")
     if a.baseline_tree:
         res["summary_baseline"] = _summary(runs, "base:")
+    if a.no_pin_too:
+        res["summary_no_pin"] = _summary(runs, "nopin:")
     med = res["summary"]["requests_per_s_median"]
     close_meta(res, mode, t_start, a.note)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
@@ -501,7 +516,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"median requests/s: 1 worker {med['1']:.0f}, 2 workers {med['2']:.0f}; "
           f"ratio {res['summary']['ratio_2_over_1']} (target {TARGET_RATIO})"
           + (f"; baseline ratio {res['summary_baseline']['ratio_2_over_1']}"
-             if a.baseline_tree else "") + f" -> {a.out}")
+             if a.baseline_tree else "")
+          + (f"; --no-pin ratio {res['summary_no_pin']['ratio_2_over_1']}"
+             if a.no_pin_too else "") + f" -> {a.out}")
     return 0
 
 
