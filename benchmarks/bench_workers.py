@@ -134,6 +134,24 @@ def sched(pid: int) -> dict[str, float]:
     return out
 
 
+def autogroups(pids: list[int]) -> dict:
+    """The scheduler's autogroups: with them on, CFS shares the CPUs between *sessions* first
+    (each helper, terminal or service its own), so every process of one session, the workers
+    and this generator included, splits one session's share. Under other sessions' load, a
+    second worker then gets no more CPU for the server, only half of the same share."""
+    try:
+        on = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return {"enabled": False}
+    groups = []
+    for pid in pids:
+        try:
+            groups.append(Path(f"/proc/{pid}/autogroup").read_text().split()[0])
+        except OSError:
+            groups.append(None)
+    return {"enabled": on, "workers": groups}
+
+
 def cpu_times() -> dict[str, list[int]]:
     """Per-CPU jiffies by kind (/proc/stat) and NET_RX/NET_TX softirq counts (/proc/softirqs)."""
     kinds = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
@@ -276,7 +294,7 @@ def _diagnose(workers: int, pids: list[int], t0: float, lasts: list[float | None
         per.append(d)
     tick = os.sysconf("SC_CLK_TCK")
     dm = _delta(m0, m1)
-    return {"per_worker": per,
+    return {"per_worker": per, "autogroups": autogroups(pids),
             "per_cpu_s": {k: [round(v / tick, 3) for v in vs] for k, vs in dm.items()
                           if not k.endswith("softirqs")},
             "net_softirqs_per_cpu": {k: v for k, v in dm.items() if k.endswith("softirqs")}}
