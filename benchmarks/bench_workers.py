@@ -357,6 +357,7 @@ def run_once(workers: int, opts: dict, secret: bytes, secret_file: str, root: st
     srv = _stop(p)
     span = (last - t0) if last is not None else None
     wcpu = sum(cpu1[x] - cpu0[x] for x in pids)
+    oncpu = sum(sch1[x]["on_cpu_s"] - sch0[x]["on_cpu_s"] for x in pids)
     return {
         "workers": workers,
         "tree": "this checkout" if tree == REPO else "baseline",
@@ -379,7 +380,8 @@ def run_once(workers: int, opts: dict, secret: bytes, secret_file: str, root: st
         # machine: close to 2; much less means other load took them)
         "worker_cores_used": round(wcpu / span, 2) if span else None,
         # the workers' cost per request, whatever share of the cores other load left them
-        "requests_per_worker_cpu_s": round(srv["requests"] / wcpu, 1) if wcpu else None,
+        # (their on-CPU time from schedstat, in ns: /proc/<pid>/stat counts 10 ms ticks)
+        "requests_per_worker_cpu_s": round(srv["requests"] / oncpu, 1) if oncpu else None,
         "diagnosis": {**_diagnose(workers, pids, t0, lasts, sch0, sch1, m0, m1),
                       # each worker's CPU at every 50 ms poll (the last ones after it finished)
                       "cpu_samples": [cpus[pid] for pid in pids]},
