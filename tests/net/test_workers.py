@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -298,3 +299,17 @@ def test_a_worker_that_cannot_start_fails_the_serve(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=60, cwd=REPO)
     assert p.returncode == 2 and "did not start" in p.stderr, p.stderr
     assert "trickles serve:" not in p.stdout, "no ready line for a server that is not ready"
+
+
+def test_pin_cpu_gives_each_worker_its_own_cpu() -> None:
+    """Worker k of n <= CPUs runs on the k-th usable CPU only; with more workers than CPUs
+    the kernel places them (run in a child: the test process keeps its CPUs)."""
+    code = ("import os; from trickles_kit.net.workers import pin_cpu; "
+            "cpus = sorted(os.sched_getaffinity(0)); n = len(cpus); "
+            "over = pin_cpu(0, n + 1); a = os.sched_getaffinity(0); "
+            "k = n - 1; got = pin_cpu(k, n); "
+            "print(over, len(a) == n, got == (cpus[k] if n > 1 else None), "
+            "os.sched_getaffinity(0) == ({cpus[k]} if n > 1 else set(cpus)))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+    assert p.stdout.split() == ["None", "True", "True", "True"], (p.stdout, p.stderr)

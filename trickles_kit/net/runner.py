@@ -524,8 +524,12 @@ class ClientHost:
                 self._send_queued()
 
     def _dispatch(self, batch: list[tuple[bytes, bytes, Any]]) -> None:
+        """Each segment to its engine, then each connection it touched serviced once: one
+        `read` (and the requests it frees), one timer update per batch, not per segment (the
+        at most 256 x MSS bytes a batch leaves unread are far below the window)."""
         tr = self.transport
         pcap = self.pcap
+        touched: dict[int, Connection] = {}  # (in order of first arrival)
         for seg, src_ip, peer in batch:
             if src_ip != self.server_ip or peer != self.peer:
                 # not from the address we talk to (over UDP: the server's UDP address too)
@@ -539,7 +543,9 @@ class ClientHost:
                 pcap.log(self.clock(), src_ip, tr.local_ip, seg, tr.ip_proto,
                          tr.udp_ports(peer, False))
             conn.engine.receive(seg, self.clock())
-            self._service(conn.engine.local_port, conn)
+            touched[conn.engine.local_port] = conn
+        for port, conn in touched.items():
+            self._service(port, conn)
 
     def _drop_source(self, src_ip: bytes, peer: Any) -> None:
         self.counters["drop"] = self.counters.get("drop", 0) + 1
