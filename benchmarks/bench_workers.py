@@ -278,7 +278,7 @@ def _socket_of(seg: bytes) -> int:
 
 def _diagnose(workers: int, pids: list[int], t0: float, lasts: list[float | None],
               s0: dict[int, dict[str, float]], s1: dict[int, dict[str, float]],
-              m0: dict[str, list[int]], m1: dict[str, list[int]]) -> dict:
+              m0: dict[str, list[int]], m1: dict[str, list[int]], groups: dict) -> dict:
     """Where the window went: per worker its end, CPU, run-queue wait and sleeps; per CPU the
     machine's jiffies by kind. With `--workers 1` the pid is the server itself."""
     per: list[dict] = []
@@ -294,7 +294,7 @@ def _diagnose(workers: int, pids: list[int], t0: float, lasts: list[float | None
         per.append(d)
     tick = os.sysconf("SC_CLK_TCK")
     dm = _delta(m0, m1)
-    return {"per_worker": per, "autogroups": autogroups(pids),
+    return {"per_worker": per, "autogroups": groups,
             "per_cpu_s": {k: [round(v / tick, 3) for v in vs] for k, vs in dm.items()
                           if not k.endswith("softirqs")},
             "net_softirqs_per_cpu": {k: v for k, v in dm.items() if k.endswith("softirqs")}}
@@ -344,6 +344,7 @@ def run_once(workers: int, opts: dict, secret: bytes, secret_file: str, root: st
         cpu1 = {pid: cpu_s(pid) for pid in pids}
         sch1 = {pid: sched(pid) for pid in pids}
         m1 = cpu_times()
+        groups = autogroups(pids)  # (while the workers live)
         c4 = _gen_cpu()
         gen_drops = sum(d for p_ in gports for _, d in udp_table(gports)[p_])
         answers, first, last, lasts = _read_answers(socks)
@@ -382,7 +383,7 @@ def run_once(workers: int, opts: dict, secret: bytes, secret_file: str, root: st
         # the workers' cost per request, whatever share of the cores other load left them
         # (their on-CPU time from schedstat, in ns: /proc/<pid>/stat counts 10 ms ticks)
         "requests_per_worker_cpu_s": round(srv["requests"] / oncpu, 1) if oncpu else None,
-        "diagnosis": {**_diagnose(workers, pids, t0, lasts, sch0, sch1, m0, m1),
+        "diagnosis": {**_diagnose(workers, pids, t0, lasts, sch0, sch1, m0, m1, groups),
                       # each worker's CPU at every 50 ms poll (the last ones after it finished)
                       "cpu_samples": [cpus[pid] for pid in pids]},
         "machine_idle_before": round(idle, 3),
