@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a plain script without an installed package
     sys.path.insert(0, str(REPO))
 
-from bench_core import _meta  # noqa: E402  (benchmarks/ is sys.path[0] for a script)
+from bench_core import _meta, tree_of  # noqa: E402  (benchmarks/ is sys.path[0] for a script)
 
 from trickles_kit.apps.fetch import HttpBody  # noqa: E402
 from trickles_kit.apps.generated import generated_sha256  # noqa: E402
@@ -87,9 +87,11 @@ def _log(msg: str) -> None:
 
 
 # ============================================================================ processes
-def _child_env() -> dict:
+def _child_env(tree: Path = REPO) -> dict:
+    """The environment of a child that runs `tree`'s trickles_kit (this checkout's, or a
+    --baseline-tree's)."""
     pp = os.environ.get("PYTHONPATH")
-    return dict(os.environ, PYTHONPATH=str(REPO) + (os.pathsep + pp if pp else ""))
+    return dict(os.environ, PYTHONPATH=str(tree) + (os.pathsep + pp if pp else ""))
 
 
 def _proc_cpu_s(pid: int) -> float | None:
@@ -181,7 +183,9 @@ def _stop(p: subprocess.Popen | None) -> None:
 class Server:
     """A `trickles serve` process; stdout/stderr go to files (no pipe can fill and block it)."""
 
-    def __init__(self, root: Path, addr: str, port: int, logdir: Path, tag: str) -> None:
+    def __init__(self, root: Path, addr: str, port: int, logdir: Path, tag: str,
+                 tree: Path = REPO) -> None:
+        self.tree = tree
         self.argv = [PY, "-m", "trickles_kit.cli", "serve", "--root", str(root), "--transport",
                      "raw", "--addr", addr, "--port", str(port), "--mss", str(MSS)]
         self.out = logdir / f"{tag}.out"
@@ -191,8 +195,8 @@ class Server:
 
     def start(self, timeout: float = 20.0) -> None:
         with open(self.out, "w") as o, open(self.err, "w") as e:
-            self.p = subprocess.Popen(self.argv, stdout=o, stderr=e, cwd=REPO,
-                                      env=_child_env())
+            self.p = subprocess.Popen(self.argv, stdout=o, stderr=e, cwd=self.tree,
+                                      env=_child_env(self.tree))
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if "trickles serve:" in self.out.read_text():
@@ -238,15 +242,16 @@ class Server:
 
 
 def _run_child(argv: list[str], timeout: float, stdout: Path,
-               poll: Callable[[], None] | None = None) -> tuple[int, float, float]:
+               poll: Callable[[], None] | None = None,
+               tree: Path = REPO) -> tuple[int, float, float]:
     """Run a process to completion (bounded); returns (exit code, CPU seconds, wall seconds).
 
     CPU comes from wait4's rusage of that child alone. `poll` runs every 20 ms meanwhile.
     """
     t0 = time.perf_counter()
     with open(stdout, "w") as o:
-        p = subprocess.Popen(argv, stdout=o, stderr=subprocess.STDOUT, cwd=REPO,
-                             env=_child_env())
+        p = subprocess.Popen(argv, stdout=o, stderr=subprocess.STDOUT, cwd=tree,
+                             env=_child_env(tree))
     try:
         end = time.monotonic() + timeout
         while True:
@@ -432,19 +437,19 @@ def _file_sha(path: Path) -> str:
     return h.hexdigest()
 
 
-def _startup_cpu(logdir: Path) -> float:
+def _startup_cpu(logdir: Path, tree: Path = REPO) -> float:
     """CPU seconds of an interpreter importing what `trickles fetch` imports (best of 3)."""
     argv = [PY, "-c", "import trickles_kit.cli, trickles_kit.apps.fetch, trickles_kit.net.raw"]
-    vals = [_run_child(argv, 60, logdir / "startup.out")[1] for _ in range(3)]
+    vals = [_run_child(argv, 60, logdir / "startup.out", tree=tree)[1] for _ in range(3)]
     return min(vals)
 
 
 def _one_transfer(o: dict, tmp: Path, run: int, startup_cpu: float,
-                  spy: str | None = None) -> dict:
+                  spy: str | None = None, tree: Path = REPO) -> dict:
     size, port = o["size"], o["port"]
     url = f"http://{o['server_addr']}:{port}/gen?size={size}&seed={GEN_SEED}"
     body = tmp / "body.bin"
-    srv = Server(tmp / "www", o["server_addr"], port, tmp, f"serve{run}")
+    srv = Server(tmp / "www", o["server_addr"], port, tmp, f"serve{run}", tree)
     spy_p = None
     res: dict = {"run": run}
     try:
@@ -473,7 +478,7 @@ def _one_transfer(o: dict, tmp: Path, run: int, startup_cpu: float,
                      str(tmp / "client.spy"), "--", *fetch]
         others = Others()
         rc, ccpu, cwall = _run_child(fetch, o["transfer_timeout"] + 30, tmp / "fetch.out",
-                                     watch_client)
+                                     watch_client, tree)
         cpu1 = srv.cpu_s()
         load = others.result(ccpu + (cpu1 or 0) - (cpu0 or 0))
         idle_wait = srv.wait_idle()
@@ -541,16 +546,7 @@ def _one_transfer(o: dict, tmp: Path, run: int, startup_cpu: float,
     return res
 
 
-def bench_trickles(o: dict, tmp: Path) -> dict:
-    (tmp / "www").mkdir(exist_ok=True)
-    startup = _startup_cpu(tmp)
-    runs = []
-    for i in range(o["repeats"]):
-        _log(f"      transfer {i + 1}/{o['repeats']} ...")
-        try:
-            runs.append(_one_transfer(o, tmp, i, startup))
-        except (RuntimeError, TimeoutError, OSError) as e:
-            runs.append({"run": i, "error": f"{type(e).__name__}: {e}"})
+def _trickles_summary(o: dict, runs: list[dict]) -> dict:
     good = [r for r in runs if "server_packets_per_s" in r]
     res: dict = {"size_bytes": o["size"], "url_path": f"/gen?size={o['size']}&seed={GEN_SEED}",
                  "mss": MSS, "addresses": [o["server_addr"], o["client_addr"]],
@@ -578,7 +574,33 @@ def bench_trickles(o: dict, tmp: Path) -> dict:
     return res
 
 
-# ============================================================================ 3. TCP
+def bench_trickles(o: dict, tmp: Path) -> dict:
+    """`repeats` transfers of this checkout; with a baseline tree (o["baseline_tree"]) as many
+    of it, interleaved (baseline first in each pair), and this/baseline ratios of the medians."""
+    (tmp / "www").mkdir(exist_ok=True)
+    base = o.get("baseline_dir")
+    trees = [("this", REPO)] + ([("baseline", Path(base))] if base else [])
+    startup = {tag: _startup_cpu(tmp, tree) for tag, tree in trees}
+    runs: dict[str, list[dict]] = {tag: [] for tag, _ in trees}
+    for i in range(o["repeats"]):
+        for tag, tree in reversed(trees):
+            _log(f"      transfer {i + 1}/{o['repeats']} ({tag}) ...")
+            try:
+                r = _one_transfer(o, tmp, i, startup[tag], tree=tree)
+            except (RuntimeError, TimeoutError, OSError) as e:
+                r = {"run": i, "error": f"{type(e).__name__}: {e}"}
+            runs[tag].append(r)
+    res = _trickles_summary(o, runs["this"])
+    if base:
+        b = _trickles_summary(o, runs["baseline"])
+        res["baseline"] = {"tree": o["baseline_tree"], **b}
+        res["this_over_baseline"] = {
+            k: _r(res[k] / b[k], 3) if res.get(k) and b.get(k) else None
+            for k in ("median_goodput_mb_per_s", "median_server_packets_per_s",
+                      "median_server_packets_per_cpu_s", "median_client_packets_per_cpu_s")}
+    return res
+
+
 def _tcp_info(s: socket.socket) -> dict:
     """snd_mss and segs_out from struct tcp_info (offsets of linux/tcp.h)."""
     try:
@@ -1064,6 +1086,9 @@ def main(argv: list[str] | None = None) -> int:
                                              "value (e.g. -10 on a machine others are using; "
                                              "needs root for negative values)")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (server logs)")
+    ap.add_argument("--baseline-tree", metavar="REV|DIR",
+                    help="also run the Trickles transfers with this revision (or directory "
+                         "holding a trickles_kit/), interleaved, and report this/baseline")
     ap.add_argument("--note", help="free text stored in the JSON")
     ap.add_argument("--floor-recv-child", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--tcp-child", nargs=2, type=int, help=argparse.SUPPRESS)
@@ -1085,6 +1110,9 @@ def main(argv: list[str] | None = None) -> int:
     o.update(floor_size=a.floor_size, server_addr=a.server_addr, client_addr=a.client_addr,
              port=a.port, transfer_timeout=a.transfer_timeout,
              profile_size=a.profile_size or o["size"])
+    if a.baseline_tree:
+        o["baseline_tree"] = a.baseline_tree
+        o["baseline_dir"] = tree_of(a.baseline_tree)  # (a revision: exported, removed below)
     if a.nice is not None:
         os.setpriority(os.PRIO_PROCESS, 0, a.nice)  # children inherit it
     o["nice"] = os.getpriority(os.PRIO_PROCESS, 0)
@@ -1121,6 +1149,9 @@ def main(argv: list[str] | None = None) -> int:
             _log(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+        base_dir = o.pop("baseline_dir", None)  # (no temporary path in the JSON)
+        if base_dir is not None and base_dir != a.baseline_tree:
+            shutil.rmtree(base_dir, ignore_errors=True)
     res["summary"] = _summary(res)
     close_meta(res, mode, t0, a.note)
     out = Path(a.out)

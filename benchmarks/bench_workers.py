@@ -116,6 +116,62 @@ def cpu_s(pid: int) -> float:
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def on_cpu(pid: int) -> int:
+    """The CPU a process runs on (or last ran on): /proc/<pid>/stat field 39."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[36])
+
+
+def sched(pid: int) -> dict[str, float]:
+    """A process's scheduler view: seconds on a CPU and seconds *runnable but waiting* for one
+    (/proc/<pid>/schedstat), and its voluntary (it slept: no input) and involuntary (preempted)
+    context switches. Waiting time says other load took the cores; sleeping, that input ran out."""
+    on, wait, _ = (int(x) for x in Path(f"/proc/{pid}/schedstat").read_text().split())
+    out = {"on_cpu_s": on * 1e-9, "run_delay_s": wait * 1e-9}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+            k, v = line.split(":")
+            out[k.split("_")[0]] = float(v)
+    return out
+
+
+def autogroups(pids: list[int]) -> dict:
+    """The scheduler's autogroups: with them on, CFS shares the CPUs between *sessions* first
+    (each helper, terminal or service its own), so every process of one session, the workers
+    and this generator included, splits one session's share. Under other sessions' load, a
+    second worker then gets no more CPU for the server, only half of the same share."""
+    try:
+        on = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return {"enabled": False}
+    groups = []
+    for pid in pids:
+        try:
+            groups.append(Path(f"/proc/{pid}/autogroup").read_text().split()[0])
+        except OSError:
+            groups.append(None)
+    return {"enabled": on, "workers": groups}
+
+
+def cpu_times() -> dict[str, list[int]]:
+    """Per-CPU jiffies by kind (/proc/stat) and NET_RX/NET_TX softirq counts (/proc/softirqs)."""
+    kinds = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+    out: dict[str, list[int]] = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        f = line.split()
+        if f and f[0].startswith("cpu") and f[0] != "cpu":
+            for k, v in zip(kinds, f[1:9], strict=True):
+                out.setdefault(k, []).append(int(v))
+    for line in Path("/proc/softirqs").read_text().splitlines()[1:]:
+        f = line.split()
+        if f and f[0] in ("NET_RX:", "NET_TX:"):
+            out[f[0].rstrip(":").lower() + "_softirqs"] = [int(x) for x in f[1:]]
+    return out
+
+
+def _delta(a: dict[str, list[int]], b: dict[str, list[int]]) -> dict[str, list[int]]:
+    return {k: [y - x for x, y in zip(a[k], b[k], strict=True)] for k in a}
+
+
 def idle_fraction(seconds: float = 1.0) -> float:
     """The machine's idle share over `seconds` (/proc/stat): other load competes for the cores,
     and a ratio measured without two idle cores says nothing about the workers."""
@@ -158,11 +214,16 @@ def _gen_sockets() -> list[socket.socket]:
     return socks
 
 
-def _read_answers(socks: list[socket.socket]) -> tuple[int, float | None, float | None]:
-    """Count the queued answers; the first and last arrival stamps (seconds, wall clock)."""
+def _read_answers(socks: list[socket.socket]
+                  ) -> tuple[int, float | None, float | None, list[float | None]]:
+    """Count the queued answers; the first and last arrival stamps (seconds, wall clock), and
+    each socket's last stamp."""
     n, first, last = 0, None, None
     space = socket.CMSG_SPACE(16)
+    lasts: list[float | None] = []
     for s in socks:
+        mine: float | None = None
+        lasts.append(None)
         while True:
             try:
                 _data, anc, _flags, _addr = s.recvmsg(65535, space)
@@ -175,15 +236,20 @@ def _read_answers(socks: list[socket.socket]) -> tuple[int, float | None, float 
                     t = sec + nsec * 1e-9
                     first = t if first is None else min(first, t)
                     last = t if last is None else max(last, t)
-    return n, first, last
+                    mine = t if mine is None else max(mine, t)
+        lasts[-1] = mine
+    return n, first, last, lasts
 
 
-def _start(workers: int, port: int, root: str, secret_file: str
-           ) -> tuple[subprocess.Popen, list[int]]:
+def _start(workers: int, port: int, root: str, secret_file: str, tree: Path = REPO,
+           extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, list[int]]:
+    """`trickles serve --workers N` from `tree` (a directory holding a trickles_kit/)."""
     argv = [sys.executable, "-m", "trickles_kit.cli", "serve", "--root", root, "--transport",
-            "udp", "--port", str(port), "--secret-file", secret_file, "--workers", str(workers)]
+            "udp", "--port", str(port), "--secret-file", secret_file, "--workers", str(workers),
+            *extra]
+    env = dict(os.environ, PYTHONPATH=str(tree))
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         cwd=REPO)
+                         cwd=tree, env=env)
     line = p.stdout.readline() if p.stdout else ""
     if "trickles serve:" not in line:
         p.kill()
@@ -204,7 +270,38 @@ def _stop(p: subprocess.Popen) -> dict:
             "drop_reasons": m[4].strip(" ()"), "requests_per_worker": per}
 
 
-def run_once(workers: int, opts: dict, secret: bytes, secret_file: str, root: str) -> dict:
+def _socket_of(seg: bytes) -> int:
+    """The generator socket of a request: one per connection (by its Trickles source port), so
+    each socket's answers come from one worker and its last stamp is that worker's end."""
+    return (int.from_bytes(seg[0:2], "big") - FIRST_PORT) % GEN_SOCKETS
+
+
+def _diagnose(workers: int, pids: list[int], t0: float, lasts: list[float | None],
+              s0: dict[int, dict[str, float]], s1: dict[int, dict[str, float]],
+              m0: dict[str, list[int]], m1: dict[str, list[int]], groups: dict) -> dict:
+    """Where the window went: per worker its end, CPU, run-queue wait and sleeps; per CPU the
+    machine's jiffies by kind. With `--workers 1` the pid is the server itself."""
+    per: list[dict] = []
+    for k, pid in enumerate(pids):
+        ends = [t for j, t in enumerate(lasts)
+                if t is not None and (FIRST_PORT + j) % workers == k]
+        d = {key: round(s1[pid][key] - s0[pid][key], 4) for key in s0[pid]}
+        end = max(ends) - t0 if ends else None
+        d["last_answer_after_s"] = round(end, 4) if end else None
+        if end:  # the worker's own window: busy (on a CPU), waiting for one, or asleep
+            d["on_cpu_share"] = round(d["on_cpu_s"] / end, 3)
+            d["run_delay_share"] = round(d["run_delay_s"] / end, 3)
+        per.append(d)
+    tick = os.sysconf("SC_CLK_TCK")
+    dm = _delta(m0, m1)
+    return {"per_worker": per, "autogroups": groups,
+            "per_cpu_s": {k: [round(v / tick, 3) for v in vs] for k, vs in dm.items()
+                          if not k.endswith("softirqs")},
+            "net_softirqs_per_cpu": {k: v for k, v in dm.items() if k.endswith("softirqs")}}
+
+
+def run_once(workers: int, opts: dict, secret: bytes, secret_file: str, root: str,
+             tree: Path = REPO, extra: tuple[str, ...] = ()) -> dict:
     """One measurement: build, preload, release, wait, count."""
     idle, waited = wait_idle(opts["wait_idle"], opts["wait_max"])
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -215,34 +312,42 @@ def run_once(workers: int, opts: dict, secret: bytes, secret_file: str, root: st
     corpus = build_corpus(secret, port, opts["requests"], opts["conns"], root)
     build_s = time.perf_counter() - t_build
     c1 = _gen_cpu()
-    p, pids = _start(workers, port, root, secret_file)
+    p, pids = _start(workers, port, root, secret_file, tree, extra)
     socks = _gen_sockets()
     try:
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
         time.sleep(0.05)
         c2 = _gen_cpu()
-        for i, seg in enumerate(corpus):
-            socks[i % GEN_SOCKETS].sendto(seg, (IP, port))
+        for seg in corpus:
+            socks[_socket_of(seg)].sendto(seg, (IP, port))
         c3 = _gen_cpu()
         gports = {s.getsockname()[1] for s in socks}
         queued = udp_table({port})[port]
         cpu0 = {pid: cpu_s(pid) for pid in pids}
+        sch0 = {pid: sched(pid) for pid in pids}
+        m0 = cpu_times()
         load = os.getloadavg()[0]
         t0 = time.time()
         for pid in pids:
             os.kill(pid, signal.SIGCONT)
         prev, still = -1, 0
+        cpus: dict[int, list[int]] = {pid: [] for pid in pids}
         while still < 4:  # the generator sleeps while the workers drain their queues: done
             time.sleep(0.05)  # when theirs are empty and no answer came for 4 polls
+            for pid in pids:  # (where each worker runs: two on one CPU wait for each other)
+                cpus[pid].append(on_cpu(pid))
             tab = udp_table({port} | gports)
             held = sum(q for p_ in gports for q, _ in tab[p_])
             still = still + 1 if all(q == 0 for q, _ in tab[port]) and held == prev else 0
             prev = held
         cpu1 = {pid: cpu_s(pid) for pid in pids}
+        sch1 = {pid: sched(pid) for pid in pids}
+        m1 = cpu_times()
+        groups = autogroups(pids)  # (while the workers live)
         c4 = _gen_cpu()
         gen_drops = sum(d for p_ in gports for _, d in udp_table(gports)[p_])
-        answers, first, last = _read_answers(socks)
+        answers, first, last, lasts = _read_answers(socks)
         c5 = _gen_cpu()
     finally:
         for s in socks:
@@ -253,8 +358,11 @@ def run_once(workers: int, opts: dict, secret: bytes, secret_file: str, root: st
     srv = _stop(p)
     span = (last - t0) if last is not None else None
     wcpu = sum(cpu1[x] - cpu0[x] for x in pids)
+    oncpu = sum(sch1[x]["on_cpu_s"] - sch0[x]["on_cpu_s"] for x in pids)
     return {
         "workers": workers,
+        "tree": "this checkout" if tree == REPO else "baseline",
+        "serve_options": list(extra),
         "corpus_requests": len(corpus),
         "corpus_build_s": round(build_s, 3),
         "server_queue_bytes_at_start": sum(q for q, _ in queued),
@@ -268,19 +376,82 @@ def run_once(workers: int, opts: dict, secret: bytes, secret_file: str, root: st
         "first_answer_after_s": round(first - t0, 4) if first else None,
         "requests_per_s": round(srv["requests"] / span, 1) if span else None,
         "answers_per_s": round(answers / span, 1) if span else None,
-        "worker_cpu_s": round(sum(cpu1[x] - cpu0[x] for x in pids), 3),
+        "worker_cpu_s": round(wcpu, 3),
         # cores the workers actually got during the window (2 workers on an idle 2-core
         # machine: close to 2; much less means other load took them)
-        "worker_cores_used": round(sum(cpu1[x] - cpu0[x] for x in pids) / span, 2)
-        if span else None,
+        "worker_cores_used": round(wcpu / span, 2) if span else None,
         # the workers' cost per request, whatever share of the cores other load left them
-        "requests_per_worker_cpu_s": round(srv["requests"] / wcpu, 1) if wcpu else None,
+        # (their on-CPU time from schedstat, in ns: /proc/<pid>/stat counts 10 ms ticks)
+        "requests_per_worker_cpu_s": round(srv["requests"] / oncpu, 1) if oncpu else None,
+        "diagnosis": {**_diagnose(workers, pids, t0, lasts, sch0, sch1, m0, m1, groups),
+                      # each worker's CPU at every 50 ms poll (the last ones after it finished)
+                      "cpu_samples": [cpus[pid] for pid in pids]},
         "machine_idle_before": round(idle, 3),
         "waited_for_idle_s": round(waited, 1),
         "generator_cpu_s": {"build_corpus": round(c1 - c0, 3), "preload": round(c3 - c2, 3),
                             "during_measurement": round(c4 - c3, 3),
                             "read_answers": round(c5 - c4, 3)},
         "loadavg_1m_before": round(load, 2),
+    }
+
+
+def baseline_tree(spec: str) -> Path:
+    """`spec`'s trickles_kit/ (a directory, used as it is, or a git revision, as bench_core's
+    --baseline-tree) with, for a revision, this checkout's compiled files copied in where their
+    sources are the same: a compiled build against a pure-Python baseline would measure the
+    build, not the change."""
+    from bench_core import tree_of  # lazy: benchmarks/ on sys.path only when run as a script
+
+    tree = Path(tree_of(spec))
+    if tree == Path(spec):  # a directory of the caller's: used as it is
+        return tree
+    here, there = REPO / "trickles_kit", tree / "trickles_kit"
+
+    def same(rel: str) -> bool:
+        a, b = here / rel, there / rel
+        return a.exists() and b.exists() and a.read_bytes() == b.read_bytes()
+
+    mods = [ln.split("#")[0].strip().removeprefix("trickles_kit/")
+            for ln in (here / "native" / "mypyc_modules.txt").read_text().splitlines()]
+    mods = [m for m in mods if m]
+    for so in here.glob("*/*.so"):
+        rel = so.relative_to(here).as_posix()
+        src = (["native/speedups.c"] if so.name.startswith("_speedups") else
+               mods if so.name.startswith("mypyc_group") else
+               [rel.split(".")[0] + ".py"])
+        if all(same(x) for x in src) and (so.name.startswith("_speedups") or all(
+                same(m) for m in mods)):
+            shutil.copy(so, there / rel)  # (copy: a fresh mtime, newer than the sources)
+    return tree
+
+
+def _summary(runs: dict[str, list[dict]], prefix: str = "") -> dict:
+    """Medians of one tree's runs and the 2/1 ratio."""
+    med = {w: statistics.median(r["requests_per_s"] or 0.0 for r in runs[prefix + w])
+           for w in ("1", "2")}
+    ratio = med["2"] / med["1"] if med["1"] else None
+    per_cpu = {w: statistics.median(r["requests_per_worker_cpu_s"] or 0.0
+                                    for r in runs[prefix + w]) for w in ("1", "2")}
+    cores = {w: statistics.median(r["worker_cores_used"] or 0.0 for r in runs[prefix + w])
+             for w in ("1", "2")}
+    delay = {w: statistics.median(
+        sum(d.get("run_delay_share", 0.0) for d in r["diagnosis"]["per_worker"])
+        for r in runs[prefix + w]) for w in ("1", "2")}
+    return {
+        "requests_per_s_median": med,
+        "ratio_2_over_1": round(ratio, 3) if ratio else None,
+        "target_ratio": TARGET_RATIO,
+        "target_met": bool(ratio and ratio >= TARGET_RATIO),
+        # not the target's figure: the cost side. Requests per worker CPU-second (2 workers /
+        # 1 worker: 1.0 = no overhead from sharding) and the cores the workers got (median):
+        # with fewer than 2 cores free, the ratio above cannot show the scaling
+        "requests_per_worker_cpu_s_median": per_cpu,
+        "cpu_efficiency_2_over_1": round(per_cpu["2"] / per_cpu["1"], 3) if per_cpu["1"]
+        else None,
+        "worker_cores_used_median": cores,
+        # the workers' run-queue wait (summed over workers, as cores): what other load took.
+        # cores used + this ~= workers means they were runnable the whole window (CPU-bound)
+        "worker_cores_waiting_median": delay,
     }
 
 
@@ -299,6 +470,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--record", dest="out", action="store_const",
                     const=str(REPO / "benchmarks" / "results" / "workers.json"),
                     help="refresh the committed benchmarks/results/workers.json")
+    ap.add_argument("--baseline-tree", metavar="REV|DIR",
+                    help="also measure this revision (or directory holding a trickles_kit/), "
+                         "interleaved with this checkout in the same run")
+    ap.add_argument("--no-pin-too", action="store_true",
+                    help="also measure this checkout with `serve --no-pin` (interleaved)")
     ap.add_argument("--note")
     a = ap.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
@@ -311,52 +487,59 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     res: dict = {"meta": meta([os.path.relpath(__file__), *argv], mode), "options": opts}
     tmp = Path(tempfile.mkdtemp(prefix="tk-bench-workers-"))
+    exported: Path | None = None
     try:
         secret = os.urandom(32)
         (tmp / "secret.hex").write_text(secret.hex() + "\n")
         (tmp / "www").mkdir()
-        runs: dict[str, list[dict]] = {"1": [], "2": []}
+        trees: list[tuple[str, Path, tuple[str, ...]]] = [("", REPO, ())]
+        if a.no_pin_too:
+            trees.insert(0, ("nopin:", REPO, ("--no-pin",)))
+        if a.baseline_tree:
+            base = baseline_tree(a.baseline_tree)
+            if not Path(a.baseline_tree, "trickles_kit").is_dir():
+                exported = base  # a revision exported for this run: removed at the end
+            trees.insert(0, ("base:", base, ()))
+            res["baseline_tree"] = a.baseline_tree
+        runs: dict[str, list[dict]] = {t + w: [] for t, _, _ in trees for w in ("1", "2")}
         for rep in range(opts["reps"]):
             for w in (1, 2):
-                r = run_once(w, opts, secret, str(tmp / "secret.hex"), str(tmp / "www"))
-                runs[str(w)].append(r)
-                print(f"rep {rep} workers {w}: {r['requests_per_s']} requests/s "
-                      f"({r['server']['requests']} requests in {r['span_s']} s; "
-                      f"per worker {r['server']['requests_per_worker']}; generator CPU while "
-                      f"measured {r['generator_cpu_s']['during_measurement']} s; workers got "
-                      f"{r['worker_cores_used']} cores; machine idle before "
-                      f"{r['machine_idle_before']})", flush=True)
+                for tag, tree, extra in trees:
+                    r = run_once(w, opts, secret, str(tmp / "secret.hex"), str(tmp / "www"),
+                                 tree, extra)
+                    runs[tag + str(w)].append(r)
+                    waits = [d.get("run_delay_share") for d in r["diagnosis"]["per_worker"]]
+                    print(f"rep {rep} {tag or 'this:'}workers {w}: {r['requests_per_s']} "
+                          f"requests/s ({r['server']['requests']} requests in {r['span_s']} s;"
+                          f" per worker {r['server']['requests_per_worker']}; workers got "
+                          f"{r['worker_cores_used']} cores, waited for a CPU {waits} of their "
+                          f"windows; generator CPU while measured "
+                          f"{r['generator_cpu_s']['during_measurement']} s; machine idle "
+                          f"before {r['machine_idle_before']})", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    med = {w: statistics.median(r["requests_per_s"] or 0.0 for r in rs) for w, rs in runs.items()}
-    ratio = med["2"] / med["1"] if med["1"] else None
-    per_cpu = {w: statistics.median(r["requests_per_worker_cpu_s"] or 0.0 for r in rs)
-               for w, rs in runs.items()}
-    cores = {w: statistics.median(r["worker_cores_used"] or 0.0 for r in rs)
-             for w, rs in runs.items()}
+        if exported is not None:
+            shutil.rmtree(exported, ignore_errors=True)
     res["runs"] = runs
-    res["summary"] = {
-        "requests_per_s_median": med,
-        "ratio_2_over_1": round(ratio, 3) if ratio else None,
-        "target_ratio": TARGET_RATIO,
-        "target_met": bool(ratio and ratio >= TARGET_RATIO),
-        # not the target's figure: the cost side. Requests per worker CPU-second (2 workers /
-        # 1 worker: 1.0 = no overhead from sharding) and the cores the workers got (median):
-        # with fewer than 2 cores free, the ratio above cannot show the scaling
-        "requests_per_worker_cpu_s_median": per_cpu,
-        "cpu_efficiency_2_over_1": round(per_cpu["2"] / per_cpu["1"], 3) if per_cpu["1"]
-        else None,
-        "worker_cores_used_median": cores,
-        "how_the_generator_is_kept_out": (
-            "corpus built and sent while the workers are SIGSTOPped; during the measured window "
-            "the generator only sleeps and polls /proc/net/udp every 50 ms; answers are read "
-            "after, with kernel arrival stamps"),
-    }
+    res["summary"] = _summary(runs)
+    res["summary"]["how_the_generator_is_kept_out"] = (
+        "corpus built and sent while the workers are SIGSTOPped; during the measured window "
+        "the generator only sleeps and polls /proc/net/udp every 50 ms; answers are read "
+        "after, with kernel arrival stamps")
+    if a.baseline_tree:
+        res["summary_baseline"] = _summary(runs, "base:")
+    if a.no_pin_too:
+        res["summary_no_pin"] = _summary(runs, "nopin:")
+    med = res["summary"]["requests_per_s_median"]
     close_meta(res, mode, t_start, a.note)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
     print(f"median requests/s: 1 worker {med['1']:.0f}, 2 workers {med['2']:.0f}; "
-          f"ratio {res['summary']['ratio_2_over_1']} (target {TARGET_RATIO}) -> {a.out}")
+          f"ratio {res['summary']['ratio_2_over_1']} (target {TARGET_RATIO})"
+          + (f"; baseline ratio {res['summary_baseline']['ratio_2_over_1']}"
+             if a.baseline_tree else "")
+          + (f"; --no-pin ratio {res['summary_no_pin']['ratio_2_over_1']}"
+             if a.no_pin_too else "") + f" -> {a.out}")
     return 0
 
 

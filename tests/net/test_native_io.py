@@ -113,3 +113,21 @@ def test_doctor_json_says_pure_under_trickles_pure() -> None:
     p = subprocess.run([sys.executable, "-m", "trickles_kit.cli", "doctor", "--json"], env=env,
                        capture_output=True, text=True, cwd=REPO, timeout=120)
     assert json.loads(p.stdout)["build"] == "pure Python (TRICKLES_PURE=1)"
+
+
+def test_transport_send_batch_counts_drops_and_raises_the_rest(pair) -> None:
+    """`Transport.send_batch` (whichever build is active) sends in order, counts a datagram the
+    kernel refuses for a drop errno as `send` does, and raises any other error after sending
+    the rest."""
+    _, b = pair
+    dst = b.getsockname()
+    with UdpTransport("127.0.0.1") as tr:
+        sent = tr.send_batch([(b"one", dst), (b"x" * 70000, dst), (b"three", dst)])
+        assert sent == 2
+        assert tr.counters["tx"] == 2 and tr.counters["send_drop.EMSGSIZE"] == 1
+        with pytest.raises(OSError) as e:
+            tr.send_batch([(b"four", dst), (b"bad", ("127.0.0.1", 0))])  # port 0: EINVAL
+        assert e.value.errno == errno.EINVAL
+        got = [d for d, _, _ in _drain(fallback.recv_many, b, 3)]
+        assert got == [b"one", b"three", b"four"]
+        assert tr.send_batch([]) == 0

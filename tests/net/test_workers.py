@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -166,9 +167,11 @@ def fetch(kind: str, port: int, paths: list[str], first_port: int, timeout: floa
           sent: list[bytes] | None = None) -> list[bytes]:
     """Fetch `paths` concurrently on Trickles ports first_port, first_port + 1, ..."""
     tr, peer = client(kind, port)
-    if sent is not None:
-        send = tr.send
+    if sent is not None:  # (the client sends in batches; a lone send too)
+        send, send_batch = tr.send, tr.send_batch
         tr.send = lambda seg, ip, pr: sent.append(seg) or send(seg, ip, pr)  # type: ignore
+        tr.send_batch = (  # type: ignore[method-assign]
+            lambda items: sent.extend(seg for seg, _ in items) or send_batch(items))
     bodies: list[bytearray] = [bytearray() for _ in paths]
     try:
         ch = ClientHost(tr, aton("127.0.0.1"), port, peer, first_port=first_port)
@@ -296,3 +299,17 @@ def test_a_worker_that_cannot_start_fails_the_serve(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=60, cwd=REPO)
     assert p.returncode == 2 and "did not start" in p.stderr, p.stderr
     assert "trickles serve:" not in p.stdout, "no ready line for a server that is not ready"
+
+
+def test_pin_cpu_gives_each_worker_its_own_cpu() -> None:
+    """Worker k of n <= CPUs runs on the k-th usable CPU only; with more workers than CPUs
+    the kernel places them (run in a child: the test process keeps its CPUs)."""
+    code = ("import os; from trickles_kit.net.workers import pin_cpu; "
+            "cpus = sorted(os.sched_getaffinity(0)); n = len(cpus); "
+            "over = pin_cpu(0, n + 1); a = os.sched_getaffinity(0); "
+            "k = n - 1; got = pin_cpu(k, n); "
+            "print(over, len(a) == n, got == (cpus[k] if n > 1 else None), "
+            "os.sched_getaffinity(0) == ({cpus[k]} if n > 1 else set(cpus)))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+    assert p.stdout.split() == ["None", "True", "True", "True"], (p.stdout, p.stderr)

@@ -94,7 +94,8 @@ def cmd_serve_workers(args: argparse.Namespace) -> int:
         secret = load_secret(args.secret_file)
         serve_app(args)  # a bad --root fails here, once
         cfg = serve_config(args)
-        group = WorkerGroup(args.workers, args.transport, args.addr, args.port, args.ip_proto)
+        group = WorkerGroup(args.workers, args.transport, args.addr, args.port, args.ip_proto,
+                            pin=not args.no_pin)
     except (PrivilegeError, OSError, ValueError) as e:
         return _fail("serve", e)
     where = listen_desc(args, group.port)

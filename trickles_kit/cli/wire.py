@@ -135,6 +135,9 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--workers", type=int, default=1, metavar="N",
                    help="serve from N processes sharing only the secret, sharded by Trickles "
                         "source port; a worker's death moves its share to the others")
+    s.add_argument("--no-pin", action="store_true",
+                   help="with --workers: leave each worker's CPU to the kernel (default: worker "
+                        "k on the k-th usable CPU when there are enough)")
     s.set_defaults(func=cmd_serve)
 
 

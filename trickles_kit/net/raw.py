@@ -42,6 +42,9 @@ class RawTransport(Transport):
     def send(self, segment: bytes, dst_ip: bytes, peer: Any = None) -> bool:
         return self._sendto(segment, (socket.inet_ntoa(dst_ip), 0))
 
+    def address(self, dst_ip: bytes, peer: Any = None) -> Any:
+        return (socket.inet_ntoa(dst_ip), 0)
+
     def recv_batch(self, limit: int = 256) -> list[tuple[bytes, bytes, Any]]:
         out = []
         local = self.local_ip

@@ -23,7 +23,10 @@ from trickles_kit.core.events import Event
 from trickles_kit.core.phase import Phase
 from trickles_kit.core.server import ServerEngine
 from trickles_kit.net.pcap import PcapWriter
+from trickles_kit.net.synbucket import SynBucket
 from trickles_kit.net.transport import Transport
+
+__all__ = ["SEND_BATCH", "ClientHost", "Connection", "EventWriter", "ServerLoop", "SynBucket"]
 
 
 class EventWriter:
@@ -61,65 +64,6 @@ class EventWriter:
             self._f.close()
 
 
-class SynBucket:
-    """The global token bucket that admits new handshakes, in two currencies:
-
-    * count: `rate` SYNs a second, at most `burst` at once (0 = no limit) — bounds the
-      handshake answers, whatever they cost;
-    * time: `share` of the loop's time (0 = no limit), at most a tenth of a second's worth
-      at once — each admitted SYN is charged the time its answer took. A SYN's cost is the
-      application's (a web server parsing the request and reading the first bytes of a file,
-      say; a flood chooses the dearest), so a count alone does not bound the work.
-
-    Refilled from the caller's clock (a clock that steps back only pauses the refill). One
-    bucket per server, none per connection."""
-
-    __slots__ = ("rate", "burst", "tokens", "share", "cap", "budget", "last")
-
-    def __init__(self, rate: float, burst: int, share: float = 0.0) -> None:
-        if rate < 0 or burst < 1 or not 0.0 <= share <= 1.0:
-            raise ValueError(f"need a SYN rate >= 0, a burst >= 1 and a share in [0, 1], got "
-                             f"{rate}, {burst}, {share}")
-        self.rate = float(rate)
-        self.burst = int(burst)
-        self.tokens = float(burst)
-        self.share = float(share)
-        self.cap = self.share * 0.1
-        self.budget = self.cap
-        self.last: float | None = None
-
-    def _refill(self, now: float) -> None:
-        if self.last is not None and now > self.last:
-            dt = now - self.last
-            self.tokens = min(float(self.burst), self.tokens + dt * self.rate)
-            self.budget = min(self.cap, self.budget + dt * self.share)
-        if self.last is None or now > self.last:
-            self.last = now
-
-    def allow(self, now: float) -> bool:
-        """May one more SYN be answered now? (Then `charge` it.)"""
-        self._refill(now)
-        return (not self.rate or self.tokens >= 1.0 - 1e-9) and (
-            not self.share or self.budget > 0.0)
-
-    def charge(self, seconds: float) -> None:
-        """One admitted SYN, whose answer took `seconds`."""
-        if self.rate:
-            self.tokens = max(0.0, self.tokens - 1.0)
-        if self.share:
-            self.budget -= seconds  # (may go below zero: the next SYNs wait for it)
-
-    def wait(self, now: float) -> float:
-        """Seconds until the next SYN may be admitted."""
-        since = max(0.0, now - self.last) if self.last is not None else 0.0
-        w = 0.0
-        if self.rate and self.tokens < 1.0:
-            w = (1.0 - self.tokens) / self.rate
-        if self.share and self.budget <= 0.0:
-            w = max(w, -self.budget / self.share + 1e-6)
-        return max(0.0, w - since)
-
-
 # Defaults of `trickles serve --syn-rate/--syn-burst/--syn-share`. The count: 1,000 handshakes a
 # second, 64 at once. The time: a quarter of the loop's time, so a SYN flood leaves at least
 # three quarters to established trickles and to draining the socket, whatever a SYN costs the
@@ -132,6 +76,10 @@ SYN_BURST = 64
 SYN_SHARE = 0.25
 SYN_BACKLOG = 512
 DRAIN_MAX = 4096  # datagrams taken from the socket per pass, at most (then they are answered)
+# answers queued before one batched send (Transport.send_batch): the server sends at the latest
+# after this many, and at the end of every pass (a pass of 4096 requests must not hold its first
+# answers until the last is computed)
+SEND_BATCH = 64
 # the server socket's receive buffer with priority on (root may pass net.core.rmem_max; others
 # get at most rmem_max): the kernel's queue is arrival-ordered, and a datagram it drops when a
 # flood fills it is lost whatever its kind. The loop drains it in order of priority, so a
@@ -214,6 +162,15 @@ class ServerLoop:
         # by its client's timer)
         self.syns_per_batch = 64
         self.syns_shed = 0
+        self._out: list[tuple[bytes, Any]] = []  # answers waiting for one batched send
+        # a transport without send_batch (a test's stand-in) gets one send per answer
+        self._batched = hasattr(transport, "send_batch")
+
+    def flush(self) -> None:
+        """Send the queued answers (one batched call)."""
+        if self._out:
+            out, self._out = self._out, []
+            self.transport.send_batch(out)
 
     def step(self, timeout: float = 0.1, sel: selectors.BaseSelector | None = None) -> int:
         """Wait up to `timeout` for datagrams and answer them; returns how many were handled."""
@@ -222,6 +179,7 @@ class ServerLoop:
         if sel is not None and not sel.select(timeout):
             if self._waiting:  # nothing new: the backlog's SYNs, as the bucket refills
                 self._admit_syns()
+                self.flush()
                 if self._held:
                     self.release()
             return 0
@@ -251,6 +209,7 @@ class ServerLoop:
             self._answer(seg, src_ip, peer)
         if self._waiting:
             dropped += self._admit_syns()
+        self.flush()
         if dropped:
             self._count_drops("syn_rate", dropped)
         if self._held:
@@ -308,13 +267,24 @@ class ServerLoop:
         now = self.clock()
         if pcap is not None:
             pcap.log(now, src_ip, tr.local_ip, seg, tr.ip_proto, tr.udp_ports(peer, False))
-        for out in self.engine.receive(seg, src_ip, now):
-            if self.delay:
+        outs = self.engine.receive(seg, src_ip, now)
+        if not outs:
+            return
+        if self.delay:
+            for out in outs:
                 self._held.append((now + self.delay, out, src_ip, peer))
-                continue
-            tr.send(out, src_ip, peer)
-            if pcap is not None:
+            return
+        if self._batched:  # (queued: sent by `flush`, at the latest at the end of the pass)
+            addr = tr.address(src_ip, peer)
+            self._out.extend([(out, addr) for out in outs])
+        else:
+            for out in outs:
+                tr.send(out, src_ip, peer)
+        if pcap is not None:
+            for out in outs:
                 pcap.log(now, tr.local_ip, src_ip, out, tr.ip_proto, tr.udp_ports(peer, True))
+        if len(self._out) >= SEND_BATCH:
+            self.flush()
 
     def _step_fifo(self, timeout: float, sel: selectors.BaseSelector | None) -> int:
         """The loop before SYN priority: one batch in arrival order, SYNs shed beyond 64."""
@@ -336,6 +306,7 @@ class ServerLoop:
                     eng.note_drop("syn_shed", self.clock())
                     continue
             self._answer(seg, src_ip, peer)
+        self.flush()
         if self._held:
             self.release()
         return len(batch)
@@ -432,6 +403,12 @@ class ClientHost:
         self._sel = selectors.DefaultSelector()
         self._sel.register(transport, selectors.EVENT_READ)
         self.counters: dict[str, int] = {"unknown_port": 0}
+        # a transport without send_batch (a test's stand-in) gets one send per request
+        self._addr = (transport.address(server_ip, self.peer)
+                      if hasattr(transport, "send_batch") else None)
+        # while a batch is dispatched or timers fire, requests queue here and leave in one
+        # batched send at the end (Transport.send_batch); None: each is sent at once
+        self._out: list[tuple[bytes, Any]] | None = None
 
     def open(self, request: bytes, sink: Callable[[bytes], None] | None = None,
              keep: bool = False, lanes: list[tuple[int, int]] | None = None) -> Connection:
@@ -466,10 +443,17 @@ class ClientHost:
                     conn.sink(data)
         out = eng.datagrams_to_send()
         if out:
-            now = self.clock()
-            for seg in out:
-                tr.send(seg, self.server_ip, self.peer)
-                if self.pcap is not None:
+            queue = self._out
+            if self._addr is None:
+                for seg in out:
+                    tr.send(seg, self.server_ip, self.peer)
+            elif queue is None:
+                tr.send_batch([(seg, self._addr) for seg in out])
+            else:
+                queue.extend([(seg, self._addr) for seg in out])
+            if self.pcap is not None:
+                now = self.clock()
+                for seg in out:
                     self.pcap.log(now, tr.local_ip, self.server_ip, seg, tr.ip_proto,
                                   tr.udp_ports(self.peer, True))
         if conn.finished is None and (eng.done or eng.phase == Phase.FAILED) and not eng.unread:
@@ -484,9 +468,32 @@ class ClientHost:
         if self.conns.get(conn.engine.local_port) is conn:
             self._service(conn.engine.local_port, conn)
 
+    def _batch(self) -> bool:
+        """Start queueing requests (False if a batch is already open: its opener sends)."""
+        if self._out is not None:
+            return False
+        self._out = []
+        return True
+
+    def _send_queued(self) -> None:
+        """Close the batch: its requests leave in one batched send."""
+        out, self._out = self._out, None
+        if out:
+            self.transport.send_batch(out)
+
     def _fire_timers(self) -> None:
-        now = self.clock()
         timers = self._timers
+        if not timers or timers[0][0] > self.clock():
+            return
+        opened = self._batch()
+        try:
+            self._fire_due(timers)
+        finally:
+            if opened:
+                self._send_queued()
+
+    def _fire_due(self, timers: list[tuple[float, int]]) -> None:
+        now = self.clock()
         while timers and timers[0][0] <= now:
             t, port = heapq.heappop(timers)
             conn = self.conns.get(port)
@@ -507,9 +514,22 @@ class ClientHost:
         self._fire_timers()
 
     def dispatch(self, batch: list[tuple[bytes, bytes, Any]]) -> None:
-        """Hand each segment to its connection by the Trickles port inside it."""
+        """Hand each segment to its connection by the Trickles port inside it; the requests
+        they cause leave together at the end."""
+        opened = self._batch()
+        try:
+            self._dispatch(batch)
+        finally:
+            if opened:
+                self._send_queued()
+
+    def _dispatch(self, batch: list[tuple[bytes, bytes, Any]]) -> None:
+        """Each segment to its engine, then each connection it touched serviced once: one
+        `read` (and the requests it frees), one timer update per batch, not per segment (the
+        at most 256 x MSS bytes a batch leaves unread are far below the window)."""
         tr = self.transport
         pcap = self.pcap
+        touched: dict[int, Connection] = {}  # (in order of first arrival)
         for seg, src_ip, peer in batch:
             if src_ip != self.server_ip or peer != self.peer:
                 # not from the address we talk to (over UDP: the server's UDP address too)
@@ -523,7 +543,9 @@ class ClientHost:
                 pcap.log(self.clock(), src_ip, tr.local_ip, seg, tr.ip_proto,
                          tr.udp_ports(peer, False))
             conn.engine.receive(seg, self.clock())
-            self._service(conn.engine.local_port, conn)
+            touched[conn.engine.local_port] = conn
+        for port, conn in touched.items():
+            self._service(port, conn)
 
     def _drop_source(self, src_ip: bytes, peer: Any) -> None:
         self.counters["drop"] = self.counters.get("drop", 0) + 1

@@ -33,6 +33,9 @@ class UdpTransport(Transport):
         """`peer` is the (ip, udp_port) to send to."""
         return self._sendto(segment, peer)
 
+    def address(self, dst_ip: bytes, peer: Any) -> Any:
+        return peer
+
     def recv_batch(self, limit: int = 256) -> list[tuple[bytes, bytes, Any]]:
         if speedups is not None:  # one recvmmsg call (native/)
             ntoa = socket.inet_ntoa

@@ -33,6 +33,12 @@ any loss. The window that remains: a replay of a request that only the dead work
 answered once by the survivor that inherits its port, until the continuation's freshness limit
 (120 s) — the same as one server process restarting, and limited to the dead worker's share.
 
+With no more workers than usable CPUs, worker k is pinned to the k-th of them
+(`sched_setaffinity`): unpinned, the kernel woke the workers on one CPU (the waker's, after a
+burst of datagrams from one sender) and left them there, taking turns on it while the other CPU
+idled (`benchmarks/bench_workers.py` shows it: each worker runnable all the window, half of it
+waiting for a CPU, every NET_RX softirq on one CPU). `pin=False` leaves placement to the kernel.
+
 Each worker runs its own `ServerLoop` and `ServerEngine` (built by the caller's `build`, after
 the fork): one SYN bucket per worker, so the handshake limits are per worker. Workers die with
 the supervisor (`PR_SET_PDEATHSIG`), and report their counters through a pipe when they stop.
@@ -154,6 +160,23 @@ def open_shards(n: int, kind: str, addr: str, port: int, ip_proto: int) -> list[
     return out
 
 
+def pin_cpu(k: int, n: int) -> int | None:
+    """Pin the calling process (worker `k` of `n`) to one usable CPU; returns it, or None when
+    there are more workers than CPUs (then the kernel places them) or pinning is unsupported."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+    if n < 2 or n > len(cpus):
+        return None
+    cpu = cpus[k % len(cpus)]
+    try:
+        os.sched_setaffinity(0, {cpu})
+    except OSError:
+        return None
+    return cpu
+
+
 @dataclass
 class WorkerExit:
     """How one worker ended: its pid, a description, and its counters (None if it was killed)."""
@@ -194,6 +217,7 @@ class WorkerGroup:
     addr: str
     port: int
     ip_proto: int = 253
+    pin: bool = True  # each worker on its own CPU (when there are enough): see pin_cpu
     transports: list[Transport] = field(default_factory=list)
     live: list[int] = field(default_factory=list)
     pids: dict[int, int] = field(default_factory=dict)
@@ -238,6 +262,8 @@ class WorkerGroup:
                     tr.close()
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             _die_with_parent(parent)  # (a SIGTERM now waits, blocked, for the handler below)
+            if self.pin:
+                pin_cpu(k, self.n)
             loop, finish = build(k, self.transports[k])
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: loop.stop())

@@ -1,0 +1,20 @@
+"""`bench_quic --loopback` (trickles_kit/bench/quic_loopback.py) keeps working: one small
+transfer from each server over UDP on 127.0.0.1, byte-exact, with the server's CPU read and
+the ratio formed. Nothing about speed is asserted."""
+
+from __future__ import annotations
+
+import pytest
+
+from trickles_kit.bench import quic_loopback
+
+
+def test_loopback_cpu_comparison_runs_both_servers() -> None:
+    pytest.importorskip("aioquic", reason="aioquic is missing: make lab-venv (the quic extra)")
+    res = quic_loopback.run(True, size=3_000_000, repeats=1, kinds=("trickles-udp", "quic"))
+    for kind in ("trickles-udp", "quic"):
+        (r,) = res["runs"][kind]
+        assert r.get("ok") is True, r  # every byte, SHA-256 checked
+        assert r["bytes"] == 3_000_000 and r["server_cpu_s"] >= 0
+    assert set(res["server_mb_per_cpu_s_over_quic"]) <= {"trickles-udp_over_quic"}
+    assert res["target_ratio"] == 2.5
