@@ -623,7 +623,9 @@ def test_flood_with_concurrent_honest_fetches(www: Path, tmp_path: Path, kind: s
     assert 0 < r["first_fetch_bytes_at_flood_start"] < BIG, r["first_fetch_bytes_at_flood_start"]
     assert r["load"]["sent"] >= STORM_MIN_SENT, r["load"]
     if kind == "syn":
-        assert r["answers_to_flooder"] > 1000, "the SYNs were not answered"
+        # answered at all (how many depends on the machine's speed and the SYN bucket: not a
+        # rate test); the probe below checks that every SYN of a paced probe gets its SYN|ACK
+        assert r["answers_to_flooder"] > 0, "the SYNs were not answered"
         assert r["answer_bytes_ratio"] <= 3.0, r["answer_bytes_ratio"]
         probe = r["probe"]
         assert probe["syn_acks"] == probe["syns"] and probe["max_ratio"] <= 3.0, probe
