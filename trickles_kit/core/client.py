@@ -49,6 +49,8 @@ from trickles_kit.wire.segment import ACK, FIN, SYN, decode_segment
 
 _U32 = 0xFFFFFFFF
 _QUIET = (*ENDED, Phase.IDLE)  # phases in which answers change nothing
+_SYN_SENT: Final = Phase.SYN_SENT  # (module constants: compiled, a static's load)
+_ESTABLISHED: Final = Phase.ESTABLISHED
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # testing/liars.py subclasses it
@@ -280,7 +282,7 @@ class ClientEngine(RequestSending):
             self._drop("echo", now, pkt=seg.seq)
             return
         cont.client_state = epoch  # from here on, the internal timeout epoch
-        if (self.phase == Phase.SYN_SENT or cont.conn_id != self.conn_id) and \
+        if (self.phase == _SYN_SENT or cont.conn_id != self.conn_id) and \
                 not self._accept_cont(cont, seg.flags, seg.seq, now):
             return
         if self.phase in _QUIET:
@@ -383,7 +385,7 @@ class ClientEngine(RequestSending):
 
     def _update_reo(self, now: float) -> None:
         """A hole too near the top for `dupthresh` gets a reordering window (RACK-style)."""
-        if self.phase == Phase.ESTABLISHED and self._pending_below(self.score.max_rx):
+        if self.phase == _ESTABLISHED and self._pending_below(self.score.max_rx):
             if self._reo is None:
                 srtt = self.rtt.srtt if self.rtt.srtt is not None else self.cfg.initial_rto
                 self._reo = now + max(srtt / 4, 0.002)
@@ -490,7 +492,8 @@ class ClientEngine(RequestSending):
         self.score.lost[pkt] = exp.accept
         self.counters["losses"] += 1
         self.stream.settle(exp.ranges)
-        self._event(ev.LOSS_DETECTED, now, pkt=pkt)
+        if self.on_event is not None:
+            self._event(ev.LOSS_DETECTED, now, pkt=pkt)
 
     # ------------------------------------------------------------------ timers
     def handle_timer(self, now: float) -> None:

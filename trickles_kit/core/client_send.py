@@ -13,7 +13,7 @@ from __future__ import annotations
 import heapq
 import struct
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from trickles_kit.core import delta as dl
 from trickles_kit.core import events as ev
@@ -35,6 +35,8 @@ _HEAD = struct.Struct("!B" + FULL_FORMAT + "B").pack  # type, FULL continuation,
 _SACKS = [struct.Struct(f"!{3 * i}I").pack for i in range(MAX_SACKS + 1)]
 _U16 = struct.Struct("!H").pack
 _RANGE = struct.Struct("!II").pack
+_ESTABLISHED: Final = Phase.ESTABLISHED  # (a module constant: compiled, a static's load)
+_PRED: dict[str, str] = {k.value: "pred." + k.value for k in pl.SlotKind}  # counter per slot kind
 
 
 def encode_request(req: Request) -> bytes:
@@ -114,7 +116,7 @@ class RequestSending(OlderNames):
         Once every byte is asked for, only `tail_probes` empty requests go out in a row; the
         other continuations are held (unused, still valid) until a loss gives them bytes to ask.
         """
-        if self.phase != Phase.ESTABLISHED:
+        if self.phase != _ESTABLISHED:
             return
         ready = self._ready
         probes = self.cfg.tail_probes
@@ -139,8 +141,10 @@ class RequestSending(OlderNames):
 
     def _request_for(self, cont: Continuation, now: float) -> None:
         blocks = self._proof(cont)
-        plan = dl.plan_for(cont.type, cont.seq, cont.tcp_base, cont.start_cwnd, cont.ssthresh,
-                           cont.state, blocks, False, self._max_gap)
+        # (dl.plan_for's dispatch, inline: it runs per request)
+        plan = (dl.plan_paired if cont.type == FULL2 else pl.plan_request)(
+            cont.seq, cont.tcp_base, cont.start_cwnd, cont.ssthresh, cont.state, blocks, False,
+            self._max_gap)
         if plan.verdict == "reject":
             self.counters["unusable_cont"] += 1
             return
@@ -172,8 +176,9 @@ class RequestSending(OlderNames):
                 self.in_recovery = True
                 self._recovery_base = boot[0].tcp_base
                 self.counters["recoveries"] += 1
+        counters = self.counters
         for s in plan.slots:
-            self.counters["pred." + s.kind] += 1
+            counters[_PRED[s.kind]] += 1
         if not plan.slots:
             self.counters["pred.terminate"] += 1
         self._forget_last()
