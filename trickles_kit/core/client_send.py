@@ -154,33 +154,35 @@ class RequestSending(OlderNames):
                 plan: pl.Plan, now: float) -> None:
         # a request carries at most MAX_RANGES ranges: a larger window from the server (its
         # startCwnd) leaves the extra slots without one rather than failing the encode
-        ranges = self.picker.assign(min(len(plan.slots), MAX_RANGES))
+        slots = plan.slots  # (read once: a Plan's fields are attribute lookups, compiled too)
+        counters = self.counters
+        ranges = self.picker.assign(min(len(slots), MAX_RANGES))
         if ranges:
             self._probes = 0
-        elif plan.slots:
+        elif slots:
             self._probes += 1
-            self.counters["tail_probes"] += 1
+            counters["tail_probes"] += 1
         req = None
-        if self._repair_on and rtype == REQ_NORMAL and plan.slots:
+        repair_on = self._repair_on
+        if repair_on and rtype == REQ_NORMAL and slots:
             req = self.repair.new_request(cont.seq, plan, self.client_state)
         for old in self.loss.expect(plan, ranges, cont.seq):  # the bytes asked of a first
             self.stream.settle(old.ranges)  # plan of the same number must not be forgotten
-        if self._repair_on:
+        if repair_on:
             self.repair.note(plan, req)
-        if plan.slots:
+        if slots:
             self.cwnd = plan.cwnd
-            self.ssthresh = plan.slots[-1].ssthresh
+            self.ssthresh = slots[-1].ssthresh
         if plan.verdict == "recovery" and not self.in_recovery and plan.first_loss >= 0:
-            boot = [s for s in plan.slots if s.kind == pl.BOOT]
+            boot = [s for s in slots if s.kind == pl.BOOT]
             if boot:
                 self.in_recovery = True
                 self._recovery_base = boot[0].tcp_base
-                self.counters["recoveries"] += 1
-        counters = self.counters
-        for s in plan.slots:
+                counters["recoveries"] += 1
+        for s in slots:
             counters[_PRED[s.kind]] += 1
-        if not plan.slots:
-            self.counters["pred.terminate"] += 1
+        if not slots:
+            counters["pred.terminate"] += 1
         self._forget_last()
         self._send_request(rtype, cont, blocks, ranges, now, plan=plan)
         if req is not None:  # (no copies if an override sent something else: no repeats)
