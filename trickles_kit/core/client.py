@@ -21,11 +21,11 @@ from __future__ import annotations
 import heapq
 import os
 from collections import Counter
+from typing import ClassVar, Final
 
 from trickles_kit.core import delta as dl
 from trickles_kit.core import events as ev
 from trickles_kit.core.client_config import ClientConfig
-from trickles_kit.core.client_names import OlderNames
 from trickles_kit.core.client_send import RequestSending
 from trickles_kit.core.loss import LossDetector
 from trickles_kit.core.phase import ENDED, Phase
@@ -36,6 +36,7 @@ from trickles_kit.core.rtt import RttEstimator
 from trickles_kit.core.scoreboard import Scoreboard
 from trickles_kit.core.spare import Spare
 from trickles_kit.core.uplink_repair import UplinkRepair
+from trickles_kit.native.hints import mypyc_attr
 from trickles_kit.wire.continuation import BOOTSTRAP, FULL2, HASHED, MINIMAL, PAIR, Continuation
 from trickles_kit.wire.errors import DecodeError
 from trickles_kit.wire.messages import (
@@ -48,16 +49,19 @@ from trickles_kit.wire.segment import ACK, FIN, SYN, decode_segment
 
 _U32 = 0xFFFFFFFF
 _QUIET = (*ENDED, Phase.IDLE)  # phases in which answers change nothing
+_SYN_SENT: Final = Phase.SYN_SENT  # (module constants: compiled, a static's load)
+_ESTABLISHED: Final = Phase.ESTABLISHED
 
 
-class ClientEngine(RequestSending, OlderNames):
+@mypyc_attr(allow_interpreted_subclasses=True)  # testing/liars.py subclasses it
+class ClientEngine(RequestSending):
     """One Trickles connection, client side. Times are float seconds supplied by the caller."""
 
     # uplink repair's tuning, named here too (tests and benchmarks read them off the engine)
-    PROBE_PAIR = UplinkRepair.PROBE_PAIR
-    COPY_STEPS = UplinkRepair.COPY_STEPS
-    ECHO_EPOCHS = RequestBuilder.ECHO_EPOCHS
-    PRUNE_MIN = 256  # claimed nonces held before the scoreboard is first pruned
+    PROBE_PAIR: ClassVar[int] = UplinkRepair.PROBE_PAIR
+    COPY_STEPS: ClassVar[tuple[float, ...]] = UplinkRepair.COPY_STEPS
+    ECHO_EPOCHS: ClassVar[int] = RequestBuilder.ECHO_EPOCHS
+    PRUNE_MIN: Final = 256  # claimed nonces held before the scoreboard is first pruned
 
     def __init__(
         self,
@@ -86,7 +90,10 @@ class ClientEngine(RequestSending, OlderNames):
                                     cfg.paired, cfg.hashed)
         self.rtt = RttEstimator(cfg.initial_rto, cfg.min_rto, cfg.max_rto)
         self.stream = Reassembly(cfg.window, cfg.max_islands, self.counters)
-        self.picker = RangePicker(self.stream, cfg.mss)
+        mss, max_gap, bucket = cfg.mss, cfg.max_gap, cfg.slowstart_bucket
+        assert mss is not None and max_gap is not None and bucket is not None  # (resolved)
+        self._max_gap = max_gap
+        self.picker = RangePicker(self.stream, mss)
         self.score = Scoreboard()  # (current client_state only)
         self.repair = UplinkRepair(self)
         self._repair_on = cfg.uplink_repair
@@ -99,7 +106,7 @@ class ClientEngine(RequestSending, OlderNames):
         self._outbox: list[bytes] = []
         self.ucont = b""
         self.loss = LossDetector()  # the packets our requests will make
-        self.spare = Spare(cfg.slowstart_bucket)  # the newest continuation, for SLOWSTART/FIN
+        self.spare = Spare(bucket)  # the newest continuation, for SLOWSTART/FIN
         # the continuations that came, in packet order, for the next requests
         self._ready: list[tuple[int, int, Continuation]] = []
         self._last_segs: list[bytes] = []
@@ -238,12 +245,6 @@ class ClientEngine(RequestSending, OlderNames):
         return t
 
     # ------------------------------------------------------------------ helpers
-    def _event(self, kind: str, now: float, **kw) -> None:
-        if self.on_event is None:
-            return
-        self.on_event(ev.Event.make(kind, now, "client", **({
-            "conn_id": self.conn_id, "cwnd": self.cwnd, "ssthresh": self.ssthresh} | kw)))
-
     def _drop(self, reason: str, now: float, **kw) -> None:
         """A segment the client refuses: a counter `drop.<reason>` and a `drop` event."""
         self.counters["drop"] += 1
@@ -256,9 +257,6 @@ class ClientEngine(RequestSending, OlderNames):
         if b.hashed:
             return b.tokens.get(cont.client_state)
         return b.tokens.get(cont.client_state << 32 | cont.parent)
-
-    def _arm(self, now: float) -> None:
-        self._timer = now + min(self.rtt.rto * self._backoff, self.cfg.max_rto)
 
     # ------------------------------------------------------------------ receive
     def receive(self, segment: bytes, now: float) -> None:
@@ -275,15 +273,16 @@ class ClientEngine(RequestSending, OlderNames):
             return
         cont = resp.cont
         if cont.type == HASHED:  # rebuild it from what we predicted for that request
-            cont = self._rebuild(cont, seg.seq, resp.position, now)
-            if cont is None:
+            full = self._rebuild(cont, seg.seq, resp.position, now)
+            if full is None:
                 return
+            cont = full
         epoch = self._echo_epoch(cont)
         if epoch is None:  # no echo of our token: off-path injection (or a confused server)
             self._drop("echo", now, pkt=seg.seq)
             return
         cont.client_state = epoch  # from here on, the internal timeout epoch
-        if (self.phase == Phase.SYN_SENT or cont.conn_id != self.conn_id) and \
+        if (self.phase == _SYN_SENT or cont.conn_id != self.conn_id) and \
                 not self._accept_cont(cont, seg.flags, seg.seq, now):
             return
         if self.phase in _QUIET:
@@ -308,8 +307,8 @@ class ClientEngine(RequestSending, OlderNames):
                     self._event(ev.DATA, now, bytes=n, offset=stream.deliver)
         if seg.flags & SYN and self._syn_range is not None:
             # the SYN asked for these bytes; an answer trimmed by anti-amplification lacks them
-            for s, e in self.stream.received.gaps(*self._syn_range):
-                self.stream.missing.add(s, e)
+            for lo, hi in self.stream.received.gaps(*self._syn_range):
+                self.stream.missing.add(lo, hi)
             self._syn_range = None
         if resp.ucont:
             self.ucont = resp.ucont
@@ -386,7 +385,7 @@ class ClientEngine(RequestSending, OlderNames):
 
     def _update_reo(self, now: float) -> None:
         """A hole too near the top for `dupthresh` gets a reordering window (RACK-style)."""
-        if self.phase == Phase.ESTABLISHED and self._pending_below(self.score.max_rx):
+        if self.phase == _ESTABLISHED and self._pending_below(self.score.max_rx):
             if self._reo is None:
                 srtt = self.rtt.srtt if self.rtt.srtt is not None else self.cfg.initial_rto
                 self._reo = now + max(srtt / 4, 0.002)
@@ -493,7 +492,8 @@ class ClientEngine(RequestSending, OlderNames):
         self.score.lost[pkt] = exp.accept
         self.counters["losses"] += 1
         self.stream.settle(exp.ranges)
-        self._event(ev.LOSS_DETECTED, now, pkt=pkt)
+        if self.on_event is not None:
+            self._event(ev.LOSS_DETECTED, now, pkt=pkt)
 
     # ------------------------------------------------------------------ timers
     def handle_timer(self, now: float) -> None:
@@ -564,7 +564,7 @@ class ClientEngine(RequestSending, OlderNames):
             r0 = spare.ss_right  # claim them (their nonces belong to the new epoch)
             blocks = [(lft, min(rgt, r0)) for lft, rgt in blocks if lft <= r0]
         plan = dl.plan_for(cont.type, cont.seq, cont.tcp_base, cont.start_cwnd, cont.ssthresh,
-                           cont.state, blocks, True, self.cfg.max_gap)
+                           cont.state, blocks, True, self._max_gap)
         right = plan.slots[0].pkt - 1
         blocks = [(lft, min(rgt, right)) for lft, rgt in blocks if lft <= right]  # same `right`
         self._event(ev.TIMEOUT, now, pkt=cont.seq, right=right,

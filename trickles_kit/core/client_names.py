@@ -14,6 +14,7 @@ from trickles_kit.core import delta as dl
 from trickles_kit.core.loss import Expect
 from trickles_kit.core.ranges import RangeSet
 from trickles_kit.core.reassembly import Ranges
+from trickles_kit.native.hints import mypyc_attr
 from trickles_kit.wire.continuation import Continuation
 
 if TYPE_CHECKING:  # (types only)
@@ -25,16 +26,17 @@ if TYPE_CHECKING:  # (types only)
     from trickles_kit.core.scoreboard import Scoreboard
     from trickles_kit.core.spare import Spare
 
-
+@mypyc_attr(allow_interpreted_subclasses=True)  # (ClientEngine's base)
 class OlderNames:
-    if TYPE_CHECKING:
-        rtt: RttEstimator
-        score: Scoreboard
-        stream: Reassembly
-        picker: RangePicker
-        build: RequestBuilder
-        loss: LossDetector
-        spare: Spare
+    # the engine's parts (set by ClientEngine.__init__; declared here, the root of the
+    # engine's classes, so that a compiled build lays them out once)
+    rtt: RttEstimator
+    score: Scoreboard
+    stream: Reassembly
+    picker: RangePicker
+    build: RequestBuilder
+    loss: LossDetector
+    spare: Spare
 
     @property
     def _srtt(self) -> float | None:

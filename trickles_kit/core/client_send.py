@@ -13,32 +13,30 @@ from __future__ import annotations
 import heapq
 import struct
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from trickles_kit.core import delta as dl
 from trickles_kit.core import events as ev
 from trickles_kit.core import plan as pl
+from trickles_kit.core.client_names import OlderNames
 from trickles_kit.core.phase import Phase
 from trickles_kit.core.reassembly import Ranges
+from trickles_kit.native.hints import mypyc_attr
 from trickles_kit.wire.continuation import FULL1, FULL2, FULL_FORMAT, Continuation
 from trickles_kit.wire.messages import MAX_RANGES, MAX_SACKS, REQ_NORMAL, Request, SackBlock
 from trickles_kit.wire.segment import ACK
 
 if TYPE_CHECKING:  # (types only)
     from trickles_kit.core.client_config import ClientConfig
-    from trickles_kit.core.loss import LossDetector
-    from trickles_kit.core.range_picker import RangePicker
-    from trickles_kit.core.reassembly import Reassembly
-    from trickles_kit.core.request_builder import RequestBuilder
-    from trickles_kit.core.scoreboard import Scoreboard
     from trickles_kit.core.uplink_repair import UplinkRepair
-
 
 _U32 = 0xFFFFFFFF
 _HEAD = struct.Struct("!B" + FULL_FORMAT + "B").pack  # type, FULL continuation, numSacks
 _SACKS = [struct.Struct(f"!{3 * i}I").pack for i in range(MAX_SACKS + 1)]
 _U16 = struct.Struct("!H").pack
 _RANGE = struct.Struct("!II").pack
+_ESTABLISHED: Final = Phase.ESTABLISHED  # (a module constant: compiled, a static's load)
+_PRED: dict[str, str] = {k.value: "pred." + k.value for k in pl.SlotKind}  # counter per slot kind
 
 
 def encode_request(req: Request) -> bytes:
@@ -66,42 +64,47 @@ def encode_request(req: Request) -> bytes:
         *rparts, req.app))
 
 
-class RequestSending:
-    if TYPE_CHECKING:
-        cfg: ClientConfig
-        phase: str
-        counters: Counter[str]
-        client_state: int
-        cwnd: int
-        ssthresh: int
-        in_recovery: bool
-        ucont: bytes
-        score: Scoreboard
-        stream: Reassembly
-        picker: RangePicker
-        build: RequestBuilder
-        loss: LossDetector
-        repair: UplinkRepair
-        on_event: ev.EventSink | None
-        _ready: list[tuple[int, int, Continuation]]
-        _probes: int
-        _recovery_base: int
-        _repair_on: bool
-        _request_bytes: bytes
-        _outbox: list[bytes]
-        _last_segs: list[bytes]
-        _last_wire: tuple[Request, int, int, int] | None
-        _timer: float | None
+@mypyc_attr(allow_interpreted_subclasses=True)  # (ClientEngine's base)
+class RequestSending(OlderNames):
+    """The engine's sending steps (a base class of ClientEngine, which sets every attribute
+    declared here; declared rather than set so that a compiled build lays them out once)."""
 
-        @property
-        def done(self) -> bool: ...
-        _syn_time: float
-        _syn_range: tuple[int, int] | None
-        def _arm(self, now: float) -> None: ...
-        def _event(self, kind: str, now: float, **kw) -> None: ...
+    cfg: ClientConfig
+    phase: str
+    counters: Counter[str]
+    conn_id: int
+    client_state: int
+    cwnd: int
+    ssthresh: int
+    in_recovery: bool
+    ucont: bytes
+    repair: UplinkRepair
+    on_event: ev.EventSink | None
+    _ready: list[tuple[int, int, Continuation]]
+    _probes: int
+    _recovery_base: int
+    _repair_on: bool
+    _request_bytes: bytes
+    _outbox: list[bytes]
+    _last_segs: list[bytes]
+    _last_wire: tuple[Request, int, int, int] | None
+    _timer: float | None
+    _backoff: int
+    _syn_time: float
+    _syn_range: tuple[int, int] | None
+    _max_gap: int  # cfg.max_gap, resolved (the config's field is Optional)
+
+    def _event(self, kind: str, now: float, **kw: object) -> None:
+        if self.on_event is None:
+            return
+        self.on_event(ev.Event.make(kind, now, "client", **({
+            "conn_id": self.conn_id, "cwnd": self.cwnd, "ssthresh": self.ssthresh} | kw)))
+
+    def _arm(self, now: float) -> None:
+        self._timer = now + min(self.rtt.rto * self._backoff, self.cfg.max_rto)
 
     def _has_work(self) -> bool:
-        return not self.done
+        return not self.stream.done
 
     def _can_ask(self) -> bool:
         """Whether a request now would name any byte: a missing one or one never asked."""
@@ -113,7 +116,7 @@ class RequestSending:
         Once every byte is asked for, only `tail_probes` empty requests go out in a row; the
         other continuations are held (unused, still valid) until a loss gives them bytes to ask.
         """
-        if self.phase != Phase.ESTABLISHED:
+        if self.phase != _ESTABLISHED:
             return
         ready = self._ready
         probes = self.cfg.tail_probes
@@ -138,8 +141,10 @@ class RequestSending:
 
     def _request_for(self, cont: Continuation, now: float) -> None:
         blocks = self._proof(cont)
-        plan = dl.plan_for(cont.type, cont.seq, cont.tcp_base, cont.start_cwnd, cont.ssthresh,
-                           cont.state, blocks, False, self.cfg.max_gap)
+        # (dl.plan_for's dispatch, inline: it runs per request)
+        plan = (dl.plan_paired if cont.type == FULL2 else pl.plan_request)(
+            cont.seq, cont.tcp_base, cont.start_cwnd, cont.ssthresh, cont.state, blocks, False,
+            self._max_gap)
         if plan.verdict == "reject":
             self.counters["unusable_cont"] += 1
             return
@@ -149,33 +154,36 @@ class RequestSending:
                 plan: pl.Plan, now: float) -> None:
         # a request carries at most MAX_RANGES ranges: a larger window from the server (its
         # startCwnd) leaves the extra slots without one rather than failing the encode
-        ranges = self.picker.assign(min(len(plan.slots), MAX_RANGES))
+        slots = plan.slots  # (read once: a Plan's fields are attribute lookups, compiled too)
+        counters = self.counters
+        ranges = self.picker.assign(min(len(slots), MAX_RANGES))
         if ranges:
             self._probes = 0
-        elif plan.slots:
+        elif slots:
             self._probes += 1
-            self.counters["tail_probes"] += 1
+            counters["tail_probes"] += 1
         req = None
-        if self._repair_on and rtype == REQ_NORMAL and plan.slots:
+        repair_on = self._repair_on
+        if repair_on and rtype == REQ_NORMAL and slots:
             req = self.repair.new_request(cont.seq, plan, self.client_state)
         for old in self.loss.expect(plan, ranges, cont.seq):  # the bytes asked of a first
             self.stream.settle(old.ranges)  # plan of the same number must not be forgotten
-        if self._repair_on:
+        if repair_on:
             self.repair.note(plan, req)
-        if plan.slots:
+        if slots:
             self.cwnd = plan.cwnd
-            self.ssthresh = plan.slots[-1].ssthresh
+            self.ssthresh = slots[-1].ssthresh
         if plan.verdict == "recovery" and not self.in_recovery and plan.first_loss >= 0:
-            boot = [s for s in plan.slots if s.kind == pl.BOOT]
+            boot = [s for s in slots if s.kind == pl.BOOT]
             if boot:
                 self.in_recovery = True
                 self._recovery_base = boot[0].tcp_base
-                self.counters["recoveries"] += 1
-        for s in plan.slots:
-            self.counters["pred." + s.kind] += 1
-        if not plan.slots:
-            self.counters["pred.terminate"] += 1
-        self._last_segs, self._last_wire = [], None
+                counters["recoveries"] += 1
+        for s in slots:
+            counters[_PRED[s.kind]] += 1
+        if not slots:
+            counters["pred.terminate"] += 1
+        self._forget_last()
         self._send_request(rtype, cont, blocks, ranges, now, plan=plan)
         if req is not None:  # (no copies if an override sent something else: no repeats)
             req.segs, req.stamp, req.wire = self._last_segs, cont.client_timestamp, \
@@ -183,6 +191,11 @@ class RequestSending:
             req.copies = len(req.segs)
         if self._timer is None:
             self._arm(now)
+
+    def _forget_last(self) -> None:
+        """Before a request: none sent yet to copy (_send_request sets them; a method, so
+        that mypy, and with it mypyc, does not take them for None after that call)."""
+        self._last_segs, self._last_wire = [], None
 
     def _send_request(self, rtype: int, cont: Continuation, blocks: list[tuple[int, int]],
                       ranges: Ranges, now: float, flags: int = ACK,
@@ -230,14 +243,15 @@ class RequestSending:
 
     def _send_syn(self, now: float) -> None:
         cfg = self.cfg
-        ranges = [(0, cfg.mss)] if cfg.syn_data and self._request_bytes else []
+        mss = self.picker.mss  # (cfg.mss, resolved)
+        ranges = [(0, mss)] if cfg.syn_data and self._request_bytes else []
         app = self._request_bytes if cfg.syn_data else b""
         self._syn_time = now
         if ranges:
             self._syn_range = ranges[0]
             self.picker.next_new = max(self.picker.next_new, ranges[0][1])
             self.stream.ask(*ranges[0])
-        self._outbox.append(self.build.syn(self._owned(now), ranges, app, cfg.mss))
+        self._outbox.append(self.build.syn(self._owned(now), ranges, app, mss))
         self.counters["tx"] += 1
         self._arm(now)
 

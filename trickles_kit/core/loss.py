@@ -15,6 +15,8 @@ from collections.abc import Container
 from trickles_kit.core import plan as pl
 from trickles_kit.core.reassembly import Ranges
 
+RETRANSMIT = pl.RETRANSMIT
+
 
 class Expect:
     """A packet a request of ours will make: the bytes its slot names (`ranges`), the bytes
@@ -42,22 +44,29 @@ class LossDetector:
     def expect(self, plan: pl.Plan, ranges: Ranges, seq: int) -> list[Expect]:
         """Note the packets `plan` will make, slot i carrying ranges[i]; the expectations they
         replace (a number planned twice, e.g. two proofs showed the same hole)."""
-        newest = max((s.pkt for s in plan.slots if s.kind != pl.RETRANSMIT), default=seq)
+        newest = seq
+        have = False
+        for s in plan.slots:
+            if s.kind != RETRANSMIT and (not have or s.pkt > newest):
+                newest, have = s.pkt, True
         replaced = []
+        nr = len(ranges)
+        expected, heap = self.expected, self.heap
         for i, s in enumerate(plan.slots):
-            rng = [ranges[i]] if i < len(ranges) else []
-            rtx = s.kind == pl.RETRANSMIT
-            exp = Expect(rng, newest if rtx else s.pkt, s.tcp_base)
-            table = self.rtx if rtx else self.expected
-            old = table.get(s.pkt)
+            rng = [ranges[i]] if i < nr else []
+            if s.kind == RETRANSMIT:
+                exp = Expect(rng, newest, s.tcp_base)
+                old = self.rtx.get(s.pkt)
+                self.rtx[s.pkt] = exp
+                heapq.heappush(self.rtx_heap, (newest, s.pkt))
+            else:
+                exp = Expect(rng, s.pkt, s.tcp_base)
+                old = expected.get(s.pkt)
+                expected[s.pkt] = exp
+                heapq.heappush(heap, s.pkt)
             if old is not None:  # its bytes may still come with it
                 exp.accept = rng + old.accept
                 replaced.append(old)
-            table[s.pkt] = exp
-            if rtx:
-                heapq.heappush(self.rtx_heap, (newest, s.pkt))
-            else:
-                heapq.heappush(self.heap, s.pkt)
         return replaced
 
     def due_below(self, bound: int, waiting: Container[int]) -> list[int]:

@@ -61,6 +61,21 @@ class RangeSet:
             return
         starts, ends = self._starts, self._ends
         i = bisect_right(ends, start)
+        if i < len(starts) and starts[i] <= start and end <= ends[i]:
+            # within one run (the client's common case: bytes or numbers that just arrived)
+            s0, e0 = starts[i], ends[i]
+            if s0 == start:
+                if end == e0:
+                    del starts[i], ends[i]
+                else:
+                    starts[i] = end
+            elif end == e0:
+                ends[i] = start
+            else:
+                starts.insert(i + 1, end)
+                ends.insert(i + 1, e0)
+                ends[i] = start
+            return
         j = i
         new_s: list[int] = []
         new_e: list[int] = []

@@ -76,8 +76,10 @@ class Reassembly:
     def ask(self, start: int, end: int) -> None:
         """Record bytes named in a request: only these are accepted when they arrive."""
         want = self.want
-        if start < end and want.ends_by(start) and self.received.ends_by(start):
-            self.want_bytes += end - start  # (new bytes past all others: the common case)
+        if want.covers(start, end):  # asked already (the picker asks new bytes at once)
+            return
+        if want.ends_by(start) and self.received.ends_by(start):
+            self.want_bytes += end - start  # (new bytes past all others)
             want.add(start, end)
             return
         for s, e in self.received.gaps(start, end):
@@ -158,6 +160,9 @@ class Reassembly:
                     if len(received) >= cap and not received.contains(s - 1):
                         counters["drop.fragments"] += 1  # a new island past the cap
                         continue
+                    # [s, e) lies inside `want` (clipped from it): unask it outright
+                    self.want_bytes -= e - s
+                    self.want.remove(s, e)
                     self._store(s, c.data[s - start : e - start])
                     received.add(s, e)
                     took = got = True
@@ -178,9 +183,8 @@ class Reassembly:
         return got
 
     def _store(self, start: int, data: bytes) -> None:
-        """Keep an out-of-order run, merged with its neighbours: memory stays one object per
-        island however small the chunks are."""
-        self.unask(start, start + len(data))
+        """Keep an out-of-order run (no longer asked: the caller unasked it), merged with its
+        neighbours: memory stays one object per island however small the chunks are."""
         self.held += len(data)
         left = self._piece_end.pop(start, None)
         if left is not None:

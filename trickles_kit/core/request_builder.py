@@ -9,6 +9,7 @@ client recognises answers to its own requests and nothing else.
 from __future__ import annotations
 
 import hashlib
+from typing import Final
 
 from trickles_kit.core import delta as dl
 from trickles_kit.core import plan as pl
@@ -20,7 +21,7 @@ _U32 = 0xFFFFFFFF
 
 
 class RequestBuilder:
-    ECHO_EPOCHS = 16  # timeout epochs whose late packets are still recognised (data only)
+    ECHO_EPOCHS: Final = 16  # timeout epochs whose late packets are still recognised (data only)
 
     __slots__ = ("local_ip", "local_port", "server_ip", "server_port", "seq", "paired",
                  "hashed", "preds", "compact_ok", "_key", "tokens", "_last")

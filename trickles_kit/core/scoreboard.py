@@ -152,8 +152,8 @@ class Scoreboard:
         else:
             for j in range(old, floor):
                 nonce.pop(j, None)
-        for a in [a for a in anchors if a < lo_min]:
-            del anchors[a]
+        for lo in [x for x in anchors if x < lo_min]:
+            del anchors[lo]
         first = board.first()
         cut = min(lo_min, floor)
         if first is not None and first[0] < cut:

@@ -18,7 +18,7 @@ repeats' deadlines and the two estimates, and acts on the engine it was given.
 from __future__ import annotations
 
 import heapq
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar, Final
 
 from trickles_kit.core import events as ev
 from trickles_kit.core import plan as pl
@@ -57,19 +57,19 @@ class SentRequest:
 
 
 class UplinkRepair:
-    YIELD_START = 0.3  # the repair yield assumed before any repeat
-    YIELD_MIN = 0.25  # repair yield below which gaps are not repeated (but for probes)
-    YIELD_AGAIN = 0.75  # ... below which a repeat that failed is not repeated again
-    YIELD_GAIN = 1 / 8  # EWMA gain: per repeated request, repaired (1) or not (0)
-    REPAIRS_MIN = 8  # requests repaired at once: up to this many, or a quarter of the window
-    PROBE_EVERY = 16  # gaps: with a low yield, one in this many is still repeated
+    YIELD_START: Final = 0.3  # the repair yield assumed before any repeat
+    YIELD_MIN: Final = 0.25  # repair yield below which gaps are not repeated (but for probes)
+    YIELD_AGAIN: Final = 0.75  # ... below which a repeat that failed is not repeated again
+    YIELD_GAIN: Final = 1 / 8  # EWMA gain: per repeated request, repaired (1) or not (0)
+    REPAIRS_MIN: Final = 8  # requests repaired at once: up to this many, or a quarter of the window
+    PROBE_EVERY: Final = 16  # gaps: with a low yield, one in this many is still repeated
     # copies per request by the measured loss of one request datagram: c + 1 copies from
     # COPY_STEPS[c - 1] up (2 from 2 %, 3 from 6 %), back down below 3/4 of the step
-    COPY_STEPS = (0.02, 0.06, 0.15)
-    COPY_GAIN = 1 / 128  # EWMA gain of the loss estimate (after as many trials)
-    COPY_BURST = 256  # datagrams waiting to be sent past which no more copies are added
-    PROBE_PAIR = 16  # sent once, one request in this many still goes out twice (a probe)
-    REPAIR_RTTS = 1.25  # a repeat's packets are waited for this many smoothed RTTs (at least)
+    COPY_STEPS: ClassVar[tuple[float, ...]] = (0.02, 0.06, 0.15)
+    COPY_GAIN: Final = 1 / 128  # EWMA gain of the loss estimate (after as many trials)
+    COPY_BURST: Final = 256  # datagrams waiting to be sent past which no more copies are added
+    PROBE_PAIR: Final = 16  # sent once, one request in this many still goes out twice (a probe)
+    REPAIR_RTTS: Final = 1.25  # a repeat's packets are waited this many smoothed RTTs (at least)
 
     def __init__(self, eng: ClientEngine) -> None:
         self.eng = eng

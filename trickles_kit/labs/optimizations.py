@@ -18,6 +18,7 @@ import tempfile
 import time
 from bisect import bisect_right
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import accumulate
 from pathlib import Path
@@ -28,6 +29,7 @@ from trickles_kit.apps.http import parse_response_head
 from trickles_kit.apps.parallel import PipelineSplitter, build_request, fetch_parallel, lanes_for
 from trickles_kit.apps.sim import LinkConfig, SimNetwork, build_world
 from trickles_kit.apps.web import WebServer
+from trickles_kit.core.client import ClientEngine
 from trickles_kit.core.server import ServerConfig, ServerEngine
 from trickles_kit.labs.checks import _as_int, _no, _ok
 from trickles_kit.net.ip import aton
@@ -95,23 +97,30 @@ def sim_fetch(request: bytes, *, lanes: list[tuple[int, int]] | None = None, rep
         down = link or LinkConfig(loss=loss)
         up = LinkConfig(delay=down.delay, rate=down.rate, loss=down.loss)
         world = build_world(seed, reps, request, down=down, up=up,  # type: ignore[arg-type]
-                            keep_data=True)  # (replicas: a duck-typed server)
+                            keep_data=True, engine_cls=_TimedReads)  # (replicas: duck-typed)
         cl, sim = world.client, world.sim
+        assert isinstance(cl, _TimedReads)
         if lanes:
             cl.set_lanes(lanes)
         arrivals: list[tuple[float, int]] = []
-        read = cl.read
-
-        def timed_read() -> bytes:  # when each in-order piece reached the application
-            chunk = read()
-            if chunk:
-                arrivals.append((sim.now, len(chunk)))
-            return chunk
-
-        cl.read = timed_read  # type: ignore[method-assign]
+        cl.arrivals, cl.clock = arrivals, lambda: sim.now
         world.run(time_limit)
         return SimFetch(cl.done, bytes(world.net.data[world.address]), round(world.seconds(), 6),
                         reps.served, dict(reps.counters), dict(cl.counters), arrivals)
+
+
+class _TimedReads(ClientEngine):
+    """A client that notes when each in-order piece reached the application (a subclass, not
+    a patched `read`: the compiled engine's methods cannot be replaced on an instance)."""
+
+    arrivals: list[tuple[float, int]]
+    clock: Callable[[], float]
+
+    def read(self, now: float | None = None) -> bytes:
+        chunk = super().read(now)
+        if chunk:
+            self.arrivals.append((self.clock(), len(chunk)))
+        return chunk
 
 
 def response_times(data: bytes, arrivals: list[tuple[float, int]],
