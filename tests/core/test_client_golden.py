@@ -38,13 +38,14 @@ CASES: dict[str, tuple[dict, int, float, float, tuple[float, float] | None, int]
     "lanes": ({"window": 1 << 20}, 400_000, 0.02, 0.03, None, 3),
 }
 
-# recorded from the committed engine (see the module's docstring)
+# recorded from the committed engine (see the module's docstring): the client of 9cd38cf
+# against the server whose recovery round counts retransmissions inside the halved window (h-rtt)
 GOLDEN = {
-    "lossy": "7fbf227346162136439438590580e9ab73364f12cd2652f4478ce0e0b0bbed4b",
-    "blackout": "cc4b8fb370a29adea2234af53dd00acc22ad9895eb2d116b2e74161e5ba0bc55",
-    "uplink_repair": "166d42155f22afa953ea6b51616cc329b4049d5fcac832f6bce154ebe585e709",
-    "paired_hashed": "e94f96388facd4c28aa5a08807c604e1834e8360a850279d4502b5fb04f1a5bc",
-    "lanes": "102d898d519c499579221bad7ca8d9552cc829b19cb10d7c60c8c763fe477972",
+    "lossy": "0d81d220925363ca88739ebf2c7fb0673c96e13555054de15c400fa3f4c5c737",
+    "blackout": "694bab34bf67d20ad4d965e41d875dfded48f9471a2fe203ab78a6a2896266db",
+    "uplink_repair": "1bdc67049b4f7e9afc124c8c85bb5f131a6e07c55a8f55363d9b0df22a9ad51a",
+    "paired_hashed": "493e0ff02b9f9815af4d62414d875e61374792147d166ff229f56c55fe63f5fe",
+    "lanes": "9c84ef2ad58e2c06cd38e4a34e44d1e1e4a62037e9d85028c02aa904f0493daa",
 }
 
 
