@@ -74,6 +74,7 @@ $(VENV)/.native: $(LABSTAMP) setup.py trickles_kit/native/speedups.c \
 		trickles_kit/native/mypyc_modules.txt $(MYPYC_SRC)
 	@if command -v cc >/dev/null 2>&1; then \
 	    m=0; if $(VPY) -c 'import mypyc' 2>/dev/null; then m=1; fi; \
+	    find trickles_kit -name '*.so' -delete; \
 	    if TRICKLES_MYPYC=$$m $(VPY) setup.py -q build_ext --inplace >$(VENV)/native.log 2>&1; \
 	    then find trickles_kit -name '*.so' -exec touch {} +; touch $@; else echo "(no compiled build: pure Python; see $(VENV)/native.log)"; fi; \
 	fi

@@ -132,4 +132,31 @@ def test_an_edited_module_is_never_run_from_a_stale_mypyc_build(tmp_path) -> Non
                        cwd=tmp_path, timeout=120)
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("True [] compiled (checksum and batched I/O in C; mypyc: none, ")
-    assert "changed since `make native`" in p.stdout
+    assert "changed or unlisted since `make native`" in p.stdout
+
+
+def test_a_compiled_module_no_longer_listed_is_never_loaded(tmp_path) -> None:
+    """A pull that drops a module from mypyc_modules.txt leaves its .so behind until the next
+    `make native`; loading it would ask the rebuilt group for an init it lacks (ImportError at
+    the first import). Every module then comes from its .py, and doctor says why."""
+    if not native.compiled_on_disk():
+        msg = "no mypyc build here: make native (needs a C compiler and mypy)"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    shutil.copytree(REPO / "trickles_kit", tmp_path / "trickles_kit",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # copy2: times kept
+    name = native.compiled_on_disk()[0]
+    listing = tmp_path / "trickles_kit" / "native" / "mypyc_modules.txt"
+    rel = name.replace(".", "/") + ".py"
+    lines = listing.read_text().splitlines()
+    assert rel in lines
+    listing.write_text("\n".join(ln for ln in lines if ln != rel) + "\n")
+    code = ("import importlib, trickles_kit.native as n; m = importlib.import_module("
+            f"{name!r}); print(m.__file__.endswith('.py'), n.mypyc_modules(), n.STALE)")
+    env = {k: v for k, v in os.environ.items() if k != "TRICKLES_PURE"}
+    env["PYTHONPATH"] = str(tmp_path)
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       cwd=tmp_path, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == f"True [] {[rel]!r}"

@@ -38,15 +38,30 @@ class _SourceOnly:
         return None
 
 
+def _listed() -> set[str] | None:
+    """The modules native/mypyc_modules.txt names (package-relative .py paths), None if unread."""
+    try:
+        lines = (PACKAGE / "native" / "mypyc_modules.txt").read_text().splitlines()
+    except OSError:
+        return None
+    return {ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")}
+
+
 def _stale_mypyc() -> list[str]:
-    """mypyc modules whose .py changed after they were compiled (an edit since `make native`):
-    their .so would run the old code, so then no mypyc module is used (they call each other
-    directly, as one group)."""
+    """mypyc modules whose .py changed after they were compiled (an edit since `make native`),
+    or that mypyc_modules.txt no longer lists (a pull that dropped one: its .so would ask the
+    new group module for an init it lacks): their .so would run the old code or fail to load,
+    so then no mypyc module is used (they call each other directly, as one group)."""
     stale = []
+    listed = _listed()
     for so in PACKAGE.glob("*/*.so"):
+        if so.name.startswith(("_speedups", "mypyc_group")):
+            continue
         py = so.with_name(so.name.split(".")[0] + ".py")
-        if py.exists() and py.stat().st_mtime > so.stat().st_mtime:
-            stale.append(py.relative_to(PACKAGE.parent).as_posix())
+        rel = py.relative_to(PACKAGE.parent).as_posix()
+        edited = py.exists() and py.stat().st_mtime > so.stat().st_mtime
+        if edited or (listed is not None and rel not in listed):
+            stale.append(rel)
     return stale
 
 
@@ -98,7 +113,7 @@ def build() -> str:
     mods = [] if STALE else compiled_on_disk()
     if STALE:
         return ("compiled (checksum and batched I/O in C; mypyc: none, "
-                f"{STALE[0]} changed since `make native`)")
+                f"{STALE[0]} changed or unlisted since `make native`)")
     return ("compiled (checksum and batched I/O in C; mypyc: "
             + (", ".join(m.removeprefix("trickles_kit.") for m in mods) if mods else "none")
             + ")")
