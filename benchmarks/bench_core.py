@@ -12,9 +12,11 @@ See benchmarks/README.md for what every figure means.
 from __future__ import annotations
 
 import argparse
+import atexit
 import gc
 import json
 import resource
+import shutil
 import socket
 import statistics
 import subprocess
@@ -501,6 +503,7 @@ def tree_of(spec: str) -> str:
     blob = subprocess.run(["git", "-C", str(REPO), "archive", spec, "trickles_kit"],
                           capture_output=True, check=True).stdout
     tmp = tempfile.mkdtemp(prefix="bench_tree_")
+    atexit.register(shutil.rmtree, tmp, True)  # no tree left in the temp dir
     with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
         tar.extractall(tmp, filter="data")
     return tmp
@@ -516,6 +519,7 @@ def load_tree(root: str):
     import tempfile
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_core_baseline_"))
+    atexit.register(shutil.rmtree, tmp, True)  # no tree left in the temp dir
     dst = tmp / "trickles_kit_baseline"
     shutil.copytree(Path(root) / "trickles_kit", dst,
                     ignore=shutil.ignore_patterns("__pycache__"))

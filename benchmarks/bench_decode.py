@@ -51,12 +51,14 @@ time. It measures and records; it never asserts. Run from the repository root:
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import functools
 import gc
 import json
 import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -150,6 +152,7 @@ def load_tree(rev: str):
     tar = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", rev, "trickles_kit"],
                          capture_output=True, check=True, timeout=120).stdout
     root = Path(tempfile.mkdtemp(prefix="bench_decode_baseline_"))
+    atexit.register(shutil.rmtree, root, True)  # no tree left in the temp dir
     rename = re.compile(r"\btrickles_kit\b")
     with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
         for m in tf.getmembers():
