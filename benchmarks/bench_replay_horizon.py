@@ -197,8 +197,7 @@ def part_server(size: int, capacity: int, seed: int, loss: float) -> dict:
 def _present(h: ReplayHistory, key: int) -> bool:
     """Whether `key` still has a slot (reads the table's arrays: a no-horizon table would
     answer a fresh replay of a key that has none)."""
-    b = h.row(key) * h.WAYS
-    return key in h._ROW.unpack_from(h._keys, b * 8)
+    return h.holds(key)
 
 
 def part_table(capacity: int, seed: int) -> dict:

@@ -99,6 +99,11 @@ class ReplayHistory:
         h.update(key.to_bytes(8, "little"))
         return int.from_bytes(h.digest(), "little") % self._nb
 
+    def holds(self, key: int) -> bool:
+        """Whether `key` still has a slot (for tools and benchmarks: a fresh key and an evicted
+        one look alike to `check_and_add` once the row's horizon passed them)."""
+        return key in _ROW(self._keys, self.row(key) * _WAYS * 8)
+
     def _origin(self, t: float) -> float:
         """The tick origin, set by the first call: room below for continuations sealed before
         the start."""

@@ -21,6 +21,7 @@ from trickles_kit.wire.errors import DecodeError
 
 class RawTransport(Transport):
     name = "raw"
+    batch_safe = True  # Transport.send_batch sends exactly what this send would
 
     def __init__(self, local_ip: str = "127.0.0.1", ip_proto: int = PROTO_TRICKLES) -> None:
         if ip_proto not in (PROTO_TRICKLES, PROTO_TCP):

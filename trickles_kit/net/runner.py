@@ -24,9 +24,10 @@ from trickles_kit.core.phase import Phase
 from trickles_kit.core.server import ServerEngine
 from trickles_kit.net.pcap import PcapWriter
 from trickles_kit.net.synbucket import SynBucket
-from trickles_kit.net.transport import Transport
+from trickles_kit.net.transport import Transport, batches
 
 __all__ = ["SEND_BATCH", "ClientHost", "Connection", "EventWriter", "ServerLoop", "SynBucket"]
+
 
 
 class EventWriter:
@@ -164,7 +165,7 @@ class ServerLoop:
         self.syns_shed = 0
         self._out: list[tuple[bytes, Any]] = []  # answers waiting for one batched send
         # a transport without send_batch (a test's stand-in) gets one send per answer
-        self._batched = hasattr(transport, "send_batch")
+        self._batched = batches(transport)
 
     def flush(self) -> None:
         """Send the queued answers (one batched call)."""
@@ -405,7 +406,7 @@ class ClientHost:
         self.counters: dict[str, int] = {"unknown_port": 0}
         # a transport without send_batch (a test's stand-in) gets one send per request
         self._addr = (transport.address(server_ip, self.peer)
-                      if hasattr(transport, "send_batch") else None)
+                      if batches(transport) else None)
         # while a batch is dispatched or timers fire, requests queue here and leave in one
         # batched send at the end (Transport.send_batch); None: each is sent at once
         self._out: list[tuple[bytes, Any]] | None = None

@@ -94,3 +94,19 @@ class Transport:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def batches(transport: Any) -> bool:
+    """Whether the loops may queue sends for `transport.send_batch` instead of calling `send`.
+
+    Only when a class vouches that `send_batch` sends what `send` would (`batch_safe = True` in
+    its own body) and no class below it overrides `send`: a subclass that overrides `send`
+    alone (a loss injector, a tap) or a wrapper that forwards other attributes to an inner
+    transport would otherwise have its `send` silently bypassed."""
+    for cls in type(transport).__mro__:
+        if "batch_safe" in cls.__dict__:
+            return bool(cls.__dict__["batch_safe"]) and hasattr(transport, "send_batch")
+        if "send" in cls.__dict__:
+            return False
+    return False
+

@@ -14,6 +14,7 @@ from trickles_kit.net.transport import Transport
 class UdpTransport(Transport):
     name = "udp"
     ip_proto = PROTO_UDP
+    batch_safe = True  # Transport.send_batch sends exactly what this send would
 
     def __init__(self, local_ip: str = "127.0.0.1", port: int = 0,
                  reuse_port: bool = False) -> None:
