@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import heapq
 import os
 import re
 import shutil
@@ -19,7 +20,7 @@ from collections.abc import Callable, Iterator
 from importlib import import_module
 from pathlib import Path
 from types import ModuleType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 
@@ -247,3 +248,20 @@ def signal_child(code: str, sig: signal.Signals, timeout: float,
             child.kill()
             child.wait()
     return child.returncode, n
+
+
+def next_client_event(cl: Any, queue: list[tuple[float, int, bytes]], t: float) -> float | None:
+    """One step of an in-process transfer's clock: deliver the earliest queued answer
+    (heap of (due, n, segment)) or fire the client's timer, whichever comes first; the new
+    time, or None when nothing is left to happen."""
+    timer = cl.get_timer()
+    if queue and (timer is None or queue[0][0] <= timer):
+        t, _, ans = heapq.heappop(queue)
+        cl.receive(ans, t)
+        return t
+    if timer is not None:
+        t = max(t, timer)
+        cl.handle_timer(t)
+        return t
+    return None
+

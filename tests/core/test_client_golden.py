@@ -17,8 +17,12 @@ import heapq
 import random
 import socket
 import sys
+from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script too
+from wire_helpers import next_client_event  # noqa: E402
 
 from trickles_kit.apps.generated import Generated, gen_request, generated_sha256
 from trickles_kit.core.client import ClientConfig, ClientEngine
@@ -82,14 +86,8 @@ def transfer(name: str) -> tuple[str, dict]:
                 if rng.random() >= down:
                     n += 1
                     heapq.heappush(queue, (t + 0.008 + rng.random() * 0.004, n, ans))
-        timer = cl.get_timer()
-        if queue and (timer is None or queue[0][0] <= timer):
-            t, _, ans = heapq.heappop(queue)
-            cl.receive(ans, t)
-        elif timer is not None:
-            t = max(t, timer)
-            cl.handle_timer(t)
-        else:
+        t = next_client_event(cl, queue, t)
+        if t is None:
             break
         got.update(cl.read(t) if n % 2 else cl.read())
     summary = {"phase": cl.phase, "segments": segs, "bytes_ok": got.hexdigest()

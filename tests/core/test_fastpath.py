@@ -19,6 +19,7 @@ import socket
 import struct
 
 import pytest
+from wire_helpers import next_client_event
 
 from trickles_kit.apps.generated import Generated, gen_request
 from trickles_kit.core.client import ClientConfig, ClientEngine
@@ -63,14 +64,8 @@ def _record(size: int = 400_000, loss: float = 0.04, seed: int = 5) -> Corpus:
                 if rng.random() >= loss:
                     n += 1
                     heapq.heappush(queue, (t + 0.010 + rng.random() * 0.003, n, ans))
-        timer = cl.get_timer()
-        if queue and (timer is None or queue[0][0] <= timer):
-            t, _, ans = heapq.heappop(queue)
-            cl.receive(ans, t)
-        elif timer is not None:
-            t = max(t, timer)
-            cl.handle_timer(t)
-        else:
+        t = next_client_event(cl, queue, t)
+        if t is None:
             break
         cl.read()
     assert cl.done, "the recorded transfer must complete"

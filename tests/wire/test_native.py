@@ -14,6 +14,7 @@ import random
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from wire_helpers import IN_CI, REPO
@@ -111,9 +112,9 @@ def test_without_trickles_pure_the_compiled_build_is_active() -> None:
     assert _run(code, pure=False).startswith("compiled (checksum and batched I/O in C; mypyc: ")
 
 
-def test_an_edited_module_is_never_run_from_a_stale_mypyc_build(tmp_path) -> None:
-    """Edit a compiled module's .py after `make native`: every module comes from its .py (the
-    mypyc modules call each other directly, so none of them is kept), and doctor says why."""
+def _copy_with_build(tmp_path: Path) -> tuple[Path, str]:
+    """trickles_kit copied with its compiled files (times kept), and one compiled module's name;
+    skips (fails in CI) without a mypyc build."""
     if not native.compiled_on_disk():
         msg = "no mypyc build here: make native (needs a C compiler and mypy)"
         if IN_CI:
@@ -121,42 +122,42 @@ def test_an_edited_module_is_never_run_from_a_stale_mypyc_build(tmp_path) -> Non
         pytest.skip(msg)
     shutil.copytree(REPO / "trickles_kit", tmp_path / "trickles_kit",
                     ignore=shutil.ignore_patterns("__pycache__"))  # copy2: times kept
-    name = native.compiled_on_disk()[0]
-    py = tmp_path / (name.replace(".", "/") + ".py")
-    py.write_text(py.read_text() + "\n")  # an edit: newer than its .so
+    return tmp_path / "trickles_kit", native.compiled_on_disk()[0]
+
+
+def _import_in_copy(tmp_path: Path, name: str, show: str) -> str:
+    """Import `name` from the copy under tmp_path (compiled build allowed); print whether it came
+    from its .py, the mypyc modules loaded, and `show` (an expression over `n`, the native
+    module)."""
     code = ("import importlib, trickles_kit.native as n; m = importlib.import_module("
-            f"{name!r}); print(m.__file__.endswith('.py'), n.mypyc_modules(), n.build())")
+            f"{name!r}); print(m.__file__.endswith('.py'), n.mypyc_modules(), {show})")
     env = {k: v for k, v in os.environ.items() if k != "TRICKLES_PURE"}
     env["PYTHONPATH"] = str(tmp_path)
     p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                        cwd=tmp_path, timeout=120)
     assert p.returncode == 0, p.stderr
-    assert p.stdout.startswith("True [] compiled (checksum and batched I/O in C; mypyc: none, ")
-    assert "changed or unlisted since `make native`" in p.stdout
+    return p.stdout.strip()
 
 
-def test_a_compiled_module_no_longer_listed_is_never_loaded(tmp_path) -> None:
+def test_an_edited_module_is_never_run_from_a_stale_mypyc_build(tmp_path: Path) -> None:
+    """Edit a compiled module's .py after `make native`: every module comes from its .py (the
+    mypyc modules call each other directly, so none of them is kept), and doctor says why."""
+    pkg, name = _copy_with_build(tmp_path)
+    py = pkg.parent / (name.replace(".", "/") + ".py")
+    py.write_text(py.read_text() + "\n")  # an edit: newer than its .so
+    out = _import_in_copy(tmp_path, name, "n.build()")
+    assert out.startswith("True [] compiled (checksum and batched I/O in C; mypyc: none, ")
+    assert "changed or unlisted since `make native`" in out
+
+
+def test_a_compiled_module_no_longer_listed_is_never_loaded(tmp_path: Path) -> None:
     """A pull that drops a module from mypyc_modules.txt leaves its .so behind until the next
     `make native`; loading it would ask the rebuilt group for an init it lacks (ImportError at
     the first import). Every module then comes from its .py, and doctor says why."""
-    if not native.compiled_on_disk():
-        msg = "no mypyc build here: make native (needs a C compiler and mypy)"
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
-    shutil.copytree(REPO / "trickles_kit", tmp_path / "trickles_kit",
-                    ignore=shutil.ignore_patterns("__pycache__"))  # copy2: times kept
-    name = native.compiled_on_disk()[0]
-    listing = tmp_path / "trickles_kit" / "native" / "mypyc_modules.txt"
+    pkg, name = _copy_with_build(tmp_path)
+    listing = pkg / "native" / "mypyc_modules.txt"
     rel = name.replace(".", "/") + ".py"
     lines = listing.read_text().splitlines()
     assert rel in lines
     listing.write_text("\n".join(ln for ln in lines if ln != rel) + "\n")
-    code = ("import importlib, trickles_kit.native as n; m = importlib.import_module("
-            f"{name!r}); print(m.__file__.endswith('.py'), n.mypyc_modules(), n.STALE)")
-    env = {k: v for k, v in os.environ.items() if k != "TRICKLES_PURE"}
-    env["PYTHONPATH"] = str(tmp_path)
-    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                       cwd=tmp_path, timeout=120)
-    assert p.returncode == 0, p.stderr
-    assert p.stdout.strip() == f"True [] {[rel]!r}"
+    assert _import_in_copy(tmp_path, name, "n.STALE") == f"True [] {[rel]!r}"
