@@ -169,10 +169,11 @@ def load_tree(rev: str):
     return importlib.import_module("trickles_kit_baseline.capture")
 
 
-def _layers(mod, path: Path, secret: bytes | None) -> dict:
+def _layers(mod, path: Path, secret: bytes | None, row: bool = False) -> dict:
     """The figures `compare_tree` times, for one package's `capture` module `mod`: each
-    function decodes `path` and returns the packet count (the same calls on both sides)."""
-    dp = mod.decode_pcap
+    function decodes `path` and returns the packet count (the same calls on both sides);
+    `row`: this checkout's row decoder (`columnar=False`, the --row-decoder comparison)."""
+    dp = functools.partial(mod.decode_pcap, columnar=False) if row else mod.decode_pcap
     out = {"fast_path": lambda: dp(path, events=False).n_packets,
            "fast_path_rows": lambda: len(dp(path, events=False).packets)}
     if _version("pandas") is not None:
@@ -183,14 +184,16 @@ def _layers(mod, path: Path, secret: bytes | None) -> dict:
     return out
 
 
-def compare_tree(base, path: Path, secret: bytes | None, rounds: int) -> dict:
+def compare_tree(base, path: Path, secret: bytes | None, rounds: int, row: bool = False
+                 ) -> dict:
     """Each layer of the baseline package's decoder (`base`, from `load_tree`) against this
     checkout's on one capture: `rounds` rounds, the two sides' runs adjacent and their order
     alternating (baseline first in even rounds), so load on a shared machine and warm caches
     hit both alike. Medians (and best) of packets per CPU second; ratio = current / baseline."""
     from trickles_kit import capture as current
 
-    sides = {"baseline": _layers(base, path, secret), "current": _layers(current, path, secret)}
+    sides = {"baseline": _layers(base, path, secret),
+             "current": _layers(current, path, secret, row)}
     cpu: dict = {layer: {"baseline": [], "current": []} for layer in sides["current"]}
     count: dict = {}
     for per_side in sides.values():  # one untimed run each: imports (numpy, pandas), caches
@@ -228,7 +231,7 @@ def write_compare(args, path: Path, secret: bytes | None, gen_info: dict, t_star
     base = load_tree(args.baseline_tree)
     print(f"baseline {args.baseline_tree} against this checkout, {args.compare_rounds} "
           f"interleaved rounds ...", file=sys.stderr)
-    res = compare_tree(base, path, secret, args.compare_rounds)
+    res = compare_tree(base, path, secret, args.compare_rounds, args.row_decoder)
     meta = _meta([sys.argv[0], *sys.argv[1:]], "decode_redesign")
     meta["machine"]["loadavg_at_start"] = [round(x, 2) for x in load0]
     meta["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
