@@ -104,11 +104,8 @@ sysdeps:
 # again against it (test-native).
 test: $(if $(filter no,$(SYSDEPS)),,sysdeps) lab-venv native
 	$(VENV)/bin/ruff check .
-	@# two pytest runs (pure, then the compiled build's suites), one skip line for both at the end
-	@log=$$(mktemp); export TRICKLES_SKIP_LOG=$$log; \
-	echo "TRICKLES_PURE=1 $(VPY) -m pytest -n 2"; \
-	TRICKLES_PURE=1 $(VPY) -m pytest -n 2 && $(MAKE) --no-print-directory test-native; rc=$$?; \
-	$(VPY) tests/skipline.py $$log; rm -f $$log; exit $$rc
+	TRICKLES_PURE=1 $(VPY) -m pytest -n 2
+	@$(MAKE) --no-print-directory test-native
 
 # the engines, the codec and end-to-end transfers over real sockets (not the storms and
 # worker-kill runs: minutes each, and they add no compiled code path of their own)
