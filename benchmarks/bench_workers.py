@@ -145,10 +145,11 @@ def autogroups(pids: list[int]) -> dict:
         return {"enabled": False}
     groups = []
     for pid in pids:
-        try:
-            groups.append(Path(f"/proc/{pid}/autogroup").read_text().split()[0])
+        try:  # "/autogroup-N nice 0"; empty where the kernel or a sandbox hides it
+            fields = Path(f"/proc/{pid}/autogroup").read_text().split()
         except OSError:
-            groups.append(None)
+            fields = []
+        groups.append(fields[0] if fields else None)
     return {"enabled": on, "workers": groups}
 
 
@@ -258,6 +259,19 @@ def _start(workers: int, port: int, root: str, secret_file: str, tree: Path = RE
     return p, ([int(x) for x in m[1].split()] if m else [p.pid])
 
 
+def _kill(p: subprocess.Popen, pids: list[int]) -> None:
+    """Stop the server and its workers after a failure (stopped ones cannot see SIGTERM)."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+    p.terminate()
+    try:
+        p.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+
+
 def _stop(p: subprocess.Popen) -> dict:
     p.terminate()
     out, err = p.communicate(timeout=30)
@@ -349,6 +363,9 @@ def run_once(workers: int, opts: dict, secret: bytes, secret_file: str, root: st
         gen_drops = sum(d for p_ in gports for _, d in udp_table(gports)[p_])
         answers, first, last, lasts = _read_answers(socks)
         c5 = _gen_cpu()
+    except BaseException:
+        _kill(p, pids)  # no server outlives a failed measurement
+        raise
     finally:
         for s in socks:
             s.close()
