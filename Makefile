@@ -102,10 +102,16 @@ sysdeps:
 # The suite in pure Python (what a machine without a compiler runs, and what the notebooks
 # teach from), then, when the compiled build is there, the wire, core and end-to-end suites
 # again against it (test-native).
+# Both pytest runs log their skips to one file (TRICKLES_SKIP_LOG, exported to the sub-make) and
+# tests/skipline.py prints one line for both at the end. ($(MAKE) stays alone on its line:
+# `make -n` runs such lines.)
+test: export TRICKLES_SKIP_LOG := $(CURDIR)/.pytest_cache/trickles-skips.log
 test: $(if $(filter no,$(SYSDEPS)),,sysdeps) lab-venv native
 	$(VENV)/bin/ruff check .
-	TRICKLES_PURE=1 $(VPY) -m pytest -n 2
+	@mkdir -p .pytest_cache && rm -f $(TRICKLES_SKIP_LOG)
+	TRICKLES_PURE=1 $(VPY) -m pytest -n 2 || { $(VPY) tests/skipline.py $(TRICKLES_SKIP_LOG); exit 1; }
 	@$(MAKE) --no-print-directory test-native
+	@$(VPY) tests/skipline.py $(TRICKLES_SKIP_LOG)
 
 # the engines, the codec and end-to-end transfers over real sockets (not the storms and
 # worker-kill runs: minutes each, and they add no compiled code path of their own)

@@ -2,7 +2,9 @@
 
 * One line at the end of the run names what was skipped, grouped by what it needs (root, a
   system tool, the lab packages) and the command that enables it. Outside CI a missing privilege
-  or tool skips; with CI=true nothing skips (the tests themselves fail instead).
+  or tool skips; with CI=true nothing skips (the tests themselves fail instead). `make test`
+  runs pytest twice (pure, compiled): with TRICKLES_SKIP_LOG set each run logs its skips there
+  and tests/skipline.py prints the one line for both at the end.
 * The run must not change the machine outside the checkout. The controller (not an xdist
   worker) snapshots, at session start, the firewall rules (nft and iptables) and the qdiscs of
   the interfaces that exist, and gives the run a temporary directory of its own (TMPDIR) with an
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from skipline import SKIP_LOG, skip_summary
 
 from trickles_kit.core import statecache
 
@@ -50,34 +53,6 @@ def _reason(rep: pytest.TestReport) -> str:
     return text.removeprefix("Skipped: ")
 
 
-def skip_summary(reasons: list[str]) -> str | None:
-    """One line: how many tests were skipped, grouped by what enables them."""
-    if not reasons:
-        return None
-    tools: dict[str, int] = {}
-    root = lab = other = 0
-    for r in reasons:
-        m = re.match(r"(\S+) is not installed", r) or re.match(r"(chromium) \(", r)
-        if m or "make sysdeps" in r:
-            name = m.group(1) if m else "system tools"
-            tools[name] = tools.get(name, 0) + 1
-        elif re.search(r"\broot\b|CAP_NET_RAW|sudo|namespaces", r):
-            root += 1
-        elif "lab-venv" in r or "lab dependency" in r:
-            lab += 1
-        else:
-            other += 1
-    parts = []
-    if root:
-        parts.append(f"{root} need root (run: sudo make test)")
-    if tools:
-        parts.append(f"{sum(tools.values())} need {', '.join(sorted(tools))} "
-                     "(run: sudo make sysdeps)")
-    if lab:
-        parts.append(f"{lab} need the lab packages (run: make lab-venv)")
-    if other:
-        parts.append(f"{other} for other reasons (pytest -rs lists them)")
-    return f"skipped {len(reasons)}: " + "; ".join(parts)
 
 
 # ------------------------------------------------------------------------------- host state
@@ -285,6 +260,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int,
             terminalreporter.write_line(line)
         terminalreporter.write_line(f"{len(left)} thing(s) of ours outlived the run (tests must "
                                     "undo every system change): the run fails", red=True)
-    line = skip_summary([_reason(r) for r in terminalreporter.stats.get("skipped", [])])
+    reasons = [_reason(r) for r in terminalreporter.stats.get("skipped", [])]
+    log = os.environ.get(SKIP_LOG)
+    if log and hasattr(config, "workerinput"):
+        return  # an xdist worker: its controller logs the run's skips once
+    if log:  # `make test` runs pytest twice: it prints one line for both at the end
+        with open(log, "a") as f:
+            f.writelines(r.replace("\n", " ") + "\n" for r in reasons)
+        return
+    line = skip_summary(reasons)
     if line:
         terminalreporter.write_line(line, yellow=True, bold=True)
