@@ -182,12 +182,9 @@ def flood_child(a: argparse.Namespace) -> int:
 
 # ============================================================================ the bench
 def _free_port() -> int:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((SERVER_IP, 0))
         return s.getsockname()[1]
-    finally:
-        s.close()
 
 
 def _cpu_s(pid: int) -> float | None:
