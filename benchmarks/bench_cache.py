@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import statistics
 import sys
@@ -36,6 +35,7 @@ import bench_core  # noqa: E402
 from bench_core import CLIENT_IP, SECRET, SERVER_IP, SERVER_PORT, _meta, build_pool  # noqa: E402
 
 from trickles_kit.apps.generated import Generated  # noqa: E402
+from trickles_kit.bench.meta import add_output_args, write_result  # noqa: E402
 from trickles_kit.core.server import ServerConfig, ServerEngine  # noqa: E402
 
 
@@ -104,12 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help="2,000 requests, 2 rounds: a smoke run (a few seconds)")
     ap.add_argument("--entries", type=int, default=4096, help="cache entries when on")
-    # a run writes to reports/ (git-ignored); the committed result changes only with --record
-    ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks" / "cache.json"),
-                    help="JSON output path (default: %(default)s)")
-    ap.add_argument("--record", dest="out", action="store_const",
-                    const=str(REPO / "benchmarks" / "results" / "cache.json"),
-                    help="refresh the committed benchmarks/results/cache.json")
+    add_output_args(ap, "cache.json")
     a = ap.parse_args(argv)
     n, rounds = (2_000, 2) if a.quick else (30_000, 7)
     t0 = time.perf_counter()
@@ -137,9 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                     **_compare(pool, rounds, {"entries": 0, "app_cache": False}, off)},
     }
     res["meta"]["benchmark_wall_s"] = round(time.perf_counter() - t0, 1)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
+    write_result(a.out, res)
     for k in ("fresh", "replayed", "derived"):
         r = res[k]
         print(f"{k:>9}: {r['a']}: {r['a_median_cpu_us']:.2f} us, {r['b']}: "

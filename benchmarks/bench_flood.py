@@ -51,7 +51,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from trickles_kit.bench.meta import close_meta, meta  # noqa: E402
+from trickles_kit.bench.meta import add_output_args, close_meta, meta, write_result  # noqa: E402
 
 SERVER_IP, CLIENT_IP, FLOOD_IP = "127.0.0.1", "127.0.0.2", "127.0.0.3"
 SIZE = 5_000_000
@@ -182,12 +182,9 @@ def flood_child(a: argparse.Namespace) -> int:
 
 # ============================================================================ the bench
 def _free_port() -> int:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((SERVER_IP, 0))
         return s.getsockname()[1]
-    finally:
-        s.close()
 
 
 def _cpu_s(pid: int) -> float | None:
@@ -383,12 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--capture-size", type=int, default=CAPTURE_SIZE, help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--note", help="stored in the JSON")
-    # a run writes to reports/ (git-ignored); the committed result changes only with --record
-    ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks" / "flood.json"),
-                    help="JSON output path (default: %(default)s)")
-    ap.add_argument("--record", dest="out", action="store_const",
-                    const=str(REPO / "benchmarks" / "results" / "flood.json"),
-                    help="refresh the committed benchmarks/results/flood.json")
+    add_output_args(ap, "flood.json")
     # internal: the flood generator process
     ap.add_argument("--flood-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -452,9 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         summ["meets_target"] = res["on"]["ratio"]["max"] <= summ["target_ratio"]
     res["summary"] = summ
     close_meta(res, mode_name, t0, a.note)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
+    out = write_result(a.out, res)
     print(json.dumps(summ, indent=2))
     print(f"wrote {os.path.relpath(out)}")
     return 0

@@ -11,7 +11,6 @@ Measures only, asserts nothing. From the repository root:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -25,6 +24,7 @@ for p in (str(REPO), str(REPO / "benchmarks")):
 
 from bench_core import _meta  # noqa: E402
 
+from trickles_kit.bench.meta import add_output_args, write_result  # noqa: E402
 from trickles_kit.labs.optimizations import (  # noqa: E402
     dyn_fetch,
     parallel_compare,
@@ -37,12 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true",
                     help="100 kB responses, one run of each: a smoke run (a few seconds)")
-    # a run writes to reports/ (git-ignored); the committed result changes only with --record
-    ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks" / "parallel.json"),
-                    help="JSON output path (default: %(default)s)")
-    ap.add_argument("--record", dest="out", action="store_const",
-                    const=str(REPO / "benchmarks" / "results" / "parallel.json"),
-                    help="refresh the committed benchmarks/results/parallel.json")
+    add_output_args(ap, "parallel.json")
     a = ap.parse_args(argv)
     size = 100_000 if a.quick else 250_000
     repeats = 1 if a.quick else 5
@@ -80,9 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         "skip_dyn_simulated": dyn,
     }
     res["meta"]["benchmark_wall_s"] = round(time.perf_counter() - t0, 1)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
+    write_result(a.out, res)
     for s in sim:
         print(f"sim replicas={s['replicas']} loss={s['loss']}: parallel "
               f"{s['parallel_s_median']:.3f} s, sequential {s['sequential_s_median']:.3f} s, "

@@ -29,7 +29,6 @@ Measures only, asserts nothing. From the repository root:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sys
@@ -48,7 +47,7 @@ from trickles_kit.apps.sim import (  # noqa: E402
     client_address,
     sim_echo_key,
 )
-from trickles_kit.bench.meta import close_meta, meta  # noqa: E402
+from trickles_kit.bench.meta import add_output_args, close_meta, meta, write_result  # noqa: E402
 from trickles_kit.core.client import ClientEngine  # noqa: E402
 from trickles_kit.core.replay import ReplayHistory  # noqa: E402
 from trickles_kit.core.server import ServerConfig, ServerEngine  # noqa: E402
@@ -270,12 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="server part: random loss each way (default 0.01: recoveries and "
                          "timeouts, whose SLOWSTARTs use older continuations)")
     ap.add_argument("--note", help="stored in the JSON")
-    # a run writes to reports/ (git-ignored); the committed result changes only with --record
-    ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks" / "replay_horizon.json"),
-                    help="JSON output path (default: %(default)s)")
-    ap.add_argument("--record", dest="out", action="store_const",
-                    const=str(REPO / "benchmarks" / "results" / "replay_horizon.json"),
-                    help="refresh the committed benchmarks/results/replay_horizon.json")
+    add_output_args(ap, "replay_horizon.json")
     a = ap.parse_args(argv)
     mode = "quick" if a.quick else "full"
     server_cap, table_cap = (256, 4096) if a.quick else (1024, 65536)
@@ -303,9 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             "table_replays_answered": res["table"]["runs"][load]["replay"]["answered"],
         } for load in map(str, LOADS)}
     close_meta(res, mode, t0, a.note)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
+    out = write_result(a.out, res)
     print(f"wrote {os.path.relpath(out)}")
     return 0
 

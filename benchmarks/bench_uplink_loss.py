@@ -40,7 +40,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from trickles_kit.bench.goodput import TK_MSS, _wait_line  # noqa: E402
-from trickles_kit.bench.meta import close_meta, meta  # noqa: E402
+from trickles_kit.bench.meta import add_output_args, close_meta, meta, write_result  # noqa: E402
 
 TK_PORT, TCP_PORT = 8080, 8001
 GEN_SEED = 1
@@ -330,12 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-tcp", action="store_true", help="leave out the TCP rows")
     ap.add_argument("-v", "--verbose", action="store_true", help="print every system command")
     ap.add_argument("--note", default=None, help="stored in meta.note")
-    # a run writes to reports/ (git-ignored); the committed result changes only with --record
-    ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks" / "uplink_loss.json"),
-                    help="JSON output path (default: %(default)s)")
-    ap.add_argument("--record", dest="out", action="store_const",
-                    const=str(REPO / "benchmarks" / "results" / "uplink_loss.json"),
-                    help="refresh the committed benchmarks/results/uplink_loss.json")
+    add_output_args(ap, "uplink_loss.json")
     a = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("bench_uplink_loss: needs root (network namespaces, raw sockets)", file=sys.stderr)
@@ -385,9 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         for d in ("trickles-dup2", "trickles-dup3")))
     res["runs"] = rows
     close_meta(res, mode, t0, a.note)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1) + "\n")
+    out = write_result(a.out, res, indent=1)
     print(f"{'loss':>5} {'kind':<14} {'mitig.':<6} {'Mbit/s':>8}")
     for t in res["table"]:
         m = "-" if t["mitigation"] is None else "on" if t["mitigation"] else "off"

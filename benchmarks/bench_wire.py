@@ -44,7 +44,7 @@ from bench_core import _meta, tree_of  # noqa: E402  (benchmarks/ is sys.path[0]
 from trickles_kit.apps.fetch import HttpBody  # noqa: E402
 from trickles_kit.apps.generated import generated_sha256  # noqa: E402
 from trickles_kit.apps.web import OCTETS, http_header  # noqa: E402
-from trickles_kit.bench.meta import close_meta  # noqa: E402
+from trickles_kit.bench.meta import add_output_args, close_meta, write_result  # noqa: E402
 from trickles_kit.core.replay import ReplayHistory  # noqa: E402
 from trickles_kit.core.server import ServerConfig  # noqa: E402
 
@@ -1052,12 +1052,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help="5 MB instead of 200 MB, 1/10 connections, one repeat, 0.5 s "
                          "floors: a smoke run")
-    # a run writes to reports/ (git-ignored); the committed result changes only with --record
-    ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks" / "wire.json"),
-                    help="JSON output path (default: %(default)s)")
-    ap.add_argument("--record", dest="out", action="store_const",
-                    const=str(REPO / "benchmarks" / "results" / "wire.json"),
-                    help="refresh the committed benchmarks/results/wire.json")
+    add_output_args(ap, "wire.json")
     ap.add_argument("--size", type=int, help="transfer bytes (default 200e6; quick 5e6)")
     ap.add_argument("--conns", help="comma-separated concurrency levels (default 1,100,1000)")
     ap.add_argument("--rss-file", type=int, help="bytes per connection in the RSS section "
@@ -1154,9 +1149,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(base_dir, ignore_errors=True)
     res["summary"] = _summary(res)
     close_meta(res, mode, t0, a.note)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
+    out = write_result(a.out, res)
     print(_table(res))
     print(f"wrote {out}")
     return 0

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import re
 import resource
@@ -51,7 +50,8 @@ if str(REPO) not in sys.path:  # run as a plain script without an installed pack
     sys.path.insert(0, str(REPO))
 
 from trickles_kit.apps.web import WebServer  # noqa: E402
-from trickles_kit.bench.meta import close_meta, meta  # noqa: E402
+from trickles_kit.bench.meta import add_output_args, close_meta, meta, write_result  # noqa: E402
+from trickles_kit.bench.procs import stop_child  # noqa: E402
 from trickles_kit.core.client import ClientEngine  # noqa: E402
 from trickles_kit.core.server import ServerConfig, ServerEngine  # noqa: E402
 
@@ -264,12 +264,7 @@ def _kill(p: subprocess.Popen, pids: list[int]) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
-    p.terminate()
-    try:
-        p.communicate(timeout=10)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.communicate()
+    stop_child(p, 10)
 
 
 def _stop(p: subprocess.Popen) -> dict:
@@ -481,12 +476,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="before each run wait until the machine is at least F idle (0..1)")
     ap.add_argument("--wait-max", type=float, default=120.0, metavar="S",
                     help="wait at most S seconds for --wait-idle (then run anyway)")
-    # a run writes to reports/ (git-ignored); the committed result changes only with --record
-    ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks" / "workers.json"),
-                    help="JSON output path (default: %(default)s)")
-    ap.add_argument("--record", dest="out", action="store_const",
-                    const=str(REPO / "benchmarks" / "results" / "workers.json"),
-                    help="refresh the committed benchmarks/results/workers.json")
+    add_output_args(ap, "workers.json")
     ap.add_argument("--baseline-tree", metavar="REV|DIR",
                     help="also measure this revision (or directory holding a trickles_kit/), "
                          "interleaved with this checkout in the same run")
@@ -549,8 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         res["summary_no_pin"] = _summary(runs, "nopin:")
     med = res["summary"]["requests_per_s_median"]
     close_meta(res, mode, t_start, a.note)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
+    write_result(a.out, res)
     print(f"median requests/s: 1 worker {med['1']:.0f}, 2 workers {med['2']:.0f}; "
           f"ratio {res['summary']['ratio_2_over_1']} (target {TARGET_RATIO})"
           + (f"; baseline ratio {res['summary_baseline']['ratio_2_over_1']}"

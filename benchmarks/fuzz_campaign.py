@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import platform
 import random
@@ -81,6 +80,7 @@ from helpers_security import (  # noqa: E402
 )
 
 from trickles_kit.apps.generated import _UC  # noqa: E402
+from trickles_kit.bench.meta import add_output_args, write_result  # noqa: E402
 from trickles_kit.core import plan as pl  # noqa: E402
 from trickles_kit.core.cc import MAX_CWND  # noqa: E402
 from trickles_kit.core.seal import UcontBox, mac_with, pseudo_header  # noqa: E402
@@ -1570,12 +1570,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--trace-every", type=int, default=64,
                     help="one execution in N runs under sys.settrace (coverage + feedback)")
-    # a run writes to reports/ (git-ignored); the committed result changes only with --record
-    ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks" / "fuzz_campaign.json"),
-                    help="JSON output path (default: %(default)s)")
-    ap.add_argument("--record", dest="out", action="store_const",
-                    const=str(REPO / "benchmarks" / "results" / "fuzz_campaign.json"),
-                    help="refresh the committed benchmarks/results/fuzz_campaign.json")
+    add_output_args(ap, "fuzz_campaign.json")
     a = ap.parse_args(argv)
     if a.executions is None:
         a.executions = QUICK_EXECUTIONS if a.quick else FULL_EXECUTIONS
@@ -1629,9 +1624,7 @@ def main(argv: list[str] | None = None) -> int:
               f"({f['mutations_per_s']:,d}/s): {f['outcomes']}")
     doc["meta"]["loadavg_at_end"] = os.getloadavg()
     doc["meta"]["wall_seconds"] = round(time.time() - t0, 1)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    out = write_result(a.out, doc, indent=1, default=str)
     print(f"wrote {out}")
     bad = doc.get("totals", {}).get("unknown_crashes", 0) + doc.get("totals", {}).get("hangs", 0)
     bad += doc.get("forgery", {}).get("accepted_forged", 0)

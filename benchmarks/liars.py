@@ -23,7 +23,6 @@ completed, and what the server counted against the client.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -35,6 +34,7 @@ if str(REPO) not in sys.path:  # run as a plain script without an installed pack
     sys.path.insert(0, str(REPO))
 
 from trickles_kit.apps.sim import LinkConfig  # noqa: E402
+from trickles_kit.bench.meta import add_output_args, write_result  # noqa: E402
 from trickles_kit.core.client import ClientEngine  # noqa: E402
 from trickles_kit.testing.liars import LIARS, WEAKNESSES, keyed_links, run_client  # noqa: E402
 
@@ -106,12 +106,7 @@ def _table(cells: list[dict]) -> str:
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    # a run writes to reports/ (git-ignored); the committed result changes only with --record
-    ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks" / "liars.json"),
-                    help="JSON output path (default: %(default)s)")
-    ap.add_argument("--record", dest="out", action="store_const",
-                    const=str(REPO / "benchmarks" / "results" / "liars.json"),
-                    help="refresh the committed benchmarks/results/liars.json")
+    add_output_args(ap, "liars.json")
     ap.add_argument("--quick", action="store_true",
                     help="1 seed, loss 2 %%, 400 KB, every client on both paths (a smoke run)")
     ap.add_argument("--seeds", type=int, default=5)
@@ -149,8 +144,7 @@ def main(argv: list[str]) -> int:
         "cells": cells,
         "runs": runs,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
+    write_result(args.out, res, indent=1)
     print(_table(cells))
     print(f"wrote {args.out} ({meta['wall_seconds']} s)")
     return 0

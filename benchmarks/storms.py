@@ -45,6 +45,8 @@ from test_storms import (  # noqa: E402
     replay_storm,
 )
 
+from trickles_kit.bench.meta import add_output_args, write_result  # noqa: E402
+
 
 def _rss_summary(r: dict) -> dict:
     rss = r["rss_kib"]
@@ -135,12 +137,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--flood-seconds", type=float, default=30.0)
     ap.add_argument("--rss-every", type=float, default=0.5)
     ap.add_argument("--only", action="append", choices=("replay", "flip", "garbage", "syn"))
-    # a run writes to reports/ (git-ignored); the committed result changes only with --record
-    ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks" / "storms.json"),
-                    help="JSON output path (default: %(default)s)")
-    ap.add_argument("--record", dest="out", action="store_const",
-                    const=str(REPO / "benchmarks" / "results" / "storms.json"),
-                    help="refresh the committed benchmarks/results/storms.json")
+    add_output_args(ap, "storms.json")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("storms.py needs root (raw sockets, network namespaces, iptables): run it with "
@@ -183,9 +180,7 @@ def main(argv: list[str]) -> int:
         result["wall_s"] = round(time.monotonic() - t0, 1)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    out = write_result(args.out, result, indent=1)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

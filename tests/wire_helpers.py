@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from importlib import import_module
 from pathlib import Path
 from types import ModuleType
@@ -264,4 +264,25 @@ def next_client_event(cl: Any, queue: list[tuple[float, int, bytes]], t: float) 
         cl.handle_timer(t)
         return t
     return None
+
+
+def drive_client(cl: Any, send: Callable[[bytes, float], Iterable[tuple[float, bytes]]],
+                 read: Callable[[float, int], object], t: float = 0.0) -> None:
+    """Run a connected client engine in process until it is closed or failed (or 300 s): each
+    segment it sends at time t goes to `send(seg, t)`, which yields the answers that come back
+    as (arrival time, segment); after each event `read(t, answers so far)` takes the bytes.
+    The order of the calls is fixed, so a seeded `send` gives the same transfer every time."""
+    queue: list[tuple[float, int, bytes]] = []
+    n = 0
+    while cl.phase not in ("failed", "closed") and t < 300:
+        if cl.done and cl.phase != "fin_sent":
+            cl.close(t)
+        for seg in cl.datagrams_to_send():
+            for due, ans in send(seg, t):
+                n += 1
+                heapq.heappush(queue, (due, n, ans))
+        t = next_client_event(cl, queue, t)
+        if t is None:
+            break
+        read(t, n)
 

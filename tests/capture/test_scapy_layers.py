@@ -154,6 +154,15 @@ def assert_request(layer: TricklesRequest, q: wm.Request) -> None:
     assert layer.app == q.app
 
 
+def assert_message(pkt, msg: wm.Response | wm.Request):
+    """`pkt`'s Trickles payload shows `msg`; returns that layer."""
+    if isinstance(msg, wm.Response):
+        assert_response(pkt[TricklesResponse], msg)
+        return pkt[TricklesResponse]
+    assert_request(pkt[TricklesRequest], msg)
+    return pkt[TricklesRequest]
+
+
 def assert_segment(pkt, datagram: bytes) -> None:
     """The TricklesTCP layer shows the codec's header values and a valid checksum."""
     ip = IP(datagram)
@@ -195,6 +204,9 @@ REQUESTS = {
     "syn": wm.Request(wm.REQ_SYN, None, [], b"\0" * 500, [(0, 1448)], b"GET /x 1000"),
 }
 REQ_FLAGS = {"fin": FIN | ACK, "syn": SYN}
+# every sample message with the flags it travels with
+SAMPLES = {**{f"response_{n}": (r, RESP_FLAGS.get(n, ACK)) for n, r in RESPONSES.items()},
+           **{f"request_{n}": (q, REQ_FLAGS.get(n, ACK)) for n, q in REQUESTS.items()}}
 
 
 def response_datagram(r: wm.Response, carrier: int = PROTO_TRICKLES, flags: int = ACK,
@@ -213,9 +225,27 @@ def request_datagram(q: wm.Request, carrier: int = PROTO_TRICKLES, flags: int = 
     return build_ipv4(CLI_B, SRV_B, carrier, seg, 9)
 
 
+def codec_datagram(msg: wm.Response | wm.Request, carrier: int, flags: int) -> bytes:
+    if isinstance(msg, wm.Response):
+        return response_datagram(msg, carrier, flags)
+    return request_datagram(msg, carrier, flags)
+
+
 def scapy_ip(src: str, dst: str, carrier: int, sport: int, dport: int):
     ip = IP(src=src, dst=dst, id=9, flags="DF", proto=carrier)
     return ip / UDP(sport=sport, dport=dport, chksum=0) if carrier == PROTO_UDP else ip
+
+
+def scapy_datagram(msg: wm.Response | wm.Request, carrier: int, flags: int = ACK):
+    """What `response_datagram`/`request_datagram` encode with the codec, built from the scapy
+    layers (window, trickles_len, dataofs and checksum left to them)."""
+    if isinstance(msg, wm.Response):
+        ip = scapy_ip(SRV, CLI, carrier, SPORT, UDP_CPORT)
+        tcp = TricklesTCP(sport=SPORT, dport=CPORT, seq=42, ack=40, flags=flags)
+        return ip / tcp / layer_response(msg)
+    ip = scapy_ip(CLI, SRV, carrier, UDP_CPORT, SPORT)
+    tcp = TricklesTCP(sport=CPORT, dport=SPORT, seq=17, ack=40, flags=flags)
+    return ip / tcp / layer_request(msg)
 
 
 CARRIERS = [PROTO_TRICKLES, PROTO_TCP, PROTO_UDP]
@@ -223,24 +253,11 @@ CARRIERS = [PROTO_TRICKLES, PROTO_TCP, PROTO_UDP]
 
 # ------------------------------------------------------------------ building
 @pytest.mark.parametrize("carrier", CARRIERS)
-@pytest.mark.parametrize("name", RESPONSES)
-def test_built_response_equals_codec_bytes(name, carrier):
-    r, flags = RESPONSES[name], RESP_FLAGS.get(name, ACK)
-    pkt = (scapy_ip(SRV, CLI, carrier, SPORT, UDP_CPORT)
-           / TricklesTCP(sport=SPORT, dport=CPORT, seq=42, ack=40, flags=flags)
-           / layer_response(r))
+@pytest.mark.parametrize("name", SAMPLES)
+def test_built_equals_codec_bytes(name, carrier):
+    msg, flags = SAMPLES[name]
     # window (0), trickles_len (the header length), dataofs and checksum are all computed
-    assert bytes(pkt) == response_datagram(r, carrier, flags)
-
-
-@pytest.mark.parametrize("carrier", CARRIERS)
-@pytest.mark.parametrize("name", REQUESTS)
-def test_built_request_equals_codec_bytes(name, carrier):
-    q, flags = REQUESTS[name], REQ_FLAGS.get(name, ACK)
-    pkt = (scapy_ip(CLI, SRV, carrier, UDP_CPORT, SPORT)
-           / TricklesTCP(sport=CPORT, dport=SPORT, seq=17, ack=40, flags=flags)
-           / layer_request(q))
-    assert bytes(pkt) == request_datagram(q, carrier, flags)
+    assert bytes(scapy_datagram(msg, carrier, flags)) == codec_datagram(msg, carrier, flags)
 
 
 def test_checksum_uses_protocol_6_whatever_the_carrier():
@@ -301,29 +318,16 @@ def test_extra_tcp_options_keep_the_header_aligned():
 
 # ------------------------------------------------------------------ dissecting
 @pytest.mark.parametrize("carrier", CARRIERS)
-@pytest.mark.parametrize("name", RESPONSES)
-def test_dissect_codec_response(name, carrier):
-    r = RESPONSES[name]
-    dg = response_datagram(r, carrier, RESP_FLAGS.get(name, ACK))
+@pytest.mark.parametrize("name", SAMPLES)
+def test_dissect_codec_datagram(name, carrier):
+    msg, flags = SAMPLES[name]
+    dg = codec_datagram(msg, carrier, flags)
     pkt = IP(dg)
     assert pkt.proto == carrier
     assert_segment(pkt, dg)
-    assert_response(pkt[TricklesResponse], r)
-    assert pkt[TricklesResponse].underlayer is pkt[TricklesTCP]
+    assert assert_message(pkt, msg).underlayer is pkt[TricklesTCP]
     assert TCP in pkt and pkt[TCP] is pkt[TricklesTCP]  # a TCP subclass scapy tools can find
     pkt.clear_cache()  # rebuilt from the dissected field values: the same bytes
-    assert bytes(pkt) == dg
-
-
-@pytest.mark.parametrize("carrier", CARRIERS)
-@pytest.mark.parametrize("name", REQUESTS)
-def test_dissect_codec_request(name, carrier):
-    q = REQUESTS[name]
-    dg = request_datagram(q, carrier, REQ_FLAGS.get(name, ACK))
-    pkt = IP(dg)
-    assert_segment(pkt, dg)
-    assert_request(pkt[TricklesRequest], q)
-    pkt.clear_cache()
     assert bytes(pkt) == dg
 
 
@@ -336,12 +340,8 @@ def test_direction_guessed_without_a_service_port(carrier):
         pkt[TricklesTCP].chksum = None
         return bytes(pkt)
 
-    for name, r in RESPONSES.items():
-        assert_response(IP(moved(response_datagram(r, carrier, RESP_FLAGS.get(name, ACK))))
-                        [TricklesResponse], r)
-    for name, q in REQUESTS.items():
-        assert_request(IP(moved(request_datagram(q, carrier, REQ_FLAGS.get(name, ACK))))
-                       [TricklesRequest], q)
+    for msg, flags in SAMPLES.values():
+        assert_message(IP(moved(codec_datagram(msg, carrier, flags))), msg)
 
 
 def test_guess_payload_kind():
@@ -584,21 +584,9 @@ def _requests(draw):
                       draw(st.binary(max_size=20)), ranges, draw(st.binary(max_size=20)))
 
 
-@settings(max_examples=40, deadline=None)
-@given(r=_responses(), carrier=st.sampled_from(CARRIERS))
-def test_property_response_round_trip(r, carrier):
-    dg = response_datagram(r, carrier)
-    pkt = (scapy_ip(SRV, CLI, carrier, SPORT, UDP_CPORT)
-           / TricklesTCP(sport=SPORT, dport=CPORT, seq=42, ack=40) / layer_response(r))
-    assert bytes(pkt) == dg
-    assert_response(IP(dg)[TricklesResponse], r)
-
-
-@settings(max_examples=40, deadline=None)
-@given(q=_requests(), carrier=st.sampled_from(CARRIERS))
-def test_property_request_round_trip(q, carrier):
-    dg = request_datagram(q, carrier)
-    pkt = (scapy_ip(CLI, SRV, carrier, UDP_CPORT, SPORT)
-           / TricklesTCP(sport=CPORT, dport=SPORT, seq=17, ack=40) / layer_request(q))
-    assert bytes(pkt) == dg
-    assert_request(IP(dg)[TricklesRequest], q)
+@settings(max_examples=80, deadline=None)
+@given(msg=st.one_of(_responses(), _requests()), carrier=st.sampled_from(CARRIERS))
+def test_property_round_trip(msg, carrier):
+    dg = codec_datagram(msg, carrier, ACK)
+    assert bytes(scapy_datagram(msg, carrier)) == dg
+    assert_message(IP(dg), msg)

@@ -13,16 +13,16 @@ client's or the server's (whose answers the client echoes): then record the new 
 from __future__ import annotations
 
 import hashlib
-import heapq
 import random
 import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script too
-from wire_helpers import next_client_event  # noqa: E402
+from wire_helpers import drive_client  # noqa: E402
 
 from trickles_kit.apps.generated import Generated, gen_request, generated_sha256
 from trickles_kit.core.client import ClientConfig, ClientEngine
@@ -64,32 +64,26 @@ def transfer(name: str) -> tuple[str, dict]:
     rng = random.Random(size)
     sent = hashlib.sha256()
     got = hashlib.sha256()
-    queue: list[tuple[float, int, bytes]] = []
-    n = segs = 0
-    t = 0.0
+    segs = 0
     if lanes:
         step = -(-size // lanes)
-        cl.connect(t, gen_request(size, 5), [(i * step, min(size, (i + 1) * step))
-                                              for i in range(lanes)])
+        cl.connect(0.0, gen_request(size, 5), [(i * step, min(size, (i + 1) * step))
+                                                for i in range(lanes)])
     else:
-        cl.connect(t, gen_request(size, 5))
-    while cl.phase not in ("failed", "closed") and t < 300:
-        if cl.done and cl.phase != "fin_sent":
-            cl.close(t)
-        for seg in cl.datagrams_to_send():
-            segs += 1
-            sent.update(len(seg).to_bytes(2, "big") + seg)
-            dark = blackout is not None and blackout[0] <= t < blackout[1]
-            if dark or rng.random() < up:
-                continue
-            for ans in srv.receive(seg, CIP, t + 0.004):
-                if rng.random() >= down:
-                    n += 1
-                    heapq.heappush(queue, (t + 0.008 + rng.random() * 0.004, n, ans))
-        t = next_client_event(cl, queue, t)
-        if t is None:
-            break
-        got.update(cl.read(t) if n % 2 else cl.read())
+        cl.connect(0.0, gen_request(size, 5))
+
+    def send(seg: bytes, t: float) -> Iterator[tuple[float, bytes]]:
+        nonlocal segs
+        segs += 1
+        sent.update(len(seg).to_bytes(2, "big") + seg)
+        dark = blackout is not None and blackout[0] <= t < blackout[1]
+        if dark or rng.random() < up:
+            return
+        for ans in srv.receive(seg, CIP, t + 0.004):
+            if rng.random() >= down:
+                yield t + 0.008 + rng.random() * 0.004, ans
+
+    drive_client(cl, send, lambda t, n: got.update(cl.read(t) if n % 2 else cl.read()))
     summary = {"phase": cl.phase, "segments": segs, "bytes_ok": got.hexdigest()
                == generated_sha256(size, 5), **{k: v for k, v in cl.counters.items()
                                                  if v and k in _SHOWN}}

@@ -13,13 +13,13 @@ path's inlined admission gives admission's verdict on every input of the corpus.
 
 from __future__ import annotations
 
-import heapq
 import random
 import socket
 import struct
+from collections.abc import Iterator
 
 import pytest
-from wire_helpers import next_client_event
+from wire_helpers import drive_client
 
 from trickles_kit.apps.generated import Generated, gen_request
 from trickles_kit.core.client import ClientConfig, ClientEngine
@@ -49,25 +49,17 @@ def _record(size: int = 400_000, loss: float = 0.04, seed: int = 5) -> Corpus:
     cl = ClientEngine(CIP, 40009, SIP, PORT, ClientConfig(), isn=77, echo_key=bytes(16))
     rng = random.Random(seed)
     corpus: Corpus = []
-    queue: list[tuple[float, int, bytes]] = []
-    n = 0
-    t = 0.0
-    cl.connect(t, gen_request(size, seed))
-    while cl.phase not in ("failed", "closed") and t < 300:
-        if cl.done and cl.phase != "fin_sent":
-            cl.close(t)
-        for seg in cl.datagrams_to_send():
-            if rng.random() < loss:
-                continue
-            corpus.append((seg, CIP, t + 0.005))
-            for ans in srv.receive_slow(seg, CIP, t + 0.005):
-                if rng.random() >= loss:
-                    n += 1
-                    heapq.heappush(queue, (t + 0.010 + rng.random() * 0.003, n, ans))
-        t = next_client_event(cl, queue, t)
-        if t is None:
-            break
-        cl.read()
+    cl.connect(0.0, gen_request(size, seed))
+
+    def send(seg: bytes, t: float) -> Iterator[tuple[float, bytes]]:
+        if rng.random() < loss:
+            return
+        corpus.append((seg, CIP, t + 0.005))
+        for ans in srv.receive_slow(seg, CIP, t + 0.005):
+            if rng.random() >= loss:
+                yield t + 0.010 + rng.random() * 0.003, ans
+
+    drive_client(cl, send, lambda t, n: cl.read())
     assert cl.done, "the recorded transfer must complete"
     return corpus
 

@@ -7,15 +7,19 @@ relative to the repository, so results name no machine's directories.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime as _dt
 import hashlib
+import json
 import os
 import platform
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import trickles_kit
 
@@ -106,3 +110,24 @@ def close_meta(res: dict, mode: str, t0: float, note: str | None = None) -> None
         or end.get("git_commit") != m["code"].get("git_commit"))
     if note:
         m["note"] = note
+
+
+def add_output_args(ap: argparse.ArgumentParser, name: str) -> None:
+    """`--out` (default reports/benchmarks/NAME, git-ignored) and `--record` (the committed
+    benchmarks/results/NAME), the same in every script: a run changes a committed result only
+    when asked to."""
+    ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks" / name),
+                    help="JSON output path (default: %(default)s)")
+    ap.add_argument("--record", dest="out", action="store_const",
+                    const=str(REPO / "benchmarks" / "results" / name),
+                    help=f"refresh the committed benchmarks/results/{name}")
+
+
+def write_result(out: str | Path, doc: dict, indent: int = 2,
+                 default: Callable[[Any], Any] | None = None) -> Path:
+    """Write a result JSON (making its folder), one trailing newline; returns its path.
+    `default` is `json.dumps`'s (e.g. `str` for values JSON has no type for)."""
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=indent, default=default) + "\n")
+    return path

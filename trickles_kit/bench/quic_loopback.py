@@ -33,6 +33,7 @@ from pathlib import Path
 
 from trickles_kit.apps.generated import generated_sha256
 from trickles_kit.bench.meta import CHILD_CWD
+from trickles_kit.bench.procs import stop_child
 
 PY = sys.executable
 HOST = "127.0.0.1"
@@ -79,15 +80,6 @@ def _start(argv: list[str], ready: str, log: Path) -> subprocess.Popen:
     return p
 
 
-def _stop(p: subprocess.Popen) -> None:
-    p.terminate()
-    try:
-        p.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.communicate()
-
-
 def _servers(kind: str, port: int, root: Path) -> tuple[list[str], str, list[str]]:
     """(server argv, its ready line, client argv) of one kind."""
     path = f"/gen?size={{size}}&seed={SEED}"
@@ -120,7 +112,7 @@ def one(kind: str, size: int, tmp: Path) -> dict:
         wall = time.perf_counter() - t0
         cpu1 = _wait_idle(srv.pid)
     finally:
-        _stop(srv)
+        stop_child(srv, 20)
     text = c.stdout  # (one JSON object, on one line or indented)
     try:
         j = json.loads(text[text.index("{"):text.rindex("}") + 1])

@@ -6,6 +6,8 @@ A module of their own so that both request paths of the engine (`core.server`'s 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 class OutSlot:
     """One packet the handler may fill: data for `range`, a user continuation, FIN/FINHINT/SKIP."""
@@ -29,24 +31,19 @@ class OutSlot:
         self.byte_num, self.data, self.fin = byte_num, data, fin
 
 
+@dataclass(slots=True, eq=False)  # eq=False: two requests are never "equal", identity as before
 class Minisocket:
     """The application's view of one valid request. Freed when the handler returns."""
 
-    __slots__ = ("kind", "client", "conn_id", "request", "ucont", "ranges", "slots", "dropped",
-                 "now")
-
-    def __init__(self, kind: str, client: tuple[bytes, int], conn_id: int, request: bytes,
-                 ucont: bytes, ranges: list[tuple[int, int]], slots: list[OutSlot],
-                 now: float) -> None:
-        self.kind = kind  # "SYN" | "REQUEST" | "FIN"
-        self.client = client
-        self.conn_id = conn_id
-        self.request = request
-        self.ucont = ucont
-        self.ranges = ranges
-        self.slots = slots
-        self.dropped = False
-        self.now = now
+    kind: str  # "SYN" | "REQUEST" | "FIN"
+    client: tuple[bytes, int]
+    conn_id: int
+    request: bytes
+    ucont: bytes
+    ranges: list[tuple[int, int]]
+    slots: list[OutSlot]
+    now: float
+    dropped: bool = False
 
     def drop(self) -> None:
         self.dropped = True

@@ -37,12 +37,9 @@ def local_address_for(server: str) -> str:
     socket bound to it receives only this client's datagrams."""
     if server.startswith("127."):
         return "127.0.0.2" if server != "127.0.0.2" else "127.0.0.3"
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.connect((server, 9))
         return s.getsockname()[0]
-    finally:
-        s.close()
 
 
 def open_transport(kind: str, local_ip: str, ip_proto: int = PROTO_TRICKLES) -> Transport:

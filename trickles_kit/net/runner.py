@@ -8,13 +8,14 @@ every event as JSON lines.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import os
 import selectors
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -469,29 +470,28 @@ class ClientHost:
         if self.conns.get(conn.engine.local_port) is conn:
             self._service(conn.engine.local_port, conn)
 
-    def _batch(self) -> bool:
-        """Start queueing requests (False if a batch is already open: its opener sends)."""
+    @contextlib.contextmanager
+    def _batched(self) -> Iterator[None]:
+        """Queue the requests made inside; they leave in one batched send at the end. Inside
+        an open batch (timers fired while dispatching) it queues into that one: its opener
+        sends."""
         if self._out is not None:
-            return False
+            yield
+            return
         self._out = []
-        return True
-
-    def _send_queued(self) -> None:
-        """Close the batch: its requests leave in one batched send."""
-        out, self._out = self._out, None
-        if out:
-            self.transport.send_batch(out)
+        try:
+            yield
+        finally:
+            out, self._out = self._out, None
+            if out:
+                self.transport.send_batch(out)
 
     def _fire_timers(self) -> None:
         timers = self._timers
         if not timers or timers[0][0] > self.clock():
             return
-        opened = self._batch()
-        try:
+        with self._batched():
             self._fire_due(timers)
-        finally:
-            if opened:
-                self._send_queued()
 
     def _fire_due(self, timers: list[tuple[float, int]]) -> None:
         now = self.clock()
@@ -517,12 +517,8 @@ class ClientHost:
     def dispatch(self, batch: list[tuple[bytes, bytes, Any]]) -> None:
         """Hand each segment to its connection by the Trickles port inside it; the requests
         they cause leave together at the end."""
-        opened = self._batch()
-        try:
+        with self._batched():
             self._dispatch(batch)
-        finally:
-            if opened:
-                self._send_queued()
 
     def _dispatch(self, batch: list[tuple[bytes, bytes, Any]]) -> None:
         """Each segment to its engine, then each connection it touched serviced once: one

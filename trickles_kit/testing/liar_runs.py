@@ -10,7 +10,6 @@ segment a different loss pattern from then on).
 from __future__ import annotations
 
 import hashlib
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,8 +20,8 @@ from trickles_kit.apps.sim import (
     LinkConfig,
     SimNetwork,
     Simulator,
-    client_address,
-    sim_echo_key,
+    build_world,
+    sim_server,
 )
 from trickles_kit.core.client import ClientConfig, ClientEngine
 from trickles_kit.core.events import EventSink
@@ -142,31 +141,23 @@ def run_client(
     network that much longer after the client finished, so segments still in flight arrive
     (the server counts what it makes of them); goodput is measured at completion either way.
     """
-    sim = Simulator(seed)
-    secret = random.Random(seed ^ 0x5EC12E7).randbytes(32)
-    gen = Generated()
-    server = ServerEngine(secret, gen, SimNetwork.SERVER_IP, SimNetwork.SERVER_PORT,
-                          server_config, on_event)
-    gen.attach(server)
+    server = sim_server(seed, Generated(), server_config, on_event)
     if server_hook is not None:
         server_hook(server)
-    net = SimNetwork(sim, server, down or LinkConfig(loss=loss), up or LinkConfig(loss=loss))
-    if link_factory is not None:
-        link_factory(net)
-    net.keep_data = True
-    ip, port = client_address(0)
-    isn = sim.rng.getrandbits(32)
-    client = engine_cls(ip, port, SimNetwork.SERVER_IP, SimNetwork.SERVER_PORT, client_config,
-                        isn=isn, on_event=on_event, echo_key=sim_echo_key(isn), **engine_kwargs)
-    net.add_client(client, gen_request(size, seed))
+    world = build_world(seed, server, gen_request(size, seed), loss=loss, down=down, up=up,
+                        client_config=client_config, on_event=on_event, keep_data=True,
+                        engine_cls=engine_cls, **engine_kwargs)
+    if link_factory is not None:  # Links draw nothing when made: the client's ISN is unchanged
+        link_factory(world.net)
+    sim, net, client = world.sim, world.net, world.client
     t0 = time.perf_counter()
-    sim.run(until=time_limit, stop=net.all_finished)
+    world.run(time_limit)
     stopped = sim.now
     if drain > 0:
         sim.run(until=min(sim.now + drain, time_limit))
     wall = time.perf_counter() - t0
-    slot = net.clients[(ip, port)]
-    data = bytes(net.data[(ip, port)])
+    slot = world.slot
+    data = bytes(net.data[world.address])
     exact = hashlib.sha256(data).digest() == hashlib.sha256(
         generated_bytes(seed, 0, len(data))).digest()
     secs = slot.done_at if slot.done_at is not None else min(stopped, time_limit)
