@@ -28,11 +28,12 @@ from trickles_kit.capture.decode import (
     _note_wrong_secret,
     _promote_all,
 )
-from trickles_kit.capture.events import derive_events
+from trickles_kit.capture.event_table import ColumnCapture
+from trickles_kit.capture.events_columns import derive_columns
 from trickles_kit.capture.parse import default_config
 from trickles_kit.capture.pcapformat import RAW_LINKTYPES
 from trickles_kit.capture.pcapio import BIG_WINDOW, read_pcap
-from trickles_kit.capture.rows import Capture, no_gc
+from trickles_kit.capture.rows import no_gc
 
 __all__ = ["ColumnDecoder", "column_batches", "decode_columns"]
 
@@ -41,7 +42,7 @@ _BATCH = 1 << 15  # datagrams per batch of a joined (non-raw or pcapng) capture
 
 def decode_columns(path: str | os.PathLike[str], secret: bytes | None = None,
                    service_port: int | None = None, *, config=None, events: bool = True,
-                   checksums: bool = True) -> Capture:
+                   checksums: bool = True) -> ColumnCapture:
     """`decode.decode_pcap` with a columnar packet table: same arguments, same `Capture`
     (rows, events, errors, verdicts), built from columns; ``packets_df()`` is made from the
     arrays and `PacketRow`s only on first use of ``packets`` (events use them)."""
@@ -56,8 +57,8 @@ def decode_columns(path: str | os.PathLike[str], secret: bytes | None = None,
         dec.verifier = None
     if events:
         with no_gc():
-            cap.events = derive_events(cap.packets, config=cfg, errors=cap.errors,
-                                       verifier=dec.verifier, verdicts=cap.verdicts)
+            cap.set_event_table(derive_columns(cap.table, cfg, dec.verifier, cap.errors,
+                                               cap.verdicts))
             _promote_all()
         cap.events_derived = True
     return cap
@@ -82,7 +83,7 @@ class ColumnDecoder:
         self.service_port = service_port
         self.checksums = checksums
         self.reader = read_pcap(path)
-        self.capture = Capture(str(path), format=self.reader.format,
+        self.capture = ColumnCapture(str(path), format=self.reader.format,
                                secret_used=self.verifier is not None)
         self.ports: set[int] = set()
         self.index = 0  # datagrams so far (the row `index` of the next one)
