@@ -27,7 +27,7 @@ class EventTable:
     __slots__ = ("kinds", "kind", "sides", "side", "data", "detail", "key")
 
     def __init__(self, kinds: list, kind: np.ndarray, sides: list, side: np.ndarray,
-                 data: dict[str, np.ndarray], detail: list[dict],
+                 data: dict[str, np.ndarray], detail: np.ndarray,
                  key: tuple[np.ndarray, np.ndarray]) -> None:
         self.kinds, self.kind, self.sides, self.side = kinds, kind, sides, side
         self.data, self.detail = data, detail
@@ -45,7 +45,8 @@ class EventTable:
                 "conn_id": np.asarray(data["conn_id"]).astype(np.uint64)}
         full |= {f: np.asarray(data[f]).astype(np.int64) for f in INT_FIELDS}
         return cls(list(kinds), np.asarray(kind, np.int64), ["server"], np.zeros(n, np.int64),
-                   full, detail, (np.asarray(index, np.int64), np.asarray(order, np.int64)))
+                   full, _objects(detail),
+                   (np.asarray(index, np.int64), np.asarray(order, np.int64)))
 
     @classmethod
     def of_events(cls, out: list[tuple[int, int, Event]]) -> EventTable:
@@ -60,12 +61,14 @@ class EventTable:
         data |= {f: np.array([getattr(e, f) for e in evs], np.int64) for f in INT_FIELDS}
         key = (np.array([i for i, _, _ in out], np.int64),
                np.array([o for _, o, _ in out], np.int64))
-        return cls(list(kinds), kind, list(sides), side, data, [e.detail for e in evs], key)
+        return cls(list(kinds), kind, list(sides), side, data, _objects([e.detail for e in evs]),
+                   key)
 
     @classmethod
     def merge(cls, a: EventTable, b: EventTable) -> EventTable:
-        """Both tables' events in (capture index, order) order."""
-        order = np.lexsort((np.r_[a.key[1], b.key[1]], np.r_[a.key[0], b.key[0]]))
+        """Both tables' events in (capture index, order) order (unique keys)."""
+        key = np.r_[a.key[0], b.key[0]] * 8 + np.r_[a.key[1], b.key[1]]
+        order = np.argsort(key, kind="stable")
         kinds = list(a.kinds)
         kmap = np.array([_code(kinds, k) for k in b.kinds] or [0], np.int64)
         sides = list(a.sides)
@@ -73,10 +76,9 @@ class EventTable:
         kind = np.r_[a.kind, kmap[b.kind]][order]
         side = np.r_[a.side, smap[b.side]][order]
         data = {f: np.r_[a.data[f], b.data[f]][order] for f in a.data}
-        both = a.detail + b.detail
-        detail = [both[i] for i in order.tolist()]
-        key = (np.r_[a.key[0], b.key[0]][order], np.r_[a.key[1], b.key[1]][order])
-        return cls(kinds, kind, sides, side, data, detail, key)
+        detail = np.concatenate([a.detail, b.detail])[order]
+        key = key[order]
+        return cls(kinds, kind, sides, side, data, detail, (key >> 3, key & 7))
 
     def events(self) -> list[Event]:
         """`Event` objects (on demand)."""
@@ -87,7 +89,7 @@ class EventTable:
         new, init = object.__new__, Event.__init__
         out = []
         for kd, t, sd, c, p, a, w, s, b, st, det in zip(kinds, cols[0], sides, *cols[1:],
-                                                        self.detail, strict=True):
+                                                        self.detail.tolist(), strict=True):
             e = new(Event)
             init(e, kd, t, sd, conn_id=c, pkt=p, ack=a, cwnd=w, ssthresh=s, tcp_base=b,
                  state=st, detail=det)
@@ -103,7 +105,14 @@ class EventTable:
         return {"kind": np.array(self.kinds + [None], object)[self.kind],
                 "t": d["t"], "side": np.array(self.sides + [None], object)[self.side],
                 "conn_id": cid, **{f: d[f] for f in INT_FIELDS},
-                "detail": np.array(self.detail + [None], object)[:-1]}
+                "detail": self.detail}
+
+
+def _objects(items: list) -> np.ndarray:
+    """A 1-d object array of `items` (dicts stay objects, never unpacked)."""
+    out = np.empty(len(items), object)
+    out[:] = items
+    return out
 
 
 def _code(vocab: list, v) -> int:

@@ -75,11 +75,11 @@ def _event(kind: str, t: float, side: str, conn_id: int, pkt: int, ack: int, cwn
     return e
 
 
-def _cont_event(kind: str, row: PacketRow, **kw) -> Event:
-    """A server event from a request row: the continuation's fields, then `kw` (Event.make)."""
-    return Event.make(kind, row.t, "server", **({
-        "conn_id": row.conn_id or 0, "ack": row.cont_seq, "ssthresh": row.ssthresh or 0,
-        "tcp_base": row.tcp_base or 0, "state": row.state or 0} | kw))
+def _cont_event(kind: str, row: PacketRow, pkt: int = -1, cwnd: int = 0, **detail) -> Event:
+    """A server event from a request row: the continuation's fields, `pkt` and `cwnd`, the
+    rest of the keywords its detail (as `Event.make` would file them)."""
+    return _event(kind, row.t, "server", row.conn_id or 0, pkt, row.cont_seq,  # type: ignore
+                  cwnd, row.ssthresh or 0, row.tcp_base or 0, row.state or 0, detail)
 
 
 def _timeout_event(row: PacketRow, plan: Plan) -> Event:

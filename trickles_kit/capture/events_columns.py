@@ -23,18 +23,18 @@ from collections import Counter
 import numpy as np
 
 from trickles_kit.capture.columns import PacketColumns
-from trickles_kit.capture.events import ADMITTED, Derivation
 from trickles_kit.capture.event_table import EventTable
+from trickles_kit.capture.events import ADMITTED, Derivation
 from trickles_kit.capture.parse import Verifier
 from trickles_kit.core import events as ev
 from trickles_kit.core.admission import SACK_REACH, SEQ_LIMIT
 from trickles_kit.core.cc import MAX_CWND
 from trickles_kit.core.pairing import Pending
-from trickles_kit.core.plan import CONTINUE, SPLIT
-from trickles_kit.wire.continuation import FULL2, NORMAL, RECOVERY
+from trickles_kit.core.plan import BOOT, CONTINUE, RETRANSMIT, SPLIT
+from trickles_kit.wire.continuation import BOOTSTRAP, FULL2, NORMAL, RECOVERY
 from trickles_kit.wire.segment import SYN
 
-__all__ = ["derive_columns", "normal_plans", "vec_cwnd"]
+__all__ = ["SLOT_KINDS", "VectorPlans", "derive_columns", "vec_cwnd"]
 
 _REQUEST, _NORMAL_T, _SYN_T = 0, 0, 2  # codes of columns.CATS (direction, req_type)
 _SS_MAX = 1 << 20  # larger ssthresh values go the row way (int64 room for the closed form)
@@ -53,24 +53,64 @@ def vec_cwnd(n: np.ndarray, base: np.ndarray, c0: np.ndarray, ss: np.ndarray) ->
     return np.minimum(w, MAX_CWND)
 
 
-def normal_plans(k: np.ndarray, base: np.ndarray, c0: np.ndarray, ss: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(first packet, slots, cwnd) of `plan_request`'s normal step for requests whose blocks
-    cover [base, k] (k >= base): a CONTINUE at k + cwnd(k - 1), a SPLIT after it when the
-    window grew."""
-    prev = vec_cwnd(k - 1, base, c0, ss)
-    cur = vec_cwnd(k, base, c0, ss)
-    return k + prev, 1 + cur - prev, cur
+class VectorPlans:
+    """The plans of the requests the vector path takes (``ok``), one array entry per row.
+
+    Slot p of row r: with ``starts[r]`` slot 0 retransmits ``loss[r]`` (RETRANSMIT, the old
+    epoch's fields, state RECOVERY); every other slot is packet ``pkt0[r] + p - starts[r]``:
+    in a recovery (``rec[r]``) a BOOT slot of the new epoch (``bss``, ``bbase``, state
+    BOOTSTRAP), else CONTINUE (p = 0) or SPLIT. ``cwnd``: the plan's window."""
+
+    def __init__(self, cols: PacketColumns, max_sacks: int, max_gap: int) -> None:
+        ok, nb, r1, l2 = _takeable(cols, max_sacks)
+        k, base, c0, ss = (np.where(ok, _i64(cols, f), 1) for f in (
+            "cont_seq", "tcp_base", "start_cwnd", "ssthresh"))
+        rec = ok & (nb == 2)
+        # the normal step (`plan_request`: one block covering [base, k])
+        prev = vec_cwnd(k - 1, base, c0, ss)
+        cur = vec_cwnd(k, base, c0, ss)
+        # a recovery (`_recovery`): the first loss right after block 1, block 2 ending at k
+        loss = np.where(rec, r1 + 1, base + 1)
+        ncw = np.maximum(vec_cwnd(loss, base, c0, ss) // 2, 1)
+        last = loss - 1 + vec_cwnd(loss - 1, base, c0, ss)
+        boot = last - ncw + 1
+        starts = rec & (l2 == k)  # a hole right below k, and it starts at the first loss
+        lo = np.where(starts & (k - 1 - loss < max_gap), loss, k)
+        lo = np.maximum(lo, boot)
+        nboot = np.maximum(k - lo + 1, 0)
+        self.rec, self.starts, self.loss = rec, starts, loss
+        self.pkt0 = np.where(rec, lo + last + 1 - boot, k + prev)
+        self.nslots = np.where(rec, starts + nboot, 1 + cur - prev)
+        self.cwnd = np.where(rec, ncw, cur)
+        self.ss, self.base, self.bss, self.bbase = ss, base, ncw, last + 1
+        self.ok = ok & ~(rec & ((k > last) | (self.nslots == 0)))  # rejects, terminations
+
+    def slots(self, r: np.ndarray, p: np.ndarray) -> dict[str, np.ndarray]:
+        """Slot `p` of rows `r`: its event's kind code (into `SLOT_KINDS`), pkt, ssthresh,
+        tcp_base and state."""
+        rec, rt = self.rec[r], self.starts[r] & (p == 0)
+        boot = rec & ~rt
+        return {"kind": np.where(rec, np.where(rt, 2, 3), np.minimum(p, 1)),
+                "pkt": np.where(rt, self.loss[r], self.pkt0[r] + p - self.starts[r]),
+                "ssthresh": np.where(boot, self.bss[r], self.ss[r]),
+                "tcp_base": np.where(boot, self.bbase[r], self.base[r]),
+                "state": np.where(rec, np.where(rt, RECOVERY, BOOTSTRAP), NORMAL)}
+
+
+SLOT_KINDS = [CONTINUE, SPLIT, RETRANSMIT, BOOT]
 
 
 def _i64(cols: PacketColumns, f: str) -> np.ndarray:
     return cols.data[f].astype(np.int64)
 
 
-def eligible(cols: PacketColumns, max_sacks: int) -> np.ndarray:
-    """Requests the vector path may plan: NORMAL, not SYN, MAC and nonce not failed, a FULL1
-    or MINIMAL continuation not in recovery whose fields `bad_cont` accepts, and one SACK
-    block [left, k] with left <= TCPBase within reach (`check_sacks` accepts it)."""
+def _takeable(cols: PacketColumns, max_sacks: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(requests the vector path may plan, SACK block counts, r1, l2): NORMAL, not SYN, MAC
+    and nonce not failed, a FULL1 or MINIMAL continuation not in recovery whose fields
+    `bad_cont` accepts, and blocks `check_sacks` accepts of one of two shapes — one block
+    [left, k] with left <= TCPBase (the normal step), or [l1, r1], [l2, k] with
+    l1 <= TCPBase <= r1 and a hole between (a recovery from r1 + 1)."""
     d, m = cols.data, cols.mask
     ok = (d["direction"] == _REQUEST) & (d["error"] < 0) & (d["req_type"] == _NORMAL_T)
     ok &= (d["flags"] & SYN) == 0
@@ -84,29 +124,42 @@ def eligible(cols: PacketColumns, max_sacks: int) -> np.ndarray:
     ok &= (c0 >= 1) & (c0 <= ss) & (c0 <= MAX_CWND) & (ss < _SS_MAX)
     ok &= (k >= base) & (k <= SEQ_LIMIT)
     off = d["sacks"]
-    ok &= (off[1:] - off[:-1] == 1) & (max_sacks >= 1)
+    nb = off[1:] - off[:-1]
+    ok &= ((nb == 1) | (nb == 2)) & (max_sacks >= nb)
     vals = cols.lists["sacks"]
-    first = np.minimum(off[:-1], max(len(vals) - 1, 0))
-    left = vals[first, 0] if len(vals) else np.zeros(cols.n, np.int64)
-    right = vals[first, 1] if len(vals) else np.zeros(cols.n, np.int64)
-    ok &= (left >= 0) & (left <= base) & (left >= base - SACK_REACH) & (right == k)
-    return ok
+    if not len(vals):
+        z = np.zeros(cols.n, np.int64)
+        return ok & False, nb, z, z
+    last = len(vals) - 1
+    b1, b2 = np.minimum(off[:-1], last), np.minimum(off[:-1] + 1, last)
+    l1, r1, l2, r2 = vals[b1, 0], vals[b1, 1], vals[b2, 0], vals[b2, 1]
+    ok &= (l1 >= 0) & (l1 <= base) & (l1 >= base - SACK_REACH)
+    one = (nb == 1) & (r1 == k)
+    two = (nb == 2) & (r1 >= base) & (l2 > r1 + 1) & (l2 <= r2) & (r2 == k)
+    return ok & (one | two), nb, r1, l2
 
 
-_KEYS = (("src", "dst"), ("sport", "dport"), ("dst", "src"), ("dport", "sport"),
-         ("cont_seq", "ack"), ("client_state", "client_state"), ("parent", "parent"),
-         ("client_timestamp", "client_timestamp"))
-
-
-def _key_fields(cols: PacketColumns, isreq: np.ndarray) -> list[np.ndarray]:
-    """`core.pairing.request_key` of each row (a request's own, a response's `response_key`):
-    eight uint64 arrays."""
+def _key_words(cols: PacketColumns, isreq: np.ndarray, e: np.ndarray) -> list[np.ndarray]:
+    """`core.pairing.request_key` of rows `e` (a request's own, a response's `response_key`),
+    packed without loss into four uint64 words: addresses, ports and k, clientState and
+    parent, clientTimestamp."""
     d = cols.data
-    return [np.where(isreq, d[q].astype(np.uint64), d[r].astype(np.uint64)) for q, r in _KEYS]
+    q = isreq[e]
+
+    def u(f: str) -> np.ndarray:
+        return d[f][e].astype(np.uint64)
+
+    src, dst, sport, dport = u("src"), u("dst"), u("sport"), u("dport")
+    s32 = np.uint64(32)
+    a = np.where(q, (src << s32) | dst, (dst << s32) | src)
+    ports = np.where(q, (sport << np.uint64(16)) | dport, (dport << np.uint64(16)) | sport)
+    b = (ports << s32) | np.where(q, u("cont_seq"), u("ack"))
+    c = (u("client_state") << s32) | u("parent")
+    return [a, b, c, u("client_timestamp")]
 
 
 def _hash(keys: list[np.ndarray]) -> np.ndarray:
-    """A 64-bit mix of the key fields (groups are then checked field by field)."""
+    """A 64-bit mix of the key words (groups are then checked word by word)."""
     h = np.zeros(len(keys[0]), np.uint64)
     for i, k in enumerate(keys):
         h ^= k + np.uint64(0x9E3779B97F4A7C15 + i)
@@ -116,51 +169,59 @@ def _hash(keys: list[np.ndarray]) -> np.ndarray:
 
 
 class _Groups:
-    """The pairing key groups: requests and responses with one key, in capture order."""
+    """The pairing key groups: requests and responses with one key, in capture order.
+    ``bad[g]``: group g goes the row way."""
 
-    def __init__(self, cols: PacketColumns, elig: np.ndarray) -> None:
+    def __init__(self, cols: PacketColumns, takeable: np.ndarray) -> None:
         d, m = cols.data, cols.mask
-        noerr = (d["error"] < 0) & ((d["flags"] & SYN) == 0)
         isreq = d["direction"] == _REQUEST
-        pair = noerr & np.where(isreq, d["req_type"] != _SYN_T, True)
-        for f in ("cont_seq", "client_state", "parent", "client_timestamp"):
-            pair &= ~m[f] if f != "cont_seq" else (~m[f] | ~isreq)
+        pair = (d["error"] < 0) & ((d["flags"] & SYN) == 0) & ~(isreq & (d["req_type"] == _SYN_T))
+        pair &= ~m["client_state"] & ~m["parent"] & ~m["client_timestamp"]
+        pair &= ~(isreq & m["cont_seq"])
         e = np.flatnonzero(pair)  # rows that register or answer, in capture order
-        keys = [k[e] for k in _key_fields(cols, isreq)]
-        order = np.argsort(_hash(keys), kind="stable")
+        keys = _key_words(cols, isreq, e)
+        h = _hash(keys)
+        order = np.argsort(h, kind="stable")
         self.pos = e[order]
         self.isreq = isreq[self.pos]
-        keys = [k[order] for k in keys]
-        h = _hash(keys)
+        h = h[order]
         start = np.r_[True, h[1:] != h[:-1]] if len(h) else np.zeros(0, bool)
         self.gid = np.cumsum(start) - 1
         head = np.flatnonzero(start)
+        ng = len(head)
         bad = ~self.isreq[head]  # a response before any request of its key: the row way
         for k in keys:
-            bad |= np.bincount(self.gid, k != k[head][self.gid], len(head)) > 0
-        bad |= np.bincount(self.gid, self.isreq & ~elig[self.pos], len(head)) > 0
+            k = k[order]
+            bad |= np.bincount(self.gid, k != k[head][self.gid], ng) > 0
+        bad |= np.bincount(self.gid, self.isreq & ~takeable[self.pos], ng) > 0
         self.bad = bad
 
-    def pair(self, cols: PacketColumns, first: np.ndarray, nslots: np.ndarray) -> None:
+    def pair(self, cols: PacketColumns, vp: VectorPlans) -> None:
         """Each response fills the slot it claims of its segment's request (the latest one
-        before it): groups where any slot is missing, doubled or misplaced are marked bad."""
+        before it): groups where any slot is missing, doubled or misplaced are marked bad.
+        ``rq``, ``rpos``, ``slot``: each response's request, own row and slot fields."""
         d, m = cols.data, cols.mask
         seg = np.cumsum(self.isreq) - 1
         segreq = self.pos[self.isreq]
         resp = ~self.isreq
-        rq = segreq[seg[resp]]
+        if not len(segreq):
+            self.bad[:] = True
+            segreq = np.zeros(1, np.int64)
+        rq = segreq[np.maximum(seg[resp], 0)]
         rpos = self.pos[resp]
-        p = d["position"][rpos].astype(np.int64)
-        ok = ~m["position"][rpos] & (p < nslots[rq])
-        ok &= d["seq"][rpos].astype(np.int64) == first[rq] + p
+        p = np.minimum(d["position"][rpos].astype(np.int64), 62)
+        slot = vp.slots(rq, p)
+        ok = ~m["position"][rpos] & (p < vp.nslots[rq])
+        ok &= d["seq"][rpos].astype(np.int64) == slot["pkt"]
         self.bad |= np.bincount(self.gid[resp], ~ok, len(self.bad)) > 0
         nseg = len(segreq)
         cnt = np.bincount(seg[resp], minlength=nseg)
-        bits = np.bincount(seg[resp], np.where(ok, 1 << np.minimum(p, 62), 0), nseg)
-        want = nslots[segreq]
+        bits = np.bincount(seg[resp], np.where(ok, 1 << p, 0), nseg)
+        want = np.minimum(vp.nslots[segreq], 62)
         segbad = (cnt != want) | (bits != (1 << want) - 1)
-        self.bad |= np.bincount(self.gid[self.isreq], segbad, len(self.bad)) > 0
-        self.rq, self.rpos, self.slot = rq, rpos, p
+        self.bad |= np.bincount(self.gid[self.isreq], segbad[:self.isreq.sum()],
+                                len(self.bad)) > 0
+        self.rq, self.rpos, self.slot = rq, rpos, slot
 
     def drop(self, rows: np.ndarray) -> np.ndarray:
         """Mark the groups of (simple) rows `rows` bad; their rows."""
@@ -185,14 +246,10 @@ def derive_columns(cols: PacketColumns, cfg, verifier: Verifier | None, errors: 
                    verdicts: dict[int, str]) -> EventTable:
     """`capture.events.derive_events` of the rows of `cols`, as an `EventTable`; `verdicts`
     and `errors` are filled as there."""
-    n = cols.n
-    elig = eligible(cols, cfg.max_sacks)
-    k, base, c0, ss = (np.where(elig, _i64(cols, f), dflt) for f, dflt in (
-        ("cont_seq", 1), ("tcp_base", 1), ("start_cwnd", 1), ("ssthresh", 1)))
-    first, nslots, cur = normal_plans(k, base, c0, ss)
-    g = _Groups(cols, elig)
-    g.pair(cols, first, nslots)
-    simple = g.simple_rows(n)
+    vp = VectorPlans(cols, cfg.max_sacks, cfg.max_gap)
+    g = _Groups(cols, vp.ok)
+    g.pair(cols, vp)
+    simple = g.simple_rows(cols.n)
     d = Derivation(cfg, verifier, errors)
     d.walk(_rows(cols, np.flatnonzero(~simple)))
     judged = [e.item for e in d.reqs if type(e) is Pending and not e.answered]
@@ -207,9 +264,10 @@ def derive_columns(cols: PacketColumns, cfg, verifier: Verifier | None, errors: 
             d.reqs.sort(key=lambda e: e.index)
     _server_state(cols, d, judged)
     out = d.finish()
-    d.verdicts.update(dict.fromkeys(cols.data["index"][simple & elig].tolist(), ADMITTED))
+    q = np.flatnonzero(simple & (cols.data["direction"] == _REQUEST))
+    d.verdicts.update(dict.fromkeys(cols.data["index"][q].tolist(), ADMITTED))
     verdicts.update(d.verdicts)
-    return _table(cols, g, simple, elig, first, cur, out)
+    return EventTable.merge(_table(cols, g, vp, simple, q), EventTable.of_events(out))
 
 
 def _rows(cols: PacketColumns, pos: np.ndarray) -> list:
@@ -227,43 +285,52 @@ def _server_state(cols: PacketColumns, d: Derivation, judged: list) -> None:
     if d.verifier is not None or not judged:
         return
     macs = {r.mac for r in judged if r.mac is not None}
-    pos = np.flatnonzero(sealed)
+    pos = np.flatnonzero(sealed & ~m["mac"])
     lo = np.array(sorted({int.from_bytes(x[4:8], "big") for x in macs}), np.uint64)
     cand = pos[np.isin(_mac_low(dd["mac"][pos]), lo)]
     last: dict[bytes, int] = {}
-    for p, mac in zip(cand.tolist(), (dd["mac"][cand]).tolist(), strict=True):
+    for p, mac in zip(cand.tolist(), dd["mac"][cand].tolist(), strict=True):
         b = bytes(mac)
         if b in macs:
             last[b] = p
-    if last:
-        rows = _rows(cols, np.array(sorted(last.values()), np.int64))
-        for r in rows:
-            d.cv.genuine[r.mac] = r
+    for r in _rows(cols, np.array(sorted(last.values()), np.int64)):
+        d.cv.genuine[r.mac] = r
 
 
-def _table(cols: PacketColumns, g: _Groups, simple: np.ndarray, elig: np.ndarray,
-           first: np.ndarray, cur: np.ndarray, out: list) -> EventTable:
-    """The events of the vector path (one per answer, a `nonce_ok` per request) and of the
-    row path, in capture order (capture index, order within it)."""
+_KINDS = [*SLOT_KINDS, ev.NONCE_OK, ev.RECOVERY_START]
+_NONCE, _RSTART = 4, 5
+
+
+def _table(cols: PacketColumns, g: _Groups, vp: VectorPlans, simple: np.ndarray,
+           q: np.ndarray) -> EventTable:
+    """The vector path's events: one per answer (its slot's kind and fields), a `nonce_ok`
+    per request (its blocks), a `recovery_start` per request that retransmits."""
     d, m = cols.data, cols.mask
     sel = simple[g.rpos]
-    rpos, rq, slot = g.rpos[sel], g.rq[sel], g.slot[sel]
-    q = np.flatnonzero(simple & elig)
+    rpos, rq = g.rpos[sel], g.rq[sel]
+    slot = {f: v[sel] for f, v in g.slot.items()}
+    rs = q[vp.starts[q]]
     cid = np.where(m["conn_id"], 0, d["conn_id"]).astype(np.uint64)
     state = np.where(m["state"], 0, d["state"]).astype(np.int64)
     ack = d["cont_seq"].astype(np.int64)
-    ssth, tb = _i64(cols, "ssthresh"), _i64(cols, "tcp_base")
-    vals = cols.lists["sacks"]
-    lr = vals[d["sacks"][q]][:, :2].tolist() if len(q) else []
-    t = EventTable.build(
-        [CONTINUE, SPLIT, ev.NONCE_OK],
-        np.r_[np.minimum(slot, 1), np.full(len(q), 2)],
-        np.r_[d["index"][rpos], d["index"][q]], np.r_[np.zeros(len(rpos), np.int8),
-                                                      np.ones(len(q), np.int8)],
-        {"t": np.r_[d["t"][rpos], d["t"][q]], "conn_id": np.r_[cid[rq], cid[q]],
-         "pkt": np.r_[first[rq] + slot, np.full(len(q), -1)],
-         "ack": np.r_[ack[rq], ack[q]], "cwnd": np.r_[cur[rq], np.zeros(len(q), np.int64)],
-         "ssthresh": np.r_[ssth[rq], ssth[q]], "tcp_base": np.r_[tb[rq], tb[q]],
-         "state": np.r_[np.full(len(rq), NORMAL), state[q]]},
-        [{} for _ in range(len(rpos))] + [{"blocks": [b]} for b in lr])
-    return EventTable.merge(t, EventTable.of_events(out))
+    nq, nr = len(q), len(rs)
+
+    def reqs(a: np.ndarray) -> np.ndarray:  # a request field: of the answers' requests, of q, rs
+        return np.r_[a[rq], a[q], a[rs]]
+
+    off, vals = d["sacks"], cols.lists["sacks"]
+    pairs = vals[:, :2].tolist()
+    blocks = [{"blocks": pairs[i:j]} for i, j in zip(off[q].tolist(), off[q + 1].tolist(),
+                                                         strict=True)]
+    firsts = [{"first_loss": x} for x in vp.loss[rs].tolist()]
+    return EventTable.build(
+        _KINDS, np.r_[slot["kind"], np.full(nq, _NONCE), np.full(nr, _RSTART)],
+        np.r_[d["index"][rpos], d["index"][q], d["index"][rs]],
+        np.r_[np.zeros(len(rpos), np.int64), np.ones(nq, np.int64), np.full(nr, 3)],
+        {"t": np.r_[d["t"][rpos], d["t"][q], d["t"][rs]], "conn_id": reqs(cid),
+         "pkt": np.r_[slot["pkt"], np.full(nq + nr, -1)], "ack": reqs(ack),
+         "cwnd": np.r_[vp.cwnd[rq], np.zeros(nq, np.int64), vp.cwnd[rs]],
+         "ssthresh": np.r_[slot["ssthresh"], vp.ss[q], vp.ss[rs]],
+         "tcp_base": np.r_[slot["tcp_base"], vp.base[q], vp.base[rs]],
+         "state": np.r_[slot["state"], state[q], state[rs]]},
+        [{} for _ in range(len(rpos))] + blocks + firsts)
