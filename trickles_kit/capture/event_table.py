@@ -96,16 +96,16 @@ class EventTable:
             out.append(e)
         return out
 
-    def columns(self) -> dict:
-        """{field: array or list} in `Event` field order, as pandas wants them."""
+    def columns(self, pd) -> dict:
+        """{field: array} in `Event` field order for `pd.DataFrame`: the strings as pandas
+        would infer them from the vocabulary, taken by code (no per-event inference)."""
         d = self.data
         cid = d["conn_id"]
         if not len(cid) or int(cid.max()) < 1 << 63:
             cid = cid.astype(np.int64)  # (what pandas makes of Python ints that fit)
-        return {"kind": np.array(self.kinds + [None], object)[self.kind],
-                "t": d["t"], "side": np.array(self.sides + [None], object)[self.side],
-                "conn_id": cid, **{f: d[f] for f in INT_FIELDS},
-                "detail": self.detail}
+        return {"kind": pd.Series([str(k) for k in self.kinds]).array.take(self.kind),
+                "t": d["t"], "side": pd.Series(list(self.sides)).array.take(self.side),
+                "conn_id": cid, **{f: d[f] for f in INT_FIELDS}, "detail": self.detail}
 
 
 def _objects(items: list) -> np.ndarray:
@@ -154,6 +154,7 @@ class ColumnCapture(Capture):
 
     def events_df(self):
         t = self._evtable
-        if t is None or self._evlist is not None:
+        if t is None or self._evlist is not None or not len(t):
             return super().events_df()
-        return _pandas().DataFrame(t.columns(), columns=list(EVENT_FIELDS))
+        pd = _pandas()
+        return pd.DataFrame(t.columns(pd), columns=list(EVENT_FIELDS))
