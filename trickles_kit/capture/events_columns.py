@@ -62,28 +62,34 @@ class VectorPlans:
     BOOTSTRAP), else CONTINUE (p = 0) or SPLIT. ``cwnd``: the plan's window."""
 
     def __init__(self, cols: PacketColumns, max_sacks: int, max_gap: int) -> None:
-        ok, nb, r1, l2 = _takeable(cols, max_sacks)
-        k, base, c0, ss = (np.where(ok, _i64(cols, f), 1) for f in (
-            "cont_seq", "tcp_base", "start_cwnd", "ssthresh"))
-        rec = ok & (nb == 2)
-        # the normal step (`plan_request`: one block covering [base, k])
-        prev = vec_cwnd(k - 1, base, c0, ss)
-        cur = vec_cwnd(k, base, c0, ss)
+        n = cols.n
+        self.ss, self.base = _i64(cols, "ssthresh"), _i64(cols, "tcp_base")
+        self.pkt0, self.nslots, self.cwnd, self.loss, self.bss, self.bbase = (
+            np.zeros(n, np.int64) for _ in range(6))
+        self.ok, self.rec, self.starts = (np.zeros(n, bool) for _ in range(3))
+        r, nb, r1, l2 = _takeable(cols, max_sacks)
+        k, base, c0, ss = _i64(cols, "cont_seq")[r], self.base[r], _i64(cols, "start_cwnd")[r], \
+            self.ss[r]
+        one = nb == 1  # the normal step (`plan_request`: one block covering [base, k])
+        i, k1, b1, c1, s1 = r[one], k[one], base[one], c0[one], ss[one]
+        prev = vec_cwnd(k1 - 1, b1, c1, s1)
+        cur = vec_cwnd(k1, b1, c1, s1)
+        self.pkt0[i], self.nslots[i], self.cwnd[i] = k1 + prev, 1 + cur - prev, cur
+        self.ok[i] = True
         # a recovery (`_recovery`): the first loss right after block 1, block 2 ending at k
-        loss = np.where(rec, r1 + 1, base + 1)
+        two = ~one
+        j, k, base, c0, ss = r[two], k[two], base[two], c0[two], ss[two]
+        loss = r1[two] + 1
         ncw = np.maximum(vec_cwnd(loss, base, c0, ss) // 2, 1)
         last = loss - 1 + vec_cwnd(loss - 1, base, c0, ss)
         boot = last - ncw + 1
-        starts = rec & (l2 == k)  # a hole right below k, and it starts at the first loss
-        lo = np.where(starts & (k - 1 - loss < max_gap), loss, k)
-        lo = np.maximum(lo, boot)
-        nboot = np.maximum(k - lo + 1, 0)
-        self.rec, self.starts, self.loss = rec, starts, loss
-        self.pkt0 = np.where(rec, lo + last + 1 - boot, k + prev)
-        self.nslots = np.where(rec, starts + nboot, 1 + cur - prev)
-        self.cwnd = np.where(rec, ncw, cur)
-        self.ss, self.base, self.bss, self.bbase = ss, base, ncw, last + 1
-        self.ok = ok & ~(rec & ((k > last) | (self.nslots == 0)))  # rejects, terminations
+        starts = l2[two] == k  # a hole right below k, and it starts at the first loss
+        lo = np.maximum(np.where(starts & (k - 1 - loss < max_gap), loss, k), boot)
+        nslots = starts + np.maximum(k - lo + 1, 0)
+        self.rec[j], self.starts[j], self.loss[j], self.nslots[j] = True, starts, loss, nslots
+        self.pkt0[j], self.cwnd[j], self.bss[j], self.bbase[j] = lo + last + 1 - boot, ncw, \
+            ncw, last + 1
+        self.ok[j] = (k <= last) & (nslots > 0)  # (else a reject or a termination: row way)
 
     def slots(self, r: np.ndarray, p: np.ndarray) -> dict[str, np.ndarray]:
         """Slot `p` of rows `r`: its event's kind code (into `SLOT_KINDS`), pkt, ssthresh,
@@ -106,37 +112,39 @@ def _i64(cols: PacketColumns, f: str) -> np.ndarray:
 
 def _takeable(cols: PacketColumns, max_sacks: int
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(requests the vector path may plan, SACK block counts, r1, l2): NORMAL, not SYN, MAC
-    and nonce not failed, a FULL1 or MINIMAL continuation not in recovery whose fields
-    `bad_cont` accepts, and blocks `check_sacks` accepts of one of two shapes — one block
-    [left, k] with left <= TCPBase (the normal step), or [l1, r1], [l2, k] with
+    """(rows the vector path may plan, their SACK block counts, r1, l2): NORMAL requests, not
+    SYN, MAC and nonce not failed, a FULL1 or MINIMAL continuation not in recovery whose
+    fields `bad_cont` accepts, and blocks `check_sacks` accepts of one of two shapes — one
+    block [left, k] with left <= TCPBase (the normal step), or [l1, r1], [l2, k] with
     l1 <= TCPBase <= r1 and a hole between (a recovery from r1 + 1)."""
     d, m = cols.data, cols.mask
     ok = (d["direction"] == _REQUEST) & (d["error"] < 0) & (d["req_type"] == _NORMAL_T)
     ok &= (d["flags"] & SYN) == 0
-    ok &= (m["mac_ok"] | d["mac_ok"]) & (m["nonce_ok"] | d["nonce_ok"])
+    r = np.flatnonzero(ok)
+    ok = (m["mac_ok"][r] | d["mac_ok"][r]) & (m["nonce_ok"][r] | d["nonce_ok"][r])
     for f in ("cont_type", "cont_seq", "state", "start_cwnd", "ssthresh", "tcp_base",
               "client_state", "parent", "client_timestamp", "mac", "sacks"):
-        ok &= ~m[f]
-    ok &= (d["cont_type"] != FULL2) & (d["state"] != RECOVERY)
-    k, base, c0, ss = (_i64(cols, f) for f in ("cont_seq", "tcp_base", "start_cwnd",
-                                                "ssthresh"))
+        ok &= ~m[f][r]
+    ok &= (d["cont_type"][r] != FULL2) & (d["state"][r] != RECOVERY)
+    k, base, c0, ss = (d[f][r].astype(np.int64) for f in ("cont_seq", "tcp_base",
+                                                           "start_cwnd", "ssthresh"))
     ok &= (c0 >= 1) & (c0 <= ss) & (c0 <= MAX_CWND) & (ss < _SS_MAX)
     ok &= (k >= base) & (k <= SEQ_LIMIT)
     off = d["sacks"]
-    nb = off[1:] - off[:-1]
+    nb = off[r + 1] - off[r]
     ok &= ((nb == 1) | (nb == 2)) & (max_sacks >= nb)
     vals = cols.lists["sacks"]
     if not len(vals):
-        z = np.zeros(cols.n, np.int64)
-        return ok & False, nb, z, z
+        return r[:0], nb[:0], nb[:0], nb[:0]
     last = len(vals) - 1
-    b1, b2 = np.minimum(off[:-1], last), np.minimum(off[:-1] + 1, last)
+    b1 = np.minimum(off[r], last)
+    b2 = np.minimum(b1 + 1, last)
     l1, r1, l2, r2 = vals[b1, 0], vals[b1, 1], vals[b2, 0], vals[b2, 1]
     ok &= (l1 >= 0) & (l1 <= base) & (l1 >= base - SACK_REACH)
     one = (nb == 1) & (r1 == k)
     two = (nb == 2) & (r1 >= base) & (l2 > r1 + 1) & (l2 <= r2) & (r2 == k)
-    return ok & (one | two), nb, r1, l2
+    ok &= one | two
+    return r[ok], nb[ok], r1[ok], l2[ok]
 
 
 def _key_words(cols: PacketColumns, isreq: np.ndarray, e: np.ndarray) -> list[np.ndarray]:
@@ -306,7 +314,8 @@ def _table(cols: PacketColumns, g: _Groups, vp: VectorPlans, simple: np.ndarray,
     """The vector path's events: one per answer (its slot's kind and fields), a `nonce_ok`
     per request (its blocks), a `recovery_start` per request that retransmits."""
     d, m = cols.data, cols.mask
-    sel = simple[g.rpos]
+    sel = np.flatnonzero(simple[g.rpos])
+    sel = sel[np.argsort(g.rpos[sel])]  # in capture order: `merge` then joins sorted runs
     rpos, rq = g.rpos[sel], g.rq[sel]
     slot = {f: v[sel] for f, v in g.slot.items()}
     rs = q[vp.starts[q]]
@@ -318,10 +327,7 @@ def _table(cols: PacketColumns, g: _Groups, vp: VectorPlans, simple: np.ndarray,
     def reqs(a: np.ndarray) -> np.ndarray:  # a request field: of the answers' requests, of q, rs
         return np.r_[a[rq], a[q], a[rs]]
 
-    off, vals = d["sacks"], cols.lists["sacks"]
-    pairs = vals[:, :2].tolist()
-    blocks = [{"blocks": pairs[i:j]} for i, j in zip(off[q].tolist(), off[q + 1].tolist(),
-                                                         strict=True)]
+    blocks = _blocks(cols, q)
     firsts = [{"first_loss": x} for x in vp.loss[rs].tolist()]
     return EventTable.build(
         _KINDS, np.r_[slot["kind"], np.full(nq, _NONCE), np.full(nr, _RSTART)],
@@ -334,3 +340,15 @@ def _table(cols: PacketColumns, g: _Groups, vp: VectorPlans, simple: np.ndarray,
          "tcp_base": np.r_[slot["tcp_base"], vp.base[q], vp.base[rs]],
          "state": np.r_[slot["state"], state[q], state[rs]]},
         [{} for _ in range(len(rpos))] + blocks + firsts)
+
+
+def _blocks(cols: PacketColumns, q: np.ndarray) -> list[dict]:
+    """The `nonce_ok` details of requests `q` (each with at least one SACK block)."""
+    off, vals = cols.data["sacks"], cols.lists["sacks"]
+    b, nb = off[q], off[q + 1] - off[q]
+    out = [{"blocks": [x]} for x in vals[b, :2].tolist()]
+    for e in range(1, int(nb.max()) if len(nb) else 0):
+        i = np.flatnonzero(nb > e)
+        for at, x in zip(i.tolist(), vals[b[i] + e, :2].tolist(), strict=True):
+            out[at]["blocks"].append(x)
+    return out
