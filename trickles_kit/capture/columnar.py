@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 
 import numpy as np
 
@@ -74,7 +75,7 @@ def column_batches(path: str | os.PathLike[str], secret: bytes | None = None,
     return ColumnDecoder(path, secret, service_port, cfg, checksums)
 
 
-class ColumnDecoder:
+class ColumnDecoder(AbstractContextManager["ColumnDecoder"]):
     """Iterate for `PacketColumns` chunks in capture order (a context manager)."""
 
     def __init__(self, path, secret: bytes | None, service_port: int | None, cfg,
@@ -209,10 +210,7 @@ class ColumnDecoder:
     def close(self) -> None:
         self.reader.close()
 
-    def __enter__(self) -> ColumnDecoder:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: object) -> None:  # (__enter__: AbstractContextManager's)
         self.close()
 
 
