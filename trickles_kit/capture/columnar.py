@@ -80,12 +80,11 @@ class ColumnDecoder(AbstractContextManager["ColumnDecoder"]):
 
     def __init__(self, path, secret: bytes | None, service_port: int | None, cfg,
                  checksums: bool) -> None:
+        self.service_port, self.checksums = service_port, checksums
         self.verifier = _make_verifier(secret, cfg)
-        self.service_port = service_port
-        self.checksums = checksums
         self.reader = read_pcap(path)
         self.capture = ColumnCapture(str(path), format=self.reader.format,
-                               secret_used=self.verifier is not None)
+                                     secret_used=self.verifier is not None)
         self.ports: set[int] = set()
         self.index = 0  # datagrams so far (the row `index` of the next one)
         self.mac_seen = self.mac_verified = False
