@@ -209,12 +209,14 @@ class _Groups:
         before it): groups where any slot is missing, doubled or misplaced are marked bad.
         ``rq``, ``rpos``, ``slot``: each response's request, own row and slot fields."""
         d, m = cols.data, cols.mask
+        if not self.isreq.any():  # answers only (or nothing): all the row way
+            self.bad[:] = True
+            self.rq = self.rpos = none = np.zeros(0, np.int64)
+            self.slot = vp.slots(none, none)
+            return
         seg = np.maximum(np.cumsum(self.isreq) - 1, 0)  # (leading answers: a bad group)
         segreq = self.pos[self.isreq]
         resp = ~self.isreq
-        if not len(segreq):
-            self.bad[:] = True
-            segreq = np.zeros(1, np.int64)
         rq = segreq[seg[resp]]
         rpos = self.pos[resp]
         p = np.minimum(d["position"][rpos].astype(np.int64), 62)
