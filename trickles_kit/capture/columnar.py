@@ -6,9 +6,10 @@ want columns, and the fixed offsets of the Trickles header make whole batches de
 numpy (`capture.colscan`). The rules stay where they are: the direction rule's inputs (the
 service port, or the ports learned from SYNs so far) are computed here per batch, every
 datagram the vector pass does not take goes through the row decoder (`capture.batches`) with
-the port set it would have seen there, and events are the row path's (`capture.events` over
-`PacketRow`s built from the columns). Every column equals the row decoder's value
-(tests/capture/test_columnar.py).
+the port set it would have seen there, and events are derived from the columns
+(`capture.events_columns`: the common requests at once, the rest by the row path's
+`capture.events`). Every column, event and verdict equals the row decoder's
+(tests/capture/test_columnar.py, test_events_columns.py).
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ def decode_columns(path: str | os.PathLike[str], secret: bytes | None = None,
                    service_port: int | None = None, *, config=None, events: bool = True,
                    checksums: bool = True) -> ColumnCapture:
     """`decode.decode_pcap` with a columnar packet table: same arguments, same `Capture`
-    (rows, events, errors, verdicts), built from columns; ``packets_df()`` is made from the
-    arrays and `PacketRow`s only on first use of ``packets`` (events use them)."""
+    (rows, events, errors, verdicts), built from columns; ``packets_df()`` and
+    ``events_df()`` are made from the arrays, `PacketRow`s and `Event`s only on first use of
+    ``packets`` / ``events``."""
     cfg = config if config is not None else default_config()
     dec = ColumnDecoder(path, secret, service_port, cfg, checksums)
     with dec:
