@@ -195,14 +195,13 @@ class _Groups:
         h = h[order]
         start = np.r_[True, h[1:] != h[:-1]] if len(h) else np.zeros(0, bool)
         self.gid = np.cumsum(start) - 1
-        head = np.flatnonzero(start)
-        ng = len(head)
-        bad = ~self.isreq[head]  # a response before any request of its key: the row way
+        self.head = head = np.flatnonzero(start)
+        odd = self.isreq & ~takeable[self.pos]
         for k in keys:
             k = k[order]
-            bad |= np.bincount(self.gid, k != k[head][self.gid], ng) > 0
-        bad |= np.bincount(self.gid, self.isreq & ~takeable[self.pos], ng) > 0
-        self.bad = bad
+            odd |= k != k[head][self.gid]
+        # (a response before any request of its key: the row way too)
+        self.bad = ~self.isreq[head] | _any(odd, head)
 
     def pair(self, cols: PacketColumns, vp: VectorPlans) -> None:
         """Each response fills the slot it claims of its segment's request (the latest one
@@ -223,14 +222,14 @@ class _Groups:
         slot = vp.slots(rq, p)
         ok = ~m["position"][rpos] & (p < vp.nslots[rq])
         ok &= d["seq"][rpos].astype(np.int64) == slot["pkt"]
-        self.bad |= np.bincount(self.gid[resp], ~ok, len(self.bad)) > 0
         nseg = len(segreq)
         cnt = np.bincount(seg[resp], minlength=nseg)
         bits = np.bincount(seg[resp], np.where(ok, 1 << p, 0), nseg)
         want = np.minimum(vp.nslots[segreq], 62)
-        segbad = (cnt != want) | (bits != (1 << want) - 1)
-        self.bad |= np.bincount(self.gid[self.isreq], segbad[:self.isreq.sum()],
-                                len(self.bad)) > 0
+        odd = np.empty(len(self.pos), bool)
+        odd[resp] = ~ok
+        odd[self.isreq] = (cnt != want) | (bits != (1 << want) - 1)
+        self.bad |= _any(odd, self.head)
         self.rq, self.rpos, self.slot = rq, rpos, slot
 
     def drop(self, rows: np.ndarray) -> np.ndarray:
@@ -243,6 +242,18 @@ class _Groups:
         out = np.zeros(n, bool)
         out[self.pos[~self.bad[self.gid]]] = True
         return out
+
+
+def _any(flags: np.ndarray, head: np.ndarray) -> np.ndarray:
+    """Per group (elements sorted by group, group g from head[g]): any flag set."""
+    return np.logical_or.reduceat(flags, head) if len(head) else np.zeros(0, bool)
+
+
+def _member(vals: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Which `vals` are in `keys` (sorted, non-empty): a binary search each (`np.isin`
+    sorts both)."""
+    at = np.minimum(np.searchsorted(keys, vals), len(keys) - 1)
+    return keys[at] == vals
 
 
 def _mac_low(mac: np.ndarray) -> np.ndarray:
@@ -266,7 +277,7 @@ def derive_columns(cols: PacketColumns, cfg, verifier: Verifier | None, errors: 
     low = {int.from_bytes(r.mac[4:8], "big") for r in judged if r.mac is not None}
     if low:  # answered requests whose replay-table entry an unanswered one may look up
         sreq = np.flatnonzero(simple & (cols.data["direction"] == _REQUEST))
-        hit = sreq[np.isin(_mac_low(cols.data["mac"][sreq]), np.array(sorted(low), np.uint64))]
+        hit = sreq[_member(_mac_low(cols.data["mac"][sreq]), np.array(sorted(low), np.uint64))]
         if len(hit):
             moved = g.drop(hit)
             simple[moved] = False
@@ -297,7 +308,7 @@ def _server_state(cols: PacketColumns, d: Derivation, judged: list) -> None:
     macs = {r.mac for r in judged if r.mac is not None}
     pos = np.flatnonzero(sealed & ~m["mac"])
     lo = np.array(sorted({int.from_bytes(x[4:8], "big") for x in macs}), np.uint64)
-    cand = pos[np.isin(_mac_low(dd["mac"][pos]), lo)]
+    cand = pos[_member(_mac_low(dd["mac"][pos]), lo)] if len(lo) else pos[:0]
     last: dict[bytes, int] = {}
     for p, mac in zip(cand.tolist(), dd["mac"][cand].tolist(), strict=True):
         b = bytes(mac)
