@@ -15,7 +15,7 @@ import numpy as np
 from trickles_kit.capture.rows import EVENT_FIELDS, Capture, _pandas
 from trickles_kit.core.events import Event
 
-__all__ = ["ColumnCapture", "EventTable", "INT_FIELDS"]
+__all__ = ["ColumnCapture", "EventTable", "INT_FIELDS", "objects"]
 
 INT_FIELDS = ("pkt", "ack", "cwnd", "ssthresh", "tcp_base", "state")
 
@@ -38,14 +38,14 @@ class EventTable:
 
     @classmethod
     def build(cls, kinds: list, kind: np.ndarray, index: np.ndarray, order: np.ndarray,
-              data: dict[str, np.ndarray], detail: list[dict]) -> EventTable:
+              data: dict[str, np.ndarray], detail: np.ndarray) -> EventTable:
         """Server events of the given kinds (codes into `kinds`)."""
         n = len(kind)
         full = {"t": np.asarray(data["t"], np.float64),
                 "conn_id": np.asarray(data["conn_id"]).astype(np.uint64)}
         full |= {f: np.asarray(data[f]).astype(np.int64) for f in INT_FIELDS}
         return cls(list(kinds), np.asarray(kind, np.int64), ["server"], np.zeros(n, np.int64),
-                   full, _objects(detail),
+                   full, detail,
                    (np.asarray(index, np.int64), np.asarray(order, np.int64)))
 
     @classmethod
@@ -61,7 +61,7 @@ class EventTable:
         data |= {f: np.array([getattr(e, f) for e in evs], np.int64) for f in INT_FIELDS}
         key = (np.array([i for i, _, _ in out], np.int64),
                np.array([o for _, o, _ in out], np.int64))
-        return cls(list(kinds), kind, list(sides), side, data, _objects([e.detail for e in evs]),
+        return cls(list(kinds), kind, list(sides), side, data, objects([e.detail for e in evs]),
                    key)
 
     @classmethod
@@ -108,7 +108,7 @@ class EventTable:
                 "conn_id": cid, **{f: d[f] for f in INT_FIELDS}, "detail": self.detail}
 
 
-def _objects(items: list) -> np.ndarray:
+def objects(items: list) -> np.ndarray:
     """A 1-d object array of `items` (dicts stay objects, never unpacked)."""
     out = np.empty(len(items), object)
     out[:] = items

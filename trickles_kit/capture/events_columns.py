@@ -23,7 +23,7 @@ from collections import Counter
 import numpy as np
 
 from trickles_kit.capture.columns import PacketColumns
-from trickles_kit.capture.event_table import EventTable
+from trickles_kit.capture.event_table import EventTable, objects
 from trickles_kit.capture.events import ADMITTED, Derivation
 from trickles_kit.capture.parse import Verifier
 from trickles_kit.core import events as ev
@@ -352,16 +352,16 @@ def _table(cols: PacketColumns, g: _Groups, vp: VectorPlans, simple: np.ndarray,
          "ssthresh": np.r_[slot["ssthresh"], vp.ss[q], vp.ss[rs]],
          "tcp_base": np.r_[slot["tcp_base"], vp.base[q], vp.base[rs]],
          "state": np.r_[slot["state"], state[q], state[rs]]},
-        [{} for _ in range(len(rpos))] + blocks + firsts)
+        np.concatenate([objects([{} for _ in range(len(rpos))]), blocks, objects(firsts)]))
 
 
-def _blocks(cols: PacketColumns, q: np.ndarray) -> list[dict]:
-    """The `nonce_ok` details of requests `q` (each with at least one SACK block)."""
-    off, vals = cols.data["sacks"], cols.lists["sacks"]
+def _blocks(cols: PacketColumns, q: np.ndarray) -> np.ndarray:
+    """The `nonce_ok` details of requests `q` (each with at least one SACK block), an object
+    array: the [[left, right], ...] lists made by numpy, for each block count at once."""
+    off, vals = cols.data["sacks"], cols.lists["sacks"][:, :2]
     b, nb = off[q], off[q + 1] - off[q]
-    out = [{"blocks": [x]} for x in vals[b, :2].tolist()]
-    for e in range(1, int(nb.max()) if len(nb) else 0):
-        i = np.flatnonzero(nb > e)
-        for at, x in zip(i.tolist(), vals[b[i] + e, :2].tolist(), strict=True):
-            out[at]["blocks"].append(x)
+    out = np.empty(len(q), object)
+    for c in np.unique(nb).tolist():
+        i = np.flatnonzero(nb == c)
+        out[i] = [{"blocks": x} for x in vals[b[i, None] + np.arange(c)].tolist()]
     return out
