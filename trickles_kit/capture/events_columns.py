@@ -1,19 +1,22 @@
-"""The server's events from a columnar capture: the common case for all requests at once.
+"""The server's events from a columnar capture: the common requests all at once.
 
 Why: deriving events request by request (`capture.events`) cost ~10 us a packet, most of it
 `PacketRow`s, `Event` objects and one `plan_of` call per request. Most requests of a transfer
-are alike — a NORMAL request whose one SACK block covers [TCPBase, k], answered by exactly its
-one or two planned packets at the positions they claim — and for those the engine's outcome
-follows from their fields alone: admitted, one event per answer, a `nonce_ok` for the block.
-Those are computed here with numpy; every other request (SYNs, FINs, SLOWSTARTs, recoveries,
-replays, duplicates, unanswered or MAC-failed requests, and every request sharing a pairing key
-with one of those) goes through the row derivation (`capture.events.Derivation`) unchanged.
+are alike — a NORMAL request whose SACK blocks cover [TCPBase, k] (the normal step) or leave
+one hole after the first block (a recovery), answered by exactly its planned packets at the
+positions they claim — and for those the engine's outcome follows from their fields alone:
+admitted, one event per answer, a `nonce_ok` for the blocks, a `recovery_start` when it
+retransmits. Those are computed here with numpy; every other request (SYNs, FINs,
+SLOWSTARTs, other SACK shapes, replays, duplicates, unanswered or MAC-failed requests, and
+every request sharing a pairing key with one of those) goes through the row derivation
+(`capture.events.Derivation`) unchanged.
 
-The rules stay single: the plan is `core.cc.cwnd`'s closed form, vectorised here and held
-equal to `core.admission.plan_of` (with `bad_cont` and `check_sacks`) on every request it
-takes by tests/capture/test_events_columns.py; pairing is `core.pairing`'s rule restricted to
-the key groups where it has one answer (each response fills the slot at the position it claims
-of the latest request before it); verdicts of unanswered requests stay `admit` calls.
+The rules stay single: the plans are `core.cc.cwnd`'s closed form and `core.plan`'s normal
+step and recovery written for arrays, held equal to `core.admission.plan_of` (with
+`bad_cont` and `check_sacks`) on every request taken by tests/capture/test_events_columns.py;
+pairing is `core.pairing`'s rule restricted to the key groups where it has one answer (each
+response fills the slot it claims of the latest request before it); verdicts of unanswered
+requests stay `admit` calls.
 """
 
 from __future__ import annotations
