@@ -211,10 +211,11 @@ def _args(argv):
     ap.add_argument("--repeat", type=int, default=None, help="runs per figure (3; --quick 1)")
     ap.add_argument("--quick", action="store_true", help="a smoke run of every step")
     ap.add_argument("--seed", type=int, default=11)
-    ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks" / "decode_scale.json"),
-                    help="JSON output path (default: %(default)s)")
-    ap.add_argument("--record", dest="out", action="store_const",
-                    const=str(REPO / "benchmarks" / "results" / "decode_scale.json"),
+    # where the JSON goes: reports/ (git-ignored) unless --record (the committed result)
+    run, kept = (str(REPO / d / "decode_scale.json") for d in ("reports/benchmarks",
+                                                               "benchmarks/results"))
+    ap.add_argument("--out", default=run, help="JSON output path (default: %(default)s)")
+    ap.add_argument("--record", dest="out", action="store_const", const=kept,
                     help="refresh the committed benchmarks/results/decode_scale.json")
     ap.add_argument("--note", default="", help="free text stored in the JSON")
     args = ap.parse_args(argv)
@@ -252,21 +253,16 @@ def layers(path: Path, secret: bytes, repeat: int, tmp: Path) -> dict:
     def col_rows() -> int:
         return len(decode_columns(path, events=False).packets)
 
-    def col_df() -> int:
-        return len(decode_columns(path, events=False).packets_df())
+    def df(decode):
+        return lambda: len(decode(path, events=False).packets_df())
 
-    def col_events(s=None) -> int:
-        cap = decode_columns(path, s)
-        cap.events_df()
-        return cap.n_packets
-
-    def row_df() -> int:
-        return len(decode_pcap(path, events=False).packets_df())
-
-    def row_events(s=None) -> int:
-        cap = decode_pcap(path, s)
-        cap.events_df()
-        return cap.n_packets
+    def events(decode, s=None):
+        """`decode` with the events derived, then `events_df()` (the user's table)."""
+        def run() -> int:
+            cap = decode(path, s)
+            cap.events_df()
+            return cap.n_packets
+        return run
 
     def parquet() -> int:
         out = tmp / "pq"
@@ -277,14 +273,17 @@ def layers(path: Path, secret: bytes, repeat: int, tmp: Path) -> dict:
                          "fast_path_no_checksums": lambda: col(checksums=False),
                          "row_fast_path": lambda: decode_pcap(path, events=False).n_packets},
                         repeat)
-    group = {"rows": col_rows, "packets_df": col_df, "row_packets_df": row_df}
+    group = {"rows": col_rows, "packets_df": df(decode_columns),
+             "row_packets_df": df(decode_pcap)}
     if arrow_or_none() is not None:
         group["parquet_write"] = parquet
     res |= measure_group(group, repeat)
     res.setdefault("parquet_write", {"skipped": "pyarrow is not installed (the parquet extra)"})
-    res |= measure_group({"events_df": col_events, "row_events_df": row_events}, repeat)
-    res |= measure_group({"events_df_secret": lambda: col_events(secret),
-                          "row_events_df_secret": lambda: row_events(secret)}, max(1, repeat - 1))
+    res |= measure_group({"events_df": events(decode_columns),
+                          "row_events_df": events(decode_pcap)}, repeat)
+    res |= measure_group({"events_df_secret": events(decode_columns, secret),
+                          "row_events_df_secret": events(decode_pcap, secret)},
+                         max(1, repeat - 1))
     return res
 
 

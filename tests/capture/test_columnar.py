@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 from wire_helpers import need_module
 
-from trickles_kit.apps.sim import LinkConfig, simulate_transfer
 from trickles_kit.capture import columnar
 from trickles_kit.capture.decode import decode_pcap as _decode_pcap
 from trickles_kit.capture.pcapio import PcapError
@@ -64,32 +63,6 @@ def test_reference_captures_equal_the_row_decoder(name: str) -> None:
     assert_same(path, _secret(name))
     assert_events_same(path)
     assert_events_same(path, _secret(name))
-
-
-@pytest.fixture(scope="module")
-def lossy(tmp_path_factory) -> tuple[Path, bytes]:
-    """A lossy bulk run (~7,000 packets: the vector pass's batches of thousands)."""
-    secret = bytes(range(32))
-    path = tmp_path_factory.mktemp("col") / "lossy.pcap"
-    r = simulate_transfer(5_000_000, seed=5, pcap=str(path), secret=secret,
-                          down=LinkConfig(rate=None, loss=0.01), up=LinkConfig(rate=None,
-                                                                               loss=0.01))
-    assert r.ok
-    return path, secret
-
-
-@pytest.fixture(scope="module")
-def delta(tmp_path_factory) -> tuple[Path, bytes]:
-    """A lossy run whose requests carry delta-encoded continuations (pairs, COMPACT)."""
-    from trickles_kit.labs.compression import configs
-
-    secret = bytes(range(32))
-    sc, cc = configs("both")
-    path = tmp_path_factory.mktemp("col") / "delta.pcap"
-    r = simulate_transfer(1_000_000, 0.02, 3, server_config=sc, client_config=cc,
-                          pcap=str(path), secret=secret)
-    assert r.ok
-    return path, secret
 
 
 def test_lossy_run_equals_the_row_decoder(lossy, monkeypatch) -> None:

@@ -19,6 +19,7 @@ import struct
 import numpy as np
 
 from trickles_kit.capture.columns import KINDS, PacketColumns
+from trickles_kit.wire import messages as msg
 from trickles_kit.wire.continuation import (
     FULL1,
     FULL2,
@@ -29,30 +30,13 @@ from trickles_kit.wire.continuation import (
     MINIMAL_FORMAT,
     MINIMAL_LEN,
 )
-from trickles_kit.wire.messages import (
-    CHUNK_DATA,
-    CHUNK_HEADER_LEN,
-    DATA_CHUNK_OVERHEAD,
-    FLAG_FIN,
-    MAX_RANGES,
-    MAX_SACKS,
-    RANGE,
-    REQUEST_CONT_OFFSET,
-    REQUEST_HEAD,
-    REQUEST_HEAD_LEN,
-    RESPONSE_CONT_OFFSET,
-    RESPONSE_FULL,
-    RESPONSE_FULL_LEN,
-    RESPONSE_MINIMAL_LEN,
-    SACK_BLOCK,
-)
 from trickles_kit.wire.segment import HEADER_LEN, IPV4_TCP_HEAD, OPT_EXID, OPT_KIND, SYN
 
 __all__ = ["WIDTH", "Scan", "Scratch", "scan_batch"]
 
 _P = 20 + HEADER_LEN  # the payload of a datagram without IP options, our option layout (48)
-WIDTH = _P + RESPONSE_FULL_LEN  # bytes read per datagram at fixed offsets (131)
-_SL, _RL = SACK_BLOCK.size, RANGE.size
+WIDTH = _P + msg.RESPONSE_FULL_LEN  # bytes read per datagram at fixed offsets (131)
+_SL, _RL = msg.SACK_BLOCK.size, msg.RANGE.size
 _NP = {"B": "u1", "H": ">u2", "I": ">u4", "Q": ">u8", "16s": "V16"}
 
 
@@ -91,8 +75,8 @@ def _dtype(fields: list) -> np.dtype:
 
 
 _HEAD_DT = _dtype(_HEAD)
-_REQ_DT = _dtype(layout(REQUEST_HEAD, ["rtype", *_CONT_NAMES, "nsacks"], _P))
-_RESP_DT = _dtype(layout(RESPONSE_FULL, ["nonce", "siblings", "position", "ucont_len",
+_REQ_DT = _dtype(layout(msg.REQUEST_HEAD, ["rtype", *_CONT_NAMES, "nsacks"], _P))
+_RESP_DT = _dtype(layout(msg.RESPONSE_FULL, ["nonce", "siblings", "position", "ucont_len",
                                          *_CONT_NAMES], _P))
 
 
@@ -292,7 +276,7 @@ def _blank(k: int) -> tuple[dict, dict, dict]:
 _CONT_DT = np.dtype({"names": [f for f, _, _ in _CONT], "formats": [t for _, t, _ in _CONT],
                      "offsets": [o for _, _, o in _CONT], "itemsize": FULL_LEN})
 _MAC_AT = next(o for f, _, o in _CONT if f == "mac")
-_REQ_CONT, _RESP_CONT = _P + REQUEST_CONT_OFFSET, _P + RESPONSE_CONT_OFFSET
+_REQ_CONT, _RESP_CONT = _P + msg.REQUEST_CONT_OFFSET, _P + msg.RESPONSE_CONT_OFFSET
 
 
 def _cont_bytes(G: np.ndarray, rq: np.ndarray) -> np.ndarray:
@@ -324,9 +308,9 @@ def _requests(u8, G, sel, p, n, d: dict, m: dict, lists: dict) -> np.ndarray:
     rtype = v["rtype"]
     ctype = v["cont_type"]
     end = p + n
-    good = (sel & (n >= REQUEST_HEAD_LEN) & (rtype != 2) & (rtype <= 3)
-            & ((ctype == FULL1) | (ctype == FULL2)) & (v["state"] < 3) & (ns <= MAX_SACKS))
-    q = p + REQUEST_HEAD_LEN + _SL * ns
+    good = (sel & (n >= msg.REQUEST_HEAD_LEN) & (rtype != 2) & (rtype <= 3)
+            & ((ctype == FULL1) | (ctype == FULL2)) & (v["state"] < 3) & (ns <= msg.MAX_SACKS))
+    q = p + msg.REQUEST_HEAD_LEN + _SL * ns
     good &= q + 3 <= end
     qc = np.where(good, q, 0)
     ulen = _be(u8, qc, 2)
@@ -335,7 +319,7 @@ def _requests(u8, G, sel, p, n, d: dict, m: dict, lists: dict) -> np.ndarray:
     oc = np.where(good, o, 0)
     nr = u8[np.minimum(oc, size - 1)].astype(np.int64)
     q2 = oc + 1 + _RL * nr
-    good &= (nr <= MAX_RANGES) & (q2 <= end)
+    good &= (nr <= msg.MAX_RANGES) & (q2 <= end)
     nr = np.where(good, nr, 0)
     r_off, lo, hi = _ragged_u32(u8, oc + 1, nr, 2)
     rv = np.stack([lo, lo + hi], axis=1)
@@ -343,7 +327,7 @@ def _requests(u8, G, sel, p, n, d: dict, m: dict, lists: dict) -> np.ndarray:
     if over.any():  # a range past 2**32: the row decoder's (it flags it)
         good[np.repeat(np.arange(len(nr)), nr)[over]] = False
         r_off, rv = _sub_ragged(r_off, rv, np.flatnonzero(good), len(nr))
-    s_off, sv = _sacks(u8, p + REQUEST_HEAD_LEN, np.where(good, ns, 0))
+    s_off, sv = _sacks(u8, p + msg.REQUEST_HEAD_LEN, np.where(good, ns, 0))
     nul = ~good
     d["req_type"] = np.where(good, rtype.astype(np.int16), np.int16(-1))
     d["ucont_len"] = ulen.astype(np.uint16)
@@ -366,24 +350,25 @@ def _responses(u8, G, sel, p, n, d: dict, m: dict) -> tuple[np.ndarray, np.ndarr
     ctype = v["cont_type"]
     end = p + n
     mini = ctype == MINIMAL  # (the MINIMAL form is the FULL one's prefix)
-    hl = np.where(mini, RESPONSE_MINIMAL_LEN, RESPONSE_FULL_LEN)
+    hl = np.where(mini, msg.RESPONSE_MINIMAL_LEN, msg.RESPONSE_FULL_LEN)
     c = p + hl + ulen
     good = (sel & (n >= hl) & (c <= end)
             & (mini | (((ctype == FULL1) | (ctype == FULL2)) & (v["state"] < 3))))
-    chunk = good & (c < end) & (c + CHUNK_HEADER_LEN <= end)
+    chunk = good & (c < end) & (c + msg.CHUNK_HEADER_LEN <= end)
     cc = np.where(chunk, c, 0)
     tf = u8[np.minimum(cc, size - 1)]
     clen = _be(u8, np.minimum(cc + 1, size - 2), 2)
-    one = chunk & (tf >> 4 == CHUNK_DATA) & (cc + clen == end) & (clen >= DATA_CHUNK_OVERHEAD)
+    one = (chunk & (tf >> 4 == msg.CHUNK_DATA) & (cc + clen == end)
+           & (clen >= msg.DATA_CHUNK_OVERHEAD))
     good &= (c == end) | one
     one &= good
     d["nonce"] = v["nonce"].astype(np.uint32)
     d["siblings"] = v["siblings"].astype(np.uint8)
     d["position"] = v["position"].astype(np.uint8)
     d["ucont_len"] = np.where(good, ulen, d["ucont_len"]).astype(np.uint16)
-    d["data_start"] = _be(u8, np.where(one, cc + CHUNK_HEADER_LEN, 0), 4).astype(np.uint32)
-    d["data_len"] = np.where(one, clen - DATA_CHUNK_OVERHEAD, 0)
-    d["fin"] = one & ((tf & FLAG_FIN) != 0)
+    d["data_start"] = _be(u8, np.where(one, cc + msg.CHUNK_HEADER_LEN, 0), 4).astype(np.uint32)
+    d["data_len"] = np.where(one, clen - msg.DATA_CHUNK_OVERHEAD, 0)
+    d["fin"] = one & ((tf & msg.FLAG_FIN) != 0)
     nul = ~good
     for f in ("nonce", "siblings", "position"):
         m[f] = nul.copy()

@@ -6,9 +6,10 @@ want columns, and the fixed offsets of the Trickles header make whole batches de
 numpy (`capture.colscan`). The rules stay where they are: the direction rule's inputs (the
 service port, or the ports learned from SYNs so far) are computed here per batch, every
 datagram the vector pass does not take goes through the row decoder (`capture.batches`) with
-the port set it would have seen there, and events are the row path's (`capture.events` over
-`PacketRow`s built from the columns). Every column equals the row decoder's value
-(tests/capture/test_columnar.py).
+the port set it would have seen there, and events are derived from the columns
+(`capture.events_columns`: the common requests at once, the rest by the row path's
+`capture.events`). Every column, event and verdict equals the row decoder's
+(tests/capture/test_columnar.py, test_events_columns.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 
 import numpy as np
 
@@ -28,11 +30,12 @@ from trickles_kit.capture.decode import (
     _note_wrong_secret,
     _promote_all,
 )
-from trickles_kit.capture.events import derive_events
+from trickles_kit.capture.event_table import ColumnCapture
+from trickles_kit.capture.events_columns import derive_columns
 from trickles_kit.capture.parse import default_config
 from trickles_kit.capture.pcapformat import RAW_LINKTYPES
 from trickles_kit.capture.pcapio import BIG_WINDOW, read_pcap
-from trickles_kit.capture.rows import Capture, no_gc
+from trickles_kit.capture.rows import no_gc
 
 __all__ = ["ColumnDecoder", "column_batches", "decode_columns"]
 
@@ -41,10 +44,11 @@ _BATCH = 1 << 15  # datagrams per batch of a joined (non-raw or pcapng) capture
 
 def decode_columns(path: str | os.PathLike[str], secret: bytes | None = None,
                    service_port: int | None = None, *, config=None, events: bool = True,
-                   checksums: bool = True) -> Capture:
+                   checksums: bool = True) -> ColumnCapture:
     """`decode.decode_pcap` with a columnar packet table: same arguments, same `Capture`
-    (rows, events, errors, verdicts), built from columns; ``packets_df()`` is made from the
-    arrays and `PacketRow`s only on first use of ``packets`` (events use them)."""
+    (rows, events, errors, verdicts), built from columns; ``packets_df()`` and
+    ``events_df()`` are made from the arrays, `PacketRow`s and `Event`s only on first use of
+    ``packets`` / ``events``."""
     cfg = config if config is not None else default_config()
     dec = ColumnDecoder(path, secret, service_port, cfg, checksums)
     with dec:
@@ -56,8 +60,8 @@ def decode_columns(path: str | os.PathLike[str], secret: bytes | None = None,
         dec.verifier = None
     if events:
         with no_gc():
-            cap.events = derive_events(cap.packets, config=cfg, errors=cap.errors,
-                                       verifier=dec.verifier, verdicts=cap.verdicts)
+            cap.set_event_table(derive_columns(cap.table, cfg, dec.verifier, cap.errors,
+                                               cap.verdicts))
             _promote_all()
         cap.events_derived = True
     return cap
@@ -73,17 +77,16 @@ def column_batches(path: str | os.PathLike[str], secret: bytes | None = None,
     return ColumnDecoder(path, secret, service_port, cfg, checksums)
 
 
-class ColumnDecoder:
+class ColumnDecoder(AbstractContextManager["ColumnDecoder"]):
     """Iterate for `PacketColumns` chunks in capture order (a context manager)."""
 
     def __init__(self, path, secret: bytes | None, service_port: int | None, cfg,
                  checksums: bool) -> None:
+        self.service_port, self.checksums = service_port, checksums
         self.verifier = _make_verifier(secret, cfg)
-        self.service_port = service_port
-        self.checksums = checksums
         self.reader = read_pcap(path)
-        self.capture = Capture(str(path), format=self.reader.format,
-                               secret_used=self.verifier is not None)
+        self.capture = ColumnCapture(str(path), format=self.reader.format,
+                                     secret_used=self.verifier is not None)
         self.ports: set[int] = set()
         self.index = 0  # datagrams so far (the row `index` of the next one)
         self.mac_seen = self.mac_verified = False
@@ -208,10 +211,7 @@ class ColumnDecoder:
     def close(self) -> None:
         self.reader.close()
 
-    def __enter__(self) -> ColumnDecoder:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: object) -> None:  # (__enter__: AbstractContextManager's)
         self.close()
 
 

@@ -35,7 +35,7 @@ from trickles_kit.wire.continuation import Continuation
 from trickles_kit.wire.messages import REQ_FIN, REQ_NORMAL, REQ_SLOWSTART, REQ_SYN
 from trickles_kit.wire.segment import FIN, SYN
 
-__all__ = ["ADMITTED", "UNANSWERED", "derive_events", "row_cont", "row_type"]
+__all__ = ["ADMITTED", "UNANSWERED", "Derivation", "derive_events", "row_cont", "row_type"]
 
 _TYPES = {"NORMAL": REQ_NORMAL, "SLOWSTART": REQ_SLOWSTART, "SYN": REQ_SYN, "FIN": REQ_FIN}
 
@@ -75,11 +75,11 @@ def _event(kind: str, t: float, side: str, conn_id: int, pkt: int, ack: int, cwn
     return e
 
 
-def _cont_event(kind: str, row: PacketRow, **kw) -> Event:
-    """A server event from a request row: the continuation's fields, then `kw` (Event.make)."""
-    return Event.make(kind, row.t, "server", **({
-        "conn_id": row.conn_id or 0, "ack": row.cont_seq, "ssthresh": row.ssthresh or 0,
-        "tcp_base": row.tcp_base or 0, "state": row.state or 0} | kw))
+def _cont_event(kind: str, row: PacketRow, pkt: int = -1, cwnd: int = 0, **detail) -> Event:
+    """A server event from a request row: the continuation's fields, `pkt` and `cwnd`, the
+    rest of the keywords its detail (as `Event.make` would file them)."""
+    return _event(kind, row.t, "server", row.conn_id or 0, pkt, row.cont_seq,  # type: ignore
+                  cwnd, row.ssthresh or 0, row.tcp_base or 0, row.state or 0, detail)
 
 
 def _timeout_event(row: PacketRow, plan: Plan) -> Event:
@@ -160,23 +160,16 @@ def derive_events(rows: list[PacketRow], secret: bytes | None = None, config=Non
     cfg = config if config is not None else default_config()
     if verifier is None and secret is not None:
         verifier = Verifier(bytes(secret), cfg)
-    d = _Derivation(cfg, verifier, errors if errors is not None else Counter())
+    d = Derivation(cfg, verifier, errors if errors is not None else Counter())
     if verdicts is not None:
         d.verdicts = verdicts
     d.walk(rows)  # pass 1: requests register, responses find their request
-    for entry in d.reqs:  # pass 2: each request in capture order: what the engine did with it
-        if type(entry) is not Pending:
-            d.judge_frame(entry)
-        elif entry.answered:
-            d.answered(entry, entry.item)
-        else:
-            d.judge(entry)
-    d.out.sort(key=itemgetter(0, 1))  # (capture index, order within it); stable
-    return [e for _, _, e in d.out]
+    return [e for _, _, e in d.finish()]
 
 
-class _Derivation:
-    """The state of one `derive_events` run."""
+class Derivation:
+    """The state of one `derive_events` run (also the columnar derivation's path for the
+    requests it does not take: `capture.events_columns`)."""
 
     def __init__(self, cfg, verifier: Verifier | None, errors: Counter) -> None:
         self.cfg = cfg
@@ -252,6 +245,19 @@ class _Derivation:
             out.append((row.index, 0, _event(s.kind, row.t, "server", req.conn_id or 0, s.pkt,
                                              req.cont_seq, hit.plan.cwnd, s.ssthresh,
                                              s.tcp_base, s.state, {})))
+
+    def finish(self) -> list[tuple[int, int, Event]]:
+        """Pass 2, each request in capture order: what the engine did with it. The events as
+        (capture index, order within it, event), sorted."""
+        for entry in self.reqs:
+            if type(entry) is not Pending:
+                self.judge_frame(entry)
+            elif entry.answered:
+                self.answered(entry, entry.item)
+            else:
+                self.judge(entry)
+        self.out.sort(key=itemgetter(0, 1))  # (capture index, order within it); stable
+        return self.out
 
     def synack(self, row: PacketRow) -> None:
         """The SYN-ACK carries the handshake continuation: the engine's syn event."""
