@@ -52,6 +52,7 @@ from typing import NamedTuple
 
 # the formats' constants, errors and link layers (pcapformat), the file window (pcapwindow), the
 # pcapng block parser (pcapng) and the writers (pcapwrite) are importable from here as before
+from trickles_kit import native
 from trickles_kit.capture.pcapformat import (
     BATCH,
     LINKTYPE_EN10MB,
@@ -362,6 +363,7 @@ class PcapReader:
         size = self.size
         mm = mmap.mmap(self._f.fileno(), 0, access=mmap.ACCESS_READ)
         u32 = struct.Struct(self._endian + "I").unpack_from
+        big = self._endian == ">"
         off, n, done = 24, 0, 0
         try:
             while off < size:
@@ -369,15 +371,10 @@ class PcapReader:
                 offs = array.array("q")  # (numpy takes it without a copy; appends as a list's)
                 add = offs.append
                 safe = min(stop, size - 16 - MAX_RECORD)  # (no record from here can overrun)
-                for _ in range(MAX_BATCH_RECORDS):
-                    if off >= safe:
-                        break
-                    incl = u32(mm, off + 8)[0]
-                    if incl > MAX_RECORD:
-                        break
-                    add(off)
-                    off += 16 + incl
-                else:
+                raw, off, full = native.record_offsets(mm, off, safe, MAX_BATCH_RECORDS,
+                                                       MAX_RECORD, big)
+                offs.frombytes(raw)
+                if full:
                     stop = off  # a batch of tiny records is full: the next starts here
                 while off < stop and off + 16 <= size:
                     if len(offs) >= MAX_BATCH_RECORDS:

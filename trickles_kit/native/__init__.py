@@ -80,6 +80,8 @@ if not PURE:
         speedups = None
 recv_many = fallback.recv_many if speedups is None else speedups.recv_many
 send_many = fallback.send_many if speedups is None else speedups.send_many
+# (getattr: a _speedups built before it had record_offsets still loads)
+record_offsets = getattr(speedups, "record_offsets", fallback.record_offsets)
 
 
 def mypyc_modules() -> list[str]:

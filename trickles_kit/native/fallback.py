@@ -6,7 +6,9 @@ One system call per datagram; the compiled `recv_many`/`send_many` make one `rec
 
 from __future__ import annotations
 
+import array
 import socket
+import struct
 from typing import Any
 
 _LIMIT = 256  # the compiled twin takes at most this many datagrams a call
@@ -47,3 +49,25 @@ def send_many(sock: socket.socket, items: list[tuple[bytes, Any]]) -> list[tuple
         except OSError as e:
             failed.append((i, e.errno or 0))
     return failed
+
+
+def record_offsets(buf: Any, off: int, safe: int, max_records: int, max_record: int,
+                   big_endian: bool) -> tuple[bytes, int, bool]:
+    """The fast part of a classic-pcap record walk (capture/pcapio.py `mapped_batches`): from
+    `off` while ``off < safe`` and fewer than `max_records` are taken, note each record's
+    offset and step over it; stop before a record that claims more than `max_record` bytes.
+    Returns the offsets (native int64 bytes), where the walk stopped, and whether it took
+    `max_records` (the batch is full)."""
+    u32 = struct.Struct(">I" if big_endian else "<I").unpack_from
+    safe = min(safe, len(buf) - 12)
+    offs = array.array("q")
+    add = offs.append
+    for _ in range(max_records):
+        if off >= safe:
+            break
+        incl = u32(buf, off + 8)[0]
+        if incl > max_record:
+            break
+        add(off)
+        off += 16 + incl
+    return offs.tobytes(), off, len(offs) == max_records

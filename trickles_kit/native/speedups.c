@@ -1,7 +1,8 @@
 /* trickles_kit.native._speedups: the optional compiled helpers.
  *
  * Each function has a pure-Python twin with the same signature and results
- * (wire/segment.py: ones_sum, checksum; native/fallback.py: recv_many, send_many);
+ * (wire/segment.py: ones_sum, checksum; native/fallback.py: recv_many, send_many,
+ * record_offsets);
  * trickles_kit/native/__init__.py chooses one set. Nothing here changes a byte on the
  * wire: the TCP checksum is the same number, the batched calls hand over the same datagrams.
  *
@@ -253,6 +254,56 @@ static PyObject *send_many(PyObject *self, PyObject *args)
     return failed;
 }
 
+/* record_offsets(buf, off, safe, max_records, max_record, big_endian) -> (offsets, off, full):
+ * the fast part of a classic-pcap record walk (capture/pcapio.py mapped_batches). From `off`,
+ * while off < safe and fewer than max_records are taken: read the record's captured length
+ * (bytes 8..11 of its header), stop before one over max_record, else note off and step over
+ * the record. `offsets` is the native-endian int64 array of the record offsets as bytes;
+ * `full` says max_records were taken. The caller picks `safe` so that no record from there
+ * can run past the buffer; reads past the buffer end stop the walk all the same. */
+static PyObject *record_offsets(PyObject *self, PyObject *args)
+{
+    Py_buffer b;
+    Py_ssize_t off, safe, max_records;
+    unsigned long long max_record;
+    int big;
+    if (!PyArg_ParseTuple(args, "y*nnnKp", &b, &off, &safe, &max_records, &max_record, &big))
+        return NULL;
+    if (safe > b.len - 12)
+        safe = b.len - 12;
+    Py_ssize_t cap = max_records;
+    if (off < safe && (safe - off) / 16 + 1 < cap)
+        cap = (safe - off) / 16 + 1;
+    if (cap < 0)
+        cap = 0;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, cap * (Py_ssize_t)sizeof(int64_t));
+    if (out == NULL) {
+        PyBuffer_Release(&b);
+        return NULL;
+    }
+    char *dst = PyBytes_AS_STRING(out);
+    const unsigned char *p = b.buf;
+    Py_ssize_t k = 0;
+    while (k < cap && off >= 0 && off < safe) {
+        const unsigned char *h = p + off + 8;
+        uint32_t incl = big ? ((uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 |
+                               (uint32_t)h[2] << 8 | h[3])
+                            : ((uint32_t)h[3] << 24 | (uint32_t)h[2] << 16 |
+                               (uint32_t)h[1] << 8 | h[0]);
+        if (incl > max_record)
+            break;
+        int64_t o = off;
+        memcpy(dst + k * sizeof(int64_t), &o, sizeof o);
+        k++;
+        off += 16 + (Py_ssize_t)incl;
+    }
+    PyBuffer_Release(&b);
+    int full = k == max_records;
+    if (_PyBytes_Resize(&out, k * (Py_ssize_t)sizeof(int64_t)) < 0)
+        return NULL;
+    return Py_BuildValue("(Nni)", out, off, full);
+}
+
 static PyMethodDef methods[] = {
     {"ones_sum", ones_sum, METH_O, "int.from_bytes(data, 'big') % 0xFFFF"},
     {"checksum", (PyCFunction)(void (*)(void))checksum, METH_FASTCALL,
@@ -261,6 +312,8 @@ static PyMethodDef methods[] = {
      "recv_many(sock, limit) -> [(data, src_ip, src_port)] without blocking (recvmmsg)"},
     {"send_many", send_many, METH_VARARGS,
      "send_many(sock, [(data, (host, port))]) -> [(index, errno)] of failures (sendmmsg)"},
+    {"record_offsets", record_offsets, METH_VARARGS,
+     "record_offsets(buf, off, safe, max_records, max_record, big_endian) -> (offsets, off, full)"},
     {NULL, NULL, 0, NULL},
 };
 
