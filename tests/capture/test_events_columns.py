@@ -121,3 +121,13 @@ def test_events_are_built_on_demand_and_then_are_the_events(lossy) -> None:
     assert evs is cap.events and len(evs) == len(cap.events_df())
     evs[0].detail["note"] = 1  # an edit shows in the table, as for packets
     assert cap.events_df()["detail"][0]["note"] == 1
+
+
+def test_a_summary_counts_the_table_without_building_events() -> None:
+    """`repr` and `summary()` of a columnar capture give the event count from the table (a
+    million-packet capture would otherwise build every `Event` object just to count them)."""
+    cap = columnar.decode_columns(CAPS / "one_loss.pcap")
+    n = cap.n_events
+    assert n > 0 and f"events={n}" in repr(cap) and f"{n} events" in cap.summary()
+    assert cap._evlist is None  # nothing built yet
+    assert len(cap.events) == n == cap.n_events

@@ -142,6 +142,11 @@ class ColumnCapture(Capture):
     def events(self, evs: list[Event]) -> None:
         self._evlist, self._evtable = evs, None
 
+    @property
+    def n_events(self) -> int:
+        t = self._evtable
+        return len(t) if t is not None and self._evlist is None else len(self.events)
+
     def set_event_table(self, table: EventTable) -> None:
         self._evlist, self._evtable = None, table
 

@@ -127,7 +127,12 @@ class Capture:
 
     def __repr__(self) -> str:
         return (f"Capture(path={self.path!r}, packets={self.n_packets}, "
-                f"events={len(self.events)}, errors={dict(self.errors)!r})")
+                f"events={self.n_events}, errors={dict(self.errors)!r})")
+
+    @property
+    def n_events(self) -> int:
+        """How many events (a columnar capture counts its table without building `Event`s)."""
+        return len(self.events)
 
     @property
     def packets(self) -> list[PacketRow]:
@@ -214,7 +219,7 @@ class Capture:
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(self.event_counts().items()))
         errs = ", ".join(f"{k} {n}" for k, n in sorted(self.errors.items()) if "." not in k)
         out = [f"{self.n_packets} Trickles packets"
-               + (f", {len(self.events)} events" if self.events_derived else "")]
+               + (f", {self.n_events} events" if self.events_derived else "")]
         if kinds:
             out.append(f"events: {kinds}")
         if errs:
