@@ -23,6 +23,7 @@ import os
 from collections import Counter
 from typing import ClassVar, Final
 
+from trickles_kit.core import client_fast
 from trickles_kit.core import delta as dl
 from trickles_kit.core import events as ev
 from trickles_kit.core.client_config import ClientConfig
@@ -102,6 +103,9 @@ class ClientEngine(RequestSending):
         self._prunes = all(getattr(type(self), m) is getattr(ClientEngine, m)
                            for m in ("_proof", "_summary", "_send_request", "_on_packet"))
         self._next_prune = self.PRUNE_MIN
+        # the per-packet fast path (core.client_fast) only where it is the general path's
+        # twin: this class's own steps, no uplink repair, no HASHED answers
+        self._fast = type(self) is ClientEngine and not cfg.uplink_repair and not cfg.hashed
         self._request_bytes = b""
         self._outbox: list[bytes] = []
         self.ucont = b""
@@ -261,6 +265,8 @@ class ClientEngine(RequestSending):
     # ------------------------------------------------------------------ receive
     def receive(self, segment: bytes, now: float) -> None:
         """Process one segment from the server; bad input is counted and dropped."""
+        if self._fast and client_fast.receive(self, segment, now):
+            return
         self.counters["rx"] += 1
         try:
             seg = decode_segment(segment, self.server_ip, self.local_ip)

@@ -15,6 +15,7 @@ import struct
 from collections import Counter
 from typing import TYPE_CHECKING, Final
 
+from trickles_kit.core import client_fast
 from trickles_kit.core import delta as dl
 from trickles_kit.core import events as ev
 from trickles_kit.core import plan as pl
@@ -93,6 +94,7 @@ class RequestSending(OlderNames):
     _syn_time: float
     _syn_range: tuple[int, int] | None
     _max_gap: int  # cfg.max_gap, resolved (the config's field is Optional)
+    _fast: bool  # core.client_fast may take answers and build requests
 
     def _event(self, kind: str, now: float, **kw: object) -> None:
         if self.on_event is None:
@@ -127,7 +129,10 @@ class RequestSending(OlderNames):
             if self._probes >= probes and not self._can_ask():
                 break  # nothing to ask: hold the rest
             _, _, cont = heapq.heappop(ready)
-            self._request_for(cont, now)
+            if self._fast and cont.type == FULL1:
+                client_fast.request(self, cont, now)
+            else:
+                self._request_for(cont, now)
 
     def _proof(self, cont: Continuation) -> list[tuple[int, int]]:
         return self.score.proof(min(cont.tcp_base, cont.seq), cont.seq, self.cfg.max_sacks)
