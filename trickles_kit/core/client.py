@@ -106,6 +106,7 @@ class ClientEngine(RequestSending):
         # the per-packet fast path (core.client_fast) only where it is the general path's
         # twin: this class's own steps, no uplink repair, no HASHED answers
         self._fast = type(self) is ClientEngine and not cfg.uplink_repair and not cfg.hashed
+        self._rx_sum, self._tx_sum = client_fast.sums(local_ip, local_port, server_ip, server_port)
         self._request_bytes = b""
         self._outbox: list[bytes] = []
         self.ucont = b""

@@ -48,13 +48,15 @@ from trickles_kit.wire.segment import ACK, HEADER_LEN, OPT_EXID, OPT_KIND, ones_
 
 if TYPE_CHECKING:  # (types only: core.client imports this module)
     from trickles_kit.core.client import ClientEngine
+    from trickles_kit.core.client_send import RequestSending
 
 _U32: Final = 0xFFFFFFFF
 _ESTABLISHED: Final = Phase.ESTABLISHED
 _HDR = struct.Struct("!HHxxxxxxxxBB").unpack_from  # ports, data offset, flags
 _RESP = RESPONSE_FULL.unpack_from  # response header + FULL continuation
 _CHUNK = struct.Struct("!BHI").unpack_from  # a DATA chunk's type|flags, length, byteNum
-_PSEUDO = struct.Struct("!4s4sBBH").pack
+_PSEUDO = struct.Struct("!4s4sBBH").pack  # the TCP checksum's pseudo-header
+_TCP_HDR = struct.Struct("!HHIIBBHHHBBHHBB").pack  # wire.segment's 28-byte header
 _OPT_PREFIX = bytes((OPT_KIND, 6)) + OPT_EXID.to_bytes(2, "big")
 _OFFSET_BYTE: Final = (HEADER_LEN // 4) << 4
 _DATA: Final = CHUNK_DATA << 4  # a DATA chunk without FIN
@@ -66,6 +68,17 @@ _SACKS = [struct.Struct(f"!{3 * i}I").pack for i in range(MAX_SACKS + 1)]
 _U16 = struct.Struct("!H").pack
 _RANGE = struct.Struct("!II").pack
 _PRED: dict[str, str] = {k.value: "pred." + k.value for k in pl.SlotKind}  # counter per slot kind
+
+
+def sums(local_ip: bytes, local_port: int, server_ip: bytes, server_port: int) -> tuple[int, int]:
+    """The parts of the TCP checksums that do not change, folded (mod 2^16 - 1): of an answer's
+    pseudo-header without its length, and of a request's pseudo-header and header without
+    seq, ack and length (wire.segment sums the same words)."""
+    rx = int.from_bytes(_PSEUDO(server_ip, local_ip, 0, 6, 0), "big") % 0xFFFF
+    tx = int.from_bytes(_PSEUDO(local_ip, server_ip, 0, 6, 0) + _TCP_HDR(
+        local_port, server_port, 0, 0, _OFFSET_BYTE, ACK, 0xFFFF, 0, 0, OPT_KIND, 6, OPT_EXID,
+        0, 1, 1), "big") % 0xFFFF
+    return rx, tx
 
 
 def receive(eng: ClientEngine, data: bytes, now: float) -> bool:
@@ -103,7 +116,7 @@ def receive(eng: ClientEngine, data: bytes, now: float) -> bool:
             or eng.score.known(pkt):
         return False
     body = data + b"\0" if n & 1 else data
-    if (ones_sum(_PSEUDO(eng.server_ip, eng.local_ip, 0, 6, n)) + ones_sum(body)) % 0xFFFF:
+    if (eng._rx_sum + n + ones_sum(body)) % 0xFFFF:
         return False  # (the general path drops it)
     # taken: from here on, what the general path does with this answer
     eng.counters["rx"] += 1
@@ -181,7 +194,7 @@ def _claim(eng: ClientEngine, cont: Continuation, nonce: int, now: float) -> Non
         eng._prune()
 
 
-def request(eng: ClientEngine, cont: Continuation, now: float) -> None:
+def request(eng: RequestSending, cont: Continuation, now: float) -> None:
     """`_request_for` then `_launch` and `_send_request` of a NORMAL request on a FULL1
     continuation, without predictions or uplink repair (the engine checked those)."""
     seq, base = cont.seq, cont.tcp_base
@@ -221,7 +234,7 @@ def request(eng: ClientEngine, cont: Continuation, now: float) -> None:
         eng._arm(now)
 
 
-def _assign(eng: ClientEngine, n: int) -> tuple[list[tuple[int, int]], bool]:
+def _assign(eng: RequestSending, n: int) -> tuple[list[tuple[int, int]], bool]:
     """`RangePicker.assign(n)`, new bytes of the one stream inline while nothing is missing
     (each asked at once, as `new_range` does); whether every range returned is asked."""
     picker, stream = eng.picker, eng.stream
@@ -250,7 +263,7 @@ def _assign(eng: ClientEngine, n: int) -> tuple[list[tuple[int, int]], bool]:
     return out, True
 
 
-def _send(eng: ClientEngine, c: Continuation, blocks: list[tuple[int, int]],
+def _send(eng: RequestSending, c: Continuation, blocks: list[tuple[int, int]],
           ranges: list[tuple[int, int]], asked: bool, now: float) -> None:
     """`_send_request` of a NORMAL request: the continuation's client-owned fields, the
     ranges asked, the request packed as `encode_request` packs it, its segment."""
@@ -281,7 +294,14 @@ def _send(eng: ClientEngine, c: Continuation, blocks: list[tuple[int, int]],
                   c.key_epoch, c.mac, len(blocks)),
             _SACKS[len(blocks)](*flat), _U16(len(ucont)), ucont, bytes((len(ranges),)),
             *rparts, app))
-    eng._outbox.append(build.segment(payload, c.seq, ACK))
+    # RequestBuilder.segment: its checksum from the constant part's sum (2^16 = 1 mod 2^16 - 1:
+    # seq, ack and the length add as they are)
+    seq = build.seq = (build.seq + 1) & _U32
+    n = HEADER_LEN + len(payload)
+    body = payload + b"\0" if n & 1 else payload
+    csum = ~((eng._tx_sum + seq + c.seq + n + ones_sum(body)) % 0xFFFF or 0xFFFF) & 0xFFFF
+    eng._outbox.append(_TCP_HDR(eng.local_port, eng.server_port, seq, c.seq, _OFFSET_BYTE, ACK,
+                                0xFFFF, csum, 0, OPT_KIND, 6, OPT_EXID, 0, 1, 1) + payload)
     counters = eng.counters
     counters["requests"] += 1
     counters["tx"] += 1
@@ -290,4 +310,4 @@ def _send(eng: ClientEngine, c: Continuation, blocks: list[tuple[int, int]],
                    req_type=REQ_NORMAL, sacks=[list(b) for b in blocks], ranges=len(ranges))
 
 
-__all__ = ["receive", "request"]
+__all__ = ["receive", "request", "sums"]

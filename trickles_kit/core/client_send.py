@@ -95,6 +95,10 @@ class RequestSending(OlderNames):
     _syn_range: tuple[int, int] | None
     _max_gap: int  # cfg.max_gap, resolved (the config's field is Optional)
     _fast: bool  # core.client_fast may take answers and build requests
+    _rx_sum: int  # (core.client_fast.sums)
+    local_port: int
+    server_port: int
+    _tx_sum: int
 
     def _event(self, kind: str, now: float, **kw: object) -> None:
         if self.on_event is None:
