@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Final
 from trickles_kit.core import events as ev
 from trickles_kit.core import plan as pl
 from trickles_kit.core.phase import Phase
+from trickles_kit.core.ranges import RangeSet
 from trickles_kit.wire.continuation import BOOTSTRAP, FULL1, FULL_FORMAT, Continuation
 from trickles_kit.wire.messages import (
     CHUNK_DATA,
@@ -128,7 +129,7 @@ def receive(eng: ClientEngine, data: bytes, now: float) -> bool:
     _claim(eng, cont, nonce, now)
     eng._backoff = 1
     eng._timeouts_in_row = 0
-    eng._arm(now)
+    eng._timer = now + min(eng.rtt.rto, eng.cfg.max_rto)  # (_arm with _backoff 1)
     if stream.total is not None:
         eng._check_done(now)
     eng._pump(now)
@@ -141,17 +142,22 @@ def _take(eng: ClientEngine, data: bytes, at: int, start: int, end: int, now: fl
     slot, then `deliver_in_order`; in order and with nothing to join, straight to `app`."""
     stream = eng.stream
     stream.want_bytes -= end - start
-    stream.want.remove(start, end)
+    want = stream.want
+    starts = want._starts
+    if starts and starts[0] == start and end < want._ends[0]:  # (RangeSet.remove's result
+        starts[0] = end  # at the front of the first run)
+    else:
+        want.remove(start, end)
     if (start == stream.deliver and stream.total is None and end not in stream._pieces
             and start not in stream._piece_end and not stream.skips):
         stream.held += end - start
         stream.app += data[at:]
         stream.deliver = end
-        stream.received.add(start, end)
+        _add(stream.received, start, end)
         moved = end - start
     else:
         stream._store(start, data[at:])
-        stream.received.add(start, end)
+        _add(stream.received, start, end)
         moved = stream.deliver_in_order()
     if moved and eng.on_event is not None:
         eng._event(ev.DATA, now, bytes=moved, offset=stream.deliver)
@@ -168,11 +174,7 @@ def _claim(eng: ClientEngine, cont: Continuation, nonce: int, now: float) -> Non
             eng.rtt.sample(r)
     del eng.loss.expected[pkt]
     score = eng.score
-    ends = score.board._ends
-    if ends and ends[-1] == pkt:  # (RangeSet.add's result when it extends the last run)
-        ends[-1] = pkt + 1
-    else:
-        score.board.add(pkt, pkt + 1)
+    _add(score.board, pkt, pkt + 1)
     score.nonce[pkt] = nonce
     if pkt > score.max_rx:
         score.max_rx = pkt
@@ -192,6 +194,15 @@ def _claim(eng: ClientEngine, cont: Continuation, nonce: int, now: float) -> Non
         eng._declare_below(bound, now)
     if eng._prunes and len(score.nonce) >= eng._next_prune:
         eng._prune()
+
+
+def _add(rs: RangeSet, start: int, end: int) -> None:
+    """`rs.add(start, end)`; inline when it extends the last run (the in-order case)."""
+    ends = rs._ends
+    if ends and ends[-1] == start:
+        ends[-1] = end
+    else:
+        rs.add(start, end)
 
 
 def request(eng: RequestSending, cont: Continuation, now: float) -> None:
@@ -258,7 +269,7 @@ def _assign(eng: RequestSending, n: int) -> tuple[list[tuple[int, int]], bool]:
         rng = (pos, pos + m if pos + m < top else top)
         picker.next_new = rng[1]
         stream.want_bytes += rng[1] - pos
-        want.add(pos, rng[1])
+        _add(want, pos, rng[1])
         out.append(rng)
     return out, True
 
@@ -268,7 +279,9 @@ def _send(eng: RequestSending, c: Continuation, blocks: list[tuple[int, int]],
     """`_send_request` of a NORMAL request: the continuation's client-owned fields, the
     ranges asked, the request packed as `encode_request` packs it, its segment."""
     build = eng.build
-    tok = build.token(eng.client_state)
+    epoch = eng.client_state
+    last = build._last  # (RequestBuilder.token's cache, read here)
+    tok = last[1] if last[0] == epoch else build.token(epoch)
     c.client_state, c.parent, c.client_timestamp = tok >> 32, tok & _U32, int(now * 1000) & _U32
     stream = eng.stream
     if not asked:
