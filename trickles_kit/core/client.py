@@ -393,11 +393,15 @@ class ClientEngine(RequestSending):
     def _update_reo(self, now: float) -> None:
         """A hole too near the top for `dupthresh` gets a reordering window (RACK-style)."""
         if self.phase == _ESTABLISHED and self._pending_below(self.score.max_rx):
-            if self._reo is None:
-                srtt = self.rtt.srtt if self.rtt.srtt is not None else self.cfg.initial_rto
-                self._reo = now + max(srtt / 4, 0.002)
+            self._open_reo(now)
         else:
             self._reo = None
+
+    def _open_reo(self, now: float) -> None:
+        """The reordering window starts now, unless one is open."""
+        if self._reo is None:
+            srtt = self.rtt.srtt if self.rtt.srtt is not None else self.cfg.initial_rto
+            self._reo = now + max(srtt / 4, 0.002)
 
     # ------------------------------------------------------------------ packets and losses
     def _on_packet(self, cont: Continuation, nonce: int, now: float) -> bool:

@@ -132,9 +132,40 @@ def receive(eng: ClientEngine, data: bytes, now: float) -> bool:
     eng._timer = now + min(eng.rtt.rto, eng.cfg.max_rto)  # (_arm with _backoff 1)
     if stream.total is not None:
         eng._check_done(now)
-    eng._pump(now)
-    eng._update_reo(now)
+    _pump(eng, now)
     return True
+
+
+def _pump(eng: ClientEngine, now: float) -> None:
+    """`_pump` then `_update_reo`, their `_pending_below` inline."""
+    if eng.phase != _ESTABLISHED:
+        eng._reo = None
+        return
+    ready = eng._ready
+    loss = eng.loss
+    heap, expected = loss.heap, loss.expected
+    repairing = eng.repair.under_repair
+    probes = eng.cfg.tail_probes
+    while True:
+        while heap and heap[0] not in expected:
+            heapq.heappop(heap)
+        if not ready:
+            break
+        pkt = ready[0][0]
+        if (heap and heap[0] < pkt) or (repairing and min(repairing) < pkt):
+            break
+        if eng._probes >= probes and not eng._can_ask():
+            break
+        cont = heapq.heappop(ready)[2]
+        if cont.type == FULL1:
+            request(eng, cont, now)
+        else:
+            eng._request_for(cont, now)
+    top = eng.score.max_rx
+    if (heap and heap[0] < top) or (repairing and min(repairing) < top):
+        eng._open_reo(now)
+    else:
+        eng._reo = None
 
 
 def _take(eng: ClientEngine, data: bytes, at: int, start: int, end: int, now: float) -> None:
