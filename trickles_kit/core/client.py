@@ -37,7 +37,7 @@ from trickles_kit.core.rtt import RttEstimator
 from trickles_kit.core.scoreboard import Scoreboard
 from trickles_kit.core.spare import Spare
 from trickles_kit.core.uplink_repair import UplinkRepair
-from trickles_kit.native.hints import mypyc_attr
+from trickles_kit.native.hints import Alias, mypyc_attr
 from trickles_kit.wire.continuation import BOOTSTRAP, FULL2, HASHED, MINIMAL, PAIR, Continuation
 from trickles_kit.wire.errors import DecodeError
 from trickles_kit.wire.messages import (
@@ -131,19 +131,13 @@ class ClientEngine(RequestSending):
         self._syn_range: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ public API
-    @property
-    def done(self) -> bool:
-        """All response bytes received (the total is known and covered)."""
-        return self.stream.done
-
-    @property
-    def total(self) -> int | None:
-        """The response stream's length, once the server (or the application) stated it."""
-        return self.stream.total
-
-    @property
-    def rto(self) -> float:
-        return self.rtt.rto
+    # all response bytes received (the total is known and covered)
+    done: ClassVar[Alias[bool]] = Alias("stream", "done")
+    # the response stream's length, once the server (or the application) stated it
+    total: ClassVar[Alias[int | None]] = Alias("stream", "total")
+    rto: ClassVar[Alias[float]] = Alias("rtt", "rto")
+    # response bytes the engine holds: unread, or out of order (at most the window)
+    held_bytes: ClassVar[Alias[int]] = Alias("stream", "held")
 
     @property
     def bytes_received(self) -> int:
@@ -224,11 +218,6 @@ class ClientEngine(RequestSending):
     def unread(self) -> int:
         """In-order bytes waiting for `read`."""
         return len(self.stream.app)
-
-    @property
-    def held_bytes(self) -> int:
-        """Response bytes the engine holds: unread, or out of order (at most the window)."""
-        return self.stream.held
 
     def credit(self) -> int:
         """New bytes the window still lets the client ask for."""
