@@ -246,17 +246,27 @@ def request(eng: RequestSending, cont: Continuation, now: float) -> None:
     if plan.verdict == "reject":
         eng.counters["unusable_cont"] += 1
         return
+    ranges, asked = _assign(eng, min(len(plan.slots), MAX_RANGES))
+    stream = eng.stream
+    for old in eng.loss.expect(plan, ranges, seq):
+        stream.settle(old.ranges)
+    note_plan(eng, plan, ranges)
+    eng._last_segs, eng._last_wire = [], None
+    _send(eng, cont, blocks, ranges, asked, now)
+    if eng._timer is None:
+        eng._arm(now)
+
+
+def note_plan(eng: RequestSending, plan: pl.Plan, ranges: list[tuple[int, int]]) -> None:
+    """What a request's plan (and the ranges it asks) tell the engine: tail probes in a row,
+    the window, a recovery that starts, a counter per slot (`_launch`'s, the fast path's)."""
     slots = plan.slots
     counters = eng.counters
-    ranges, asked = _assign(eng, min(len(slots), MAX_RANGES))
     if ranges:
         eng._probes = 0
     elif slots:
         eng._probes += 1
         counters["tail_probes"] += 1
-    stream = eng.stream
-    for old in eng.loss.expect(plan, ranges, seq):
-        stream.settle(old.ranges)
     if slots:
         eng.cwnd = plan.cwnd
         eng.ssthresh = slots[-1].ssthresh
@@ -270,10 +280,30 @@ def request(eng: RequestSending, cont: Continuation, now: float) -> None:
         counters[_PRED[s.kind]] += 1
     if not slots:
         counters["pred.terminate"] += 1
-    eng._last_segs, eng._last_wire = [], None
-    _send(eng, cont, blocks, ranges, asked, now)
-    if eng._timer is None:
-        eng._arm(now)
+
+
+def range_parts(ranges: list[tuple[int, int]]) -> list[bytes] | None:
+    """A request's ranges as the wire has them (start, length), or None if one is out of
+    the u32 bounds (the encoder refuses it)."""
+    parts = []
+    for s, e in ranges:
+        if not 0 <= s <= _U32 or not s <= e <= _U32 + 1 or e - s > _U32:
+            return None
+        parts.append(_RANGE(s, e - s))
+    return parts
+
+
+def pack_request(rtype: int, c: Continuation, flat: list[int], ucont: bytes,
+                 rparts: list[bytes], app: bytes) -> bytes:
+    """A non-SYN request with a FULL continuation, its SACK blocks flat (left, right,
+    summary, ...), as `Request.encode` writes it (one pack for the head)."""
+    nsacks = len(flat) // 3
+    return b"".join((
+        _HEAD(rtype, c.type, c.seq, c.first_child, c.client_state, c.parent,
+              c.client_timestamp, c.timestamp, c.mrtt, c.state, c.first_loss,
+              c.first_bootstrap_seq, c.start_cwnd, c.ssthresh, c.tcp_base, c.conn_id,
+              c.key_epoch, c.mac, nsacks),
+        _SACKS[nsacks](*flat), _U16(len(ucont)), ucont, bytes((len(rparts),)), *rparts, app))
 
 
 def _assign(eng: RequestSending, n: int) -> tuple[list[tuple[int, int]], bool]:
@@ -324,20 +354,13 @@ def _send(eng: RequestSending, c: Continuation, blocks: list[tuple[int, int]],
         flat += (lft, rgt, score.summary(lft, rgt))
     ucont = eng.ucont
     app = eng._request_bytes if not ucont else b""
-    rparts = [_RANGE(s, e - s) for s, e in ranges
-              if 0 <= s <= _U32 and s <= e <= _U32 + 1 and e - s <= _U32]
-    if (len(rparts) != len(ranges) or len(blocks) > MAX_SACKS or len(ucont) > 0xFFFF
-            or len(c.mac) != 16):  # (encode_request's checks: the encoder refuses it)
+    rparts = range_parts(ranges)
+    if rparts is None or len(blocks) > MAX_SACKS or len(ucont) > 0xFFFF or len(c.mac) != 16:
+        # (encode_request's checks: the encoder refuses it)
         sacks = [SackBlock(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
         payload = Request(REQ_NORMAL, c, sacks, ucont, ranges, app).encode()
     else:
-        payload = b"".join((
-            _HEAD(REQ_NORMAL, c.type, c.seq, c.first_child, c.client_state, c.parent,
-                  c.client_timestamp, c.timestamp, c.mrtt, c.state, c.first_loss,
-                  c.first_bootstrap_seq, c.start_cwnd, c.ssthresh, c.tcp_base, c.conn_id,
-                  c.key_epoch, c.mac, len(blocks)),
-            _SACKS[len(blocks)](*flat), _U16(len(ucont)), ucont, bytes((len(ranges),)),
-            *rparts, app))
+        payload = pack_request(REQ_NORMAL, c, flat, ucont, rparts, app)
     # RequestBuilder.segment: its checksum from the constant part's sum (2^16 = 1 mod 2^16 - 1:
     # seq, ack and the length add as they are)
     seq = build.seq = (build.seq + 1) & _U32
