@@ -33,7 +33,7 @@ from trickles_kit.core import events as ev
 from trickles_kit.core import plan as pl
 from trickles_kit.core.phase import Phase
 from trickles_kit.core.ranges import RangeSet
-from trickles_kit.wire.continuation import BOOTSTRAP, FULL1, FULL_FORMAT, Continuation
+from trickles_kit.wire.continuation import BOOTSTRAP, FULL1, Continuation
 from trickles_kit.wire.messages import (
     CHUNK_DATA,
     DATA_CHUNK_OVERHEAD,
@@ -63,8 +63,8 @@ _OFFSET_BYTE: Final = (HEADER_LEN // 4) << 4
 _DATA: Final = CHUNK_DATA << 4  # a DATA chunk without FIN
 _BODY: Final = HEADER_LEN + RESPONSE_FULL_LEN  # where the user continuation starts
 _MIN_LEN: Final = _BODY + DATA_CHUNK_OVERHEAD + 1
-# a request's head (type, FULL continuation, numSacks), its SACK blocks, the ucont length
-_HEAD = struct.Struct("!B" + FULL_FORMAT + "B").pack
+# a request's type byte (and numSacks, numRanges), its SACK blocks, the ucont length
+_TYPE = [bytes((i,)) for i in range(256)]
 _SACKS = [struct.Struct(f"!{3 * i}I").pack for i in range(MAX_SACKS + 1)]
 _U16 = struct.Struct("!H").pack
 _RANGE = struct.Struct("!II").pack
@@ -298,12 +298,10 @@ def pack_request(rtype: int, c: Continuation, flat: list[int], ucont: bytes,
     """A non-SYN request with a FULL continuation, its SACK blocks flat (left, right,
     summary, ...), as `Request.encode` writes it (one pack for the head)."""
     nsacks = len(flat) // 3
-    return b"".join((
-        _HEAD(rtype, c.type, c.seq, c.first_child, c.client_state, c.parent,
-              c.client_timestamp, c.timestamp, c.mrtt, c.state, c.first_loss,
-              c.first_bootstrap_seq, c.start_cwnd, c.ssthresh, c.tcp_base, c.conn_id,
-              c.key_epoch, c.mac, nsacks),
-        _SACKS[nsacks](*flat), _U16(len(ucont)), ucont, bytes((len(rparts),)), *rparts, app))
+    # (the FULL continuation is its body and MAC: one call reads its fields, where a compiled
+    # caller would look each field of the interpreted class up by name)
+    return b"".join((_TYPE[rtype], c.body(), c.mac, _TYPE[nsacks], _SACKS[nsacks](*flat),
+                     _U16(len(ucont)), ucont, _TYPE[len(rparts)], *rparts, app))
 
 
 def _assign(eng: RequestSending, n: int) -> tuple[list[tuple[int, int]], bool]:
