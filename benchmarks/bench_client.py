@@ -69,16 +69,16 @@ def record(size: int, loss: float, seed: int) -> tuple[list[tuple], dict]:
                 n += 1
                 heapq.heappush(queue, (t + 0.010 + rng.random() * 0.002, n, ans))
         timer = client.get_timer()
-        if queue and (timer is None or queue[0][0] <= timer):
+        rx = bool(queue) and (timer is None or queue[0][0] <= timer)
+        if rx:  # the next answer comes before the timer fires
             t, _, ans = heapq.heappop(queue)
             client.receive(ans, t)
-            trace.append(("rx", t, ans))
-        elif timer is not None:
-            t = max(t, timer)
-            client.handle_timer(t)
-            trace.append(("timer", t, b""))
-        else:
+        elif timer is None:
             break
+        else:
+            t, ans = max(t, timer), b""
+            client.handle_timer(t)
+        trace.append(("rx" if rx else "timer", t, ans))
         if client.unread:
             client.read()
             trace.append(("read", t, b""))
@@ -179,11 +179,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="another checkout: a git revision of this one, or a directory holding "
                          "its trickles_kit/ (alternating runs, same recorded trace)")
     # a run writes to reports/ (git-ignored); the committed result changes only with --record
+    results = REPO / "benchmarks" / "results"
     ap.add_argument("--out", default=str(REPO / "reports" / "benchmarks" / "client.json"),
                     help="JSON output path (default: %(default)s)")
-    ap.add_argument("--record", dest="out", nargs="?", metavar="NAME",
-                    const=str(REPO / "benchmarks" / "results" / "client.json"),
-                    type=lambda name: str(REPO / "benchmarks" / "results" / name),
+    ap.add_argument("--record", dest="out", nargs="?", metavar="NAME", type=results.joinpath,
+                    const=results / "client.json",
                     help="refresh the committed benchmarks/results/client.json (or NAME there)")
     ap.add_argument("--instructions", action="store_true",
                     help="also count each checkout's instructions per packet (valgrind)")

@@ -12,6 +12,7 @@ import heapq
 import random
 
 import pytest
+from wire_helpers import next_client_event
 
 from trickles_kit.apps.generated import Generated, gen_request, generated_bytes
 from trickles_kit.core.client import ClientConfig, ClientEngine
@@ -48,15 +49,12 @@ def _run(size: int, loss: float, seed: int, cfg: ClientConfig) -> tuple[list, Cl
                 heapq.heappush(queue, (t + 0.010 + rng.random() * 0.004, n, ans))
                 if burst:
                     queue.clear()
-        timer = client.get_timer()
-        if queue and (timer is None or queue[0][0] <= timer):
-            t, _, ans = heapq.heappop(queue)
-            client.receive(ans, t)
-            trace.append(("rx", t, ans))
-        elif timer is not None:
-            t = max(t, timer)
-            client.handle_timer(t)
-            trace.append(("timer", t, b""))
+        waiting, ans = len(queue), queue[0][2] if queue else b""  # (the earliest, if it comes)
+        step = next_client_event(client, queue, t)
+        if step is None:
+            break
+        t = step
+        trace.append(("rx", t, ans) if len(queue) < waiting else ("timer", t, b""))
         got += client.read()
     return trace, client, server, bytes(got)
 

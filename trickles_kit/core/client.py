@@ -23,6 +23,7 @@ import os
 from collections import Counter
 from typing import ClassVar, Final
 
+from trickles_kit.core import client_fast
 from trickles_kit.core import delta as dl
 from trickles_kit.core import events as ev
 from trickles_kit.core.client_config import ClientConfig
@@ -36,7 +37,7 @@ from trickles_kit.core.rtt import RttEstimator
 from trickles_kit.core.scoreboard import Scoreboard
 from trickles_kit.core.spare import Spare
 from trickles_kit.core.uplink_repair import UplinkRepair
-from trickles_kit.native.hints import mypyc_attr
+from trickles_kit.native.hints import Alias, mypyc_attr
 from trickles_kit.wire.continuation import BOOTSTRAP, FULL2, HASHED, MINIMAL, PAIR, Continuation
 from trickles_kit.wire.errors import DecodeError
 from trickles_kit.wire.messages import (
@@ -102,6 +103,10 @@ class ClientEngine(RequestSending):
         self._prunes = all(getattr(type(self), m) is getattr(ClientEngine, m)
                            for m in ("_proof", "_summary", "_send_request", "_on_packet"))
         self._next_prune = self.PRUNE_MIN
+        # the per-packet fast path (core.client_fast) only where it is the general path's
+        # twin: this class's own steps, no uplink repair, no HASHED answers
+        self._fast = type(self) is ClientEngine and not cfg.uplink_repair and not cfg.hashed
+        self._rx_sum, self._tx_sum = client_fast.sums(local_ip, local_port, server_ip, server_port)
         self._request_bytes = b""
         self._outbox: list[bytes] = []
         self.ucont = b""
@@ -126,19 +131,13 @@ class ClientEngine(RequestSending):
         self._syn_range: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ public API
-    @property
-    def done(self) -> bool:
-        """All response bytes received (the total is known and covered)."""
-        return self.stream.done
-
-    @property
-    def total(self) -> int | None:
-        """The response stream's length, once the server (or the application) stated it."""
-        return self.stream.total
-
-    @property
-    def rto(self) -> float:
-        return self.rtt.rto
+    # all response bytes received (the total is known and covered)
+    done: ClassVar[Alias[bool]] = Alias("stream", "done")
+    # the response stream's length, once the server (or the application) stated it
+    total: ClassVar[Alias[int | None]] = Alias("stream", "total")
+    rto: ClassVar[Alias[float]] = Alias("rtt", "rto")
+    # response bytes the engine holds: unread, or out of order (at most the window)
+    held_bytes: ClassVar[Alias[int]] = Alias("stream", "held")
 
     @property
     def bytes_received(self) -> int:
@@ -220,11 +219,6 @@ class ClientEngine(RequestSending):
         """In-order bytes waiting for `read`."""
         return len(self.stream.app)
 
-    @property
-    def held_bytes(self) -> int:
-        """Response bytes the engine holds: unread, or out of order (at most the window)."""
-        return self.stream.held
-
     def credit(self) -> int:
         """New bytes the window still lets the client ask for."""
         return self.stream.credit()
@@ -261,6 +255,8 @@ class ClientEngine(RequestSending):
     # ------------------------------------------------------------------ receive
     def receive(self, segment: bytes, now: float) -> None:
         """Process one segment from the server; bad input is counted and dropped."""
+        if self._fast and client_fast.receive(self, segment, now):
+            return
         self.counters["rx"] += 1
         try:
             seg = decode_segment(segment, self.server_ip, self.local_ip)
@@ -386,11 +382,15 @@ class ClientEngine(RequestSending):
     def _update_reo(self, now: float) -> None:
         """A hole too near the top for `dupthresh` gets a reordering window (RACK-style)."""
         if self.phase == _ESTABLISHED and self._pending_below(self.score.max_rx):
-            if self._reo is None:
-                srtt = self.rtt.srtt if self.rtt.srtt is not None else self.cfg.initial_rto
-                self._reo = now + max(srtt / 4, 0.002)
+            self._open_reo(now)
         else:
             self._reo = None
+
+    def _open_reo(self, now: float) -> None:
+        """The reordering window starts now, unless one is open."""
+        if self._reo is None:
+            srtt = self.rtt.srtt if self.rtt.srtt is not None else self.cfg.initial_rto
+            self._reo = now + max(srtt / 4, 0.002)
 
     # ------------------------------------------------------------------ packets and losses
     def _on_packet(self, cont: Continuation, nonce: int, now: float) -> bool:

@@ -11,10 +11,10 @@ engine runs the server's planning function on it to know the packets it will mak
 from __future__ import annotations
 
 import heapq
-import struct
 from collections import Counter
 from typing import TYPE_CHECKING, Final
 
+from trickles_kit.core import client_fast
 from trickles_kit.core import delta as dl
 from trickles_kit.core import events as ev
 from trickles_kit.core import plan as pl
@@ -22,7 +22,7 @@ from trickles_kit.core.client_names import OlderNames
 from trickles_kit.core.phase import Phase
 from trickles_kit.core.reassembly import Ranges
 from trickles_kit.native.hints import mypyc_attr
-from trickles_kit.wire.continuation import FULL1, FULL2, FULL_FORMAT, Continuation
+from trickles_kit.wire.continuation import FULL1, FULL2, Continuation
 from trickles_kit.wire.messages import MAX_RANGES, MAX_SACKS, REQ_NORMAL, Request, SackBlock
 from trickles_kit.wire.segment import ACK
 
@@ -31,12 +31,7 @@ if TYPE_CHECKING:  # (types only)
     from trickles_kit.core.uplink_repair import UplinkRepair
 
 _U32 = 0xFFFFFFFF
-_HEAD = struct.Struct("!B" + FULL_FORMAT + "B").pack  # type, FULL continuation, numSacks
-_SACKS = [struct.Struct(f"!{3 * i}I").pack for i in range(MAX_SACKS + 1)]
-_U16 = struct.Struct("!H").pack
-_RANGE = struct.Struct("!II").pack
 _ESTABLISHED: Final = Phase.ESTABLISHED  # (a module constant: compiled, a static's load)
-_PRED: dict[str, str] = {k.value: "pred." + k.value for k in pl.SlotKind}  # counter per slot kind
 
 
 def encode_request(req: Request) -> bytes:
@@ -45,23 +40,13 @@ def encode_request(req: Request) -> bytes:
     raises. tests/core/test_fastpath.py checks the two agree."""
     c = req.cont
     sacks, ranges, ucont = req.sacks, req.ranges, req.ucont
+    rparts = client_fast.range_parts(ranges)
     if (c is None or (c.type != FULL1 and c.type != FULL2) or req.type > 3 or req.type == 2
             or len(sacks) > MAX_SACKS or len(ranges) > MAX_RANGES or len(ucont) > 0xFFFF
-            or len(c.mac) != 16):
-        return req.encode()
-    rparts = []
-    for start, end in ranges:
-        if not 0 <= start <= _U32 or not start <= end <= _U32 + 1 or end - start > _U32:
-            return req.encode()  # (it raises)
-        rparts.append(_RANGE(start, end - start))
-    flat = [x for b in sacks for x in b]
-    return b"".join((
-        _HEAD(req.type, c.type, c.seq, c.first_child, c.client_state, c.parent,
-              c.client_timestamp, c.timestamp, c.mrtt, c.state, c.first_loss,
-              c.first_bootstrap_seq, c.start_cwnd, c.ssthresh, c.tcp_base, c.conn_id,
-              c.key_epoch, c.mac, len(sacks)),
-        _SACKS[len(sacks)](*flat), _U16(len(ucont)), ucont, bytes((len(ranges),)),
-        *rparts, req.app))
+            or len(c.mac) != 16 or rparts is None):
+        return req.encode()  # (it raises)
+    return client_fast.pack_request(req.type, c, [x for b in sacks for x in b], ucont, rparts,
+                                    req.app)
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # (ClientEngine's base)
@@ -93,6 +78,11 @@ class RequestSending(OlderNames):
     _syn_time: float
     _syn_range: tuple[int, int] | None
     _max_gap: int  # cfg.max_gap, resolved (the config's field is Optional)
+    _fast: bool  # core.client_fast may take answers and build requests
+    _rx_sum: int  # (core.client_fast.sums)
+    local_port: int
+    server_port: int
+    _tx_sum: int
 
     def _event(self, kind: str, now: float, **kw: object) -> None:
         if self.on_event is None:
@@ -127,7 +117,10 @@ class RequestSending(OlderNames):
             if self._probes >= probes and not self._can_ask():
                 break  # nothing to ask: hold the rest
             _, _, cont = heapq.heappop(ready)
-            self._request_for(cont, now)
+            if self._fast and cont.type == FULL1:
+                client_fast.request(self, cont, now)
+            else:
+                self._request_for(cont, now)
 
     def _proof(self, cont: Continuation) -> list[tuple[int, int]]:
         return self.score.proof(min(cont.tcp_base, cont.seq), cont.seq, self.cfg.max_sacks)
@@ -155,13 +148,7 @@ class RequestSending(OlderNames):
         # a request carries at most MAX_RANGES ranges: a larger window from the server (its
         # startCwnd) leaves the extra slots without one rather than failing the encode
         slots = plan.slots  # (read once: a Plan's fields are attribute lookups, compiled too)
-        counters = self.counters
         ranges = self.picker.assign(min(len(slots), MAX_RANGES))
-        if ranges:
-            self._probes = 0
-        elif slots:
-            self._probes += 1
-            counters["tail_probes"] += 1
         req = None
         repair_on = self._repair_on
         if repair_on and rtype == REQ_NORMAL and slots:
@@ -170,19 +157,7 @@ class RequestSending(OlderNames):
             self.stream.settle(old.ranges)  # plan of the same number must not be forgotten
         if repair_on:
             self.repair.note(plan, req)
-        if slots:
-            self.cwnd = plan.cwnd
-            self.ssthresh = slots[-1].ssthresh
-        if plan.verdict == "recovery" and not self.in_recovery and plan.first_loss >= 0:
-            boot = [s for s in slots if s.kind == pl.BOOT]
-            if boot:
-                self.in_recovery = True
-                self._recovery_base = boot[0].tcp_base
-                counters["recoveries"] += 1
-        for s in slots:
-            counters[_PRED[s.kind]] += 1
-        if not slots:
-            counters["pred.terminate"] += 1
+        client_fast.note_plan(self, plan, ranges)
         self._forget_last()
         self._send_request(rtype, cont, blocks, ranges, now, plan=plan)
         if req is not None:  # (no copies if an override sent something else: no repeats)

@@ -1,0 +1,378 @@
+"""The client's per-packet fast path: the common answer taken, and the request it lets go out
+built, in one pass each, with the very state changes, counters, events and bytes of the
+general path (`ClientEngine.receive`, `RequestSending._request_for`).
+
+Why: most answers of a transfer are alike — an in-order FULL1 data packet of the current
+timeout epoch, expected, carrying exactly the bytes its slot asked for. The general path builds
+a Segment, a Response, a DataChunk and walks generic range code for each; its request then
+builds SackBlocks and a Request before encoding them. Here the answer is read with one unpack
+after the header, its bytes go straight to the application buffer, and the request is packed
+from the SACK blocks and ranges as they are (issue 17: 31 µs per packet pure Python before).
+
+Which answers (`receive`): an engine of the class itself (no subclass overrides its steps),
+ESTABLISHED, without uplink repair or HASHED answers; a segment with the usual 28-byte header,
+flags ACK only, the right ports and a good checksum; a FULL1 continuation of this connection
+whose echo token is the current epoch's; one DATA chunk without FIN after the user
+continuation; a packet expected, not yet known to the scoreboard, whose slot asked for exactly
+the chunk's bytes, all of them still wanted, with room for an island. Anything else returns
+False before any state changed, and the general path takes the segment untouched (every drop
+and every corner case stays its own). Which requests (`request`): on a FULL1 continuation,
+without HASHED answers (the general path's predictions) or uplink repair; the byte ranges come
+inline while nothing is missing and there are no lanes, from `RangePicker.assign` otherwise.
+tests/core/test_client_golden.py holds the bytes the committed engine sent;
+tests/core/test_client_fast.py checks the fallbacks.
+"""
+
+from __future__ import annotations
+
+import heapq
+import struct
+from typing import TYPE_CHECKING, Final
+
+from trickles_kit.core import events as ev
+from trickles_kit.core import plan as pl
+from trickles_kit.core.phase import Phase
+from trickles_kit.core.ranges import RangeSet
+from trickles_kit.wire.continuation import BOOTSTRAP, FULL1, Continuation
+from trickles_kit.wire.messages import (
+    CHUNK_DATA,
+    DATA_CHUNK_OVERHEAD,
+    MAX_RANGES,
+    MAX_SACKS,
+    REQ_NORMAL,
+    RESPONSE_FULL,
+    RESPONSE_FULL_LEN,
+    Request,
+    SackBlock,
+)
+from trickles_kit.wire.segment import ACK, HEADER_LEN, OPT_EXID, OPT_KIND, ones_sum
+
+if TYPE_CHECKING:  # (types only: core.client imports this module)
+    from trickles_kit.core.client import ClientEngine
+    from trickles_kit.core.client_send import RequestSending
+
+_U32: Final = 0xFFFFFFFF
+_ESTABLISHED: Final = Phase.ESTABLISHED
+_HDR = struct.Struct("!HHxxxxxxxxBB").unpack_from  # ports, data offset, flags
+_RESP = RESPONSE_FULL.unpack_from  # response header + FULL continuation
+_CHUNK = struct.Struct("!BHI").unpack_from  # a DATA chunk's type|flags, length, byteNum
+_PSEUDO = struct.Struct("!4s4sBBH").pack  # the TCP checksum's pseudo-header
+_TCP_HDR = struct.Struct("!HHIIBBHHHBBHHBB").pack  # wire.segment's 28-byte header
+_OPT_PREFIX = bytes((OPT_KIND, 6)) + OPT_EXID.to_bytes(2, "big")
+_OFFSET_BYTE: Final = (HEADER_LEN // 4) << 4
+_DATA: Final = CHUNK_DATA << 4  # a DATA chunk without FIN
+_BODY: Final = HEADER_LEN + RESPONSE_FULL_LEN  # where the user continuation starts
+_MIN_LEN: Final = _BODY + DATA_CHUNK_OVERHEAD + 1
+# a request's type byte (and numSacks, numRanges), its SACK blocks, the ucont length
+_TYPE = [bytes((i,)) for i in range(256)]
+_SACKS = [struct.Struct(f"!{3 * i}I").pack for i in range(MAX_SACKS + 1)]
+_U16 = struct.Struct("!H").pack
+_RANGE = struct.Struct("!II").pack
+_PRED: dict[str, str] = {k.value: "pred." + k.value for k in pl.SlotKind}  # counter per slot kind
+
+
+def sums(local_ip: bytes, local_port: int, server_ip: bytes, server_port: int) -> tuple[int, int]:
+    """The parts of the TCP checksums that do not change, folded (mod 2^16 - 1): of an answer's
+    pseudo-header without its length, and of a request's pseudo-header and header without
+    seq, ack and length (wire.segment sums the same words)."""
+    rx = int.from_bytes(_PSEUDO(server_ip, local_ip, 0, 6, 0), "big") % 0xFFFF
+    tx = int.from_bytes(_PSEUDO(local_ip, server_ip, 0, 6, 0) + _TCP_HDR(
+        local_port, server_port, 0, 0, _OFFSET_BYTE, ACK, 0xFFFF, 0, 0, OPT_KIND, 6, OPT_EXID,
+        0, 1, 1), "big") % 0xFFFF
+    return rx, tx
+
+
+def receive(eng: ClientEngine, data: bytes, now: float) -> bool:
+    """Take `data` if it is the common answer (see the module's docstring); False, with
+    nothing changed, if the general path must."""
+    n = len(data)
+    if n < _MIN_LEN or eng.phase != _ESTABLISHED:
+        return False
+    sport, dport, off, flags = _HDR(data, 0)
+    if (off != _OFFSET_BYTE or flags != ACK or sport != eng.server_port
+            or dport != eng.local_port or data[20:24] != _OPT_PREFIX):
+        return False
+    (nonce, _, _, ulen, ctype, pkt, first_child, cstate, parent, cts, ts, mrtt, state,
+     first_loss, fbs, start_cwnd, ssthresh, base, conn_id, key_epoch, mac) = _RESP(data, HEADER_LEN)
+    if ctype != FULL1 or state > BOOTSTRAP or conn_id != eng.conn_id:
+        return False
+    build = eng.build
+    epoch = eng.client_state
+    if build.hashed or build.tokens.get(cstate << 32 | parent) != epoch:
+        return False
+    at = _BODY + ulen  # the chunk
+    if at + DATA_CHUNK_OVERHEAD >= n:
+        return False
+    tf, clen, start = _CHUNK(data, at)
+    end = start + clen - DATA_CHUNK_OVERHEAD
+    if tf != _DATA or at + clen != n:
+        return False
+    exp = eng.loss.expected.get(pkt)
+    if exp is None or len(exp.ranges) != 1 or exp.accept is not exp.ranges \
+            or exp.ranges[0] != (start, end):
+        return False
+    stream = eng.stream
+    received = stream.received
+    if not stream.want.covers(start, end) or len(received) >= stream.max_islands \
+            or eng.score.known(pkt):
+        return False
+    body = data + b"\0" if n & 1 else data
+    if (eng._rx_sum + n + ones_sum(body)) % 0xFFFF:
+        return False  # (the general path drops it)
+    # taken: from here on, what the general path does with this answer
+    eng.counters["rx"] += 1
+    _take(eng, data, at + DATA_CHUNK_OVERHEAD, start, end, now)
+    if ulen:
+        eng.ucont = data[_BODY:at]
+    cont = Continuation(ctype, pkt, first_child, epoch, parent, cts, ts, mrtt, state,
+                        first_loss, fbs, start_cwnd, ssthresh, base, conn_id, key_epoch, mac)
+    _claim(eng, cont, nonce, now)
+    eng._backoff = 1
+    eng._timeouts_in_row = 0
+    eng._timer = now + min(eng.rtt.rto, eng.cfg.max_rto)  # (_arm with _backoff 1)
+    if stream.total is not None:
+        eng._check_done(now)
+    _pump(eng, now)
+    return True
+
+
+def _pump(eng: ClientEngine, now: float) -> None:
+    """`_pump` then `_update_reo`, their `_pending_below` inline."""
+    if eng.phase != _ESTABLISHED:
+        eng._reo = None
+        return
+    ready = eng._ready
+    loss = eng.loss
+    heap, expected = loss.heap, loss.expected
+    repairing = eng.repair.under_repair
+    probes = eng.cfg.tail_probes
+    while True:
+        while heap and heap[0] not in expected:
+            heapq.heappop(heap)
+        if not ready:
+            break
+        pkt = ready[0][0]
+        if (heap and heap[0] < pkt) or (repairing and min(repairing) < pkt):
+            break
+        if eng._probes >= probes and not eng._can_ask():
+            break
+        cont = heapq.heappop(ready)[2]
+        if cont.type == FULL1:
+            request(eng, cont, now)
+        else:
+            eng._request_for(cont, now)
+    top = eng.score.max_rx
+    if (heap and heap[0] < top) or (repairing and min(repairing) < top):
+        eng._open_reo(now)
+    else:
+        eng._reo = None
+
+
+def _take(eng: ClientEngine, data: bytes, at: int, start: int, end: int, now: float) -> None:
+    """`Reassembly.take` of one DATA chunk [start, end) wholly wanted and asked by its own
+    slot, then `deliver_in_order`; in order and with nothing to join, straight to `app`."""
+    stream = eng.stream
+    stream.want_bytes -= end - start
+    want = stream.want
+    starts = want._starts
+    if starts and starts[0] == start and end < want._ends[0]:  # (RangeSet.remove's result
+        starts[0] = end  # at the front of the first run)
+    else:
+        want.remove(start, end)
+    if (start == stream.deliver and stream.total is None and end not in stream._pieces
+            and start not in stream._piece_end and not stream.skips):
+        stream.held += end - start
+        stream.app += data[at:]
+        stream.deliver = end
+        _add(stream.received, start, end)
+        moved = end - start
+    else:
+        stream._store(start, data[at:])
+        _add(stream.received, start, end)
+        moved = stream.deliver_in_order()
+    if moved and eng.on_event is not None:
+        eng._event(ev.DATA, now, bytes=moved, offset=stream.deliver)
+
+
+def _claim(eng: ClientEngine, cont: Continuation, nonce: int, now: float) -> None:
+    """`ClientEngine._on_packet` for an expected FULL1 packet of the current epoch, not yet
+    known, with uplink repair off (its settle is empty: the packet brought its bytes)."""
+    pkt = cont.seq
+    cts = cont.client_timestamp
+    if cts:
+        r = ((int(now * 1000) - cts) & _U32) / 1000.0
+        if r < 1 << 20:
+            eng.rtt.sample(r)
+    del eng.loss.expected[pkt]
+    score = eng.score
+    _add(score.board, pkt, pkt + 1)
+    score.nonce[pkt] = nonce
+    if pkt > score.max_rx:
+        score.max_rx = pkt
+    spare = eng.spare
+    old = spare.cont
+    if old is None or spare.stale or pkt >= old.seq:
+        spare.cont = cont
+        spare.stale = False
+        spare.rx = now
+    heapq.heappush(eng._ready, (pkt, id(cont), cont))
+    if eng.in_recovery and cont.state == BOOTSTRAP and pkt == eng._recovery_base:
+        eng.in_recovery = False
+        eng._event(ev.RECOVERY_END, now, pkt=pkt, tcp_base=cont.tcp_base)
+    loss = eng.loss
+    bound = score.max_rx - eng.cfg.dupthresh + 1
+    if (loss.heap and loss.heap[0] < bound) or (loss.rtx_heap and loss.rtx_heap[0][0] < bound):
+        eng._declare_below(bound, now)
+    if eng._prunes and len(score.nonce) >= eng._next_prune:
+        eng._prune()
+
+
+def _add(rs: RangeSet, start: int, end: int) -> None:
+    """`rs.add(start, end)`; inline when it extends the last run (the in-order case)."""
+    ends = rs._ends
+    if ends and ends[-1] == start:
+        ends[-1] = end
+    else:
+        rs.add(start, end)
+
+
+def request(eng: RequestSending, cont: Continuation, now: float) -> None:
+    """`_request_for` then `_launch` and `_send_request` of a NORMAL request on a FULL1
+    continuation, without predictions or uplink repair (the engine checked those)."""
+    seq, base = cont.seq, cont.tcp_base
+    blocks = eng.score.proof(base if base < seq else seq, seq, eng.cfg.max_sacks)
+    plan = pl.plan_request(seq, base, cont.start_cwnd, cont.ssthresh, cont.state, blocks, False,
+                           eng._max_gap)
+    if plan.verdict == "reject":
+        eng.counters["unusable_cont"] += 1
+        return
+    ranges, asked = _assign(eng, min(len(plan.slots), MAX_RANGES))
+    stream = eng.stream
+    for old in eng.loss.expect(plan, ranges, seq):
+        stream.settle(old.ranges)
+    note_plan(eng, plan, ranges)
+    eng._last_segs, eng._last_wire = [], None
+    _send(eng, cont, blocks, ranges, asked, now)
+    if eng._timer is None:
+        eng._arm(now)
+
+
+def note_plan(eng: RequestSending, plan: pl.Plan, ranges: list[tuple[int, int]]) -> None:
+    """What a request's plan (and the ranges it asks) tell the engine: tail probes in a row,
+    the window, a recovery that starts, a counter per slot (`_launch`'s, the fast path's)."""
+    slots = plan.slots
+    counters = eng.counters
+    if ranges:
+        eng._probes = 0
+    elif slots:
+        eng._probes += 1
+        counters["tail_probes"] += 1
+    if slots:
+        eng.cwnd = plan.cwnd
+        eng.ssthresh = slots[-1].ssthresh
+    if plan.verdict == "recovery" and not eng.in_recovery and plan.first_loss >= 0:
+        boot = [s for s in slots if s.kind == pl.BOOT]
+        if boot:
+            eng.in_recovery = True
+            eng._recovery_base = boot[0].tcp_base
+            counters["recoveries"] += 1
+    for s in slots:
+        counters[_PRED[s.kind]] += 1
+    if not slots:
+        counters["pred.terminate"] += 1
+
+
+def range_parts(ranges: list[tuple[int, int]]) -> list[bytes] | None:
+    """A request's ranges as the wire has them (start, length), or None if one is out of
+    the u32 bounds (the encoder refuses it)."""
+    parts = []
+    for s, e in ranges:
+        if not 0 <= s <= _U32 or not s <= e <= _U32 + 1 or e - s > _U32:
+            return None
+        parts.append(_RANGE(s, e - s))
+    return parts
+
+
+def pack_request(rtype: int, c: Continuation, flat: list[int], ucont: bytes,
+                 rparts: list[bytes], app: bytes) -> bytes:
+    """A non-SYN request with a FULL continuation, its SACK blocks flat (left, right,
+    summary, ...), as `Request.encode` writes it (one pack for the head)."""
+    nsacks = len(flat) // 3
+    # (the FULL continuation is its body and MAC: one call reads its fields, where a compiled
+    # caller would look each field of the interpreted class up by name)
+    return b"".join((_TYPE[rtype], c.body(), c.mac, _TYPE[nsacks], _SACKS[nsacks](*flat),
+                     _U16(len(ucont)), ucont, _TYPE[len(rparts)], *rparts, app))
+
+
+def _assign(eng: RequestSending, n: int) -> tuple[list[tuple[int, int]], bool]:
+    """`RangePicker.assign(n)`, new bytes of the one stream inline while nothing is missing
+    (each asked at once, as `new_range` does); whether every range returned is asked."""
+    picker, stream = eng.picker, eng.stream
+    out: list[tuple[int, int]] = []
+    if stream.missing or picker.lanes:
+        return picker.assign(n), False
+    mss = picker.mss
+    want, received = stream.want, stream.received
+    top = stream.total if stream.total is not None else 1 << 32
+    while len(out) < n:
+        m = stream.window - stream.held - stream.want_bytes
+        if m > mss:
+            m = mss
+        if m <= 0:
+            break
+        pos = picker.next_new
+        if pos >= top:
+            break
+        if not received.ends_by(pos) or not want.ends_by(pos):  # (the general steps)
+            return out + picker.assign(n - len(out)), False
+        rng = (pos, pos + m if pos + m < top else top)
+        picker.next_new = rng[1]
+        stream.want_bytes += rng[1] - pos
+        _add(want, pos, rng[1])
+        out.append(rng)
+    return out, True
+
+
+def _send(eng: RequestSending, c: Continuation, blocks: list[tuple[int, int]],
+          ranges: list[tuple[int, int]], asked: bool, now: float) -> None:
+    """`_send_request` of a NORMAL request: the continuation's client-owned fields, the
+    ranges asked, the request packed as `encode_request` packs it, its segment."""
+    build = eng.build
+    epoch = eng.client_state
+    last = build._last  # (RequestBuilder.token's cache, read here)
+    tok = last[1] if last[0] == epoch else build.token(epoch)
+    c.client_state, c.parent, c.client_timestamp = tok >> 32, tok & _U32, int(now * 1000) & _U32
+    stream = eng.stream
+    if not asked:
+        for s, e in ranges:
+            stream.ask(s, e)
+    score = eng.score
+    flat: list[int] = []
+    for lft, rgt in blocks:
+        flat += (lft, rgt, score.summary(lft, rgt))
+    ucont = eng.ucont
+    app = eng._request_bytes if not ucont else b""
+    rparts = range_parts(ranges)
+    if rparts is None or len(blocks) > MAX_SACKS or len(ucont) > 0xFFFF or len(c.mac) != 16:
+        # (encode_request's checks: the encoder refuses it)
+        sacks = [SackBlock(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
+        payload = Request(REQ_NORMAL, c, sacks, ucont, ranges, app).encode()
+    else:
+        payload = pack_request(REQ_NORMAL, c, flat, ucont, rparts, app)
+    # RequestBuilder.segment: its checksum from the constant part's sum (2^16 = 1 mod 2^16 - 1:
+    # seq, ack and the length add as they are)
+    seq = build.seq = (build.seq + 1) & _U32
+    n = HEADER_LEN + len(payload)
+    body = payload + b"\0" if n & 1 else payload
+    csum = ~((eng._tx_sum + seq + c.seq + n + ones_sum(body)) % 0xFFFF or 0xFFFF) & 0xFFFF
+    eng._outbox.append(_TCP_HDR(eng.local_port, eng.server_port, seq, c.seq, _OFFSET_BYTE, ACK,
+                                0xFFFF, csum, 0, OPT_KIND, 6, OPT_EXID, 0, 1, 1) + payload)
+    counters = eng.counters
+    counters["requests"] += 1
+    counters["tx"] += 1
+    if eng.on_event is not None:
+        eng._event(ev.REQUEST, now, ack=c.seq, tcp_base=c.tcp_base, state=c.state,
+                   req_type=REQ_NORMAL, sacks=[list(b) for b in blocks], ranges=len(ranges))
+
+
+__all__ = ["receive", "request", "sums"]
