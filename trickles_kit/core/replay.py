@@ -15,14 +15,18 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from array import array
 
 # Table geometry, at module level: a compiled (mypyc) class body cannot read its own earlier
 # names, and the per-request path reads module constants faster than class attributes.
 _WAYS = 16  # slots per row: at 50 % load a row overflows about once in 10^5
 _TICK = 0.01  # seal stamps in 10 ms ticks (u32: 497 days from the table's start)
-# keys and stamps live in bytearrays, little-endian whatever the machine: `bytearray.find`
-# probes a row for a key (or for an empty slot) in C without making one int per slot
+# One bytearray holds the rows, each 16 keys (u64), then their 16 stamps (u32), then the
+# horizon (u32): a row is one stretch of memory, read in few cache misses (separate key, stamp
+# and horizon arrays cost a miss each per request on a large table). Little-endian whatever
+# the machine; `bytearray.find` probes a row for a key or an empty slot in C, no int per slot.
+_STAMPS_AT = 8 * _WAYS  # a row's stamps, from its start
+_HORIZON_AT = _STAMPS_AT + 4 * _WAYS
+_STRIDE = _HORIZON_AT + 4  # 196 bytes a row: 12 a slot + 4
 _KEY = struct.Struct("<Q")
 _STAMP = struct.Struct("<I")
 _STAMPS = struct.Struct(f"<{_WAYS}I").unpack_from
@@ -66,8 +70,8 @@ class ReplayHistory:
     `max_entries >= 2 x peak requests per second x freshness` (docs/protocol.md §11.2).
     """
 
-    __slots__ = ("freshness", "max_entries", "width", "_nb", "_keys", "_stamps", "_horizon",
-                 "_count", "_hkey", "_ha", "_hb", "_base", "evicted", "refused")
+    __slots__ = ("freshness", "max_entries", "width", "_nb", "_rows", "_count", "_hkey", "_ha",
+                 "_hb", "_base", "evicted", "refused")
 
     ENTRY_BYTES = 12  # an 8-byte key and a 4-byte seal stamp per slot, allocated up front
     WAYS = _WAYS
@@ -81,9 +85,7 @@ class ReplayHistory:
         self._nb = -(-max_entries // _WAYS)
         self.max_entries = self._nb * _WAYS
         self.width = _TICK
-        self._keys = bytearray(8 * self.max_entries)
-        self._stamps = bytearray(4 * self.max_entries)  # 0 marks an empty slot
-        self._horizon = array("I", bytes(4 * self._nb))
+        self._rows = bytearray(_STRIDE * self._nb)  # a stamp 0 marks an empty slot
         self._hkey = hash_key if hash_key is not None else os.urandom(16)
         # the row hash's secret (a, b), drawn from the table's key: see `row`
         ab = hashlib.blake2b(self._hkey, digest_size=32, person=b"trickles replay").digest()
@@ -113,9 +115,8 @@ class ReplayHistory:
     def holds(self, key: int) -> bool:
         """Whether `key` still has a slot (for tools and benchmarks: a fresh key and an evicted
         one look alike to `check_and_add` once the row's horizon passed them)."""
-        kb, lo = _KEY.pack(key), self.row(key) * _WAYS * 8
-        return _aligned(self._keys, kb, self._keys.find(kb, lo, lo + 8 * _WAYS),
-                        lo + 8 * _WAYS, 8) >= 0
+        kb, lo = _KEY.pack(key), self.row(key) * _STRIDE
+        return _aligned(self._rows, kb, self._rows.find(kb, lo, lo + _STAMPS_AT), lo, 8) >= 0
 
     def _origin(self, t: float) -> float:
         """The tick origin, set by the first call: room below for continuations sealed before
@@ -145,9 +146,9 @@ class ReplayHistory:
         means: recorded within the freshness limit, or sealed at or before the row's horizon.
         """
         r: int = (self._ha * key + self._hb) % _P % self._nb  # self.row(key), inlined
-        b = r * _WAYS
+        rows = self._rows
+        lo = r * _STRIDE
         tick = _TICK
-        stamps = self._stamps
         base = self._base
         if base is None:
             base = self._origin(now)
@@ -161,46 +162,47 @@ class ReplayHistory:
             seal = 1 if seal < 1 else seal if seal < 0xFFFFFFFF else 0xFFFFFFFF
         live = cur - int(self.freshness / tick) - 2  # older seals are stale: slot is free
         kb = _KEY.pack(key)
-        keys = self._keys
-        lo = 8 * b
-        at = keys.find(kb, lo, lo + 8 * _WAYS)  # the key's slot in its row, if any
-        if at & 7 and at > 0:
-            at = _aligned(keys, kb, at, lo + 8 * _WAYS, 8)
+        at = rows.find(kb, lo, lo + _STAMPS_AT)  # the key's slot in its row, if any
+        if (at - lo) & 7 and at > 0:
+            at = _aligned(rows, kb, at, lo, 8)
         if at >= 0:
-            i = at >> 3
-            st: int = _STAMP.unpack_from(stamps, 4 * i)[0]
+            i = lo + _STAMPS_AT + ((at - lo) >> 1)  # its stamp
+            st: int = _STAMP.unpack_from(rows, i)[0]
             if st and st >= live:
                 return False
-            _STAMP.pack_into(stamps, 4 * i, seal)  # the same key long expired: a stale
-            return True  # continuation, refused elsewhere
-        if seal <= self._horizon[r]:
+            _STAMP.pack_into(rows, i, seal)  # the same key long expired: a stale continuation,
+            return True  # refused elsewhere
+        horizon: int = _STAMP.unpack_from(rows, lo + _HORIZON_AT)[0]
+        if seal <= horizon:
             self.refused += 1
             return False
-        lo = 4 * b
-        at = stamps.find(_EMPTY, lo, lo + 4 * _WAYS)  # the first empty slot: min()'s pick
-        if at & 3 and at > 0:
-            at = _aligned(stamps, _EMPTY, at, lo + 4 * _WAYS, 4)
+        st0 = lo + _STAMPS_AT
+        at = rows.find(_EMPTY, st0, st0 + 4 * _WAYS)  # the first empty slot: min()'s pick
+        if (at - st0) & 3 and at > 0:
+            at = _aligned(rows, _EMPTY, at, st0, 4)
         if at >= 0:
-            i = at >> 2
+            j = (at - st0) >> 2
             self._count += 1
         else:
-            row = _STAMPS(stamps, lo)
+            row = _STAMPS(rows, st0)
             oldest = min(row)
-            i = b + row.index(oldest)
+            j = row.index(oldest)
             if oldest >= live:  # a full row of fresh entries: evict the one sealed first
                 self.evicted += 1
                 if seal <= oldest:  # the newcomer is the oldest: accept it, keep the others
-                    self._horizon[r] = max(self._horizon[r], seal)
+                    _STAMP.pack_into(rows, lo + _HORIZON_AT, max(horizon, seal))
                     return True
-                self._horizon[r] = max(self._horizon[r], oldest)
-        keys[8 * i:8 * i + 8] = kb
-        _STAMP.pack_into(stamps, 4 * i, seal)
+                _STAMP.pack_into(rows, lo + _HORIZON_AT, max(horizon, oldest))
+        rows[lo + 8 * j:lo + 8 * j + 8] = kb
+        _STAMP.pack_into(rows, st0 + 4 * j, seal)
         return True
 
 
-def _aligned(table: bytearray, item: bytes, at: int, end: int, width: int) -> int:
-    """The first match of `item` in `table[at:end]` that starts a slot (a multiple of `width`),
-    or -1: after `bytearray.find` matched across two slots at `at` (rare), look on."""
-    while at >= 0 and at % width:
-        at = table.find(item, at + width - at % width, end)
+def _aligned(rows: bytearray, item: bytes, at: int, start: int, width: int) -> int:
+    """The first match of `item` at or after `at` that starts a slot (`start` + a multiple of
+    `width`) of the same row, or -1: after `bytearray.find` matched across two slots at `at`
+    (rare), look on."""
+    end = start + _WAYS * width
+    while at >= 0 and (at - start) % width:
+        at = rows.find(item, at + width - (at - start) % width, end)
     return at

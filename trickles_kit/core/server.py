@@ -132,18 +132,17 @@ class ServerEngine:
         self.cfg = config or ServerConfig()
         self.keys = KeyRing(secret, self.cfg.epoch_seconds, self.cfg.max_seals)
         self.nonces = NonceGen(self.keys.nonce_key, self.cfg.nonce_bits)
-        self._replay = ReplayHistory(self.cfg.freshness, self.cfg.replay_entries)
-        self.state_cache = StateCache(self.cfg.state_cache) if self.cfg.state_cache > 0 else None
-        self.handler = handler
         self.service_ip = service_ip
         self.service_port = service_port
-        self.on_event = on_event
         self.counters: Counter[str] = Counter()
         self.last_error: str | None = None
-        self._view = self._hooks()
-        # False: every request takes `receive_slow` (tests compare the two paths)
-        self.fast_path = True
+        # the fast path holds the parts below (the properties further down read and set them)
         self._fast = FastPath(self)
+        self.replay = ReplayHistory(self.cfg.freshness, self.cfg.replay_entries)
+        self.state_cache = StateCache(self.cfg.state_cache) if self.cfg.state_cache > 0 else None
+        self.handler = handler
+        self.on_event = on_event
+        self.fast_path = True  # False: every request takes `receive_slow` (tests compare them)
         # the fast path's own method, bound on the instance: one call less per request (and a
         # wrapper assigned over it, as tools and tests do, still replaces it)
         self.receive = self._fast.receive  # type: ignore[method-assign]
@@ -157,6 +156,9 @@ class ServerEngine:
         """What admission needs beyond the request: this server's keys, nonces and history."""
         return View(self._epoch_ok, self._mac_ok, self.nonces.range_summary, self._replay.seen)
 
+    # The parts a test, a tool or an operator may swap while the engine runs live in the fast
+    # path's own fields (read there per request without a look-up on the engine); these
+    # properties are their names on the engine.
     @property
     def replay(self) -> ReplayHistory:
         """The replay history (soft state: a test or an operator may swap in a fresh one)."""
@@ -164,8 +166,42 @@ class ServerEngine:
 
     @replay.setter
     def replay(self, table: ReplayHistory) -> None:
-        self._replay = table
+        self._replay = self._fast.replay = table
         self._view = self._hooks()
+
+    @property
+    def handler(self) -> Handler:
+        return self._fast.handler  # type: ignore[no-any-return]
+
+    @handler.setter
+    def handler(self, handler: Handler) -> None:
+        self._fast.handler = handler
+
+    @property
+    def on_event(self) -> ev.EventSink | None:
+        """The event sink; with one attached every request takes the general path."""
+        return self._fast.on_event  # type: ignore[no-any-return]
+
+    @on_event.setter
+    def on_event(self, sink: ev.EventSink | None) -> None:
+        self._fast.on_event = sink
+
+    @property
+    def state_cache(self) -> StateCache | None:
+        return self._fast.state_cache
+
+    @state_cache.setter
+    def state_cache(self, cache: StateCache | None) -> None:
+        self._fast.state_cache = cache
+
+    @property
+    def fast_path(self) -> bool:
+        """False: every request takes `receive_slow` (tests compare the two paths)."""
+        return self._fast.enabled
+
+    @fast_path.setter
+    def fast_path(self, on: bool) -> None:
+        self._fast.enabled = on
 
     # ------------------------------------------------------------------ admission hooks
     def _epoch_ok(self, epoch: int, now: float) -> bool:

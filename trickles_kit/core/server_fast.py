@@ -51,7 +51,9 @@ from trickles_kit.wire.messages import (
 from trickles_kit.wire.segment import ACK, FIN, HEADER_LEN, OPT_EXID, OPT_KIND, SYN, ones_sum
 
 if TYPE_CHECKING:  # (types only: core.server imports this module)
+    from trickles_kit.core.replay import ReplayHistory
     from trickles_kit.core.server import ServerConfig, ServerEngine
+    from trickles_kit.core.statecache import StateCache
 
 _U32 = 0xFFFFFFFF
 _HEAD = REQUEST_HEAD.unpack_from
@@ -76,14 +78,18 @@ _MIN_LEN = HEADER_LEN + REQUEST_HEAD_LEN + 15  # header, head, one SACK, ucont l
 # the counters' keys as plain strings (the same keys: a StrEnum member hashes and compares as its
 # value), which a dict looks up on its fast path for exact strings
 _CONTINUE, _SPLIT = str(CONTINUE), str(SPLIT)
+# a request's fields as `REQUEST_HEAD` unpacks them (typed: the compiled build unboxes them once)
+_Head = tuple[int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int,
+              int, bytes, int]
 
 
 class FastPath:
     """`ServerEngine.receive`: the fast path, or the engine's general path for anything else.
 
-    It keeps the engine's long-lived parts (keys, nonces, counters, addresses, config) and
-    reads what may be swapped while it runs (handler, replay table, state cache, event sink)
-    from the engine on every request."""
+    It keeps the engine's long-lived parts (keys, nonces, counters, addresses, config) and the
+    parts that may be swapped while it runs (handler, replay table, state cache, event sink,
+    the `fast_path` switch), which the engine's properties of those names set here: read per
+    request from this object's own fields, not looked up on the engine."""
 
     def __init__(self, eng: ServerEngine) -> None:
         self.eng = eng
@@ -93,6 +99,11 @@ class FastPath:
         self.cfg: ServerConfig = eng.cfg  # (its fields are read per request: they may change)
         self.sip: bytes = eng.service_ip
         self.sport: int = eng.service_port
+        self.handler: Any = None  # the swappable parts, set through the engine's properties
+        self.on_event: Any = None
+        self.state_cache: StateCache | None = None
+        self.replay: ReplayHistory | None = None
+        self.enabled = True
         # the MAC state of the last epoch asked for: an epoch's key never changes (HKDF of the
         # secret and the epoch), so this saves a call into the key ring on most requests
         self._h_epoch = -1
@@ -100,77 +111,70 @@ class FastPath:
 
     def receive(self, segment: bytes, client_ip: bytes, now: float) -> list[bytes]:
         """Process one TCP-format segment from `client_ip`; never raises on bad input."""
-        eng = self.eng
-        if eng.on_event is not None or not eng.fast_path:
-            return eng.receive_slow(segment, client_ip, now)
+        if self.on_event is not None or not self.enabled:
+            return self.eng.receive_slow(segment, client_ip, now)
         try:  # (an exception here, a decode error included, leaves the request to it too)
             n = len(segment)
             sip = self.sip
             if n < _MIN_LEN or n & 1:
-                return eng.receive_slow(segment, client_ip, now)
+                return self.eng.receive_slow(segment, client_ip, now)
             cport, dport, off, tflags = _IN_HDR(segment, 0)
             if (dport != self.sport or off != _OFFSET_BYTE or tflags & SYN
                     or segment[20:24] != _OPT_PREFIX
                     or ones_sum(_TCP_PSEUDO(client_ip, sip, 0, 6, n) + segment)):
-                return eng.receive_slow(segment, client_ip, now)
+                return self.eng.receive_slow(segment, client_ip, now)
             p = segment[HEADER_LEN:]
             n -= HEADER_LEN
             if p[0] or p[1] != FULL1 or p[27] > 2 or p[76] != 1:
-                return eng.receive_slow(segment, client_ip, now)
-            f = _HEAD(p, 0)
-            k: int = f[2]
-            state: int = f[9]
-            start_cwnd: int = f[12]
-            ssthresh: int = f[13]
-            base: int = f[14]
-            cid: int = f[15]
-            epoch: int = f[16]
+                return self.eng.receive_slow(segment, client_ip, now)
+            f: _Head = _HEAD(p, 0)
+            _t, _c, k, _fc, _cs, _pa, _ct, ts, _mr, state, _fl, _fb, c0, ss, base, cid, epoch, \
+                mac, _ns = f
             left, right, summary, ulen = _SACK1(p, REQUEST_HEAD_LEN)
             cfg = self.cfg
-            age: int = (int(now * 1000) - f[7]) & _U32
+            age: int = (int(now * 1000) - ts) & _U32
             # the plan's shape (the normal step) and admission's stages short of the replay table,
             # pure: a request any of them would refuse or plan otherwise takes the general path
             if (state == RECOVERY or k < base or right != k or left > base
                     or left < base - SACK_REACH or cfg.max_sacks < 1
-                    or not 1 <= start_cwnd <= ssthresh or start_cwnd > MAX_CWND or k > SEQ_LIMIT
+                    or not 1 <= c0 <= ss or c0 > MAX_CWND or k > SEQ_LIMIT
                     or age >= 1 << 31 or age > cfg.freshness * 1000
                     or not self.keys.accepts(epoch, now)
                     or self.nonces.range_summary(cid, base, left, right) != summary):
-                return eng.receive_slow(segment, client_ip, now)
+                return self.eng.receive_slow(segment, client_ip, now)
             uend: int = REQUEST_HEAD_LEN + 14 + ulen
             if uend >= n:
-                return eng.receive_slow(segment, client_ip, now)
+                return self.eng.receive_slow(segment, client_ip, now)
             nr = p[uend]
             rend = uend + 1 + 8 * nr
             if nr > 64 or rend > n:
-                return eng.receive_slow(segment, client_ip, now)
+                return self.eng.receive_slow(segment, client_ip, now)
             ranges: list[tuple[int, int]] = []
             if nr == 1:  # (the common case)
                 start, length = _RANGE1(p, uend + 1)
                 if start + length > _U32 + 1:
-                    return eng.receive_slow(segment, client_ip, now)
+                    return self.eng.receive_slow(segment, client_ip, now)
                 ranges.append((start, start + length))
             elif nr:
                 for start, length in _RANGES(p[uend + 1:rend]):
                     if start + length > _U32 + 1:
-                        return eng.receive_slow(segment, client_ip, now)
+                        return self.eng.receive_slow(segment, client_ip, now)
                     ranges.append((start, start + length))
             pseudo: bytes = _PSEUDO(client_ip, sip, cport, self.sport)
             covered: bytes = pseudo + p[1:7] + p[19:60]
-            mac: bytes = f[17]
-            sc = eng.state_cache
+            sc = self.state_cache
             if sc is not None and covered + mac in sc:
                 sc.lookup(covered + mac)  # (refreshes it and counts the hit, as admission's hook)
             else:
-                h = self._mac_state(epoch).copy()
+                h = (self._hasher if epoch == self._h_epoch else self._mac_state(epoch)).copy()
                 h.update(covered)
                 if not compare_digest(h.digest(), mac):
-                    return eng.receive_slow(segment, client_ip, now)
+                    return self.eng.receive_slow(segment, client_ip, now)
                 if sc is not None:
                     sc.lookup(covered + mac)  # the miss admission's hook counts
                     sc.add(covered + mac)
         except Exception:
-            return eng.receive_slow(segment, client_ip, now)
+            return self.eng.receive_slow(segment, client_ip, now)
         # committed: from here on this request is this path's
         return self._answer(f, p, client_ip, cport, pseudo, ranges, uend, rend, age, now)
 
@@ -181,7 +185,7 @@ class FastPath:
             self._h_epoch = epoch
         return self._hasher
 
-    def _answer(self, f: tuple[Any, ...], p: bytes, cip: bytes, cport: int, pseudo: bytes,
+    def _answer(self, f: _Head, p: bytes, cip: bytes, cport: int, pseudo: bytes,
                 ranges: list[tuple[int, int]], uend: int, rend: int, age: int,
                 now: float) -> list[bytes]:
         """The replay stage, the handler and the seal of an admitted-so-far request (`f`: its
@@ -191,18 +195,16 @@ class FastPath:
         counters["rx"] += 1
         try:
             counters["nonce_ok"] += 1
-            table = eng._replay  # its `seen` hook, inlined
+            table = self.replay  # its `seen` hook, inlined
+            assert table is not None  # (set with the engine)
             refused = table.refused
             if not table.check_and_add(_KEY(f[17])[0], now, (int(now * 1000) - age) / 1000):
                 why = "replay_horizon" if table.refused > refused else "replay"
                 return eng._drop(why, now, event_kind(why))
-            k: int = f[2]
-            base: int = f[14]
-            c0: int = f[12]
-            ss: int = f[13]  # (k >= base, 1 <= c0 <= ss: checked in receive)
-            prev = cwnd(k - 1, base, c0, ss)
+            k, c0, ss, base = f[2], f[12], f[13], f[14]  # (k >= base, 1 <= c0 <= ss: checked)
+            prev, cur = _windows(k, base, c0, ss)
             first = k + prev
-            count = cwnd(k, base, c0, ss) - prev + 1
+            count = cur - prev + 1
             nranges = len(ranges)
             mss: int = self.cfg.mss  # type: ignore[assignment]  # (resolved: never None)
             if count == 1:  # (the common case)
@@ -213,7 +215,7 @@ class FastPath:
             ucont = p[REQUEST_HEAD_LEN + 14:uend]
             msk = Minisocket("REQUEST", (cip, cport), f[15], p[rend:], ucont, ranges, slots,
                              now)
-            eng.handler(msk)
+            self.handler(msk)
             if msk.dropped:
                 return eng._drop(Reason.APP_DROP, now)
             return self._seal_fast(f, slots, first, count, cip, cport, pseudo, ucont, age, now)
@@ -222,22 +224,14 @@ class FastPath:
             eng.last_error = traceback.format_exc()  # kept for `trickles serve` to report
             return eng._drop("internal." + type(e).__name__, now)
 
-    def _seal_fast(self, f: tuple[Any, ...], slots: list[OutSlot], first: int, count: int,
+    def _seal_fast(self, f: _Head, slots: list[OutSlot], first: int, count: int,
                    cip: bytes, cport: int, pseudo: bytes, ucont: bytes, age: int,
                    now: float) -> list[bytes]:
         """`ServerEngine._seal` and `_segment` for the normal step's slots."""
-        k: int = f[2]
-        cs: int = f[4]
-        parent: int = f[5]
-        cts: int = f[6]
-        mrtt: int = f[8]
-        start_cwnd: int = f[12]
-        ssthresh: int = f[13]
-        base: int = f[14]
-        cid: int = f[15]
-        keys = self.keys
-        sealing = keys.current(now)  # (= sealing_epoch)
-        keyed = self._mac_state(sealing)
+        _t, _c, k, _fc, cs, parent, cts, _ts, mrtt, _st, _fl, _fb, c0, ss, base, cid, _ep, \
+            _mac, _ns = f
+        sealing = self.keys.current(now)  # (= sealing_epoch)
+        keyed = self._hasher if sealing == self._h_epoch else self._mac_state(sealing)
         ts_now = int(now * 1000) & _U32
         mrtt = (age * 8 if mrtt == 0 else mrtt - (mrtt >> 3) + age) & _U32
         nonces = self.nonces
@@ -249,7 +243,7 @@ class FastPath:
         for i in range(count):
             pkt = first + i
             body = pack_body(FULL1, pkt, i == 0, cs, parent, cts, ts_now, mrtt, NORMAL, 0, 0,
-                             start_cwnd, ssthresh, base, cid, sealing)
+                             c0, ss, base, cid, sealing)
             h = keyed.copy()
             h.update(pseudo + body[0:6] + body[18:59])
             slot = slots[i]
@@ -279,6 +273,20 @@ class FastPath:
             counters[_CONTINUE if i == 0 else _SPLIT] += 1
         counters["tx"] += count
         return out
+
+
+def _windows(k: int, base: int, c0: int, ss: int) -> tuple[int, int]:
+    """(cwnd(k - 1), cwnd(k)) of `core.cc` for k >= base and 1 <= c0 <= ss: in congestion
+    avoidance, where both acks lie past slow start, one root and a comparison instead of two
+    roots (cwnd(n) is the largest w with w(w - 1) <= s(s - 1) + 2(n - A); the step to k adds
+    at most one packet). tests/core/test_fastpath.py compares it with `cwnd` itself."""
+    a = base + ss - c0
+    if k <= a:  # k - 1 in slow start (or at its edge)
+        return cwnd(k - 1, base, c0, ss), cwnd(k, base, c0, ss)
+    prev = cwnd(k - 1, base, c0, ss)
+    if prev < MAX_CWND and prev * (prev + 1) <= ss * (ss - 1) + 2 * (k - a):
+        return prev, prev + 1
+    return prev, prev
 
 
 def _segment(head0: bytes, sip: bytes, cip: bytes, sport: int, cport: int, seq: int, ack: int,
