@@ -15,23 +15,25 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from typing import Final
 
 # Table geometry, at module level: a compiled (mypyc) class body cannot read its own earlier
-# names, and the per-request path reads module constants faster than class attributes.
-_WAYS = 16  # slots per row: at 50 % load a row overflows about once in 10^5
-_TICK = 0.01  # seal stamps in 10 ms ticks (u32: 497 days from the table's start)
+# names, and the per-request path reads module constants faster than class attributes (Final:
+# the compiled build reads them as C statics or literals, not with a dict look-up).
+_WAYS: Final = 16  # slots per row: at 50 % load a row overflows about once in 10^5
+_TICK: Final = 0.01  # seal stamps in 10 ms ticks (u32: 497 days from the table's start)
 # One bytearray holds the rows, each 16 keys (u64), then their 16 stamps (u32), then the
 # horizon (u32): a row is one stretch of memory, read in few cache misses (separate key, stamp
 # and horizon arrays cost a miss each per request on a large table). Little-endian whatever
 # the machine; `bytearray.find` probes a row for a key or an empty slot in C, no int per slot.
-_STAMPS_AT = 8 * _WAYS  # a row's stamps, from its start
-_HORIZON_AT = _STAMPS_AT + 4 * _WAYS
-_STRIDE = _HORIZON_AT + 4  # 196 bytes a row: 12 a slot + 4
-_KEY = struct.Struct("<Q")
-_STAMP = struct.Struct("<I")
-_STAMPS = struct.Struct(f"<{_WAYS}I").unpack_from
-_EMPTY = bytes(4)  # the stamp of an empty slot
-_P = (1 << 89) - 1  # a Mersenne prime above every 64-bit key: the row hash's field
+_STAMPS_AT: Final = 8 * _WAYS  # a row's stamps, from its start
+_HORIZON_AT: Final = _STAMPS_AT + 4 * _WAYS
+_STRIDE: Final = _HORIZON_AT + 4  # 196 bytes a row: 12 a slot + 4
+_KEY: Final = struct.Struct("<Q")
+_STAMP: Final = struct.Struct("<I")
+_STAMPS: Final = struct.Struct(f"<{_WAYS}I").unpack_from
+_EMPTY: Final = bytes(4)  # the stamp of an empty slot
+_P: Final = (1 << 89) - 1  # a Mersenne prime above every 64-bit key: the row hash's field
 
 
 def slowstart_age_bucket(age_ms: float, unit_ms: float = 100.0) -> int:

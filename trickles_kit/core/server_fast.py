@@ -30,7 +30,7 @@ import struct
 import traceback
 from collections import Counter
 from hmac import compare_digest
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from trickles_kit.core.admission import SACK_REACH, SEQ_LIMIT, Reason, event_kind
 from trickles_kit.core.cc import MAX_CWND, cwnd
@@ -55,29 +55,51 @@ if TYPE_CHECKING:  # (types only: core.server imports this module)
     from trickles_kit.core.server import ServerConfig, ServerEngine
     from trickles_kit.core.statecache import StateCache
 
-_U32 = 0xFFFFFFFF
-_HEAD = REQUEST_HEAD.unpack_from
-_RANGES = RANGE.iter_unpack
-_RANGE1 = RANGE.unpack_from
-_SACK1 = struct.Struct("!IIIH").unpack_from  # one SACK block, then the ucont length
-_RESP_HDR = struct.Struct("!IBBH").pack
-_DATA_HDR = struct.Struct("!BHI").pack  # a DATA chunk's header (wire.messages)
-_DATA, _DATA_FIN = CHUNK_DATA << 4, CHUNK_DATA << 4 | FLAG_FIN
-_SKIP = struct.Struct("!BHII").pack
-_FINHINT = struct.Struct("!BHI").pack
-_PSEUDO = MAC_PSEUDO.pack
-_KEY = struct.Struct("!Q").unpack_from  # the replay key: the MAC's first 8 bytes
+_U32: Final = 0xFFFFFFFF
+_HEAD: Final = REQUEST_HEAD.unpack_from
+_RANGES: Final = RANGE.iter_unpack
+_RANGE1: Final = RANGE.unpack_from
+_SACK1: Final = struct.Struct("!IIIH").unpack_from  # one SACK block, then the ucont length
+_RESP_HDR: Final = struct.Struct("!IBBH").pack
+_DATA_HDR: Final = struct.Struct("!BHI").pack  # a DATA chunk's header (wire.messages)
+_DATA: Final = CHUNK_DATA << 4
+_DATA_FIN: Final = CHUNK_DATA << 4 | FLAG_FIN
+_SKIP: Final = struct.Struct("!BHII").pack
+_FINHINT: Final = struct.Struct("!BHI").pack
+_PSEUDO: Final = MAC_PSEUDO.pack
+_KEY: Final = struct.Struct("!Q").unpack_from  # the replay key: the MAC's first 8 bytes
 # wire.segment's layout: the TCP checksum's pseudo-header, then the 28-byte header whose
 # option is the Trickles one (`encode_segment`, which the general path calls)
-_TCP_PSEUDO = struct.Struct("!4s4sBBH").pack
-_TCP_HDR = struct.Struct("!HHIIBBHHHBBHHBB").pack
-_IN_HDR = struct.Struct("!HHxxxxxxxxBB").unpack_from  # ports, data offset, flags
-_OPT_PREFIX = bytes((OPT_KIND, 6)) + OPT_EXID.to_bytes(2, "big")
-_OFFSET_BYTE = (HEADER_LEN // 4) << 4
-_MIN_LEN = HEADER_LEN + REQUEST_HEAD_LEN + 15  # header, head, one SACK, ucont length, ranges
+_TCP_PSEUDO: Final = struct.Struct("!4s4sBBH").pack
+_TCP_HDR: Final = struct.Struct("!HHIIBBHHHBBHHBB").pack
+_IN_HDR: Final = struct.Struct("!HHxxxxxxxxBB").unpack_from  # ports, data offset, flags
+_OPT_PREFIX: Final = bytes((OPT_KIND, 6)) + OPT_EXID.to_bytes(2, "big")
+_OFFSET_BYTE: Final = (HEADER_LEN // 4) << 4
+_MIN_LEN: Final = HEADER_LEN + REQUEST_HEAD_LEN + 15  # header, head, one SACK, ucont length, ranges
 # the counters' keys as plain strings (the same keys: a StrEnum member hashes and compares as its
 # value), which a dict looks up on its fast path for exact strings
-_CONTINUE, _SPLIT = str(CONTINUE), str(SPLIT)
+_CONTINUE: Final = str(CONTINUE)
+_SPLIT: Final = str(SPLIT)
+# the imported names the per-request path reads, as Final: the compiled build reads a Final
+# module name as a C static, any other global with a dict look-up (~20 per request)
+_HEADER_LEN: Final = HEADER_LEN
+_SYN: Final = SYN
+_ACK: Final = ACK
+_FIN: Final = FIN
+_FULL1: Final = FULL1
+_NORMAL: Final = NORMAL
+_RECOVERY: Final = RECOVERY
+_REQUEST_HEAD_LEN: Final = REQUEST_HEAD_LEN
+_RESPONSE_HEADER_LEN: Final = RESPONSE_HEADER_LEN
+_DATA_CHUNK_OVERHEAD: Final = DATA_CHUNK_OVERHEAD
+_SACK_REACH: Final = SACK_REACH
+_MAX_CWND: Final = MAX_CWND
+_SEQ_LIMIT: Final = SEQ_LIMIT
+_OPT_KIND: Final = OPT_KIND
+_OPT_EXID: Final = OPT_EXID
+_ones_sum: Final = ones_sum
+_compare_digest: Final = compare_digest
+_pack_body: Final = pack_body
 # a request's fields as `REQUEST_HEAD` unpacks them (typed: the compiled build unboxes them once)
 _Head = tuple[int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int,
               int, bytes, int]
@@ -119,30 +141,30 @@ class FastPath:
             if n < _MIN_LEN or n & 1:
                 return self.eng.receive_slow(segment, client_ip, now)
             cport, dport, off, tflags = _IN_HDR(segment, 0)
-            if (dport != self.sport or off != _OFFSET_BYTE or tflags & SYN
+            if (dport != self.sport or off != _OFFSET_BYTE or tflags & _SYN
                     or segment[20:24] != _OPT_PREFIX
-                    or ones_sum(_TCP_PSEUDO(client_ip, sip, 0, 6, n) + segment)):
+                    or _ones_sum(_TCP_PSEUDO(client_ip, sip, 0, 6, n) + segment)):
                 return self.eng.receive_slow(segment, client_ip, now)
-            p = segment[HEADER_LEN:]
-            n -= HEADER_LEN
-            if p[0] or p[1] != FULL1 or p[27] > 2 or p[76] != 1:
+            p = segment[_HEADER_LEN:]
+            n -= _HEADER_LEN
+            if p[0] or p[1] != _FULL1 or p[27] > 2 or p[76] != 1:
                 return self.eng.receive_slow(segment, client_ip, now)
             f: _Head = _HEAD(p, 0)
             _t, _c, k, _fc, _cs, _pa, _ct, ts, _mr, state, _fl, _fb, c0, ss, base, cid, epoch, \
                 mac, _ns = f
-            left, right, summary, ulen = _SACK1(p, REQUEST_HEAD_LEN)
+            left, right, summary, ulen = _SACK1(p, _REQUEST_HEAD_LEN)
             cfg = self.cfg
             age: int = (int(now * 1000) - ts) & _U32
             # the plan's shape (the normal step) and admission's stages short of the replay table,
             # pure: a request any of them would refuse or plan otherwise takes the general path
-            if (state == RECOVERY or k < base or right != k or left > base
-                    or left < base - SACK_REACH or cfg.max_sacks < 1
-                    or not 1 <= c0 <= ss or c0 > MAX_CWND or k > SEQ_LIMIT
+            if (state == _RECOVERY or k < base or right != k or left > base
+                    or left < base - _SACK_REACH or cfg.max_sacks < 1
+                    or not 1 <= c0 <= ss or c0 > _MAX_CWND or k > _SEQ_LIMIT
                     or age >= 1 << 31 or age > cfg.freshness * 1000
                     or not self.keys.accepts(epoch, now)
                     or self.nonces.range_summary(cid, base, left, right) != summary):
                 return self.eng.receive_slow(segment, client_ip, now)
-            uend: int = REQUEST_HEAD_LEN + 14 + ulen
+            uend: int = _REQUEST_HEAD_LEN + 14 + ulen
             if uend >= n:
                 return self.eng.receive_slow(segment, client_ip, now)
             nr = p[uend]
@@ -168,7 +190,7 @@ class FastPath:
             else:
                 h = (self._hasher if epoch == self._h_epoch else self._mac_state(epoch)).copy()
                 h.update(covered)
-                if not compare_digest(h.digest(), mac):
+                if not _compare_digest(h.digest(), mac):
                     return self.eng.receive_slow(segment, client_ip, now)
                 if sc is not None:
                     sc.lookup(covered + mac)  # the miss admission's hook counts
@@ -212,7 +234,7 @@ class FastPath:
             else:
                 slots = [OutSlot(first + i, mss, ranges[i] if i < nranges else None)
                          for i in range(count)]
-            ucont = p[REQUEST_HEAD_LEN + 14:uend]
+            ucont = p[_REQUEST_HEAD_LEN + 14:uend]
             msk = Minisocket("REQUEST", (cip, cport), f[15], p[rend:], ucont, ranges, slots,
                              now)
             self.handler(msk)
@@ -242,7 +264,7 @@ class FastPath:
         out = []
         for i in range(count):
             pkt = first + i
-            body = pack_body(FULL1, pkt, i == 0, cs, parent, cts, ts_now, mrtt, NORMAL, 0, 0,
+            body = _pack_body(_FULL1, pkt, i == 0, cs, parent, cts, ts_now, mrtt, _NORMAL, 0, 0,
                              c0, ss, base, cid, sealing)
             h = keyed.copy()
             h.update(pseudo + body[0:6] + body[18:59])
@@ -252,24 +274,24 @@ class FastPath:
                 u = echo
             if len(u) > 0xFFFF:
                 raise ValueError("user continuation longer than 65535 bytes")
-            flags = ACK
+            flags = _ACK
             data = slot.data
             head = _RESP_HDR(nonces.packet_nonce(cid, base, pkt), count, i, len(u)) + body \
                 + h.digest() + u
             if data or slot.fin:
-                if len(data) > 0xFFFF - DATA_CHUNK_OVERHEAD:
+                if len(data) > 0xFFFF - _DATA_CHUNK_OVERHEAD:
                     raise ValueError("DATA chunk too long")
-                head += _DATA_HDR(_DATA_FIN if slot.fin else _DATA, DATA_CHUNK_OVERHEAD + len(data),
-                                  slot.byte_num)
+                head += _DATA_HDR(_DATA_FIN if slot.fin else _DATA,
+                                  _DATA_CHUNK_OVERHEAD + len(data), slot.byte_num)
                 if slot.fin:
-                    flags = ACK | FIN
+                    flags = _ACK | _FIN
             tail = b""
             if slot.skips:
                 tail = b"".join(_SKIP(0x30, 11, s, m) for s, m in slot.skips)
             if slot.finhint is not None:
                 tail += _FINHINT(0x40, 7, slot.finhint)
             out.append(_segment(head0, sip, cip, sport, cport, pkt, k, flags, head, data, tail,
-                                RESPONSE_HEADER_LEN + 75 + len(u)))
+                                _RESPONSE_HEADER_LEN + 75 + len(u)))
             counters[_CONTINUE if i == 0 else _SPLIT] += 1
         counters["tx"] += count
         return out
@@ -284,7 +306,7 @@ def _windows(k: int, base: int, c0: int, ss: int) -> tuple[int, int]:
     if k <= a:  # k - 1 in slow start (or at its edge)
         return cwnd(k - 1, base, c0, ss), cwnd(k, base, c0, ss)
     prev = cwnd(k - 1, base, c0, ss)
-    if prev < MAX_CWND and prev * (prev + 1) <= ss * (ss - 1) + 2 * (k - a):
+    if prev < _MAX_CWND and prev * (prev + 1) <= ss * (ss - 1) + 2 * (k - a):
         return prev, prev + 1
     return prev, prev
 
@@ -294,19 +316,19 @@ def _segment(head0: bytes, sip: bytes, cip: bytes, sport: int, cport: int, seq: 
     """`wire.segment.encode_segment` of the payload ``head + data + tail``, joined once: the
     checksum sums the parts apart when each starts on a 16-bit word (the usual case), so the
     data is copied once, into the segment."""
-    n = HEADER_LEN + len(head) + len(data) + len(tail)
+    n = _HEADER_LEN + len(head) + len(data) + len(tail)
     seq &= _U32
     ack &= _U32
-    hdr = _TCP_HDR(sport, cport, seq, ack, _OFFSET_BYTE, flags, 0, 0, 0, OPT_KIND, 6, OPT_EXID,
+    hdr = _TCP_HDR(sport, cport, seq, ack, _OFFSET_BYTE, flags, 0, 0, 0, _OPT_KIND, 6, _OPT_EXID,
                    tlen, 1, 1)
     front = head0 + n.to_bytes(2, "big") + hdr + head
     if not len(head) & 1 and not len(data) & 1:
-        s = ones_sum(front) + ones_sum(data)
+        s = _ones_sum(front) + _ones_sum(data)
         if tail:
-            s += ones_sum(tail + b"\0" if len(tail) & 1 else tail)
+            s += _ones_sum(tail + b"\0" if len(tail) & 1 else tail)
     else:
         rest = data + tail
-        s = ones_sum(front + rest + b"\0" if (len(head) + len(rest)) & 1 else front + rest)
+        s = _ones_sum(front + rest + b"\0" if (len(head) + len(rest)) & 1 else front + rest)
     s %= 0xFFFF
     csum = (~(s or 0xFFFF)) & 0xFFFF
     return b"".join((hdr[:16], csum.to_bytes(2, "big"), hdr[18:], head, data, tail))
