@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from hmac import compare_digest
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from trickles_kit.core import events as ev
 from trickles_kit.core import plan as pl
@@ -114,6 +114,20 @@ class _Reply(NamedTuple):
 _new = tuple.__new__
 
 
+class _Held:
+    """An engine attribute that its fast path holds: reads and writes go to the FastPath field
+    of the same name (`ServerEngine._fast`)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, eng: ServerEngine | None, owner: type | None = None) -> Any:
+        return self if eng is None else getattr(eng._fast, self.name)
+
+    def __set__(self, eng: ServerEngine, value: Any) -> None:
+        setattr(eng._fast, self.name, value)
+
+
 class ServerEngine:
     """Answers Trickles requests statelessly. `receive` returns the segments to send back: the
     fast path (core.server_fast) for the common request, `receive_slow` for everything else."""
@@ -157,8 +171,15 @@ class ServerEngine:
         return View(self._epoch_ok, self._mac_ok, self.nonces.range_summary, self._replay.seen)
 
     # The parts a test, a tool or an operator may swap while the engine runs live in the fast
-    # path's own fields (read there per request without a look-up on the engine); these
-    # properties are their names on the engine.
+    # path's own fields (read there per request without a look-up on the engine): `_Held`
+    # names them on the engine; the replay table's setter also rebuilds admission's hooks.
+    # `on_event`: with a sink attached every request takes the general path; `fast_path`
+    # False: every request takes `receive_slow` (tests compare the two paths).
+    handler: Handler = _Held()  # type: ignore[assignment]
+    on_event: ev.EventSink | None = _Held()  # type: ignore[assignment]
+    state_cache: StateCache | None = _Held()  # type: ignore[assignment]
+    fast_path: bool = _Held()  # type: ignore[assignment]
+
     @property
     def replay(self) -> ReplayHistory:
         """The replay history (soft state: a test or an operator may swap in a fresh one)."""
@@ -168,40 +189,6 @@ class ServerEngine:
     def replay(self, table: ReplayHistory) -> None:
         self._replay = self._fast.replay = table
         self._view = self._hooks()
-
-    @property
-    def handler(self) -> Handler:
-        return self._fast.handler  # type: ignore[no-any-return]
-
-    @handler.setter
-    def handler(self, handler: Handler) -> None:
-        self._fast.handler = handler
-
-    @property
-    def on_event(self) -> ev.EventSink | None:
-        """The event sink; with one attached every request takes the general path."""
-        return self._fast.on_event  # type: ignore[no-any-return]
-
-    @on_event.setter
-    def on_event(self, sink: ev.EventSink | None) -> None:
-        self._fast.on_event = sink
-
-    @property
-    def state_cache(self) -> StateCache | None:
-        return self._fast.state_cache
-
-    @state_cache.setter
-    def state_cache(self, cache: StateCache | None) -> None:
-        self._fast.state_cache = cache
-
-    @property
-    def fast_path(self) -> bool:
-        """False: every request takes `receive_slow` (tests compare the two paths)."""
-        return self._fast.enabled
-
-    @fast_path.setter
-    def fast_path(self, on: bool) -> None:
-        self._fast.enabled = on
 
     # ------------------------------------------------------------------ admission hooks
     def _epoch_ok(self, epoch: int, now: float) -> bool:

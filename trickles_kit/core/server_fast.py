@@ -125,7 +125,7 @@ class FastPath:
         self.on_event: Any = None
         self.state_cache: StateCache | None = None
         self.replay: ReplayHistory | None = None
-        self.enabled = True
+        self.fast_path = True
         # the MAC state of the last epoch asked for: an epoch's key never changes (HKDF of the
         # secret and the epoch), so this saves a call into the key ring on most requests
         self._h_epoch = -1
@@ -133,7 +133,7 @@ class FastPath:
 
     def receive(self, segment: bytes, client_ip: bytes, now: float) -> list[bytes]:
         """Process one TCP-format segment from `client_ip`; never raises on bad input."""
-        if self.on_event is not None or not self.enabled:
+        if self.on_event is not None or not self.fast_path:
             return self.eng.receive_slow(segment, client_ip, now)
         try:  # (an exception here, a decode error included, leaves the request to it too)
             n = len(segment)
