@@ -39,6 +39,7 @@ from trickles_kit.core.keys import KeyRing
 from trickles_kit.core.minisocket import Minisocket, OutSlot
 from trickles_kit.core.nonces import NonceGen
 from trickles_kit.core.plan import CONTINUE, SPLIT
+from trickles_kit.native import speedups
 from trickles_kit.wire.continuation import FULL1, MAC_PSEUDO, NORMAL, RECOVERY, pack_body
 from trickles_kit.wire.messages import (
     CHUNK_DATA,
@@ -99,6 +100,9 @@ _SEQ_LIMIT: Final = SEQ_LIMIT
 _OPT_KIND: Final = OPT_KIND
 _OPT_EXID: Final = OPT_EXID
 _ones_sum: Final = ones_sum
+# the pure build sums a short string (a request, a segment's front) inline, `int.from_bytes`
+# and one remainder, without a call into `py_ones_sum` (whose split pays off on long ones)
+_PURE_SUM: Final = speedups is None
 _compare_digest: Final = compare_digest
 _pack_body: Final = pack_body
 # a request's fields as `REQUEST_HEAD` unpacks them (typed: the compiled build unboxes them once)
@@ -142,9 +146,10 @@ class FastPath:
             if n < _MIN_LEN or n & 1:
                 return self.eng.receive_slow(segment, client_ip, now)
             cport, dport, off, tflags = _IN_HDR(segment, 0)
+            ck = _TCP_PSEUDO(client_ip, sip, 0, 6, n) + segment
             if (dport != self.sport or off != _OFFSET_BYTE or tflags & _SYN
                     or segment[20:24] != _OPT_PREFIX
-                    or _ones_sum(_TCP_PSEUDO(client_ip, sip, 0, 6, n) + segment)):
+                    or (int.from_bytes(ck, "big") % 0xFFFF if _PURE_SUM else _ones_sum(ck))):
                 return self.eng.receive_slow(segment, client_ip, now)
             p = segment[_HEADER_LEN:]
             n -= _HEADER_LEN
@@ -299,7 +304,8 @@ class FastPath:
             front = head0 + (_HEADER_LEN + len(head) + len(data) + len(tail)).to_bytes(2, "big") \
                 + hdr + head
             if not len(head) & 1 and not len(data) & 1:
-                c = _ones_sum(front) + _ones_sum(data)
+                c = (int.from_bytes(front, "big") if _PURE_SUM else _ones_sum(front)) \
+                    + _ones_sum(data)
                 if tail:
                     c += _ones_sum(tail + b"\0" if len(tail) & 1 else tail)
             else:
