@@ -197,20 +197,20 @@ def test_max_cwnd_far_out(n):
     assert cwnd(n, 0, 1, 10**9) == MAX_CWND
 
 
-def test_plan_fast_constructors_set_every_field() -> None:
-    """plan.py's positional `_slot`/`_plan` (hot path) build the same objects as the keyword-only
-    classes, field for field, so a field added to Slot or Plan cannot be left unset."""
+def test_plan_positional_constructors_set_every_field() -> None:
+    """plan.py builds Slot and Plan positionally on its hot path: the same objects as keyword
+    calls, field for field, in this field order (a field moved would shift them silently)."""
     import dataclasses
 
     from trickles_kit.core import plan as pl
 
-    s = pl._slot(1, pl.SPLIT, 2, 3, 4, 5, 6, 7, 8)
+    s = pl.Slot(1, pl.SPLIT, 2, 3, 4, 5, 6, 7, 8)
     assert s == pl.Slot(pkt=1, kind=pl.SPLIT, ctype=2, state=3, tcp_base=4, start_cwnd=5,
                         ssthresh=6, first_loss=7, first_bootstrap_seq=8)
     assert [f.name for f in dataclasses.fields(pl.Slot)] == [
         "pkt", "kind", "ctype", "state", "tcp_base", "start_cwnd", "ssthresh", "first_loss",
         "first_bootstrap_seq"]
-    p = pl._plan(pl.Verdict.NORMAL, [s], 9, "r", 3, True)
+    p = pl.Plan(pl.Verdict.NORMAL, [s], 9, "r", 3, True)
     assert p == pl.Plan(verdict=pl.Verdict.NORMAL, slots=[s], cwnd=9, reason="r", first_loss=3,
                         recovery_start=True)
     assert [f.name for f in dataclasses.fields(pl.Plan)] == [

@@ -160,20 +160,16 @@ def test_fast_and_slow_paths_answer_byte_for_byte(corpus: Corpus, cfg: ServerCon
 
 
 def test_the_comparison_has_teeth(corpus: Corpus) -> None:
-    """A fast path that seals one field differently is caught by the comparison."""
-    import trickles_kit.core.server_fast as sf
+    """A fast path that answers one field differently is caught by the comparison: here its
+    own config echoes the user continuation, the general path's does not. (Its config, not a
+    patched module function: the compiled build binds those when it is built.)"""
+    import dataclasses
 
-    real = sf.pack_body
-
-    def drifted(*f):
-        return real(*f[:7], f[7] + 1, *f[8:])  # the server timestamp one ms late
-
-    sf.pack_body = drifted
-    try:
-        fast = _replay(corpus[:200], None, True)[0]
-    finally:
-        sf.pack_body = real
+    srv = _server()
+    srv._fast.cfg = dataclasses.replace(srv.cfg, echo_ucont=True)
+    fast = [srv.receive(s, c, t) for s, c, t in corpus[:200]]
     slow = _replay(corpus[:200], None, False)[0]
+    assert srv.counters["continue"] > 20  # (answered, by the fast path)
     assert fast != slow
 
 
@@ -198,3 +194,21 @@ def test_client_request_encoder_matches_request_encode(corpus: Corpus) -> None:
             with pytest.raises(ValueError):
                 encode_request(req)
     assert seen > 200
+
+
+def test_window_step_matches_cwnd() -> None:
+    """The fast path's (cwnd(k - 1), cwnd(k)) in one root, against `core.cc.cwnd` itself: slow
+    start, its edge, congestion avoidance and the MAX_CWND cap, over many epochs."""
+    from trickles_kit.core.cc import MAX_CWND, cwnd
+    from trickles_kit.core.server_fast import _windows
+
+    rng = random.Random(17)
+    cases = [(base, c0, ss) for base in (0, 1, 977) for c0 in (1, 2, 3, 10)
+             for ss in (c0, c0 + 1, 16, 64, 0x3FFF) if ss >= c0]
+    for base, c0, ss in cases:
+        ks = list(range(base, base + 300)) + [base + rng.randrange(1 << 26) for _ in range(300)]
+        for k in ks:
+            assert _windows(k, base, c0, ss) == (cwnd(k - 1, base, c0, ss),
+                                                 cwnd(k, base, c0, ss)), (k, base, c0, ss)
+    capped = [k for k in range(1 << 25, (1 << 25) + 50) if cwnd(k - 1, 0, 3, 64) == MAX_CWND]
+    assert capped  # the cap was reached, and held

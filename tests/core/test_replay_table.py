@@ -36,12 +36,12 @@ def test_expired_slots_are_taken_before_fresh_ones_are_evicted() -> None:
 
 def test_table_does_not_grow() -> None:
     h = ReplayHistory(freshness=120.0, max_entries=4096)
-    size = sys.getsizeof(h._keys) + sys.getsizeof(h._stamps)
+    size = sys.getsizeof(h._rows)
     rng = random.Random(3)
     keys = [rng.getrandbits(64) for _ in range(20_000)]
     for i, k in enumerate(keys):
         h.check_and_add(k, i * 0.01)
-    assert sys.getsizeof(h._keys) + sys.getsizeof(h._stamps) == size
+    assert sys.getsizeof(h._rows) == size
     assert size <= h.memory_bound_bytes()
     assert len(h) == h.max_entries  # every slot used, none added
     # the most recent keys (well under capacity within the last time bucket) are all refused

@@ -15,14 +15,25 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from array import array
+from typing import Final
 
 # Table geometry, at module level: a compiled (mypyc) class body cannot read its own earlier
-# names, and the per-request path reads module constants faster than class attributes.
-_WAYS = 16  # slots per row: at 50 % load a row overflows about once in 10^5
-_TICK = 0.01  # seal stamps in 10 ms ticks (u32: 497 days from the table's start)
-_ROW = struct.Struct(f"={_WAYS}Q").unpack_from  # native order: reads the arrays in place
-_STAMPS = struct.Struct(f"={_WAYS}I").unpack_from
+# names, and the per-request path reads module constants faster than class attributes (Final:
+# the compiled build reads them as C statics or literals, not with a dict look-up).
+_WAYS: Final = 16  # slots per row: at 50 % load a row overflows about once in 10^5
+_TICK: Final = 0.01  # seal stamps in 10 ms ticks (u32: 497 days from the table's start)
+# One bytearray holds the rows, each 16 keys (u64), then their 16 stamps (u32), then the
+# horizon (u32): a row is one stretch of memory, read in few cache misses (separate key, stamp
+# and horizon arrays cost a miss each per request on a large table). Little-endian whatever
+# the machine; `bytearray.find` probes a row for a key or an empty slot in C, no int per slot.
+_STAMPS_AT: Final = 8 * _WAYS  # a row's stamps, from its start
+_HORIZON_AT: Final = _STAMPS_AT + 4 * _WAYS
+_STRIDE: Final = _HORIZON_AT + 4  # 196 bytes a row: 12 a slot + 4
+_KEY: Final = struct.Struct("<Q")
+_STAMP: Final = struct.Struct("<I")
+_STAMPS: Final = struct.Struct(f"<{_WAYS}I").unpack_from
+_EMPTY: Final = bytes(4)  # the stamp of an empty slot
+_P: Final = (1 << 89) - 1  # a Mersenne prime above every 64-bit key: the row hash's field
 
 
 def slowstart_age_bucket(age_ms: float, unit_ms: float = 100.0) -> int:
@@ -52,17 +63,17 @@ class ReplayHistory:
 
     All memory is allocated up front (12 bytes a slot + 4 a row), so the server's footprint does
     not move with the number of connections or with load. A key's row comes from a keyed hash
-    (a random per-table key): the key itself is on the wire (MAC bytes), so an unkeyed placement
-    would let an attacker fill a victim's row on purpose. When a row is full of fresh entries, the
-    entry sealed earliest is evicted and the row's horizon rises to its seal time; every
-    continuation sealed at or before the horizon is then refused (`refused`), so an evicted
-    continuation can never be replayed. Safety before liveness, as WireGuard's window: an honest
-    request refused this way recovers through the client's timeout. Size the table for
+    (secret per-table parameters): the key itself is on the wire (MAC bytes), so an unkeyed
+    placement would let an attacker fill a victim's row on purpose. When a row is full of fresh
+    entries, the entry sealed earliest is evicted and the row's horizon rises to its seal time;
+    every continuation sealed at or before the horizon is then refused (`refused`), so an
+    evicted continuation can never be replayed. Safety before liveness, as WireGuard's window: an
+    honest request refused this way recovers through the client's timeout. Size the table for
     `max_entries >= 2 x peak requests per second x freshness` (docs/protocol.md §11.2).
     """
 
-    __slots__ = ("freshness", "max_entries", "width", "_nb", "_keys", "_stamps", "_horizon",
-                 "_count", "_hkey", "_keyed", "_base", "evicted", "refused")
+    __slots__ = ("freshness", "max_entries", "width", "_nb", "_rows", "_count", "_hkey", "_ha",
+                 "_hb", "_base", "evicted", "refused")
 
     ENTRY_BYTES = 12  # an 8-byte key and a 4-byte seal stamp per slot, allocated up front
     WAYS = _WAYS
@@ -76,12 +87,12 @@ class ReplayHistory:
         self._nb = -(-max_entries // _WAYS)
         self.max_entries = self._nb * _WAYS
         self.width = _TICK
-        self._keys = array("Q", bytes(8 * self.max_entries))
-        self._stamps = array("I", bytes(4 * self.max_entries))  # 0 marks an empty slot
-        self._horizon = array("I", bytes(4 * self._nb))
+        self._rows = bytearray(_STRIDE * self._nb)  # a stamp 0 marks an empty slot
         self._hkey = hash_key if hash_key is not None else os.urandom(16)
-        # keyed once: a copy per key is a third cheaper than keying BLAKE2b anew (same digest)
-        self._keyed = hashlib.blake2b(key=self._hkey, digest_size=8)
+        # the row hash's secret (a, b), drawn from the table's key: see `row`
+        ab = hashlib.blake2b(self._hkey, digest_size=32, person=b"trickles replay").digest()
+        self._ha = int.from_bytes(ab[:16], "little") % (_P - 1) + 1  # 1 <= a < p
+        self._hb = int.from_bytes(ab[16:], "little") % _P
         self._base: float | None = None  # the tick origin, set by the first call
         self._count = 0  # slots ever filled (the table never shrinks)
         self.evicted = 0  # fresh entries pushed out early (each raised a horizon)
@@ -94,15 +105,20 @@ class ReplayHistory:
         return self.max_entries * self.ENTRY_BYTES + self._nb * 4 + 4096  # + the objects
 
     def row(self, key: int) -> int:
-        """The row of `key`: a keyed hash, so nobody without the table's key can aim a row."""
-        h = self._keyed.copy()
-        h.update(key.to_bytes(8, "little"))
-        return int.from_bytes(h.digest(), "little") % self._nb
+        """The row of `key`: ((a * key + b) mod p) mod rows, p = 2^89 - 1 prime, (a, b) secret.
+
+        A Carter-Wegman universal hash: two keys picked without (a, b) share a row with
+        probability at most about 2 / rows, as under a random placement, so nobody without the
+        table's key can aim keys at one row. It is not a PRF (the BLAKE2b it replaced was, at
+        ~0.6 us a request); what it lacks, resistance to an attacker who sees rows, does not
+        apply: the table shows no row, and a refusal needs a row already full of fresh keys."""
+        return (self._ha * key + self._hb) % _P % self._nb
 
     def holds(self, key: int) -> bool:
         """Whether `key` still has a slot (for tools and benchmarks: a fresh key and an evicted
         one look alike to `check_and_add` once the row's horizon passed them)."""
-        return key in _ROW(self._keys, self.row(key) * _WAYS * 8)
+        kb, lo = _KEY.pack(key), self.row(key) * _STRIDE
+        return _aligned(self._rows, kb, self._rows.find(kb, lo, lo + _STAMPS_AT), lo, 8) >= 0
 
     def _origin(self, t: float) -> float:
         """The tick origin, set by the first call: room below for continuations sealed before
@@ -131,12 +147,10 @@ class ReplayHistory:
         `sealed` is when the continuation was sealed (server clock; defaults to `now`). False
         means: recorded within the freshness limit, or sealed at or before the row's horizon.
         """
-        h = self._keyed.copy()  # self.row(key), inlined: this runs once per request
-        h.update(key.to_bytes(8, "little"))
-        r: int = int.from_bytes(h.digest(), "little") % self._nb
-        b = r * _WAYS
+        r: int = (self._ha * key + self._hb) % _P % self._nb  # self.row(key), inlined
+        rows = self._rows
+        lo = r * _STRIDE
         tick = _TICK
-        stamps = self._stamps
         base = self._base
         if base is None:
             base = self._origin(now)
@@ -149,27 +163,48 @@ class ReplayHistory:
             seal = int((sealed - base) / tick) + 1
             seal = 1 if seal < 1 else seal if seal < 0xFFFFFFFF else 0xFFFFFFFF
         live = cur - int(self.freshness / tick) - 2  # older seals are stale: slot is free
-        row = _ROW(self._keys, b * 8)
-        if key in row:
-            i = b + row.index(key)
-            if stamps[i] and stamps[i] >= live:
+        kb = _KEY.pack(key)
+        at = rows.find(kb, lo, lo + _STAMPS_AT)  # the key's slot in its row, if any
+        if (at - lo) & 7 and at > 0:
+            at = _aligned(rows, kb, at, lo, 8)
+        if at >= 0:
+            i = lo + _STAMPS_AT + ((at - lo) >> 1)  # its stamp
+            st: int = _STAMP.unpack_from(rows, i)[0]
+            if st and st >= live:
                 return False
-            stamps[i] = seal  # the same key long expired: a stale continuation, refused elsewhere
-            return True
-        if seal <= self._horizon[r]:
+            _STAMP.pack_into(rows, i, seal)  # the same key long expired: a stale continuation,
+            return True  # refused elsewhere
+        horizon: int = _STAMP.unpack_from(rows, lo + _HORIZON_AT)[0]
+        if seal <= horizon:
             self.refused += 1
             return False
-        st = _STAMPS(stamps, b * 4)
-        oldest = min(st)
-        i = b + st.index(oldest)
-        if not oldest:
+        st0 = lo + _STAMPS_AT
+        at = rows.find(_EMPTY, st0, st0 + 4 * _WAYS)  # the first empty slot: min()'s pick
+        if (at - st0) & 3 and at > 0:
+            at = _aligned(rows, _EMPTY, at, st0, 4)
+        if at >= 0:
+            j = (at - st0) >> 2
             self._count += 1
-        elif oldest >= live:  # a full row of fresh entries: evict the one sealed first
-            self.evicted += 1
-            if seal <= oldest:  # the newcomer is the oldest: accept it, keep the others
-                self._horizon[r] = max(self._horizon[r], seal)
-                return True
-            self._horizon[r] = max(self._horizon[r], oldest)
-        self._keys[i] = key
-        stamps[i] = seal
+        else:
+            row = _STAMPS(rows, st0)
+            oldest = min(row)
+            j = row.index(oldest)
+            if oldest >= live:  # a full row of fresh entries: evict the one sealed first
+                self.evicted += 1
+                if seal <= oldest:  # the newcomer is the oldest: accept it, keep the others
+                    _STAMP.pack_into(rows, lo + _HORIZON_AT, max(horizon, seal))
+                    return True
+                _STAMP.pack_into(rows, lo + _HORIZON_AT, max(horizon, oldest))
+        rows[lo + 8 * j:lo + 8 * j + 8] = kb
+        _STAMP.pack_into(rows, st0 + 4 * j, seal)
         return True
+
+
+def _aligned(rows: bytearray, item: bytes, at: int, start: int, width: int) -> int:
+    """The first match of `item` at or after `at` that starts a slot (`start` + a multiple of
+    `width`) of the same row, or -1: after `bytearray.find` matched across two slots at `at`
+    (rare), look on."""
+    end = start + _WAYS * width
+    while at >= 0 and (at - start) % width:
+        at = rows.find(item, at + width - (at - start) % width, end)
+    return at

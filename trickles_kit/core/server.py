@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from hmac import compare_digest
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from trickles_kit.core import events as ev
 from trickles_kit.core import plan as pl
@@ -114,6 +114,20 @@ class _Reply(NamedTuple):
 _new = tuple.__new__
 
 
+class _Held:
+    """An engine attribute that its fast path holds: reads and writes go to the FastPath field
+    of the same name (`ServerEngine._fast`)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, eng: ServerEngine | None, owner: type | None = None) -> Any:
+        return self if eng is None else getattr(eng._fast, self.name)
+
+    def __set__(self, eng: ServerEngine, value: Any) -> None:
+        setattr(eng._fast, self.name, value)
+
+
 class ServerEngine:
     """Answers Trickles requests statelessly. `receive` returns the segments to send back: the
     fast path (core.server_fast) for the common request, `receive_slow` for everything else."""
@@ -132,18 +146,17 @@ class ServerEngine:
         self.cfg = config or ServerConfig()
         self.keys = KeyRing(secret, self.cfg.epoch_seconds, self.cfg.max_seals)
         self.nonces = NonceGen(self.keys.nonce_key, self.cfg.nonce_bits)
-        self._replay = ReplayHistory(self.cfg.freshness, self.cfg.replay_entries)
-        self.state_cache = StateCache(self.cfg.state_cache) if self.cfg.state_cache > 0 else None
-        self.handler = handler
         self.service_ip = service_ip
         self.service_port = service_port
-        self.on_event = on_event
         self.counters: Counter[str] = Counter()
         self.last_error: str | None = None
-        self._view = self._hooks()
-        # False: every request takes `receive_slow` (tests compare the two paths)
-        self.fast_path = True
+        # the fast path holds the parts below (the properties further down read and set them)
         self._fast = FastPath(self)
+        self.replay = ReplayHistory(self.cfg.freshness, self.cfg.replay_entries)
+        self.state_cache = StateCache(self.cfg.state_cache) if self.cfg.state_cache > 0 else None
+        self.handler = handler
+        self.on_event = on_event
+        self.fast_path = True  # False: every request takes `receive_slow` (tests compare them)
         # the fast path's own method, bound on the instance: one call less per request (and a
         # wrapper assigned over it, as tools and tests do, still replaces it)
         self.receive = self._fast.receive  # type: ignore[method-assign]
@@ -157,6 +170,16 @@ class ServerEngine:
         """What admission needs beyond the request: this server's keys, nonces and history."""
         return View(self._epoch_ok, self._mac_ok, self.nonces.range_summary, self._replay.seen)
 
+    # The parts a test, a tool or an operator may swap while the engine runs live in the fast
+    # path's own fields (read there per request without a look-up on the engine): `_Held`
+    # names them on the engine; the replay table's setter also rebuilds admission's hooks.
+    # `on_event`: with a sink attached every request takes the general path; `fast_path`
+    # False: every request takes `receive_slow` (tests compare the two paths).
+    handler: Handler = _Held()  # type: ignore[assignment]
+    on_event: ev.EventSink | None = _Held()  # type: ignore[assignment]
+    state_cache: StateCache | None = _Held()  # type: ignore[assignment]
+    fast_path: bool = _Held()  # type: ignore[assignment]
+
     @property
     def replay(self) -> ReplayHistory:
         """The replay history (soft state: a test or an operator may swap in a fresh one)."""
@@ -164,7 +187,7 @@ class ServerEngine:
 
     @replay.setter
     def replay(self, table: ReplayHistory) -> None:
-        self._replay = table
+        self._replay = self._fast.replay = table
         self._view = self._hooks()
 
     # ------------------------------------------------------------------ admission hooks

@@ -30,7 +30,8 @@ import struct
 import traceback
 from collections import Counter
 from hmac import compare_digest
-from typing import TYPE_CHECKING, Any
+from math import isqrt
+from typing import TYPE_CHECKING, Any, Final
 
 from trickles_kit.core.admission import SACK_REACH, SEQ_LIMIT, Reason, event_kind
 from trickles_kit.core.cc import MAX_CWND, cwnd
@@ -38,6 +39,7 @@ from trickles_kit.core.keys import KeyRing
 from trickles_kit.core.minisocket import Minisocket, OutSlot
 from trickles_kit.core.nonces import NonceGen
 from trickles_kit.core.plan import CONTINUE, SPLIT
+from trickles_kit.native import speedups
 from trickles_kit.wire.continuation import FULL1, MAC_PSEUDO, NORMAL, RECOVERY, pack_body
 from trickles_kit.wire.messages import (
     CHUNK_DATA,
@@ -51,39 +53,70 @@ from trickles_kit.wire.messages import (
 from trickles_kit.wire.segment import ACK, FIN, HEADER_LEN, OPT_EXID, OPT_KIND, SYN, ones_sum
 
 if TYPE_CHECKING:  # (types only: core.server imports this module)
+    from trickles_kit.core.replay import ReplayHistory
     from trickles_kit.core.server import ServerConfig, ServerEngine
+    from trickles_kit.core.statecache import StateCache
 
-_U32 = 0xFFFFFFFF
-_HEAD = REQUEST_HEAD.unpack_from
-_RANGES = RANGE.iter_unpack
-_RANGE1 = RANGE.unpack_from
-_SACK1 = struct.Struct("!IIIH").unpack_from  # one SACK block, then the ucont length
-_RESP_HDR = struct.Struct("!IBBH").pack
-_DATA_HDR = struct.Struct("!BHI").pack  # a DATA chunk's header (wire.messages)
-_DATA, _DATA_FIN = CHUNK_DATA << 4, CHUNK_DATA << 4 | FLAG_FIN
-_SKIP = struct.Struct("!BHII").pack
-_FINHINT = struct.Struct("!BHI").pack
-_PSEUDO = MAC_PSEUDO.pack
-_KEY = struct.Struct("!Q").unpack_from  # the replay key: the MAC's first 8 bytes
+_U32: Final = 0xFFFFFFFF
+_HEAD: Final = REQUEST_HEAD.unpack_from
+_RANGES: Final = RANGE.iter_unpack
+_RANGE1: Final = RANGE.unpack_from
+_SACK1: Final = struct.Struct("!IIIH").unpack_from  # one SACK block, then the ucont length
+_RESP_HDR: Final = struct.Struct("!IBBH").pack
+_DATA_HDR: Final = struct.Struct("!BHI").pack  # a DATA chunk's header (wire.messages)
+_DATA: Final = CHUNK_DATA << 4
+_DATA_FIN: Final = CHUNK_DATA << 4 | FLAG_FIN
+_SKIP: Final = struct.Struct("!BHII").pack
+_FINHINT: Final = struct.Struct("!BHI").pack
+_PSEUDO: Final = MAC_PSEUDO.pack
+_KEY: Final = struct.Struct("!Q").unpack_from  # the replay key: the MAC's first 8 bytes
 # wire.segment's layout: the TCP checksum's pseudo-header, then the 28-byte header whose
 # option is the Trickles one (`encode_segment`, which the general path calls)
-_TCP_PSEUDO = struct.Struct("!4s4sBBH").pack
-_TCP_HDR = struct.Struct("!HHIIBBHHHBBHHBB").pack
-_IN_HDR = struct.Struct("!HHxxxxxxxxBB").unpack_from  # ports, data offset, flags
-_OPT_PREFIX = bytes((OPT_KIND, 6)) + OPT_EXID.to_bytes(2, "big")
-_OFFSET_BYTE = (HEADER_LEN // 4) << 4
-_MIN_LEN = HEADER_LEN + REQUEST_HEAD_LEN + 15  # header, head, one SACK, ucont length, ranges
+_TCP_PSEUDO: Final = struct.Struct("!4s4sBBH").pack
+_TCP_HDR: Final = struct.Struct("!HHIIBBHHHBBHHBB").pack
+_IN_HDR: Final = struct.Struct("!HHxxxxxxxxBB").unpack_from  # ports, data offset, flags
+_OPT_PREFIX: Final = bytes((OPT_KIND, 6)) + OPT_EXID.to_bytes(2, "big")
+_OFFSET_BYTE: Final = (HEADER_LEN // 4) << 4
+_MIN_LEN: Final = HEADER_LEN + REQUEST_HEAD_LEN + 15  # header, head, one SACK, ucont length, ranges
 # the counters' keys as plain strings (the same keys: a StrEnum member hashes and compares as its
 # value), which a dict looks up on its fast path for exact strings
-_CONTINUE, _SPLIT = str(CONTINUE), str(SPLIT)
+_CONTINUE: Final = str(CONTINUE)
+_SPLIT: Final = str(SPLIT)
+# the imported names the per-request path reads, as Final: the compiled build reads a Final
+# module name as a C static, any other global with a dict look-up (~20 per request)
+_HEADER_LEN: Final = HEADER_LEN
+_SYN: Final = SYN
+_ACK: Final = ACK
+_FIN: Final = FIN
+_FULL1: Final = FULL1
+_NORMAL: Final = NORMAL
+_RECOVERY: Final = RECOVERY
+_REQUEST_HEAD_LEN: Final = REQUEST_HEAD_LEN
+_RESPONSE_HEADER_LEN: Final = RESPONSE_HEADER_LEN
+_DATA_CHUNK_OVERHEAD: Final = DATA_CHUNK_OVERHEAD
+_SACK_REACH: Final = SACK_REACH
+_MAX_CWND: Final = MAX_CWND
+_SEQ_LIMIT: Final = SEQ_LIMIT
+_OPT_KIND: Final = OPT_KIND
+_OPT_EXID: Final = OPT_EXID
+_ones_sum: Final = ones_sum
+# the pure build sums a short string (a request, a segment's front) inline, `int.from_bytes`
+# and one remainder, without a call into `py_ones_sum` (whose split pays off on long ones)
+_PURE_SUM: Final = speedups is None
+_compare_digest: Final = compare_digest
+_pack_body: Final = pack_body
+# a request's fields as `REQUEST_HEAD` unpacks them (typed: the compiled build unboxes them once)
+_Head = tuple[int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int,
+              int, bytes, int]
 
 
 class FastPath:
     """`ServerEngine.receive`: the fast path, or the engine's general path for anything else.
 
-    It keeps the engine's long-lived parts (keys, nonces, counters, addresses, config) and
-    reads what may be swapped while it runs (handler, replay table, state cache, event sink)
-    from the engine on every request."""
+    It keeps the engine's long-lived parts (keys, nonces, counters, addresses, config) and the
+    parts that may be swapped while it runs (handler, replay table, state cache, event sink,
+    the `fast_path` switch), which the engine's properties of those names set here: read per
+    request from this object's own fields, not looked up on the engine."""
 
     def __init__(self, eng: ServerEngine) -> None:
         self.eng = eng
@@ -93,6 +126,11 @@ class FastPath:
         self.cfg: ServerConfig = eng.cfg  # (its fields are read per request: they may change)
         self.sip: bytes = eng.service_ip
         self.sport: int = eng.service_port
+        self.handler: Any = None  # the swappable parts, set through the engine's properties
+        self.on_event: Any = None
+        self.state_cache: StateCache | None = None
+        self.replay: ReplayHistory | None = None
+        self.fast_path = True
         # the MAC state of the last epoch asked for: an epoch's key never changes (HKDF of the
         # secret and the epoch), so this saves a call into the key ring on most requests
         self._h_epoch = -1
@@ -100,77 +138,71 @@ class FastPath:
 
     def receive(self, segment: bytes, client_ip: bytes, now: float) -> list[bytes]:
         """Process one TCP-format segment from `client_ip`; never raises on bad input."""
-        eng = self.eng
-        if eng.on_event is not None or not eng.fast_path:
-            return eng.receive_slow(segment, client_ip, now)
+        if self.on_event is not None or not self.fast_path:
+            return self.eng.receive_slow(segment, client_ip, now)
         try:  # (an exception here, a decode error included, leaves the request to it too)
             n = len(segment)
             sip = self.sip
             if n < _MIN_LEN or n & 1:
-                return eng.receive_slow(segment, client_ip, now)
+                return self.eng.receive_slow(segment, client_ip, now)
             cport, dport, off, tflags = _IN_HDR(segment, 0)
-            if (dport != self.sport or off != _OFFSET_BYTE or tflags & SYN
+            ck = _TCP_PSEUDO(client_ip, sip, 0, 6, n) + segment
+            if (dport != self.sport or off != _OFFSET_BYTE or tflags & _SYN
                     or segment[20:24] != _OPT_PREFIX
-                    or ones_sum(_TCP_PSEUDO(client_ip, sip, 0, 6, n) + segment)):
-                return eng.receive_slow(segment, client_ip, now)
-            p = segment[HEADER_LEN:]
-            n -= HEADER_LEN
-            if p[0] or p[1] != FULL1 or p[27] > 2 or p[76] != 1:
-                return eng.receive_slow(segment, client_ip, now)
-            f = _HEAD(p, 0)
-            k: int = f[2]
-            state: int = f[9]
-            start_cwnd: int = f[12]
-            ssthresh: int = f[13]
-            base: int = f[14]
-            cid: int = f[15]
-            epoch: int = f[16]
-            left, right, summary, ulen = _SACK1(p, REQUEST_HEAD_LEN)
+                    or (int.from_bytes(ck, "big") % 0xFFFF if _PURE_SUM else _ones_sum(ck))):
+                return self.eng.receive_slow(segment, client_ip, now)
+            p = segment[_HEADER_LEN:]
+            n -= _HEADER_LEN
+            if p[0] or p[1] != _FULL1 or p[27] > 2 or p[76] != 1:
+                return self.eng.receive_slow(segment, client_ip, now)
+            f: _Head = _HEAD(p, 0)
+            _t, _c, k, _fc, _cs, _pa, _ct, ts, _mr, state, _fl, _fb, c0, ss, base, cid, epoch, \
+                mac, _ns = f
+            left, right, summary, ulen = _SACK1(p, _REQUEST_HEAD_LEN)
             cfg = self.cfg
-            age: int = (int(now * 1000) - f[7]) & _U32
+            age: int = (int(now * 1000) - ts) & _U32
             # the plan's shape (the normal step) and admission's stages short of the replay table,
             # pure: a request any of them would refuse or plan otherwise takes the general path
-            if (state == RECOVERY or k < base or right != k or left > base
-                    or left < base - SACK_REACH or cfg.max_sacks < 1
-                    or not 1 <= start_cwnd <= ssthresh or start_cwnd > MAX_CWND or k > SEQ_LIMIT
+            if (state == _RECOVERY or k < base or right != k or left > base
+                    or left < base - _SACK_REACH or cfg.max_sacks < 1
+                    or not 1 <= c0 <= ss or c0 > _MAX_CWND or k > _SEQ_LIMIT
                     or age >= 1 << 31 or age > cfg.freshness * 1000
                     or not self.keys.accepts(epoch, now)
                     or self.nonces.range_summary(cid, base, left, right) != summary):
-                return eng.receive_slow(segment, client_ip, now)
-            uend: int = REQUEST_HEAD_LEN + 14 + ulen
+                return self.eng.receive_slow(segment, client_ip, now)
+            uend: int = _REQUEST_HEAD_LEN + 14 + ulen
             if uend >= n:
-                return eng.receive_slow(segment, client_ip, now)
+                return self.eng.receive_slow(segment, client_ip, now)
             nr = p[uend]
             rend = uend + 1 + 8 * nr
             if nr > 64 or rend > n:
-                return eng.receive_slow(segment, client_ip, now)
+                return self.eng.receive_slow(segment, client_ip, now)
             ranges: list[tuple[int, int]] = []
             if nr == 1:  # (the common case)
                 start, length = _RANGE1(p, uend + 1)
                 if start + length > _U32 + 1:
-                    return eng.receive_slow(segment, client_ip, now)
+                    return self.eng.receive_slow(segment, client_ip, now)
                 ranges.append((start, start + length))
             elif nr:
                 for start, length in _RANGES(p[uend + 1:rend]):
                     if start + length > _U32 + 1:
-                        return eng.receive_slow(segment, client_ip, now)
+                        return self.eng.receive_slow(segment, client_ip, now)
                     ranges.append((start, start + length))
             pseudo: bytes = _PSEUDO(client_ip, sip, cport, self.sport)
             covered: bytes = pseudo + p[1:7] + p[19:60]
-            mac: bytes = f[17]
-            sc = eng.state_cache
+            sc = self.state_cache
             if sc is not None and covered + mac in sc:
                 sc.lookup(covered + mac)  # (refreshes it and counts the hit, as admission's hook)
             else:
-                h = self._mac_state(epoch).copy()
+                h = (self._hasher if epoch == self._h_epoch else self._mac_state(epoch)).copy()
                 h.update(covered)
-                if not compare_digest(h.digest(), mac):
-                    return eng.receive_slow(segment, client_ip, now)
+                if not _compare_digest(h.digest(), mac):
+                    return self.eng.receive_slow(segment, client_ip, now)
                 if sc is not None:
                     sc.lookup(covered + mac)  # the miss admission's hook counts
                     sc.add(covered + mac)
         except Exception:
-            return eng.receive_slow(segment, client_ip, now)
+            return self.eng.receive_slow(segment, client_ip, now)
         # committed: from here on this request is this path's
         return self._answer(f, p, client_ip, cport, pseudo, ranges, uend, rend, age, now)
 
@@ -181,7 +213,7 @@ class FastPath:
             self._h_epoch = epoch
         return self._hasher
 
-    def _answer(self, f: tuple[Any, ...], p: bytes, cip: bytes, cport: int, pseudo: bytes,
+    def _answer(self, f: _Head, p: bytes, cip: bytes, cport: int, pseudo: bytes,
                 ranges: list[tuple[int, int]], uend: int, rend: int, age: int,
                 now: float) -> list[bytes]:
         """The replay stage, the handler and the seal of an admitted-so-far request (`f`: its
@@ -191,18 +223,16 @@ class FastPath:
         counters["rx"] += 1
         try:
             counters["nonce_ok"] += 1
-            table = eng._replay  # its `seen` hook, inlined
+            table = self.replay  # its `seen` hook, inlined
+            assert table is not None  # (set with the engine)
             refused = table.refused
             if not table.check_and_add(_KEY(f[17])[0], now, (int(now * 1000) - age) / 1000):
                 why = "replay_horizon" if table.refused > refused else "replay"
                 return eng._drop(why, now, event_kind(why))
-            k: int = f[2]
-            base: int = f[14]
-            c0: int = f[12]
-            ss: int = f[13]  # (k >= base, 1 <= c0 <= ss: checked in receive)
-            prev = cwnd(k - 1, base, c0, ss)
+            k, c0, ss, base = f[2], f[12], f[13], f[14]  # (k >= base, 1 <= c0 <= ss: checked)
+            prev, cur = _windows(k, base, c0, ss)
             first = k + prev
-            count = cwnd(k, base, c0, ss) - prev + 1
+            count = cur - prev + 1
             nranges = len(ranges)
             mss: int = self.cfg.mss  # type: ignore[assignment]  # (resolved: never None)
             if count == 1:  # (the common case)
@@ -210,10 +240,10 @@ class FastPath:
             else:
                 slots = [OutSlot(first + i, mss, ranges[i] if i < nranges else None)
                          for i in range(count)]
-            ucont = p[REQUEST_HEAD_LEN + 14:uend]
+            ucont = p[_REQUEST_HEAD_LEN + 14:uend]
             msk = Minisocket("REQUEST", (cip, cport), f[15], p[rend:], ucont, ranges, slots,
                              now)
-            eng.handler(msk)
+            self.handler(msk)
             if msk.dropped:
                 return eng._drop(Reason.APP_DROP, now)
             return self._seal_fast(f, slots, first, count, cip, cport, pseudo, ucont, age, now)
@@ -222,34 +252,27 @@ class FastPath:
             eng.last_error = traceback.format_exc()  # kept for `trickles serve` to report
             return eng._drop("internal." + type(e).__name__, now)
 
-    def _seal_fast(self, f: tuple[Any, ...], slots: list[OutSlot], first: int, count: int,
+    def _seal_fast(self, f: _Head, slots: list[OutSlot], first: int, count: int,
                    cip: bytes, cport: int, pseudo: bytes, ucont: bytes, age: int,
                    now: float) -> list[bytes]:
-        """`ServerEngine._seal` and `_segment` for the normal step's slots."""
-        k: int = f[2]
-        cs: int = f[4]
-        parent: int = f[5]
-        cts: int = f[6]
-        mrtt: int = f[8]
-        start_cwnd: int = f[12]
-        ssthresh: int = f[13]
-        base: int = f[14]
-        cid: int = f[15]
-        keys = self.keys
-        sealing = keys.current(now)  # (= sealing_epoch)
-        keyed = self._mac_state(sealing)
+        """`ServerEngine._seal` and `_segment` for the normal step's slots (one function: a
+        call with a dozen arguments per packet costs the pure build ~0.3 us)."""
+        _t, _c, k, _fc, cs, parent, cts, _ts, mrtt, _st, _fl, _fb, c0, ss, base, cid, _ep, \
+            _mac, _ns = f
+        sealing = self.keys.current(now)  # (= sealing_epoch)
+        keyed = self._hasher if sealing == self._h_epoch else self._mac_state(sealing)
         ts_now = int(now * 1000) & _U32
         mrtt = (age * 8 if mrtt == 0 else mrtt - (mrtt >> 3) + age) & _U32
         nonces = self.nonces
         sip, sport = self.sip, self.sport
         echo = ucont if self.cfg.echo_ucont else b""
-        head0 = _TCP_PSEUDO(sip, cip, 0, 6, 0)[:10]  # the pseudo-header but its length
+        head0 = sip + cip + b"\0\x06"  # the TCP pseudo-header but its length
         counters = self.counters
         out = []
         for i in range(count):
             pkt = first + i
-            body = pack_body(FULL1, pkt, i == 0, cs, parent, cts, ts_now, mrtt, NORMAL, 0, 0,
-                             start_cwnd, ssthresh, base, cid, sealing)
+            body = _pack_body(_FULL1, pkt, i == 0, cs, parent, cts, ts_now, mrtt, _NORMAL, 0, 0,
+                             c0, ss, base, cid, sealing)
             h = keyed.copy()
             h.update(pseudo + body[0:6] + body[18:59])
             slot = slots[i]
@@ -258,50 +281,57 @@ class FastPath:
                 u = echo
             if len(u) > 0xFFFF:
                 raise ValueError("user continuation longer than 65535 bytes")
-            flags = ACK
+            flags = _ACK
             data = slot.data
             head = _RESP_HDR(nonces.packet_nonce(cid, base, pkt), count, i, len(u)) + body \
                 + h.digest() + u
             if data or slot.fin:
-                if len(data) > 0xFFFF - DATA_CHUNK_OVERHEAD:
+                if len(data) > 0xFFFF - _DATA_CHUNK_OVERHEAD:
                     raise ValueError("DATA chunk too long")
-                head += _DATA_HDR(_DATA_FIN if slot.fin else _DATA, DATA_CHUNK_OVERHEAD + len(data),
-                                  slot.byte_num)
+                head += _DATA_HDR(_DATA_FIN if slot.fin else _DATA,
+                                  _DATA_CHUNK_OVERHEAD + len(data), slot.byte_num)
                 if slot.fin:
-                    flags = ACK | FIN
+                    flags = _ACK | _FIN
             tail = b""
             if slot.skips:
                 tail = b"".join(_SKIP(0x30, 11, s, m) for s, m in slot.skips)
             if slot.finhint is not None:
                 tail += _FINHINT(0x40, 7, slot.finhint)
-            out.append(_segment(head0, sip, cip, sport, cport, pkt, k, flags, head, data, tail,
-                                RESPONSE_HEADER_LEN + 75 + len(u)))
+            # `wire.segment.encode_segment` of the payload head + data + tail, joined once: the
+            # checksum sums the parts apart when each starts on a 16-bit word (the usual case)
+            hdr = _TCP_HDR(sport, cport, pkt & _U32, k & _U32, _OFFSET_BYTE, flags, 0, 0, 0,
+                           _OPT_KIND, 6, _OPT_EXID, _RESPONSE_HEADER_LEN + 75 + len(u), 1, 1)
+            front = head0 + (_HEADER_LEN + len(head) + len(data) + len(tail)).to_bytes(2, "big") \
+                + hdr + head
+            if not len(head) & 1 and not len(data) & 1:
+                c = (int.from_bytes(front, "big") if _PURE_SUM else _ones_sum(front)) \
+                    + _ones_sum(data)
+                if tail:
+                    c += _ones_sum(tail + b"\0" if len(tail) & 1 else tail)
+            else:
+                rest = data + tail
+                c = _ones_sum(front + rest + b"\0" if (len(head) + len(rest)) & 1 else front + rest)
+            c = (~((c % 0xFFFF) or 0xFFFF)) & 0xFFFF
+            out.append(b"".join((hdr[:16], c.to_bytes(2, "big"), hdr[18:], head, data, tail)))
             counters[_CONTINUE if i == 0 else _SPLIT] += 1
         counters["tx"] += count
         return out
 
 
-def _segment(head0: bytes, sip: bytes, cip: bytes, sport: int, cport: int, seq: int, ack: int,
-             flags: int, head: bytes, data: bytes, tail: bytes, tlen: int) -> bytes:
-    """`wire.segment.encode_segment` of the payload ``head + data + tail``, joined once: the
-    checksum sums the parts apart when each starts on a 16-bit word (the usual case), so the
-    data is copied once, into the segment."""
-    n = HEADER_LEN + len(head) + len(data) + len(tail)
-    seq &= _U32
-    ack &= _U32
-    hdr = _TCP_HDR(sport, cport, seq, ack, _OFFSET_BYTE, flags, 0, 0, 0, OPT_KIND, 6, OPT_EXID,
-                   tlen, 1, 1)
-    front = head0 + n.to_bytes(2, "big") + hdr + head
-    if not len(head) & 1 and not len(data) & 1:
-        s = ones_sum(front) + ones_sum(data)
-        if tail:
-            s += ones_sum(tail + b"\0" if len(tail) & 1 else tail)
-    else:
-        rest = data + tail
-        s = ones_sum(front + rest + b"\0" if (len(head) + len(rest)) & 1 else front + rest)
-    s %= 0xFFFF
-    csum = (~(s or 0xFFFF)) & 0xFFFF
-    return b"".join((hdr[:16], csum.to_bytes(2, "big"), hdr[18:], head, data, tail))
+def _windows(k: int, base: int, c0: int, ss: int) -> tuple[int, int]:
+    """(cwnd(k - 1), cwnd(k)) of `core.cc` for k >= base and 1 <= c0 <= ss. In congestion
+    avoidance (both acks past slow start, A = base + ss - c0) cwnd(n) is the largest w with
+    w(w - 1) <= ss(ss - 1) + 2(n - A), capped at MAX_CWND, and the step from k - 1 to k adds
+    at most one packet: one root and one comparison instead of two calls. tests/core/
+    test_fastpath.py compares it with `cwnd` itself."""
+    a = base + ss - c0
+    if k <= a:  # k - 1 in slow start (or at its edge)
+        return cwnd(k - 1, base, c0, ss), cwnd(k, base, c0, ss)
+    room = ss * (ss - 1) + 2 * (k - a)  # (for k; k - 1 has 2 less)
+    prev = (1 + isqrt(4 * room - 7)) // 2  # cwnd(k - 1): isqrt(1 + 4 * (room - 2))
+    if prev >= _MAX_CWND:
+        return _MAX_CWND, _MAX_CWND
+    return (prev, prev + 1) if prev * (prev + 1) <= room else (prev, prev)
 
 
 __all__ = ["FastPath"]
