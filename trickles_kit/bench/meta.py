@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import trickles_kit
+from trickles_kit import native
 
 REPO = Path(__file__).resolve().parents[2]
 # where the experiments start their child processes (`python -m trickles_kit...` in the
@@ -75,6 +76,7 @@ def meta(argv: list[str], mode: str) -> dict:
                     "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
         "packages": {"cryptography": crypto},
         "code": {"trickles_kit_path": _rel(str(Path(trickles_kit.__file__).parent)),
+                 "build": native.build(),  # pure Python or compiled (and which modules)
                  "git_commit": git("rev-parse", "HEAD"), **_tree_state(git)},
     }
 
