@@ -2,9 +2,11 @@
 
 The client runs the server's planning function on every request it sends, so it knows each
 packet number to come and the bytes it is to carry. A regular packet is lost once one
-`dupthresh` numbers above it has arrived; a retransmission once a packet above the newest of
-its request has. Kept apart from the engine (as aioquic keeps its packet recovery) so the
-engine only says what arrived and acts on what was declared.
+`dupthresh` numbers above it has arrived; a retransmission once one `dupthresh` numbers above
+the newest packet planned when it was (its own request's, or an earlier request's still on the
+way: a retransmission leaves after those, so their arrival says nothing about it). Kept apart
+from the engine (as aioquic keeps its packet recovery) so the engine only says what arrived and
+acts on what was declared.
 """
 
 from __future__ import annotations
@@ -33,13 +35,14 @@ class Expect:
 
 
 class LossDetector:
-    __slots__ = ("expected", "heap", "rtx", "rtx_heap")
+    __slots__ = ("expected", "heap", "rtx", "rtx_heap", "top")
 
     def __init__(self) -> None:
         self.expected: dict[int, Expect] = {}  # regular packets awaited, by number
         self.heap: list[int] = []  # their numbers (lazily cleaned: check `expected`)
         self.rtx: dict[int, Expect] = {}  # retransmissions awaited, by number
-        self.rtx_heap: list[tuple[int, int]] = []  # (newest number of the request, number)
+        self.rtx_heap: list[tuple[int, int]] = []  # (newest number planned then, number)
+        self.top = -1  # the highest regular packet number planned so far
 
     def expect(self, plan: pl.Plan, ranges: Ranges, seq: int) -> list[Expect]:
         """Note the packets `plan` will make, slot i carrying ranges[i]; the expectations they
@@ -49,16 +52,22 @@ class LossDetector:
         for s in plan.slots:
             if s.kind != RETRANSMIT and (not have or s.pkt > newest):
                 newest, have = s.pkt, True
+        if have and newest > self.top:
+            self.top = newest
+        # a retransmission is judged against the newest packet planned by now (FIFO: it
+        # arrives after those), not only its own request's: a request that makes nothing but
+        # a retransmission would else have it declared lost by the next arrival
+        rtx_order = max(newest, self.top)
         replaced = []
         nr = len(ranges)
         expected, heap = self.expected, self.heap
         for i, s in enumerate(plan.slots):
             rng = [ranges[i]] if i < nr else []
             if s.kind == RETRANSMIT:
-                exp = Expect(rng, newest, s.tcp_base)
+                exp = Expect(rng, rtx_order, s.tcp_base)
                 old = self.rtx.get(s.pkt)
                 self.rtx[s.pkt] = exp
-                heapq.heappush(self.rtx_heap, (newest, s.pkt))
+                heapq.heappush(self.rtx_heap, (rtx_order, s.pkt))
             else:
                 exp = Expect(rng, s.pkt, s.tcp_base)
                 old = expected.get(s.pkt)
@@ -110,6 +119,7 @@ class LossDetector:
         self.heap.clear()
         self.rtx.clear()
         self.rtx_heap.clear()
+        self.top = -1
 
 
 __all__ = ["Expect", "LossDetector"]
