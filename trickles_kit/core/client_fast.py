@@ -33,6 +33,7 @@ from trickles_kit.core import events as ev
 from trickles_kit.core import plan as pl
 from trickles_kit.core.phase import Phase
 from trickles_kit.core.ranges import RangeSet
+from trickles_kit.wire import segment as sg
 from trickles_kit.wire.continuation import BOOTSTRAP, FULL1, Continuation
 from trickles_kit.wire.messages import (
     CHUNK_DATA,
@@ -45,22 +46,23 @@ from trickles_kit.wire.messages import (
     Request,
     SackBlock,
 )
-from trickles_kit.wire.segment import ACK, HEADER_LEN, OPT_EXID, OPT_KIND, ones_sum
+from trickles_kit.wire.segment import ACK, HEADER_LEN, ones_sum
 
 if TYPE_CHECKING:  # (types only: core.client imports this module)
     from trickles_kit.core.client import ClientEngine
     from trickles_kit.core.client_send import RequestSending
 
-_U32: Final = 0xFFFFFFFF
 _ESTABLISHED: Final = Phase.ESTABLISHED
-_HDR = struct.Struct("!HHxxxxxxxxBB").unpack_from  # ports, data offset, flags
+# wire.segment's layout and wire.messages' response, bound once (the per-packet code calls them)
+_HDR, _PSEUDO, _TCP_HDR = sg.PORTS_FLAGS.unpack_from, sg.PSEUDO.pack, sg.HEADER.pack
 _RESP = RESPONSE_FULL.unpack_from  # response header + FULL continuation
 _CHUNK = struct.Struct("!BHI").unpack_from  # a DATA chunk's type|flags, length, byteNum
-_PSEUDO = struct.Struct("!4s4sBBH").pack  # the TCP checksum's pseudo-header
-_TCP_HDR = struct.Struct("!HHIIBBHHHBBHHBB").pack  # wire.segment's 28-byte header
-_OPT_PREFIX = bytes((OPT_KIND, 6)) + OPT_EXID.to_bytes(2, "big")
-_OFFSET_BYTE: Final = (HEADER_LEN // 4) << 4
+_OPT_PREFIX: Final = sg.OPT_PREFIX
+_OFFSET_BYTE: Final = sg.OFFSET_BYTE
+_OPT_KIND: Final = sg.OPT_KIND
+_OPT_EXID: Final = sg.OPT_EXID
 _DATA: Final = CHUNK_DATA << 4  # a DATA chunk without FIN
+_U32: Final = 0xFFFFFFFF
 _BODY: Final = HEADER_LEN + RESPONSE_FULL_LEN  # where the user continuation starts
 _MIN_LEN: Final = _BODY + DATA_CHUNK_OVERHEAD + 1
 # a request's type byte (and numSacks, numRanges), its SACK blocks, the ucont length
@@ -77,7 +79,7 @@ def sums(local_ip: bytes, local_port: int, server_ip: bytes, server_port: int) -
     seq, ack and length (wire.segment sums the same words)."""
     rx = int.from_bytes(_PSEUDO(server_ip, local_ip, 0, 6, 0), "big") % 0xFFFF
     tx = int.from_bytes(_PSEUDO(local_ip, server_ip, 0, 6, 0) + _TCP_HDR(
-        local_port, server_port, 0, 0, _OFFSET_BYTE, ACK, 0xFFFF, 0, 0, OPT_KIND, 6, OPT_EXID,
+        local_port, server_port, 0, 0, _OFFSET_BYTE, ACK, 0xFFFF, 0, 0, _OPT_KIND, 6, _OPT_EXID,
         0, 1, 1), "big") % 0xFFFF
     return rx, tx
 
@@ -366,7 +368,7 @@ def _send(eng: RequestSending, c: Continuation, blocks: list[tuple[int, int]],
     body = payload + b"\0" if n & 1 else payload
     csum = ~((eng._tx_sum + seq + c.seq + n + ones_sum(body)) % 0xFFFF or 0xFFFF) & 0xFFFF
     eng._outbox.append(_TCP_HDR(eng.local_port, eng.server_port, seq, c.seq, _OFFSET_BYTE, ACK,
-                                0xFFFF, csum, 0, OPT_KIND, 6, OPT_EXID, 0, 1, 1) + payload)
+                                0xFFFF, csum, 0, _OPT_KIND, 6, _OPT_EXID, 0, 1, 1) + payload)
     counters = eng.counters
     counters["requests"] += 1
     counters["tx"] += 1

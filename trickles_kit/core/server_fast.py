@@ -40,6 +40,7 @@ from trickles_kit.core.minisocket import Minisocket, OutSlot
 from trickles_kit.core.nonces import NonceGen
 from trickles_kit.core.plan import CONTINUE, SPLIT
 from trickles_kit.native import speedups
+from trickles_kit.wire import segment as sg
 from trickles_kit.wire.continuation import FULL1, MAC_PSEUDO, NORMAL, RECOVERY, pack_body
 from trickles_kit.wire.messages import (
     CHUNK_DATA,
@@ -70,13 +71,13 @@ _SKIP: Final = struct.Struct("!BHII").pack
 _FINHINT: Final = struct.Struct("!BHI").pack
 _PSEUDO: Final = MAC_PSEUDO.pack
 _KEY: Final = struct.Struct("!Q").unpack_from  # the replay key: the MAC's first 8 bytes
-# wire.segment's layout: the TCP checksum's pseudo-header, then the 28-byte header whose
-# option is the Trickles one (`encode_segment`, which the general path calls)
-_TCP_PSEUDO: Final = struct.Struct("!4s4sBBH").pack
-_TCP_HDR: Final = struct.Struct("!HHIIBBHHHBBHHBB").pack
-_IN_HDR: Final = struct.Struct("!HHxxxxxxxxBB").unpack_from  # ports, data offset, flags
-_OPT_PREFIX: Final = bytes((OPT_KIND, 6)) + OPT_EXID.to_bytes(2, "big")
-_OFFSET_BYTE: Final = (HEADER_LEN // 4) << 4
+# wire.segment's layout (`encode_segment`, which the general path calls): the TCP checksum's
+# pseudo-header, the 28-byte header whose option is the Trickles one, its ports and flags
+_TCP_PSEUDO: Final = sg.PSEUDO.pack
+_TCP_HDR: Final = sg.HEADER.pack
+_IN_HDR: Final = sg.PORTS_FLAGS.unpack_from
+_OPT_PREFIX: Final = sg.OPT_PREFIX
+_OFFSET_BYTE: Final = sg.OFFSET_BYTE
 _MIN_LEN: Final = HEADER_LEN + REQUEST_HEAD_LEN + 15  # header, head, one SACK, ucont length, ranges
 # the counters' keys as plain strings (the same keys: a StrEnum member hashes and compares as its
 # value), which a dict looks up on its fast path for exact strings

@@ -19,10 +19,13 @@ FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 OPT_KIND = 253  # RFC 6994 experimental option
 OPT_EXID = 0x544B  # "TK"
 HEADER_LEN = 28  # 20 + option (6) + 2 NOPs
-_DATA_OFFSET_BYTE = (HEADER_LEN // 4) << 4
-_HDR = struct.Struct("!HHIIBBHHHBBHHBB")
-_OPT_PREFIX = bytes((OPT_KIND, 6)) + OPT_EXID.to_bytes(2, "big")
-_PSEUDO = struct.Struct("!4s4sBBH")
+# The layout, named once: the engines' fast paths (core/server_fast, core/client_fast) build and
+# read segments with these directly instead of through encode_segment/decode_segment.
+OFFSET_BYTE = (HEADER_LEN // 4) << 4  # the data-offset byte of our 28-byte header
+HEADER = struct.Struct("!HHIIBBHHHBBHHBB")  # the 28-byte header, option and NOPs included
+PORTS_FLAGS = struct.Struct("!HHxxxxxxxxBB")  # ports, data-offset byte, flags
+OPT_PREFIX = bytes((OPT_KIND, 6)) + OPT_EXID.to_bytes(2, "big")  # bytes 20-23 of a header
+PSEUDO = struct.Struct("!4s4sBBH")  # the TCP checksum's pseudo-header
 # Layouts a capture reader applies to a whole datagram (the decoder's hot loop reads these):
 _TCP_FORMAT = "HHIIBBHxxxxBBHH"  # ports, seq, ack, offset, flags, window; first option's kind,
 #                                  length, ExID and value (the Trickles option in our layout)
@@ -71,7 +74,7 @@ def py_ones_sum(data: bytes) -> int:
 def py_checksum(src_ip: bytes, dst_ip: bytes, segment: bytes) -> int:
     """TCP checksum of `segment` (checksum field zeroed) for the given IPv4 addresses."""
     n = len(segment)
-    pseudo = _PSEUDO.pack(src_ip, dst_ip, 0, 6, n)
+    pseudo = PSEUDO.pack(src_ip, dst_ip, 0, 6, n)
     body = segment + b"\0" if n & 1 else segment
     s = (py_ones_sum(pseudo) + py_ones_sum(body)) % 0xFFFF
     # a zero sum of non-zero data is 0xFFFF in ones' complement; the pseudo-header is never zero
@@ -101,16 +104,16 @@ def encode_segment(
     seq &= _MAX_U32
     ack &= _MAX_U32
     n = HEADER_LEN + len(payload)
-    pseudo_hdr = _PSEUDO.pack(src_ip, dst_ip, 0, 6, n) + _HDR.pack(
-        src_port, dst_port, seq, ack, _DATA_OFFSET_BYTE, flags, window, 0,
+    pseudo_hdr = PSEUDO.pack(src_ip, dst_ip, 0, 6, n) + HEADER.pack(
+        src_port, dst_port, seq, ack, OFFSET_BYTE, flags, window, 0,
         0, OPT_KIND, 6, OPT_EXID, trickles_len, 1, 1,
     )
     body = payload + b"\0" if len(payload) & 1 else payload
     # pseudo-header (12) + header (28) are a whole number of 16-bit words: sum the parts apart
     s = (ones_sum(pseudo_hdr) + ones_sum(body)) % 0xFFFF
     csum = (~(s or 0xFFFF)) & 0xFFFF
-    return _HDR.pack(
-        src_port, dst_port, seq, ack, _DATA_OFFSET_BYTE, flags, window, csum,
+    return HEADER.pack(
+        src_port, dst_port, seq, ack, OFFSET_BYTE, flags, window, csum,
         0, OPT_KIND, 6, OPT_EXID, trickles_len, 1, 1,
     ) + payload
 
@@ -131,7 +134,7 @@ def decode_segment(
         raise DecodeError("offset", f"data offset {hlen} with {n} bytes")
     tlen = _find_option(data, hlen)
     if src_ip is not None and dst_ip is not None:
-        pseudo = _PSEUDO.pack(src_ip, dst_ip, 0, 6, n)
+        pseudo = PSEUDO.pack(src_ip, dst_ip, 0, 6, n)
         body = data + b"\0" if n & 1 else data
         if (ones_sum(pseudo) + ones_sum(body)) % 0xFFFF != 0:
             raise DecodeError("checksum", "TCP checksum mismatch")
@@ -140,7 +143,7 @@ def decode_segment(
 
 def _find_option(data: bytes, hlen: int) -> int:
     """Value of the Trickles option; the common layout is checked first, then a full scan."""
-    if hlen >= HEADER_LEN and data[20:24] == _OPT_PREFIX:
+    if hlen >= HEADER_LEN and data[20:24] == OPT_PREFIX:
         return int.from_bytes(data[24:26], "big")
     i = 20
     while i < hlen:
@@ -155,7 +158,7 @@ def _find_option(data: bytes, hlen: int) -> int:
         olen = data[i + 1]
         if olen < 2 or i + olen > hlen:
             raise DecodeError("option", f"option {kind} with bad length {olen}")
-        if kind == OPT_KIND and olen == 6 and data[i + 2 : i + 4] == _OPT_PREFIX[2:]:
+        if kind == OPT_KIND and olen == 6 and data[i + 2 : i + 4] == OPT_PREFIX[2:]:
             return int.from_bytes(data[i + 4 : i + 6], "big")
         i += olen
     raise DecodeError("option", "no Trickles option in the TCP header")
