@@ -10,14 +10,8 @@ import socket
 
 import pytest
 
+from trickles_kit.apps import parallel
 from trickles_kit.apps.generated import generated_sha256
-from trickles_kit.apps.parallel import (
-    PipelineSplitter,
-    build_request,
-    fetch_parallel,
-    lanes_for,
-    split_requests,
-)
 from trickles_kit.apps.sim import LinkConfig
 from trickles_kit.apps.web import WebServer
 from trickles_kit.core.client import ClientEngine
@@ -29,13 +23,13 @@ CIP = socket.inet_aton("10.1.0.2")
 
 
 def test_request_layout_round_trip() -> None:
-    req = build_request("h", ["/a", "/b", "/c"], 20)
-    bits, reqs = split_requests(req)
+    req = parallel.build_request("h", ["/a", "/b", "/c"], 20)
+    bits, reqs = parallel.split_requests(req)
     assert bits == 20 and [r.split(b" ")[1] for r in reqs] == [b"/a", b"/b", b"/c"]
-    assert split_requests(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n") is None  # a plain request
-    assert lanes_for(3, 20) == [(0, 1 << 20), (1 << 20, 2 << 20), (2 << 20, 3 << 20)]
+    assert parallel.split_requests(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n") is None  # a plain request
+    assert parallel.lanes_for(3, 20) == [(0, 1 << 20), (1 << 20, 2 << 20), (2 << 20, 3 << 20)]
     with pytest.raises(ValueError, match="32-bit"):
-        lanes_for(64, 26)
+        parallel.lanes_for(64, 26)
     with pytest.raises(ValueError, match="disjoint"):
         ClientEngine(CIP, 1, SIP, 80).set_lanes([(0, 10), (5, 20)])
 
@@ -43,7 +37,7 @@ def test_request_layout_round_trip() -> None:
 def test_client_asks_every_lane_at_once() -> None:
     """Round-robin: the first window's new bytes come from different slices."""
     cl = ClientEngine(CIP, 1, SIP, 80)
-    cl.connect(0.0, b"x", lanes=lanes_for(8, 20))
+    cl.connect(0.0, b"x", lanes=parallel.lanes_for(8, 20))
     picked = cl._assign(8)  # the ranges the next request would name
     assert sorted({s >> 20 for s, _ in picked}) == list(range(8))
     assert (0, 1448) not in picked  # the SYN already asked for the first bytes
@@ -52,7 +46,8 @@ def test_client_asks_every_lane_at_once() -> None:
 def test_server_fills_the_slice_and_skips_the_rest(tmp_path) -> None:
     web = WebServer(tmp_path)
     web.attach(ServerEngine(bytes(32), web, SIP, 80))
-    req = build_request("h", ["/gen?size=100&seed=1", "/nope", "/gen?size=99999999&seed=1"], 20)
+    paths = ["/gen?size=100&seed=1", "/nope", "/gen?size=99999999&seed=1"]
+    req = parallel.build_request("h", paths, 20)
     slots = [OutSlot(0, 1448, (0, 1448)), OutSlot(1, 1448, ((1 << 20) + 900, (1 << 20) + 910)),
              OutSlot(2, 1448, (2 << 20, (2 << 20) + 1448))]
     msk = Minisocket("REQUEST", (CIP, 1), 5, req, b"", [s.range for s in slots], slots, 1.0)
@@ -74,7 +69,7 @@ def test_splitter_any_split() -> None:
     for step in (1, 3, 64, len(stream)):
         got = [bytearray(), bytearray(), bytearray()]
         sinks = [g.extend for g in got]
-        sp = PipelineSplitter(sinks)
+        sp = parallel.PipelineSplitter(sinks)
         for i in range(0, len(stream), step):
             sp(stream[i : i + step])
         assert [p.bytes for p in sp.parts] == [3, 0, 500] and all(p.complete for p in sp.parts)
@@ -94,9 +89,9 @@ def test_parallel_over_udp_loopback(tmp_path) -> None:
     (tmp_path / "f.txt").write_bytes(b"static bytes\n" * 5000)
     with UdpWebServer(tmp_path) as srv:
         urls = [srv.url(p) for p in gen_paths(7, 50_000)] + [srv.url("/f.txt")]
-        r = fetch_parallel(urls, "udp", True, bits=20, timeout=60)
+        r = parallel.fetch_parallel(urls, "udp", True, bits=20, timeout=60)
         with pytest.raises(ValueError, match="one server"):
-            fetch_parallel([srv.url("/a"), "http://127.0.0.9:1/b"])
+            parallel.fetch_parallel([srv.url("/a"), "http://127.0.0.9:1/b"])
     assert r.ok and r.mode == "parallel" and r.connections == 1
     want = [generated_sha256(50_000, 100 + i) for i in range(7)]
     assert [p.sha256 for p in r.parts[:7]] == want
@@ -107,9 +102,9 @@ def test_parallel_under_reorder() -> None:
     from trickles_kit.labs.optimizations import sim_fetch
 
     link = LinkConfig(reorder=0.2, duplicate=0.05)
-    r = sim_fetch(build_request("s", gen_paths(8, 30_000), 20), lanes=lanes_for(8, 20),
-                  link=link, seed=7)
-    sp = PipelineSplitter()
+    r = sim_fetch(parallel.build_request("s", gen_paths(8, 30_000), 20),
+                  lanes=parallel.lanes_for(8, 20), link=link, seed=7)
+    sp = parallel.PipelineSplitter()
     sp(r.data)
     assert r.ok and [p.sha256 for p in sp.parts] == [generated_sha256(30_000, 100 + i)
                                                      for i in range(8)]

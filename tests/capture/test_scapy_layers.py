@@ -9,24 +9,20 @@ import pytest
 
 pytest.importorskip("scapy")
 
+from codec_strategies import requests, responses  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from scapy.layers.inet import IP, TCP, UDP  # noqa: E402
 from scapy.packet import Raw  # noqa: E402
 from scapy.utils import rdpcap  # noqa: E402
 
+# the element classes by module (sl.Continuation, sl.DataChunk...): the codec has classes of the
+# same names (wc.Continuation, wm.DataChunk...)
+from trickles_kit.capture import scapy_layers as sl  # noqa: E402
 from trickles_kit.capture.scapy_layers import (  # noqa: E402
-    ByteRange,
-    ChunkPad,
-    Continuation,
-    DataChunk,
-    FinHint,
-    SackBlock,
-    SkipChunk,
     TricklesRequest,
     TricklesResponse,
     TricklesTCP,
-    UnknownChunk,
     bind_tcp_port,
     bind_udp_port,
     guess_payload_kind,
@@ -38,14 +34,7 @@ from trickles_kit.net.ip import PROTO_TCP, PROTO_TRICKLES, PROTO_UDP, build_ipv4
 from trickles_kit.net.pcap import PcapWriter  # noqa: E402
 from trickles_kit.wire import continuation as wc  # noqa: E402
 from trickles_kit.wire import messages as wm  # noqa: E402
-from trickles_kit.wire.segment import (  # noqa: E402
-    ACK,
-    FIN,
-    SYN,
-    checksum,
-    decode_segment,
-    encode_segment,
-)
+from trickles_kit.wire import segment as ws  # noqa: E402
 
 SRV, CLI = "10.0.0.1", "10.1.0.2"
 SRV_B, CLI_B = socket.inet_aton(SRV), socket.inet_aton(CLI)
@@ -81,17 +70,17 @@ def minimal_cont(**kw) -> wc.Continuation:
     return wc.Continuation(**values)
 
 
-def layer_cont(c: wc.Continuation) -> Continuation:
+def layer_cont(c: wc.Continuation) -> sl.Continuation:
     n = len(CONT_FIELDS) if c.is_full else 6
-    return Continuation(**{name: getattr(c, attr) for attr, name in CONT_FIELDS[:n]})
+    return sl.Continuation(**{name: getattr(c, attr) for attr, name in CONT_FIELDS[:n]})
 
 
 def layer_chunk(c):
     if isinstance(c, wm.DataChunk):
-        return DataChunk(byteNum=c.byte_num, data=c.data, flags="FIN" if c.fin else 0)
+        return sl.DataChunk(byteNum=c.byte_num, data=c.data, flags="FIN" if c.fin else 0)
     if isinstance(c, wm.SkipChunk):
-        return SkipChunk(byteNum=c.byte_num, len=c.length)
-    return FinHint(byteNum=c.byte_num)
+        return sl.SkipChunk(byteNum=c.byte_num, len=c.length)
+    return sl.FinHint(byteNum=c.byte_num)
 
 
 def layer_response(r: wm.Response) -> TricklesResponse:
@@ -105,13 +94,13 @@ def layer_request(q: wm.Request) -> TricklesRequest:
     if q.type != wm.REQ_SYN:
         kw["continuation"] = layer_cont(q.cont)
     return TricklesRequest(
-        type=q.type, sacks=[SackBlock(left=a, right=b, nonceSummary=s) for a, b, s in q.sacks],
-        ucont=q.ucont, ranges=[ByteRange(start=a, length=b - a) for a, b in q.ranges],
+        type=q.type, sacks=[sl.SackBlock(left=a, right=b, nonceSummary=s) for a, b, s in q.sacks],
+        ucont=q.ucont, ranges=[sl.ByteRange(start=a, length=b - a) for a, b in q.ranges],
         app=q.app, **kw)
 
 
-def assert_cont(layer: Continuation, c: wc.Continuation) -> None:
-    assert isinstance(layer, Continuation)
+def assert_cont(layer: sl.Continuation, c: wc.Continuation) -> None:
+    assert isinstance(layer, sl.Continuation)
     n = len(CONT_FIELDS) if c.is_full else 6
     for attr, name in CONT_FIELDS[:n]:
         assert layer.getfieldval(name) == getattr(c, attr), name
@@ -124,18 +113,18 @@ def assert_response(layer: TricklesResponse, r: wm.Response) -> None:
         r.nonce, r.num_siblings, r.position)
     assert layer.ucont_len == len(r.ucont) and layer.ucont == r.ucont
     assert_cont(layer.continuation, r.cont)
-    chunks = [c for c in layer.chunks if not isinstance(c, ChunkPad)]
+    chunks = [c for c in layer.chunks if not isinstance(c, sl.ChunkPad)]
     assert len(chunks) == len(r.chunks)
     for got, want in zip(chunks, r.chunks, strict=True):
         if isinstance(want, wm.DataChunk):
-            assert isinstance(got, DataChunk) and got.type == wm.CHUNK_DATA
+            assert isinstance(got, sl.DataChunk) and got.type == wm.CHUNK_DATA
             assert (got.byteNum, got.data, bool(got.flags & 1)) == want
             assert got.length == len(want.data) + 7
         elif isinstance(want, wm.SkipChunk):
-            assert isinstance(got, SkipChunk) and (got.byteNum, got.len) == want
+            assert isinstance(got, sl.SkipChunk) and (got.byteNum, got.len) == want
             assert (got.type, got.length) == (wm.CHUNK_SKIP, 11)
         else:
-            assert isinstance(got, FinHint) and got.byteNum == want.byte_num
+            assert isinstance(got, sl.FinHint) and got.byteNum == want.byte_num
             assert (got.type, got.length) == (wm.CHUNK_FINHINT, 7)
 
 
@@ -166,8 +155,8 @@ def assert_message(pkt, msg: wm.Response | wm.Request):
 def assert_segment(pkt, datagram: bytes) -> None:
     """The TricklesTCP layer shows the codec's header values and a valid checksum."""
     ip = IP(datagram)
-    seg = decode_segment(bytes(pkt[TricklesTCP]), socket.inet_aton(ip.src),
-                         socket.inet_aton(ip.dst))
+    seg = ws.decode_segment(bytes(pkt[TricklesTCP]), socket.inet_aton(ip.src),
+                            socket.inet_aton(ip.dst))
     t = pkt[TricklesTCP]
     assert (t.sport, t.dport, t.seq, t.ack, int(t.flags), t.window) == (
         seg.src_port, seg.dst_port, seg.seq, seg.ack, seg.flags, seg.window)
@@ -191,7 +180,7 @@ RESPONSES = {
     "minimal_fin": wm.Response(0, 1, 0, minimal_cont(), b"",
                                [wm.DataChunk(59368, b"y" * 632, True), wm.FinHint(60000)]),
 }
-RESP_FLAGS = {"minimal_fin": FIN | ACK}
+RESP_FLAGS = {"minimal_fin": ws.FIN | ws.ACK}
 
 REQUESTS = {
     "normal": wm.Request(wm.REQ_NORMAL, full_cont(seq=40), [wm.SackBlock(1, 40, 0xCAFEF00D)],
@@ -203,23 +192,23 @@ REQUESTS = {
     "fin": wm.Request(wm.REQ_FIN, full_cont(seq=99), [], b"", []),
     "syn": wm.Request(wm.REQ_SYN, None, [], b"\0" * 500, [(0, 1448)], b"GET /x 1000"),
 }
-REQ_FLAGS = {"fin": FIN | ACK, "syn": SYN}
+REQ_FLAGS = {"fin": ws.FIN | ws.ACK, "syn": ws.SYN}
 # every sample message with the flags it travels with
-SAMPLES = {**{f"response_{n}": (r, RESP_FLAGS.get(n, ACK)) for n, r in RESPONSES.items()},
-           **{f"request_{n}": (q, REQ_FLAGS.get(n, ACK)) for n, q in REQUESTS.items()}}
+SAMPLES = {**{f"response_{n}": (r, RESP_FLAGS.get(n, ws.ACK)) for n, r in RESPONSES.items()},
+           **{f"request_{n}": (q, REQ_FLAGS.get(n, ws.ACK)) for n, q in REQUESTS.items()}}
 
 
-def response_datagram(r: wm.Response, carrier: int = PROTO_TRICKLES, flags: int = ACK,
+def response_datagram(r: wm.Response, carrier: int = PROTO_TRICKLES, flags: int = ws.ACK,
                       pkt: int = 42, ack: int = 40) -> bytes:
-    seg = encode_segment(SRV_B, CLI_B, SPORT, CPORT, pkt, ack, flags, r.encode(), r.header_len())
+    seg = ws.encode_segment(SRV_B, CLI_B, SPORT, CPORT, pkt, ack, flags, r.encode(), r.header_len())
     if carrier == PROTO_UDP:
         return build_ipv4(SRV_B, CLI_B, PROTO_UDP, build_udp(SPORT, UDP_CPORT, seg), 9)
     return build_ipv4(SRV_B, CLI_B, carrier, seg, 9)
 
 
-def request_datagram(q: wm.Request, carrier: int = PROTO_TRICKLES, flags: int = ACK,
+def request_datagram(q: wm.Request, carrier: int = PROTO_TRICKLES, flags: int = ws.ACK,
                      seq: int = 17, ack: int = 40) -> bytes:
-    seg = encode_segment(CLI_B, SRV_B, CPORT, SPORT, seq, ack, flags, q.encode(), 0, 0xFFFF)
+    seg = ws.encode_segment(CLI_B, SRV_B, CPORT, SPORT, seq, ack, flags, q.encode(), 0, 0xFFFF)
     if carrier == PROTO_UDP:
         return build_ipv4(CLI_B, SRV_B, PROTO_UDP, build_udp(UDP_CPORT, SPORT, seg), 9)
     return build_ipv4(CLI_B, SRV_B, carrier, seg, 9)
@@ -236,7 +225,7 @@ def scapy_ip(src: str, dst: str, carrier: int, sport: int, dport: int):
     return ip / UDP(sport=sport, dport=dport, chksum=0) if carrier == PROTO_UDP else ip
 
 
-def scapy_datagram(msg: wm.Response | wm.Request, carrier: int, flags: int = ACK):
+def scapy_datagram(msg: wm.Response | wm.Request, carrier: int, flags: int = ws.ACK):
     """What `response_datagram`/`request_datagram` encode with the codec, built from the scapy
     layers (window, trickles_len, dataofs and checksum left to them)."""
     if isinstance(msg, wm.Response):
@@ -262,7 +251,7 @@ def test_built_equals_codec_bytes(name, carrier):
 
 def test_checksum_uses_protocol_6_whatever_the_carrier():
     r = RESPONSES["full1_data"]
-    seg = encode_segment(SRV_B, CLI_B, SPORT, CPORT, 42, 40, ACK, r.encode(), r.header_len())
+    seg = ws.encode_segment(SRV_B, CLI_B, SPORT, CPORT, 42, 40, ws.ACK, r.encode(), r.header_len())
     want = int.from_bytes(seg[16:18], "big")
     for carrier in CARRIERS:
         pkt = IP(response_datagram(r, carrier))
@@ -271,10 +260,10 @@ def test_checksum_uses_protocol_6_whatever_the_carrier():
         pkt[TricklesTCP].chksum = None
         assert IP(bytes(pkt))[TricklesTCP].chksum == want
     # scapy's own TCP over IP protocol 6 agrees (its pseudo-header says 6 as well)
-    stock = IP(src=SRV, dst=CLI) / TCP(seg[:16] + b"\0\0" + seg[18:])
+    zeroed = seg[:16] + b"\0\0" + seg[18:]
+    stock = IP(src=SRV, dst=CLI) / TCP(zeroed)
     stock[TCP].chksum = None
-    assert IP(bytes(stock))[TCP].chksum == want == checksum(SRV_B, CLI_B, seg[:16] + b"\0\0"
-                                                             + seg[18:])
+    assert IP(bytes(stock))[TCP].chksum == want == ws.checksum(SRV_B, CLI_B, zeroed)
     # a damaged segment fails the check
     bad = bytearray(response_datagram(r))
     bad[-1] ^= 0xFF
@@ -283,21 +272,21 @@ def test_checksum_uses_protocol_6_whatever_the_carrier():
 
 def test_defaults_build_valid_segments():
     resp = IP(src=SRV, dst=CLI) / TricklesTCP() / TricklesResponse(
-        continuation=Continuation(seq=3, TCPBase=1, ssthresh=100), ucont=b"abc",
-        chunks=[DataChunk(byteNum=0, data=b"hello")])
+        continuation=sl.Continuation(seq=3, TCPBase=1, ssthresh=100), ucont=b"abc",
+        chunks=[sl.DataChunk(byteNum=0, data=b"hello")])
     raw = bytes(resp[TricklesTCP])
-    seg = decode_segment(raw, SRV_B, CLI_B)  # raises on a bad checksum
-    assert (seg.src_port, seg.dst_port, seg.window, seg.flags) == (SPORT, CPORT, 0, ACK)
+    seg = ws.decode_segment(raw, SRV_B, CLI_B)  # raises on a bad checksum
+    assert (seg.src_port, seg.dst_port, seg.window, seg.flags) == (SPORT, CPORT, 0, ws.ACK)
     assert seg.trickles_len == 8 + 75 + 3 == resp[TricklesResponse].header_len()
     decoded = wm.decode_response(seg.payload)
     assert decoded.cont.seq == 3 and decoded.chunks == [wm.DataChunk(0, b"hello")]
     assert IP(bytes(resp)).proto == PROTO_TRICKLES
 
     req = IP(src=CLI, dst=SRV) / UDP() / TricklesTCP() / TricklesRequest(
-        continuation=Continuation(seq=3), ranges=[ByteRange(start=0, length=1448)])
+        continuation=sl.Continuation(seq=3), ranges=[sl.ByteRange(start=0, length=1448)])
     built = IP(bytes(req))
     assert (built[UDP].sport, built[UDP].dport) == (CPORT, SPORT)
-    seg = decode_segment(bytes(built[TricklesTCP]), CLI_B, SRV_B)
+    seg = ws.decode_segment(bytes(built[TricklesTCP]), CLI_B, SRV_B)
     assert (seg.src_port, seg.dst_port, seg.window, seg.trickles_len) == (
         CPORT, SPORT, 0xFFFF, 0)
     assert wm.decode_request(seg.payload).ranges == [(0, 1448)]
@@ -309,7 +298,7 @@ def test_extra_tcp_options_keep_the_header_aligned():
         options=[("NOP", None), ("NOP", None), ("Timestamp", (1, 2))]) / TricklesResponse()
     raw = bytes(pkt)
     assert raw[20 + 12] >> 4 == 10  # 20 + 6 + 2 + 10 = 38, padded to 40 bytes
-    seg = decode_segment(raw[20:], SRV_B, CLI_B)
+    seg = ws.decode_segment(raw[20:], SRV_B, CLI_B)
     assert wm.decode_response(seg.payload).cont.type == wc.FULL1
     back = IP(raw)
     assert ("Timestamp", (1, 2)) in back[TricklesTCP].options
@@ -353,7 +342,7 @@ def test_guess_payload_kind():
     assert guess_payload_kind(junk) is TricklesRequest
     assert guess_payload_kind(b"\x09\x01" + b"\xee" * 10) is TricklesResponse
     assert guess_payload_kind(junk, window=0) is TricklesResponse
-    assert guess_payload_kind(b"\x09" * 12, flags=SYN) is TricklesRequest
+    assert guess_payload_kind(b"\x09" * 12, flags=ws.SYN) is TricklesRequest
 
 
 def test_service_port_decides_before_the_guess():
@@ -373,7 +362,7 @@ def test_service_port_decides_before_the_guess():
 
 def test_udp_port_binding():
     q = REQUESTS["normal"]
-    seg = encode_segment(CLI_B, SRV_B, CPORT, SPORT, 17, 40, ACK, q.encode(), 0, 0xFFFF)
+    seg = ws.encode_segment(CLI_B, SRV_B, CPORT, SPORT, 17, 40, ws.ACK, q.encode(), 0, 0xFFFF)
     dg = build_ipv4(CLI_B, SRV_B, PROTO_UDP, build_udp(UDP_CPORT, 9999, seg))
     assert isinstance(IP(dg)[UDP].payload, Raw)  # 9999 is not bound
     bind_udp_port(9999)
@@ -401,7 +390,7 @@ def test_other_traffic_is_left_alone():
     # a Trickles option that is not first (not what trickles_kit sends): plain TCP
     seg = request_datagram(REQUESTS["normal"])[20:]
     odd = seg[:12] + bytes([8 << 4]) + seg[13:20] + b"\x02\x04\x05\xb4" + seg[20:]
-    assert decode_segment(odd).trickles_len == 0  # the codec still finds it
+    assert ws.decode_segment(odd).trickles_len == 0  # the codec still finds it
     pkt = IP(bytes(IP(src=CLI, dst=SRV, proto=6) / Raw(odd)))
     assert type(pkt.payload) is TCP
     assert not is_trickles_segment(odd) and is_trickles_segment(seg)
@@ -415,7 +404,7 @@ def test_response_answers_its_request():
 
 
 def test_continuation_parent_field_quirk():
-    c = Continuation(parent=5)
+    c = sl.Continuation(parent=5)
     assert c.getfieldval("parent") == 5  # `c.parent` is scapy's parent-packet slot
     c.setfieldval("parent", 6)
     assert bytes(c)[10:14] == (6).to_bytes(4, "big")
@@ -430,12 +419,12 @@ def test_summary_lines():
         "base=1 ssthresh=16383 1/2 data 60816+1448")
     pkt = IP(request_datagram(REQUESTS["normal"]))
     assert pkt.summary().endswith(" A / Trickles REQ NORMAL ack=40 sacks=[1-40] ranges=1")
-    pkt = IP(request_datagram(REQUESTS["syn"], flags=SYN))
+    pkt = IP(request_datagram(REQUESTS["syn"], flags=ws.SYN))
     assert pkt.summary().endswith(" S / Trickles REQ SYN ranges=1 pad=500B app=11B")
     pkt = IP(request_datagram(REQUESTS["slowstart"]))
     assert pkt[TricklesRequest].mysummary()[0] == (
         "Trickles REQ SLOWSTART ack=42 FULL2 sacks=[1-9,11-20,22-40] ranges=2 ucont=3B app=9B")
-    pkt = IP(response_datagram(RESPONSES["minimal_fin"], flags=FIN | ACK, pkt=43, ack=41))
+    pkt = IP(response_datagram(RESPONSES["minimal_fin"], flags=ws.FIN | ws.ACK, pkt=43, ack=41))
     assert pkt.summary().endswith(
         " FA / Trickles RESP pkt=43 ack=41 MINIMAL 1/1 data 59368+632 FIN finhint 60000")
     pkt = IP(response_datagram(RESPONSES["full2_recovery_skip"]))
@@ -448,12 +437,13 @@ def test_summary_lines():
 
 
 def test_show_every_layer_and_chunk_kind():
-    odd = TricklesResponse(continuation=Continuation(type=wc.MINIMAL, seq=3), chunks=[
-        DataChunk(byteNum=5, data=b"abc", flags="FIN"), ChunkPad(), SkipChunk(byteNum=1, len=2),
-        FinHint(byteNum=9), UnknownChunk(type=9, body=b"zz")])
+    odd = TricklesResponse(continuation=sl.Continuation(type=wc.MINIMAL, seq=3), chunks=[
+        sl.DataChunk(byteNum=5, data=b"abc", flags="FIN"), sl.ChunkPad(),
+        sl.SkipChunk(byteNum=1, len=2), sl.FinHint(byteNum=9), sl.UnknownChunk(type=9, body=b"zz")])
     pkt = IP(bytes(IP(src=SRV, dst=CLI) / TricklesTCP() / odd))
     chunks = pkt[TricklesResponse].chunks
-    assert [type(c) for c in chunks] == [DataChunk, ChunkPad, SkipChunk, FinHint, UnknownChunk]
+    assert [type(c) for c in chunks] == [sl.DataChunk, sl.ChunkPad, sl.SkipChunk, sl.FinHint,
+                                         sl.UnknownChunk]
     text = pkt.show(dump=True)
     for word in ("Trickles TCP", "exid      = TK", "optkind   = experimental",
                  "trickles_len= 26", "type      = MINIMAL", "DATA chunk", "flags     = FIN",
@@ -464,12 +454,12 @@ def test_show_every_layer_and_chunk_kind():
                                   "chunk(type=9, length=5)")
 
     for name in RESPONSES:
-        dg = response_datagram(RESPONSES[name], flags=RESP_FLAGS.get(name, ACK))
+        dg = response_datagram(RESPONSES[name], flags=RESP_FLAGS.get(name, ws.ACK))
         text = IP(dg).show(dump=True)
         assert "Trickles Continuation" in text and "Trickles Response" in text
         assert "data      = b'xxxxxxxx" not in text or "(1448 bytes)" in text  # long data cut
     for name in REQUESTS:
-        text = IP(request_datagram(REQUESTS[name], flags=REQ_FLAGS.get(name, ACK))).show(
+        text = IP(request_datagram(REQUESTS[name], flags=REQ_FLAGS.get(name, ws.ACK))).show(
             dump=True)
         assert "Trickles Request" in text
         assert ("Trickles Continuation" in text) == (name != "syn")
@@ -479,8 +469,8 @@ def test_show_every_layer_and_chunk_kind():
                  "connId    = 0x1122334455667788", "keyEpoch", "mac       = 000102"):
         assert word in full.show(dump=True), word
     assert full.summary() == "Continuation seq=42 FULL1 NORMAL base=1 ssthresh=16383"
-    assert SackBlock(left=1, right=4).summary() == "SACK 1-4"
-    assert ByteRange(start=10, length=5).summary() == "bytes [10, 15)"
+    assert sl.SackBlock(left=1, right=4).summary() == "SACK 1-4"
+    assert sl.ByteRange(start=10, length=5).summary() == "bytes [10, 15)"
 
 
 def test_truncated_input_never_raises():
@@ -497,8 +487,8 @@ def test_pcap_writer_records_read_by_rdpcap(tmp_path):
     path = str(tmp_path / "log.pcap")
     w = PcapWriter(path)
     q, r = REQUESTS["normal"], RESPONSES["full2_recovery_skip"]
-    qseg = encode_segment(CLI_B, SRV_B, CPORT, SPORT, 17, 40, ACK, q.encode(), 0, 0xFFFF)
-    rseg = encode_segment(SRV_B, CLI_B, SPORT, CPORT, 42, 40, ACK, r.encode(), r.header_len())
+    qseg = ws.encode_segment(CLI_B, SRV_B, CPORT, SPORT, 17, 40, ws.ACK, q.encode(), 0, 0xFFFF)
+    rseg = ws.encode_segment(SRV_B, CLI_B, SPORT, CPORT, 42, 40, ws.ACK, r.encode(), r.header_len())
     for i, proto in enumerate(CARRIERS):
         udp = proto == PROTO_UDP
         w.log(100.0 + i, CLI_B, SRV_B, qseg, proto, (UDP_CPORT, SPORT) if udp else None)
@@ -523,7 +513,7 @@ def test_simulated_transfer_pcap_dissects_field_for_field(tmp_path):
     kinds = set()
     for pkt in rdpcap(path):
         t = pkt[TricklesTCP]
-        seg = decode_segment(bytes(t), socket.inet_aton(pkt.src), socket.inet_aton(pkt.dst))
+        seg = ws.decode_segment(bytes(t), socket.inet_aton(pkt.src), socket.inet_aton(pkt.dst))
         assert t.checksum_ok() and (t.seq, t.ack, int(t.flags)) == (seg.seq, seg.ack, seg.flags)
         if TricklesRequest in pkt:  # port 80 is not bound: the direction is guessed
             q = wm.decode_request(seg.payload)
@@ -532,61 +522,20 @@ def test_simulated_transfer_pcap_dissects_field_for_field(tmp_path):
         else:
             r = wm.decode_response(seg.payload)
             assert_response(pkt[TricklesResponse], r)
-            kinds.add("FIN response" if seg.flags & FIN else "response")
+            kinds.add("FIN response" if seg.flags & ws.FIN else "response")
         assert pkt.summary()
     assert {"SYN", "NORMAL", "response", "FIN response"} <= kinds
 
 
 # ------------------------------------------------------------------ property: random messages
-_u32 = st.integers(0, 2**32 - 1)
-_u8 = st.integers(0, 255)
-
-
-@st.composite
-def _conts(draw, full: bool):
-    c = wc.Continuation(
-        type=draw(st.sampled_from([wc.FULL1, wc.FULL2])) if full else wc.MINIMAL,
-        seq=draw(_u32), first_child=draw(_u8), client_state=draw(_u32), parent=draw(_u32),
-        client_timestamp=draw(_u32))
-    if full:
-        c.timestamp, c.mrtt, c.first_loss = draw(_u32), draw(_u32), draw(_u32)
-        c.state = draw(st.sampled_from([wc.NORMAL, wc.RECOVERY, wc.BOOTSTRAP]))
-        c.first_bootstrap_seq, c.start_cwnd, c.ssthresh = draw(_u32), draw(_u32), draw(_u32)
-        c.tcp_base, c.key_epoch = draw(_u32), draw(_u32)
-        c.conn_id = draw(st.integers(0, 2**64 - 1))
-        c.mac = draw(st.binary(min_size=16, max_size=16))
-    return c
-
-
-_chunks = st.one_of(
-    st.builds(wm.DataChunk, _u32, st.binary(max_size=40), st.booleans()),
-    st.builds(wm.SkipChunk, _u32, _u32),
-    st.builds(wm.FinHint, _u32),
-)
-
-
-@st.composite
-def _responses(draw):
-    return wm.Response(draw(_u32), draw(_u8), draw(_u8), draw(_conts(draw(st.booleans()))),
-                       draw(st.binary(max_size=20)), draw(st.lists(_chunks, max_size=4)))
-
-
-@st.composite
-def _requests(draw):
-    rtype = draw(st.sampled_from(list(wm.REQ_NAMES)))
-    sacks = [wm.SackBlock(*draw(st.tuples(_u32, _u32, _u32)))
-             for _ in range(draw(st.integers(0, 4)))]
-    ranges = []
-    for _ in range(draw(st.integers(0, 3))):
-        start = draw(_u32)
-        ranges.append((start, start + draw(st.integers(0, 2**32 - 1 - start))))
-    return wm.Request(rtype, None if rtype == wm.REQ_SYN else draw(_conts(True)), sacks,
-                      draw(st.binary(max_size=20)), ranges, draw(st.binary(max_size=20)))
+# small messages: a request's SACKs, ranges and byte fields, a response's chunks
+_requests = requests(max_sacks=4, max_ucont=20, max_ranges=3, max_app=20, range_end=(1 << 32) - 1)
+_responses = responses(max_ucont=20, max_chunks=4, max_data=40)
 
 
 @settings(max_examples=80, deadline=None)
-@given(msg=st.one_of(_responses(), _requests()), carrier=st.sampled_from(CARRIERS))
+@given(msg=st.one_of(_responses, _requests), carrier=st.sampled_from(CARRIERS))
 def test_property_round_trip(msg, carrier):
-    dg = codec_datagram(msg, carrier, ACK)
+    dg = codec_datagram(msg, carrier, ws.ACK)
     assert bytes(scapy_datagram(msg, carrier)) == dg
     assert_message(IP(dg), msg)

@@ -16,14 +16,7 @@ from trickles_kit.apps.sim import LinkConfig, simulate_transfer
 from trickles_kit.core import statecache
 from trickles_kit.core.client import ClientEngine
 from trickles_kit.core.server import ServerConfig, ServerEngine
-from trickles_kit.core.statecache import (
-    DEFAULT_ENTRIES,
-    StateCache,
-    cache_key,
-    default_entries,
-    entries_from_text,
-    set_default_entries,
-)
+from trickles_kit.core.statecache import StateCache, cache_key
 from trickles_kit.testing.scenario import run_scenario, scenario_paths
 from trickles_kit.wire.segment import decode_segment, encode_segment
 
@@ -98,19 +91,20 @@ def default_off(monkeypatch):
 
 def test_the_package_reads_no_environment(default_off, monkeypatch) -> None:
     monkeypatch.setenv("TRICKLES_STATE_CACHE", "77")
-    assert default_entries() == 0 and ServerConfig().state_cache == 0
-    set_default_entries(77)
+    assert statecache.default_entries() == 0 and ServerConfig().state_cache == 0
+    statecache.set_default_entries(77)
     assert ServerEngine(SECRET, Generated(), SIP, 80).state_cache.entries == 77
     with pytest.raises(ValueError):
-        set_default_entries(-1)
+        statecache.set_default_entries(-1)
 
 
 def test_entry_count_text() -> None:
-    assert entries_from_text("") == entries_from_text(" 0 ") == 0
-    assert entries_from_text("1") == DEFAULT_ENTRIES and entries_from_text("77") == 77
+    assert statecache.entries_from_text("") == statecache.entries_from_text(" 0 ") == 0
+    assert statecache.entries_from_text("1") == statecache.DEFAULT_ENTRIES
+    assert statecache.entries_from_text("77") == 77
     for bad in ("lots", "-3"):
         with pytest.raises(ValueError, match="TRICKLES_STATE_CACHE"):
-            entries_from_text(bad)
+            statecache.entries_from_text(bad)
 
 
 def test_the_command_line_reads_the_environment(default_off, monkeypatch, capsys) -> None:
@@ -118,7 +112,7 @@ def test_the_command_line_reads_the_environment(default_off, monkeypatch, capsys
 
     monkeypatch.setenv("TRICKLES_STATE_CACHE", "1")
     assert main(["sim", "--size", "20000"]) == 0
-    assert ServerConfig().state_cache == DEFAULT_ENTRIES
+    assert ServerConfig().state_cache == statecache.DEFAULT_ENTRIES
     monkeypatch.setenv("TRICKLES_STATE_CACHE", "lots")
     assert main(["sim", "--size", "20000"]) == 2
     assert "TRICKLES_STATE_CACHE must be an entry count" in capsys.readouterr().err
@@ -218,7 +212,7 @@ def test_duplicates_give_hits() -> None:
 
 @pytest.mark.parametrize("path", scenario_paths(), ids=lambda p: p.name)
 def test_scenarios_pass_with_the_cache_on(path, monkeypatch) -> None:
-    monkeypatch.setattr(statecache, "_default", DEFAULT_ENTRIES)
+    monkeypatch.setattr(statecache, "_default", statecache.DEFAULT_ENTRIES)
     result = run_scenario(path.read_text(encoding="utf-8"), path.name)
     assert result.passed, result.report()
 

@@ -13,11 +13,12 @@ import socket
 import struct
 
 import pytest
+from codec_strategies import U32, continuations, requests, responses, u8, u16, u32
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from trickles_kit.wire import messages as wm
 from trickles_kit.wire.continuation import (
-    BOOTSTRAP,
     FULL1,
     FULL2,
     FULL_LEN,
@@ -28,25 +29,6 @@ from trickles_kit.wire.continuation import (
     decode_continuation,
 )
 from trickles_kit.wire.errors import DecodeError
-from trickles_kit.wire.messages import (
-    MAX_RANGES,
-    MAX_SACKS,
-    REQ_FIN,
-    REQ_NORMAL,
-    REQ_SLOWSTART,
-    REQ_SYN,
-    DataChunk,
-    FinHint,
-    Request,
-    Response,
-    SackBlock,
-    SkipChunk,
-    decode_chunks,
-    decode_request,
-    decode_response,
-    encode_chunks,
-    encode_data_chunk,
-)
 from trickles_kit.wire.segment import (
     ACK,
     FIN,
@@ -57,8 +39,6 @@ from trickles_kit.wire.segment import (
     decode_segment,
     encode_segment,
 )
-
-U8, U16, U32, U64 = 0xFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF
 
 SRC = socket.inet_aton("10.0.0.1")
 DST = socket.inet_aton("10.1.0.2")
@@ -136,22 +116,22 @@ def gold_min() -> Continuation:
     return Continuation(MINIMAL, 42, 0, 9, 0x01020304, 0xA0B0C0D0)
 
 
-def gold_request() -> Request:
-    return Request(
-        REQ_NORMAL, gold_full(FULL2),
-        [SackBlock(1, 5, 0xAABBCCDD), SackBlock(8, 9, 0x11223344)], b"UC",
+def gold_request() -> wm.Request:
+    return wm.Request(
+        wm.REQ_NORMAL, gold_full(FULL2),
+        [wm.SackBlock(1, 5, 0xAABBCCDD), wm.SackBlock(8, 9, 0x11223344)], b"UC",
         [(0, 1448), (2896, 4344)], b"GET /",
     )
 
 
-def gold_syn() -> Request:
-    return Request(REQ_SYN, None, [], b"", [(0, 1448)], b"GEN 100 1")
+def gold_syn() -> wm.Request:
+    return wm.Request(wm.REQ_SYN, None, [], b"", [(0, 1448)], b"GEN 100 1")
 
 
-def gold_response() -> Response:
-    return Response(
+def gold_response() -> wm.Response:
+    return wm.Response(
         0xCAFEBABE, 2, 1, gold_full(), b"xy",
-        [DataChunk(1000, b"abc", True), SkipChunk(1003, 500), FinHint(1503)],
+        [wm.DataChunk(1000, b"abc", True), wm.SkipChunk(1003, 500), wm.FinHint(1503)],
     )
 
 
@@ -199,7 +179,7 @@ def test_golden_minimal_continuation():
 
 def test_golden_request():
     assert gold_request().encode().hex() == GOLD_REQ.hex()
-    dec = decode_request(GOLD_REQ)
+    dec = wm.decode_request(GOLD_REQ)
     assert dec.cont_raw == GOLD_REQ[1 : 1 + FULL_LEN]
     dec.cont_raw = b""
     assert dec == gold_request()
@@ -207,34 +187,34 @@ def test_golden_request():
 
 def test_golden_syn_request():
     assert gold_syn().encode().hex() == GOLD_SYN.hex()
-    assert decode_request(GOLD_SYN) == gold_syn()
+    assert wm.decode_request(GOLD_SYN) == gold_syn()
 
 
 def test_golden_chunks():
-    assert encode_data_chunk(1000, b"abc", True).hex() == GOLD_DATA_FIN.hex()
-    assert encode_chunks([DataChunk(1000, b"abc", True)]).hex() == GOLD_DATA_FIN.hex()
-    assert encode_chunks([SkipChunk(1003, 500)]).hex() == GOLD_SKIP.hex()
-    assert encode_chunks([FinHint(1503)]).hex() == GOLD_FINHINT.hex()
-    assert decode_chunks(GOLD_DATA_FIN + GOLD_SKIP + GOLD_FINHINT) == gold_response().chunks
+    assert wm.encode_data_chunk(1000, b"abc", True).hex() == GOLD_DATA_FIN.hex()
+    assert wm.encode_chunks([wm.DataChunk(1000, b"abc", True)]).hex() == GOLD_DATA_FIN.hex()
+    assert wm.encode_chunks([wm.SkipChunk(1003, 500)]).hex() == GOLD_SKIP.hex()
+    assert wm.encode_chunks([wm.FinHint(1503)]).hex() == GOLD_FINHINT.hex()
+    assert wm.decode_chunks(GOLD_DATA_FIN + GOLD_SKIP + GOLD_FINHINT) == gold_response().chunks
 
 
 def test_golden_response():
     resp = gold_response()
     assert resp.encode().hex() == GOLD_RESP.hex()
-    assert decode_response(GOLD_RESP) == resp
+    assert wm.decode_response(GOLD_RESP) == resp
     assert resp.header_len() == 8 + FULL_LEN + 2
 
 
 def test_golden_response_minimal_empty_data():
-    resp = Response(0x01020304, 1, 0, gold_min(), b"", [DataChunk(0, b"")])
+    resp = wm.Response(0x01020304, 1, 0, gold_min(), b"", [wm.DataChunk(0, b"")])
     assert resp.encode().hex() == GOLD_RESP_MIN.hex()
-    assert decode_response(GOLD_RESP_MIN) == resp
+    assert wm.decode_response(GOLD_RESP_MIN) == resp
     assert resp.header_len() == 8 + MINIMAL_LEN
 
 
 def test_chunk_padding_bytes_are_skipped():
-    assert decode_chunks(b"\0" + GOLD_SKIP + b"\0\0" + GOLD_FINHINT + b"\0") == [
-        SkipChunk(1003, 500), FinHint(1503)]
+    assert wm.decode_chunks(b"\0" + GOLD_SKIP + b"\0\0" + GOLD_FINHINT + b"\0") == [
+        wm.SkipChunk(1003, 500), wm.FinHint(1503)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,60 +251,7 @@ def test_checksum_when_sum_is_all_ones():
 
 
 # ---------------------------------------------------------------------------------------------
-# Round trips
-
-u8 = st.integers(0, U8)
-u16 = st.integers(0, U16)
-u32 = st.integers(0, U32)
-u64 = st.integers(0, U64)
-
-
-@st.composite
-def continuations(draw, types=(MINIMAL, FULL1, FULL2)):
-    ctype = draw(st.sampled_from(types))
-    head = dict(type=ctype, seq=draw(u32), first_child=draw(u8), client_state=draw(u32),
-                parent=draw(u32), client_timestamp=draw(u32))
-    if ctype == MINIMAL:
-        return Continuation(**head)
-    return Continuation(
-        **head, timestamp=draw(u32), mrtt=draw(u32), state=draw(st.integers(0, BOOTSTRAP)),
-        first_loss=draw(u32), first_bootstrap_seq=draw(u32), start_cwnd=draw(u32),
-        ssthresh=draw(u32), tcp_base=draw(u32), conn_id=draw(u64), key_epoch=draw(u32),
-        mac=draw(st.binary(min_size=16, max_size=16)),
-    )
-
-
-@st.composite
-def ranges(draw):
-    start = draw(u32)
-    length = draw(st.integers(0, min(U32, (1 << 32) - start)))
-    return (start, start + length)
-
-
-sacks = st.builds(SackBlock, u32, u32, u32)
-
-
-@st.composite
-def requests(draw):
-    rtype = draw(st.sampled_from([REQ_NORMAL, REQ_SLOWSTART, REQ_SYN, REQ_FIN]))
-    cont = None if rtype == REQ_SYN else draw(continuations(types=(FULL1, FULL2)))
-    return Request(
-        rtype, cont, draw(st.lists(sacks, max_size=8)), draw(st.binary(max_size=300)),
-        draw(st.lists(ranges(), max_size=8)), draw(st.binary(max_size=200)),
-    )
-
-
-chunks = st.one_of(
-    st.builds(DataChunk, u32, st.binary(max_size=200), st.booleans()),
-    st.builds(SkipChunk, u32, u32),
-    st.builds(FinHint, u32),
-)
-
-
-@st.composite
-def responses(draw):
-    return Response(draw(u32), draw(u8), draw(u8), draw(continuations()),
-                    draw(st.binary(max_size=300)), draw(st.lists(chunks, max_size=8)))
+# Round trips (the values: tests/codec_strategies.py)
 
 
 @settings(max_examples=400, deadline=None)
@@ -341,8 +268,8 @@ def test_continuation_roundtrip(c, prefix, suffix):
 @given(req=requests())
 def test_request_roundtrip(req):
     data = req.encode()
-    dec = decode_request(data)
-    if req.type == REQ_SYN:
+    dec = wm.decode_request(data)
+    if req.type == wm.REQ_SYN:
         assert dec.cont_raw == b""
     else:
         assert dec.cont_raw == req.cont.encode()
@@ -354,8 +281,8 @@ def test_request_roundtrip(req):
 @given(resp=responses())
 def test_response_roundtrip(resp):
     data = resp.encode()
-    assert decode_response(data) == resp
-    assert len(data) == resp.header_len() + len(encode_chunks(resp.chunks))
+    assert wm.decode_response(data) == resp
+    assert len(data) == resp.header_len() + len(wm.encode_chunks(resp.chunks))
 
 
 @settings(max_examples=400, deadline=None)
@@ -389,9 +316,9 @@ def _seg_with(payload: bytes) -> bytes:
 
 
 DECODERS = {
-    "request": decode_request,
-    "response": decode_response,
-    "chunks": decode_chunks,
+    "request": wm.decode_request,
+    "response": wm.decode_response,
+    "chunks": wm.decode_chunks,
     "continuation": decode_continuation,
     "continuation@3": lambda d: decode_continuation(d, 3),
     "segment": decode_segment,
@@ -399,9 +326,9 @@ DECODERS = {
 }
 
 SAMPLES = {
-    "request": [GOLD_REQ, GOLD_SYN, Request(REQ_FIN, gold_full(), [], b"", [], b"").encode(),
-                Request(REQ_SLOWSTART, gold_full(), [SackBlock(0, 0, 0)] * MAX_SACKS,
-                        b"u" * 40, [(1, 2)] * 3, b"").encode()],
+    "request": [GOLD_REQ, GOLD_SYN, wm.Request(wm.REQ_FIN, gold_full(), [], b"", [], b"").encode(),
+                wm.Request(wm.REQ_SLOWSTART, gold_full(), [wm.SackBlock(0, 0, 0)] * wm.MAX_SACKS,
+                           b"u" * 40, [(1, 2)] * 3, b"").encode()],
     "response": [GOLD_RESP, GOLD_RESP_MIN],
     "chunks": [GOLD_DATA_FIN + GOLD_SKIP + GOLD_FINHINT, b"\0" + GOLD_FINHINT],
     "continuation": [GOLD_FULL1, GOLD_MIN],
@@ -502,10 +429,10 @@ def test_decode_error_reasons():
         decode_segment(GOLD_SEG[:19])
     assert ei.value.reason == "short"
     with pytest.raises(DecodeError) as ei:
-        decode_request(bytes((9,)) + GOLD_REQ[1:])
+        wm.decode_request(bytes((9,)) + GOLD_REQ[1:])
     assert ei.value.reason == "req_type"
     with pytest.raises(DecodeError) as ei:
-        decode_request(bytes((REQ_NORMAL,)) + GOLD_MIN + GOLD_REQ[1 + FULL_LEN :])
+        wm.decode_request(bytes((wm.REQ_NORMAL,)) + GOLD_MIN + GOLD_REQ[1 + FULL_LEN :])
     assert ei.value.reason == "minimal_request"
     with pytest.raises(DecodeError) as ei:
         decode_continuation(bytes((7,)) + GOLD_FULL1[1:])
@@ -516,10 +443,11 @@ def test_decode_error_reasons():
         decode_continuation(bytes(bad_state))
     assert ei.value.reason == "cont_state"
     with pytest.raises(DecodeError) as ei:
-        decode_request(GOLD_SYN[:1] + bytes((MAX_SACKS + 1,)) + bytes(12 * (MAX_SACKS + 1)))
+        too_many = wm.MAX_SACKS + 1
+        wm.decode_request(GOLD_SYN[:1] + bytes((too_many,)) + bytes(12 * too_many))
     assert ei.value.reason == "sack_count"
     with pytest.raises(DecodeError) as ei:
-        decode_chunks(bytes((0x50, 0, 3)))
+        wm.decode_chunks(bytes((0x50, 0, 3)))
     assert ei.value.reason == "chunk_type"
     assert isinstance(ei.value, ValueError)
 
@@ -531,19 +459,19 @@ def test_decode_error_reasons():
 @pytest.mark.parametrize(
     "req",
     [
-        Request(REQ_NORMAL, None),
-        Request(REQ_SLOWSTART, None),
-        Request(REQ_FIN, None),
-        Request(REQ_NORMAL, gold_min()),
-        Request(9, gold_full()),
-        Request(REQ_NORMAL, gold_full(), [SackBlock(0, 0, 0)] * (MAX_SACKS + 1)),
-        Request(REQ_NORMAL, gold_full(), ranges=[(0, 1)] * (MAX_RANGES + 1)),
-        Request(REQ_NORMAL, gold_full(), ranges=[(5, 4)]),
-        Request(REQ_NORMAL, gold_full(), ranges=[(-1, 4)]),
-        Request(REQ_NORMAL, gold_full(), ranges=[(0, (1 << 32) + 1)]),
-        Request(REQ_NORMAL, gold_full(), ranges=[(1 << 32, 1 << 32)]),
-        Request(REQ_NORMAL, gold_full(), ucont=bytes(0x10000)),
-        Request(REQ_SYN, None, ucont=bytes(0x10000)),
+        wm.Request(wm.REQ_NORMAL, None),
+        wm.Request(wm.REQ_SLOWSTART, None),
+        wm.Request(wm.REQ_FIN, None),
+        wm.Request(wm.REQ_NORMAL, gold_min()),
+        wm.Request(9, gold_full()),
+        wm.Request(wm.REQ_NORMAL, gold_full(), [wm.SackBlock(0, 0, 0)] * (wm.MAX_SACKS + 1)),
+        wm.Request(wm.REQ_NORMAL, gold_full(), ranges=[(0, 1)] * (wm.MAX_RANGES + 1)),
+        wm.Request(wm.REQ_NORMAL, gold_full(), ranges=[(5, 4)]),
+        wm.Request(wm.REQ_NORMAL, gold_full(), ranges=[(-1, 4)]),
+        wm.Request(wm.REQ_NORMAL, gold_full(), ranges=[(0, (1 << 32) + 1)]),
+        wm.Request(wm.REQ_NORMAL, gold_full(), ranges=[(1 << 32, 1 << 32)]),
+        wm.Request(wm.REQ_NORMAL, gold_full(), ucont=bytes(0x10000)),
+        wm.Request(wm.REQ_SYN, None, ucont=bytes(0x10000)),
     ],
     ids=["normal-no-cont", "slowstart-no-cont", "fin-no-cont", "minimal-cont", "bad-type",
          "65-sacks", "65-ranges", "reversed-range", "negative-range", "range-past-2^32",
@@ -555,31 +483,31 @@ def test_request_misuse_raises_value_error(req):
 
 
 def test_limits_are_inclusive():
-    req = Request(REQ_NORMAL, gold_full(), [SackBlock(1, 2, 3)] * MAX_SACKS, bytes(0xFFFF),
-                  [(0, U32), (1, 1 << 32)] + [(1, 1)] * (MAX_RANGES - 2))
-    dec = decode_request(req.encode())
+    req = wm.Request(wm.REQ_NORMAL, gold_full(), [wm.SackBlock(1, 2, 3)] * wm.MAX_SACKS,
+                     bytes(0xFFFF), [(0, U32), (1, 1 << 32)] + [(1, 1)] * (wm.MAX_RANGES - 2))
+    dec = wm.decode_request(req.encode())
     dec.cont_raw = b""
     assert dec == req
 
 
 def test_data_chunk_length_limit():
     data = bytes(range(256)) * 256
-    ok = encode_data_chunk(7, data[:65528])
+    ok = wm.encode_data_chunk(7, data[:65528])
     assert len(ok) == 65535
-    assert decode_chunks(ok) == [DataChunk(7, data[:65528], False)]
+    assert wm.decode_chunks(ok) == [wm.DataChunk(7, data[:65528], False)]
     with pytest.raises(ValueError):
-        encode_data_chunk(7, data[:65529])
+        wm.encode_data_chunk(7, data[:65529])
     with pytest.raises(ValueError):
-        encode_chunks([DataChunk(7, data[:65529], True)])
+        wm.encode_chunks([wm.DataChunk(7, data[:65529], True)])
     with pytest.raises(ValueError):
-        Response(1, 1, 0, gold_full(), b"", [DataChunk(0, data[:65529])]).encode()
+        wm.Response(1, 1, 0, gold_full(), b"", [wm.DataChunk(0, data[:65529])]).encode()
 
 
 def test_not_a_chunk_raises_value_error():
     with pytest.raises(ValueError):
-        encode_chunks([("DATA", 0, b"x")])
+        wm.encode_chunks([("DATA", 0, b"x")])
 
 
 def test_response_ucont_too_long_raises_value_error():
     with pytest.raises(ValueError):
-        Response(1, 1, 0, gold_full(), bytes(0x10000)).encode()
+        wm.Response(1, 1, 0, gold_full(), bytes(0x10000)).encode()

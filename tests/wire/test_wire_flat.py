@@ -3,6 +3,8 @@ them, so a field changed in wire/ reaches the capture decoder with no second edi
 
 from __future__ import annotations
 
+from codec_strategies import chunks as codec_chunks
+from codec_strategies import u32
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,14 +26,11 @@ from trickles_kit.wire.messages import (
     Request,
     Response,
     SackBlock,
-    SkipChunk,
     decode_chunks,
     encode_chunks,
     scan_chunks,
 )
 from trickles_kit.wire.segment import IPV4_TCP_HEAD, TCP_HEAD, encode_segment
-
-u32 = st.integers(0, 0xFFFFFFFF)
 
 
 def cont(ctype: int = FULL1, state: int = 1) -> Continuation:
@@ -90,9 +89,7 @@ def test_flat_request_leaves_other_shapes_to_the_codec():
 
 
 @settings(max_examples=150, deadline=None)
-@given(chunks=st.lists(st.one_of(
-    st.builds(DataChunk, u32, st.binary(max_size=20), st.booleans()),
-    st.builds(SkipChunk, u32, u32), st.builds(FinHint, u32)), max_size=4))
+@given(chunks=st.lists(codec_chunks(max_data=20), max_size=4))
 def test_flat_response_matches_decode_chunks(chunks):
     data = Response(5, 1, 0, cont(), b"", chunks).encode()
     f = flat_response(data, 0, len(data))
@@ -133,9 +130,7 @@ def test_parse_request_row_by_flat_equals_the_codec_row(rtype, sacks, ranges, ap
 
 
 @settings(max_examples=100, deadline=None)
-@given(ucont=st.binary(max_size=8), chunks=st.lists(st.one_of(
-    st.builds(DataChunk, u32, st.binary(max_size=20), st.booleans()),
-    st.builds(SkipChunk, u32, u32), st.builds(FinHint, u32)), max_size=3))
+@given(ucont=st.binary(max_size=8), chunks=st.lists(codec_chunks(max_data=20), max_size=3))
 def test_parse_response_row_by_flat_equals_the_codec_row(ucont, chunks):
     from trickles_kit.capture.parse import response_row, row_from_response
     from trickles_kit.wire.messages import decode_response

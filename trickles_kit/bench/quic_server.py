@@ -108,6 +108,9 @@ class _Response:
 
 @dataclass
 class Counters:
+    """Counts across connections (an `H3Server` is one connection), printed as the `stopped`
+    JSON line at exit."""
+
     connections: int = 0
     closed: int = 0
     requests: int = 0

@@ -46,9 +46,9 @@ import stat
 import struct
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from operator import length_hint
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 # the formats' constants, errors and link layers (pcapformat), the file window (pcapwindow), the
 # pcapng block parser (pcapng) and the writers (pcapwrite) are importable from here as before
@@ -99,6 +99,10 @@ _PACKET_BLOCKS = (PCAPNG_EPB, PCAPNG_SPB, PCAPNG_PB)
 # a million offsets (and the columnar decoder's arrays of them) at once
 MAX_BATCH_RECORDS = 1 << 16
 BIG_WINDOW = 1 << 24  # bytes per window of `offset_batches` (16 MiB: ~20k records of a bulk run)
+T = TypeVar("T")
+_Span = tuple[bytes, list[float], list[int], list[int]]  # (buf, ts, starts, ends): `spans`
+# a classic-pcap walk's scan of one window: (batch or None, offset, records, need, incl)
+_Scanned = tuple[T | None, int, int, int, int]
 
 
 class Record(NamedTuple):
@@ -250,63 +254,51 @@ class PcapReader:
                 return
             yield b"".join(parts), tss, starts, ends
 
-    def _pcap_walk(self, batch: int, ip_only: bool) -> Iterator[tuple[bytes, list[float],
-                                                                      list[int], list[int]]]:
+    def _pcap_walk(self, batch: int, ip_only: bool) -> Iterator[_Span]:
         """The records of a classic pcap in batches of up to `batch`: ``(buf, ts, starts,
         ends)``, record i's frame being ``buf[starts[i]:ends[i]]`` (only frames that start like
         IPv4 when `ip_only`; the others are counted in `skipped`). `buf` is the window: the
         walk reads the file a window at a time and never holds more than a window and a record.
         """
-        win = self._window()
-        buf = win.buf
         unpack = struct.Struct(self._endian + "IIII").unpack_from
         scale = self._scale
         limit = max(self.snaplen, MAX_RECORD)
         skipped = self.skipped
-        off = 24
-        n = 0
-        try:
-            while True:
-                size = len(buf)
-                tss: list[float] = []
-                starts: list[int] = []
-                ends: list[int] = []
-                t_add, s_add, e_add = tss.append, starts.append, ends.append
-                stop = n + batch
-                need = incl = 0
-                while n < stop:
-                    if off + 16 > size:
-                        need, incl = 16, -1
-                        break
-                    sec, frac, incl, _ = unpack(buf, off)
-                    if incl > limit:
-                        raise PcapError(
-                            f"corrupt pcap: record {n} at offset {win.base + off} claims {incl} "
-                            f"captured bytes (snapshot length {self.snaplen})")
-                    start = off + 16
-                    end = start + incl
-                    if end > size or incl > MAX_RECORD:
-                        need = 16 + incl
-                        break
-                    off = end
-                    n += 1
-                    if not ip_only or (incl and buf[start] >> 4 == 4):
-                        t_add(sec + frac * scale)
-                        s_add(start)
-                        e_add(end)
-                    else:
-                        skipped["ipv6" if incl and buf[start] >> 4 == 6 else "not_ip"] += 1
-                if tss:
+
+        def scan(buf: bytes, base: int, off: int, n: int) -> _Scanned[_Span]:
+            size = len(buf)
+            tss: list[float] = []
+            starts: list[int] = []
+            ends: list[int] = []
+            t_add, s_add, e_add = tss.append, starts.append, ends.append
+            stop = n + batch
+            need = incl = 0
+            while n < stop:
+                if off + 16 > size:
+                    need, incl = 16, -1
+                    break
+                sec, frac, incl, _ = unpack(buf, off)
+                if incl > limit:
                     self.frames = n
-                    yield buf, tss, starts, ends
-                if not need:
-                    continue  # a full batch: the same window goes on
-                more = self._past_window(win, off, n, need, incl)
-                if more is None:
-                    return
-                buf, off, n = more
-        finally:
-            self.frames = n
+                    raise PcapError(
+                        f"corrupt pcap: record {n} at offset {base + off} claims {incl} "
+                        f"captured bytes (snapshot length {self.snaplen})")
+                start = off + 16
+                end = start + incl
+                if end > size or incl > MAX_RECORD:
+                    need = 16 + incl
+                    break
+                off = end
+                n += 1
+                if not ip_only or (incl and buf[start] >> 4 == 4):
+                    t_add(sec + frac * scale)
+                    s_add(start)
+                    e_add(end)
+                else:
+                    skipped["ipv6" if incl and buf[start] >> 4 == 6 else "not_ip"] += 1
+            return ((buf, tss, starts, ends) if tss else None), off, n, need, incl
+
+        yield from self._walk_windows(scan)
 
     def offset_batches(self, window: int = BIG_WINDOW) -> Iterator[tuple[bytes, list[int]]]:
         """Classic pcap only: ``(buf, offsets)`` per window of about `window` bytes, offsets
@@ -317,41 +309,53 @@ class PcapReader:
         is one window. Oversized records, truncation and corrupt lengths as `_pcap_walk`."""
         if self.format != "pcap":
             raise PcapError("offset_batches reads classic pcap only")
-        win = self._window()
-        buf = win.buf
         u32 = struct.Struct(self._endian + "I").unpack_from
         limit = max(self.snaplen, MAX_RECORD)
-        off, n = 24, 0
-        try:
+
+        def scan(buf: bytes, base: int, off: int, n: int) -> _Scanned[tuple[bytes, list[int]]]:
+            size = len(buf)
+            offs: list[int] = []
+            add = offs.append
             while True:
-                size = len(buf)
-                offs: list[int] = []
-                add = offs.append
-                while True:
-                    if off + 16 > size:
-                        need, incl = 16, -1
-                        break
-                    incl = u32(buf, off + 8)[0]
-                    end = off + 16 + incl
-                    if end > size or incl > MAX_RECORD:
-                        need = 16 + incl
-                        break
-                    add(off)
-                    off = end
-                if incl > limit:
-                    raise PcapError(
-                        f"corrupt pcap: record {n + len(offs)} at offset {win.base + off} "
-                        f"claims {incl} captured bytes (snapshot length {self.snaplen})")
-                n += len(offs)
-                if offs:
-                    self.frames = n
-                    yield buf, offs
-                more = self._past_window(win, off, n, need, incl, window)
+                if off + 16 > size:
+                    need, incl = 16, -1
+                    break
+                incl = u32(buf, off + 8)[0]
+                end = off + 16 + incl
+                if end > size or incl > MAX_RECORD:
+                    need = 16 + incl
+                    break
+                add(off)
+                off = end
+            if incl > limit:
+                self.frames = n
+                raise PcapError(
+                    f"corrupt pcap: record {n + len(offs)} at offset {base + off} "
+                    f"claims {incl} captured bytes (snapshot length {self.snaplen})")
+            n += len(offs)
+            return ((buf, offs) if offs else None), off, n, need, incl
+
+        yield from self._walk_windows(scan, window)
+
+    def _walk_windows(self, scan: Callable[[bytes, int, int, int], _Scanned[T]],
+                      want: int = 0) -> Iterator[T]:
+        """The window loop both classic-pcap walks share. `scan(buf, base, off, n)` reads the
+        records of the window `buf` (at file offset `base`) from `off`, `n` records read before,
+        and returns (what to yield or None, offset, records, need, incl): `need` 0 goes on in the
+        same window, else the walk moves past it (`_past_window`, `want` bytes at least). A scan
+        that raises sets `frames` first."""
+        win = self._window()
+        buf, off, n = win.buf, 24, 0
+        while True:
+            out, off, n, need, incl = scan(buf, win.base, off, n)
+            self.frames = n
+            if out is not None:
+                yield out
+            if need:
+                more = self._past_window(win, off, n, need, incl, want)
                 if more is None:
                     return
                 buf, off, n = more
-        finally:
-            self.frames = n
 
     def mapped_batches(self, span: int = BIG_WINDOW) -> Iterator[tuple[bytes, Sequence[int]]]:
         """`offset_batches` over the file mapped whole (a regular file; otherwise the windows of

@@ -33,21 +33,7 @@ from __future__ import annotations
 
 import socket
 
-from scapy.fields import (
-    BitField,
-    ByteEnumField,
-    ByteField,
-    ConditionalField,
-    FieldLenField,
-    FlagsField,
-    IntField,
-    PacketField,
-    PacketListField,
-    ShortField,
-    XIntField,
-    XShortEnumField,
-    XShortField,
-)
+from scapy import fields as sf
 from scapy.layers.inet import IP, TCP, UDP, TCPOptionsField
 from scapy.packet import Packet, bind_layers, bind_top_down, split_bottom_up
 
@@ -111,17 +97,17 @@ class TricklesRequest(Packet):
 
     name = "Trickles Request"
     fields_desc = [
-        ByteEnumField("type", 0, REQ_NAMES),
-        ConditionalField(
-            PacketField("continuation", Continuation(), Continuation),
+        sf.ByteEnumField("type", 0, REQ_NAMES),
+        sf.ConditionalField(
+            sf.PacketField("continuation", Continuation(), Continuation),
             lambda p: p.type != REQ_SYN,
         ),
-        FieldLenField("numSacks", None, count_of="sacks", fmt="B"),
-        PacketListField("sacks", [], SackBlock, count_from=lambda p: p.numSacks),
-        FieldLenField("ucont_len", None, length_of="ucont", fmt="H"),
+        sf.FieldLenField("numSacks", None, count_of="sacks", fmt="B"),
+        sf.PacketListField("sacks", [], SackBlock, count_from=lambda p: p.numSacks),
+        sf.FieldLenField("ucont_len", None, length_of="ucont", fmt="H"),
         BytesLenField("ucont", b"", length_from=lambda p: p.ucont_len),
-        FieldLenField("nranges", None, count_of="ranges", fmt="B"),
-        PacketListField("ranges", [], ByteRange, count_from=lambda p: p.nranges),
+        sf.FieldLenField("nranges", None, count_of="ranges", fmt="B"),
+        sf.PacketListField("ranges", [], ByteRange, count_from=lambda p: p.nranges),
         BytesField("app", b""),
     ]
 
@@ -156,13 +142,13 @@ class TricklesResponse(Packet):
 
     name = "Trickles Response"
     fields_desc = [
-        XIntField("nonce", 0),
-        ByteField("numSiblings", 1),
-        ByteField("position", 0),
-        FieldLenField("ucont_len", None, length_of="ucont", fmt="H"),
-        PacketField("continuation", Continuation(), Continuation),
+        sf.XIntField("nonce", 0),
+        sf.ByteField("numSiblings", 1),
+        sf.ByteField("position", 0),
+        sf.FieldLenField("ucont_len", None, length_of="ucont", fmt="H"),
+        sf.PacketField("continuation", Continuation(), Continuation),
         BytesLenField("ucont", b"", length_from=lambda p: p.ucont_len),
-        PacketListField("chunks", [], chunk_class),
+        sf.PacketListField("chunks", [], chunk_class),
     ]
 
     def header_len(self) -> int:
@@ -262,20 +248,20 @@ class TricklesTCP(TCP):
     name = "Trickles TCP"
     match_subclass = True
     fields_desc = [
-        ShortField("sport", CLIENT_PORT),
-        ShortField("dport", DEFAULT_PORT),
-        IntField("seq", 0),
-        IntField("ack", 0),
-        BitField("dataofs", None, 4),
-        BitField("reserved", 0, 3),
-        FlagsField("flags", 0x10, 9, TCP_FLAGS),
-        ShortField("window", None),
-        XShortField("chksum", None),
-        ShortField("urgptr", 0),
-        ByteEnumField("optkind", OPT_KIND, {OPT_KIND: "experimental"}),
-        ByteField("optlen", 6),
-        XShortEnumField("exid", OPT_EXID, {OPT_EXID: "TK"}),
-        ShortField("trickles_len", None),
+        sf.ShortField("sport", CLIENT_PORT),
+        sf.ShortField("dport", DEFAULT_PORT),
+        sf.IntField("seq", 0),
+        sf.IntField("ack", 0),
+        sf.BitField("dataofs", None, 4),
+        sf.BitField("reserved", 0, 3),
+        sf.FlagsField("flags", 0x10, 9, TCP_FLAGS),
+        sf.ShortField("window", None),
+        sf.XShortField("chksum", None),
+        sf.ShortField("urgptr", 0),
+        sf.ByteEnumField("optkind", OPT_KIND, {OPT_KIND: "experimental"}),
+        sf.ByteField("optlen", 6),
+        sf.XShortEnumField("exid", OPT_EXID, {OPT_EXID: "TK"}),
+        sf.ShortField("trickles_len", None),
         _ExtraOptionsField("options", [("NOP", None), ("NOP", None)]),
     ]
 

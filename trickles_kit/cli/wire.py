@@ -69,6 +69,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _add_fetch_parser(sub)
 
 
+# serve's on/off switches for the wire and the routes (flag, help), in --help order
+_SERVE_SWITCHES = (
+    ("--echo-ucont", "repeat the request's user continuation in every answer (the old wire; by "
+                     "default an answer carries one only when it changes)"),
+    ("--delta", "delta-encoded continuations for clients that ask (paired acks, HASHED answers, "
+                "COMPACT requests; docs/protocol.md §14.3)"),
+    ("--no-dyn", "disable the /dyn route (dynamic content in reserved ranges + SKIP)"),
+    ("--no-parallel", "disable parallel requests (pipelined GETs in reserved slices)"),
+)
+
+
 def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser(
         "serve", help="serve files over Trickles (HTTP/1.1 GET) on raw sockets or UDP",
@@ -110,16 +121,8 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--state-cache", type=int, default=None, metavar="N",
                    help="cache N verified continuations (0 = off, the default; see "
                         "docs/protocol.md, optimizations)")
-    s.add_argument("--echo-ucont", action="store_true",
-                   help="repeat the request's user continuation in every answer (the old wire; "
-                        "by default an answer carries one only when it changes)")
-    s.add_argument("--delta", action="store_true",
-                   help="delta-encoded continuations for clients that ask (paired acks, HASHED "
-                        "answers, COMPACT requests; docs/protocol.md §14.3)")
-    s.add_argument("--no-dyn", action="store_true",
-                   help="disable the /dyn route (dynamic content in reserved ranges + SKIP)")
-    s.add_argument("--no-parallel", action="store_true",
-                   help="disable parallel requests (pipelined GETs in reserved slices)")
+    for flag, text in _SERVE_SWITCHES:
+        s.add_argument(flag, action="store_true", help=text)
     s.add_argument("--syn-rate", type=float, default=None, metavar="N",
                    help="admit at most N new handshakes a second (one global token bucket; "
                         "requests that carry a continuation are always served first; extra "
