@@ -30,9 +30,12 @@ class NonceGen:
         self._mask = (1 << bits) - 1
         # ECB over distinct counter blocks is the AES-CTR keystream, computed one block at a time
         self._enc = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
-        self._cache: dict[tuple[int, int, int], tuple[int, int, int, int]] = {}
+        # (the words typed as a tuple of any length: the compiled build then keeps the cached
+        # tuple as it is and indexes it, where a 4-tuple type made it unbox and box the four
+        # words on every look-up — packet_nonce 0.70 -> 0.31 us)
+        self._cache: dict[tuple[int, int, int], tuple[int, ...]] = {}
 
-    def _block(self, conn_id: int, base: int, b: int) -> tuple[int, int, int, int]:
+    def _block(self, conn_id: int, base: int, b: int) -> tuple[int, ...]:
         key = (conn_id, base, b)
         words = self._cache.get(key)
         if words is None:
@@ -49,11 +52,13 @@ class NonceGen:
     def packet_nonce(self, conn_id: int, base: int, k: int) -> int:
         """p_k of a packet whose continuation carries TCPBase `base`: r_k ^ r_(k+1), as
         `range_summary(conn_id, base, k, k)` (inlined: once per packet sent)."""
-        cache = self._cache
+        i = k & 3
+        a = self._cache.get((conn_id, base, k >> 2)) or self._block(conn_id, base, k >> 2)
+        if i != 3:  # r_k and r_(k+1) in one block (three packets in four)
+            return (a[i] ^ a[i + 1]) & self._mask
         j = k + 1
-        a = cache.get((conn_id, base, k >> 2)) or self._block(conn_id, base, k >> 2)
-        b = cache.get((conn_id, base, j >> 2)) or self._block(conn_id, base, j >> 2)
-        return (a[k & 3] ^ b[j & 3]) & self._mask
+        b = self._cache.get((conn_id, base, j >> 2)) or self._block(conn_id, base, j >> 2)
+        return (a[3] ^ b[0]) & self._mask
 
     def range_summary(self, conn_id: int, base: int, left: int, right: int) -> int:
         """r_left ^ r_(right+1) in epoch `base`, straight from the block cache (hot path)."""
