@@ -1,0 +1,105 @@
+"""UDP segmentation offload in UdpTransport.send_batch: runs of equal datagrams to one peer go
+in one segmented send, and every receiver still gets exactly its datagrams, in order."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+
+import pytest
+
+from trickles_kit.net import gso
+from trickles_kit.net.udp import UdpTransport
+
+pytestmark = pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="Linux only")
+
+
+def _receiver() -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    s.settimeout(2.0)
+    return s
+
+
+def _read(s: socket.socket, n: int) -> list[bytes]:
+    return [s.recv(65535) for _ in range(n)]
+
+
+def test_runs_plan_equal_stretches_to_one_peer() -> None:
+    a, b = ("127.0.0.1", 1), ("127.0.0.1", 2)
+    items = ([(b"x" * 100, a)] * 5 + [(b"y" * 60, a)]  # 5 full + a shorter last: one run
+             + [(b"z" * 100, b)] * 2  # too short a run
+             + [(b"w" * 100, a)] * 70)  # more than MAX_SEGMENTS: cut
+    got = list(gso.runs(items))
+    assert got[0] == (0, 6, 100)
+    assert all(j - i >= gso.MIN_RUN and j - i <= gso.MAX_SEGMENTS for i, j, _ in got)
+    assert (6, 8, 100) not in got
+    assert sum(j - i for i, j, _ in got[1:]) == 70  # the 70 in runs of at most 64
+
+
+def test_runs_respect_the_payload_limit() -> None:
+    a = ("127.0.0.1", 1)
+    items = [(bytes(1500), a)] * 60  # 90,000 bytes: more than one datagram may carry
+    got = list(gso.runs(items))
+    assert [j - i for i, j, _ in got] == [43, 17]
+    assert all((j - i) * 1500 <= gso.MAX_PAYLOAD for i, j, _ in got)
+
+
+def test_mixed_batch_arrives_exactly_and_in_order() -> None:
+    r1, r2 = _receiver(), _receiver()
+    tr = UdpTransport()
+    try:
+        p1, p2 = r1.getsockname(), r2.getsockname()
+        items = []
+        for k in range(200):  # runs of full datagrams, shorter ones, two peers interleaved
+            size = 1400 if k % 37 else 200 + k
+            items.append((os.urandom(size), p1 if (k // 20) % 3 else p2))
+        assert tr.send_batch(items) == len(items)
+        assert tr.counters["tx"] == len(items)
+        assert tr.counters["gso_sends"] > 0  # the offload was used (Linux loopback has it)
+        for rx, peer in ((r1, p1), (r2, p2)):
+            want = [d for d, a in items if a == peer]
+            assert _read(rx, len(want)) == want
+    finally:
+        tr.close()
+        r1.close()
+        r2.close()
+
+
+class _NoOffload:
+    """A socket stand-in whose kernel refuses segmented sends (EINVAL), as one without
+    UDP_SEGMENT or with a segment over the path's MTU does."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.refused = 0
+
+    def sendmsg(self, *a, **k):
+        self.refused += 1
+        raise OSError(errno.EINVAL, "no segmentation offload")
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+def test_a_refused_offload_falls_back_and_loses_nothing() -> None:
+    rx = _receiver()
+    tr = UdpTransport()
+    real = tr.sock
+    tr.sock = _NoOffload(real)  # type: ignore[assignment]
+    try:
+        peer = rx.getsockname()
+        items = [(os.urandom(1000), peer) for _ in range(30)]
+        assert tr.send_batch(items) == 30
+        assert _read(rx, 30) == [d for d, _ in items]
+        assert tr.gso is False and tr.sock.refused == 1  # asked once, then never again
+        assert tr.counters["gso_off.EINVAL"] == 1
+        more = [(os.urandom(1000), peer) for _ in range(10)]
+        assert tr.send_batch(more) == 10 and tr.sock.refused == 1
+        assert _read(rx, 10) == [d for d, _ in more]
+    finally:
+        tr.sock = real
+        tr.close()
+        rx.close()
