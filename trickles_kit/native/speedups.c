@@ -110,6 +110,30 @@ static PyObject *checksum(PyObject *self, PyObject *const *args, Py_ssize_t narg
 
 static unsigned char *rx_area; /* MAX_BATCH slots, allocated once; pages touched as used */
 
+/* UDP GRO (a socket with UDP_GRO set): one read may hold several datagrams of one sender,
+ * all gso_size bytes but the last; the kernel says gso_size in a control message */
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
+#define CTRL_SPACE CMSG_SPACE(sizeof(int))
+static unsigned char rx_ctrl[MAX_BATCH][CTRL_SPACE];
+
+static int gro_size(struct msghdr *h)
+{
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c)) {
+        if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO
+            && c->cmsg_len >= CMSG_LEN(sizeof(int))) {
+            int v;
+            memcpy(&v, CMSG_DATA(c), sizeof(v));
+            return v;
+        }
+    }
+    return 0;
+}
+
 static int addr_from_tuple(PyObject *addr, struct sockaddr_in *sa)
 {
     const char *host;
@@ -126,7 +150,8 @@ static int addr_from_tuple(PyObject *addr, struct sockaddr_in *sa)
     return 0;
 }
 
-/* recv_many(sock, limit) -> [(data, src_ip 4 bytes, src_port)], what the socket holds now */
+/* recv_many(sock, limit) -> [(data, src_ip 4 bytes, src_port)], what the socket holds now: up
+ * to `limit` reads, each one datagram or (UDP_GRO) several of one sender, returned apart */
 static PyObject *recv_many(PyObject *self, PyObject *args)
 {
     PyObject *sockobj;
@@ -159,6 +184,8 @@ static PyObject *recv_many(PyObject *self, PyObject *args)
             msgs[i].msg_hdr.msg_iovlen = 1;
             msgs[i].msg_hdr.msg_name = &names[i];
             msgs[i].msg_hdr.msg_namelen = sizeof(names[i]);
+            msgs[i].msg_hdr.msg_control = rx_ctrl[i];
+            msgs[i].msg_hdr.msg_controllen = CTRL_SPACE;
         }
         int r = recvmmsg(fd, msgs, (unsigned int)limit, MSG_DONTWAIT, NULL);
         if (r < 0) {
@@ -174,15 +201,24 @@ static PyObject *recv_many(PyObject *self, PyObject *args)
             return PyErr_SetFromErrno(PyExc_OSError);
         }
         for (int i = 0; i < r; i++) {
-            PyObject *item = Py_BuildValue(
-                "(y#y#i)", (const char *)iov[i].iov_base, (Py_ssize_t)msgs[i].msg_len,
-                (const char *)&names[i].sin_addr, (Py_ssize_t)4, (int)ntohs(names[i].sin_port));
-            if (item == NULL || PyList_Append(out, item) < 0) {
-                Py_XDECREF(item);
-                Py_DECREF(out);
-                return NULL;
-            }
-            Py_DECREF(item);
+            size_t len = msgs[i].msg_len;
+            int g = gro_size(&msgs[i].msg_hdr);
+            size_t step = (g > 0 && (size_t)g < len) ? (size_t)g : len;
+            size_t off = 0;
+            do { /* one item per datagram, a coalesced read cut at every gso_size bytes */
+                size_t n = len - off < step ? len - off : step;
+                PyObject *item = Py_BuildValue(
+                    "(y#y#i)", (const char *)iov[i].iov_base + off, (Py_ssize_t)n,
+                    (const char *)&names[i].sin_addr, (Py_ssize_t)4,
+                    (int)ntohs(names[i].sin_port));
+                if (item == NULL || PyList_Append(out, item) < 0) {
+                    Py_XDECREF(item);
+                    Py_DECREF(out);
+                    return NULL;
+                }
+                Py_DECREF(item);
+                off += n;
+            } while (off < len);
         }
         break; /* recvmmsg took what was there (an error after the first is left for later) */
     }

@@ -20,6 +20,7 @@ from typing import Any
 
 SOL_UDP = 17
 UDP_SEGMENT = 103  # linux/udp.h
+UDP_GRO = 104  # (receive side: native/speedups.c recv_many cuts a coalesced read apart)
 MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS (the kernel refuses more in one send)
 MAX_PAYLOAD = 65507  # one IPv4 UDP datagram: what a segmented send may carry in all
 MIN_RUN = 3  # shorter runs go with the other datagrams in one sendmmsg

@@ -38,6 +38,15 @@ class UdpTransport(Transport):
         self._view = memoryview(bytearray(65535))
         # runs of equal datagrams to one peer in one send (net/gso.py); Linux only
         self.gso = segment_offload and sys.platform.startswith("linux")
+        # and the other way: a sender's run arrives as one read, which the compiled recv_many
+        # cuts back into its datagrams (the pure-Python read cannot see where: left off there)
+        self.gro = False
+        if self.gso and speedups is not None:
+            try:
+                sock.setsockopt(gso.SOL_UDP, gso.UDP_GRO, 1)
+                self.gro = True
+            except OSError:  # a kernel before UDP_GRO (5.0): one datagram per read
+                pass
 
     def send(self, segment: bytes, dst_ip: bytes, peer: Any) -> bool:
         """`peer` is the (ip, udp_port) to send to."""
