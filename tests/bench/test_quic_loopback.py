@@ -11,10 +11,12 @@ from trickles_kit.bench import quic_loopback
 
 def test_loopback_cpu_comparison_runs_both_servers() -> None:
     pytest.importorskip("aioquic", reason="aioquic is missing: make lab-venv (the quic extra)")
-    res = quic_loopback.run(True, size=3_000_000, repeats=1, kinds=("trickles-udp", "quic"))
-    for kind in ("trickles-udp", "quic"):
+    kinds = ("trickles-udp", "quic", "trickles-udp-offload")
+    res = quic_loopback.run(True, size=3_000_000, repeats=1, kinds=kinds)
+    for kind in kinds:
         (r,) = res["runs"][kind]
         assert r.get("ok") is True, r  # every byte, SHA-256 checked
         assert r["bytes"] == 3_000_000 and r["server_cpu_s"] >= 0
-    assert set(res["server_mb_per_cpu_s_over_quic"]) <= {"trickles-udp_over_quic"}
+    assert set(res["server_mb_per_cpu_s_over_quic"]) <= {"trickles-udp_over_quic",
+                                                       "trickles-udp-offload_over_quic"}
     assert res["target_ratio"] == 2.5

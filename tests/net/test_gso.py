@@ -1,5 +1,7 @@
-"""UDP segmentation offload in UdpTransport.send_batch: runs of equal datagrams to one peer go
-in one segmented send, and every receiver still gets exactly its datagrams, in order."""
+"""UDP segmentation offload in UdpTransport.send_batch (asked for: `segment_offload=True`, `serve
+--udp-offload`): runs of equal datagrams to one peer go in one segmented send, and every
+receiver still gets exactly its datagrams, in order; coalesced reads (UDP_GRO, on by default
+in the compiled build) come back apart."""
 
 from __future__ import annotations
 
@@ -49,7 +51,7 @@ def test_runs_respect_the_payload_limit() -> None:
 
 def test_mixed_batch_arrives_exactly_and_in_order() -> None:
     r1, r2 = _receiver(), _receiver()
-    tr = UdpTransport()
+    tr = UdpTransport(segment_offload=True)
     try:
         p1, p2 = r1.getsockname(), r2.getsockname()
         items = []
@@ -86,7 +88,7 @@ class _NoOffload:
 
 def test_a_refused_offload_falls_back_and_loses_nothing() -> None:
     rx = _receiver()
-    tr = UdpTransport()
+    tr = UdpTransport(segment_offload=True)
     real = tr.sock
     tr.sock = _NoOffload(real)  # type: ignore[assignment]
     try:
@@ -110,7 +112,7 @@ def test_coalesced_reads_come_back_as_the_datagrams_sent() -> None:
     recv_batch (compiled) cuts each read back into the datagrams, in order and exact."""
     from trickles_kit.native import speedups
 
-    rx, tx = UdpTransport(), UdpTransport()
+    rx, tx = UdpTransport(), UdpTransport(segment_offload=True)
     try:
         assert rx.gro is (speedups is not None)  # (pure Python: one datagram per read)
         peer = ("127.0.0.1", rx.port)
@@ -129,3 +131,18 @@ def test_coalesced_reads_come_back_as_the_datagrams_sent() -> None:
     finally:
         rx.close()
         tx.close()
+
+
+def test_offload_is_asked_for_not_the_default() -> None:
+    """Off unless asked: a capture on the sending host would record each run as one datagram."""
+    rx = _receiver()
+    tr = UdpTransport()
+    try:
+        assert tr.gso is False
+        peer = rx.getsockname()
+        items = [(os.urandom(1000), peer) for _ in range(10)]
+        assert tr.send_batch(items) == 10 and tr.counters["gso_sends"] == 0
+        assert _read(rx, 10) == [d for d, _ in items]
+    finally:
+        tr.close()
+        rx.close()

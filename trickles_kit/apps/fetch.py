@@ -104,11 +104,12 @@ def fetch(url: str, out: str | None = None, transport: str = "udp",
           ip_proto: int = PROTO_TRICKLES, local_ip: str | None = None,
           pcap: str | None = None, events: str | None = None, progress: bool = False,
           timeout: float = 600.0, config: ClientConfig | None = None,
-          sink: Callable[[bytes], None] | None = None) -> TransferReport:
+          sink: Callable[[bytes], None] | None = None,
+          udp_offload: bool = False) -> TransferReport:
     """Fetch `url` over Trickles and write the body to `out` (or `sink`)."""
     host, port, path = parse_url(url)
     lip = local_ip or local_address_for(host)
-    tr = open_transport(transport, lip, ip_proto)
+    tr = open_transport(transport, lip, ip_proto, udp_offload)
     pw = PcapWriter(pcap) if pcap else None
     ew = EventWriter(events) if events else None
     f = open(out, "wb") if out else None  # noqa: SIM115 - closed below

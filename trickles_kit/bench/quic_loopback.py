@@ -3,7 +3,9 @@
 Issue 17's anchor was a loopback figure (aioquic 39-40 MB per server CPU-second, Trickles 64):
 no testbed, no bottleneck, each server as fast as its client lets it. Here the two servers serve
 the same generated `/gen` bytes to their own client over UDP on 127.0.0.1 (Trickles over raw IP
-too, as root), one transfer at a time, interleaved (trickles, quic, trickles, ...).
+too, as root), one transfer at a time, interleaved (trickles, quic, trickles, ...). Trickles over
+UDP runs twice: as `serve` and `fetch` start by default, and with `--udp-offload` on both
+(`trickles-udp-offload`: runs of answers in one segmented send, net/gso.py).
 
 The figure is the response bytes / the server process's CPU seconds (utime + stime from
 /proc/<pid>/stat) from just before its client starts until it has gone idle after the client
@@ -91,10 +93,11 @@ def _servers(kind: str, port: int, root: Path) -> tuple[list[str], str, list[str
     transport = "raw" if kind == "trickles-raw" else "udp"
     addr = RAW_SERVER if transport == "raw" else HOST
     client = ["--local-addr", RAW_CLIENT] if transport == "raw" else []
+    offload = ["--udp-offload"] if kind == "trickles-udp-offload" else []
     return ([PY, "-m", "trickles_kit.cli", "serve", "--root", str(root), "--transport",
-             transport, "--addr", addr, "--port", str(port)], "trickles serve:",
+             transport, "--addr", addr, "--port", str(port), *offload], "trickles serve:",
             [PY, "-m", "trickles_kit.cli", "fetch", f"http://{addr}:{port}{path}",
-             "--transport", transport, *client, "--json", "--timeout", str(TIMEOUT)])
+             "--transport", transport, *client, *offload, "--json", "--timeout", str(TIMEOUT)])
 
 
 def one(kind: str, size: int, tmp: Path) -> dict:
@@ -136,7 +139,8 @@ def run(quick: bool, size: int | None = None, repeats: int | None = None,
     o["size"] = size or o["size"]
     o["repeats"] = repeats or o["repeats"]
     if kinds is None:
-        kinds = ("trickles-udp", "quic") + (("trickles-raw",) if os.geteuid() == 0 else ())
+        kinds = ("trickles-udp", "quic", "trickles-udp-offload") + (
+            ("trickles-raw",) if os.geteuid() == 0 else ())
     tmp = Path(tempfile.mkdtemp(prefix="tk-bench-quicloop-"))
     runs: dict[str, list[dict]] = {k: [] for k in kinds}
     try:

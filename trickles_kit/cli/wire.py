@@ -28,6 +28,10 @@ from trickles_kit.net.rst import RstRuleError, suppress_rsts
 from trickles_kit.net.runner import EventWriter, ServerLoop
 from trickles_kit.net.udp import UdpTransport
 
+UDP_OFFLOAD_HELP = ("UDP: send each run of equal datagrams to one peer in one segmented send "
+                    "(Linux UDP_SEGMENT: less CPU per packet). A capture on this host (tcpdump "
+                    "-i lo) then records each run as one large datagram, which decoders and "
+                    "Wireshark do not split")
 
 def load_secret(path: str | None, create: bool = True) -> bytes:
     """The master secret: 32+ bytes stored as hex in `path` (created, mode 600, if missing).
@@ -97,6 +101,7 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
                                          "between replicas and restarts)")
     s.add_argument("--events", metavar="FILE.jsonl", help="write protocol events as JSON lines")
     s.add_argument("--pcap", metavar="FILE.pcap", help="log every segment sent and received")
+    s.add_argument("--udp-offload", action="store_true", help=UDP_OFFLOAD_HELP)
     s.add_argument("--initial-cwnd", type=int, default=3, help="initial window (packets)")
     s.add_argument("--mss", type=int, default=1448, help="data bytes per packet")
     s.add_argument("--duration", type=float, help="stop after this many seconds")
@@ -162,6 +167,7 @@ def _add_fetch_parser(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--local-addr", help="local address (default: chosen toward the server)")
     f.add_argument("--pcap", metavar="FILE.pcap", help="log every segment sent and received")
     f.add_argument("--events", metavar="FILE.jsonl", help="write protocol events as JSON lines")
+    f.add_argument("--udp-offload", action="store_true", help=UDP_OFFLOAD_HELP)
     f.add_argument("--mss", type=int, default=1448, help="data bytes per packet (as the server)")
     f.add_argument("--timeout", type=float, default=600.0, help="give up after SECONDS")
     f.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -239,6 +245,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _fail("serve", ValueError(
             "--addr must be the service's own address (the MAC and checksums name it), "
             "not 0.0.0.0"))
+    if args.workers != 1 and args.udp_offload:
+        return _fail("serve", ValueError("--udp-offload is for one worker (no --workers)"))
     if args.workers != 1:
         from trickles_kit.cli.serve_workers import cmd_serve_workers  # lazy: it imports us
         return cmd_serve_workers(args)
@@ -247,7 +255,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         web = serve_app(args)
         cfg = serve_config(args)
         if args.transport == "udp":
-            tr = UdpTransport(args.addr, args.port)
+            tr = UdpTransport(args.addr, args.port, segment_offload=args.udp_offload)
         else:
             tr = open_transport("raw", args.addr, args.ip_proto)
     except PrivilegeError as e:
@@ -311,7 +319,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
                 stack.enter_context(suppress_rsts(parse_url(args.url)[1], "client"))
             r = fetch(args.url, args.output, args.transport, args.ip_proto, args.local_addr,
                       args.pcap, args.events, progress=sys.stderr.isatty() and not args.json,
-                      timeout=args.timeout, config=_client_config(args))
+                      timeout=args.timeout, config=_client_config(args),
+                      udp_offload=args.udp_offload)
     except (PrivilegeError, RstRuleError) as e:
         return _fail("fetch", e)
     except (OSError, ValueError) as e:

@@ -42,10 +42,12 @@ def local_address_for(server: str) -> str:
         return s.getsockname()[0]
 
 
-def open_transport(kind: str, local_ip: str, ip_proto: int = PROTO_TRICKLES) -> Transport:
-    """A client or server transport by name: 'udp' (no privileges) or 'raw'."""
+def open_transport(kind: str, local_ip: str, ip_proto: int = PROTO_TRICKLES,
+                   udp_offload: bool = False) -> Transport:
+    """A client or server transport by name: 'udp' (no privileges) or 'raw'. `udp_offload`:
+    UDP segmentation offload for runs of equal datagrams (net/gso.py)."""
     if kind == "udp":
-        return UdpTransport(local_ip, 0)
+        return UdpTransport(local_ip, 0, segment_offload=udp_offload)
     if kind == "raw":
         return RawTransport(local_ip, ip_proto)
     raise ValueError(f"unknown transport {kind!r} (use raw or udp)")
