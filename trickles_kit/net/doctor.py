@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
+import socket
 import sys
 from dataclasses import asdict, dataclass
 
@@ -62,6 +63,22 @@ def _udp() -> Check:
     ok, err = priv.can_open_udp_socket()
     return Check("UDP socket on 127.0.0.1", ok, "no privileges needed" if ok else err,
                  "" if ok else "check the loopback interface (ip link set lo up)", "transports")
+
+
+def _udp_offload() -> Check:
+    """UDP segmentation offload and GRO (net/gso.py): whether this kernel takes the options."""
+    missing = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for name, opt, value in (("UDP_SEGMENT", 103, 1400), ("UDP_GRO", 104, 1)):
+            try:
+                s.setsockopt(17, opt, value)  # SOL_UDP
+            except OSError:
+                missing.append(name)
+    if missing:
+        return Check("UDP offload", None, f"this kernel refuses {', '.join(missing)}",
+                     "optional: UDP works without it, with more CPU per packet", "transports")
+    return Check("UDP offload", True, "segmentation (serve/fetch --udp-offload) and GRO "
+                 "(the compiled build's reads)", "", "transports")
 
 
 def _netns() -> Check:
@@ -141,6 +158,7 @@ def run_doctor() -> list[Check]:
         _raw(253, "kernel TCP never sees these segments: no RSTs"),
         _raw(6, "real TCP segments; the kernel RSTs ports it does not know"),
         _udp(),
+        _udp_offload(),
         _netns(),
         *(_qdisc(q) for q in ("tbf", "htb", "netem")),
         _firewall("iptables", "iptables"),
