@@ -56,8 +56,10 @@ if TYPE_CHECKING:  # (types only: core.client imports this module)
 
 _ESTABLISHED: Final = Phase.ESTABLISHED
 # wire.segment's layout and wire.messages' response, bound once (the per-packet code calls them)
-_HDR, _PSEUDO, _TCP_HDR = sg.PORTS_FLAGS.unpack_from, sg.PSEUDO.pack, sg.HEADER.pack
-_RESP = RESPONSE_FULL.unpack_from  # response header + FULL continuation
+_PSEUDO, _TCP_HDR = sg.PSEUDO.pack, sg.HEADER.pack
+# an answer's head in one read: ports, data-offset byte, flags, the option's first 4 bytes, the
+# response header and FULL continuation
+_HEAD = struct.Struct(sg.PORTS_FLAGS.format + "6x4s4x" + RESPONSE_FULL.format[1:]).unpack_from
 _CHUNK = struct.Struct("!BHI").unpack_from  # a DATA chunk's type|flags, length, byteNum
 _OPT_PREFIX: Final = sg.OPT_PREFIX
 _OFFSET_BYTE: Final = sg.OFFSET_BYTE
@@ -116,12 +118,12 @@ def receive(eng: ClientEngine, data: bytes, now: float) -> bool:
     n = len(data)
     if n < _MIN_LEN or eng.phase != _ESTABLISHED:
         return False
-    sport, dport, off, flags = _HDR(data, 0)
+    (sport, dport, off, flags, opt, nonce, _, _, ulen, ctype, pkt, first_child, cstate, parent,
+     cts, ts, mrtt, state, first_loss, fbs, start_cwnd, ssthresh, base, conn_id, key_epoch,
+     mac) = _HEAD(data, 0)
     if (off != _OFFSET_BYTE or flags != ACK or sport != eng.server_port
-            or dport != eng.local_port or data[20:24] != _OPT_PREFIX):
+            or dport != eng.local_port or opt != _OPT_PREFIX):
         return False
-    (nonce, _, _, ulen, ctype, pkt, first_child, cstate, parent, cts, ts, mrtt, state,
-     first_loss, fbs, start_cwnd, ssthresh, base, conn_id, key_epoch, mac) = _RESP(data, HEADER_LEN)
     if ctype != FULL1 or state > BOOTSTRAP or conn_id != eng.conn_id:
         return False
     build = eng.build
@@ -140,9 +142,14 @@ def receive(eng: ClientEngine, data: bytes, now: float) -> bool:
             or exp.ranges[0] != (start, end):
         return False
     stream = eng.stream
-    received = stream.received
-    if not stream.want.covers(start, end) or len(received) >= stream.max_islands \
-            or eng.score.known(pkt):
+    want = stream.want
+    i = bisect_right(want._starts, start) - 1  # (`want.covers(start, end)`, inline)
+    if i < 0 or want._ends[i] < end or len(stream.received._starts) >= stream.max_islands:
+        return False
+    score = eng.score
+    board = score.board
+    i = bisect_right(board._starts, pkt) - 1  # (`score.known(pkt)`, inline)
+    if pkt < score.floor or pkt in score.lost or (i >= 0 and pkt < board._ends[i]):
         return False
     body = data + b"\0" if n & 1 else data
     if (eng._rx_sum + n + _rx_ones(body)) % 0xFFFF:
@@ -217,7 +224,9 @@ def _take(eng: ClientEngine, data: bytes, at: int, start: int, end: int, now: fl
     else:
         stream._store(start, data[at:])
         _add(stream.received, start, end)
-        moved = stream.deliver_in_order()
+        # (after every answer no run or skip starts at `deliver`: only bytes that start there
+        # can move; the general path calls it all the same)
+        moved = stream.deliver_in_order() if start == stream.deliver else 0
     if moved and eng.on_event is not None:
         eng._event(ev.DATA, now, bytes=moved, offset=stream.deliver)
 
@@ -256,12 +265,25 @@ def _claim(eng: ClientEngine, cont: Continuation, nonce: int, now: float) -> Non
 
 
 def _add(rs: RangeSet, start: int, end: int) -> None:
-    """`rs.add(start, end)`; inline when it extends the last run (the in-order case)."""
+    """`rs.add(start, end)`; inline at the end of the set, where packets and bytes arrive: it
+    extends the last run (in order), starts a run past it (one arrived early) or fills the
+    gap before it (the one that came late)."""
     ends = rs._ends
-    if ends and ends[-1] == start:
-        ends[-1] = end
-    else:
-        rs.add(start, end)
+    if ends:
+        last = ends[-1]
+        if last == start:
+            ends[-1] = end
+            return
+        if last < start:
+            rs._starts.append(start)
+            ends.append(end)
+            return
+        starts = rs._starts
+        if len(ends) > 1 and ends[-2] == start and starts[-1] == end:
+            ends[-2] = last
+            del starts[-1], ends[-1]
+            return
+    rs.add(start, end)
 
 
 def request(eng: RequestSending, cont: Continuation, now: float) -> None:
@@ -375,7 +397,7 @@ def _assign(eng: RequestSending, n: int) -> tuple[list[tuple[int, int]], bool]:
     if stream.missing or picker.lanes:
         return picker.assign(n), False
     mss = picker.mss
-    want, received = stream.want, stream.received
+    got, wanted = stream.received._ends, stream.want._ends
     top = stream.total if stream.total is not None else 1 << 32
     while len(out) < n:
         m = stream.window - stream.held - stream.want_bytes
@@ -386,13 +408,18 @@ def _assign(eng: RequestSending, n: int) -> tuple[list[tuple[int, int]], bool]:
         pos = picker.next_new
         if pos >= top:
             break
-        if not received.ends_by(pos) or not want.ends_by(pos):  # (the general steps)
+        # (`ends_by(pos)` of both, inline) past every byte received and wanted, or the
+        # general steps
+        if (got and got[-1] > pos) or (wanted and wanted[-1] > pos):
             return out + picker.assign(n - len(out)), False
-        rng = (pos, pos + m if pos + m < top else top)
-        picker.next_new = rng[1]
-        stream.want_bytes += rng[1] - pos
-        _add(want, pos, rng[1])
-        out.append(rng)
+        end = pos + m if pos + m < top else top
+        picker.next_new = end
+        stream.want_bytes += end - pos
+        if wanted and wanted[-1] == pos:  # (`want.add`: it extends the last run)
+            wanted[-1] = end
+        else:
+            stream.want.add(pos, end)
+        out.append((pos, end))
     return out, True
 
 
@@ -415,7 +442,8 @@ def _send(eng: RequestSending, c: Continuation, blocks: list[tuple[int, int]],
         flat += (lft, rgt, score.summary(lft, rgt))
     ucont = eng.ucont
     app = eng._request_bytes if not ucont else b""
-    rparts = range_parts(ranges)
+    # (ranges `_assign` made are within the u32 bounds: below 2^32, at most an MSS long)
+    rparts = [_RANGE(s, e - s) for s, e in ranges] if asked else range_parts(ranges)
     if rparts is None or len(blocks) > MAX_SACKS or len(ucont) > 0xFFFF or len(c.mac) != 16:
         # (encode_request's checks: the encoder refuses it)
         sacks = [SackBlock(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
