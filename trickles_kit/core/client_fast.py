@@ -205,7 +205,8 @@ def _pump(eng: ClientEngine, now: float) -> None:
 
 def _take(eng: ClientEngine, data: bytes, at: int, start: int, end: int, now: float) -> None:
     """`Reassembly.take` of one DATA chunk [start, end) wholly wanted and asked by its own
-    slot, then `deliver_in_order`; in order and with nothing to join, straight to `app`."""
+    slot, then `deliver_in_order`; in order, straight to `app` (with the run that waited
+    for it, if one did)."""
     stream = eng.stream
     stream.want_bytes -= end - start
     want = stream.want
@@ -214,13 +215,20 @@ def _take(eng: ClientEngine, data: bytes, at: int, start: int, end: int, now: fl
         starts[0] = end  # at the front of the first run)
     else:
         want.remove(start, end)
-    if (start == stream.deliver and stream.total is None and end not in stream._pieces
-            and start not in stream._piece_end and not stream.skips):
+    if (start == stream.deliver and stream.total is None and start not in stream._piece_end
+            and not stream.skips._starts):
         stream.held += end - start
-        stream.app += data[at:]
-        stream.deliver = end
+        app = stream.app
+        app += data[at:]
         _add(stream.received, start, end)
-        moved = end - start
+        piece = stream._pieces.pop(end, None)
+        if piece is None:
+            stream.deliver = end
+        else:  # (runs are kept merged: none starts where this one ends)
+            del stream._piece_end[end + len(piece)]
+            app += piece
+            stream.deliver = end + len(piece)
+        moved = stream.deliver - start
     else:
         stream._store(start, data[at:])
         _add(stream.received, start, end)
@@ -394,7 +402,7 @@ def _assign(eng: RequestSending, n: int) -> tuple[list[tuple[int, int]], bool]:
     (each asked at once, as `new_range` does); whether every range returned is asked."""
     picker, stream = eng.picker, eng.stream
     out: list[tuple[int, int]] = []
-    if stream.missing or picker.lanes:
+    if stream.missing._starts or picker.lanes:
         return picker.assign(n), False
     mss = picker.mss
     got, wanted = stream.received._ends, stream.want._ends
