@@ -97,8 +97,8 @@ def fold_sum(data: bytes) -> int:
     return x % 0xFFFF
 
 
-# an answer's sum: the compiled build's C routine where there is one (faster still)
-_rx_ones: Final = fold_sum if ones_sum is py_ones_sum else ones_sum
+_PURE_SUM: Final = ones_sum is py_ones_sum  # (no compiled build: its C routine is faster)
+_rx_ones: Final = fold_sum if _PURE_SUM else ones_sum  # an answer's sum
 
 
 def sums(local_ip: bytes, local_port: int, server_ip: bytes, server_port: int) -> tuple[int, int]:
@@ -463,7 +463,9 @@ def _send(eng: RequestSending, c: Continuation, blocks: list[tuple[int, int]],
     seq = build.seq = (build.seq + 1) & _U32
     n = HEADER_LEN + len(payload)
     body = payload + b"\0" if n & 1 else payload
-    csum = ~((eng._tx_sum + seq + c.seq + n + ones_sum(body)) % 0xFFFF or 0xFFFF) & 0xFFFF
+    # (pure Python: the payload read as one number, one remainder for the whole sum)
+    csum = ~((eng._tx_sum + seq + c.seq + n + (int.from_bytes(body, "big") if _PURE_SUM
+                                                else ones_sum(body))) % 0xFFFF or 0xFFFF) & 0xFFFF
     eng._outbox.append(_TCP_HDR(eng.local_port, eng.server_port, seq, c.seq, _OFFSET_BYTE, ACK,
                                 0xFFFF, csum, 0, _OPT_KIND, 6, _OPT_EXID, 0, 1, 1) + payload)
     counters = eng.counters

@@ -99,13 +99,17 @@ class Scoreboard:
             acc, r0 = a[0], a[1] - 1
         nonce = self.nonce
         try:
-            for j in range(r0 + 1, right + 1):
-                acc ^= nonce[j]
+            if r0 + 1 == right:  # (one packet past the last proof from `left`: most requests)
+                acc ^= nonce[right]
+            else:
+                for j in range(r0 + 1, right + 1):
+                    acc ^= nonce[j]
         except KeyError:  # not claimed (or pruned): no honest proof asks for it
             return 0
-        if len(self.sums) > 256:
-            self.sums.clear()
-        self.sums[left] = (right, acc)
+        sums = self.sums
+        if len(sums) > 256:
+            sums.clear()
+        sums[left] = (right, acc)
         return acc
 
     def cut_above(self, right: int) -> None:
