@@ -57,9 +57,10 @@ if TYPE_CHECKING:  # (types only: core.client imports this module)
 _ESTABLISHED: Final = Phase.ESTABLISHED
 # wire.segment's layout and wire.messages' response, bound once (the per-packet code calls them)
 _PSEUDO, _TCP_HDR = sg.PSEUDO.pack, sg.HEADER.pack
-# an answer's head in one read: ports, data-offset byte, flags, the option's first 4 bytes, the
-# response header and FULL continuation
-_HEAD = struct.Struct(sg.PORTS_FLAGS.format + "6x4s4x" + RESPONSE_FULL.format[1:]).unpack_from
+# an answer's head in one read: ports, data-offset byte, flags, the response header and FULL
+# continuation
+_HEAD = struct.Struct(sg.PORTS_FLAGS.format + f"{HEADER_LEN - sg.PORTS_FLAGS.size}x"
+                      + RESPONSE_FULL.format[1:]).unpack_from
 _CHUNK = struct.Struct("!BHI").unpack_from  # a DATA chunk's type|flags, length, byteNum
 _OPT_PREFIX: Final = sg.OPT_PREFIX
 _OFFSET_BYTE: Final = sg.OFFSET_BYTE
@@ -118,11 +119,11 @@ def receive(eng: ClientEngine, data: bytes, now: float) -> bool:
     n = len(data)
     if n < _MIN_LEN or eng.phase != _ESTABLISHED:
         return False
-    (sport, dport, off, flags, opt, nonce, _, _, ulen, ctype, pkt, first_child, cstate, parent,
-     cts, ts, mrtt, state, first_loss, fbs, start_cwnd, ssthresh, base, conn_id, key_epoch,
+    (sport, dport, off, flags, nonce, _, _, ulen, ctype, pkt, first_child, cstate, parent, cts,
+     ts, mrtt, state, first_loss, fbs, start_cwnd, ssthresh, base, conn_id, key_epoch,
      mac) = _HEAD(data, 0)
     if (off != _OFFSET_BYTE or flags != ACK or sport != eng.server_port
-            or dport != eng.local_port or opt != _OPT_PREFIX):
+            or dport != eng.local_port or data[20:24] != _OPT_PREFIX):
         return False
     if ctype != FULL1 or state > BOOTSTRAP or conn_id != eng.conn_id:
         return False
@@ -317,7 +318,10 @@ def request(eng: RequestSending, cont: Continuation, now: float) -> None:
         stream.settle(old.ranges)
     note_plan(eng, plan, ranges)
     eng._last_segs, eng._last_wire = [], None
-    _send(eng, cont, blocks, ranges, asked, now)
+    flat: list[int] = []
+    for lft, rgt in blocks:
+        flat += (lft, rgt, score.summary(lft, rgt))
+    _send(eng, cont, blocks, flat, ranges, asked, now)
     if eng._timer is None:
         eng._arm(now)
 
@@ -345,7 +349,8 @@ def _step(eng: RequestSending, cont: Continuation, now: float) -> None:
     if grow:
         counters[_PRED[pl.SPLIT]] += grow
     eng._last_segs, eng._last_wire = [], None
-    _send(eng, cont, [(base, seq)], ranges, asked, now)
+    _send(eng, cont, [(base, seq)], [base, seq, eng.score.summary(base, seq)], ranges, asked,
+          now)
     if eng._timer is None:
         eng._arm(now)
 
@@ -431,10 +436,11 @@ def _assign(eng: RequestSending, n: int) -> tuple[list[tuple[int, int]], bool]:
     return out, True
 
 
-def _send(eng: RequestSending, c: Continuation, blocks: list[tuple[int, int]],
+def _send(eng: RequestSending, c: Continuation, blocks: list[tuple[int, int]], flat: list[int],
           ranges: list[tuple[int, int]], asked: bool, now: float) -> None:
     """`_send_request` of a NORMAL request: the continuation's client-owned fields, the
-    ranges asked, the request packed as `encode_request` packs it, its segment."""
+    ranges asked, the request packed as `encode_request` packs it, its segment (`flat`: the
+    SACK blocks with their summaries, left, right, summary, ...)."""
     build = eng.build
     epoch = eng.client_state
     last = build._last  # (RequestBuilder.token's cache, read here)
@@ -444,10 +450,6 @@ def _send(eng: RequestSending, c: Continuation, blocks: list[tuple[int, int]],
     if not asked:
         for s, e in ranges:
             stream.ask(s, e)
-    score = eng.score
-    flat: list[int] = []
-    for lft, rgt in blocks:
-        flat += (lft, rgt, score.summary(lft, rgt))
     ucont = eng.ucont
     app = eng._request_bytes if not ucont else b""
     # (ranges `_assign` made are within the u32 bounds: below 2^32, at most an MSS long)
