@@ -300,11 +300,14 @@ def request(eng: RequestSending, cont: Continuation, now: float) -> None:
     continuation, without predictions or uplink repair (the engine checked those)."""
     seq, base = cont.seq, cont.tcp_base
     score = eng.score
-    if base <= seq and cont.state != RECOVERY and base >= score.floor:
+    if base <= seq and cont.state != RECOVERY:
         board = score.board
         i = bisect_right(board._starts, base) - 1
-        if i >= 0 and board._ends[i] > seq:  # one run holds [base, seq]: the proof is that
-            _step(eng, cont, now)  # block, the plan the normal step
+        # one run holds [base, seq], provable (below the floor: from base's anchor): the
+        # proof is that block, the plan the normal step
+        if i >= 0 and board._ends[i] > seq and (base >= score.floor
+                                                or score._can_sum(base, seq)):
+            _step(eng, cont, now)
             return
     blocks = score.proof(base if base < seq else seq, seq, eng.cfg.max_sacks)
     plan = pl.plan_request(seq, base, cont.start_cwnd, cont.ssthresh, cont.state, blocks, False,
