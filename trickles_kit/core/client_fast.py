@@ -165,7 +165,8 @@ def receive(eng: ClientEngine, data: bytes, now: float) -> bool:
     _claim(eng, cont, nonce, now)
     eng._backoff = 1
     eng._timeouts_in_row = 0
-    eng._timer = now + min(eng.rtt.rto, eng.cfg.max_rto)  # (_arm with _backoff 1)
+    rto, most = eng.rtt.rto, eng.cfg.max_rto
+    eng._timer = now + (rto if rto <= most else most)  # (_arm with _backoff 1)
     if stream.total is not None:
         eng._check_done(now)
     _pump(eng, now)
@@ -211,9 +212,12 @@ def _take(eng: ClientEngine, data: bytes, at: int, start: int, end: int, now: fl
     stream = eng.stream
     stream.want_bytes -= end - start
     want = stream.want
-    starts = want._starts
-    if starts and starts[0] == start and end < want._ends[0]:  # (RangeSet.remove's result
-        starts[0] = end  # at the front of the first run)
+    starts, ends = want._starts, want._ends
+    if starts and starts[0] == start and end <= ends[0]:  # (RangeSet.remove's result at the
+        if end < ends[0]:  # front of the first run: it shrinks, or goes)
+            starts[0] = end
+        else:
+            del starts[0], ends[0]
     else:
         want.remove(start, end)
     if (start == stream.deliver and stream.total is None and start not in stream._piece_end
@@ -455,8 +459,12 @@ def _send(eng: RequestSending, c: Continuation, blocks: list[tuple[int, int]], f
             stream.ask(s, e)
     ucont = eng.ucont
     app = eng._request_bytes if not ucont else b""
-    # (ranges `_assign` made are within the u32 bounds: below 2^32, at most an MSS long)
-    rparts = [_RANGE(s, e - s) for s, e in ranges] if asked else range_parts(ranges)
+    if asked:  # (ranges `_assign` made are within the u32 bounds: below 2^32, an MSS long at
+        rparts: list[bytes] | None = []  # most; a loop: a comprehension is a call of its own)
+        for s, e in ranges:
+            rparts.append(_RANGE(s, e - s))
+    else:
+        rparts = range_parts(ranges)
     if rparts is None or len(blocks) > MAX_SACKS or len(ucont) > 0xFFFF or len(c.mac) != 16:
         # (encode_request's checks: the encoder refuses it)
         sacks = [SackBlock(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
