@@ -56,7 +56,9 @@ class Scoreboard:
         heavy loss into one wider than `max_gap`: the new epoch's first packets were then never
         sent, looked lost, and halved the window again (4 halvings after one slow-start
         overshoot at RTT 50 ms)."""
-        blocks = [(s, e - 1) for s, e in self.board.clip(lo, seq + 1)]
+        blocks: list[tuple[int, int]] = []
+        for s, e in self.board.clip(lo, seq + 1):  # (a loop: it runs per request)
+            blocks.append((s, e - 1))
         if blocks and blocks[0][0] < self.floor:
             blocks = self._provable(blocks)
         if len(blocks) > max_sacks:
