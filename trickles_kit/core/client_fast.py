@@ -460,9 +460,10 @@ def _send(eng: RequestSending, c: Continuation, blocks: list[tuple[int, int]], f
     ucont = eng.ucont
     app = eng._request_bytes if not ucont else b""
     if asked:  # (ranges `_assign` made are within the u32 bounds: below 2^32, an MSS long at
-        rparts: list[bytes] | None = []  # most; a loop: a comprehension is a call of its own)
+        parts: list[bytes] = []  # most; a loop: a comprehension is a call of its own)
         for s, e in ranges:
-            rparts.append(_RANGE(s, e - s))
+            parts.append(_RANGE(s, e - s))
+        rparts: list[bytes] | None = parts
     else:
         rparts = range_parts(ranges)
     if rparts is None or len(blocks) > MAX_SACKS or len(ucont) > 0xFFFF or len(c.mac) != 16:
