@@ -25,9 +25,9 @@ tests/core/test_client_fast.py checks the fallbacks.
 
 from __future__ import annotations
 
-import heapq
 import struct
 from bisect import bisect_right
+from heapq import heappop, heappush
 from typing import TYPE_CHECKING, Final
 
 from trickles_kit.core import events as ev
@@ -76,6 +76,8 @@ _SACKS = [struct.Struct(f"!{3 * i}I").pack for i in range(MAX_SACKS + 1)]
 _U16 = struct.Struct("!H").pack
 _RANGE = struct.Struct("!II").pack
 _PRED: dict[str, str] = {k.value: "pred." + k.value for k in pl.SlotKind}  # counter per slot kind
+_CONTINUES: Final = _PRED[pl.CONTINUE]
+_SPLITS: Final = _PRED[pl.SPLIT]
 
 
 # (fold_sum's cuts: multiples of 16 bits, about halving a full segment's number each time)
@@ -185,7 +187,7 @@ def _pump(eng: ClientEngine, now: float) -> None:
     probes = eng.cfg.tail_probes
     while True:
         while heap and heap[0] not in expected:
-            heapq.heappop(heap)
+            heappop(heap)
         if not ready:
             break
         pkt = ready[0][0]
@@ -193,7 +195,7 @@ def _pump(eng: ClientEngine, now: float) -> None:
             break
         if eng._probes >= probes and not eng._can_ask():
             break
-        cont = heapq.heappop(ready)[2]
+        cont = heappop(ready)[2]
         if cont.type == FULL1:
             request(eng, cont, now)
         else:
@@ -265,7 +267,7 @@ def _claim(eng: ClientEngine, cont: Continuation, nonce: int, now: float) -> Non
         spare.cont = cont
         spare.stale = False
         spare.rx = now
-    heapq.heappush(eng._ready, (pkt, id(cont), cont))
+    heappush(eng._ready, (pkt, id(cont), cont))
     if eng.in_recovery and cont.state == BOOTSTRAP and pkt == eng._recovery_base:
         eng.in_recovery = False
         eng._event(ev.RECOVERY_END, now, pkt=pkt, tcp_base=cont.tcp_base)
@@ -352,9 +354,9 @@ def _step(eng: RequestSending, cont: Continuation, now: float) -> None:
         counters["tail_probes"] += 1
     eng.cwnd = prev + grow
     eng.ssthresh = ssthresh
-    counters[_PRED[pl.CONTINUE]] += 1
+    counters[_CONTINUES] += 1
     if grow:
-        counters[_PRED[pl.SPLIT]] += grow
+        counters[_SPLITS] += grow
     eng._last_segs, eng._last_wire = [], None
     _send(eng, cont, [(base, seq)], [base, seq, eng.score.summary(base, seq)], ranges, asked,
           now)

@@ -11,8 +11,8 @@ acts on what was declared.
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Container
+from heapq import heappop, heappush
 
 from trickles_kit.core import plan as pl
 from trickles_kit.core.reassembly import Ranges
@@ -67,7 +67,7 @@ class LossDetector:
             exp = Expect(rng, rtx_order, s.tcp_base)
             old = self.rtx.get(s.pkt)
             self.rtx[s.pkt] = exp
-            heapq.heappush(self.rtx_heap, (rtx_order, s.pkt))
+            heappush(self.rtx_heap, (rtx_order, s.pkt))
             if old is not None:  # its bytes may still come with it
                 exp.accept = rng + old.accept
                 replaced.append(old)
@@ -89,7 +89,7 @@ class LossDetector:
             exp = Expect(rng, pkt, base)
             old = expected.get(pkt)
             expected[pkt] = exp
-            heapq.heappush(heap, pkt)
+            heappush(heap, pkt)
             if old is not None:  # its bytes may still come with it
                 exp.accept = rng + old.accept
                 replaced.append(old)
@@ -102,7 +102,7 @@ class LossDetector:
         heap = self.heap
         out = []
         while heap and heap[0] <= limit:
-            pkt = heapq.heappop(heap)
+            pkt = heappop(heap)
             if pkt not in waiting:
                 out.append(pkt)
         return out
@@ -114,7 +114,7 @@ class LossDetector:
         rheap = self.rtx_heap
         out = []
         while rheap and rheap[0][0] <= limit:
-            _, pkt = heapq.heappop(rheap)
+            _, pkt = heappop(rheap)
             out.append((pkt, self.rtx.pop(pkt, None)))
         return out
 
@@ -123,7 +123,7 @@ class LossDetector:
         below `pkt`."""
         heap = self.heap
         while heap and heap[0] not in self.expected:
-            heapq.heappop(heap)
+            heappop(heap)
         if heap and heap[0] < pkt:
             return True
         return bool(waiting) and min(waiting) < pkt
