@@ -76,8 +76,8 @@ _SACKS = [struct.Struct(f"!{3 * i}I").pack for i in range(MAX_SACKS + 1)]
 _U16 = struct.Struct("!H").pack
 _RANGE = struct.Struct("!II").pack
 _PRED: dict[str, str] = {k.value: "pred." + k.value for k in pl.SlotKind}  # counter per slot kind
-_CONTINUES: Final = _PRED[pl.CONTINUE]
-_SPLITS: Final = _PRED[pl.SPLIT]
+_CONTINUES: Final = _PRED[pl.SlotKind.CONTINUE.value]
+_SPLITS: Final = _PRED[pl.SlotKind.SPLIT.value]
 
 
 # (fold_sum's cuts: multiples of 16 bits, about halving a full segment's number each time)
