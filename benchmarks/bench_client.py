@@ -210,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
 
         roots["against"] = str(Path(tree_of(a.against)).resolve())
     runs: dict[str, list[dict]] = {k: [] for k in roots}
+    load = [round(x, 2) for x in os.getloadavg()]  # (a shared machine: its load, said)
     args = [f"--size={a.size}", f"--loss={a.loss}", f"--seed={a.seed}", f"--reps={a.reps}"]
     with tempfile.TemporaryDirectory() as tmp:
         trace = str(Path(tmp) / "trace.pickle")
@@ -238,7 +239,9 @@ def main(argv: list[str] | None = None) -> int:
                        "(their work happened once, in the recording); it includes the client's "
                        "own wire work (decoding each answer, checksums, encoding its requests). "
                        "decode_us_per_packet: decoding the answers alone (segment + response), "
-                       "the wire layer's share of that figure", "runs": runs}
+                       "the wire layer's share of that figure", "runs": runs,
+           "load_avg_1_5_15_min": {"start": load,
+                                   "end": [round(x, 2) for x in os.getloadavg()]}}
     for name, rs in runs.items():
         every = sorted(x for r in rs for x in r["us_per_packet_all"])
         decs = [r.get("decode_us_per_packet_min") for r in rs]

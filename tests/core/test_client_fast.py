@@ -24,10 +24,19 @@ from trickles_kit.apps.generated import Generated, gen_request, generated_sha256
 from trickles_kit.core import client_fast
 from trickles_kit.core.client import ClientConfig, ClientEngine
 from trickles_kit.core.events import EventLog
+from trickles_kit.core.ranges import RangeSet
 from trickles_kit.core.seal import UcontBox
 from trickles_kit.core.server import ServerConfig, ServerEngine
 from trickles_kit.testing.liars import HidingLiar
-from trickles_kit.wire.segment import ACK, FIN, HEADER_LEN, PSH, decode_segment, encode_segment
+from trickles_kit.wire.segment import (
+    ACK,
+    FIN,
+    HEADER_LEN,
+    PSH,
+    decode_segment,
+    encode_segment,
+    py_ones_sum,
+)
 
 SIP = socket.inet_aton("10.0.0.1")
 CIP = socket.inet_aton("10.1.0.9")
@@ -184,3 +193,30 @@ def test_no_fast_path_where_it_is_not_the_general_paths_twin(cfg: dict) -> None:
     assert not eng._fast
     assert ClientEngine(CIP, 40007, SIP, 80)._fast
     assert not HidingLiar(CIP, 40007, SIP, 80)._fast  # a subclass may override any step
+
+
+def test_fold_sum_is_the_ones_sum() -> None:
+    """The answer checksum's folds (pure Python) give wire.segment's sum for every even length
+    up to past a jumbo segment: random bytes, and all ones (where the carries pile up)."""
+    rng = random.Random(5)
+    for n in [*range(0, 3200, 2), 9000, 65534]:
+        for data in (rng.randbytes(n), b"\xff" * n):
+            assert client_fast.fold_sum(data) == py_ones_sum(data), n
+
+
+def test_add_leaves_the_set_as_rangeset_add() -> None:
+    """`_add`'s shortcuts at the end of a set (extend, a run past it, the gap before the last
+    run filled) leave the set as `RangeSet.add` does, and everything else goes to it."""
+    rng = random.Random(9)
+    for _ in range(3000):
+        fast, ref = RangeSet(), RangeSet()
+        for _ in range(rng.randrange(0, 6)):
+            s = rng.randrange(0, 60)
+            e = s + rng.randrange(1, 8)
+            fast.add(s, e)
+            ref.add(s, e)
+        s = rng.randrange(0, 70)
+        e = s + rng.randrange(1, 8)
+        client_fast._add(fast, s, e)
+        ref.add(s, e)
+        assert list(fast) == list(ref)

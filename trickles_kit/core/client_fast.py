@@ -25,16 +25,18 @@ tests/core/test_client_fast.py checks the fallbacks.
 
 from __future__ import annotations
 
-import heapq
 import struct
+from bisect import bisect_right
+from heapq import heappop, heappush
 from typing import TYPE_CHECKING, Final
 
 from trickles_kit.core import events as ev
 from trickles_kit.core import plan as pl
+from trickles_kit.core.cc import cwnd
 from trickles_kit.core.phase import Phase
 from trickles_kit.core.ranges import RangeSet
 from trickles_kit.wire import segment as sg
-from trickles_kit.wire.continuation import BOOTSTRAP, FULL1, Continuation
+from trickles_kit.wire.continuation import BOOTSTRAP, FULL1, RECOVERY, Continuation
 from trickles_kit.wire.messages import (
     CHUNK_DATA,
     DATA_CHUNK_OVERHEAD,
@@ -46,7 +48,7 @@ from trickles_kit.wire.messages import (
     Request,
     SackBlock,
 )
-from trickles_kit.wire.segment import ACK, HEADER_LEN, ones_sum
+from trickles_kit.wire.segment import ACK, HEADER_LEN, ones_sum, py_ones_sum
 
 if TYPE_CHECKING:  # (types only: core.client imports this module)
     from trickles_kit.core.client import ClientEngine
@@ -54,8 +56,11 @@ if TYPE_CHECKING:  # (types only: core.client imports this module)
 
 _ESTABLISHED: Final = Phase.ESTABLISHED
 # wire.segment's layout and wire.messages' response, bound once (the per-packet code calls them)
-_HDR, _PSEUDO, _TCP_HDR = sg.PORTS_FLAGS.unpack_from, sg.PSEUDO.pack, sg.HEADER.pack
-_RESP = RESPONSE_FULL.unpack_from  # response header + FULL continuation
+_PSEUDO, _TCP_HDR = sg.PSEUDO.pack, sg.HEADER.pack
+# an answer's head in one read: ports, data-offset byte, flags, the response header and FULL
+# continuation
+_HEAD = struct.Struct(sg.PORTS_FLAGS.format + f"{HEADER_LEN - sg.PORTS_FLAGS.size}x"
+                      + RESPONSE_FULL.format[1:]).unpack_from
 _CHUNK = struct.Struct("!BHI").unpack_from  # a DATA chunk's type|flags, length, byteNum
 _OPT_PREFIX: Final = sg.OPT_PREFIX
 _OFFSET_BYTE: Final = sg.OFFSET_BYTE
@@ -71,6 +76,32 @@ _SACKS = [struct.Struct(f"!{3 * i}I").pack for i in range(MAX_SACKS + 1)]
 _U16 = struct.Struct("!H").pack
 _RANGE = struct.Struct("!II").pack
 _PRED: dict[str, str] = {k.value: "pred." + k.value for k in pl.SlotKind}  # counter per slot kind
+_CONTINUES: Final = _PRED[pl.SlotKind.CONTINUE.value]
+_SPLITS: Final = _PRED[pl.SlotKind.SPLIT.value]
+
+
+# (fold_sum's cuts: multiples of 16 bits, about halving a full segment's number each time)
+_CUT1, _CUT2, _CUT3 = 6272, 3200, 1664
+_LOW1, _LOW2, _LOW3 = (1 << _CUT1) - 1, (1 << _CUT2) - 1, (1 << _CUT3) - 1
+
+
+def fold_sum(data: bytes) -> int:
+    """`ones_sum` of `data` (even length) in pure Python, for the answers (one per packet).
+
+    Why not one `%`: the remainder of the segment read as one integer costs ~1.5 ns a byte, more
+    than reading it. Adding the number's top to its bottom at a cut of 16k bits keeps it the
+    same mod 2^16 - 1 (2^16 = 1 there) for a shift, an AND and an add (~0.1 us each); three cuts
+    leave a ~200-byte number for the remainder (~0.3 us less per full segment than
+    wire.segment's four pieces). A shorter number passes a cut unchanged."""
+    x = int.from_bytes(data, "big")
+    x = (x >> _CUT1) + (x & _LOW1)
+    x = (x >> _CUT2) + (x & _LOW2)
+    x = (x >> _CUT3) + (x & _LOW3)
+    return x % 0xFFFF
+
+
+_PURE_SUM: Final = ones_sum is py_ones_sum  # (no compiled build: its C routine is faster)
+_rx_ones: Final = fold_sum if _PURE_SUM else ones_sum  # an answer's sum
 
 
 def sums(local_ip: bytes, local_port: int, server_ip: bytes, server_port: int) -> tuple[int, int]:
@@ -90,12 +121,12 @@ def receive(eng: ClientEngine, data: bytes, now: float) -> bool:
     n = len(data)
     if n < _MIN_LEN or eng.phase != _ESTABLISHED:
         return False
-    sport, dport, off, flags = _HDR(data, 0)
+    (sport, dport, off, flags, nonce, _, _, ulen, ctype, pkt, first_child, cstate, parent, cts,
+     ts, mrtt, state, first_loss, fbs, start_cwnd, ssthresh, base, conn_id, key_epoch,
+     mac) = _HEAD(data, 0)
     if (off != _OFFSET_BYTE or flags != ACK or sport != eng.server_port
             or dport != eng.local_port or data[20:24] != _OPT_PREFIX):
         return False
-    (nonce, _, _, ulen, ctype, pkt, first_child, cstate, parent, cts, ts, mrtt, state,
-     first_loss, fbs, start_cwnd, ssthresh, base, conn_id, key_epoch, mac) = _RESP(data, HEADER_LEN)
     if ctype != FULL1 or state > BOOTSTRAP or conn_id != eng.conn_id:
         return False
     build = eng.build
@@ -114,12 +145,17 @@ def receive(eng: ClientEngine, data: bytes, now: float) -> bool:
             or exp.ranges[0] != (start, end):
         return False
     stream = eng.stream
-    received = stream.received
-    if not stream.want.covers(start, end) or len(received) >= stream.max_islands \
-            or eng.score.known(pkt):
+    want = stream.want
+    i = bisect_right(want._starts, start) - 1  # (`want.covers(start, end)`, inline)
+    if i < 0 or want._ends[i] < end or len(stream.received._starts) >= stream.max_islands:
+        return False
+    score = eng.score
+    board = score.board
+    i = bisect_right(board._starts, pkt) - 1  # (`score.known(pkt)`, inline)
+    if pkt < score.floor or pkt in score.lost or (i >= 0 and pkt < board._ends[i]):
         return False
     body = data + b"\0" if n & 1 else data
-    if (eng._rx_sum + n + ones_sum(body)) % 0xFFFF:
+    if (eng._rx_sum + n + _rx_ones(body)) % 0xFFFF:
         return False  # (the general path drops it)
     # taken: from here on, what the general path does with this answer
     eng.counters["rx"] += 1
@@ -131,7 +167,8 @@ def receive(eng: ClientEngine, data: bytes, now: float) -> bool:
     _claim(eng, cont, nonce, now)
     eng._backoff = 1
     eng._timeouts_in_row = 0
-    eng._timer = now + min(eng.rtt.rto, eng.cfg.max_rto)  # (_arm with _backoff 1)
+    rto, most = eng.rtt.rto, eng.cfg.max_rto
+    eng._timer = now + (rto if rto <= most else most)  # (_arm with _backoff 1)
     if stream.total is not None:
         eng._check_done(now)
     _pump(eng, now)
@@ -150,7 +187,7 @@ def _pump(eng: ClientEngine, now: float) -> None:
     probes = eng.cfg.tail_probes
     while True:
         while heap and heap[0] not in expected:
-            heapq.heappop(heap)
+            heappop(heap)
         if not ready:
             break
         pkt = ready[0][0]
@@ -158,7 +195,7 @@ def _pump(eng: ClientEngine, now: float) -> None:
             break
         if eng._probes >= probes and not eng._can_ask():
             break
-        cont = heapq.heappop(ready)[2]
+        cont = heappop(ready)[2]
         if cont.type == FULL1:
             request(eng, cont, now)
         else:
@@ -172,26 +209,39 @@ def _pump(eng: ClientEngine, now: float) -> None:
 
 def _take(eng: ClientEngine, data: bytes, at: int, start: int, end: int, now: float) -> None:
     """`Reassembly.take` of one DATA chunk [start, end) wholly wanted and asked by its own
-    slot, then `deliver_in_order`; in order and with nothing to join, straight to `app`."""
+    slot, then `deliver_in_order`; in order, straight to `app` (with the run that waited
+    for it, if one did)."""
     stream = eng.stream
     stream.want_bytes -= end - start
     want = stream.want
-    starts = want._starts
-    if starts and starts[0] == start and end < want._ends[0]:  # (RangeSet.remove's result
-        starts[0] = end  # at the front of the first run)
+    starts, ends = want._starts, want._ends
+    if starts and starts[0] == start and end <= ends[0]:  # (RangeSet.remove's result at the
+        if end < ends[0]:  # front of the first run: it shrinks, or goes)
+            starts[0] = end
+        else:
+            del starts[0], ends[0]
     else:
         want.remove(start, end)
-    if (start == stream.deliver and stream.total is None and end not in stream._pieces
-            and start not in stream._piece_end and not stream.skips):
+    if (start == stream.deliver and stream.total is None and start not in stream._piece_end
+            and not stream.skips._starts):
         stream.held += end - start
-        stream.app += data[at:]
-        stream.deliver = end
+        app = stream.app
+        app += data[at:]
         _add(stream.received, start, end)
-        moved = end - start
+        piece = stream._pieces.pop(end, None)
+        if piece is None:
+            stream.deliver = end
+        else:  # (runs are kept merged: none starts where this one ends)
+            del stream._piece_end[end + len(piece)]
+            app += piece
+            stream.deliver = end + len(piece)
+        moved = stream.deliver - start
     else:
         stream._store(start, data[at:])
         _add(stream.received, start, end)
-        moved = stream.deliver_in_order()
+        # (after every answer no run or skip starts at `deliver`: only bytes that start there
+        # can move; the general path calls it all the same)
+        moved = stream.deliver_in_order() if start == stream.deliver else 0
     if moved and eng.on_event is not None:
         eng._event(ev.DATA, now, bytes=moved, offset=stream.deliver)
 
@@ -217,7 +267,7 @@ def _claim(eng: ClientEngine, cont: Continuation, nonce: int, now: float) -> Non
         spare.cont = cont
         spare.stale = False
         spare.rx = now
-    heapq.heappush(eng._ready, (pkt, id(cont), cont))
+    heappush(eng._ready, (pkt, id(cont), cont))
     if eng.in_recovery and cont.state == BOOTSTRAP and pkt == eng._recovery_base:
         eng.in_recovery = False
         eng._event(ev.RECOVERY_END, now, pkt=pkt, tcp_base=cont.tcp_base)
@@ -230,19 +280,42 @@ def _claim(eng: ClientEngine, cont: Continuation, nonce: int, now: float) -> Non
 
 
 def _add(rs: RangeSet, start: int, end: int) -> None:
-    """`rs.add(start, end)`; inline when it extends the last run (the in-order case)."""
+    """`rs.add(start, end)`; inline at the end of the set, where packets and bytes arrive: it
+    extends the last run (in order), starts a run past it (one arrived early) or fills the
+    gap before it (the one that came late)."""
     ends = rs._ends
-    if ends and ends[-1] == start:
-        ends[-1] = end
-    else:
-        rs.add(start, end)
+    if ends:
+        last = ends[-1]
+        if last == start:
+            ends[-1] = end
+            return
+        if last < start:
+            rs._starts.append(start)
+            ends.append(end)
+            return
+        starts = rs._starts
+        if len(ends) > 1 and ends[-2] == start and starts[-1] == end:
+            ends[-2] = last
+            del starts[-1], ends[-1]
+            return
+    rs.add(start, end)
 
 
 def request(eng: RequestSending, cont: Continuation, now: float) -> None:
     """`_request_for` then `_launch` and `_send_request` of a NORMAL request on a FULL1
     continuation, without predictions or uplink repair (the engine checked those)."""
     seq, base = cont.seq, cont.tcp_base
-    blocks = eng.score.proof(base if base < seq else seq, seq, eng.cfg.max_sacks)
+    score = eng.score
+    if base <= seq and cont.state != RECOVERY:
+        board = score.board
+        i = bisect_right(board._starts, base) - 1
+        # one run holds [base, seq], provable (below the floor: from base's anchor): the
+        # proof is that block, the plan the normal step
+        if i >= 0 and board._ends[i] > seq and (base >= score.floor
+                                                or score._can_sum(base, seq)):
+            _step(eng, cont, now)
+            return
+    blocks = score.proof(base if base < seq else seq, seq, eng.cfg.max_sacks)
     plan = pl.plan_request(seq, base, cont.start_cwnd, cont.ssthresh, cont.state, blocks, False,
                            eng._max_gap)
     if plan.verdict == "reject":
@@ -254,7 +327,39 @@ def request(eng: RequestSending, cont: Continuation, now: float) -> None:
         stream.settle(old.ranges)
     note_plan(eng, plan, ranges)
     eng._last_segs, eng._last_wire = [], None
-    _send(eng, cont, blocks, ranges, asked, now)
+    flat: list[int] = []
+    for lft, rgt in blocks:
+        flat += (lft, rgt, score.summary(lft, rgt))
+    _send(eng, cont, blocks, flat, ranges, asked, now)
+    if eng._timer is None:
+        eng._arm(now)
+
+
+def _step(eng: RequestSending, cont: Continuation, now: float) -> None:
+    """`request` when the proof is the one block [TCPBase, seq]: `plan_request`'s normal step
+    (packets seq + cwnd(seq - 1) on, one per window growth more) without building its Plan
+    and Slots, `LossDetector.expect` and `note_plan` of it (issue 17: ~2 us per request)."""
+    seq, base, start_cwnd, ssthresh = cont.seq, cont.tcp_base, cont.start_cwnd, cont.ssthresh
+    prev = cwnd(seq - 1, base, start_cwnd, ssthresh)
+    grow = cwnd(seq, base, start_cwnd, ssthresh) - prev  # SPLIT slots after the CONTINUE one
+    ranges, asked = _assign(eng, min(1 + grow, MAX_RANGES))
+    stream = eng.stream
+    for old in eng.loss.expect_run(seq + prev, 1 + grow, ranges, base):
+        stream.settle(old.ranges)
+    counters = eng.counters
+    if ranges:
+        eng._probes = 0
+    else:
+        eng._probes += 1
+        counters["tail_probes"] += 1
+    eng.cwnd = prev + grow
+    eng.ssthresh = ssthresh
+    counters[_CONTINUES] += 1
+    if grow:
+        counters[_SPLITS] += grow
+    eng._last_segs, eng._last_wire = [], None
+    _send(eng, cont, [(base, seq)], [base, seq, eng.score.summary(base, seq)], ranges, asked,
+          now)
     if eng._timer is None:
         eng._arm(now)
 
@@ -311,10 +416,10 @@ def _assign(eng: RequestSending, n: int) -> tuple[list[tuple[int, int]], bool]:
     (each asked at once, as `new_range` does); whether every range returned is asked."""
     picker, stream = eng.picker, eng.stream
     out: list[tuple[int, int]] = []
-    if stream.missing or picker.lanes:
+    if stream.missing._starts or picker.lanes:
         return picker.assign(n), False
     mss = picker.mss
-    want, received = stream.want, stream.received
+    got, wanted = stream.received._ends, stream.want._ends
     top = stream.total if stream.total is not None else 1 << 32
     while len(out) < n:
         m = stream.window - stream.held - stream.want_bytes
@@ -325,20 +430,26 @@ def _assign(eng: RequestSending, n: int) -> tuple[list[tuple[int, int]], bool]:
         pos = picker.next_new
         if pos >= top:
             break
-        if not received.ends_by(pos) or not want.ends_by(pos):  # (the general steps)
+        # (`ends_by(pos)` of both, inline) past every byte received and wanted, or the
+        # general steps
+        if (got and got[-1] > pos) or (wanted and wanted[-1] > pos):
             return out + picker.assign(n - len(out)), False
-        rng = (pos, pos + m if pos + m < top else top)
-        picker.next_new = rng[1]
-        stream.want_bytes += rng[1] - pos
-        _add(want, pos, rng[1])
-        out.append(rng)
+        end = pos + m if pos + m < top else top
+        picker.next_new = end
+        stream.want_bytes += end - pos
+        if wanted and wanted[-1] == pos:  # (`want.add`: it extends the last run)
+            wanted[-1] = end
+        else:
+            stream.want.add(pos, end)
+        out.append((pos, end))
     return out, True
 
 
-def _send(eng: RequestSending, c: Continuation, blocks: list[tuple[int, int]],
+def _send(eng: RequestSending, c: Continuation, blocks: list[tuple[int, int]], flat: list[int],
           ranges: list[tuple[int, int]], asked: bool, now: float) -> None:
     """`_send_request` of a NORMAL request: the continuation's client-owned fields, the
-    ranges asked, the request packed as `encode_request` packs it, its segment."""
+    ranges asked, the request packed as `encode_request` packs it, its segment (`flat`: the
+    SACK blocks with their summaries, left, right, summary, ...)."""
     build = eng.build
     epoch = eng.client_state
     last = build._last  # (RequestBuilder.token's cache, read here)
@@ -348,13 +459,15 @@ def _send(eng: RequestSending, c: Continuation, blocks: list[tuple[int, int]],
     if not asked:
         for s, e in ranges:
             stream.ask(s, e)
-    score = eng.score
-    flat: list[int] = []
-    for lft, rgt in blocks:
-        flat += (lft, rgt, score.summary(lft, rgt))
     ucont = eng.ucont
     app = eng._request_bytes if not ucont else b""
-    rparts = range_parts(ranges)
+    if asked:  # (ranges `_assign` made are within the u32 bounds: below 2^32, an MSS long at
+        parts: list[bytes] = []  # most; a loop: a comprehension is a call of its own)
+        for s, e in ranges:
+            parts.append(_RANGE(s, e - s))
+        rparts: list[bytes] | None = parts
+    else:
+        rparts = range_parts(ranges)
     if rparts is None or len(blocks) > MAX_SACKS or len(ucont) > 0xFFFF or len(c.mac) != 16:
         # (encode_request's checks: the encoder refuses it)
         sacks = [SackBlock(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
@@ -366,7 +479,9 @@ def _send(eng: RequestSending, c: Continuation, blocks: list[tuple[int, int]],
     seq = build.seq = (build.seq + 1) & _U32
     n = HEADER_LEN + len(payload)
     body = payload + b"\0" if n & 1 else payload
-    csum = ~((eng._tx_sum + seq + c.seq + n + ones_sum(body)) % 0xFFFF or 0xFFFF) & 0xFFFF
+    # (pure Python: the payload read as one number, one remainder for the whole sum)
+    csum = ~((eng._tx_sum + seq + c.seq + n + (int.from_bytes(body, "big") if _PURE_SUM
+                                                else ones_sum(body))) % 0xFFFF or 0xFFFF) & 0xFFFF
     eng._outbox.append(_TCP_HDR(eng.local_port, eng.server_port, seq, c.seq, _OFFSET_BYTE, ACK,
                                 0xFFFF, csum, 0, _OPT_KIND, 6, _OPT_EXID, 0, 1, 1) + payload)
     counters = eng.counters

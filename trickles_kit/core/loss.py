@@ -11,8 +11,8 @@ acts on what was declared.
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Container
+from heapq import heappop, heappush
 
 from trickles_kit.core import plan as pl
 from trickles_kit.core.reassembly import Ranges
@@ -58,21 +58,38 @@ class LossDetector:
         # arrives after those), not only its own request's: a request that makes nothing but
         # a retransmission would else have it declared lost by the next arrival
         rtx_order = max(newest, self.top)
-        replaced = []
+        replaced: list[Expect] = []
+        for i, s in enumerate(plan.slots):
+            rng = ranges[i : i + 1]
+            if s.kind != RETRANSMIT:
+                replaced += self.expect_run(s.pkt, 1, rng, s.tcp_base)
+                continue
+            exp = Expect(rng, rtx_order, s.tcp_base)
+            old = self.rtx.get(s.pkt)
+            self.rtx[s.pkt] = exp
+            heappush(self.rtx_heap, (rtx_order, s.pkt))
+            if old is not None:  # its bytes may still come with it
+                exp.accept = rng + old.accept
+                replaced.append(old)
+        return replaced
+
+    def expect_run(self, first: int, n: int, ranges: Ranges, base: int) -> list[Expect]:
+        """`expect` of n regular packets numbered from `first`, of the epoch at TCPBase
+        `base`, packet i carrying ranges[i]: a normal step's plan, which the client's fast path
+        (core.client_fast) does not build."""
+        last = first + n - 1
+        if last > self.top:
+            self.top = last
+        replaced: list[Expect] = []
         nr = len(ranges)
         expected, heap = self.expected, self.heap
-        for i, s in enumerate(plan.slots):
+        for i in range(n):
+            pkt = first + i
             rng = [ranges[i]] if i < nr else []
-            if s.kind == RETRANSMIT:
-                exp = Expect(rng, rtx_order, s.tcp_base)
-                old = self.rtx.get(s.pkt)
-                self.rtx[s.pkt] = exp
-                heapq.heappush(self.rtx_heap, (rtx_order, s.pkt))
-            else:
-                exp = Expect(rng, s.pkt, s.tcp_base)
-                old = expected.get(s.pkt)
-                expected[s.pkt] = exp
-                heapq.heappush(heap, s.pkt)
+            exp = Expect(rng, pkt, base)
+            old = expected.get(pkt)
+            expected[pkt] = exp
+            heappush(heap, pkt)
             if old is not None:  # its bytes may still come with it
                 exp.accept = rng + old.accept
                 replaced.append(old)
@@ -85,7 +102,7 @@ class LossDetector:
         heap = self.heap
         out = []
         while heap and heap[0] <= limit:
-            pkt = heapq.heappop(heap)
+            pkt = heappop(heap)
             if pkt not in waiting:
                 out.append(pkt)
         return out
@@ -97,7 +114,7 @@ class LossDetector:
         rheap = self.rtx_heap
         out = []
         while rheap and rheap[0][0] <= limit:
-            _, pkt = heapq.heappop(rheap)
+            _, pkt = heappop(rheap)
             out.append((pkt, self.rtx.pop(pkt, None)))
         return out
 
@@ -106,7 +123,7 @@ class LossDetector:
         below `pkt`."""
         heap = self.heap
         while heap and heap[0] not in self.expected:
-            heapq.heappop(heap)
+            heappop(heap)
         if heap and heap[0] < pkt:
             return True
         return bool(waiting) and min(waiting) < pkt

@@ -19,12 +19,20 @@ class RttEstimator:
         """One RTT measurement in seconds (negative ones, from a clock step, are ignored)."""
         if r < 0:
             return
-        if self.srtt is None:
-            self.srtt, self.rttvar = r, r / 2
+        srtt = self.srtt
+        if srtt is None:
+            srtt, self.rttvar = r, r / 2
         else:
-            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - r)
-            self.srtt = 0.875 * self.srtt + 0.125 * r
-        self.rto = min(max(self.srtt + 4 * self.rttvar, self.min_rto), self.max_rto)
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(srtt - r)
+            srtt = 0.875 * srtt + 0.125 * r
+        self.srtt = srtt
+        rto = srtt + 4 * self.rttvar
+        # min(max(rto, min_rto), max_rto) as conditionals: it runs per packet
+        if rto < self.min_rto:
+            rto = self.min_rto
+        if rto > self.max_rto:
+            rto = self.max_rto
+        self.rto = rto
 
 
 __all__ = ["RttEstimator"]

@@ -56,7 +56,9 @@ class Scoreboard:
         heavy loss into one wider than `max_gap`: the new epoch's first packets were then never
         sent, looked lost, and halved the window again (4 halvings after one slow-start
         overshoot at RTT 50 ms)."""
-        blocks = [(s, e - 1) for s, e in self.board.clip(lo, seq + 1)]
+        blocks: list[tuple[int, int]] = []
+        for s, e in self.board.clip(lo, seq + 1):  # (a loop: it runs per request)
+            blocks.append((s, e - 1))
         if blocks and blocks[0][0] < self.floor:
             blocks = self._provable(blocks)
         if len(blocks) > max_sacks:
@@ -99,13 +101,17 @@ class Scoreboard:
             acc, r0 = a[0], a[1] - 1
         nonce = self.nonce
         try:
-            for j in range(r0 + 1, right + 1):
-                acc ^= nonce[j]
+            if r0 + 1 == right:  # (one packet past the last proof from `left`: most requests)
+                acc ^= nonce[right]
+            else:
+                for j in range(r0 + 1, right + 1):
+                    acc ^= nonce[j]
         except KeyError:  # not claimed (or pruned): no honest proof asks for it
             return 0
-        if len(self.sums) > 256:
-            self.sums.clear()
-        self.sums[left] = (right, acc)
+        sums = self.sums
+        if len(sums) > 256:
+            sums.clear()
+        sums[left] = (right, acc)
         return acc
 
     def cut_above(self, right: int) -> None:
