@@ -110,7 +110,7 @@ class ClientEngine(RequestSending):
         self._request_bytes = b""
         self._outbox: list[bytes] = []
         self.ucont = b""
-        self.loss = LossDetector()  # the packets our requests will make
+        self.loss = LossDetector(self.cfg.dupthresh)  # the packets our requests will make
         self.spare = Spare(bucket)  # the newest continuation, for SLOWSTART/FIN
         # the continuations that came, in packet order, for the next requests
         self._ready: list[tuple[int, int, Continuation]] = []
@@ -424,6 +424,9 @@ class ClientEngine(RequestSending):
             repair.answered(req, pkt, now, cont.client_timestamp)
         score = self.score
         if score.known(pkt):
+            if pkt in score.lost:  # declared lost, and here after all: the path reorders
+                self.loss.reordered(score.max_rx - pkt)
+                self.counters["reordered"] += 1
             self.counters["late_or_dup"] += 1
             return exp is not None
         score.claim(pkt, nonce)
@@ -468,7 +471,7 @@ class ClientEngine(RequestSending):
     def _detect_losses(self, now: float) -> None:
         if self.repair.req_of:
             self.repair.start(now)
-        self._declare_below(self.score.max_rx - self.cfg.dupthresh + 1, now)
+        self._declare_below(self.score.max_rx - self.loss.reordering + 1, now)
 
     def _declare_below(self, bound: int, now: float) -> None:
         """Declare every expected packet numbered below `bound` lost (not those waiting for a

@@ -272,7 +272,7 @@ def _claim(eng: ClientEngine, cont: Continuation, nonce: int, now: float) -> Non
         eng.in_recovery = False
         eng._event(ev.RECOVERY_END, now, pkt=pkt, tcp_base=cont.tcp_base)
     loss = eng.loss
-    bound = score.max_rx - eng.cfg.dupthresh + 1
+    bound = score.max_rx - loss.reordering + 1
     if (loss.heap and loss.heap[0] < bound) or (loss.rtx_heap and loss.rtx_heap[0][0] < bound):
         eng._declare_below(bound, now)
     if eng._prunes and len(score.nonce) >= eng._next_prune:

@@ -34,15 +34,33 @@ class Expect:
         self.accept = ranges
 
 
-class LossDetector:
-    __slots__ = ("expected", "heap", "rtx", "rtx_heap", "top")
+# How far the reordering threshold may rise (packet numbers). Linux TCP caps its own adaptive
+# `reordering` at 300; a smaller cap keeps a real loss in a small window from waiting on the
+# timers: the reordering window (`ClientEngine._update_reo`, RACK-style) and the RTO.
+MAX_REORDERING = 64
 
-    def __init__(self) -> None:
+
+class LossDetector:
+    __slots__ = ("expected", "heap", "rtx", "rtx_heap", "top", "reordering")
+
+    def __init__(self, dupthresh: int = 3) -> None:
         self.expected: dict[int, Expect] = {}  # regular packets awaited, by number
         self.heap: list[int] = []  # their numbers (lazily cleaned: check `expected`)
         self.rtx: dict[int, Expect] = {}  # retransmissions awaited, by number
         self.rtx_heap: list[tuple[int, int]] = []  # (newest number planned then, number)
         self.top = -1  # the highest regular packet number planned so far
+        # a packet is lost once one this many numbers above it has arrived: `dupthresh` at
+        # first, raised by `reordered` when the path is shown to reorder further
+        self.reordering = dupthresh
+
+    def reordered(self, degree: int) -> None:
+        """A packet declared lost arrived after all, with packets up to `degree` numbers above
+        it already in: the path reorders (per-packet balancing over replicas that answer at
+        their own pace does), and declaring it lost cost a halved window for nothing. Later
+        packets wait for one more than that (as Linux TCP raises `reordering`), up to
+        MAX_REORDERING."""
+        if degree >= self.reordering:
+            self.reordering = min(degree + 1, MAX_REORDERING)
 
     def expect(self, plan: pl.Plan, ranges: Ranges, seq: int) -> list[Expect]:
         """Note the packets `plan` will make, slot i carrying ranges[i]; the expectations they
@@ -139,4 +157,4 @@ class LossDetector:
         self.top = -1
 
 
-__all__ = ["Expect", "LossDetector"]
+__all__ = ["MAX_REORDERING", "Expect", "LossDetector"]
