@@ -1,7 +1,7 @@
 """UDP segmentation offload in UdpTransport.send_batch (asked for: `segment_offload=True`, `serve
 --udp-offload`): runs of equal datagrams to one peer go in one segmented send, and every
-receiver still gets exactly its datagrams, in order; coalesced reads (UDP_GRO, on by default
-in the compiled build) come back apart."""
+receiver still gets exactly its datagrams, in order; coalesced reads (UDP_GRO, asked for with
+it, in the compiled build) come back apart."""
 
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ def test_coalesced_reads_come_back_as_the_datagrams_sent() -> None:
     recv_batch (compiled) cuts each read back into the datagrams, in order and exact."""
     from trickles_kit.native import speedups
 
-    rx, tx = UdpTransport(), UdpTransport(segment_offload=True)
+    rx, tx = UdpTransport(segment_offload=True), UdpTransport(segment_offload=True)
     try:
         assert rx.gro is (speedups is not None)  # (pure Python: one datagram per read)
         peer = ("127.0.0.1", rx.port)
@@ -138,7 +138,7 @@ def test_offload_is_asked_for_not_the_default() -> None:
     rx = _receiver()
     tr = UdpTransport()
     try:
-        assert tr.gso is False
+        assert tr.gso is False and tr.gro is False
         peer = rx.getsockname()
         items = [(os.urandom(1000), peer) for _ in range(10)]
         assert tr.send_batch(items) == 10 and tr.counters["gso_sends"] == 0

@@ -29,9 +29,9 @@ from trickles_kit.net.runner import EventWriter, ServerLoop
 from trickles_kit.net.udp import UdpTransport
 
 UDP_OFFLOAD_HELP = ("UDP: send each run of equal datagrams to one peer in one segmented send "
-                    "(Linux UDP_SEGMENT: less CPU per packet). A capture on this host (tcpdump "
-                    "-i lo) then records each run as one large datagram, which decoders and "
-                    "Wireshark do not split")
+                    "and read a peer's runs at once (Linux UDP_SEGMENT, UDP_GRO: less CPU per "
+                    "packet). A capture on this host (tcpdump -i lo) then records each run as "
+                    "one large datagram, which decoders and Wireshark do not split")
 
 def load_secret(path: str | None, create: bool = True) -> bytes:
     """The master secret: 32+ bytes stored as hex in `path` (created, mode 600, if missing).

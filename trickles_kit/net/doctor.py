@@ -77,8 +77,8 @@ def _udp_offload() -> Check:
     if missing:
         return Check("UDP offload", None, f"this kernel refuses {', '.join(missing)}",
                      "optional: UDP works without it, with more CPU per packet", "transports")
-    return Check("UDP offload", True, "segmentation (serve/fetch --udp-offload) and GRO "
-                 "(the compiled build's reads)", "", "transports")
+    return Check("UDP offload", True, "segmentation and GRO (serve/fetch --udp-offload; GRO "
+                 "needs the compiled build)", "", "transports")
 
 
 def _netns() -> Check:

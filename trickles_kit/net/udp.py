@@ -36,14 +36,15 @@ class UdpTransport(Transport):
         super().__init__(sock, local_ip)
         self.port = sock.getsockname()[1]
         self._view = memoryview(bytearray(65535))
-        # runs of equal datagrams to one peer in one send (net/gso.py; Linux). Asked for, not
-        # the default: a capture on the sending host (tcpdump -i lo) then records each run as
-        # one large datagram, which the decoders and Wireshark do not cut apart
+        # runs of equal datagrams to one peer in one send (net/gso.py; Linux), and the other
+        # way a peer's run read at once, which the compiled recv_many cuts back into its
+        # datagrams (pure Python cannot: no GRO there). Asked for, not the default: a capture
+        # on this host then records each run as one large datagram (tcpdump -i lo on the
+        # sending side; on a NIC with GRO, the receiving side too), which the decoders and
+        # Wireshark do not cut apart
         self.gso = segment_offload and sys.platform.startswith("linux")
-        # the other way, always (it changes no capture): a sender's run arrives as one read,
-        # which the compiled recv_many cuts back into its datagrams (pure Python cannot: off)
         self.gro = False
-        if speedups is not None and sys.platform.startswith("linux"):
+        if self.gso and speedups is not None:
             try:
                 sock.setsockopt(gso.SOL_UDP, gso.UDP_GRO, 1)
                 self.gro = True
