@@ -175,10 +175,11 @@ def test_packet_bound_covers_plan() -> None:
         worst[kind] = max(worst.get(kind, 0), len(plan.slots))
     assert worst["normal"] == 2 and worst["slowstart"] == pl.SLOWSTART_CWND
     # the recovery bound is tight: a 20-packet hole inside the bootstrap range, ending at k - 1
+    # (k the last bootstrap ack)
     base, c0 = 1, 100
     first_loss = 50
-    last_regular = first_loss - 1 + pl.cwnd(first_loss - 1, base, c0, c0)
-    k = last_regular
+    new_cwnd, _, boot_start = pl.recovery_window(first_loss, base, c0, c0)
+    k = boot_start + new_cwnd - 1
     blocks = [(1, first_loss - 1), (first_loss + 1, k - pl.MAX_GAP - 1)]
     plan = pl.plan_request(k, base, c0, c0, NORMAL, blocks)
     cont = Continuation(FULL1, k, 0, 0, 0, 0, 0, 0, NORMAL, 0, 0, c0, c0, base)

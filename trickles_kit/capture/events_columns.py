@@ -33,7 +33,7 @@ from trickles_kit.core import events as ev
 from trickles_kit.core.admission import SACK_REACH, SEQ_LIMIT
 from trickles_kit.core.cc import MAX_CWND
 from trickles_kit.core.pairing import Pending
-from trickles_kit.core.plan import BOOT, CONTINUE, RETRANSMIT, SPLIT
+from trickles_kit.core.plan import BOOT, BOOT_LEAD, CONTINUE, RETRANSMIT, SPLIT
 from trickles_kit.wire.continuation import BOOTSTRAP, FULL2, NORMAL, RECOVERY
 from trickles_kit.wire.segment import SYN
 
@@ -84,11 +84,13 @@ class VectorPlans:
         j, k, base, c0, ss = r[two], k[two], base[two], c0[two], ss[two]
         loss = r1[two] + 1
         ncw = np.maximum(vec_cwnd(loss, base, c0, ss) // 2, 1)
-        last = loss - 1 + vec_cwnd(loss - 1, base, c0, ss)
-        boot = last - ncw + 1
+        prev = vec_cwnd(loss - 1, base, c0, ss)
+        last = loss - 1 + prev
+        lead = np.minimum(np.minimum(prev - ncw, ncw // 4), BOOT_LEAD)  # (`recovery_window`)
+        boot = last - ncw + 1 - lead
         starts = l2[two] == k  # a hole right below k, and it starts at the first loss
         lo = np.maximum(np.where(starts & (k - 1 - loss < max_gap), loss, k), boot)
-        nslots = starts + np.maximum(k - lo + 1, 0)
+        nslots = starts + np.maximum(np.minimum(k, boot + ncw - 1) - lo + 1, 0)
         self.rec[j], self.starts[j], self.loss[j], self.nslots[j] = True, starts, loss, nslots
         self.pkt0[j], self.cwnd[j], self.bss[j], self.bbase[j] = lo + last + 1 - boot, ncw, \
             ncw, last + 1

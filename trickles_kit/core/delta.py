@@ -95,9 +95,11 @@ def plan_paired(k: int, tcp_base: int, start_cwnd: int, ssthresh: int, state: in
     fl = last.first_loss
     if fl >= 0:
         # the last regular packet of the ending epoch, when it is a PAIR packet, has no FULL2
-        # partner: the request just before it emits its bootstrap packet
-        new, lr, _ = pl.recovery_window(fl, tcp_base, start_cwnd, ssthresh)
-        if k + 1 == lr and pair_type(lr, tcp_base, start_cwnd, ssthresh) == PAIR:
+        # partner: the request just before it emits its bootstrap packet (if it has one: the
+        # bootstrap acks end before the window's last unless the window is tiny, core.plan)
+        new, lr, bs = pl.recovery_window(fl, tcp_base, start_cwnd, ssthresh)
+        if (k + 1 == lr and bs + new - 1 == lr
+                and pair_type(lr, tcp_base, start_cwnd, ssthresh) == PAIR):
             nb = lr + 1
             slots.append(pl.Slot(pkt=nb + new - 1, kind=pl.BOOT, ctype=FULL2, state=BOOTSTRAP,
                                  tcp_base=nb, start_cwnd=new, ssthresh=new, first_loss=fl,

@@ -47,6 +47,9 @@ SLOWSTART_V, TERMINATE_V, REJECT_V = Verdict.SLOWSTART, Verdict.TERMINATE, Verdi
 
 MAX_GAP = 20
 SLOWSTART_CWND = 2
+# acks at the end of a recovering window that clock out no bootstrap packet of their own
+# (`recovery_window`); 3 as TCP's dupthresh, the inflation of RFC 5681's fast recovery
+BOOT_LEAD = 3
 
 
 @dataclass(slots=True)
@@ -173,11 +176,17 @@ def plan_request(
 def recovery_window(first_loss: int, tcp_base: int, start_cwnd: int,
                     ssthresh: int) -> tuple[int, int, int]:
     """(new_cwnd, last_regular, boot_start) of a recovery from `first_loss` (§7.4): the acks
-    boot_start .. last_regular of the old window each clock out one packet of the new epoch,
-    whose TCPBase is last_regular + 1."""
+    boot_start .. boot_start + new_cwnd - 1 of the old window each clock out one packet of the
+    new epoch, whose TCPBase is last_regular + 1. That run ends BOOT_LEAD acks before
+    last_regular (fewer when the old window has no room), so the last acks of the window, which
+    a slow-start overshoot loses as often as not, are never the only ones to clock a packet."""
     new_cwnd = max(cwnd(first_loss, tcp_base, start_cwnd, ssthresh) // 2, 1)
-    last_regular = first_loss - 1 + cwnd(first_loss - 1, tcp_base, start_cwnd, ssthresh)
-    return new_cwnd, last_regular, last_regular - new_cwnd + 1
+    prev = cwnd(first_loss - 1, tcp_base, start_cwnd, ssthresh)
+    last_regular = first_loss - 1 + prev
+    # the lead puts at most a quarter more than new_cwnd in flight for the round; and
+    # boot_start >= first_loss (prev - new_cwnd >= 0: new_cwnd <= (prev + 1) // 2)
+    lead = min(BOOT_LEAD, new_cwnd // 4, prev - new_cwnd)
+    return new_cwnd, last_regular, last_regular - new_cwnd + 1 - lead
 
 
 def _recovery(
@@ -193,7 +202,14 @@ def _recovery(
     first loss, then the halved window — and nothing more — from the old window's last acks.
     Other lost bytes travel in those bootstrap packets (the client names every slot's bytes,
     missing ones first): a retransmission per hole on top of new_cwnd bootstrap packets made the
-    recovery round carry ~2x the pipe after an overshoot and halved the window again and again."""
+    recovery round carry ~2x the pipe after an overshoot and halved the window again and again.
+
+    Each request clocks out the bootstrap packets of its own ack and of the lost acks just
+    before it. A packet nobody clocks out is never sent, and the new epoch takes the gap for a
+    loss and halves a second time for the same overshoot: that is what happened when the old
+    window's very last packet was lost (issue 15). So the bootstrap acks end BOOT_LEAD acks
+    early (`recovery_window`), and a request from those last acks clocks out only the
+    bootstrap packets of the lost acks before it."""
     new_cwnd, last_regular, boot_start = recovery_window(first_loss, tcp_base, start_cwnd,
                                                          ssthresh)
     if k > last_regular:
@@ -210,8 +226,11 @@ def _recovery(
         lo = hole[0]
     if lo < boot_start:
         lo = boot_start
+    hi = boot_start + new_cwnd - 1  # the last bootstrap ack
+    if k < hi:
+        hi = k
     shift = base - boot_start
-    for m in range(lo, k + 1):
+    for m in range(lo, hi + 1):
         slots.append(Slot(m + shift, BOOT, FULL1, BOOTSTRAP, base, new_cwnd, new_cwnd,
                            first_loss, base))
     return Plan(RECOVERY_V if slots else TERMINATE_V, slots, new_cwnd, "", first_loss, starts)
