@@ -60,7 +60,7 @@ from trickles_kit.bench.parked_client import (
     trickles_client,
 )
 from trickles_kit.bench.rtt import host_delay, rtt_argv
-from trickles_kit.core.replay import ReplayHistory
+from trickles_kit.core.replay import REPLAY_ENTRY_BYTES
 from trickles_kit.core.server import ServerConfig
 from trickles_kit.net.topology import Topology, list_namespaces
 from trickles_kit.viz.report import write_report
@@ -323,7 +323,7 @@ def _summary(res: dict) -> dict:
             xs_c, tcp_growth("keepalive", "rss_plus_kernel_buffers")),
         "trickles_requests_per_connection": round(reqs / sum(xs_t), 2) if xs_t else None,
         "trickles_rss_growth_bytes_per_request": round(grow / reqs, 1) if reqs else None,
-        "replay_history_entry_bytes_bound": ReplayHistory.ENTRY_BYTES,
+        "replay_history_entry_bytes_bound": REPLAY_ENTRY_BYTES,
         "all_alive_at_measure": all(r["all_alive_at_measure"] for r in tr + tcp),
         "all_byte_exact": all(r["all_byte_exact_after_resume"] for r in tr + tcp),
         "tcp_sockstat_inuse_matches": all(
@@ -368,7 +368,7 @@ def run(quick: bool, out_dir: Path, verbose: bool = False, levels: Sequence[int]
                     "server_addr": SERVER_ADDR, "tcp_cc": "reno"},
         "method": __doc__.split("\n\n", 1)[1].strip() if __doc__ else "",
         "replay_history": {"max_entries": cfg.replay_entries, "freshness_s": cfg.freshness,
-                           "entry_bytes_upper_bound": ReplayHistory.ENTRY_BYTES},
+                           "entry_bytes_upper_bound": REPLAY_ENTRY_BYTES},
         "trickles": [], "tcp": [],
     }
     timeout = 120.0 + 0.03 * max(levels)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from typing import Final
+from typing import ClassVar, Final
 
 # Table geometry, at module level: a compiled (mypyc) class body cannot read its own earlier
 # names, and the per-request path reads module constants faster than class attributes (Final:
@@ -34,6 +34,7 @@ _STAMP: Final = struct.Struct("<I")
 _STAMPS: Final = struct.Struct(f"<{_WAYS}I").unpack_from
 _EMPTY: Final = bytes(4)  # the stamp of an empty slot
 _P: Final = (1 << 89) - 1  # a Mersenne prime above every 64-bit key: the row hash's field
+REPLAY_ENTRY_BYTES: Final = 12  # an 8-byte key and a 4-byte seal stamp per slot, allocated up front
 
 
 def slowstart_age_bucket(age_ms: float, unit_ms: float = 100.0) -> int:
@@ -75,7 +76,8 @@ class ReplayHistory:
     __slots__ = ("freshness", "max_entries", "width", "_nb", "_rows", "_count", "_hkey", "_ha",
                  "_hb", "_base", "evicted", "refused")
 
-    ENTRY_BYTES = 12  # an 8-byte key and a 4-byte seal stamp per slot, allocated up front
+    # (a ClassVar: the compiled class keeps it on the class, where bench/memory read it)
+    ENTRY_BYTES: ClassVar[int] = REPLAY_ENTRY_BYTES
     WAYS = _WAYS
     TICK = _TICK
 
@@ -102,7 +104,7 @@ class ReplayHistory:
         return self._count
 
     def memory_bound_bytes(self) -> int:
-        return self.max_entries * self.ENTRY_BYTES + self._nb * 4 + 4096  # + the objects
+        return self.max_entries * REPLAY_ENTRY_BYTES + self._nb * 4 + 4096  # + the objects
 
     def row(self, key: int) -> int:
         """The row of `key`: ((a * key + b) mod p) mod rows, p = 2^89 - 1 prime, (a, b) secret.
