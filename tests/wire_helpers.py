@@ -286,3 +286,17 @@ def drive_client(cl: Any, send: Callable[[bytes, float], Iterable[tuple[float, b
             break
         read(t, n)
 
+
+
+def sack_proof(received: set[int], base: int, k: int,
+               max_sacks: int = 8) -> list[tuple[int, int]]:
+    """The client's SACK proof for ack k: runs of the `received` packets from `base`, the first
+    and the last ones when there are more than `max_sacks` (the recovery tests' requests)."""
+    runs: list[tuple[int, int]] = []
+    for p in range(base, k + 1):
+        if p in received:
+            if runs and runs[-1][1] == p - 1:
+                runs[-1] = (runs[-1][0], p)
+            else:
+                runs.append((p, p))
+    return runs if len(runs) <= max_sacks else runs[:1] + runs[len(runs) - max_sacks + 1:]

@@ -9,24 +9,13 @@ about twice what the path holds, lost half of it again and halved once more, and
 from __future__ import annotations
 
 import pytest
+from wire_helpers import sack_proof as _proof
 
 from trickles_kit.apps.sim import LinkConfig, simulate_transfer
 from trickles_kit.core import events as ev
 from trickles_kit.core import plan as pl
 from trickles_kit.core.cc import cwnd
 from trickles_kit.core.events import EventLog
-
-
-def _proof(received: set[int], base: int, k: int, max_sacks: int = 8) -> list[tuple[int, int]]:
-    """The client's proof for k: runs of received packets, the first and the last ones."""
-    runs: list[tuple[int, int]] = []
-    for p in range(base, k + 1):
-        if p in received:
-            if runs and runs[-1][1] == p - 1:
-                runs[-1] = (runs[-1][0], p)
-            else:
-                runs.append((p, p))
-    return runs if len(runs) <= max_sacks else runs[:1] + runs[len(runs) - max_sacks + 1:]
 
 
 @pytest.mark.parametrize(("first_loss", "step"), [(100, 2), (60, 3), (300, 2), (41, 1)])
