@@ -16,6 +16,7 @@ import sys
 from dataclasses import asdict, dataclass
 
 from trickles_kit import native
+from trickles_kit.net import gso
 from trickles_kit.net import privileges as priv
 
 SYSDEPS = "make sysdeps (as root; runs scripts/install-system-deps.sh)"
@@ -69,9 +70,10 @@ def _udp_offload() -> Check:
     """UDP segmentation offload and GRO (net/gso.py): whether this kernel takes the options."""
     missing = []
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        for name, opt, value in (("UDP_SEGMENT", 103, 1400), ("UDP_GRO", 104, 1)):
+        for name, opt, value in (("UDP_SEGMENT", gso.UDP_SEGMENT, 1400),
+                                 ("UDP_GRO", gso.UDP_GRO, 1)):
             try:
-                s.setsockopt(17, opt, value)  # SOL_UDP
+                s.setsockopt(gso.SOL_UDP, opt, value)
             except OSError:
                 missing.append(name)
     if missing:

@@ -173,7 +173,8 @@ class ServerLoop:
                 self._waiting += 1
             else:  # carries a continuation (or is garbage the engine will count)
                 requests.append(d)
-        self._answer_all(requests)  # established trickles first
+        for seg, src_ip, peer in requests:  # established trickles first
+            self._answer(seg, src_ip, peer)
         if self._waiting:
             dropped += self._admit_syns()
         self.flush()
@@ -227,27 +228,6 @@ class ServerLoop:
         sink = getattr(eng, "on_event", None)
         if sink is not None:
             sink(Event("drop", self.clock(), "server", detail={"reason": reason, "count": n}))
-
-    def _answer_all(self, requests: list[tuple[bytes, bytes, Any]]) -> None:
-        """`_answer` each datagram of a batch. The usual serve (no capture, no delay, batched
-        sends) takes a loop with the invariants hoisted: per datagram only the engine, the
-        clock and the queue (the per-call set-up was about a tenth of a loopback packet's
-        interpreted time)."""
-        if self.pcap is not None or self.delay or not self._batched:
-            for seg, src_ip, peer in requests:
-                self._answer(seg, src_ip, peer)
-            return
-        receive, clock, address = self.engine.receive, self.clock, self.transport.address
-        out = self._out
-        for seg, src_ip, peer in requests:
-            outs = receive(seg, src_ip, clock())
-            if outs:
-                a = address(src_ip, peer)
-                for o in outs:
-                    out.append((o, a))
-                if len(out) >= SEND_BATCH:
-                    self.flush()
-                    out = self._out
 
     def _answer(self, seg: bytes, src_ip: bytes, peer: Any) -> None:
         """Hand one datagram to the engine and send (or hold) its answers."""
