@@ -63,9 +63,10 @@ def test_a_batch_verdict_accepts_up_to_an_id() -> None:
     assert m[24:] == struct.pack("!II", nq.NF_ACCEPT, 0x01020304)
 
 
-def _packet_msg(queue: int, pid: int) -> bytes:
+def _packet_msg(queue: int, pid: int, stamp: tuple[int, int] | None = None) -> bytes:
     attrs = (nq.nl_attr(3, struct.pack("!I", 5))  # NFQA_MARK first: the reader must skip it
              + nq.nl_attr(nq.NFQA_PACKET_HDR, struct.pack("!IHB", pid, 0x0800, 2))
+             + (nq.nl_attr(nq.NFQA_TIMESTAMP, struct.pack("!QQ", *stamp)) if stamp else b"")
              + nq.nl_attr(10, bytes(range(64))))  # NFQA_PAYLOAD, the 64 copied bytes
     body = struct.pack("!BBH", 2, 0, queue) + attrs
     return struct.pack("=IHHII", 16 + len(body), nq.PACKET_TYPE, 0, 0, 0) + body
@@ -74,10 +75,10 @@ def _packet_msg(queue: int, pid: int) -> bytes:
 def test_parse_reads_packet_ids_and_errors() -> None:
     err = struct.pack("=IHHII", 36, nq.NLMSG_ERROR, 0, 7, 0) + struct.pack("=i", -errno.EBUSY) \
         + struct.pack("=IHHII", 28, 0x0302, 5, 7, 0)
-    buf = _packet_msg(3, 77) + err + _packet_msg(4, 2**32 - 1)
-    assert list(nq.parse(buf, len(buf))) == [(nq.PACKET_TYPE, 3, 77),
-                                             (nq.NLMSG_ERROR, 7, errno.EBUSY),
-                                             (nq.PACKET_TYPE, 4, 2**32 - 1)]
+    buf = _packet_msg(3, 77) + err + _packet_msg(4, 2**32 - 1, (1_800_000_000, 250_000))
+    assert list(nq.parse(buf, len(buf))) == [(nq.PACKET_TYPE, 3, 77, 0.0),
+                                             (nq.NLMSG_ERROR, 7, errno.EBUSY, 0.0),
+                                             (nq.PACKET_TYPE, 4, 2**32 - 1, 1_800_000_000.25)]
     assert list(nq.parse(buf, 30)) == []  # a truncated message is not read
 
 
@@ -98,6 +99,37 @@ def test_jitter_is_slow_bounded_and_unbiased() -> None:
     due = [t + v for t, v in zip(ts, vals, strict=True)]
     assert all(b > a for a, b in zip(due, due[1:], strict=False))  # order kept, no clamping
     assert abs(statistics.fmean(vals)) < amp / 5  # the mean delay does not drift
+
+
+class _SentVerdicts:
+    """A stand-in for the netlink socket: the verdicts the line sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.sock = self
+
+    def send(self, b: bytes) -> int:
+        self.sent.append(b)
+        return len(b)
+
+
+def test_the_line_learns_to_wake_early_by_its_oversleep() -> None:
+    from trickles_kit.net.delayline import LEAD_MAX_S, Line
+    cfg = LineConfig(directions=[Direction("to_server", ["-i", "a"], 0, 10.0)])
+    nfq = _SentVerdicts()
+    line = Line(cfg, nfq)  # type: ignore[arg-type]
+    q = line.queues[0]
+    due = 100.0
+    for pid in range(40):  # every wake-up comes 0.3 ms after the time it asked for
+        q.fifo.append((due, pid))
+        nxt = due - line.lead  # what run() asks select() for
+        assert line.release(nxt + 0.0003) is None
+        due += 0.01
+    assert len(nfq.sent) == 40
+    assert 0.00025 < line.lead <= 0.0003 + 1e-9 and line.lead <= LEAD_MAX_S
+    # a packet due later than the lead is held, one within it goes now
+    q.fifo.extend([(due, 40), (due + 0.001, 41)])
+    assert line.release(due - line.lead / 2) == due + 0.001 and len(q.fifo) == 1
 
 
 def test_config_round_trips_and_refuses_nonsense() -> None:
@@ -179,6 +211,8 @@ def test_idle_rtt_gains_both_one_way_delays(bed: Testbed, base_rtt: float, there
     assert abs(added - (there + back)) <= 1.0, (added, stats)
     assert stats["directions"]["to_server"]["packets"] >= 50
     assert stats["kernel_dropped"] == 0
+    # every arrival carried the kernel's stamp: the delay counts from there, not from wake-up
+    assert stats["kernel_stamped"] == sum(d["packets"] for d in stats["directions"].values())
 
 
 def test_order_is_kept_and_nothing_dropped_below_the_queue_length(bed: Testbed) -> None:

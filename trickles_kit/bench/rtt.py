@@ -85,6 +85,8 @@ def line_summary(stats: dict | None) -> dict | None:
             "packets": sum(d.get("packets", 0) for d in dirs.values()),
             "late": sum(d.get("late", 0) for d in dirs.values()),
             "late_max_ms": max((d.get("late_max_ms", 0) for d in dirs.values()), default=0),
+            "kernel_stamped": stats.get("kernel_stamped"),
+            "lead_ms": stats.get("lead_ms"),
             "kernel_dropped": stats.get("kernel_dropped")}
 
 

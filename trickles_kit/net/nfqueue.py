@@ -22,7 +22,7 @@ from pathlib import Path
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_QUEUE = 3
 NFQNL_MSG_PACKET, NFQNL_MSG_CONFIG, NFQNL_MSG_VERDICT_BATCH = 0, 2, 3
-NFQA_PACKET_HDR, NFQA_VERDICT_HDR = 1, 2
+NFQA_PACKET_HDR, NFQA_VERDICT_HDR, NFQA_TIMESTAMP = 1, 2, 4
 NFQA_CFG_CMD, NFQA_CFG_PARAMS, NFQA_CFG_QUEUE_MAXLEN = 1, 2, 3
 NFQNL_CFG_CMD_BIND, NFQNL_CFG_CMD_UNBIND = 1, 2
 NFQNL_COPY_PACKET = 2
@@ -30,6 +30,7 @@ NF_ACCEPT = 1
 NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
 NLMSG_ERROR = 2
 SO_RCVBUFFORCE = 33
+SO_TIMESTAMPNS = 35  # asm-generic/socket.h; Python's socket module does not name it
 PROC_QUEUES = "/proc/net/netfilter/nfnetlink_queue"
 
 PACKET_TYPE = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET
@@ -37,6 +38,7 @@ _NLH = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid (host ord
 _NFG = struct.Struct("!BBH")  # nfgenmsg: family, version, res_id (= queue number, big-endian)
 _ATTR = struct.Struct("=HH")  # nlattr: len, type
 _U32 = struct.Struct("!I")
+_TS = struct.Struct("!QQ")  # nfqnl_msg_packet_timestamp: seconds, microseconds (wall clock)
 _ERR = struct.Struct("=i")
 
 RCVBUF = 8 << 20  # ~10k queued messages: a burst at 100 Mbit/s never overflows the socket
@@ -60,8 +62,12 @@ def verdict_batch(queue: int, last_id: int) -> bytes:
                        nl_attr(NFQA_VERDICT_HDR, struct.pack("!II", NF_ACCEPT, last_id)))
 
 
-def parse(buf: bytes | bytearray | memoryview, n: int) -> Iterator[tuple[int, int, int]]:
-    """Messages in `buf[:n]`: (PACKET_TYPE, queue, packet id) or (NLMSG_ERROR, seq, errno)."""
+def parse(buf: bytes | bytearray | memoryview, n: int
+          ) -> Iterator[tuple[int, int, int, float]]:
+    """Messages in `buf[:n]`: (PACKET_TYPE, queue, packet id, kernel arrival time) or
+    (NLMSG_ERROR, seq, errno, 0.0). The arrival time (wall clock, seconds) is 0.0 unless the
+    kernel stamped the packet, which it does while some socket asks for timestamps
+    (`enable_kernel_timestamps`)."""
     off = 0
     while off + _NLH.size <= n:
         length, kind, _flags, seq, _pid = _NLH.unpack_from(buf, off)
@@ -69,19 +75,34 @@ def parse(buf: bytes | bytearray | memoryview, n: int) -> Iterator[tuple[int, in
             return
         if kind == PACKET_TYPE:
             queue = _NFG.unpack_from(buf, off + 16)[2]
-            a, end = off + 20, off + length
+            a, end, pid, ts = off + 20, off + length, -1, 0.0
             while a + 4 <= end:
                 alen, atype = _ATTR.unpack_from(buf, a)
                 if alen < 4:
                     break
-                if atype & 0x3FFF == NFQA_PACKET_HDR:
-                    yield PACKET_TYPE, queue, _U32.unpack_from(buf, a + 4)[0]
-                    break
+                atype &= 0x3FFF
+                if atype == NFQA_PACKET_HDR:
+                    pid = _U32.unpack_from(buf, a + 4)[0]
+                elif atype == NFQA_TIMESTAMP and alen >= 4 + _TS.size:
+                    sec, usec = _TS.unpack_from(buf, a + 4)
+                    ts = sec + usec * 1e-6
+                    break  # the kernel puts the timestamp after the packet header
                 a += (alen + 3) & ~3
+            if pid >= 0:
+                yield PACKET_TYPE, queue, pid, ts
         elif kind == NLMSG_ERROR and length >= 20:
             # the kernel answers in a message carrying the request's sequence number
-            yield NLMSG_ERROR, seq, -_ERR.unpack_from(buf, off + 16)[0]
+            yield NLMSG_ERROR, seq, -_ERR.unpack_from(buf, off + 16)[0], 0.0
         off += (length + 3) & ~3
+
+
+def enable_kernel_timestamps() -> socket.socket:
+    """A socket asking for receive timestamps: while one is open the kernel stamps every
+    packet it receives (a machine-wide switch), so queued packets carry NFQA_TIMESTAMP —
+    their true arrival, before the listener woke up. Keep the socket open to keep it on."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    return s
 
 
 class NfQueueSocket:
@@ -107,7 +128,7 @@ class NfQueueSocket:
             end = time.monotonic() + timeout
             while time.monotonic() < end:  # packet messages may come first: skip them
                 n = self.sock.recv_into(self.buf)
-                for kind, a, b in parse(self.buf, n):
+                for kind, a, b, _ts in parse(self.buf, n):
                     if kind == NLMSG_ERROR and a == self.seq:
                         if b:
                             raise OSError(b, f"nfnetlink_queue queue {queue}: {os.strerror(b)}")
