@@ -88,6 +88,11 @@ def test_judge_reports_a_miss_and_skips_what_did_not_run() -> None:
                             "tcp_bytes_per_connection": 1705.0}})
     assert [t["met"] for t in got] == [False, True, False]
     assert judge({"fairness": {"error": "no root"}}) == []
+    # through a delay the fairness target is issue #15's, 0.95, and says the RTT
+    fair = judge({"fairness": {"jain_1_1": 0.93, "rtt_ms": 50.0}})
+    assert [(t["target"], t["met"]) for t in fair] == [
+        ("Jain's index >= 0.95 for 1 Trickles + 1 Reno at RTT 50 ms", False)]
+    assert judge({"fairness": {"jain_1_1": 0.93}})[0]["met"]
 
 
 def test_quic_rows_come_from_a_quic_result(tmp_path: Path) -> None:
