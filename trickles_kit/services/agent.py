@@ -66,7 +66,10 @@ def run_trickles(url: str, size: int, seed: int, mark: int | None, local: str | 
               config=ClientConfig(mss=mss), sink=body)
     return {"ok": r.ok, "status": r.status, "bytes": r.bytes, "sha256": r.sha256,
             "t_start": t0, "t_end": time.time(), "timeouts": r.timeouts,
-            "retransmissions": r.retransmissions, "recoveries": r.recoveries, "fails": []}
+            "retransmissions": r.retransmissions, "recoveries": r.recoveries, "fails": [],
+            # what a slow transfer is made of: losses declared, and those that came after all
+            "losses": (r.client or {}).get("losses"),
+            "reordered": (r.client or {}).get("reordered")}
 
 
 def run_tcp(url: str, size: int, seed: int, mark: int | None, timeout: float,

@@ -290,7 +290,9 @@ def _load_once(n: int, kind: str, clients: int, size: int, cpu_fraction: float, 
     return {"replicas": n, "rtt": bed.rtt, "byte_exact": all(r["byte_exact"] for r in results),
             "seconds": _round(end - start_at),
             "goodput_mbit": _round(total * 8 / (end - start_at) / 1e6, 3),
-            "per_client_s": [_round(r["t_end"] - r["t_start"], 3) for r in results]}
+            "per_client_s": [_round(r["t_end"] - r["t_start"], 3) for r in results],
+            "clients_total": {k: sum(r.get(k) or 0 for r in results)
+                              for k in ("losses", "reordered", "recoveries", "timeouts")}}
 
 
 # --------------------------------------------------------------------------- anycast
