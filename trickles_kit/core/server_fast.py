@@ -305,8 +305,9 @@ class FastPath:
             front = head0 + (_HEADER_LEN + len(head) + len(data) + len(tail)).to_bytes(2, "big") \
                 + hdr + head
             if not len(head) & 1 and not len(data) & 1:
+                ds = slot.data_sum  # (the application's sum of the data, when it gave one)
                 c = (int.from_bytes(front, "big") if _PURE_SUM else _ones_sum(front)) \
-                    + _ones_sum(data)
+                    + (_ones_sum(data) if ds is None else ds)
                 if tail:
                     c += _ones_sum(tail + b"\0" if len(tail) & 1 else tail)
             else:
