@@ -29,6 +29,7 @@ from __future__ import annotations
 import struct
 import traceback
 from collections import Counter
+from hashlib import blake2s
 from hmac import compare_digest
 from math import isqrt
 from typing import TYPE_CHECKING, Any, Final
@@ -114,6 +115,14 @@ _ones_sum: Final = ones_sum
 # and one remainder, without a call into `py_ones_sum` (whose split pays off on long ones)
 _PURE_SUM: Final = speedups is None
 _compare_digest: Final = compare_digest
+# the methods called per request on built-in objects, bound once: the compiled build calls a
+# Final name directly where `obj.method(...)` looks the method up by name on every call
+_B2 = type(blake2s())
+_b2_copy: Final = _B2.copy
+_b2_update: Final = _B2.update
+_b2_digest: Final = _B2.digest
+_U16: Final = struct.Struct("!H").pack
+_join: Final = b"".join
 # a request's fields as `_REQ` unpacks them (typed: the compiled build unboxes them once)
 _Head = tuple[int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int,
               int, int, int, int, int, int, bytes, int, int, int, int, int]
@@ -201,9 +210,9 @@ class FastPath:
             if sc is not None and covered + mac in sc:
                 sc.lookup(covered + mac)  # (refreshes it and counts the hit, as admission's hook)
             else:
-                h = (self._hasher if epoch == self._h_epoch else self._mac_state(epoch)).copy()
-                h.update(covered)
-                if not _compare_digest(h.digest(), mac):
+                h = _b2_copy(self._hasher if epoch == self._h_epoch else self._mac_state(epoch))
+                _b2_update(h, covered)
+                if not _compare_digest(_b2_digest(h), mac):
                     return self.eng.receive_slow(segment, client_ip, now)
                 if sc is not None:
                     sc.lookup(covered + mac)  # the miss admission's hook counts
@@ -291,11 +300,11 @@ class FastPath:
             x = _RESP_BODY(nonces.packet_nonce(cid, base, pkt), count, i, len(u), _FULL1, pkt,
                            i == 0, cs, parent, cts, ts_now, mrtt, _NORMAL, 0, 0, c0, ss, base,
                            cid, sealing)
-            h = keyed.copy()
-            h.update(pseudo + x[8:14] + x[26:67])
+            h = _b2_copy(keyed)
+            _b2_update(h, pseudo + x[8:14] + x[26:67])
             flags = _ACK
             data = slot.data
-            head = x + h.digest() + u
+            head = x + _b2_digest(h) + u
             if data or slot.fin:
                 if len(data) > 0xFFFF - _DATA_CHUNK_OVERHEAD:
                     raise ValueError("DATA chunk too long")
@@ -312,8 +321,7 @@ class FastPath:
             # checksum sums the parts apart when each starts on a 16-bit word (the usual case)
             hdr = _TCP_HDR(sport, cport, pkt & _U32, k & _U32, _OFFSET_BYTE, flags, 0, 0, 0,
                            _OPT_KIND, 6, _OPT_EXID, _RESPONSE_HEADER_LEN + 75 + len(u), 1, 1)
-            front = head0 + (_HEADER_LEN + len(head) + len(data) + len(tail)).to_bytes(2, "big") \
-                + hdr + head
+            front = head0 + _U16(_HEADER_LEN + len(head) + len(data) + len(tail)) + hdr + head
             if not len(head) & 1 and not len(data) & 1:
                 ds = slot.data_sum  # (the application's sum of the data, when it gave one)
                 c = (int.from_bytes(front, "big") if _PURE_SUM else _ones_sum(front)) \
@@ -324,7 +332,7 @@ class FastPath:
                 rest = data + tail
                 c = _ones_sum(front + rest + b"\0" if (len(head) + len(rest)) & 1 else front + rest)
             c = (~((c % 0xFFFF) or 0xFFFF)) & 0xFFFF
-            out.append(b"".join((hdr[:16], c.to_bytes(2, "big"), hdr[18:], head, data, tail)))
+            out.append(_join((hdr[:16], _U16(c), hdr[18:], head, data, tail)))
             counters[_CONTINUE if i == 0 else _SPLIT] += 1
         counters["tx"] += count
         return out
