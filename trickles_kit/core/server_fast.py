@@ -115,6 +115,7 @@ _ones_sum: Final = ones_sum
 # and one remainder, without a call into `py_ones_sum` (whose split pays off on long ones)
 _PURE_SUM: Final = speedups is None
 _compare_digest: Final = compare_digest
+_isqrt: Final = isqrt
 # the methods called per request on built-in objects, bound once: the compiled build calls a
 # Final name directly where `obj.method(...)` looks the method up by name on every call
 _B2 = type(blake2s())
@@ -348,7 +349,7 @@ def _windows(k: int, base: int, c0: int, ss: int) -> tuple[int, int]:
     if k <= a:  # k - 1 in slow start (or at its edge)
         return cwnd(k - 1, base, c0, ss), cwnd(k, base, c0, ss)
     room = ss * (ss - 1) + 2 * (k - a)  # (for k; k - 1 has 2 less)
-    prev = (1 + isqrt(4 * room - 7)) // 2  # cwnd(k - 1): isqrt(1 + 4 * (room - 2))
+    prev = (1 + _isqrt(4 * room - 7)) // 2  # cwnd(k - 1): isqrt(1 + 4 * (room - 2))
     if prev >= _MAX_CWND:
         return _MAX_CWND, _MAX_CWND
     return (prev, prev + 1) if prev * (prev + 1) <= room else (prev, prev)
