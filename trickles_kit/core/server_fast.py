@@ -82,9 +82,8 @@ _SKIP: Final = struct.Struct("!BHII").pack
 _FINHINT: Final = struct.Struct("!BHI").pack
 _PSEUDO: Final = MAC_PSEUDO.pack
 _KEY: Final = struct.Struct("!Q").unpack_from  # the replay key: the MAC's first 8 bytes
-# wire.segment's layout (`encode_segment`, which the general path calls): the TCP checksum's
-# pseudo-header, the 28-byte header whose option is the Trickles one, its ports and flags
-_TCP_PSEUDO: Final = sg.PSEUDO.pack
+# wire.segment's layout (`encode_segment`, which the general path calls): the 28-byte header
+# whose option is the Trickles one (the checksum's pseudo-header is summed, never packed)
 _TCP_HDR: Final = sg.HEADER.pack
 _OPT_WORD: Final = int.from_bytes(sg.OPT_PREFIX, "big")  # header bytes 20-23: our option
 _OFFSET_BYTE: Final = sg.OFFSET_BYTE
@@ -145,6 +144,9 @@ class FastPath:
         self.cfg: ServerConfig = eng.cfg  # (its fields are read per request: they may change)
         self.sip: bytes = eng.service_ip
         self.sport: int = eng.service_port
+        # the service address's words and the protocol (6): the part of every TCP checksum's
+        # pseudo-header this server's segments share
+        self._sip6: int = int.from_bytes(self.sip, "big") % 0xFFFF + 6
         self.handler: Any = None  # the swappable parts, set through the engine's properties
         self.on_event: Any = None
         self.state_cache: StateCache | None = None
@@ -170,10 +172,14 @@ class FastPath:
             cport, dport, off, tflags, opt, rtype, ctype, k, _fc, _cs, _pa, _ct, ts, _mr, \
                 state, _fl, _fb, c0, ss, base, cid, epoch, mac, nsacks, left, right, summary, \
                 ulen = f
-            ck = _TCP_PSEUDO(client_ip, sip, 0, 6, n) + segment
+            # the TCP checksum: the pseudo-header's words (both addresses, protocol 6, the
+            # length) added to the segment's, no pseudo-header built
+            ipsum: int = int.from_bytes(client_ip, "big") if _PURE_SUM else _ones_sum(client_ip)
             if (dport != self.sport or off != _OFFSET_BYTE or tflags & _SYN
                     or opt != _OPT_WORD or rtype or ctype != _FULL1 or state > 2 or nsacks != 1
-                    or (int.from_bytes(ck, "big") % 0xFFFF if _PURE_SUM else _ones_sum(ck))):
+                    or len(client_ip) != 4
+                    or (self._sip6 + ipsum + n + (int.from_bytes(segment, "big") if _PURE_SUM
+                                                  else _ones_sum(segment))) % 0xFFFF):
                 return self.eng.receive_slow(segment, client_ip, now)
             cfg = self.cfg
             age: int = (int(now * 1000) - ts) & _U32
@@ -221,7 +227,7 @@ class FastPath:
         except Exception:
             return self.eng.receive_slow(segment, client_ip, now)
         # committed: from here on this request is this path's
-        return self._answer(f, segment, client_ip, pseudo, ranges, uend, rend, age, now)
+        return self._answer(f, segment, client_ip, ipsum, pseudo, ranges, uend, rend, age, now)
 
     def _mac_state(self, epoch: int) -> Any:
         """`KeyRing.mac_hasher(epoch)`, remembered for the last epoch asked for."""
@@ -230,7 +236,7 @@ class FastPath:
             self._h_epoch = epoch
         return self._hasher
 
-    def _answer(self, f: _Head, segment: bytes, cip: bytes, pseudo: bytes,
+    def _answer(self, f: _Head, segment: bytes, cip: bytes, ipsum: int, pseudo: bytes,
                 ranges: list[tuple[int, int]], uend: int, rend: int, age: int,
                 now: float) -> list[bytes]:
         """The replay stage, the handler and the seal of an admitted-so-far request (`f`: its
@@ -263,14 +269,14 @@ class FastPath:
             self.handler(msk)
             if msk.dropped:
                 return eng._drop(Reason.APP_DROP, now)
-            return self._seal_fast(f, slots, first, count, cip, pseudo, ucont, age, now)
+            return self._seal_fast(f, slots, first, count, cip, ipsum, pseudo, ucont, age, now)
         except Exception as e:  # a handler bug must not take the server down
             counters["handler_error"] += 1
             eng.last_error = traceback.format_exc()  # kept for `trickles serve` to report
             return eng._drop("internal." + type(e).__name__, now)
 
     def _seal_fast(self, f: _Head, slots: list[OutSlot], first: int, count: int,
-                   cip: bytes, pseudo: bytes, ucont: bytes, age: int,
+                   cip: bytes, ipsum: int, pseudo: bytes, ucont: bytes, age: int,
                    now: float) -> list[bytes]:
         """`ServerEngine._seal` and `_segment` for the normal step's slots (one function: a
         call with a dozen arguments per packet costs the pure build ~0.3 us)."""
@@ -283,9 +289,9 @@ class FastPath:
         ts_now = int(now * 1000) & _U32
         mrtt = (age * 8 if mrtt == 0 else mrtt - (mrtt >> 3) + age) & _U32
         nonces = self.nonces
-        sip, sport = self.sip, self.sport
+        sport = self.sport
         echo = ucont if self.cfg.echo_ucont else b""
-        head0 = sip + cip + b"\0\x06"  # the TCP pseudo-header but its length
+        psum = self._sip6 + ipsum  # the TCP pseudo-header's words but the length's
         counters = self.counters
         out = []
         for i in range(count):
@@ -322,16 +328,18 @@ class FastPath:
             # checksum sums the parts apart when each starts on a 16-bit word (the usual case)
             hdr = _TCP_HDR(sport, cport, pkt & _U32, k & _U32, _OFFSET_BYTE, flags, 0, 0, 0,
                            _OPT_KIND, 6, _OPT_EXID, _RESPONSE_HEADER_LEN + 75 + len(u), 1, 1)
-            front = head0 + _U16(_HEADER_LEN + len(head) + len(data) + len(tail)) + hdr + head
+            seglen = _HEADER_LEN + len(head) + len(data) + len(tail)
             if not len(head) & 1 and not len(data) & 1:
                 ds = slot.data_sum  # (the application's sum of the data, when it gave one)
-                c = (int.from_bytes(front, "big") if _PURE_SUM else _ones_sum(front)) \
+                c = psum + seglen \
+                    + (int.from_bytes(hdr + head, "big") if _PURE_SUM
+                       else _ones_sum(hdr) + _ones_sum(head)) \
                     + (_ones_sum(data) if ds is None else ds)
                 if tail:
                     c += _ones_sum(tail + b"\0" if len(tail) & 1 else tail)
             else:
-                rest = data + tail
-                c = _ones_sum(front + rest + b"\0" if (len(head) + len(rest)) & 1 else front + rest)
+                rest = hdr + head + data + tail
+                c = psum + seglen + _ones_sum(rest + b"\0" if len(rest) & 1 else rest)
             c = (~((c % 0xFFFF) or 0xFFFF)) & 0xFFFF
             out.append(_join((hdr[:16], _U16(c), hdr[18:], head, data, tail)))
             counters[_CONTINUE if i == 0 else _SPLIT] += 1
