@@ -200,6 +200,8 @@ class FastPath:
             if nr > 64 or rend > n:
                 return self.eng.receive_slow(segment, client_ip, now)
             ranges: list[tuple[int, int]] = []
+            start: int
+            length: int  # (typed: the compiled build adds and compares them unboxed)
             if nr == 1:  # (the common case)
                 start, length = _RANGE1(segment, uend + 1)
                 if start + length > _U32 + 1:
