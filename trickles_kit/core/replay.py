@@ -150,6 +150,13 @@ class ReplayHistory:
             return None
         return "replay_horizon" if self.refused > refused else "replay"
 
+    def _live(self, now: float, base: float) -> int:
+        """The oldest seal tick still fresh at `now` (older seals are stale: their slot is
+        free); `check_and_add` asks only when it judges a slot, not for a new key's."""
+        cur = int((now - base) / _TICK) + 1
+        cur = 1 if cur < 1 else cur if cur < 0xFFFFFFFF else 0xFFFFFFFF
+        return cur - int(self.freshness / _TICK) - 2
+
     def check_and_add(self, key: int, now: float, sealed: float | None = None) -> bool:
         """True if `key` is new (and records it); False if it may have been seen before.
 
@@ -163,15 +170,9 @@ class ReplayHistory:
         base = self._base
         if base is None:
             base = self._origin(now)
-        # self._tick(now) and self._tick(sealed), inlined
-        cur = int((now - base) / tick) + 1
-        cur = 1 if cur < 1 else cur if cur < 0xFFFFFFFF else 0xFFFFFFFF
-        if sealed is None:
-            seal = cur
-        else:
-            seal = int((sealed - base) / tick) + 1
-            seal = 1 if seal < 1 else seal if seal < 0xFFFFFFFF else 0xFFFFFFFF
-        live = cur - int(self.freshness / tick) - 2  # older seals are stale: slot is free
+        # self._tick(sealed), inlined (`live`, from now's tick, only where a slot is judged)
+        seal = int(((now if sealed is None else sealed) - base) / tick) + 1
+        seal = 1 if seal < 1 else seal if seal < 0xFFFFFFFF else 0xFFFFFFFF
         kb = _KEY_PACK(key)
         at = _FIND(rows, kb, lo, lo + _STAMPS_AT)  # the key's slot in its row, if any
         if (at - lo) & 7 and at > 0:
@@ -179,7 +180,7 @@ class ReplayHistory:
         if at >= 0:
             i = lo + _STAMPS_AT + ((at - lo) >> 1)  # its stamp
             st: int = _STAMP_AT(rows, i)[0]
-            if st and st >= live:
+            if st and st >= self._live(now, base):
                 return False
             _STAMP_PUT(rows, i, seal)  # the same key long expired: a stale continuation,
             return True  # refused elsewhere
@@ -198,7 +199,8 @@ class ReplayHistory:
             row = _STAMPS(rows, st0)
             oldest = min(row)
             j = row.index(oldest)
-            if oldest >= live:  # a full row of fresh entries: evict the one sealed first
+            # a full row of fresh entries: evict the one sealed first
+            if oldest >= self._live(now, base):
                 self.evicted += 1
                 if seal <= oldest:  # the newcomer is the oldest: accept it, keep the others
                     _STAMP_PUT(rows, lo + _HORIZON_AT, max(horizon, seal))
