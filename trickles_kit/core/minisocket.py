@@ -33,7 +33,8 @@ class OutSlot:
              data_sum: int | None = None) -> None:
         """`data_sum`, if given, must be ``int.from_bytes(data, "big") % 0xFFFF``: an application
         whose bytes are known up front (apps.generated) sums them once, not per packet, and a
-        wrong one only spoils its own packets' checksums."""
+        wrong one only spoils its own packets' checksums. (Each call sets it anew; code that
+        assigns `data` itself leaves it stale, so it goes through `fill`.)"""
         if len(data) > self.budget:
             raise ValueError(f"slot budget is {self.budget} bytes, got {len(data)}")
         self.byte_num, self.data, self.fin, self.data_sum = byte_num, data, fin, data_sum
