@@ -12,7 +12,8 @@ from dataclasses import dataclass
 class OutSlot:
     """One packet the handler may fill: data for `range`, a user continuation, FIN/FINHINT/SKIP."""
 
-    __slots__ = ("pkt", "budget", "range", "byte_num", "data", "fin", "finhint", "skips", "ucont")
+    __slots__ = ("pkt", "budget", "range", "byte_num", "data", "data_sum", "fin", "finhint",
+                 "skips", "ucont")
 
     def __init__(self, pkt: int, budget: int, rng: tuple[int, int] | None) -> None:
         self.pkt = pkt
@@ -20,15 +21,23 @@ class OutSlot:
         self.range = rng
         self.byte_num = 0
         self.data = b""
+        # int.from_bytes(data, "big") % 0xFFFF when the application knows it (`fill`), else
+        # None: the fast path then takes the data's share of the TCP checksum from it
+        self.data_sum: int | None = None
         self.fin = False
         self.finhint: int | None = None
         self.skips: list[tuple[int, int]] = []
         self.ucont: bytes | None = None
 
-    def fill(self, byte_num: int, data: bytes, fin: bool = False) -> None:
+    def fill(self, byte_num: int, data: bytes, fin: bool = False,
+             data_sum: int | None = None) -> None:
+        """`data_sum`, if given, must be ``int.from_bytes(data, "big") % 0xFFFF``: an application
+        whose bytes are known up front (apps.generated) sums them once, not per packet, and a
+        wrong one only spoils its own packets' checksums. (Each call sets it anew; code that
+        assigns `data` itself leaves it stale, so it goes through `fill`.)"""
         if len(data) > self.budget:
             raise ValueError(f"slot budget is {self.budget} bytes, got {len(data)}")
-        self.byte_num, self.data, self.fin = byte_num, data, fin
+        self.byte_num, self.data, self.fin, self.data_sum = byte_num, data, fin, data_sum
 
 
 @dataclass(slots=True, eq=False)  # eq=False: two requests are never "equal", identity as before

@@ -32,6 +32,13 @@ _STRIDE: Final = _HORIZON_AT + 4  # 196 bytes a row: 12 a slot + 4
 _KEY: Final = struct.Struct("<Q")
 _STAMP: Final = struct.Struct("<I")
 _STAMPS: Final = struct.Struct(f"<{_WAYS}I").unpack_from
+# the methods `check_and_add` calls, bound once (Final: the compiled build calls them without
+# looking a method up by name on every call, ~5 per request)
+_KEY_PACK: Final = _KEY.pack
+_KEY_PUT: Final = _KEY.pack_into
+_STAMP_AT: Final = _STAMP.unpack_from
+_STAMP_PUT: Final = _STAMP.pack_into
+_FIND: Final = bytearray.find
 _EMPTY: Final = bytes(4)  # the stamp of an empty slot
 _P: Final = (1 << 89) - 1  # a Mersenne prime above every 64-bit key: the row hash's field
 REPLAY_ENTRY_BYTES: Final = 12  # an 8-byte key and a 4-byte seal stamp per slot, allocated up front
@@ -143,6 +150,13 @@ class ReplayHistory:
             return None
         return "replay_horizon" if self.refused > refused else "replay"
 
+    def _live(self, now: float, base: float) -> int:
+        """The oldest seal tick still fresh at `now` (older seals are stale: their slot is
+        free); `check_and_add` asks only when it judges a slot, not for a new key's."""
+        cur = int((now - base) / _TICK) + 1
+        cur = 1 if cur < 1 else cur if cur < 0xFFFFFFFF else 0xFFFFFFFF
+        return cur - int(self.freshness / _TICK) - 2
+
     def check_and_add(self, key: int, now: float, sealed: float | None = None) -> bool:
         """True if `key` is new (and records it); False if it may have been seen before.
 
@@ -156,32 +170,26 @@ class ReplayHistory:
         base = self._base
         if base is None:
             base = self._origin(now)
-        # self._tick(now) and self._tick(sealed), inlined
-        cur = int((now - base) / tick) + 1
-        cur = 1 if cur < 1 else cur if cur < 0xFFFFFFFF else 0xFFFFFFFF
-        if sealed is None:
-            seal = cur
-        else:
-            seal = int((sealed - base) / tick) + 1
-            seal = 1 if seal < 1 else seal if seal < 0xFFFFFFFF else 0xFFFFFFFF
-        live = cur - int(self.freshness / tick) - 2  # older seals are stale: slot is free
-        kb = _KEY.pack(key)
-        at = rows.find(kb, lo, lo + _STAMPS_AT)  # the key's slot in its row, if any
+        # self._tick(sealed), inlined (`live`, from now's tick, only where a slot is judged)
+        seal = int(((now if sealed is None else sealed) - base) / tick) + 1
+        seal = 1 if seal < 1 else seal if seal < 0xFFFFFFFF else 0xFFFFFFFF
+        kb = _KEY_PACK(key)
+        at = _FIND(rows, kb, lo, lo + _STAMPS_AT)  # the key's slot in its row, if any
         if (at - lo) & 7 and at > 0:
             at = _aligned(rows, kb, at, lo, 8)
         if at >= 0:
             i = lo + _STAMPS_AT + ((at - lo) >> 1)  # its stamp
-            st: int = _STAMP.unpack_from(rows, i)[0]
-            if st and st >= live:
+            st: int = _STAMP_AT(rows, i)[0]
+            if st and st >= self._live(now, base):
                 return False
-            _STAMP.pack_into(rows, i, seal)  # the same key long expired: a stale continuation,
+            _STAMP_PUT(rows, i, seal)  # the same key long expired: a stale continuation,
             return True  # refused elsewhere
-        horizon: int = _STAMP.unpack_from(rows, lo + _HORIZON_AT)[0]
+        horizon: int = _STAMP_AT(rows, lo + _HORIZON_AT)[0]
         if seal <= horizon:
             self.refused += 1
             return False
         st0 = lo + _STAMPS_AT
-        at = rows.find(_EMPTY, st0, st0 + 4 * _WAYS)  # the first empty slot: min()'s pick
+        at = _FIND(rows, _EMPTY, st0, st0 + 4 * _WAYS)  # the first empty slot: min()'s pick
         if (at - st0) & 3 and at > 0:
             at = _aligned(rows, _EMPTY, at, st0, 4)
         if at >= 0:
@@ -191,14 +199,15 @@ class ReplayHistory:
             row = _STAMPS(rows, st0)
             oldest = min(row)
             j = row.index(oldest)
-            if oldest >= live:  # a full row of fresh entries: evict the one sealed first
+            # a full row of fresh entries: evict the one sealed first
+            if oldest >= self._live(now, base):
                 self.evicted += 1
                 if seal <= oldest:  # the newcomer is the oldest: accept it, keep the others
-                    _STAMP.pack_into(rows, lo + _HORIZON_AT, max(horizon, seal))
+                    _STAMP_PUT(rows, lo + _HORIZON_AT, max(horizon, seal))
                     return True
-                _STAMP.pack_into(rows, lo + _HORIZON_AT, max(horizon, oldest))
-        rows[lo + 8 * j:lo + 8 * j + 8] = kb
-        _STAMP.pack_into(rows, st0 + 4 * j, seal)
+                _STAMP_PUT(rows, lo + _HORIZON_AT, max(horizon, oldest))
+        _KEY_PUT(rows, lo + 8 * j, key)  # (= kb: a slice assignment costs twice this)
+        _STAMP_PUT(rows, st0 + 4 * j, seal)
         return True
 
 

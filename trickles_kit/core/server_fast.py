@@ -29,6 +29,7 @@ from __future__ import annotations
 import struct
 import traceback
 from collections import Counter
+from hashlib import blake2s
 from hmac import compare_digest
 from math import isqrt
 from typing import TYPE_CHECKING, Any, Final
@@ -41,13 +42,19 @@ from trickles_kit.core.nonces import NonceGen
 from trickles_kit.core.plan import CONTINUE, SPLIT
 from trickles_kit.native import speedups
 from trickles_kit.wire import segment as sg
-from trickles_kit.wire.continuation import FULL1, MAC_PSEUDO, NORMAL, RECOVERY, pack_body
+from trickles_kit.wire.continuation import (
+    BODY_FORMAT,
+    FULL1,
+    FULL_FORMAT,
+    MAC_PSEUDO,
+    NORMAL,
+    RECOVERY,
+)
 from trickles_kit.wire.messages import (
     CHUNK_DATA,
     DATA_CHUNK_OVERHEAD,
     FLAG_FIN,
     RANGE,
-    REQUEST_HEAD,
     REQUEST_HEAD_LEN,
     RESPONSE_HEADER_LEN,
 )
@@ -59,11 +66,15 @@ if TYPE_CHECKING:  # (types only: core.server imports this module)
     from trickles_kit.core.statecache import StateCache
 
 _U32: Final = 0xFFFFFFFF
-_HEAD: Final = REQUEST_HEAD.unpack_from
+# a request segment's TCP header (ports, data-offset byte, flags, the option's first word),
+# its request head (REQUEST_HEAD: type, FULL continuation, numSacks), then one SACK block and
+# the ucont length: what the fast path reads, in one unpack
+_REQ: Final = struct.Struct("!HH8xBB6xI4xB" + FULL_FORMAT + "BIIIH").unpack_from
 _RANGES: Final = RANGE.iter_unpack
 _RANGE1: Final = RANGE.unpack_from
-_SACK1: Final = struct.Struct("!IIIH").unpack_from  # one SACK block, then the ucont length
-_RESP_HDR: Final = struct.Struct("!IBBH").pack
+# the response header (nonce, siblings, position, ucont length: wire.messages) and the FULL
+# continuation's body, packed as one
+_RESP_BODY: Final = struct.Struct("!IBBH" + BODY_FORMAT).pack
 _DATA_HDR: Final = struct.Struct("!BHI").pack  # a DATA chunk's header (wire.messages)
 _DATA: Final = CHUNK_DATA << 4
 _DATA_FIN: Final = CHUNK_DATA << 4 | FLAG_FIN
@@ -71,14 +82,13 @@ _SKIP: Final = struct.Struct("!BHII").pack
 _FINHINT: Final = struct.Struct("!BHI").pack
 _PSEUDO: Final = MAC_PSEUDO.pack
 _KEY: Final = struct.Struct("!Q").unpack_from  # the replay key: the MAC's first 8 bytes
-# wire.segment's layout (`encode_segment`, which the general path calls): the TCP checksum's
-# pseudo-header, the 28-byte header whose option is the Trickles one, its ports and flags
-_TCP_PSEUDO: Final = sg.PSEUDO.pack
+# wire.segment's layout (`encode_segment`, which the general path calls): the 28-byte header
+# whose option is the Trickles one (the checksum's pseudo-header is summed, never packed)
 _TCP_HDR: Final = sg.HEADER.pack
-_IN_HDR: Final = sg.PORTS_FLAGS.unpack_from
-_OPT_PREFIX: Final = sg.OPT_PREFIX
+_OPT_WORD: Final = int.from_bytes(sg.OPT_PREFIX, "big")  # header bytes 20-23: our option
 _OFFSET_BYTE: Final = sg.OFFSET_BYTE
 _MIN_LEN: Final = HEADER_LEN + REQUEST_HEAD_LEN + 15  # header, head, one SACK, ucont length, ranges
+_UCONT_AT: Final = HEADER_LEN + REQUEST_HEAD_LEN + 14  # where the user continuation starts (119)
 # the counters' keys as plain strings (the same keys: a StrEnum member hashes and compares as its
 # value), which a dict looks up on its fast path for exact strings
 _CONTINUE: Final = str(CONTINUE)
@@ -92,7 +102,6 @@ _FIN: Final = FIN
 _FULL1: Final = FULL1
 _NORMAL: Final = NORMAL
 _RECOVERY: Final = RECOVERY
-_REQUEST_HEAD_LEN: Final = REQUEST_HEAD_LEN
 _RESPONSE_HEADER_LEN: Final = RESPONSE_HEADER_LEN
 _DATA_CHUNK_OVERHEAD: Final = DATA_CHUNK_OVERHEAD
 _SACK_REACH: Final = SACK_REACH
@@ -105,10 +114,18 @@ _ones_sum: Final = ones_sum
 # and one remainder, without a call into `py_ones_sum` (whose split pays off on long ones)
 _PURE_SUM: Final = speedups is None
 _compare_digest: Final = compare_digest
-_pack_body: Final = pack_body
-# a request's fields as `REQUEST_HEAD` unpacks them (typed: the compiled build unboxes them once)
+_isqrt: Final = isqrt
+# the methods called per request on built-in objects, bound once: the compiled build calls a
+# Final name directly where `obj.method(...)` looks the method up by name on every call
+_B2 = type(blake2s())
+_b2_copy: Final = _B2.copy
+_b2_update: Final = _B2.update
+_b2_digest: Final = _B2.digest
+_U16: Final = struct.Struct("!H").pack
+_join: Final = b"".join
+# a request's fields as `_REQ` unpacks them (typed: the compiled build unboxes them once)
 _Head = tuple[int, int, int, int, int, int, int, int, int, int, int, int, int, int, int, int,
-              int, bytes, int]
+              int, int, int, int, int, int, bytes, int, int, int, int, int]
 
 
 class FastPath:
@@ -127,6 +144,9 @@ class FastPath:
         self.cfg: ServerConfig = eng.cfg  # (its fields are read per request: they may change)
         self.sip: bytes = eng.service_ip
         self.sport: int = eng.service_port
+        # the service address's words and the protocol (6): the part of every TCP checksum's
+        # pseudo-header this server's segments share
+        self._sip6: int = int.from_bytes(self.sip, "big") % 0xFFFF + 6
         self.handler: Any = None  # the swappable parts, set through the engine's properties
         self.on_event: Any = None
         self.state_cache: StateCache | None = None
@@ -146,20 +166,21 @@ class FastPath:
             sip = self.sip
             if n < _MIN_LEN or n & 1:
                 return self.eng.receive_slow(segment, client_ip, now)
-            cport, dport, off, tflags = _IN_HDR(segment, 0)
-            ck = _TCP_PSEUDO(client_ip, sip, 0, 6, n) + segment
+            # the TCP header, the request's head and its one SACK block in one unpack, read in
+            # place (offsets below count from the segment's start)
+            f: _Head = _REQ(segment, 0)
+            cport, dport, off, tflags, opt, rtype, ctype, k, _fc, _cs, _pa, _ct, ts, _mr, \
+                state, _fl, _fb, c0, ss, base, cid, epoch, mac, nsacks, left, right, summary, \
+                ulen = f
+            # the TCP checksum: the pseudo-header's words (both addresses, protocol 6, the
+            # length) added to the segment's, no pseudo-header built
+            ipsum: int = int.from_bytes(client_ip, "big") if _PURE_SUM else _ones_sum(client_ip)
             if (dport != self.sport or off != _OFFSET_BYTE or tflags & _SYN
-                    or segment[20:24] != _OPT_PREFIX
-                    or (int.from_bytes(ck, "big") % 0xFFFF if _PURE_SUM else _ones_sum(ck))):
+                    or opt != _OPT_WORD or rtype or ctype != _FULL1 or state > 2 or nsacks != 1
+                    or len(client_ip) != 4
+                    or (self._sip6 + ipsum + n + (int.from_bytes(segment, "big") if _PURE_SUM
+                                                  else _ones_sum(segment))) % 0xFFFF):
                 return self.eng.receive_slow(segment, client_ip, now)
-            p = segment[_HEADER_LEN:]
-            n -= _HEADER_LEN
-            if p[0] or p[1] != _FULL1 or p[27] > 2 or p[76] != 1:
-                return self.eng.receive_slow(segment, client_ip, now)
-            f: _Head = _HEAD(p, 0)
-            _t, _c, k, _fc, _cs, _pa, _ct, ts, _mr, state, _fl, _fb, c0, ss, base, cid, epoch, \
-                mac, _ns = f
-            left, right, summary, ulen = _SACK1(p, _REQUEST_HEAD_LEN)
             cfg = self.cfg
             age: int = (int(now * 1000) - ts) & _U32
             # the plan's shape (the normal step) and admission's stages short of the replay table,
@@ -171,33 +192,36 @@ class FastPath:
                     or not self.keys.accepts(epoch, now)
                     or self.nonces.range_summary(cid, base, left, right) != summary):
                 return self.eng.receive_slow(segment, client_ip, now)
-            uend: int = _REQUEST_HEAD_LEN + 14 + ulen
+            uend: int = _UCONT_AT + ulen
             if uend >= n:
                 return self.eng.receive_slow(segment, client_ip, now)
-            nr = p[uend]
+            nr = segment[uend]
             rend = uend + 1 + 8 * nr
             if nr > 64 or rend > n:
                 return self.eng.receive_slow(segment, client_ip, now)
             ranges: list[tuple[int, int]] = []
+            start: int
+            length: int  # (typed: the compiled build adds and compares them unboxed)
             if nr == 1:  # (the common case)
-                start, length = _RANGE1(p, uend + 1)
+                start, length = _RANGE1(segment, uend + 1)
                 if start + length > _U32 + 1:
                     return self.eng.receive_slow(segment, client_ip, now)
                 ranges.append((start, start + length))
             elif nr:
-                for start, length in _RANGES(p[uend + 1:rend]):
+                for start, length in _RANGES(segment[uend + 1:rend]):
                     if start + length > _U32 + 1:
                         return self.eng.receive_slow(segment, client_ip, now)
                     ranges.append((start, start + length))
             pseudo: bytes = _PSEUDO(client_ip, sip, cport, self.sport)
-            covered: bytes = pseudo + p[1:7] + p[19:60]
+            # the MAC covers the continuation's type, seq and firstChild and its server block
+            covered: bytes = pseudo + segment[29:35] + segment[47:88]
             sc = self.state_cache
             if sc is not None and covered + mac in sc:
                 sc.lookup(covered + mac)  # (refreshes it and counts the hit, as admission's hook)
             else:
-                h = (self._hasher if epoch == self._h_epoch else self._mac_state(epoch)).copy()
-                h.update(covered)
-                if not _compare_digest(h.digest(), mac):
+                h = _b2_copy(self._hasher if epoch == self._h_epoch else self._mac_state(epoch))
+                _b2_update(h, covered)
+                if not _compare_digest(_b2_digest(h), mac):
                     return self.eng.receive_slow(segment, client_ip, now)
                 if sc is not None:
                     sc.lookup(covered + mac)  # the miss admission's hook counts
@@ -205,7 +229,7 @@ class FastPath:
         except Exception:
             return self.eng.receive_slow(segment, client_ip, now)
         # committed: from here on this request is this path's
-        return self._answer(f, p, client_ip, cport, pseudo, ranges, uend, rend, age, now)
+        return self._answer(f, segment, client_ip, ipsum, pseudo, ranges, uend, rend, age, now)
 
     def _mac_state(self, epoch: int) -> Any:
         """`KeyRing.mac_hasher(epoch)`, remembered for the last epoch asked for."""
@@ -214,11 +238,11 @@ class FastPath:
             self._h_epoch = epoch
         return self._hasher
 
-    def _answer(self, f: _Head, p: bytes, cip: bytes, cport: int, pseudo: bytes,
+    def _answer(self, f: _Head, segment: bytes, cip: bytes, ipsum: int, pseudo: bytes,
                 ranges: list[tuple[int, int]], uend: int, rend: int, age: int,
                 now: float) -> list[bytes]:
         """The replay stage, the handler and the seal of an admitted-so-far request (`f`: its
-        fields as `REQUEST_HEAD` unpacks them, `p` its payload)."""
+        fields as `_REQ` unpacks them from `segment`)."""
         eng = self.eng
         counters = self.counters
         counters["rx"] += 1
@@ -227,10 +251,10 @@ class FastPath:
             table = self.replay  # its `seen` hook, inlined
             assert table is not None  # (set with the engine)
             refused = table.refused
-            if not table.check_and_add(_KEY(f[17])[0], now, (int(now * 1000) - age) / 1000):
+            if not table.check_and_add(_KEY(f[22])[0], now, (int(now * 1000) - age) / 1000):
                 why = "replay_horizon" if table.refused > refused else "replay"
                 return eng._drop(why, now, event_kind(why))
-            k, c0, ss, base = f[2], f[12], f[13], f[14]  # (k >= base, 1 <= c0 <= ss: checked)
+            k, c0, ss, base = f[7], f[17], f[18], f[19]  # (k >= base, 1 <= c0 <= ss: checked)
             prev, cur = _windows(k, base, c0, ss)
             first = k + prev
             count = cur - prev + 1
@@ -241,51 +265,55 @@ class FastPath:
             else:
                 slots = [OutSlot(first + i, mss, ranges[i] if i < nranges else None)
                          for i in range(count)]
-            ucont = p[_REQUEST_HEAD_LEN + 14:uend]
-            msk = Minisocket("REQUEST", (cip, cport), f[15], p[rend:], ucont, ranges, slots,
+            ucont = segment[_UCONT_AT:uend]
+            msk = Minisocket("REQUEST", (cip, f[0]), f[20], segment[rend:], ucont, ranges, slots,
                              now)
             self.handler(msk)
             if msk.dropped:
                 return eng._drop(Reason.APP_DROP, now)
-            return self._seal_fast(f, slots, first, count, cip, cport, pseudo, ucont, age, now)
+            return self._seal_fast(f, slots, first, count, cip, ipsum, pseudo, ucont, age, now)
         except Exception as e:  # a handler bug must not take the server down
             counters["handler_error"] += 1
             eng.last_error = traceback.format_exc()  # kept for `trickles serve` to report
             return eng._drop("internal." + type(e).__name__, now)
 
     def _seal_fast(self, f: _Head, slots: list[OutSlot], first: int, count: int,
-                   cip: bytes, cport: int, pseudo: bytes, ucont: bytes, age: int,
+                   cip: bytes, ipsum: int, pseudo: bytes, ucont: bytes, age: int,
                    now: float) -> list[bytes]:
         """`ServerEngine._seal` and `_segment` for the normal step's slots (one function: a
         call with a dozen arguments per packet costs the pure build ~0.3 us)."""
-        _t, _c, k, _fc, cs, parent, cts, _ts, mrtt, _st, _fl, _fb, c0, ss, base, cid, _ep, \
-            _mac, _ns = f
-        sealing = self.keys.current(now)  # (= sealing_epoch)
+        cport, _dp, _off, _tf, _opt, _t, _c, k, _fc, cs, parent, cts, _ts, mrtt, _st, _fl, _fb, \
+            c0, ss, base, cid, _ep, _mac, _ns, _left, _right, _sum, _ulen = f
+        # (= keys.current(now), the sealing epoch: `receive` called keys.accepts(epoch, now),
+        # which moved the ring's epoch to the clock's at `now` if it was behind)
+        sealing = self.keys._epoch
         keyed = self._hasher if sealing == self._h_epoch else self._mac_state(sealing)
         ts_now = int(now * 1000) & _U32
         mrtt = (age * 8 if mrtt == 0 else mrtt - (mrtt >> 3) + age) & _U32
         nonces = self.nonces
-        sip, sport = self.sip, self.sport
+        sport = self.sport
         echo = ucont if self.cfg.echo_ucont else b""
-        head0 = sip + cip + b"\0\x06"  # the TCP pseudo-header but its length
+        psum = self._sip6 + ipsum  # the TCP pseudo-header's words but the length's
         counters = self.counters
         out = []
         for i in range(count):
             pkt = first + i
-            body = _pack_body(_FULL1, pkt, i == 0, cs, parent, cts, ts_now, mrtt, _NORMAL, 0, 0,
-                             c0, ss, base, cid, sealing)
-            h = keyed.copy()
-            h.update(pseudo + body[0:6] + body[18:59])
             slot = slots[i]
             u = slot.ucont
             if u is None or u == ucont:  # the client holds it already (it sent it)
                 u = echo
             if len(u) > 0xFFFF:
                 raise ValueError("user continuation longer than 65535 bytes")
+            # the response header and the continuation's body in one pack; the MAC covers the
+            # body's type, seq and firstChild (6 bytes at 8) and its server block (41 at 26)
+            x = _RESP_BODY(nonces.packet_nonce(cid, base, pkt), count, i, len(u), _FULL1, pkt,
+                           i == 0, cs, parent, cts, ts_now, mrtt, _NORMAL, 0, 0, c0, ss, base,
+                           cid, sealing)
+            h = _b2_copy(keyed)
+            _b2_update(h, pseudo + x[8:14] + x[26:67])
             flags = _ACK
             data = slot.data
-            head = _RESP_HDR(nonces.packet_nonce(cid, base, pkt), count, i, len(u)) + body \
-                + h.digest() + u
+            head = x + _b2_digest(h) + u
             if data or slot.fin:
                 if len(data) > 0xFFFF - _DATA_CHUNK_OVERHEAD:
                     raise ValueError("DATA chunk too long")
@@ -302,18 +330,20 @@ class FastPath:
             # checksum sums the parts apart when each starts on a 16-bit word (the usual case)
             hdr = _TCP_HDR(sport, cport, pkt & _U32, k & _U32, _OFFSET_BYTE, flags, 0, 0, 0,
                            _OPT_KIND, 6, _OPT_EXID, _RESPONSE_HEADER_LEN + 75 + len(u), 1, 1)
-            front = head0 + (_HEADER_LEN + len(head) + len(data) + len(tail)).to_bytes(2, "big") \
-                + hdr + head
+            seglen = _HEADER_LEN + len(head) + len(data) + len(tail)
             if not len(head) & 1 and not len(data) & 1:
-                c = (int.from_bytes(front, "big") if _PURE_SUM else _ones_sum(front)) \
-                    + _ones_sum(data)
+                ds = slot.data_sum  # (the application's sum of the data, when it gave one)
+                c = psum + seglen \
+                    + (int.from_bytes(hdr + head, "big") if _PURE_SUM
+                       else _ones_sum(hdr) + _ones_sum(head)) \
+                    + (_ones_sum(data) if ds is None else ds)
                 if tail:
                     c += _ones_sum(tail + b"\0" if len(tail) & 1 else tail)
             else:
-                rest = data + tail
-                c = _ones_sum(front + rest + b"\0" if (len(head) + len(rest)) & 1 else front + rest)
+                rest = hdr + head + data + tail
+                c = psum + seglen + _ones_sum(rest + b"\0" if len(rest) & 1 else rest)
             c = (~((c % 0xFFFF) or 0xFFFF)) & 0xFFFF
-            out.append(b"".join((hdr[:16], c.to_bytes(2, "big"), hdr[18:], head, data, tail)))
+            out.append(_join((hdr[:16], _U16(c), hdr[18:], head, data, tail)))
             counters[_CONTINUE if i == 0 else _SPLIT] += 1
         counters["tx"] += count
         return out
@@ -329,7 +359,7 @@ def _windows(k: int, base: int, c0: int, ss: int) -> tuple[int, int]:
     if k <= a:  # k - 1 in slow start (or at its edge)
         return cwnd(k - 1, base, c0, ss), cwnd(k, base, c0, ss)
     room = ss * (ss - 1) + 2 * (k - a)  # (for k; k - 1 has 2 less)
-    prev = (1 + isqrt(4 * room - 7)) // 2  # cwnd(k - 1): isqrt(1 + 4 * (room - 2))
+    prev = (1 + _isqrt(4 * room - 7)) // 2  # cwnd(k - 1): isqrt(1 + 4 * (room - 2))
     if prev >= _MAX_CWND:
         return _MAX_CWND, _MAX_CWND
     return (prev, prev + 1) if prev * (prev + 1) <= room else (prev, prev)
