@@ -28,7 +28,7 @@ from trickles_kit.core import delta as dl
 from trickles_kit.core import events as ev
 from trickles_kit.core.client_config import ClientConfig
 from trickles_kit.core.client_send import RequestSending
-from trickles_kit.core.loss import LossDetector
+from trickles_kit.core.loss import LossDetector, ReorderGate
 from trickles_kit.core.phase import ENDED, Phase
 from trickles_kit.core.range_picker import RangePicker
 from trickles_kit.core.reassembly import Ranges, Reassembly
@@ -111,6 +111,7 @@ class ClientEngine(RequestSending):
         self._outbox: list[bytes] = []
         self.ucont = b""
         self.loss = LossDetector(self.cfg.dupthresh)  # the packets our requests will make
+        self.gate = ReorderGate()  # once the path reorders: holes wait a window (RACK)
         self.spare = Spare(bucket)  # the newest continuation, for SLOWSTART/FIN
         # the continuations that came, in packet order, for the next requests
         self._ready: list[tuple[int, int, Continuation]] = []
@@ -160,11 +161,9 @@ class ClientEngine(RequestSending):
                 first[0] = min(max(first[0], self._syn_range[1]), first[1])
 
     def set_lanes(self, lanes: list[tuple[int, int]]) -> None:
-        """Parallel requests: one reserved byte slice [start, end) of the response per request.
-
-        New bytes are then asked round-robin across the slices, so every response progresses
-        at once; what a slice's response leaves unused the server SKIPs. Call before connect.
-        """
+        """Parallel requests: one reserved byte slice [start, end) of the response per request;
+        new bytes are asked round-robin across the slices, so every response progresses at
+        once, and what a slice's response leaves unused the server SKIPs. Call before connect."""
         if self.phase != Phase.IDLE:
             raise ValueError("set_lanes() before connect()")
         self.picker.set_lanes(lanes)
@@ -184,11 +183,9 @@ class ClientEngine(RequestSending):
 
     def close(self, now: float) -> None:
         """Tear down: a FIN request (the server keeps nothing to free; this tells the app).
-
         Retries go on the same continuation (after the last byte no new one comes). The server
         answers one FIN per continuation per age bucket (docs/protocol.md §9.3), so a retry
-        waits until the continuation's age has left the bucket of the previous try.
-        """
+        waits until the continuation's age has left the bucket of the previous try."""
         if self.phase in _QUIET:
             return
         spare = self.spare
@@ -380,17 +377,22 @@ class ClientEngine(RequestSending):
             self._event(ev.DONE, now, bytes=self.stream.total)
 
     def _update_reo(self, now: float) -> None:
-        """A hole too near the top for `dupthresh` gets a reordering window (RACK-style)."""
-        if self.phase == _ESTABLISHED and self._pending_below(self.score.max_rx):
+        """A hole too near the top for `dupthresh` gets a reordering window (RACK-style); on
+        a path that reorders every hole has its own (`gate`)."""
+        if self.phase == _ESTABLISHED and self.gate.steps:
+            self._reo = self.gate.next_deadline()
+        elif self.phase == _ESTABLISHED and self._pending_below(self.score.max_rx):
             self._open_reo(now)
         else:
             self._reo = None
 
+    def _reo_srtt(self) -> float:
+        return self.rtt.srtt if self.rtt.srtt is not None else self.cfg.initial_rto
+
     def _open_reo(self, now: float) -> None:
         """The reordering window starts now, unless one is open."""
         if self._reo is None:
-            srtt = self.rtt.srtt if self.rtt.srtt is not None else self.cfg.initial_rto
-            self._reo = now + max(srtt / 4, 0.002)
+            self._reo = now + max(self._reo_srtt() / 4, 0.002)
 
     # ------------------------------------------------------------------ packets and losses
     def _on_packet(self, cont: Continuation, nonce: int, now: float) -> bool:
@@ -426,6 +428,7 @@ class ClientEngine(RequestSending):
         if score.known(pkt):
             if pkt in score.lost:  # declared lost, and here after all: the path reorders
                 self.loss.reordered(score.max_rx - pkt)
+                self.gate.widen(now, self._reo_srtt())
                 self.counters["reordered"] += 1
             self.counters["late_or_dup"] += 1
             return exp is not None
@@ -471,7 +474,10 @@ class ClientEngine(RequestSending):
     def _detect_losses(self, now: float) -> None:
         if self.repair.req_of:
             self.repair.start(now)
-        self._declare_below(self.score.max_rx - self.loss.reordering + 1, now)
+        loss, top, gate = self.loss, self.score.max_rx, self.gate
+        bound = (gate.note(now, top, loss.hole_below(top), self._reo_srtt()) if gate.steps
+                 else top - loss.reordering + 1)  # a path that reorders: holes wait (gate)
+        self._declare_below(bound, now)
 
     def _declare_below(self, bound: int, now: float) -> None:
         """Declare every expected packet numbered below `bound` lost (not those waiting for a
@@ -507,7 +513,8 @@ class ClientEngine(RequestSending):
             self._update_reo(now)
         if self._reo is not None and now >= self._reo:
             self._reo = None
-            self._declare_below(self.score.max_rx, now)
+            self._declare_below(self.gate.due(now) if self.gate.steps else self.score.max_rx,
+                                now)
             self._pump(now)
             self._update_reo(now)
         if self._timer is None or now < self._timer:
@@ -578,6 +585,7 @@ class ClientEngine(RequestSending):
         for exp in self.loss.outstanding():
             self.stream.settle(exp.ranges)
         self.loss.clear()
+        self.gate.restart()
         self.repair.clear()
         self._ready.clear()
         self.score.cut_above(right)

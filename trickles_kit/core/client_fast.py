@@ -201,7 +201,9 @@ def _pump(eng: ClientEngine, now: float) -> None:
         else:
             eng._request_for(cont, now)
     top = eng.score.max_rx
-    if (heap and heap[0] < top) or (repairing and min(repairing) < top):
+    if eng.gate.steps:
+        eng._reo = eng.gate.next_deadline()
+    elif (heap and heap[0] < top) or (repairing and min(repairing) < top):
         eng._open_reo(now)
     else:
         eng._reo = None
@@ -272,9 +274,14 @@ def _claim(eng: ClientEngine, cont: Continuation, nonce: int, now: float) -> Non
         eng.in_recovery = False
         eng._event(ev.RECOVERY_END, now, pkt=pkt, tcp_base=cont.tcp_base)
     loss = eng.loss
-    bound = score.max_rx - loss.reordering + 1
-    if (loss.heap and loss.heap[0] < bound) or (loss.rtx_heap and loss.rtx_heap[0][0] < bound):
-        eng._declare_below(bound, now)
+    if eng.gate.steps:  # (`_detect_losses` on a path that reorders)
+        top = score.max_rx
+        eng._declare_below(eng.gate.note(now, top, loss.hole_below(top), eng._reo_srtt()), now)
+    else:
+        bound = score.max_rx - loss.reordering + 1
+        if (loss.heap and loss.heap[0] < bound) or (
+                loss.rtx_heap and loss.rtx_heap[0][0] < bound):
+            eng._declare_below(bound, now)
     if eng._prunes and len(score.nonce) >= eng._next_prune:
         eng._prune()
 

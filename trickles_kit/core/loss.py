@@ -11,6 +11,7 @@ acts on what was declared.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Container
 from heapq import heappop, heappush
 
@@ -136,6 +137,12 @@ class LossDetector:
             out.append((pkt, self.rtx.pop(pkt, None)))
         return out
 
+    def hole_below(self, top: int) -> bool:
+        """Whether a packet awaited (perhaps one already settled: the heaps are cleaned
+        lazily) is numbered, or ordered, below `top`."""
+        return bool(self.heap and self.heap[0] < top) or bool(
+            self.rtx_heap and self.rtx_heap[0][0] < top)
+
     def pending_below(self, pkt: int, waiting: dict[int, object]) -> bool:
         """Whether an undecided packet (or one `waiting` for a repeated request) is numbered
         below `pkt`."""
@@ -157,4 +164,68 @@ class LossDetector:
         self.top = -1
 
 
-__all__ = ["MAX_REORDERING", "Expect", "LossDetector"]
+# How far the time gate's window may widen: steps x max(srtt/4, REO_MIN_S), at most 4 steps
+# (one SRTT at most on a wide-area path, as Linux's RACK caps its own reo_wnd at one SRTT).
+MAX_REO_STEPS = 4
+REO_MIN_S = 0.002
+
+
+class ReorderGate:
+    """Once the path has reordered, a hole is lost only when a packet numbered above it has
+    been in for a reordering window (RACK, RFC 8985; Linux turns its time gate on the same way,
+    once reordering is seen).
+
+    Why: per-packet balancing over replicas that answer at their own pace reorders by a few
+    milliseconds. A count threshold learns how *far* packets are overtaken but not how *long*
+    they are late, and every declaration of a packet that was only late costs a halved window
+    Trickles cannot undo: 27 recoveries in 8 x 1 MB at RTT 50 ms, all spurious. `steps` is 0
+    until a declared loss arrives after all; each later such arrival, at most once per SRTT,
+    widens the window by one step."""
+
+    __slots__ = ("entries", "top", "steps", "widened")
+
+    def __init__(self) -> None:
+        self.entries: deque[tuple[float, int]] = deque()  # (deadline, max_rx then)
+        self.top = -1  # the highest packet number an entry was considered for
+        self.steps = 0
+        self.widened = 0.0
+
+    def window(self, srtt: float) -> float:
+        return max(srtt / 4, REO_MIN_S) * self.steps
+
+    def widen(self, now: float, srtt: float) -> None:
+        """A declared loss arrived after all: gate from now on, a step wider if the last
+        widening is an SRTT old (one late burst widens once)."""
+        if self.steps == 0 or (self.steps < MAX_REO_STEPS and now >= self.widened + srtt):
+            self.steps += 1
+            self.widened = now
+
+    def note(self, now: float, top: int, hole_below: bool, srtt: float) -> int:
+        """`top` is the highest packet in, `hole_below` whether one awaited is below it; the
+        bound every packet under which is now lost (-1: none yet; always, until reordering)."""
+        if not self.steps:
+            return -1
+        if top > self.top:
+            self.top = top
+            if hole_below:
+                self.entries.append((now + self.window(srtt), top))
+        return self.due(now)
+
+    def due(self, now: float) -> int:
+        entries = self.entries
+        bound = -1
+        while entries and entries[0][0] <= now:
+            bound = entries.popleft()[1]
+        return bound
+
+    def next_deadline(self) -> float | None:
+        return self.entries[0][0] if self.entries else None
+
+    def restart(self) -> None:
+        """A timeout starts a new epoch whose packet numbers may repeat: forget the entries
+        (the steps learnt about the path stay)."""
+        self.entries.clear()
+        self.top = -1
+
+
+__all__ = ["MAX_REORDERING", "MAX_REO_STEPS", "Expect", "LossDetector", "ReorderGate"]
