@@ -84,11 +84,14 @@ def _round(x: float, nd: int = 3) -> float:
 
 def _make_server(secret: bytes, engine=ServerEngine, config=ServerConfig, app=Generated):
     gen = app()
+    if not APP_SUMS["on"]:  # (an older tree's Generated has no such attribute: harmless)
+        gen.give_sums = False
     srv = engine(secret, gen, SERVER_IP, SERVER_PORT, config(initial_ssthresh=64))
     gen.attach(srv)
     return srv, gen
 
 
+APP_SUMS = {"on": True}  # --no-app-sums: the handler gives no data checksum shares
 ENGINE = {"make": _make_server}  # --baseline-tree swaps in an older engine for a pass
 
 
@@ -865,6 +868,9 @@ def main(argv: list[str] | None = None) -> int:
                          "on a shared machine, or wall time (default: %(default)s); the "
                          "end-to-end figures always report both")
     ap.add_argument("--note", help="free text stored in the JSON (e.g. what changed)")
+    ap.add_argument("--no-app-sums", action="store_true",
+                    help="the Generated handler gives no data checksum shares (pure build: "
+                         "the engine then sums every answer's data itself)")
     ap.add_argument("--baseline-tree", metavar="REV|DIR",
                     help="also time the server engine of an older checkout against this one, "
                          "interleaved in the same run: a git revision of this checkout, or a "
@@ -881,6 +887,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(_sim_child(a.sim_child, a.sim_mode)))
         return 0
     CLOCK["name"] = a.clock
+    APP_SUMS["on"] = not a.no_app_sums
     opts = dict(QUICK if a.quick else FULL)
     for k in ("pool", "rounds", "sim_size"):
         if getattr(a, k) is not None:
@@ -893,7 +900,8 @@ def main(argv: list[str] | None = None) -> int:
             old = json.loads(Path(a.compare).read_text())
         except (OSError, ValueError) as e:
             print(f"--compare: cannot read {a.compare}: {e}", file=sys.stderr)
-    res: dict = {"meta": _meta([sys.argv[0], *argv], mode), "options": {**opts, "clock": a.clock}}
+    res: dict = {"meta": _meta([sys.argv[0], *argv], mode), "options": {**opts, "clock": a.clock,
+                                                                   "app_sums": APP_SUMS["on"]}}
     t0 = time.perf_counter()
     if "server" in sections:
         print("[1/3] server engine per request ...", file=sys.stderr, flush=True)
