@@ -4,8 +4,8 @@ loopback, in software at a device that has no offload. The receiver sees ordinar
 
 Why: a server answers a batch of requests with runs of equal full-size packets to the same
 client, and a datagram's own way through the send path was most of what a loopback packet cost
-past the protocol: with it on both sides the loopback server's MB per CPU-second went from 48
-to 76 (`benchmarks/bench_quic.py --loopback`: benchmarks/results/quic_loopback.json).
+past the protocol: with it on both sides the loopback server's MB per CPU-second went from 74
+to 135 (`benchmarks/bench_quic.py --loopback`: benchmarks/results/quic_loopback.json).
 
 `runs` only plans; `UdpTransport.send_batch` sends, and turns this off for good (falling back
 to `sendmmsg`) the first time the kernel refuses a segmented send (no `UDP_SEGMENT`, or a
