@@ -45,7 +45,7 @@ from trickles_kit.wire import segment as sg
 from trickles_kit.wire.continuation import (
     BODY_FORMAT,
     FULL1,
-    FULL_FORMAT,
+    MAC_OFFSET,
     MAC_PSEUDO,
     NORMAL,
     RECOVERY,
@@ -55,8 +55,10 @@ from trickles_kit.wire.messages import (
     DATA_CHUNK_OVERHEAD,
     FLAG_FIN,
     RANGE,
+    REQUEST_HEAD,
     REQUEST_HEAD_LEN,
     RESPONSE_HEADER_LEN,
+    SACK_BLOCK,
 )
 from trickles_kit.wire.segment import ACK, FIN, HEADER_LEN, OPT_EXID, OPT_KIND, SYN, ones_sum
 
@@ -69,7 +71,8 @@ _U32: Final = 0xFFFFFFFF
 # a request segment's TCP header (ports, data-offset byte, flags, the option's first word),
 # its request head (REQUEST_HEAD: type, FULL continuation, numSacks), then one SACK block and
 # the ucont length: what the fast path reads, in one unpack
-_REQ: Final = struct.Struct("!HH8xBB6xI4xB" + FULL_FORMAT + "BIIIH").unpack_from
+_REQ: Final = struct.Struct(sg.HEADER_CHECKED.format + REQUEST_HEAD.format[1:]
+                            + SACK_BLOCK.format[1:] + "H").unpack_from
 _RANGES: Final = RANGE.iter_unpack
 _RANGE1: Final = RANGE.unpack_from
 # the response header (nonce, siblings, position, ucont length: wire.messages) and the FULL
@@ -89,6 +92,16 @@ _OPT_WORD: Final = int.from_bytes(sg.OPT_PREFIX, "big")  # header bytes 20-23: o
 _OFFSET_BYTE: Final = sg.OFFSET_BYTE
 _MIN_LEN: Final = HEADER_LEN + REQUEST_HEAD_LEN + 15  # header, head, one SACK, ucont length, ranges
 _UCONT_AT: Final = HEADER_LEN + REQUEST_HEAD_LEN + 14  # where the user continuation starts (119)
+# what the MAC covers of a FULL continuation (core.seal.mac: body[0:6] + body[18:MAC_OFFSET]),
+# where it sits in a request segment (after the header and the request type) and in an answer's
+# response header + body
+_RQ: Final = HEADER_LEN + 1
+_RQ_A: Final = _RQ + 6
+_RQ_B: Final = _RQ + 18
+_RQ_C: Final = _RQ + MAC_OFFSET
+_RS_A: Final = RESPONSE_HEADER_LEN + 6
+_RS_B: Final = RESPONSE_HEADER_LEN + 18
+_RS_C: Final = RESPONSE_HEADER_LEN + MAC_OFFSET
 # the counters' keys as plain strings (the same keys: a StrEnum member hashes and compares as its
 # value), which a dict looks up on its fast path for exact strings
 _CONTINUE: Final = str(CONTINUE)
@@ -214,7 +227,7 @@ class FastPath:
                     ranges.append((start, start + length))
             pseudo: bytes = _PSEUDO(client_ip, sip, cport, self.sport)
             # the MAC covers the continuation's type, seq and firstChild and its server block
-            covered: bytes = pseudo + segment[29:35] + segment[47:88]
+            covered: bytes = pseudo + segment[_RQ:_RQ_A] + segment[_RQ_B:_RQ_C]
             sc = self.state_cache
             if sc is not None and covered + mac in sc:
                 sc.lookup(covered + mac)  # (refreshes it and counts the hit, as admission's hook)
@@ -310,7 +323,7 @@ class FastPath:
                            i == 0, cs, parent, cts, ts_now, mrtt, _NORMAL, 0, 0, c0, ss, base,
                            cid, sealing)
             h = _b2_copy(keyed)
-            _b2_update(h, pseudo + x[8:14] + x[26:67])
+            _b2_update(h, pseudo + x[_RESPONSE_HEADER_LEN:_RS_A] + x[_RS_B:_RS_C])
             flags = _ACK
             data = slot.data
             head = x + _b2_digest(h) + u

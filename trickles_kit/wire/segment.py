@@ -24,6 +24,8 @@ HEADER_LEN = 28  # 20 + option (6) + 2 NOPs
 OFFSET_BYTE = (HEADER_LEN // 4) << 4  # the data-offset byte of our 28-byte header
 HEADER = struct.Struct("!HHIIBBHHHBBHHBB")  # the 28-byte header, option and NOPs included
 PORTS_FLAGS = struct.Struct("!HHxxxxxxxxBB")  # ports, data-offset byte, flags
+# what a receiver checks of it: ports, data-offset byte, flags, the option's first word (20-23)
+HEADER_CHECKED = struct.Struct("!HH8xBB6xI4x")
 OPT_PREFIX = bytes((OPT_KIND, 6)) + OPT_EXID.to_bytes(2, "big")  # bytes 20-23 of a header
 PSEUDO = struct.Struct("!4s4sBBH")  # the TCP checksum's pseudo-header
 # Layouts a capture reader applies to a whole datagram (the decoder's hot loop reads these):
