@@ -11,7 +11,8 @@ import socket
 
 import pytest
 
-from trickles_kit.net import gso
+from tests.wire_helpers import need_root
+from trickles_kit.net import gso, sniffers
 from trickles_kit.net.udp import UdpTransport
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="Linux only")
@@ -133,8 +134,8 @@ def test_coalesced_reads_come_back_as_the_datagrams_sent() -> None:
         tx.close()
 
 
-def test_offload_is_asked_for_not_the_default() -> None:
-    """Off unless asked: a capture on the sending host would record each run as one datagram."""
+def test_the_transport_alone_does_not_offload() -> None:
+    """A bare UdpTransport sends datagram by datagram (serve and fetch ask for "auto")."""
     rx = _receiver()
     tr = UdpTransport()
     try:
@@ -146,3 +147,79 @@ def test_offload_is_asked_for_not_the_default() -> None:
     finally:
         tr.close()
         rx.close()
+
+
+_HEAD = "sk               RefCnt Type Proto  Iface R Rmem   User   Inode\n"
+
+
+def _packet_file(tmp_path, *rows: tuple[str, int]) -> str:
+    """A /proc/net/packet with one socket per (proto hex, ifindex)."""
+    p = tmp_path / "packet"
+    p.write_text(_HEAD + "".join(f"000000001234abcd 3      3    {proto}   {iface}     1 0      "
+                                 f"0      {100 + i}\n" for i, (proto, iface) in enumerate(rows)))
+    return str(p)
+
+
+def test_what_counts_as_a_capture(tmp_path) -> None:
+    lo = frozenset((0, 1))
+    assert sniffers.capturing(lo, _packet_file(tmp_path)) is False
+    assert sniffers.capturing(lo, _packet_file(tmp_path, ("0003", 1))) is True  # tcpdump -i lo
+    assert sniffers.capturing(lo, _packet_file(tmp_path, ("0003", 0))) is True  # -i any
+    # a DHCP client's ETH_P_ALL socket on another interface, an ETH_P_IP one on lo: not ours
+    assert sniffers.capturing(lo, _packet_file(tmp_path, ("0003", 2), ("0800", 1))) is False
+    assert sniffers.capturing(None, _packet_file(tmp_path, ("0003", 2))) is True
+    assert sniffers.capturing(lo, str(tmp_path / "missing")) is None
+
+
+def test_the_watch_reads_at_most_every_recheck(tmp_path) -> None:
+    now = [100.0]
+    path = _packet_file(tmp_path)
+    w = sniffers.CaptureWatch("127.0.0.1", recheck_s=0.25, path=path, clock=lambda: now[0])
+    assert w.seen() is False and w.readings == 1
+    _packet_file(tmp_path, ("0003", 1))  # a capture starts
+    now[0] += 0.1
+    assert w.seen() is False and w.readings == 1  # (the last reading still stands)
+    now[0] += 0.2
+    assert w.seen() is True and w.readings == 2
+    blind = sniffers.CaptureWatch("127.0.0.1", path=str(tmp_path / "missing"))
+    assert blind.seen() is True  # a host that cannot tell: offload stays off
+
+
+def test_auto_offload_holds_back_while_a_capture_runs(tmp_path) -> None:
+    """"auto" (None, what serve and fetch start with): segmented runs while nobody captures,
+    datagram by datagram while a capture runs, every datagram delivered either way."""
+    rx = _receiver()
+    tr = UdpTransport(segment_offload=None)
+    try:
+        assert tr.gso is True and tr.watch is not None
+        peer = rx.getsockname()
+        for capture, want_held in (((), 0), ((("0003", 1),), 1)):
+            tr.watch = sniffers.CaptureWatch("127.0.0.1", path=_packet_file(tmp_path, *capture))
+            before = tr.counters["gso_sends"]
+            items = [(os.urandom(1300), peer) for _ in range(20)]
+            assert tr.send_batch(items) == 20
+            assert _read(rx, 20) == [d for d, _ in items]
+            assert tr.counters["gso_held.capture"] == want_held
+            assert (tr.counters["gso_sends"] > before) is (not want_held)
+    finally:
+        tr.close()
+        rx.close()
+
+
+def test_a_real_capture_on_lo_turns_auto_offload_off() -> None:
+    """A packet socket as tcpdump -i lo opens it (root): the host's own /proc/net/packet."""
+    need_root("opening a packet socket")
+    sniff = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(sniffers.ETH_P_ALL))
+    sniff.bind(("lo", 0))
+    rx = _receiver()
+    tr = UdpTransport(segment_offload=None)
+    try:
+        assert sniffers.capturing(sniffers.loopback_ifindexes()) is True
+        items = [(os.urandom(1300), rx.getsockname()) for _ in range(20)]
+        assert tr.send_batch(items) == 20
+        assert tr.counters["gso_held.capture"] == 1 and tr.counters["gso_sends"] == 0
+        assert _read(rx, 20) == [d for d, _ in items]
+    finally:
+        tr.close()
+        rx.close()
+        sniff.close()

@@ -105,8 +105,10 @@ def fetch(url: str, out: str | None = None, transport: str = "udp",
           pcap: str | None = None, events: str | None = None, progress: bool = False,
           timeout: float = 600.0, config: ClientConfig | None = None,
           sink: Callable[[bytes], None] | None = None,
-          udp_offload: bool = False) -> TransferReport:
-    """Fetch `url` over Trickles and write the body to `out` (or `sink`)."""
+          udp_offload: bool | None = None) -> TransferReport:
+    """Fetch `url` over Trickles and write the body to `out` (or `sink`). `udp_offload`:
+    None ("auto") reads the server's runs at once and sends runs segmented while no capture
+    runs on this host (net/udp.py)."""
     host, port, path = parse_url(url)
     lip = local_ip or local_address_for(host)
     tr = open_transport(transport, lip, ip_proto, udp_offload)

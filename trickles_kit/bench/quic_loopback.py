@@ -4,8 +4,10 @@ Issue 17's anchor was a loopback figure (aioquic 39-40 MB per server CPU-second,
 no testbed, no bottleneck, each server as fast as its client lets it. Here the two servers serve
 the same generated `/gen` bytes to their own client over UDP on 127.0.0.1 (Trickles over raw IP
 too, as root), one transfer at a time, interleaved (trickles, quic, trickles, ...). Trickles over
-UDP runs twice: as `serve` and `fetch` start by default, and with `--udp-offload` on both
-(`trickles-udp-offload`: runs of answers in one segmented send, net/gso.py).
+UDP runs twice: as `serve` and `fetch` start by default (`trickles-udp`: UDP offload "auto", so
+runs of answers leave in one segmented send, net/gso.py, while no capture runs on the host; each
+run records whether one did), and with `--udp-offload off` on both (`trickles-udp-plain`: one
+datagram per send, as while capturing).
 
 The figure is the response bytes / the server process's CPU seconds (utime + stime from
 /proc/<pid>/stat) from just before its client starts until it has gone idle after the client
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import socket
 import statistics
@@ -36,6 +39,7 @@ from pathlib import Path
 from trickles_kit.apps.generated import generated_sha256
 from trickles_kit.bench.meta import CHILD_CWD
 from trickles_kit.bench.procs import stop_child
+from trickles_kit.net.sniffers import capturing, loopback_ifindexes
 
 PY = sys.executable
 HOST = "127.0.0.1"
@@ -82,6 +86,13 @@ def _start(argv: list[str], ready: str, log: Path) -> subprocess.Popen:
     return p
 
 
+def _offload_used(log: Path) -> dict:
+    """From a Trickles UDP server's last stderr line (cli/wire.offload_line): how many
+    segmented sends it made and how many batches it held back for a capture."""
+    m = re.search(r"UDP offload \w+: (\d+) segmented sends, (\d+) batches", log.read_text())
+    return {"gso_sends": int(m[1]), "gso_held_batches": int(m[2])} if m else {}
+
+
 def _servers(kind: str, port: int, root: Path) -> tuple[list[str], str, list[str]]:
     """(server argv, its ready line, client argv) of one kind."""
     path = f"/gen?size={{size}}&seed={SEED}"
@@ -93,7 +104,7 @@ def _servers(kind: str, port: int, root: Path) -> tuple[list[str], str, list[str
     transport = "raw" if kind == "trickles-raw" else "udp"
     addr = RAW_SERVER if transport == "raw" else HOST
     client = ["--local-addr", RAW_CLIENT] if transport == "raw" else []
-    offload = ["--udp-offload"] if kind == "trickles-udp-offload" else []
+    offload = ["--udp-offload", "off"] if kind == "trickles-udp-plain" else []
     return ([PY, "-m", "trickles_kit.cli", "serve", "--root", str(root), "--transport",
              transport, "--addr", addr, "--port", str(port), *offload], "trickles serve:",
             [PY, "-m", "trickles_kit.cli", "fetch", f"http://{addr}:{port}{path}",
@@ -106,6 +117,7 @@ def one(kind: str, size: int, tmp: Path) -> dict:
     srv_argv, ready, cli_argv = _servers(kind, port, tmp / "www")
     cli_argv = [a.replace("{size}", str(size)) for a in cli_argv]
     srv = _start(srv_argv, ready, tmp / f"{kind}.server.log")
+    capture_seen = capturing(loopback_ifindexes())  # (auto offload holds back while one runs)
     try:
         time.sleep(0.2)  # (the server finishes starting: its CPU from here on is serving)
         cpu0 = _cpu(srv.pid)
@@ -123,11 +135,12 @@ def one(kind: str, size: int, tmp: Path) -> dict:
         return {"kind": kind, "error": f"client exit {c.returncode}: {c.stderr[-800:]}"}
     got, scpu = int(j.get("bytes", 0)), cpu1 - cpu0
     return {
-        "kind": kind, "bytes": got, "ok": bool(j.get("ok")) and got == size
+        "kind": kind, "capture_on_host": capture_seen,
+        "bytes": got, "ok": bool(j.get("ok")) and got == size
         and j.get("sha256") == generated_sha256(size, SEED),
         "seconds": j.get("seconds"), "client_process_wall_s": round(wall, 3),
         "mb_per_s": round(got / 1e6 / j["seconds"], 2) if j.get("seconds") else None,
-        "server_cpu_s": round(scpu, 3),
+        "server_cpu_s": round(scpu, 3), **_offload_used(tmp / f"{kind}.server.log"),
         "server_mb_per_cpu_s": round(got / 1e6 / scpu, 2) if scpu > 0 else None,
     }
 
@@ -139,7 +152,7 @@ def run(quick: bool, size: int | None = None, repeats: int | None = None,
     o["size"] = size or o["size"]
     o["repeats"] = repeats or o["repeats"]
     if kinds is None:
-        kinds = ("trickles-udp", "quic", "trickles-udp-offload") + (
+        kinds = ("trickles-udp", "quic", "trickles-udp-plain") + (
             ("trickles-raw",) if os.geteuid() == 0 else ())
     tmp = Path(tempfile.mkdtemp(prefix="tk-bench-quicloop-"))
     runs: dict[str, list[dict]] = {k: [] for k in kinds}

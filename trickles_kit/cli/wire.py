@@ -30,8 +30,17 @@ from trickles_kit.net.udp import UdpTransport
 
 UDP_OFFLOAD_HELP = ("UDP: send each run of equal datagrams to one peer in one segmented send "
                     "and read a peer's runs at once (Linux UDP_SEGMENT, UDP_GRO: less CPU per "
-                    "packet). A capture on this host (tcpdump -i lo) then records each run as "
-                    "one large datagram, which decoders and Wireshark do not split")
+                    "packet). auto (the default): only while no capture runs on this host, "
+                    "since tcpdump/Wireshark there would record each run as one large "
+                    "datagram; on (the flag alone): always; off: never")
+OFFLOAD_MODES = {"auto": None, "on": True, "off": False}
+
+
+def add_offload_option(p: argparse.ArgumentParser) -> None:
+    """`--udp-offload [auto|on|off]`, as serve and fetch take it (the flag alone: on)."""
+    p.add_argument("--udp-offload", nargs="?", choices=tuple(OFFLOAD_MODES), const="on",
+                   default="auto", metavar="auto|on|off", help=UDP_OFFLOAD_HELP)
+
 
 def load_secret(path: str | None, create: bool = True) -> bytes:
     """The master secret: 32+ bytes stored as hex in `path` (created, mode 600, if missing).
@@ -101,7 +110,7 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
                                          "between replicas and restarts)")
     s.add_argument("--events", metavar="FILE.jsonl", help="write protocol events as JSON lines")
     s.add_argument("--pcap", metavar="FILE.pcap", help="log every segment sent and received")
-    s.add_argument("--udp-offload", action="store_true", help=UDP_OFFLOAD_HELP)
+    add_offload_option(s)
     s.add_argument("--initial-cwnd", type=int, default=3, help="initial window (packets)")
     s.add_argument("--mss", type=int, default=1448, help="data bytes per packet")
     s.add_argument("--duration", type=float, help="stop after this many seconds")
@@ -167,7 +176,7 @@ def _add_fetch_parser(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--local-addr", help="local address (default: chosen toward the server)")
     f.add_argument("--pcap", metavar="FILE.pcap", help="log every segment sent and received")
     f.add_argument("--events", metavar="FILE.jsonl", help="write protocol events as JSON lines")
-    f.add_argument("--udp-offload", action="store_true", help=UDP_OFFLOAD_HELP)
+    add_offload_option(f)
     f.add_argument("--mss", type=int, default=1448, help="data bytes per packet (as the server)")
     f.add_argument("--timeout", type=float, default=600.0, help="give up after SECONDS")
     f.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -203,6 +212,13 @@ def shutdown_line(c: Mapping[str, int]) -> str:
     why = f" ({', '.join(f'{k} {v}' for k, v in reasons)})" if reasons else ""
     return (f"trickles serve: stopped; {c.get('rx', 0) + early} requests, "
             f"{c.get('tx', 0)} packets, {c.get('drop', 0)} dropped{why}")
+
+
+def offload_line(mode: str, c: Mapping[str, int]) -> str:
+    """What UDP offload did (stderr, after the shutdown line): segmented sends, and batches
+    sent datagram by datagram because a capture ran on the host (auto)."""
+    return (f"trickles serve: UDP offload {mode}: {c.get('gso_sends', 0)} segmented sends, "
+            f"{c.get('gso_held.capture', 0)} batches sent plain while a capture ran")
 
 
 # drop reasons the loops report before a datagram reaches the engine (not in its `rx`)
@@ -245,17 +261,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _fail("serve", ValueError(
             "--addr must be the service's own address (the MAC and checksums name it), "
             "not 0.0.0.0"))
-    if args.workers != 1 and args.udp_offload:
+    if args.workers != 1 and args.udp_offload == "on":
         return _fail("serve", ValueError("--udp-offload is for one worker (no --workers)"))
     if args.workers != 1:
         from trickles_kit.cli.serve_workers import cmd_serve_workers  # lazy: it imports us
         return cmd_serve_workers(args)
+    udp: UdpTransport | None = None
     try:
         secret = load_secret(args.secret_file)
         web = serve_app(args)
         cfg = serve_config(args)
         if args.transport == "udp":
-            tr = UdpTransport(args.addr, args.port, segment_offload=args.udp_offload)
+            tr = udp = UdpTransport(args.addr, args.port,
+                                    segment_offload=OFFLOAD_MODES[args.udp_offload])
         else:
             tr = open_transport("raw", args.addr, args.ip_proto)
     except PrivilegeError as e:
@@ -304,6 +322,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"trickles serve: {c['handler_error']} handler error(s); the last one:\n"
                   f"{engine.last_error}", file=sys.stderr)
         print(shutdown_line(c), flush=True)
+        if udp is not None:
+            print(offload_line(args.udp_offload, udp.counters), file=sys.stderr, flush=True)
     return 0
 
 
@@ -320,7 +340,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
             r = fetch(args.url, args.output, args.transport, args.ip_proto, args.local_addr,
                       args.pcap, args.events, progress=sys.stderr.isatty() and not args.json,
                       timeout=args.timeout, config=_client_config(args),
-                      udp_offload=args.udp_offload)
+                      udp_offload=OFFLOAD_MODES[args.udp_offload])
     except (PrivilegeError, RstRuleError) as e:
         return _fail("fetch", e)
     except (OSError, ValueError) as e:

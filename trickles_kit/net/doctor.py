@@ -79,8 +79,9 @@ def _udp_offload() -> Check:
     if missing:
         return Check("UDP offload", None, f"this kernel refuses {', '.join(missing)}",
                      "optional: UDP works without it, with more CPU per packet", "transports")
-    return Check("UDP offload", True, "segmentation and GRO (serve/fetch --udp-offload; GRO "
-                 "needs the compiled build)", "", "transports")
+    return Check("UDP offload", True, "segmentation and GRO: serve/fetch use them while no "
+                 "capture runs on this host (--udp-offload auto|on|off; GRO needs the "
+                 "compiled build)", "", "transports")
 
 
 def _netns() -> Check:

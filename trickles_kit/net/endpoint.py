@@ -43,9 +43,10 @@ def local_address_for(server: str) -> str:
 
 
 def open_transport(kind: str, local_ip: str, ip_proto: int = PROTO_TRICKLES,
-                   udp_offload: bool = False) -> Transport:
+                   udp_offload: bool | None = False) -> Transport:
     """A client or server transport by name: 'udp' (no privileges) or 'raw'. `udp_offload`:
-    UDP segmentation offload for runs of equal datagrams (net/gso.py)."""
+    UDP segmentation offload for runs of equal datagrams (net/gso.py); None: only while no
+    capture runs on this host."""
     if kind == "udp":
         return UdpTransport(local_ip, 0, segment_offload=udp_offload)
     if kind == "raw":

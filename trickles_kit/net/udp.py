@@ -11,6 +11,7 @@ from typing import Any
 from trickles_kit.native import recv_many, speedups
 from trickles_kit.net import gso
 from trickles_kit.net.ip import PROTO_UDP, aton
+from trickles_kit.net.sniffers import CaptureWatch
 from trickles_kit.net.transport import _DROP_ERRNOS, Transport
 
 # a segmented send the kernel cannot make (no UDP_SEGMENT, a segment over the path's MTU):
@@ -24,7 +25,9 @@ class UdpTransport(Transport):
     batch_safe = True  # Transport.send_batch sends exactly what this send would
 
     def __init__(self, local_ip: str = "127.0.0.1", port: int = 0,
-                 reuse_port: bool = False, segment_offload: bool = False) -> None:
+                 reuse_port: bool = False, segment_offload: bool | None = False) -> None:
+        """`segment_offload`: True sends runs segmented, False never, None ("auto") only
+        while no capture runs on this host (net/sniffers.py)."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         if reuse_port:  # one of a group sharing the port (net.workers shards it)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -38,11 +41,12 @@ class UdpTransport(Transport):
         self._view = memoryview(bytearray(65535))
         # runs of equal datagrams to one peer in one send (net/gso.py; Linux), and the other
         # way a peer's run read at once, which the compiled recv_many cuts back into its
-        # datagrams (pure Python cannot: no GRO there). Asked for, not the default: a capture
-        # on this host then records each run as one large datagram (tcpdump -i lo on the
-        # sending side; on a NIC with GRO, the receiving side too), which the decoders and
-        # Wireshark do not cut apart
-        self.gso = segment_offload and sys.platform.startswith("linux")
+        # datagrams (pure Python cannot: no GRO there). A capture on this host would record
+        # each run as one large datagram (tcpdump -i lo on the sending side; on a NIC with
+        # GRO, the receiving side too), which the decoders and Wireshark do not cut apart: in
+        # "auto" (None) runs go segmented only while no capture runs here
+        self.gso = segment_offload is not False and sys.platform.startswith("linux")
+        self.watch = CaptureWatch(local_ip) if segment_offload is None and self.gso else None
         self.gro = False
         if self.gso and speedups is not None:
             try:
@@ -62,6 +66,9 @@ class UdpTransport(Transport):
         """As `Transport.send_batch`, with each run of equal datagrams to one peer
         (`gso.runs`) in one segmented send; what lies between the runs goes in one batch."""
         if not self.gso or len(items) < gso.MIN_RUN:
+            return super().send_batch(items)
+        if self.watch is not None and self.watch.seen():
+            self.counters["gso_held.capture"] += 1  # a batch sent plain: a capture runs
             return super().send_batch(items)
         sent = done = 0
         for i, j, size in gso.runs(items):
