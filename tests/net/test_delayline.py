@@ -388,6 +388,17 @@ def test_transfers_are_sized_from_what_a_flow_can_get() -> None:
     assert expected_mbit(10, 10, 0.0001) == 10  # the link, when the bound is above it
 
 
+def test_lossy_full_runs_expect_enough_losses() -> None:
+    from trickles_kit.bench.rtt import MAX_RUN_S, MIN_LOSSES, expected_mbit, transfer_bytes
+
+    at = expected_mbit(50, 100, 0.01) * 1e6 / 8  # bytes per second at the bound
+    assert transfer_bytes(50, 100, 0.01, 12, quick=True) == int(at * 12)  # quick: time alone
+    assert transfer_bytes(50, 100, 0.01, 12) == int(MIN_LOSSES / 0.01 * 1448)  # 40 losses
+    assert transfer_bytes(50, 200, 0.01, 12) == int(at / 2 * MAX_RUN_S)  # capped at 45 s
+    assert transfer_bytes(50, 0, 0.01, 12) == int(50e6 / 8 * 12)  # the link: losses enough
+    assert transfer_bytes(50, 100, 0.0, 12) == int(50e6 / 8 * 12)
+
+
 def test_bench_refuses_the_rtt_knob_where_there_is_no_path(capsys) -> None:
     import argparse
 

@@ -26,7 +26,15 @@ from pathlib import Path
 from trickles_kit.apps.generated import generated_sha256
 from trickles_kit.bench import flows as fl
 from trickles_kit.bench.meta import CHILD_CWD, meta
-from trickles_kit.bench.rtt import expected_mbit, path_config, preflight_path, rtt_argv
+from trickles_kit.bench.rtt import (
+    MAX_RUN_S,
+    MIN_LOSSES,
+    path_config,
+    preflight_path,
+    rtt_argv,
+    transfer_bytes,
+    transfer_timeout,
+)
 from trickles_kit.bench.tcphttp import read_head
 from trickles_kit.net.testbed import CLIENT, SERVER, SERVER_ADDR, Testbed, TestbedConfig
 from trickles_kit.viz.report import write_report
@@ -244,12 +252,13 @@ def run(quick: bool, out_dir: Path, verbose: bool = False, rtt_ms: float = 0.0,
     t0 = time.monotonic()
     figs = []
     for i, (rate, loss, rep, kind) in enumerate(todo, 1):
-        size = int(expected_mbit(rate, rtt_ms, loss) * 1e6 / 8 * secs)
+        size = transfer_bytes(rate, rtt_ms, loss, secs, quick)
         cfg = path_config(rate, loss, rtt_ms, jitter_ms)
         log(f"[goodput {i}/{len(todo)}] {kind} {rate} Mbit/s loss {loss:.0%} "
             f"{size / 1e6:.1f} MB ...", True)
         try:
-            r = run_flows(cfg, [FlowSpec(kind, size)], verbose, f"{kind}_{rate}_{loss}")
+            r = run_flows(cfg, [FlowSpec(kind, size)], verbose, f"{kind}_{rate}_{loss}",
+                          timeout=transfer_timeout(size, rate, rtt_ms, loss))
         except (RuntimeError, OSError, ValueError) as e:
             runs.append({"rate_mbit": rate, "loss": loss, "kind": kind, "repeat": rep,
                          "error": f"{type(e).__name__}: {e}"})
@@ -294,6 +303,9 @@ def run(quick: bool, out_dir: Path, verbose: bool = False, rtt_ms: float = 0.0,
                         "quick" if quick else "full"),
            "rtt": rtt,
            "seconds_per_run_target": secs, "repeats": REPEATS[quick], "trickles_mss": TK_MSS,
+           "sizing": "each transfer lasts the target time at the link rate or the Mathis bound"
+                     + ("" if quick else f"; with loss at least {MIN_LOSSES} expected losses' "
+                        f"worth of packets, unless that outlasts {MAX_RUN_S:g} s at the bound"),
            "method": "one flow at a time through the testbed bottleneck; goodput = unique "
                      "response bytes delivered past the bottleneck / (first client packet to "
                      "last delivered byte), from the router capture, same code for both",

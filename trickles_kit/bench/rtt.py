@@ -49,6 +49,29 @@ def rtt_argv(rtt_ms: float, jitter_ms: float) -> list[str]:
         ([f"--jitter={jitter_ms:g}"] if jitter_ms else [])
 
 
+# A full run with random loss expects at least this many losses: sized for its target time
+# alone, a 1 % cell at RTT 100 ms expected about 15, and single runs of one protocol swung by
+# 2-6x (Reno 2.72 / 2.11 / 1.77 Mbit/s, Cubic 11.5 / 1.80 / 1.19: bench_goodput_rtt100.json)
+MIN_LOSSES = 40
+MAX_RUN_S = 45.0  # ... unless the transfer would then last longer than this at the bound
+
+
+def transfer_bytes(rate_mbit: float, rtt_ms: float, loss: float, secs: float,
+                   quick: bool = False, mss: int = 1448) -> int:
+    """A run's transfer: `secs` at what a flow can get (`expected_mbit`); in a full run with
+    loss, at least MIN_LOSSES expected losses' worth of packets, capped at MAX_RUN_S there."""
+    mbit = expected_mbit(rate_mbit, rtt_ms, loss, mss)
+    size = mbit * 1e6 / 8 * secs
+    if loss > 0 and not quick:
+        size = max(size, min(MIN_LOSSES / loss * mss, mbit * 1e6 / 8 * MAX_RUN_S))
+    return int(size)
+
+
+def transfer_timeout(size: int, rate_mbit: float, rtt_ms: float, loss: float) -> float:
+    """The clients' timeout for a transfer: 8x its time at what a flow can get, + 30 s."""
+    return max(60.0, 8 * size * 8 / (expected_mbit(rate_mbit, rtt_ms, loss) * 1e6) + 30)
+
+
 def expected_mbit(rate_mbit: float, rtt_ms: float, loss: float, mss: int = 1448) -> float:
     """What one Reno-like flow can get: the bottleneck rate, or with random loss the Mathis
     bound MSS/RTT x sqrt(3/2)/sqrt(p), whichever is lower. Transfers are sized from it so a
