@@ -187,6 +187,20 @@ def test_cpu_group_caps_and_is_removed() -> None:
     assert not g.path.exists()
 
 
+def test_a_small_share_gets_a_longer_period_not_a_refusal() -> None:
+    """The kernel refuses a quota under 1 ms: 5 % of a CPU is 1 ms in 20 ms, not 0.25 in 5."""
+    from trickles_kit.services.cgroup import period_for
+
+    assert (period_for(0.2), period_for(0.05), period_for(0.01)) == (5_000, 20_000, 100_000)
+    _root()
+    with CpuGroup(f"s{os.getpid()}", 0.05) as g:
+        d = g.describe()
+        assert (d["quota_us"], d["period_us"]) == (1_000, 20_000)
+        if g.version == 2:
+            assert (g.path / "cpu.max").read_text().split() == ["1000", "20000"]
+    assert not g.path.exists()
+
+
 _CHILD = """
 import sys, time
 from trickles_kit.services.replicas import ServiceBed

@@ -16,6 +16,13 @@ from pathlib import Path
 ROOT = Path("/sys/fs/cgroup")
 PREFIX = "tk-svc-"
 PERIOD_US = 5_000  # short: a long period throttles in bursts that reorder the replicas
+MIN_QUOTA_US = 1_000  # the kernel refuses a smaller quota (cpu.max, cfs_quota_us)
+
+
+def period_for(fraction: float) -> int:
+    """PERIOD_US, or the shortest longer period whose quota the kernel takes: `--cpu 0.05`
+    throttles in 20-ms periods (1 ms each) instead of being refused."""
+    return max(PERIOD_US, -(-MIN_QUOTA_US * 1_000_000 // round(fraction * 1_000_000)))
 
 
 class CgroupError(RuntimeError):
@@ -63,12 +70,13 @@ class CpuGroup:
             raise CgroupError(f"{self.path} exists (a killed run?): rmdir it") from None
         except OSError as e:
             raise CgroupError(f"cannot create {self.path}: {e}") from e
-        quota = int(fraction * PERIOD_US)
+        self.period = period_for(fraction)
+        quota = int(fraction * self.period)
         try:
             if self.version == 2:
-                (self.path / "cpu.max").write_text(f"{quota} {PERIOD_US}")
+                (self.path / "cpu.max").write_text(f"{quota} {self.period}")
             else:
-                (self.path / "cpu.cfs_period_us").write_text(str(PERIOD_US))
+                (self.path / "cpu.cfs_period_us").write_text(str(self.period))
                 (self.path / "cpu.cfs_quota_us").write_text(str(quota))
         except OSError as e:
             self.close()
@@ -79,7 +87,7 @@ class CpuGroup:
 
     def describe(self) -> dict:
         return {"cgroup_version": self.version, "cpu_fraction": self.fraction,
-                "quota_us": int(self.fraction * PERIOD_US), "period_us": PERIOD_US}
+                "quota_us": int(self.fraction * self.period), "period_us": self.period}
 
     def close(self) -> None:
         """Move leftover processes to the parent, then remove the group (retrying briefly:
