@@ -20,7 +20,8 @@ import time
 
 PACKET_FILE = "/proc/net/packet"
 ETH_P_ALL = 0x0003
-RECHECK_S = 0.25  # how often a sender looks again: at most this much of a run goes segmented
+RECHECK_S = 0.1  # how often a sender looks again: a capture that starts mid-transfer records
+#                   at most this long of segmented runs (the decoders flag them: decode.checksum)
 
 
 def loopback_ifindexes() -> frozenset[int]:
