@@ -458,6 +458,30 @@ def test_udp_and_tcp_carriers(tmp_path: Path, small, carrier: str, proto: int) -
     assert key(cap.events, SERVER_KINDS) == key(ref.events, SERVER_KINDS)
 
 
+def test_a_segmented_udp_run_is_named_not_taken_for_a_bad_checksum(tmp_path: Path, small
+                                                                    ) -> None:
+    """A run of equal segments sent in one segmented UDP send and captured on the sending host
+    (a capture started mid-transfer, net/sniffers.py) is one datagram: flagged decode.udp_run.
+    A single segment with a broken checksum stays decode.checksum."""
+    _, frames, _ref = small
+    segs = [(t, parse_ipv4(d)) for t, d in frames]
+    by_shape: dict[tuple, list] = {}
+    for _, ip in segs:
+        if len(ip.payload) > 600:  # full answers of one sender, equal in size
+            by_shape.setdefault((ip.src, ip.dst, len(ip.payload)), []).append(ip)
+    same = next(v for v in by_shape.values() if len(v) >= 3)[:3]
+    t0, first = segs[0][0], same[0]
+    run = b"".join(ip.payload for ip in same)
+    bad = bytearray(segs[0][1].payload)
+    bad[-1] ^= 0xFF
+    out = [(t0, build_ipv4(first.src, first.dst, 17, build_udp(5000, 6000, run))),
+           (t0 + 0.001, build_ipv4(segs[0][1].src, segs[0][1].dst, 17,
+                                   build_udp(5000, 6000, bytes(bad))))]
+    write_pcap(tmp_path / "run.pcap", out)
+    cap = decode_pcap(tmp_path / "run.pcap")
+    assert [r.error for r in cap.packets] == ["decode.udp_run", "decode.checksum"]
+
+
 def test_non_trickles_traffic_is_counted_never_raised(tmp_path: Path, small) -> None:
     _, frames, ref = small
     a, b = socket.inet_aton("192.0.2.1"), socket.inet_aton("192.0.2.2")

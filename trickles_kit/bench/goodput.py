@@ -281,6 +281,39 @@ def run(quick: bool, out_dir: Path, verbose: bool = False, rtt_ms: float = 0.0,
         if f.get("series") and rep == 0:
             figs.append((f"{kind} {rate} Mbit/s loss {loss:.0%}", r["flows"]))
     table = _medians(runs, kinds)
+    ratios = _ratios(table)
+    per_rate = {str(rate): ratios[f"{rate}mbit_loss0"]["trickles_over_reno"] for rate in RATES}
+    per_rate_delta = {str(rate): ratios[f"{rate}mbit_loss0"]["trickles_delta_over_reno"]
+                      for rate in DELTA_RATES}
+    res = {"experiment": "goodput",
+           "meta": meta(["-m", "trickles_kit.cli", "bench", "goodput"]
+                        + (["--quick"] if quick else []) + rtt_argv(rtt_ms, jitter_ms),
+                        "quick" if quick else "full"),
+           "rtt": rtt,
+           "seconds_per_run_target": secs, "repeats": REPEATS[quick], "trickles_mss": TK_MSS,
+           "sizing": _sizing(quick),
+           "method": "one flow at a time through the testbed bottleneck; goodput = unique "
+                     "response bytes delivered past the bottleneck / (first client packet to "
+                     "last delivered byte), from the router capture, same code for both",
+           "table": table, "ratios": ratios, "runs": runs,
+           "ratio_trickles_over_reno_per_rate": per_rate,
+           "ratio_trickles_delta_over_reno_per_rate": per_rate_delta,
+           "target": "Trickles/Reno >= 0.9 at 10 and 50 Mbit/s (0 % loss)",
+           "wall_s": round(time.monotonic() - t0, 1)}
+    (out_dir / f"{stem}.json").write_text(json.dumps(res, indent=1) + "\n")
+    _figures(figs, out_dir / f"{stem}.html")
+    return res
+
+
+def _sizing(quick: bool) -> str:
+    """How the transfers were sized (bench.rtt.transfer_bytes), for the record."""
+    return ("each transfer lasts the target time at the link rate or the Mathis bound"
+            + ("" if quick else f"; with loss at least {MIN_LOSSES} expected losses' worth of "
+               f"packets, unless that outlasts {MAX_RUN_S:g} s at the bound"))
+
+
+def _ratios(table: list[dict]) -> dict:
+    """Per rate and loss: Trickles (and delta) over Reno, Trickles over Cubic, from medians."""
     ratios = {}
     for rate in RATES:
         for loss in LOSSES:
@@ -294,29 +327,7 @@ def run(quick: bool, out_dir: Path, verbose: bool = False, rtt_ms: float = 0.0,
                 if g.get("trickles-delta") and g.get("reno") else None,
                 "trickles_over_cubic": round(g["trickles"] / g["cubic"], 4)
                 if g.get("trickles") and g.get("cubic") else None}
-    per_rate = {str(rate): ratios[f"{rate}mbit_loss0"]["trickles_over_reno"] for rate in RATES}
-    per_rate_delta = {str(rate): ratios[f"{rate}mbit_loss0"]["trickles_delta_over_reno"]
-                      for rate in DELTA_RATES}
-    res = {"experiment": "goodput",
-           "meta": meta(["-m", "trickles_kit.cli", "bench", "goodput"]
-                        + (["--quick"] if quick else []) + rtt_argv(rtt_ms, jitter_ms),
-                        "quick" if quick else "full"),
-           "rtt": rtt,
-           "seconds_per_run_target": secs, "repeats": REPEATS[quick], "trickles_mss": TK_MSS,
-           "sizing": "each transfer lasts the target time at the link rate or the Mathis bound"
-                     + ("" if quick else f"; with loss at least {MIN_LOSSES} expected losses' "
-                        f"worth of packets, unless that outlasts {MAX_RUN_S:g} s at the bound"),
-           "method": "one flow at a time through the testbed bottleneck; goodput = unique "
-                     "response bytes delivered past the bottleneck / (first client packet to "
-                     "last delivered byte), from the router capture, same code for both",
-           "table": table, "ratios": ratios, "runs": runs,
-           "ratio_trickles_over_reno_per_rate": per_rate,
-           "ratio_trickles_delta_over_reno_per_rate": per_rate_delta,
-           "target": "Trickles/Reno >= 0.9 at 10 and 50 Mbit/s (0 % loss)",
-           "wall_s": round(time.monotonic() - t0, 1)}
-    (out_dir / f"{stem}.json").write_text(json.dumps(res, indent=1) + "\n")
-    _figures(figs, out_dir / f"{stem}.html")
-    return res
+    return ratios
 
 
 def _median(xs: list[float]) -> float | None:

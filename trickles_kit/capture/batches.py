@@ -36,6 +36,7 @@ from trickles_kit.wire.segment import (
     IPV4_TCP_HEAD,
     OPT_EXID,
     OPT_KIND,
+    OPT_PREFIX,
     SYN,
     TCP_HEAD,
     UDP_LEN,
@@ -164,7 +165,7 @@ def _decode_batch(tab: _Table, d, tss: list, starts: list, ends: list,
                 continue
         err = "snaplen" if cut else None
         if checksums and not cut and not (ok or ok is None and _cksum_ok(d, b, p0, end, seglen)):
-            err = "decode.checksum"
+            err = _bad_sum(d, b, p0, end, carrier)
         if flags & SYN:
             # the role, not the flags, says which end is the service: a request carries
             # option value 0, an answer its header length (a client may send SYN|ACK)
@@ -335,6 +336,28 @@ def _cksum_ok(d, b: int, p0: int, end: int, seglen: int) -> bool:
     if p0 != b + 20:
         v += int.from_bytes(d[b + 12 : b + 20], "big")
     return not (v + 6 + seglen) % 0xFFFF
+
+
+def _bad_sum(d, b: int, p0: int, end: int, carrier: str) -> str:
+    """The error of a segment whose checksum fails: a segmented UDP run, or a bad checksum."""
+    return "decode.udp_run" if carrier == "udp" and _udp_run(d, b, p0, end) else "decode.checksum"
+
+
+def _udp_run(d, b: int, p0: int, end: int) -> int:
+    """How many segments a UDP datagram holds that is a run of them sent in one segmented
+    send (net/gso.py) and captured on the sending host before the kernel cut it apart; 0 if
+    it is not one. The next segment starts where the ports and option prefix of the first
+    recur and the first segment's own checksum holds over the bytes before it."""
+    ports = bytes(d[p0:p0 + 4])
+    i = p0 + HEADER_LEN
+    while True:
+        i = d.find(ports, i, end - HEADER_LEN + 1)
+        if i < 0:
+            return 0
+        if d[i + 20:i + 24] == OPT_PREFIX and _cksum_ok(d, b, p0, i, i - p0):
+            size = i - p0
+            return -(-(end - p0) // size)
+        i += 1
 
 
 MIN_NUMPY = 256  # batches smaller than this are summed in Python (no numpy import)

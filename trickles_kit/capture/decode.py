@@ -29,7 +29,10 @@ Packets
   blocks ``(L, R, summary)``, the requested byte ranges ``(start, end)``, the DATA chunk
   (``data_start``, ``data_len``, ``fin``) and FINHINT. A segment that fails to decode (bad
   checksum, truncated, unknown type...) is kept with ``error`` = the engine's drop reason
-  (``decode.checksum``, ``decode.truncated``, ...; ``snaplen`` when the capture cut the datagram).
+  (``decode.checksum``, ``decode.truncated``, ...; ``snaplen`` when the capture cut the datagram;
+  ``decode.udp_run`` for a UDP datagram that is a run of segments sent in one segmented send and
+  captured on the sending host before the kernel cut it apart: net/udp.py sends such runs
+  only while no capture runs there, so one appears when a capture starts mid-transfer).
   The TCP checksum is verified (pseudo-header protocol 6, as the codec does) unless
   ``checksums=False``. Summed per batch with numpy when it is installed (about 0.1 s per
   200,000 packets), in Python otherwise (about 2 us per full-size segment).

@@ -21,7 +21,7 @@ import time
 PACKET_FILE = "/proc/net/packet"
 ETH_P_ALL = 0x0003
 RECHECK_S = 0.1  # how often a sender looks again: a capture that starts mid-transfer records
-#                   at most this long of segmented runs (the decoders flag them: decode.checksum)
+#                   at most this long of segmented runs (the decoder flags them: decode.udp_run)
 
 
 def loopback_ifindexes() -> frozenset[int]:
