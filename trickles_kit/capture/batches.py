@@ -343,21 +343,18 @@ def _bad_sum(d, b: int, p0: int, end: int, carrier: str) -> str:
     return "decode.udp_run" if carrier == "udp" and _udp_run(d, b, p0, end) else "decode.checksum"
 
 
-def _udp_run(d, b: int, p0: int, end: int) -> int:
-    """How many segments a UDP datagram holds that is a run of them sent in one segmented
-    send (net/gso.py) and captured on the sending host before the kernel cut it apart; 0 if
-    it is not one. The next segment starts where the ports and option prefix of the first
-    recur and the first segment's own checksum holds over the bytes before it."""
+def _udp_run(d, b: int, p0: int, end: int) -> bool:
+    """Whether a UDP datagram is a run of segments sent in one segmented send (net/gso.py)
+    and captured on the sending host before the kernel cut it apart: a second segment starts
+    where the ports and option prefix of the first recur and the first segment's own checksum
+    holds over the bytes before it."""
     ports = bytes(d[p0:p0 + 4])
     i = p0 + HEADER_LEN
-    while True:
-        i = d.find(ports, i, end - HEADER_LEN + 1)
-        if i < 0:
-            return 0
+    while (i := d.find(ports, i, end - HEADER_LEN + 1)) >= 0:
         if d[i + 20:i + 24] == OPT_PREFIX and _cksum_ok(d, b, p0, i, i - p0):
-            size = i - p0
-            return -(-(end - p0) // size)
+            return True
         i += 1
+    return False
 
 
 MIN_NUMPY = 256  # batches smaller than this are summed in Python (no numpy import)

@@ -279,8 +279,7 @@ def _claim(eng: ClientEngine, cont: Continuation, nonce: int, now: float) -> Non
         eng._declare_below(eng.gate.note(now, top, loss.hole_below(top), eng._reo_srtt()), now)
     else:
         bound = score.max_rx - loss.reordering + 1
-        if (loss.heap and loss.heap[0] < bound) or (
-                loss.rtx_heap and loss.rtx_heap[0][0] < bound):
+        if loss.hole_below(bound):
             eng._declare_below(bound, now)
     if eng._prunes and len(score.nonce) >= eng._next_prune:
         eng._prune()
