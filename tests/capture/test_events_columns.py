@@ -33,12 +33,14 @@ def _secret(name: str) -> bytes:
     return bytes.fromhex((CAPS / f"{name}.secret").read_text().strip())
 
 
-def assert_plans_agree(path) -> tuple[int, int]:
-    """Every request the vector path takes, planned by `plan_of`: (taken, recoveries)."""
+def assert_plans_agree(path) -> tuple[int, int, int]:
+    """Every request the vector path takes, planned by `plan_of`: (taken, recoveries,
+    unhalved recoveries: a loss in a recovery round's own packets, §7.4)."""
     cfg = default_config()
     cols = columnar.decode_columns(path, events=False).table
     vp = VectorPlans(cols, cfg.max_sacks, cfg.max_gap)
     taken = np.flatnonzero(vp.ok)
+    unhalved = 0
     for r in taken.tolist():
         v = {f: cols.value(f, r) for f in ("cont_type", "cont_seq", "tcp_base", "start_cwnd",
                                            "ssthresh", "state", "conn_id", "sacks")}
@@ -52,12 +54,13 @@ def assert_plans_agree(path) -> tuple[int, int]:
         assert (plan.cwnd, plan.recovery_start) == (vp.cwnd[r], vp.starts[r])
         if vp.rec[r]:
             assert plan.first_loss == vp.loss[r]
+            unhalved += c0 == ss and plan.first_loss < base + c0
         got = vp.slots(np.full(n, r), np.arange(n))
         for p, s in enumerate(plan.slots):
             assert SLOT_KINDS[got["kind"][p]] == s.kind
             assert (s.pkt, s.ssthresh, s.tcp_base, s.state) == (
                 got["pkt"][p], got["ssthresh"][p], got["tcp_base"][p], got["state"][p]), (r, p)
-    return len(taken), int(vp.rec[taken].sum())
+    return len(taken), int(vp.rec[taken].sum()), unhalved
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -66,8 +69,8 @@ def test_vector_plans_equal_plan_of_on_reference_captures(name: str) -> None:
 
 
 def test_vector_plans_equal_plan_of_on_lossy_runs(lossy, delta) -> None:
-    taken, rec = assert_plans_agree(lossy[0])
-    assert taken > 1000 and rec > 10  # both shapes met, not a vacuous pass
+    taken, rec, unhalved = assert_plans_agree(lossy[0])
+    assert taken > 1000 and rec > 10 and unhalved > 0  # every shape met, not a vacuous pass
     assert_plans_agree(delta[0])  # (paired FULL2 requests: none taken, the row way)
 
 

@@ -54,11 +54,11 @@ CASES: dict[str, tuple[dict, int, float, float, tuple[float, float] | None, int]
 # ReorderGate): a declared loss that arrives after all switches it on in each case, and the
 # cases then declare fewer losses (lossy 45 -> 34, blackout 18 -> 10) and recover less often
 GOLDEN = {
-    "lossy": "5bac1159976002cdd5ebafe71f30bff9bb68985f7cf0746e28edbe2785579fed",
-    "blackout": "429fb113641cb0016f087f4d3ba7c10d02ad5dc49f82179a93a5a16c46852bf1",
-    "uplink_repair": "e0da07b4fe6ca89449e20cdf954ac287e04537c5e88055eaada6999c6e7a13ca",
-    "paired_hashed": "70176af50120cf0ed8cbdb3bd5440eaa106e7bec94c1afcfb601871ef4d85e78",
-    "lanes": "68de0f1b571f0b3f2ff27984ef62a16d8abd3826e7bef2e374c44280d6832296",
+    "lossy": "c8170f925c91c72b2d8590f0328cdda8323e69c5947f69a2928b556fe0108aec",
+    "blackout": "137d352b7dff6b583c333f8db3fbcf5dd2fac8037435eda5fad41ae421661f50",
+    "uplink_repair": "a6ed4f0a53706d0d8d0cf69068b3819367b24d94d063837f89a53d730be37593",
+    "paired_hashed": "d2bd2df820a4e1db4da8bed1613b60d4e85dc41d1c69469acd2880ad178498e5",
+    "lanes": "239a79700ccf1975d61b679a8f506ad3404ace7e8bf529f170b9cc4b33b997d6",
 }
 
 

@@ -44,7 +44,7 @@ def test_the_new_window_is_whole_when_the_old_window_ends_lost(first_loss: int,
 def test_the_window_is_never_more_than_a_quarter_over_during_recovery() -> None:
     """The lead is bounded: newCwnd // 4, at most 3 (none for tiny windows)."""
     for first_loss in range(2, 400):
-        new_cwnd, last_regular, boot_start = pl.recovery_window(first_loss, 1, 3, 16383)
+        new_cwnd, _, last_regular, boot_start = pl.recovery_window(first_loss, 1, 3, 16383)
         lead = last_regular - (boot_start + new_cwnd - 1)
         assert 0 <= lead <= min(3, new_cwnd // 4)
         assert boot_start >= first_loss
@@ -74,8 +74,10 @@ def test_a_slow_start_overshoot_through_a_short_queue_halves_once(rate_mbit: int
     assert r.timeouts == 0
 
 
-def test_a_real_loss_in_the_recovery_round_still_halves() -> None:
-    """A bootstrap packet lost on the path (not one never sent) is a new loss: halve again."""
+def test_a_loss_in_the_recovery_round_does_not_halve_again() -> None:
+    """A bootstrap packet lost on the path is part of the congestion episode already halved for
+    (§7.4, one reduction per episode, as TCP for a lost retransmission): a second recovery that
+    keeps the window (less the lead, which the new epoch's slow start gives back)."""
     fast = {"rate": None}
     log = EventLog()
     simulate_transfer(1_000_000, seed=1, on_event=log,
@@ -88,5 +90,49 @@ def test_a_real_loss_in_the_recovery_round_still_halves() -> None:
                           up=LinkConfig(**fast))
     assert r.ok
     starts = [e for e in log2.of(ev.RECOVERY_START) if e.side == "server"]
-    assert len(starts) == 2, "the second loss is a new congestion signal"
-    assert starts[1].cwnd == max(starts[0].cwnd // 2, 1)
+    assert len(starts) == 2, "the lost bootstrap packet is detected and recovered"
+    first = starts[0].cwnd
+    assert first > 4
+    assert starts[1].cwnd == first - 1 - min(pl.BOOT_LEAD, (first - 1) // 4), \
+        "not halved: the window (the retransmission in the lost packet's place) is kept"
+
+
+@pytest.mark.parametrize("c0", [2, 5, 20, 300])
+def test_an_unhalved_round_is_followed_by_halving_rounds(c0: int) -> None:
+    """Only the first window of an epoch that starts in congestion avoidance (startCwnd =
+    ssthresh: a recovery's) is exempt; the epoch an unhalved round starts is in slow start, so
+    a loss in its first window halves — no chain of unhalved rounds under lasting congestion."""
+    base = 1001
+    for first_loss in range(base, base + c0):
+        new, ss, last, boot = pl.recovery_window(first_loss, base, c0, c0)
+        lead = min(pl.BOOT_LEAD, (c0 - 1) // 4)
+        assert (new, ss, last) == (c0 - 1 - lead, c0, first_loss - 1 + c0)
+        assert boot == first_loss + 1, "the lost packet's own ack clocks nothing (the rtx does)"
+        assert new < ss
+        b2 = last + 1
+        for k in (b2, b2 + new - 1):
+            new2, ss2, _, _ = pl.recovery_window(k, b2, new, ss)
+            assert new2 == ss2 == max(cwnd(k, b2, new, ss) // 2, 1)
+    # past the first window the recovery epoch halves as any other
+    past = base + c0 + 1
+    half = max(cwnd(past, base, c0, c0) // 2, 1)
+    assert pl.recovery_window(past, base, c0, c0)[:2] == (half, half)
+
+
+@pytest.mark.parametrize("lost_at", [0, 3, 7])
+def test_an_unhalved_round_sends_the_new_window_exactly_once(lost_at: int) -> None:
+    """Every ack of the recovery round but the lost one arrives: one retransmission, and the
+    new epoch's first window B' .. B' + new - 1, each packet once."""
+    base, c0 = 501, 16
+    first_loss = base + lost_at
+    new, _, last, _ = pl.recovery_window(first_loss, base, c0, c0)
+    received = set(range(1, last + 1)) - {first_loss}
+    slots = []
+    for k in sorted(p for p in received if p > first_loss):
+        plan = pl.plan_request(k, base, c0, c0, 0, _proof(received, 1, k))
+        assert plan.first_loss == first_loss
+        slots += plan.slots
+    assert [s.pkt for s in slots if s.kind == pl.RETRANSMIT] == [first_loss]
+    boots = [s.pkt for s in slots if s.kind == pl.BOOT]
+    assert boots == list(range(last + 1, last + 1 + new))
+    assert len(slots) == new + 1 <= c0

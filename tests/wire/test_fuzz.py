@@ -178,7 +178,7 @@ def test_packet_bound_covers_plan() -> None:
     # (k the last bootstrap ack)
     base, c0 = 1, 100
     first_loss = 50
-    new_cwnd, _, boot_start = pl.recovery_window(first_loss, base, c0, c0)
+    new_cwnd, _, _, boot_start = pl.recovery_window(first_loss, base, c0, c0)
     k = boot_start + new_cwnd - 1
     blocks = [(1, first_loss - 1), (first_loss + 1, k - pl.MAX_GAP - 1)]
     plan = pl.plan_request(k, base, c0, c0, NORMAL, blocks)

@@ -83,17 +83,22 @@ class VectorPlans:
         two = ~one
         j, k, base, c0, ss = r[two], k[two], base[two], c0[two], ss[two]
         loss = r1[two] + 1
-        ncw = np.maximum(vec_cwnd(loss, base, c0, ss) // 2, 1)
         prev = vec_cwnd(loss - 1, base, c0, ss)
+        # (`recovery_window`: a loss in the recovery round's own packets does not halve again)
+        again = (c0 == ss) & (loss < base + c0) & (prev > 1)
+        half = np.maximum(vec_cwnd(loss, base, c0, ss) // 2, 1)
+        lead = np.where(again, np.minimum((prev - 1) // 4, BOOT_LEAD),
+                        np.minimum(np.minimum(prev - half, half // 4), BOOT_LEAD))
+        ncw = np.where(again, prev - 1 - lead, half)
+        nss = np.where(again, prev, ncw)
         last = loss - 1 + prev
-        lead = np.minimum(np.minimum(prev - ncw, ncw // 4), BOOT_LEAD)  # (`recovery_window`)
         boot = last - ncw + 1 - lead
         starts = l2[two] == k  # a hole right below k, and it starts at the first loss
         lo = np.maximum(np.where(starts & (k - 1 - loss < max_gap), loss, k), boot)
         nslots = starts + np.maximum(np.minimum(k, boot + ncw - 1) - lo + 1, 0)
         self.rec[j], self.starts[j], self.loss[j], self.nslots[j] = True, starts, loss, nslots
         self.pkt0[j], self.cwnd[j], self.bss[j], self.bbase[j] = lo + last + 1 - boot, ncw, \
-            ncw, last + 1
+            nss, last + 1
         self.ok[j] = (k <= last) & (nslots > 0)  # (else a reject or a termination: row way)
 
     def slots(self, r: np.ndarray, p: np.ndarray) -> dict[str, np.ndarray]:

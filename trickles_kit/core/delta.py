@@ -97,12 +97,12 @@ def plan_paired(k: int, tcp_base: int, start_cwnd: int, ssthresh: int, state: in
         # the last regular packet of the ending epoch, when it is a PAIR packet, has no FULL2
         # partner: the request just before it emits its bootstrap packet (if it has one: the
         # bootstrap acks end before the window's last unless the window is tiny, core.plan)
-        new, lr, bs = pl.recovery_window(fl, tcp_base, start_cwnd, ssthresh)
+        new, nss, lr, bs = pl.recovery_window(fl, tcp_base, start_cwnd, ssthresh)
         if (k + 1 == lr and bs + new - 1 == lr
                 and pair_type(lr, tcp_base, start_cwnd, ssthresh) == PAIR):
             nb = lr + 1
             slots.append(pl.Slot(pkt=nb + new - 1, kind=pl.BOOT, ctype=FULL2, state=BOOTSTRAP,
-                                 tcp_base=nb, start_cwnd=new, ssthresh=new, first_loss=fl,
+                                 tcp_base=nb, start_cwnd=new, ssthresh=nss, first_loss=fl,
                                  first_bootstrap_seq=nb))
     verdicts = {p.verdict for p in plans}
     verdict = (pl.Verdict.RECOVERY if pl.Verdict.RECOVERY in verdicts or (slots and fl >= 0)

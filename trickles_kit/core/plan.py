@@ -174,19 +174,34 @@ def plan_request(
 
 
 def recovery_window(first_loss: int, tcp_base: int, start_cwnd: int,
-                    ssthresh: int) -> tuple[int, int, int]:
-    """(new_cwnd, last_regular, boot_start) of a recovery from `first_loss` (§7.4): the acks
-    boot_start .. boot_start + new_cwnd - 1 of the old window each clock out one packet of the
-    new epoch, whose TCPBase is last_regular + 1. That run ends BOOT_LEAD acks before
-    last_regular (fewer when the old window has no room), so the last acks of the window, which
-    a slow-start overshoot loses as often as not, are never the only ones to clock a packet."""
-    new_cwnd = max(cwnd(first_loss, tcp_base, start_cwnd, ssthresh) // 2, 1)
+                    ssthresh: int) -> tuple[int, int, int, int]:
+    """(new_cwnd, new_ssthresh, last_regular, boot_start) of a recovery from `first_loss`
+    (§7.4): the acks boot_start .. boot_start + new_cwnd - 1 of the old window each clock out
+    one packet of the new epoch, whose TCPBase is last_regular + 1. That run ends BOOT_LEAD
+    acks before last_regular (fewer when the old window has no room), so the last acks of the
+    window, which a slow-start overshoot loses as often as not, are never the only ones to
+    clock a packet.
+
+    One reduction per congestion episode: a loss among the recovery round's own packets (the
+    first window of an epoch that starts in congestion avoidance, startCwnd = ssthresh) is the
+    congestion already halved for, or a random loss of what are mostly retransmitted bytes —
+    TCP does not reduce again for a lost retransmission either. The window keeps its size:
+    the new epoch (new_cwnd, ssthresh = the old window) starts in slow start, so a loss in
+    *its* first window halves (no chain of unhalved rounds)."""
     prev = cwnd(first_loss - 1, tcp_base, start_cwnd, ssthresh)
     last_regular = first_loss - 1 + prev
-    # the lead puts at most a quarter more than new_cwnd in flight for the round; and
-    # boot_start >= first_loss (prev - new_cwnd >= 0: new_cwnd <= (prev + 1) // 2)
-    lead = min(BOOT_LEAD, new_cwnd // 4, prev - new_cwnd)
-    return new_cwnd, last_regular, last_regular - new_cwnd + 1 - lead
+    if start_cwnd == ssthresh and first_loss < tcp_base + start_cwnd and prev > 1:
+        # the retransmission takes the lost packet's place (its ack clocks nothing); the lead
+        # comes out of the round and back in the new epoch's slow start up to prev
+        lead = min(BOOT_LEAD, (prev - 1) // 4)
+        new_cwnd, new_ss = prev - 1 - lead, prev
+    else:
+        new_cwnd = max(cwnd(first_loss, tcp_base, start_cwnd, ssthresh) // 2, 1)
+        new_ss = new_cwnd
+        # at most a quarter more than new_cwnd in flight for the round; and boot_start >=
+        # first_loss (prev - new_cwnd >= 0: new_cwnd <= (prev + 1) // 2)
+        lead = min(BOOT_LEAD, new_cwnd // 4, prev - new_cwnd)
+    return new_cwnd, new_ss, last_regular, last_regular - new_cwnd + 1 - lead
 
 
 def _recovery(
@@ -210,8 +225,8 @@ def _recovery(
     window's very last packet was lost (issue 15). So the bootstrap acks end BOOT_LEAD acks
     early (`recovery_window`), and a request from those last acks clocks out only the
     bootstrap packets of the lost acks before it."""
-    new_cwnd, last_regular, boot_start = recovery_window(first_loss, tcp_base, start_cwnd,
-                                                         ssthresh)
+    new_cwnd, new_ss, last_regular, boot_start = recovery_window(first_loss, tcp_base,
+                                                                 start_cwnd, ssthresh)
     if k > last_regular:
         return Plan(verdict=REJECT_V, reason="ack beyond the window", first_loss=first_loss)
     base = last_regular + 1
@@ -231,6 +246,6 @@ def _recovery(
         hi = k
     shift = base - boot_start
     for m in range(lo, hi + 1):
-        slots.append(Slot(m + shift, BOOT, FULL1, BOOTSTRAP, base, new_cwnd, new_cwnd,
+        slots.append(Slot(m + shift, BOOT, FULL1, BOOTSTRAP, base, new_cwnd, new_ss,
                            first_loss, base))
     return Plan(RECOVERY_V if slots else TERMINATE_V, slots, new_cwnd, "", first_loss, starts)
