@@ -40,6 +40,9 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:
                           "netem or the NFQUEUE delay line")
     b.add_argument("-v", "--verbose", action="store_true",
                    help="print every system command and per-run numbers")
+    b.add_argument("--plan", action="store_true",
+                   help="print what would run, in order, with the time each took in its "
+                        "last recorded full run, and exit (no root needed)")
     b.set_defaults(func=cmd_bench)
 
 
@@ -67,7 +70,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print("trickles bench: --record keeps full runs only (the README table is made of "
               "them): drop --quick", file=sys.stderr)
         return 2
-    if os.geteuid() != 0:
+    if os.geteuid() != 0 and not args.plan:
         print("trickles bench: needs root (network namespaces, raw sockets): "
               "sudo .venv/bin/trickles bench ...", file=sys.stderr)
         return 2
@@ -75,10 +78,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     path = _path_kwargs(args, names)
     if path is None:
         return 2
-    if args.experiment == "all" and not args.quick and not path:
-        # the full run adds goodput through each RTT of the grid (goodput_rttMS)
-        names += [f"goodput_rtt{r:g}" for r in RTT_GRID]
-        names.append("quic")  # the third baseline, at the experiments' RTTs
+    names = planned(args.experiment, args.quick, path)
+    if args.plan:
+        print(plan_text(names, args.quick, path))
+        return 0
     testbed = [n for n in names if n != "loopback"]  # loopback needs no namespaces
     if testbed:
 
@@ -124,6 +127,57 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # RTTs (ms) a full `trickles bench all` measures goodput at, besides the experiments' own
 # (no delay): issue #15's grid
 RTT_GRID = (20.0, 50.0, 100.0, 200.0)
+
+
+def planned(experiment: str, quick: bool, path: dict) -> list[str]:
+    """The experiments `trickles bench EXPERIMENT` runs, in order: `all` (full, no --rtt) adds
+    goodput through each RTT of the grid (goodput_rttMS) and the QUIC baseline."""
+    names = list(EXPERIMENTS) if experiment == "all" else [experiment]
+    if experiment == "all" and not quick and not path:
+        names += [f"goodput_rtt{r:g}" for r in RTT_GRID]
+        names.append("quic")  # the third baseline, at the experiments' RTTs
+    return names
+
+
+def _recorded(name: str, path: dict, results: Path) -> Path:
+    """The committed result a full run of `name` (with `path`) writes or last wrote."""
+    if name == "quic":
+        return results / "quic_baseline.json"
+    rtt = path.get("rtt_ms") or 0.0
+    tail = f"_rtt{rtt:g}" if rtt and name in RTT_EXPERIMENTS and name != "loopback" else ""
+    return results / f"bench_{name}{tail}.json"
+
+
+def plan_text(names: list[str], quick: bool, path: dict, results: Path | None = None) -> str:
+    """What would run, with each experiment's wall time in its last recorded full run (a
+    guide: a loaded machine or another rate grid takes longer). Quick runs: < 10 min in all."""
+    results = results or report.RESULTS
+    rtt = path.get("rtt_ms") or 0.0
+    lines, total, unknown = [], 0.0, 0
+    for i, name in enumerate(names, 1):
+        where = (f"RTT {name[len('goodput_rtt'):]} ms" if name.startswith("goodput_rtt") else
+                 "RTT 0, 20, 50, 100 ms" if name == "quic" and len(names) > 1 else
+                 "loopback" if name == "loopback" else f"RTT {rtt:g} ms" if rtt else "no delay")
+        f = _recorded(name, path, results)
+        try:
+            wall = json.loads(f.read_text()).get("wall_s")
+        except (OSError, ValueError):
+            wall = None
+        if quick or wall is None:
+            unknown += wall is None and not quick
+            took = "quick" if quick else "no recorded time"
+        else:
+            total += wall
+            took = f"{wall / 60:5.1f} min  ({os.path.relpath(f)})"
+        lines.append(f"  {i:2d}. {name:<16} {where:<22} {took}")
+    head = (f"trickles bench {'(quick)' if quick else '(full)'}: {len(names)} experiment"
+            f"{'s' if len(names) > 1 else ''}")
+    if quick:
+        head += ", under 10 minutes in all"
+    else:
+        head += (f", about {total / 3600:.1f} h by the last recorded runs"
+                 + (f" (+ {unknown} without a recorded time)" if unknown else ""))
+    return "\n".join([head, *lines])
 
 
 def _run_one(name: str, args: argparse.Namespace, out: Path, path: dict) -> dict:
