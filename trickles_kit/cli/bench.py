@@ -139,13 +139,19 @@ def planned(experiment: str, quick: bool, path: dict) -> list[str]:
     return names
 
 
-def _recorded(name: str, path: dict, results: Path) -> Path:
-    """The committed result a full run of `name` (with `path`) writes or last wrote."""
-    if name == "quic":
-        return results / "quic_baseline.json"
-    rtt = path.get("rtt_ms") or 0.0
-    tail = f"_rtt{rtt:g}" if rtt and name in RTT_EXPERIMENTS and name != "loopback" else ""
+def result_file(results: Path, name: str, rtt: float) -> Path:
+    """Where `record` keeps a full run of `name` through `rtt` ms: a run through a delay never
+    replaces the no-delay result (bench_NAME_rttMS.json)."""
+    tail = f"_rtt{rtt:g}" if rtt and "_rtt" not in name else ""
     return results / f"bench_{name}{tail}.json"
+
+
+def _recorded(name: str, path: dict, results: Path) -> Path:
+    """The committed result a full run of `name` (with `path`) writes or last wrote; QUIC's
+    last full run may come from benchmarks/bench_quic.py (quic_baseline.json)."""
+    f = result_file(results, name, (path.get("rtt_ms") or 0.0) if name in RTT_EXPERIMENTS
+                    else 0.0)
+    return results / "quic_baseline.json" if name == "quic" and not f.exists() else f
 
 
 def plan_text(names: list[str], quick: bool, path: dict, results: Path | None = None) -> str:
@@ -159,13 +165,12 @@ def plan_text(names: list[str], quick: bool, path: dict, results: Path | None = 
                  "RTT 0, 20, 50, 100 ms" if name == "quic" and len(names) > 1 else
                  "loopback" if name == "loopback" else f"RTT {rtt:g} ms" if rtt else "no delay")
         f = _recorded(name, path, results)
-        try:
-            wall = json.loads(f.read_text()).get("wall_s")
-        except (OSError, ValueError):
-            wall = None
-        if quick or wall is None:
-            unknown += wall is None and not quick
-            took = "quick" if quick else "no recorded time"
+        wall = None if quick else _wall_s(f)
+        if quick:
+            took = "quick"
+        elif wall is None:
+            unknown += 1
+            took = "no recorded time"
         else:
             total += wall
             took = f"{wall / 60:5.1f} min  ({os.path.relpath(f)})"
@@ -178,6 +183,13 @@ def plan_text(names: list[str], quick: bool, path: dict, results: Path | None = 
         head += (f", about {total / 3600:.1f} h by the last recorded runs"
                  + (f" (+ {unknown} without a recorded time)" if unknown else ""))
     return "\n".join([head, *lines])
+
+
+def _wall_s(f: Path) -> float | None:
+    try:
+        return json.loads(f.read_text()).get("wall_s")
+    except (OSError, ValueError):
+        return None
 
 
 def _run_one(name: str, args: argparse.Namespace, out: Path, path: dict) -> dict:
@@ -224,10 +236,8 @@ def record(names: list[str], out: Path, results: Path | None = None,
     for name in names:
         src = out / f"{name}.json"
         if src.exists():
-            # a run through a delay never replaces the no-delay result: bench_NAME_rttMS.json
             rtt = (json.loads(src.read_text()).get("rtt") or {}).get("rtt_asked_ms") or 0.0
-            tail = f"_rtt{rtt:g}" if rtt and "_rtt" not in name else ""
-            dst = results / f"bench_{name}{tail}.json"
+            dst = result_file(results, name, rtt)
             shutil.copyfile(src, dst)
             written.append(dst)
             print(f"trickles bench: recorded {os.path.relpath(dst)}", file=sys.stderr)
